@@ -1,0 +1,32 @@
+"""Sheepdog: map a Python function over many arguments on a GridEngine cluster.
+
+    >>> import sheepdog
+    >>> sheepdog.map(f, [(1, 1), (1, 2)], {"host": "headnode"})
+
+Only the public names are defined here; each lives in a module of its own.
+"""
+
+from .api import get_errors, get_results, map, map_async, map_sync, wait
+from .backends import SubmissionError
+from .config import Config
+from .serialisation import SerialisationError
+from .server import Server
+from .storage import Storage, StorageError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "SerialisationError",
+    "Server",
+    "Storage",
+    "StorageError",
+    "SubmissionError",
+    "__version__",
+    "get_errors",
+    "get_results",
+    "map",
+    "map_async",
+    "map_sync",
+    "wait",
+]

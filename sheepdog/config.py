@@ -1,0 +1,144 @@
+"""Resolve the user's config dict into a checked, complete :class:`Config`.
+
+Every key is validated before anything is stored or submitted: an unknown key
+or a value of the wrong type raises at once, naming the key and what is valid.
+Defaults follow the original Sheepdog, modernised where a modern system
+differs (``/usr/bin/python3`` rather than ``/usr/bin/python``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import socket
+import sys
+from typing import Any, Mapping, Optional
+
+SCHEDULERS = ("gridengine", "local")
+
+DEFAULT_GE_OPTS = ("-wd $HOME/.sheepdog/", "-o $HOME/.sheepdog/", "-e $HOME/.sheepdog/")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting of one map call, after defaults were filled in."""
+
+    scheduler: str = "gridengine"
+    host: Optional[str] = None
+    ssh_port: int = 22
+    ssh_user: Optional[str] = None
+    ssh_keyfile: Optional[str] = None
+    ssh_dir: str = ".sheepdog"
+    dbfile: str = "./sheepdog.sqlite"
+    port: Optional[int] = None
+    bind: Optional[str] = None
+    localhost: Optional[str] = None
+    shell: Optional[str] = None
+    ge_opts: tuple[str, ...] = DEFAULT_GE_OPTS
+    workers: Optional[int] = None
+    chunksize: int = 1
+    retry_seconds: float = 600.0
+
+    @property
+    def memory_limit(self) -> Optional[int]:
+        """Bytes of ``-l mem_grab=SIZE`` in ``ge_opts``, which workers enforce."""
+        for option in self.ge_opts:
+            match = re.search(r"(?:^|[\s,])mem_grab=([^\s,]+)", option)
+            if match:
+                return parse_memory(match.group(1))
+        return None
+
+
+#: Accepted types of each key (None stands for "may be None").
+_TYPES: dict[str, tuple[type, ...]] = {
+    "scheduler": (str,),
+    "host": (str, type(None)),
+    "ssh_port": (int,),
+    "ssh_user": (str, type(None)),
+    "ssh_keyfile": (str, type(None)),
+    "ssh_dir": (str,),
+    "dbfile": (str, os.PathLike),
+    "port": (int, type(None)),
+    "bind": (str, type(None)),
+    "localhost": (str, type(None)),
+    "shell": (str, type(None)),
+    "ge_opts": (list, tuple),
+    "workers": (int, type(None)),
+    "chunksize": (int,),
+    "retry_seconds": (int, float),
+}
+
+VALID_KEYS = tuple(field.name for field in dataclasses.fields(Config))
+
+
+def parse_memory(text: str) -> int:
+    """GridEngine memory specifier to bytes: k/m/g/t are powers of 1000, K/M/G/T of 1024."""
+    multipliers = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+                   "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    match = re.fullmatch(r"([0-9.]+)([kKmMgGtT]?)", text.strip())
+    if not match:
+        raise ValueError(f"mem_grab={text!r} is not a GridEngine memory size such as 2G or 500M")
+    return int(float(match.group(1)) * multipliers[match.group(2)])
+
+
+def _check_types(conf: Mapping[str, Any]) -> None:
+    for key, value in conf.items():
+        if key not in _TYPES:
+            close = difflib.get_close_matches(str(key), VALID_KEYS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"unknown config key {key!r}{hint}; valid keys are: {', '.join(VALID_KEYS)}"
+            )
+        allowed = _TYPES[key]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            names = " or ".join("None" if kind is type(None) else kind.__name__ for kind in allowed)
+            raise TypeError(f"config key {key!r} must be {names}, not {type(value).__name__}")
+    if "ge_opts" in conf and not all(isinstance(item, str) for item in conf["ge_opts"]):
+        raise TypeError("config key 'ge_opts' must be a list of strings, e.g. ['-l h_rt=1:00:00']")
+
+
+def _check_values(config: Config) -> None:
+    if config.scheduler not in SCHEDULERS:
+        raise ValueError(
+            f"config key 'scheduler' is {config.scheduler!r}; choose one of {', '.join(SCHEDULERS)}"
+        )
+    if config.scheduler != "local" and not config.host:
+        raise ValueError(
+            f"config key 'host' is required for scheduler {config.scheduler!r}: the head "
+            f"node to SSH into; use {{'scheduler': 'local'}} to run on this machine"
+        )
+    if config.port is not None and not 0 <= config.port <= 65535:
+        raise ValueError(f"config key 'port' must be between 0 and 65535, not {config.port}")
+    for key in ("workers", "chunksize"):
+        value = getattr(config, key)
+        if value is not None and value < 1:
+            raise ValueError(f"config key {key!r} must be at least 1, not {value}")
+    if config.retry_seconds < 0:
+        raise ValueError("config key 'retry_seconds' must not be negative")
+    config.memory_limit  # noqa: B018 - raises on a malformed mem_grab
+
+
+def resolve(conf: Optional[Mapping[str, Any]]) -> Config:
+    """Check ``conf`` and fill in every default; raise ValueError/TypeError on bad input."""
+    if conf is None:
+        conf = {}
+    if not isinstance(conf, Mapping):
+        raise TypeError(f"config must be a dict, not {type(conf).__name__}")
+    _check_types(conf)
+    values = dict(conf)
+    if "ge_opts" in values:
+        values["ge_opts"] = tuple(values["ge_opts"])
+    if "dbfile" in values:
+        values["dbfile"] = os.fspath(values["dbfile"])
+    config = Config(**values)
+    _check_values(config)
+    local = config.scheduler == "local"
+    defaults = {
+        "localhost": config.localhost or ("127.0.0.1" if local else socket.getfqdn()),
+        "bind": config.bind or ("127.0.0.1" if local else "0.0.0.0"),
+        "shell": config.shell or (sys.executable if local else "/usr/bin/python3"),
+        "workers": config.workers or (os.cpu_count() or 1),
+    }
+    return dataclasses.replace(config, **defaults)

@@ -1,0 +1,218 @@
+import doctest
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import types
+from pathlib import Path
+
+import pytest
+
+import sheepdog
+from sheepdog import api
+
+ROOT = Path(__file__).resolve().parents[1]
+
+QUICKSTART = """
+>>> import sheepdog
+>>> def f(a, b):
+...    return a + b
+>>> args = [(1, 1), (1, 2), (2, 2)]
+>>> conf = {"host": "fear", "ge_opts": ["-l ubuntu=1", "-l lr=0"]}
+>>> sheepdog.map(f, args, conf)
+[2, 3, 4]
+
+>>> import sheepdog
+>>> constant = 12
+>>> def g(x):
+...     return x * 2
+>>> def f(a, b):
+...     return a + g(b) + constant
+>>> args = [(1, 2), (2, 3), (3, 4)]
+>>> conf = {"host": "fear"}
+>>> namespace = {"constant": constant, "g": g}
+>>> sheepdog.map_sync(f, args, conf)
+[17, 20, 23]
+"""
+
+
+def run_doctest(text, conf, extra_globals=None):
+    """Run doctest ``text`` with every ``conf = {...}`` line pointing at ``conf``."""
+    text = "\n".join(
+        f">>> conf = {conf!r}" if line.startswith(">>> conf = ") else line
+        for line in text.splitlines()
+    )
+    parser = doctest.DocTestParser()
+    globs = {"__name__": "__main__", **(extra_globals or {})}
+    test = parser.get_doctest(text, globs, "quickstart", "quickstart.txt", 0)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    runner.run(test)
+    return runner.summarize(verbose=False)
+
+
+def test_quickstart_examples_run_verbatim_on_the_local_backend(local_conf):
+    results = run_doctest(QUICKSTART, {**local_conf, "scheduler": "local"})
+    assert results.failed == 0 and results.attempted == 13
+
+
+def test_quickstart_import_idiom_with_numpy(local_conf):
+    pytest.importorskip("numpy")
+    text = """
+>>> def g(x):
+...     return np.mean(x)
+>>> def f(x):
+...     import numpy as np
+...     global np
+...     return g(x)
+>>> [float(mean) for mean in sheepdog.map(f, [([1, 2, 3],), ([4, 6],)], conf, verbose=False)]
+[2.0, 5.0]
+"""
+    results = run_doctest(text, local_conf, {"sheepdog": sheepdog, "conf": local_conf})
+    assert results.failed == 0 and results.attempted == 3
+
+
+def test_lambda_and_closure_run_remotely(local_conf):
+    assert sheepdog.map(lambda x: x * 10, [(1,), (2,)], local_conf) == [10, 20]
+    base = 5
+
+    def add_base(x):
+        return x + base
+
+    assert sheepdog.map(add_base, [(1,), (2,)], local_conf) == [6, 7]
+
+
+def test_raising_task_gives_none_and_its_traceback(local_conf, capsys):
+    def inverse(x):
+        return 1 / x
+
+    assert sheepdog.map(inverse, [(2,), (0,), (4,)], local_conf) == [0.5, None, 0.25]
+    request_id = sheepdog.map_async(inverse, [(0,)], local_conf) - 1
+    errors = sheepdog.get_errors(request_id, local_conf["dbfile"])
+    assert len(errors) == 1 and errors[0][0] == (0,)
+    assert "ZeroDivisionError: division by zero" in errors[0][1]
+    assert "in inverse" in errors[0][1] and "run_one" not in errors[0][1]
+    assert f"get_errors({request_id}, " in capsys.readouterr().err
+
+
+def test_unpicklable_argument_is_refused_before_anything_is_stored(local_conf):
+    with pytest.raises(sheepdog.SerialisationError, match="argument 1"):
+        sheepdog.map_async(len, [("ok",), (threading.Lock(),)], local_conf)
+    if os.path.exists(local_conf["dbfile"]):
+        with sqlite3.connect(local_conf["dbfile"]) as raw:
+            assert raw.execute("SELECT count(*) FROM requests").fetchone()[0] == 0
+
+
+def test_bad_config_is_refused_before_anything_is_stored(local_conf):
+    with pytest.raises(ValueError, match="unknown config key"):
+        sheepdog.map_async(len, [("x",)], {**local_conf, "colour": "blue"})
+    assert not os.path.exists(local_conf["dbfile"])
+
+
+def test_non_tuple_argument_explains_how_to_write_it(local_conf):
+    with pytest.raises(TypeError, match=r"write \(3,\)"):
+        sheepdog.map(abs, [3], local_conf)
+
+
+def test_empty_args_give_an_empty_list(local_conf):
+    assert sheepdog.map(abs, [], local_conf) == []
+
+
+def test_async_results_come_back_in_argument_order(local_conf):
+    request_id = sheepdog.map_async(pow, [(2, n) for n in range(12)], {**local_conf, "workers": 4})
+    assert isinstance(request_id, int)
+    results = sheepdog.get_results(request_id, local_conf["dbfile"])
+    assert results == [((2, n), 2**n) for n in range(12)]
+
+
+def test_non_blocking_get_results_shows_none_for_unfinished(local_conf):
+    def slow(x):
+        import time
+
+        time.sleep(30)
+
+    request_id = sheepdog.map_async(slow, [(1,)], local_conf)
+    assert sheepdog.get_results(request_id, local_conf["dbfile"], block=False) == [((1,), None)]
+    with pytest.raises(TimeoutError, match="0 of 1"):
+        sheepdog.wait(request_id, local_conf["dbfile"], timeout=0.5)
+
+
+def test_results_are_read_back_from_a_new_process(local_conf):
+    request_id = sheepdog.map_async(str.upper, [("a",), ("b",)], local_conf)
+    sheepdog.wait(request_id, local_conf["dbfile"])
+    program = (
+        "import sheepdog\n"
+        f"print(sheepdog.get_results({request_id}, {local_conf['dbfile']!r}, block=False))\n"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    assert output.strip() == "[(('a',), 'A'), (('b',), 'B')]"
+
+
+def test_function_typed_into_python_stdin_runs(local_conf, tmp_path):
+    program = textwrap.dedent(f"""
+        import sheepdog
+        def f(a, b):
+            return a * b
+        print(sheepdog.map(f, [(2, 3), (4, 5)], {local_conf!r}, verbose=False))
+    """)
+    output = subprocess.run(
+        [sys.executable, "-"], input=program, capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    assert output.strip() == "[6, 20]"
+
+
+def test_two_calls_in_one_session_share_the_server(local_conf, tmp_path):
+    sheepdog.map(abs, [(-1,)], local_conf)
+    server = api._servers[os.path.abspath(local_conf["dbfile"])]
+    sheepdog.map(abs, [(-2,)], local_conf)
+    assert api._servers[os.path.abspath(local_conf["dbfile"])] is server
+    other = {**local_conf, "dbfile": str(tmp_path / "other.sqlite")}
+    assert sheepdog.map(abs, [(-3,)], other) == [3]
+    assert api._servers[os.path.abspath(other["dbfile"])] is not server
+
+
+def test_mem_grab_limits_the_task_memory(local_conf):
+    def allocate(megabytes):
+        return len(bytearray(megabytes * 2**20))
+
+    conf = {**local_conf, "ge_opts": ["-l mem_grab=300M"]}
+    assert sheepdog.map(allocate, [(1,), (600,)], conf, verbose=False) == [2**20, None]
+    (error,) = sheepdog.get_errors(max_request(local_conf), local_conf["dbfile"])
+    assert "MemoryError" in error[1]
+
+
+def max_request(conf):
+    with sqlite3.connect(conf["dbfile"]) as raw:
+        return raw.execute("SELECT max(id) FROM requests").fetchone()[0]
+
+
+def test_module_missing_on_the_worker_is_a_clear_error(local_conf, monkeypatch):
+    only_here = types.ModuleType("only_on_the_caller")
+    monkeypatch.setitem(sys.modules, "only_on_the_caller", only_here)
+
+    def uses_it():
+        return only_here
+
+    assert sheepdog.map(uses_it, [()], local_conf, verbose=False) == [None]
+    (error,) = sheepdog.get_errors(max_request(local_conf), local_conf["dbfile"])
+    assert "could not be loaded" in error[1] and "only_on_the_caller" in error[1]
+
+
+def test_task_that_dies_without_reporting_is_lost_not_waited_for(local_conf):
+    def die():
+        os._exit(3)
+
+    assert sheepdog.map(die, [()], local_conf, verbose=False) == [None]
+    (error,) = sheepdog.get_errors(max_request(local_conf), local_conf["dbfile"])
+    assert "without reporting (exit status 3" in error[1]
+
+
+def test_public_names_are_pinned():
+    assert sorted(sheepdog.__all__) == sorted([
+        "Config", "SerialisationError", "Server", "Storage", "StorageError", "SubmissionError",
+        "__version__", "get_errors", "get_results", "map", "map_async", "map_sync", "wait",
+    ])
+    assert sheepdog.map_sync is sheepdog.map

@@ -1,0 +1,62 @@
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from sheepdog import jobscript
+
+GOLDEN = Path(__file__).parent / "golden" / "jobscript.txt"
+
+SETTINGS = {
+    "url": "http://head.example:5000",
+    "request_id": 7,
+    "secret": "not-a-real-secret",
+    "n_arguments": 3,
+    "chunksize": 1,
+    "task_variable": "SGE_TASK_ID",
+    "python": [3, 11],
+    "memory_limit": None,
+    "retry_seconds": 600.0,
+}
+
+
+def render():
+    return jobscript.render(
+        "/usr/bin/python3", ["-S /usr/bin/python3", "-t 1-3", "-l lr=0"], SETTINGS
+    )
+
+
+def test_rendered_job_file_matches_the_golden_file():
+    """The file's shape is pinned; the embedded sources are checked separately."""
+    text = render()
+    for name in jobscript.EMBEDDED_MODULES:
+        text = text.replace(repr(jobscript.embedded_source(name)), f"<source of {name}.py>")
+    if os.environ.get("SHEEPDOG_REGENERATE_GOLDEN"):
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
+
+
+def test_job_file_embeds_the_worker_and_serialisation_code():
+    text = render()
+    for name in jobscript.EMBEDDED_MODULES:
+        assert repr(jobscript.embedded_source(name)) in text
+
+
+def test_job_file_is_valid_python_and_starts_with_directives():
+    text = render()
+    compile(text, "job.py", "exec")
+    lines = text.splitlines()
+    assert lines[0] == "#!/usr/bin/python3"
+    assert lines[1:4] == ["#$ -S /usr/bin/python3", "#$ -t 1-3", "#$ -l lr=0"]
+
+
+def test_job_file_runs_in_a_bare_interpreter_without_sheepdog(tmp_path):
+    """With -I and no sheepdog on the path, the file still loads its embedded code."""
+    path = tmp_path / "job.py"
+    path.write_text(render().replace('if __name__ == "__main__":', "if False:"))
+    probe = "import runpy; ns = runpy.run_path(%r); print(sorted(ns['SETTINGS']))" % str(path)
+    output = subprocess.run(
+        [sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True, cwd=tmp_path
+    ).stdout
+    assert re.search(r"'request_id'", output)

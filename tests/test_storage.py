@@ -1,0 +1,85 @@
+import sqlite3
+
+import pytest
+
+from sheepdog.storage import SCHEMA_VERSION, Storage, StorageError
+
+
+def make_request(storage, n=3):
+    return storage.create_request(b"function", [b"args%d" % i for i in range(n)], "s3cret", "local")
+
+
+def test_request_and_tasks_are_stored_in_order(storage):
+    request_id = make_request(storage)
+    assert storage.n_tasks(request_id) == 3
+    assert storage.function(request_id) == b"function"
+    assert storage.task_arguments(request_id, 1) == b"args0"
+    assert storage.task_arguments(request_id, 3) == b"args2"
+    assert storage.task_arguments(request_id, 4) is None
+    assert storage.request_secret(request_id) == "s3cret"
+
+
+def test_first_report_wins_and_is_counted_once(storage):
+    request_id = make_request(storage)
+    assert storage.record_result(request_id, 1, b"first")
+    assert not storage.record_result(request_id, 1, b"second")
+    assert not storage.record_error(request_id, 1, "late error")
+    assert not storage.record_lost(request_id, 1, "late loss")
+    progress = storage.progress(request_id)
+    assert (progress.done, progress.failed, progress.lost, progress.pending) == (1, 0, 0, 2)
+    assert storage.results(request_id)[0] == (b"args0", "done", b"first")
+
+
+def test_states_move_pending_running_then_finished(storage):
+    request_id = make_request(storage)
+    assert storage.mark_running(request_id, 2)
+    assert storage.progress(request_id).running == 1
+    assert storage.record_error(request_id, 2, "boom")
+    assert not storage.mark_running(request_id, 2)
+    assert storage.record_lost(request_id, 3, "killed")
+    assert storage.record_result(request_id, 1, b"r")
+    progress = storage.progress(request_id)
+    assert progress.complete and (progress.done, progress.failed, progress.lost) == (1, 1, 1)
+    assert storage.errors(request_id) == [(b"args1", "failed", "boom"), (b"args2", "lost", "killed")]
+    assert storage.open_indices(request_id) == []
+
+
+def test_results_survive_reopening(dbfile):
+    first = Storage(dbfile)
+    request_id = make_request(first)
+    first.record_result(request_id, 2, b"kept")
+    first.close()
+    assert Storage(dbfile).results(request_id)[1] == (b"args1", "done", b"kept")
+
+
+def test_database_uses_wal_and_records_schema_version(storage, dbfile):
+    make_request(storage)
+    with sqlite3.connect(dbfile) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_newer_schema_is_refused_clearly(dbfile):
+    with sqlite3.connect(dbfile) as raw:
+        raw.execute("PRAGMA user_version = 99")
+    with pytest.raises(StorageError, match="schema version 99"):
+        Storage(dbfile)
+
+
+def test_not_a_database_is_refused_clearly(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("this is not sqlite " * 100)
+    with pytest.raises(StorageError, match="not a usable sheepdog database"):
+        Storage(path)
+
+
+def test_unknown_request_is_a_key_error(storage):
+    with pytest.raises(KeyError, match="request 42"):
+        storage.results(42)
+
+
+def test_jobs_are_recorded_per_request(storage):
+    request_id = make_request(storage)
+    storage.add_job(request_id, "123")
+    storage.add_job(request_id, "124")
+    assert storage.job_ids(request_id) == ["123", "124"]

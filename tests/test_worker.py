@@ -1,0 +1,72 @@
+import socket
+import threading
+import time
+
+import pytest
+
+from sheepdog import worker
+from sheepdog.server import Server
+
+
+@pytest.mark.parametrize(
+    "task_id, chunksize, n, expected",
+    [(1, 1, 3, [1]), (3, 1, 3, [3]), (1, 4, 10, [1, 2, 3, 4]), (3, 4, 10, [9, 10]), (2, 5, 5, [])],
+)
+def test_array_task_covers_its_chunk_of_arguments(task_id, chunksize, n, expected):
+    assert list(worker.argument_indices(task_id, chunksize, n)) == expected
+
+
+def test_same_python_minor_version_passes_and_another_is_named():
+    import sys
+
+    assert worker.python_mismatch(sys.version_info[:2]) is None
+    message = worker.python_mismatch((2, 7))
+    assert "Python 2.7" in message and sys.version.split()[0] in message and "'shell'" in message
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_client_retries_until_the_server_comes_up(storage):
+    request_id = storage.create_request(b"fn", [b"a"], "pw", "local")
+    port = free_port()
+    server = Server(storage, port=port)
+    starter = threading.Timer(1.0, server.start)
+    starter.start()
+    try:
+        client = worker.Client(f"http://127.0.0.1:{port}", request_id, "pw", retry_seconds=30)
+        assert client.request("GET", "/function") == b"fn"
+    finally:
+        starter.join()
+        server.stop()
+
+
+def test_client_gives_up_after_its_retry_budget():
+    client = worker.Client(f"http://127.0.0.1:{free_port()}", 1, "pw", retry_seconds=1)
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match="gave up"):
+        client.request("GET", "/function")
+    assert time.monotonic() - started < 5
+
+
+def test_client_does_not_retry_a_refusal(storage):
+    request_id = storage.create_request(b"fn", [b"a"], "pw", "local")
+    server = Server(storage, port=0).start()
+    try:
+        client = worker.Client(server.url("127.0.0.1"), request_id, "wrong", retry_seconds=60)
+        started = time.monotonic()
+        with pytest.raises(worker.PermanentHTTPError) as raised:
+            client.request("GET", "/function")
+        assert raised.value.status == 401 and time.monotonic() - started < 5
+    finally:
+        server.stop()
+
+
+def test_long_error_text_keeps_head_and_tail():
+    text = "head" + "x" * (worker.MAX_ERROR_CHARS * 2) + "tail"
+    clipped = worker._clip(text)
+    assert len(clipped) < worker.MAX_ERROR_CHARS + 100
+    assert clipped.startswith("head") and clipped.endswith("tail")
