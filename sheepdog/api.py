@@ -135,8 +135,12 @@ def map_async(
 
 def _mark_lost_tasks(storage: Storage, request_id: int, submission: _Submission) -> None:
     """Tasks whose array task ended but which never reported are lost."""
+    open_indices = storage.open_indices(request_id)
+    candidates = {(index - 1) // submission.chunksize + 1 for index in open_indices}
+    if not candidates:
+        return
     for job_id in submission.job_ids:
-        for task_id, how in submission.backend.ended_tasks(job_id).items():
+        for task_id, how in submission.backend.ended_tasks(job_id, candidates).items():
             for index in argument_indices(task_id, submission.chunksize, submission.n_tasks):
                 if storage.record_lost(
                     request_id, index, f"the task ended without reporting ({how}; job {job_id})"

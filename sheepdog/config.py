@@ -30,6 +30,8 @@ class Config:
     ssh_port: int = 22
     ssh_user: Optional[str] = None
     ssh_keyfile: Optional[str] = None
+    ssh_known_hosts: Optional[str] = None
+    ssh_config: Optional[str] = None
     ssh_dir: str = ".sheepdog"
     dbfile: str = "./sheepdog.sqlite"
     port: Optional[int] = None
@@ -58,6 +60,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "ssh_port": (int,),
     "ssh_user": (str, type(None)),
     "ssh_keyfile": (str, type(None)),
+    "ssh_known_hosts": (str, type(None)),
+    "ssh_config": (str, type(None)),
     "ssh_dir": (str,),
     "dbfile": (str, os.PathLike),
     "port": (int, type(None)),

@@ -36,8 +36,8 @@ class Backend(abc.ABC):
         """Start the job; return the scheduler's job id."""
 
     @abc.abstractmethod
-    def ended_tasks(self, job_id: str) -> dict[int, str]:
-        """Array task ids of ``job_id`` that have ended, each with how it ended."""
+    def ended_tasks(self, job_id: str, candidates: set[int]) -> dict[int, str]:
+        """Which of the array tasks ``candidates`` of ``job_id`` have ended, and how."""
 
     @abc.abstractmethod
     def cancel(self, job_id: str) -> None:

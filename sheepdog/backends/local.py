@@ -140,9 +140,11 @@ class LocalBackend(Backend):
         )
         return job_id
 
-    def ended_tasks(self, job_id: str) -> dict[int, str]:
+    def ended_tasks(self, job_id: str, candidates: set[int]) -> dict[int, str]:
         job = self._jobs.get(job_id)
-        return {} if job is None else dict(job.ended)
+        if job is None:
+            return {}
+        return {task: how for task, how in list(job.ended.items()) if task in candidates}
 
     def cancel(self, job_id: str) -> None:
         job = self._jobs.get(job_id)

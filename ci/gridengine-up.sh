@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# Bring up a single-node GridEngine cluster and an sshd for sheepdog's tests.
+#
+# Run as root on Debian or Ubuntu. Idempotent: a second run finds what is
+# already there and only starts what is not running. Everything listens inside
+# the network namespace $SHEEPDOG_NETNS (loopback only), so no daemon is
+# reachable from the machine's real interfaces; run the tests under
+# `ip netns exec "$SHEEPDOG_NETNS" ...`. What the tests need to know is written
+# to $SHEEPDOG_TEST_STATE/env (source it).
+set -euo pipefail
+
+NETNS=${SHEEPDOG_NETNS:-sheepdog}
+TEST_USER=${SHEEPDOG_TEST_USER:-sheepdog}
+STATE=${SHEEPDOG_TEST_STATE:-/var/lib/sheepdog-test}
+SLOTS=${SHEEPDOG_TEST_SLOTS:-8}
+HOST=$(hostname)
+PACKAGES=(gridengine-master gridengine-exec gridengine-client gridengine-common
+          openssh-server openssh-client python3 python3-numpy iproute2)
+
+say() { echo "gridengine-up: $*" >&2; }
+in_ns() { ip netns exec "$NETNS" "$@"; }
+
+# Wait up to $1 seconds for the command that follows to succeed.
+wait_for() {
+    local seconds=$1; shift
+    local deadline=$((SECONDS + seconds))
+    until "$@" >/dev/null 2>&1; do
+        if ((SECONDS >= deadline)); then
+            say "gave up after ${seconds}s waiting for: $*"
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# A daemon is alive when its pid file names a live process.
+alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+install_packages() {
+    if dpkg-query -W -f='${Status}\n' "${PACKAGES[@]}" 2>/dev/null | grep -qv "install ok installed" \
+        || [[ $(dpkg-query -W -f='${Status}\n' "${PACKAGES[@]}" 2>/dev/null | wc -l) -ne ${#PACKAGES[@]} ]]; then
+        say "installing ${PACKAGES[*]}"
+        for package in gridengine-common gridengine-master gridengine-exec gridengine-client; do
+            echo "$package shared/gridenginemaster string $HOST"
+        done | debconf-set-selections
+        for package in gridengine-common gridengine-master; do
+            printf '%s shared/gridengineconfig boolean true\n%s shared/gridenginecell string default\n' \
+                "$package" "$package"
+        done | debconf-set-selections
+        # No init system here: keep the maintainer scripts from starting daemons.
+        local made_policy=0
+        if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+            printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+            chmod +x /usr/sbin/policy-rc.d
+            made_policy=1
+        fi
+        timeout 300 apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends \
+            "${PACKAGES[@]}" >/dev/null
+        if ((made_policy)); then rm -f /usr/sbin/policy-rc.d; fi
+    fi
+}
+
+make_namespace() {
+    if ! ip netns list | grep -qw "$NETNS"; then
+        ip netns add "$NETNS"
+    fi
+    ip -n "$NETNS" link set lo up
+    # GridEngine wants the host name to resolve forwards and backwards alike.
+    mkdir -p "/etc/netns/$NETNS"
+    printf '127.0.0.1 %s localhost\n::1 localhost\n' "$HOST" > "/etc/netns/$NETNS/hosts"
+}
+
+make_user_and_keys() {
+    if ! id "$TEST_USER" >/dev/null 2>&1; then
+        useradd --create-home --shell /bin/bash --uid 1500 "$TEST_USER"
+    fi
+    usermod -p '*' "$TEST_USER"  # no password, but not locked: key login works
+    mkdir -p "$STATE"
+    chmod 700 "$STATE"
+    if [[ ! -f $STATE/id_ed25519 ]]; then
+        ssh-keygen -q -t ed25519 -N '' -C "sheepdog-tests" -f "$STATE/id_ed25519"
+    fi
+    local home
+    home=$(getent passwd "$TEST_USER" | cut -d: -f6)
+    install -d -m 700 -o "$TEST_USER" -g "$TEST_USER" "$home/.ssh" "$home/.sheepdog"
+    install -m 600 -o "$TEST_USER" -g "$TEST_USER" "$STATE/id_ed25519.pub" "$home/.ssh/authorized_keys"
+}
+
+start_sshd() {
+    mkdir -p /run/sshd
+    ssh-keygen -A >/dev/null
+    if ! alive "$STATE/sshd.pid"; then
+        in_ns /usr/sbin/sshd -o ListenAddress=127.0.0.1 -o Port=22 \
+            -o PasswordAuthentication=no -o KbdInteractiveAuthentication=no \
+            -o PidFile="$STATE/sshd.pid"
+    fi
+    wait_for 10 alive "$STATE/sshd.pid"
+    # Host key checking stays on in the tests: they trust exactly this key.
+    local key
+    key=$(cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub)
+    printf '%s,localhost,127.0.0.1 %s\n' "$HOST" "$key" > "$STATE/known_hosts"
+}
+
+queue_instance_ready() {
+    # Ready = the queue instance has a load value and no state flags.
+    in_ns qstat -f -q "all.q@$HOST" | awk -v q="all.q@$HOST" '$1 == q && $4 != "-NA-" && NF == 5 {ok=1} END {exit !ok}'
+}
+
+configure_cluster() {
+    local tmp
+    tmp=$(mktemp -d)
+    if ! in_ns qconf -se "$HOST" >/dev/null 2>&1; then
+        printf 'hostname %s\nload_scaling NONE\ncomplex_values NONE\nuser_lists NONE\nxuser_lists NONE\nprojects NONE\nxprojects NONE\nusage_scaling NONE\nreport_variables NONE\n' \
+            "$HOST" > "$tmp/exechost"
+        in_ns qconf -Ae "$tmp/exechost" >/dev/null
+    fi
+    in_ns qconf -ss 2>/dev/null | grep -qx "$HOST" || in_ns qconf -as "$HOST" >/dev/null
+    if ! in_ns qconf -shgrp @allhosts >/dev/null 2>&1; then
+        printf 'group_name @allhosts\nhostlist %s\n' "$HOST" > "$tmp/hostgroup"
+        in_ns qconf -Ahgrp "$tmp/hostgroup" >/dev/null
+    fi
+    cat > "$tmp/queue" <<EOF
+qname                 all.q
+hostlist              @allhosts
+seq_no                0
+load_thresholds       NONE
+suspend_thresholds    NONE
+nsuspend              1
+suspend_interval      00:05:00
+priority              0
+min_cpu_interval      00:05:00
+processors            UNDEFINED
+qtype                 BATCH INTERACTIVE
+ckpt_list             NONE
+pe_list               NONE
+rerun                 FALSE
+slots                 $SLOTS
+tmpdir                /tmp
+shell                 /bin/sh
+prolog                NONE
+epilog                NONE
+shell_start_mode      posix_compliant
+starter_method        NONE
+suspend_method        NONE
+resume_method         NONE
+terminate_method      NONE
+notify                00:00:60
+owner_list            NONE
+user_lists            NONE
+xuser_lists           NONE
+subordinate_list      NONE
+complex_values        NONE
+projects              NONE
+xprojects             NONE
+calendar              NONE
+initial_state         default
+s_rt                  INFINITY
+h_rt                  INFINITY
+s_cpu                 INFINITY
+h_cpu                 INFINITY
+s_fsize               INFINITY
+h_fsize               INFINITY
+s_data                INFINITY
+h_data                INFINITY
+s_stack               INFINITY
+h_stack               INFINITY
+s_core                INFINITY
+h_core                INFINITY
+s_rss                 INFINITY
+h_rss                 INFINITY
+s_vmem                INFINITY
+h_vmem                INFINITY
+EOF
+    if in_ns qconf -sq all.q >/dev/null 2>&1; then
+        in_ns qconf -Mq "$tmp/queue" >/dev/null
+    else
+        in_ns qconf -Aq "$tmp/queue" >/dev/null
+    fi
+    # Schedule every second rather than every fifteen.
+    in_ns qconf -ssconf > "$tmp/sconf"
+    sed -i -e 's/^schedule_interval .*/schedule_interval 0:0:1/' \
+        -e 's/^flush_submit_sec .*/flush_submit_sec 1/' \
+        -e 's/^flush_finish_sec .*/flush_finish_sec 1/' "$tmp/sconf"
+    in_ns qconf -Msconf "$tmp/sconf" >/dev/null
+    rm -rf "$tmp"
+}
+
+start_gridengine() {
+    mkdir -p /var/run/gridengine
+    chown sgeadmin:sgeadmin /var/run/gridengine
+    local qmaster_pid=/var/spool/gridengine/qmaster/qmaster.pid
+    local execd_pid=/var/spool/gridengine/execd/$HOST/execd.pid
+    if ! alive "$qmaster_pid"; then
+        say "starting sge_qmaster"
+        in_ns /usr/sbin/sge_qmaster
+    fi
+    wait_for 60 in_ns qstat -f
+    configure_cluster
+    if ! alive "$execd_pid"; then
+        say "starting sge_execd"
+        in_ns /usr/sbin/sge_execd
+    fi
+    wait_for 30 alive "$execd_pid"
+    # A queue instance can be left in error or disabled state by an earlier run.
+    in_ns qmod -c "all.q@$HOST" >/dev/null 2>&1 || true
+    in_ns qmod -e "all.q@$HOST" >/dev/null 2>&1 || true
+    wait_for 60 queue_instance_ready
+}
+
+write_env() {
+    cat > "$STATE/env" <<EOF
+export SHEEPDOG_NETNS=$NETNS
+export SHEEPDOG_TEST_HOST=$HOST
+export SHEEPDOG_TEST_USER=$TEST_USER
+export SHEEPDOG_TEST_KEY=$STATE/id_ed25519
+export SHEEPDOG_TEST_KNOWN_HOSTS=$STATE/known_hosts
+EOF
+}
+
+main() {
+    if [[ $(id -u) -ne 0 ]]; then
+        say "run me as root: I install packages and start daemons"
+        exit 1
+    fi
+    local started=$SECONDS
+    install_packages
+    make_namespace
+    make_user_and_keys
+    start_sshd
+    start_gridengine
+    write_env
+    say "cluster ready on $HOST in namespace $NETNS ($((SECONDS - started)) s); source $STATE/env"
+}
+
+main "$@"

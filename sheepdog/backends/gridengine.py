@@ -1,0 +1,170 @@
+"""GridEngine over SSH: qsub the job file, watch it with qstat and qacct, qdel it.
+
+The job file is uploaded by SFTP into ``ssh_dir`` on the head node, submitted
+with ``qsub -terse`` (which prints ``JOBID.1-N:1`` for an array job) and then
+removed, since qsub keeps its own copy. Array tasks that have left ``qstat``
+have ended; ``qacct`` says how (exit status, failure code). Tasks stuck in an
+error state (``Eqw``: a missing shell, an unwritable ``-o`` path) never run, so
+they count as ended too, with GridEngine's reason, and are deleted.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+import xml.etree.ElementTree as ElementTree
+from typing import Optional
+
+from .. import ssh
+from . import Backend, SubmissionError
+
+#: Seconds a task may be missing from qstat without a qacct record before it counts as ended.
+ACCOUNTING_GRACE_SECONDS = 15.0
+
+
+def parse_job_id(terse_output: str) -> str:
+    """The job id from ``qsub -terse`` output (``123`` or ``123.1-20:1``)."""
+    match = re.match(r"\s*(\d+)", terse_output)
+    if not match:
+        raise SubmissionError(f"qsub did not print a job id: {terse_output.strip()!r}")
+    return match.group(1)
+
+
+def parse_qstat_tasks(xml_text: str, job_id: str) -> dict[int, str]:
+    """Array task id -> state letters (``qw``, ``r``, ``Eqw``...) of ``job_id`` in ``qstat -xml -g d``."""
+    tasks: dict[int, str] = {}
+    root = ElementTree.fromstring(xml_text)
+    for job in root.iter("job_list"):
+        if job.findtext("JB_job_number") != job_id:
+            continue
+        state = job.findtext("state") or ""
+        for task_text in (job.findtext("tasks") or "1").split(","):
+            task_ids = _expand_task_range(task_text)
+            tasks.update((task_id, state) for task_id in task_ids)
+    return tasks
+
+
+def _expand_task_range(text: str) -> range:
+    """``5`` or ``1-10:1`` (how qstat lists pending tasks it has not split) -> ids."""
+    match = re.fullmatch(r"\s*(\d+)(?:-(\d+)(?::(\d+))?)?\s*", text)
+    if not match:
+        return range(0)
+    first = int(match.group(1))
+    last = int(match.group(2) or first)
+    step = int(match.group(3) or 1)
+    return range(first, last + 1, step)
+
+
+def parse_qacct(text: str) -> dict[int, dict[str, str]]:
+    """Array task id -> qacct fields (``failed``, ``exit_status``, ...)."""
+    records: dict[int, dict[str, str]] = {}
+    for block in re.split(r"^=+\s*$", text, flags=re.MULTILINE):
+        fields = {}
+        for line in block.strip().splitlines():
+            key, _, value = line.partition(" ")
+            fields[key] = value.strip()
+        task = fields.get("taskid", "")
+        if task.isdigit():
+            records[int(task)] = fields
+        elif task == "undefined" and fields.get("jobnumber"):
+            records[1] = fields
+    return records
+
+
+def describe_accounting(fields: dict[str, str]) -> str:
+    """How a task ended, in GridEngine's words."""
+    status = int(fields.get("exit_status", "0") or 0)
+    text = f"exit status {status}"
+    if status > 128:
+        text += f" (signal {status - 128})"
+    failed = fields.get("failed", "0")
+    if failed and not failed.startswith("0"):
+        text += f"; GridEngine failed code {failed}"
+    return text
+
+
+class GridEngineBackend(Backend):
+    """Submits array jobs with qsub on the head node, over SSH."""
+
+    name = "gridengine"
+    task_variable = "SGE_TASK_ID"
+
+    def __init__(self, config) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(config)
+        self._missing_since: dict[tuple[str, int], float] = {}
+        self._known_tasks: dict[str, int] = {}  # job id -> number of array tasks
+
+    @property
+    def connection(self) -> ssh.Connection:
+        return ssh.get(ssh.destination_for(self.config))
+
+    def directives(self, n_array_tasks: int) -> list[str]:
+        return [f"-S {self.config.shell}", f"-t 1-{n_array_tasks}", *self.config.ge_opts]
+
+    def _run(self, command: str) -> ssh.CommandResult:
+        result = self.connection.run(command)
+        if result.status == 127 or "command not found" in result.stderr:
+            program = command.split()[0]
+            raise SubmissionError(
+                f"{program} was not found on {self.config.host} by a non-interactive SSH "
+                f"command ({result.stderr.strip()}). Make GridEngine's environment load for "
+                f"such commands, e.g. add 'source $SGE_ROOT/default/common/settings.sh' to "
+                f"~/.bashrc on the head node, above any line that returns early for "
+                f"non-interactive shells"
+            )
+        return result
+
+    def submit(self, script: str, request_id: int, n_array_tasks: int) -> str:
+        name = f"sheepdog_{request_id}_{secrets.token_hex(4)}.py"
+        remote = self.connection.upload(script, f"{self.config.ssh_dir}/{name}")
+        try:
+            result = self._run(f"qsub -terse {ssh.quote(remote)}")
+        finally:
+            self.connection.run(f"rm -f {ssh.quote(remote)}")
+        if result.status != 0:
+            raise SubmissionError(
+                f"qsub refused the job: {result.stderr.strip() or result.stdout.strip()}; "
+                f"check ge_opts {list(self.config.ge_opts)}"
+            )
+        job_id = parse_job_id(result.stdout)
+        self._known_tasks[job_id] = n_array_tasks
+        return job_id
+
+    def _error_reasons(self, job_id: str) -> str:
+        detail = self._run(f"qstat -j {job_id}").stdout
+        reasons = [line.split(":", 1)[1].strip() for line in detail.splitlines()
+                   if line.startswith("error reason")]
+        return "; ".join(reasons) or "GridEngine put the task in error state"
+
+    def ended_tasks(self, job_id: str, candidates: set[int]) -> dict[int, str]:
+        if job_id not in self._known_tasks:
+            return {}
+        listed = parse_qstat_tasks(self._run("qstat -xml -g d").stdout, job_id)
+        ended: dict[int, str] = {}
+        errored = sorted(task for task, state in listed.items() if "E" in state and task in candidates)
+        if errored:
+            reason = self._error_reasons(job_id)
+            for task in errored:
+                ended[task] = f"GridEngine error state: {reason}"
+            self._run(f"qdel {job_id} -t {errored[0]}-{errored[-1]}")
+        missing = sorted(task for task in candidates if task not in listed)
+        if not missing:
+            return ended
+        accounting: Optional[dict[int, dict[str, str]]] = None
+        now = time.monotonic()
+        for task in missing:
+            first_seen = self._missing_since.setdefault((job_id, task), now)
+            if accounting is None:
+                accounting = parse_qacct(self._run(f"qacct -j {job_id}").stdout)
+            if task in accounting:
+                ended[task] = describe_accounting(accounting[task])
+            elif now - first_seen > ACCOUNTING_GRACE_SECONDS:
+                ended[task] = "no longer known to GridEngine, and not in its accounting"
+        return ended
+
+    def cancel(self, job_id: str) -> None:
+        self._run(f"qdel {job_id}")
+
+    def close(self) -> None:
+        self.connection.close()
