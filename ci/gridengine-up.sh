@@ -120,6 +120,13 @@ configure_cluster() {
         printf 'group_name @allhosts\nhostlist %s\n' "$HOST" > "$tmp/hostgroup"
         in_ns qconf -Ahgrp "$tmp/hostgroup" >/dev/null
     fi
+    # mem_grab: the requestable memory complex of the original Sheepdog's home
+    # cluster, which the worker enforces as an address-space limit.
+    if ! in_ns qconf -sc | grep -q '^mem_grab '; then
+        in_ns qconf -sc > "$tmp/complexes"
+        echo "mem_grab mem_grab MEMORY <= YES NO 0 0" >> "$tmp/complexes"
+        in_ns qconf -Mc "$tmp/complexes" >/dev/null
+    fi
     cat > "$tmp/queue" <<EOF
 qname                 all.q
 hostlist              @allhosts
@@ -150,7 +157,7 @@ owner_list            NONE
 user_lists            NONE
 xuser_lists           NONE
 subordinate_list      NONE
-complex_values        NONE
+complex_values        mem_grab=64G
 projects              NONE
 xprojects             NONE
 calendar              NONE

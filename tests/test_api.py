@@ -1,4 +1,3 @@
-import doctest
 import os
 import sqlite3
 import subprocess
@@ -13,48 +12,13 @@ import pytest
 import sheepdog
 from sheepdog import api
 
+from .quickstart import QUICKSTART, run_doctest
+
 ROOT = Path(__file__).resolve().parents[1]
-
-QUICKSTART = """
->>> import sheepdog
->>> def f(a, b):
-...    return a + b
->>> args = [(1, 1), (1, 2), (2, 2)]
->>> conf = {"host": "fear", "ge_opts": ["-l ubuntu=1", "-l lr=0"]}
->>> sheepdog.map(f, args, conf)
-[2, 3, 4]
-
->>> import sheepdog
->>> constant = 12
->>> def g(x):
-...     return x * 2
->>> def f(a, b):
-...     return a + g(b) + constant
->>> args = [(1, 2), (2, 3), (3, 4)]
->>> conf = {"host": "fear"}
->>> namespace = {"constant": constant, "g": g}
->>> sheepdog.map_sync(f, args, conf)
-[17, 20, 23]
-"""
-
-
-def run_doctest(text, conf, extra_globals=None):
-    """Run doctest ``text`` with every ``conf = {...}`` line pointing at ``conf``."""
-    text = "\n".join(
-        f">>> conf = {conf!r}" if line.startswith(">>> conf = ") else line
-        for line in text.splitlines()
-    )
-    parser = doctest.DocTestParser()
-    globs = {"__name__": "__main__", **(extra_globals or {})}
-    test = parser.get_doctest(text, globs, "quickstart", "quickstart.txt", 0)
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
-    runner.run(test)
-    return runner.summarize(verbose=False)
-
 
 def test_quickstart_examples_run_verbatim_on_the_local_backend(local_conf):
     results = run_doctest(QUICKSTART, {**local_conf, "scheduler": "local"})
-    assert results.failed == 0 and results.attempted == 13
+    assert results.failed == 0 and results.attempted == 15
 
 
 def test_quickstart_import_idiom_with_numpy(local_conf):

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Stop what ci/gridengine-up.sh started: GridEngine's daemons, the test sshd,
+# and the network namespace. Packages, the test user and its key stay, so the
+# next bring-up takes seconds.
+set -uo pipefail
+
+NETNS=${SHEEPDOG_NETNS:-sheepdog}
+STATE=${SHEEPDOG_TEST_STATE:-/var/lib/sheepdog-test}
+HOST=$(hostname)
+
+stop() {  # stop the process named by a pid file, waiting up to 20 s
+    local pid_file=$1
+    [[ -s $pid_file ]] || return 0
+    local pid
+    pid=$(cat "$pid_file")
+    kill "$pid" 2>/dev/null || return 0
+    timeout 20 tail --pid="$pid" -f /dev/null || kill -9 "$pid" 2>/dev/null
+}
+
+stop "/var/spool/gridengine/execd/$HOST/execd.pid"
+stop /var/spool/gridengine/qmaster/qmaster.pid
+stop "$STATE/sshd.pid"
+ip netns delete "$NETNS" 2>/dev/null
+echo "gridengine-down: stopped" >&2

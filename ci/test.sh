@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set up and run sheepdog's whole test suite.
+#
+# Installs the package with its test and docs extras into .venv, builds the
+# docs with warnings as errors, and runs pytest (extra arguments go to
+# pytest). As root on Debian/Ubuntu it first brings up the single-node
+# GridEngine + sshd of ci/gridengine-up.sh and runs the tests inside its
+# network namespace, where the end-to-end tests must run, not skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,docs]'
+
+.venv/bin/sphinx-build -W -q -b html docs docs/_build/html
+
+runner=()
+if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    bash ci/gridengine-up.sh
+    # shellcheck source=/dev/null
+    source "${SHEEPDOG_TEST_STATE:-/var/lib/sheepdog-test}/env"
+    export SHEEPDOG_REQUIRE_CLUSTER=1
+    runner=(ip netns exec "$SHEEPDOG_NETNS")
+else
+    echo "test.sh: not root on Debian/Ubuntu, so the GridEngine tests will skip" >&2
+fi
+"${runner[@]}" .venv/bin/python -m pytest -ra "$@"
