@@ -6,7 +6,7 @@
 Only the public names are defined here; each lives in a module of its own.
 """
 
-from .api import get_errors, get_results, map, map_async, map_sync, wait
+from .api import cancel, get_errors, get_results, map, map_async, map_sync, wait
 from .backends import SubmissionError
 from .config import Config
 from .serialisation import SerialisationError
@@ -23,6 +23,7 @@ __all__ = [
     "StorageError",
     "SubmissionError",
     "__version__",
+    "cancel",
     "get_errors",
     "get_results",
     "map",

@@ -1,51 +1,39 @@
-"""The public functions: map, map_async, get_results, get_errors.
+"""The public functions: map, map_async, get_results, get_errors, wait, cancel.
 
 This is the one module that knows all the others. It checks the config,
 serialises the function and arguments, stores them, makes sure this session's
-server is listening, renders the job file and hands it to the backend; then,
-when asked to wait, it watches the database (and the scheduler, for tasks
-that ended without reporting) until every task is finished.
+server is listening, renders the job file and hands it to the backend. While
+waiting it watches the database, the tasks' heartbeats and the scheduler, marks
+tasks that ended without reporting as lost, and submits retries.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
 import sys
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from . import backends, jobscript, serialisation
 from .config import Config, resolve
 from .progress import ProgressDisplay
 from .server import Server
 from .storage import DONE, Storage
-from .worker import argument_indices
 
 log = logging.getLogger(__name__)
 
-#: Seconds between asking the scheduler which tasks ended.
-SCHEDULER_POLL_SECONDS = 2.0
+#: Seconds between looks at the scheduler and the heartbeats while waiting.
+WATCH_SECONDS = 2.0
 
 _lock = threading.Lock()
 _storages: dict[str, Storage] = {}
 _servers: dict[str, Server] = {}
-
-
-@dataclass
-class _Submission:
-    """What this session knows about a request it submitted."""
-
-    backend: backends.Backend
-    job_ids: list[str]
-    chunksize: int
-    n_tasks: int
-
-
-_submissions: dict[tuple[str, int], _Submission] = {}
+#: Requests submitted by this process: (dbfile, request id) -> (config, backend).
+_submitted: dict[tuple[str, int], tuple[Config, backends.Backend]] = {}
 
 
 def _storage(dbfile: str) -> Storage:
@@ -60,12 +48,16 @@ def _server(config: Config, storage: Storage) -> Server:
     """This session's server for ``storage``, started on first use and then reused."""
     with _lock:
         server = _servers.get(storage.dbfile)
-        wanted_port = config.port
-        if server is not None and server.running and wanted_port in (None, server.port):
-            return server
-        if server is not None:
+        reusable = (
+            server is not None and server.running and config.port in (None, server.port)
+            and (server.scheme == "https") == config.tls
+        )
+        if reusable:
+            return server  # type: ignore[return-value]
+        if server is not None and config.port in (None, server.port):
             server.stop()
-        server = Server(storage, port=wanted_port, bind=config.bind or "127.0.0.1").start()
+        server = Server(storage, port=config.port, bind=config.bind or "127.0.0.1",
+                        max_body_bytes=config.max_body_bytes, use_tls=config.tls).start()
         _servers[storage.dbfile] = server
         return server
 
@@ -82,6 +74,45 @@ def _check_arguments(args: Iterable[Any]) -> list[tuple[Any, ...]]:
     return checked
 
 
+def _stored_config(config: Config) -> dict[str, Any]:
+    """The config as JSON-able values, for a later process to reach the jobs."""
+    return {key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(config).items()}
+
+
+def _submit(
+    storage: Storage,
+    config: Config,
+    backend: backends.Backend,
+    request_id: int,
+    n_arguments: int,
+    indices: Optional[Sequence[int]] = None,
+) -> str:
+    """Render and submit one job over all arguments, or over ``indices`` only."""
+    server = _server(config, storage)
+    count = n_arguments if indices is None else len(indices)
+    n_array_tasks = -(-count // config.chunksize)
+    settings = {
+        "url": server.url(config.localhost or "127.0.0.1"),
+        "certificate": server.certificate.decode() if server.certificate else None,
+        "request_id": request_id,
+        "secret": storage.request_secret(request_id),
+        "n_arguments": n_arguments,
+        "chunksize": config.chunksize,
+        "indices": None if indices is None else list(indices),
+        "task_variable": backend.task_variable,
+        "python": list(sys.version_info[:2]),
+        "memory_limit": config.memory_limit,
+        "retry_seconds": config.retry_seconds,
+        "heartbeat_seconds": config.heartbeat_seconds,
+    }
+    script = jobscript.render(config.shell or "python3", backend.directives(n_array_tasks), settings)
+    job_id = backend.submit(script, request_id, n_array_tasks)
+    storage.add_job(request_id, job_id, config.chunksize, indices)
+    log.info("request %s: job %s submitted (%d arguments)", request_id, job_id, count)
+    return job_id
+
+
 def map_async(
     f: Callable[..., Any],
     args: Iterable[Any],
@@ -91,7 +122,9 @@ def map_async(
     """Submit ``f(*a)`` for every ``a`` in ``args``; return the request id at once.
 
     Nothing is stored or submitted unless the config, the function, the
-    namespace and every argument can be checked and serialised first.
+    namespace and every argument can be checked and serialised first. If the
+    scheduler refuses the job, the error is raised with the scheduler's words
+    and the request's tasks are recorded as lost, with that reason.
     """
     if not callable(f):
         raise TypeError(f"f must be callable, not {type(f).__name__}")
@@ -101,62 +134,83 @@ def map_async(
     argument_blobs = [serialisation.dumps_argument(i, a) for i, a in enumerate(arguments)]
     backend = backends.create(conf)
     storage = _storage(conf.dbfile)
-    server = _server(conf, storage)
-    secret = secrets.token_urlsafe(32)
-    request_id = storage.create_request(function_blob, argument_blobs, secret, backend.name)
+    request_id = storage.create_request(
+        function_blob, argument_blobs, secrets.token_urlsafe(32), backend.name,
+        _stored_config(conf),
+    )
     if not arguments:
         return request_id
-    n_array_tasks = -(-len(arguments) // conf.chunksize)
-    settings = {
-        "url": server.url(conf.localhost or "127.0.0.1"),
-        "request_id": request_id,
-        "secret": secret,
-        "n_arguments": len(arguments),
-        "chunksize": conf.chunksize,
-        "task_variable": backend.task_variable,
-        "python": list(sys.version_info[:2]),
-        "memory_limit": conf.memory_limit,
-        "retry_seconds": conf.retry_seconds,
-    }
-    script = jobscript.render(conf.shell or "python3", backend.directives(n_array_tasks), settings)
     try:
-        job_id = backend.submit(script, request_id, n_array_tasks)
+        _submit(storage, conf, backend, request_id, len(arguments))
     except Exception as error:
         for index in range(1, len(arguments) + 1):
             storage.record_lost(request_id, index, f"the job was never submitted: {error}")
         raise
-    storage.add_job(request_id, job_id)
-    _submissions[(storage.dbfile, request_id)] = _Submission(
-        backend, [job_id], conf.chunksize, len(arguments)
-    )
-    log.info("request %s submitted as job %s (%d tasks)", request_id, job_id, len(arguments))
+    _submitted[(storage.dbfile, request_id)] = (conf, backend)
     return request_id
 
 
-def _mark_lost_tasks(storage: Storage, request_id: int, submission: _Submission) -> None:
-    """Tasks whose array task ended but which never reported are lost."""
+def _task_owners(
+    storage: Storage, request_id: int, open_indices: Sequence[int]
+) -> dict[int, tuple[str, int]]:
+    """For each open argument index, the newest job covering it and its array task id.
+
+    The inverse of ``worker.argument_indices``.
+    """
+    wanted = set(open_indices)
+    owners: dict[int, tuple[str, int]] = {}
+    for job in storage.jobs(request_id):
+        if job.indices is None:
+            owners.update((i, (job.job_id, (i - 1) // job.chunksize + 1)) for i in wanted)
+        else:
+            owners.update((i, (job.job_id, position // job.chunksize + 1))
+                          for position, i in enumerate(job.indices) if i in wanted)
+    return owners
+
+
+def _watch(storage: Storage, request_id: int) -> None:
+    """Mark lost what ended silently or fell silent, and retry what may be retried."""
+    submitted = _submitted.get((storage.dbfile, request_id))
+    config = submitted[0] if submitted else resolve(storage.request_config(request_id))
+    silent_since = time.time() - config.lost_after
+    for index in storage.stale_running(request_id, silent_since):
+        storage.record_lost(request_id, index,
+                            f"no heartbeat for {config.lost_after:.0f} s", retryable=True)
+    if submitted is None:
+        return  # the scheduler is watched by the process that submitted
+    backend = submitted[1]
     open_indices = storage.open_indices(request_id)
-    candidates = {(index - 1) // submission.chunksize + 1 for index in open_indices}
-    if not candidates:
-        return
-    for job_id in submission.job_ids:
-        for task_id, how in submission.backend.ended_tasks(job_id, candidates).items():
-            for index in argument_indices(task_id, submission.chunksize, submission.n_tasks):
-                if storage.record_lost(
-                    request_id, index, f"the task ended without reporting ({how}; job {job_id})"
-                ):
-                    log.warning("request %s task %s lost: %s", request_id, index, how)
+    if open_indices:
+        owners = _task_owners(storage, request_id, open_indices)
+        by_job: dict[str, set[int]] = {}
+        for job_id, task_id in owners.values():
+            by_job.setdefault(job_id, set()).add(task_id)
+        ended = {job_id: backend.ended_tasks(job_id, tasks) for job_id, tasks in by_job.items()}
+        for index, (job_id, task_id) in owners.items():
+            end = ended[job_id].get(task_id)
+            if end and storage.record_lost(
+                request_id, index, f"the task ended without reporting ({end.reason}; job {job_id})",
+                retryable=end.retryable,
+            ):
+                log.warning("request %s: task %s lost (%s)", request_id, index, end.reason)
+    if config.retries:
+        again = storage.retry_candidates(request_id, config.retries + 1, config.retry_failed)
+        if again:
+            storage.requeue(request_id, again)
+            _submit(storage, config, backend, request_id, storage.n_tasks(request_id), again)
 
 
 def wait(
-    request_id: int, dbfile: str, verbose: bool = False, timeout: Optional[float] = None
+    request_id: int,
+    dbfile: str = "./sheepdog.sqlite",
+    verbose: bool = False,
+    timeout: Optional[float] = None,
 ) -> None:
-    """Block until every task of the request has finished (done, failed or lost)."""
+    """Block until every task of the request has finished (done, failed, lost or cancelled)."""
     storage = _storage(dbfile)
-    submission = _submissions.get((storage.dbfile, request_id))
     display = ProgressDisplay() if verbose else None
     started = time.monotonic()
-    next_poll = started + SCHEDULER_POLL_SECONDS
+    next_watch = started + WATCH_SECONDS
     delay = 0.02
     try:
         while True:
@@ -166,9 +220,9 @@ def wait(
             if progress.complete:
                 return
             now = time.monotonic()
-            if submission is not None and now >= next_poll:
-                _mark_lost_tasks(storage, request_id, submission)
-                next_poll = now + SCHEDULER_POLL_SECONDS
+            if now >= next_watch:
+                _watch(storage, request_id)
+                next_watch = time.monotonic() + WATCH_SECONDS
             if timeout is not None and now - started > timeout:
                 raise TimeoutError(
                     f"request {request_id}: {progress.finished} of {progress.total} tasks "
@@ -202,11 +256,51 @@ def get_results(
 
 
 def get_errors(request_id: int, dbfile: str = "./sheepdog.sqlite") -> list[tuple[tuple[Any, ...], str]]:
-    """``[(args, error text), ...]`` for tasks that raised or were lost."""
+    """``[(args, error text), ...]`` for tasks that raised, were lost or were cancelled."""
     return [
         (serialisation.loads(args), error)
         for args, _state, error in _storage(dbfile).errors(request_id)
     ]
+
+
+def cancel(request_id: int, dbfile: str = "./sheepdog.sqlite") -> int:
+    """Remove the request's jobs from the scheduler; return how many tasks were cancelled.
+
+    Works from any process: the request's config is kept in ``dbfile``.
+    """
+    storage = _storage(dbfile)
+    submitted = _submitted.get((storage.dbfile, request_id))
+    backend = submitted[1] if submitted else backends.create(
+        resolve(storage.request_config(request_id)))
+    for job in storage.jobs(request_id):
+        try:
+            backend.cancel(job.job_id)
+        except Exception as error:  # the other jobs still deserve their qdel
+            log.warning("request %s: could not cancel job %s: %s", request_id, job.job_id, error)
+    return storage.cancel_open(request_id, "cancelled by the user")
+
+
+def _after_interrupt(request_id: int, dbfile: str) -> None:
+    """Ctrl-C in map: cancel the unfinished tasks, asking first when someone can answer."""
+    progress = _storage(dbfile).progress(request_id)
+    unfinished = progress.total - progress.finished
+    if not unfinished:
+        return
+    answer = "y"
+    if sys.stdin is not None and sys.stdin.isatty():
+        try:
+            answer = input(f"\nsheepdog: cancel the {unfinished} unfinished tasks of request "
+                           f"{request_id}? [Y/n] ").strip().lower() or "y"
+        except (EOFError, KeyboardInterrupt):
+            answer = "y"
+    if answer.startswith("n"):
+        print(f"sheepdog: request {request_id} keeps running; collect it with "
+              f"sheepdog.get_results({request_id}, {dbfile!r})", file=sys.stderr)
+        return
+    cancelled = cancel(request_id, dbfile)
+    jobs = ", ".join(job.job_id for job in _storage(dbfile).jobs(request_id))
+    print(f"sheepdog: cancelled request {request_id}: job {jobs} removed from the scheduler, "
+          f"{cancelled} unfinished tasks marked cancelled", file=sys.stderr)
 
 
 def map(  # noqa: A001 - the original API's name
@@ -216,10 +310,18 @@ def map(  # noqa: A001 - the original API's name
     ns: Optional[Mapping[str, Any]] = None,
     verbose: bool = True,
 ) -> list[Any]:
-    """``[f(*a) for a in args]``, run on the cluster; ``None`` where a task failed."""
+    """``[f(*a) for a in args]``, run on the cluster; ``None`` where a task failed.
+
+    Returns once every task has finished. Ctrl-C cancels the request's
+    remaining tasks (asking first in an interactive session) and says so.
+    """
     dbfile = resolve(config).dbfile
     request_id = map_async(f, args, config, ns)
-    results = get_results(request_id, dbfile, block=True, verbose=verbose)
+    try:
+        results = get_results(request_id, dbfile, block=True, verbose=verbose)
+    except KeyboardInterrupt:
+        _after_interrupt(request_id, dbfile)
+        raise
     if verbose:
         failures = len(get_errors(request_id, dbfile))
         if failures:

@@ -42,6 +42,12 @@ class Config:
     workers: Optional[int] = None
     chunksize: int = 1
     retry_seconds: float = 600.0
+    retries: int = 0
+    retry_failed: bool = False
+    heartbeat_seconds: float = 10.0
+    lost_after: float = 60.0
+    tls: bool = True
+    max_body_bytes: int = 1 << 30
 
     @property
     def memory_limit(self) -> Optional[int]:
@@ -72,6 +78,12 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "workers": (int, type(None)),
     "chunksize": (int,),
     "retry_seconds": (int, float),
+    "retries": (int,),
+    "retry_failed": (bool,),
+    "heartbeat_seconds": (int, float),
+    "lost_after": (int, float),
+    "tls": (bool,),
+    "max_body_bytes": (int,),
 }
 
 VALID_KEYS = tuple(field.name for field in dataclasses.fields(Config))
@@ -96,7 +108,9 @@ def _check_types(conf: Mapping[str, Any]) -> None:
                 f"unknown config key {key!r}{hint}; valid keys are: {', '.join(VALID_KEYS)}"
             )
         allowed = _TYPES[key]
-        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        wrong_bool = isinstance(value, bool) and bool not in allowed
+        wrong_int = bool in allowed and not isinstance(value, bool)
+        if not isinstance(value, allowed) or wrong_bool or wrong_int:
             names = " or ".join("None" if kind is type(None) else kind.__name__ for kind in allowed)
             raise TypeError(f"config key {key!r} must be {names}, not {type(value).__name__}")
     if "ge_opts" in conf and not all(isinstance(item, str) for item in conf["ge_opts"]):
@@ -119,8 +133,16 @@ def _check_values(config: Config) -> None:
         value = getattr(config, key)
         if value is not None and value < 1:
             raise ValueError(f"config key {key!r} must be at least 1, not {value}")
-    if config.retry_seconds < 0:
-        raise ValueError("config key 'retry_seconds' must not be negative")
+    for key in ("retry_seconds", "retries"):
+        if getattr(config, key) < 0:
+            raise ValueError(f"config key {key!r} must not be negative")
+    if config.heartbeat_seconds <= 0 or config.lost_after < 2 * config.heartbeat_seconds:
+        raise ValueError(
+            f"config key 'lost_after' ({config.lost_after}) must be at least twice "
+            f"'heartbeat_seconds' ({config.heartbeat_seconds}), which must be positive"
+        )
+    if config.max_body_bytes < 1:
+        raise ValueError("config key 'max_body_bytes' must be positive")
     config.memory_limit  # noqa: B018 - raises on a malformed mem_grab
 
 

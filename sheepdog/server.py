@@ -1,118 +1,98 @@
-"""The HTTP server that workers call back: a Flask app and the code that hosts it.
+"""The HTTP(S) server that workers call back, and the code that hosts it.
 
-The app hands each task its function and arguments, and stores what the task
-reports. It never unpickles what workers send: results are stored as bytes and
-only the caller loads them. Every route but ``/`` needs HTTP Basic auth with
-the request's own random secret, compared in constant time.
-
-The app is hosted by Tornado when it is installed, by Werkzeug's server
-otherwise, in a background thread of the caller's process (``Server.start``)
-or in the foreground (``Server.serve_forever``, used by ``sheepdog serve``).
+What each request means lives in ``callbacks.py``; here it is served. Tornado
+hosts it when installed, with a handler that reads a request body only after
+checking its announced size (so an oversized body gets a 413 at once); the
+Flask app serves the same protocol under Werkzeug's server otherwise, and in
+tests through Flask's test client. Either runs in a daemon thread of the
+caller's process (``Server.start``) or in the foreground (``serve_forever``,
+used by ``sheepdog serve``).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
+import ssl
 import threading
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
-from flask import Flask, Response, abort, request
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
+from . import tls
+from .callbacks import DEFAULT_MAX_BODY_BYTES, Callbacks, Reply, text_reply
 from .storage import Storage
 
 log = logging.getLogger(__name__)
 
-#: Largest request body accepted (a pickled result), unless the caller says otherwise.
-DEFAULT_MAX_BODY_BYTES = 1 << 30
-_MAX_SQLITE_INTEGER = 2**63 - 1
 ENGINES = ("tornado", "werkzeug")
+_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
 def create_app(storage: Storage, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Flask:
-    """The Flask app serving ``storage`` to workers."""
+    """The Flask app answering the callback protocol for ``storage``."""
+    callbacks = Callbacks(storage, max_body_bytes)
     app = Flask("sheepdog.server")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
-    secret_cache: dict[int, str] = {}
+    app.url_map.merge_slashes = False  # odd paths get a 404, not a redirect
 
-    def authorise(request_id: int) -> None:
-        if request_id > _MAX_SQLITE_INTEGER:
-            abort(404, "no such request")
-        secret = secret_cache.get(request_id)
-        if secret is None:
-            secret = storage.request_secret(request_id)
-            if secret is None:
-                abort(404, "no such request")
-            secret_cache[request_id] = secret
-        credentials = request.authorization
-        given = (credentials.password or "") if credentials is not None else ""
-        if not hmac.compare_digest(given.encode("utf-8", "replace"), secret.encode()):
-            abort(Response(
-                "wrong or missing credentials\n", 401,
-                {"WWW-Authenticate": 'Basic realm="sheepdog"', "Content-Type": "text/plain"},
-            ))
+    def as_response(reply: Reply) -> Response:
+        return Response(reply.body, reply.status,
+                        {"Content-Type": reply.content_type, **reply.headers})
 
-    def authorised_task(request_id: int, index: int) -> None:
-        authorise(request_id)
-        if index > _MAX_SQLITE_INTEGER or not storage.task_exists(request_id, index):
-            abort(404, "no such task")
-
-    def octets(data: bytes) -> Response:
-        return Response(data, 200, {"Content-Type": "application/octet-stream"})
-
-    def body() -> bytes:
-        data = request.get_data(cache=False)
-        if not data:
-            abort(400, "empty body")
-        return data
-
-    def stored(was_new: bool) -> Response:
-        return Response("stored\n" if was_new else "already recorded\n", 200,
-                        {"Content-Type": "text/plain"})
-
-    @app.get("/")
-    def index() -> Response:
-        return Response("sheepdog server\n", 200, {"Content-Type": "text/plain"})
-
-    @app.get("/requests/<int:request_id>/function")
-    def function(request_id: int) -> Response:
-        authorise(request_id)
-        return octets(storage.function(request_id) or b"")
-
-    @app.get("/requests/<int:request_id>/tasks/<int:index>")
-    def arguments(request_id: int, index: int) -> Response:
-        authorised_task(request_id, index)
-        return octets(storage.task_arguments(request_id, index) or b"")
-
-    @app.post("/requests/<int:request_id>/tasks/<int:index>/start")
-    def start(request_id: int, index: int) -> Response:
-        authorised_task(request_id, index)
-        return stored(storage.mark_running(request_id, index))
-
-    @app.post("/requests/<int:request_id>/tasks/<int:index>/result")
-    def result(request_id: int, index: int) -> Response:
-        authorised_task(request_id, index)
-        return stored(storage.record_result(request_id, index, body()))
-
-    @app.post("/requests/<int:request_id>/tasks/<int:index>/error")
-    def error(request_id: int, index: int) -> Response:
-        authorised_task(request_id, index)
-        try:
-            text = body().decode("utf-8")
-        except UnicodeDecodeError:
-            abort(400, "the error text must be UTF-8")
-        return stored(storage.record_error(request_id, index, text))
+    @app.route("/", defaults={"path": ""}, methods=_METHODS)
+    @app.route("/<path:path>", methods=_METHODS)
+    def dispatch(path: str) -> Response:
+        refusal = callbacks.too_large(request.headers.get("Content-Length"))
+        if refusal is not None:
+            return as_response(refusal)
+        body = request.get_data(cache=False) if request.method == "POST" else b""
+        return as_response(callbacks.respond(
+            request.method, request.path, request.headers.get("Authorization"), body
+        ))
 
     @app.errorhandler(HTTPException)
     def plain_http_error(exception: HTTPException) -> Response:
-        if exception.response is not None:
-            return exception.response
-        return Response(f"{exception.code} {exception.name}: {exception.description}\n",
-                        exception.code, {"Content-Type": "text/plain"})
+        return as_response(text_reply(exception.code or 400, f"{exception.name}"))
 
     return app
+
+
+def _tornado_application(callbacks: Callbacks) -> Any:
+    import tornado.web
+
+    @tornado.web.stream_request_body
+    class CallbackHandler(tornado.web.RequestHandler):
+        SUPPORTED_METHODS = tuple(_METHODS)
+
+        def prepare(self) -> None:
+            self._chunks: list[bytes] = []
+            refusal = callbacks.too_large(self.request.headers.get("Content-Length"))
+            if refusal is not None:
+                self._reply(refusal)
+                self.request.connection.close()  # leave the unread body unread
+
+        def data_received(self, chunk: bytes) -> None:
+            if not self._finished:
+                self._chunks.append(chunk)
+
+        def _handle(self, *args: str) -> None:
+            self._reply(callbacks.respond(
+                self.request.method or "GET", self.request.path,
+                self.request.headers.get("Authorization"), b"".join(self._chunks),
+            ))
+
+        def _reply(self, reply: Reply) -> None:
+            self.set_status(reply.status)
+            self.set_header("Content-Type", reply.content_type)
+            for name, value in reply.headers.items():
+                self.set_header(name, value)
+            self.finish(reply.body)
+
+        get = head = post = put = delete = patch = options = _handle
+
+    return tornado.web.Application([(r"/.*", CallbackHandler)], log_function=lambda handler: None)
 
 
 def default_engine() -> str:
@@ -125,10 +105,12 @@ def default_engine() -> str:
 
 
 class Server:
-    """Hosts the app for one database on one port.
+    """Hosts the callback protocol for one database on one port.
 
     ``Server(dbfile, port=0)`` chooses a free port; ``port`` holds the real one
-    once started. Many map calls of one session share one server.
+    once started. With ``use_tls`` it serves HTTPS with the database's own
+    certificate (``certificate`` is what workers pin). Many map calls of one
+    session share one server.
     """
 
     def __init__(
@@ -138,6 +120,7 @@ class Server:
         bind: str = "127.0.0.1",
         engine: Optional[str] = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        use_tls: bool = True,
     ) -> None:
         self.storage = storage if isinstance(storage, Storage) else Storage(storage)
         self.port = port or 0
@@ -145,17 +128,26 @@ class Server:
         self.engine = engine or default_engine()
         if self.engine not in ENGINES:
             raise ValueError(f"unknown server engine {self.engine!r}; choose one of {ENGINES}")
-        self.app = create_app(self.storage, max_body_bytes)
+        self.max_body_bytes = max_body_bytes
+        self.certificate: Optional[bytes] = None
+        self._ssl_context: Optional[ssl.SSLContext] = None
+        if use_tls:
+            self.certificate, key = tls.identity_for(self.storage)
+            self._ssl_context = tls.server_context(self.certificate, key)
         self._thread: Optional[threading.Thread] = None
         self._stop: Optional[Callable[[], None]] = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self._ssl_context else "http"
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def url(self, host: str, scheme: str = "http") -> str:
+    def url(self, host: str) -> str:
         """The address workers use, given the name they know this machine by."""
-        return f"{scheme}://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
 
     def start(self) -> "Server":
         """Serve in a daemon thread; return once the socket listens."""
@@ -178,12 +170,14 @@ class Server:
             self._thread = None
             raise OSError(f"the sheepdog server could not listen on {self.bind}:{self.port}: "
                           f"{failure[0]}") from failure[0]
-        log.info("sheepdog server (%s) listening on %s:%s", self.engine, self.bind, self.port)
+        log.info("sheepdog server (%s, %s) listening on %s:%s",
+                 self.engine, self.scheme, self.bind, self.port)
         return self
 
     def serve_forever(self) -> None:
         """Serve in this thread until interrupted."""
-        self._serve(lambda: log.info("serving %s on %s:%s", self.storage.dbfile, self.bind, self.port))
+        self._serve(lambda: log.info("serving %s over %s on %s:%s",
+                                     self.storage.dbfile, self.scheme, self.bind, self.port))
 
     def stop(self) -> None:
         if self._stop is not None:
@@ -205,15 +199,15 @@ class Server:
         import tornado.httpserver
         import tornado.ioloop
         import tornado.netutil
-        import tornado.wsgi
 
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         io_loop = tornado.ioloop.IOLoop.current()
         sockets = tornado.netutil.bind_sockets(self.port, address=self.bind)
         http_server = tornado.httpserver.HTTPServer(
-            tornado.wsgi.WSGIContainer(self.app),
-            max_body_size=self.app.config["MAX_CONTENT_LENGTH"] + 1,
+            _tornado_application(Callbacks(self.storage, self.max_body_bytes)),
+            max_body_size=self.max_body_bytes,
+            ssl_options=self._ssl_context,
         )
         http_server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
@@ -236,7 +230,8 @@ class Server:
                 pass
 
         http_server = make_server(
-            self.bind, self.port, self.app, threaded=True, request_handler=QuietHandler
+            self.bind, self.port, create_app(self.storage, self.max_body_bytes), threaded=True,
+            request_handler=QuietHandler, ssl_context=self._ssl_context,
         )
         self.port = http_server.server_port
         self._stop = http_server.shutdown

@@ -5,26 +5,36 @@ with a busy timeout, so the server thread can write results while the caller
 polls progress, and every write runs in an explicit ``BEGIN IMMEDIATE``
 transaction. Task states and the transitions between them live here:
 
-``pending`` -> ``running`` -> ``done`` | ``failed`` | ``lost``
+``pending`` -> ``running`` -> ``done`` | ``failed`` | ``lost`` | ``cancelled``
 
-The first report of a task wins: a task that reports twice (a re-run, a
-retried POST) is stored once.
+``done`` and ``failed`` come from the task's own report, and the first report
+wins: a task that reports twice (a re-run, a retried POST) is stored once.
+``lost`` and ``cancelled`` are sheepdog's conclusions, so a report that arrives
+later still replaces them: a result is never thrown away. A lost task may be
+put back to ``pending`` for a retry.
+
+The file holds each request's secret, so it is created readable by its owner
+only.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 SCHEMA_VERSION = 1
 
 PENDING, RUNNING, DONE, FAILED, LOST = "pending", "running", "done", "failed", "lost"
-FINISHED_STATES = (DONE, FAILED, LOST)
+CANCELLED = "cancelled"
+FINISHED_STATES = (DONE, FAILED, LOST, CANCELLED)
+#: States a task's own report (result or error) may replace.
+REPORTABLE_STATES = (PENDING, RUNNING, LOST, CANCELLED)
 
 _SCHEMA = """
 CREATE TABLE requests (
@@ -33,7 +43,8 @@ CREATE TABLE requests (
     secret TEXT NOT NULL,
     function BLOB NOT NULL,
     n_tasks INTEGER NOT NULL,
-    backend TEXT NOT NULL
+    backend TEXT NOT NULL,
+    config TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE tasks (
     request_id INTEGER NOT NULL REFERENCES requests(id),
@@ -43,15 +54,32 @@ CREATE TABLE tasks (
     result BLOB,
     error TEXT,
     updated REAL,
+    heartbeat REAL,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    retryable INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (request_id, idx)
 ) WITHOUT ROWID;
 CREATE INDEX tasks_by_state ON tasks (request_id, state);
 CREATE TABLE jobs (
     request_id INTEGER NOT NULL REFERENCES requests(id),
     job_id TEXT NOT NULL,
-    submitted REAL NOT NULL
+    submitted REAL NOT NULL,
+    chunksize INTEGER NOT NULL,
+    indices TEXT
+);
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
 );
 """
+
+
+class Job(NamedTuple):
+    """A scheduler job of a request: array task t runs a chunk of its arguments."""
+
+    job_id: str
+    chunksize: int
+    indices: Optional[tuple[int, ...]]  # None: the arguments 1..N in order
 
 
 class StorageError(RuntimeError):
@@ -68,10 +96,11 @@ class Progress:
     done: int = 0
     failed: int = 0
     lost: int = 0
+    cancelled: int = 0
 
     @property
     def finished(self) -> int:
-        return self.done + self.failed + self.lost
+        return self.done + self.failed + self.lost + self.cancelled
 
     @property
     def complete(self) -> bool:
@@ -84,6 +113,8 @@ class Storage:
     def __init__(self, dbfile: str | os.PathLike[str]) -> None:
         self.dbfile = os.path.abspath(os.fspath(dbfile))
         self._local = threading.local()
+        if not os.path.exists(self.dbfile):
+            os.close(os.open(self.dbfile, os.O_CREAT | os.O_WRONLY, 0o600))
         self._migrate()
 
     def _connection(self) -> sqlite3.Connection:
@@ -133,14 +164,23 @@ class Storage:
     # -- requests -------------------------------------------------------
 
     def create_request(
-        self, function: bytes, arguments: Iterable[bytes], secret: str, backend: str
+        self,
+        function: bytes,
+        arguments: Iterable[bytes],
+        secret: str,
+        backend: str,
+        config: Mapping[str, Any] | None = None,
     ) -> int:
-        """Store a request and its tasks (indices 1..N); return the request id."""
+        """Store a request and its tasks (indices 1..N); return the request id.
+
+        ``config`` (JSON-able) is kept so that a later process can reach the
+        request's jobs, to watch or cancel them.
+        """
         with self._write() as db:
             cursor = db.execute(
-                "INSERT INTO requests (created, secret, function, n_tasks, backend) "
-                "VALUES (?, ?, ?, 0, ?)",
-                (time.time(), secret, function, backend),
+                "INSERT INTO requests (created, secret, function, n_tasks, backend, config) "
+                "VALUES (?, ?, ?, 0, ?, ?)",
+                (time.time(), secret, function, backend, json.dumps(dict(config or {}))),
             )
             request_id = cursor.lastrowid
             db.executemany(
@@ -173,18 +213,43 @@ class Storage:
             raise KeyError(f"request {request_id} is not in {self.dbfile}")
         return row[0]
 
-    def add_job(self, request_id: int, job_id: str) -> None:
+    def request_config(self, request_id: int) -> dict[str, Any]:
+        row = self._connection().execute(
+            "SELECT config FROM requests WHERE id = ?", (request_id,)
+        ).fetchone()
+        if row is None:
+            raise KeyError(f"request {request_id} is not in {self.dbfile}")
+        return json.loads(row[0])
+
+    def add_job(
+        self, request_id: int, job_id: str, chunksize: int, indices: Sequence[int] | None = None
+    ) -> None:
+        """Record a scheduler job; ``indices`` lists its arguments when not simply 1..N."""
         with self._write() as db:
             db.execute(
-                "INSERT INTO jobs (request_id, job_id, submitted) VALUES (?, ?, ?)",
-                (request_id, job_id, time.time()),
+                "INSERT INTO jobs (request_id, job_id, submitted, chunksize, indices) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (request_id, job_id, time.time(), chunksize,
+                 None if indices is None else json.dumps(list(indices))),
             )
 
-    def job_ids(self, request_id: int) -> list[str]:
+    def jobs(self, request_id: int) -> list[Job]:
         rows = self._connection().execute(
-            "SELECT job_id FROM jobs WHERE request_id = ? ORDER BY submitted", (request_id,)
+            "SELECT job_id, chunksize, indices FROM jobs WHERE request_id = ? ORDER BY rowid",
+            (request_id,),
         )
-        return [row[0] for row in rows]
+        return [Job(job_id, chunksize, None if indices is None else tuple(json.loads(indices)))
+                for job_id, chunksize, indices in rows]
+
+    def meta(self, key: str) -> bytes | None:
+        row = self._connection().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta_once(self, key: str, value: bytes) -> bytes:
+        """Store ``value`` under ``key`` unless one is there; return the stored value."""
+        with self._write() as db:
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            return db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
 
     # -- tasks ----------------------------------------------------------
 
@@ -196,37 +261,94 @@ class Storage:
 
     def mark_running(self, request_id: int, index: int) -> bool:
         """pending -> running; False when the task is unknown or already further on."""
-        return self._transition(request_id, index, RUNNING, (PENDING,), None, None)
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE tasks SET state = ?, heartbeat = ?, updated = ? "
+                "WHERE request_id = ? AND idx = ? AND state = ?",
+                (RUNNING, time.time(), time.time(), request_id, index, PENDING),
+            )
+        return cursor.rowcount == 1
+
+    def heartbeat(self, request_id: int, index: int) -> bool:
+        """A running task is still alive; False when it is not running."""
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE tasks SET heartbeat = ? WHERE request_id = ? AND idx = ? AND state = ?",
+                (time.time(), request_id, index, RUNNING),
+            )
+        return cursor.rowcount == 1
 
     def record_result(self, request_id: int, index: int, result: bytes) -> bool:
-        """Store a result unless the task already finished; True if stored."""
-        return self._transition(request_id, index, DONE, (PENDING, RUNNING), result, None)
+        """Store a result unless the task already reported; True if stored."""
+        return self._finish(request_id, index, DONE, REPORTABLE_STATES, result=result)
 
     def record_error(self, request_id: int, index: int, error: str) -> bool:
         """Store the error of a task whose function raised; True if stored."""
-        return self._transition(request_id, index, FAILED, (PENDING, RUNNING), None, error)
+        return self._finish(request_id, index, FAILED, REPORTABLE_STATES, error=error)
 
-    def record_lost(self, request_id: int, index: int, reason: str) -> bool:
+    def record_lost(self, request_id: int, index: int, reason: str, retryable: bool = False) -> bool:
         """Mark a task that ended without reporting; True if it was still open."""
-        return self._transition(request_id, index, LOST, (PENDING, RUNNING), None, reason)
+        return self._finish(
+            request_id, index, LOST, (PENDING, RUNNING), error=reason, retryable=retryable
+        )
 
-    def _transition(
+    def _finish(
         self,
         request_id: int,
         index: int,
         state: str,
         from_states: tuple[str, ...],
-        result: bytes | None,
-        error: str | None,
+        result: bytes | None = None,
+        error: str | None = None,
+        retryable: bool = False,
     ) -> bool:
         marks = ", ".join("?" for _ in from_states)
         with self._write() as db:
             cursor = db.execute(
-                "UPDATE tasks SET state = ?, result = ?, error = ?, updated = ? "
+                "UPDATE tasks SET state = ?, result = ?, error = ?, retryable = ?, updated = ? "
                 f"WHERE request_id = ? AND idx = ? AND state IN ({marks})",
-                (state, result, error, time.time(), request_id, index, *from_states),
+                (state, result, error, int(retryable), time.time(), request_id, index,
+                 *from_states),
             )
         return cursor.rowcount == 1
+
+    def cancel_open(self, request_id: int, reason: str) -> int:
+        """Mark every task not yet finished as cancelled; return how many."""
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE tasks SET state = ?, error = ?, updated = ? "
+                "WHERE request_id = ? AND state IN (?, ?)",
+                (CANCELLED, reason, time.time(), request_id, PENDING, RUNNING),
+            )
+        return cursor.rowcount
+
+    def stale_running(self, request_id: int, silent_since: float) -> list[int]:
+        """Running tasks whose last heartbeat is older than ``silent_since`` (a time.time())."""
+        rows = self._connection().execute(
+            "SELECT idx FROM tasks WHERE request_id = ? AND state = ? AND heartbeat < ?",
+            (request_id, RUNNING, silent_since),
+        )
+        return [row[0] for row in rows]
+
+    def retry_candidates(self, request_id: int, max_attempts: int, failed_too: bool) -> list[int]:
+        """Lost (and, if asked, failed) tasks that may run again."""
+        states = (LOST, FAILED) if failed_too else (LOST,)
+        rows = self._connection().execute(
+            "SELECT idx FROM tasks WHERE request_id = ? AND attempts < ? AND "
+            f"(state = ? AND retryable = 1 {'OR state = ?' if failed_too else ''}) ORDER BY idx",
+            (request_id, max_attempts, *states),
+        )
+        return [row[0] for row in rows]
+
+    def requeue(self, request_id: int, indices: Sequence[int]) -> None:
+        """Put lost or failed tasks back to pending for another attempt."""
+        with self._write() as db:
+            db.executemany(
+                "UPDATE tasks SET state = ?, error = NULL, heartbeat = NULL, "
+                "attempts = attempts + 1, updated = ? "
+                "WHERE request_id = ? AND idx = ? AND state IN (?, ?)",
+                ((PENDING, time.time(), request_id, index, LOST, FAILED) for index in indices),
+            )
 
     def task_exists(self, request_id: int, index: int) -> bool:
         row = self._connection().execute(
@@ -259,12 +381,12 @@ class Storage:
         ).fetchall()
 
     def errors(self, request_id: int) -> list[tuple[bytes, str, str]]:
-        """(arguments, state, error text) of failed and lost tasks, in argument order."""
+        """(arguments, state, error text) of failed, lost and cancelled tasks, in order."""
         self.n_tasks(request_id)
         return self._connection().execute(
-            "SELECT args, state, error FROM tasks WHERE request_id = ? AND state IN (?, ?) "
+            "SELECT args, state, error FROM tasks WHERE request_id = ? AND state IN (?, ?, ?) "
             "ORDER BY idx",
-            (request_id, FAILED, LOST),
+            (request_id, FAILED, LOST, CANCELLED),
         ).fetchall()
 
     def integrity_check(self) -> str:

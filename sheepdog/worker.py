@@ -4,11 +4,12 @@ It is embedded verbatim into the job file, so it imports only the standard
 library and nothing from the rest of the package; the serialisation module
 (embedded beside it) is handed in by the job file as ``codec``.
 
-One scheduler array task covers one or more consecutive arguments (a chunk).
-For each it fetches the arguments over HTTP, runs ``f(*args)`` and posts the
-pickled result, or the full traceback when ``f`` raised. Network failures are
-retried with backoff for ``retry_seconds``, so a server restart does not lose
-results; a 4xx answer is final and is not retried.
+One scheduler array task covers one or more arguments (a chunk). For each it
+fetches the arguments over HTTP(S), says it started, runs ``f(*args)`` while a
+thread sends heartbeats, and posts the pickled result, or the full traceback
+when ``f`` raised. Network failures are retried with backoff for
+``retry_seconds``, so a server restart does not lose results; a 4xx answer is
+final. Over HTTPS the worker trusts only the certificate in its settings.
 """
 
 import base64
@@ -16,6 +17,7 @@ import http.client
 import os
 import ssl
 import sys
+import threading
 import time
 import traceback
 import urllib.parse
@@ -103,10 +105,41 @@ def log(message):
     print(f"sheepdog worker: {message}", file=sys.stderr, flush=True)
 
 
-def argument_indices(array_task_id, chunksize, n_arguments):
-    """The 1-based argument indices that one array task (1-based) covers."""
-    first = (array_task_id - 1) * chunksize + 1
-    return range(first, min(first + chunksize, n_arguments + 1))
+def argument_indices(array_task_id, chunksize, n_arguments, indices=None):
+    """The 1-based argument indices that one array task (1-based) covers.
+
+    ``indices`` lists the arguments of a job that runs only some of them (a
+    retry); otherwise the job covers 1..``n_arguments`` in order.
+    """
+    start = (array_task_id - 1) * chunksize
+    if indices is not None:
+        return list(indices[start:start + chunksize])
+    return range(start + 1, min(start + 1 + chunksize, n_arguments + 1))
+
+
+class Heartbeat:
+    """Tells the server, every ``interval`` seconds, which task is still running."""
+
+    def __init__(self, client, interval):
+        self.client = client
+        self.interval = interval
+        self.index = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="sheepdog-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self):
+        while not self._stop.wait(self.interval):
+            index = self.index
+            if index is None:
+                continue
+            try:
+                self.client.request("POST", f"/tasks/{index}/heartbeat", b"")
+            except Exception as error:  # a missed beat is not fatal; the next may pass
+                log(f"heartbeat for task {index} failed: {error}")
+
+    def stop(self):
+        self._stop.set()
 
 
 def python_mismatch(expected):
@@ -140,10 +173,11 @@ def _post_error(client, index, text):
     client.request("POST", f"/tasks/{index}/error", _clip(text).encode("utf-8"), "text/plain")
 
 
-def run_one(client, codec, function, index):
+def run_one(client, codec, function, index, heartbeat):
     """Fetch, run and report argument ``index``; never raises for ``f``'s faults."""
     arguments = codec.loads(client.request("GET", f"/tasks/{index}"))
     client.request("POST", f"/tasks/{index}/start", b"")
+    heartbeat.index = index
     try:
         result = function(*arguments)
     except BaseException as error:  # noqa: B902 - SystemExit from f is the user's error too
@@ -151,6 +185,8 @@ def run_one(client, codec, function, index):
         frames = error.__traceback__.tb_next if error.__traceback__ else None
         _post_error(client, index, "".join(traceback.format_exception(type(error), error, frames)))
         return
+    finally:
+        heartbeat.index = None
     try:
         payload = codec.dumps(result)
     except Exception:
@@ -167,14 +203,15 @@ def run_one(client, codec, function, index):
 def run(settings, codec):
     """Run the array task named by the scheduler's environment; return an exit status."""
     array_task_id = int(os.environ[settings["task_variable"]])
-    indices = argument_indices(array_task_id, settings["chunksize"], settings["n_arguments"])
-    client = Client(
-        settings["url"],
-        settings["request_id"],
-        settings["secret"],
-        settings["retry_seconds"],
-        settings.get("certificate"),
+    indices = argument_indices(
+        array_task_id, settings["chunksize"], settings["n_arguments"], settings.get("indices")
     )
+
+    def connect(retry_seconds):
+        return Client(settings["url"], settings["request_id"], settings["secret"],
+                      retry_seconds, settings.get("certificate"))
+
+    client = connect(settings["retry_seconds"])
     problem = python_mismatch(settings["python"])
     if problem is None:
         try:
@@ -185,10 +222,14 @@ def run(settings, codec):
             raise
         except BaseException:  # noqa: B902 - report any failure to load
             problem = "the function could not be loaded on this worker:\n" + traceback.format_exc()
-    for index in indices:
-        if problem is None:
-            run_one(client, codec, function, index)
-        else:
-            _post_error(client, index, problem)
-    client.close()
+    heartbeat = Heartbeat(connect(settings["heartbeat_seconds"]), settings["heartbeat_seconds"])
+    try:
+        for index in indices:
+            if problem is None:
+                run_one(client, codec, function, index, heartbeat)
+            else:
+                _post_error(client, index, problem)
+    finally:
+        heartbeat.stop()
+        client.close()
     return 0 if problem is None else 1

@@ -77,7 +77,7 @@ def test_wrong_method_is_405(client, request_id):
 
 @pytest.mark.parametrize("engine", ["tornado", "werkzeug"])
 def test_both_hosts_serve_over_a_real_socket_with_keep_alive(storage, request_id, engine):
-    server = Server(storage, port=0, engine=engine).start()
+    server = Server(storage, port=0, engine=engine, use_tls=False).start()
     try:
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         for index in (1, 2):
@@ -104,7 +104,7 @@ def test_port_in_use_is_a_clear_error(storage):
 
 def test_server_handles_concurrent_posts(storage):
     request_id = storage.create_request(b"fn", [b"a"] * 50, "right", "local")
-    server = Server(storage, port=0).start()
+    server = Server(storage, port=0, use_tls=False).start()
 
     def post(index):
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
@@ -119,3 +119,66 @@ def test_server_handles_concurrent_posts(storage):
         thread.join()
     server.stop()
     assert storage.progress(request_id).done == 50
+
+
+@pytest.mark.parametrize("engine", ["tornado", "werkzeug"])
+def test_tls_server_talks_to_a_worker_pinning_its_certificate(storage, request_id, engine):
+    from sheepdog.worker import Client
+
+    server = Server(storage, port=0, engine=engine).start()
+    try:
+        assert server.url("127.0.0.1").startswith("https://")
+        client = Client(server.url("127.0.0.1"), request_id, "right", retry_seconds=5,
+                        certificate=server.certificate.decode())
+        assert client.request("GET", "/function") == b"fn"
+    finally:
+        server.stop()
+
+
+def test_worker_refuses_a_server_with_another_certificate(storage, request_id):
+    import ssl
+
+    from sheepdog import tls
+    from sheepdog.worker import Client
+
+    server = Server(storage, port=0).start()
+    try:
+        stranger, _key = tls.generate_identity()
+        client = Client(server.url("127.0.0.1"), request_id, "right", retry_seconds=60,
+                        certificate=stranger.decode())
+        with pytest.raises(ssl.SSLCertVerificationError):
+            client.request("GET", "/function")
+    finally:
+        server.stop()
+
+
+def test_plain_http_to_a_tls_server_gets_no_answer(storage, request_id):
+    server = Server(storage, port=0).start()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
+            connection.request("GET", f"/requests/{request_id}/function", headers=auth("right"))
+            connection.getresponse().read()
+    finally:
+        server.stop()
+
+
+def test_certificate_is_kept_per_database_for_restarts(storage):
+    first = Server(storage, port=0)
+    second = Server(storage.dbfile, port=0)
+    assert first.certificate == second.certificate and b"BEGIN CERTIFICATE" in first.certificate
+
+
+def test_oversized_body_gets_413_before_it_is_read(storage, request_id):
+    import socket
+
+    server = Server(storage, port=0, use_tls=False, max_body_bytes=1000).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            header = (f"POST /requests/{request_id}/tasks/1/result HTTP/1.1\r\n"
+                      f"Host: x\r\nContent-Length: 5000000000\r\n\r\n")
+            raw.sendall(header.encode())
+            answer = raw.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 413")
+    finally:
+        server.stop()

@@ -80,6 +80,6 @@ def test_unknown_request_is_a_key_error(storage):
 
 def test_jobs_are_recorded_per_request(storage):
     request_id = make_request(storage)
-    storage.add_job(request_id, "123")
-    storage.add_job(request_id, "124")
-    assert storage.job_ids(request_id) == ["123", "124"]
+    storage.add_job(request_id, "123", chunksize=2)
+    storage.add_job(request_id, "124", chunksize=1, indices=[3])
+    assert storage.jobs(request_id) == [("123", 2, None), ("124", 1, (3,))]

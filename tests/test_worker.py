@@ -33,7 +33,7 @@ def free_port():
 def test_client_retries_until_the_server_comes_up(storage):
     request_id = storage.create_request(b"fn", [b"a"], "pw", "local")
     port = free_port()
-    server = Server(storage, port=port)
+    server = Server(storage, port=port, use_tls=False)
     starter = threading.Timer(1.0, server.start)
     starter.start()
     try:
@@ -54,7 +54,7 @@ def test_client_gives_up_after_its_retry_budget():
 
 def test_client_does_not_retry_a_refusal(storage):
     request_id = storage.create_request(b"fn", [b"a"], "pw", "local")
-    server = Server(storage, port=0).start()
+    server = Server(storage, port=0, use_tls=False).start()
     try:
         client = worker.Client(server.url("127.0.0.1"), request_id, "wrong", retry_seconds=60)
         started = time.monotonic()

@@ -8,13 +8,20 @@ be marked lost), and cancels. Each scheduler lives in its own small module.
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from ..config import Config
 
 
 class SubmissionError(RuntimeError):
     """The scheduler refused the job; the message carries the scheduler's own words."""
+
+
+class TaskEnd(NamedTuple):
+    """How an array task ended, and whether running it again could help."""
+
+    reason: str
+    retryable: bool
 
 
 class Backend(abc.ABC):
@@ -36,7 +43,7 @@ class Backend(abc.ABC):
         """Start the job; return the scheduler's job id."""
 
     @abc.abstractmethod
-    def ended_tasks(self, job_id: str, candidates: set[int]) -> dict[int, str]:
+    def ended_tasks(self, job_id: str, candidates: set[int]) -> dict[int, TaskEnd]:
         """Which of the array tasks ``candidates`` of ``job_id`` have ended, and how."""
 
     @abc.abstractmethod

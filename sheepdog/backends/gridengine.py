@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ElementTree
 from typing import Optional
 
 from .. import ssh
-from . import Backend, SubmissionError
+from . import Backend, SubmissionError, TaskEnd
 
 #: Seconds a task may be missing from qstat without a qacct record before it counts as ended.
 ACCOUNTING_GRACE_SECONDS = 15.0
@@ -72,16 +72,24 @@ def parse_qacct(text: str) -> dict[int, dict[str, str]]:
     return records
 
 
-def describe_accounting(fields: dict[str, str]) -> str:
-    """How a task ended, in GridEngine's words."""
-    status = int(fields.get("exit_status", "0") or 0)
-    text = f"exit status {status}"
+#: qacct ``failed`` codes after which running the task again would not help:
+#: 100 follows a qdel ("assumedly after job"), 37 a limit such as h_rt.
+_FINAL_FAILURES = {"37": "a limit (h_rt, h_cpu or h_vmem) was enforced",
+                   "100": "the task was deleted (qdel)"}
+
+
+def describe_accounting(fields: dict[str, str]) -> TaskEnd:
+    """How a task ended, in GridEngine's words, from its qacct record."""
+    status_text = (fields.get("exit_status") or "0").split()[0]
+    status = int(status_text) if status_text.isdigit() else 0
+    reason = f"exit status {status}"
     if status > 128:
-        text += f" (signal {status - 128})"
+        reason += f", signal {status - 128}"
     failed = fields.get("failed", "0")
-    if failed and not failed.startswith("0"):
-        text += f"; GridEngine failed code {failed}"
-    return text
+    code = failed.split()[0] if failed else "0"
+    if code != "0":
+        reason += f"; GridEngine: failed {failed}"
+    return TaskEnd(reason, retryable=code not in _FINAL_FAILURES)
 
 
 class GridEngineBackend(Backend):
@@ -93,7 +101,6 @@ class GridEngineBackend(Backend):
     def __init__(self, config) -> None:  # type: ignore[no-untyped-def]
         super().__init__(config)
         self._missing_since: dict[tuple[str, int], float] = {}
-        self._known_tasks: dict[str, int] = {}  # job id -> number of array tasks
 
     @property
     def connection(self) -> ssh.Connection:
@@ -127,9 +134,7 @@ class GridEngineBackend(Backend):
                 f"qsub refused the job: {result.stderr.strip() or result.stdout.strip()}; "
                 f"check ge_opts {list(self.config.ge_opts)}"
             )
-        job_id = parse_job_id(result.stdout)
-        self._known_tasks[job_id] = n_array_tasks
-        return job_id
+        return parse_job_id(result.stdout)
 
     def _error_reasons(self, job_id: str) -> str:
         detail = self._run(f"qstat -j {job_id}").stdout
@@ -137,16 +142,14 @@ class GridEngineBackend(Backend):
                    if line.startswith("error reason")]
         return "; ".join(reasons) or "GridEngine put the task in error state"
 
-    def ended_tasks(self, job_id: str, candidates: set[int]) -> dict[int, str]:
-        if job_id not in self._known_tasks:
-            return {}
+    def ended_tasks(self, job_id: str, candidates: set[int]) -> dict[int, TaskEnd]:
         listed = parse_qstat_tasks(self._run("qstat -xml -g d").stdout, job_id)
-        ended: dict[int, str] = {}
+        ended: dict[int, TaskEnd] = {}
         errored = sorted(task for task, state in listed.items() if "E" in state and task in candidates)
         if errored:
             reason = self._error_reasons(job_id)
             for task in errored:
-                ended[task] = f"GridEngine error state: {reason}"
+                ended[task] = TaskEnd(f"GridEngine error state: {reason}", retryable=False)
             self._run(f"qdel {job_id} -t {errored[0]}-{errored[-1]}")
         missing = sorted(task for task in candidates if task not in listed)
         if not missing:
@@ -160,7 +163,9 @@ class GridEngineBackend(Backend):
             if task in accounting:
                 ended[task] = describe_accounting(accounting[task])
             elif now - first_seen > ACCOUNTING_GRACE_SECONDS:
-                ended[task] = "no longer known to GridEngine, and not in its accounting"
+                ended[task] = TaskEnd(
+                    "no longer known to GridEngine, and not in its accounting", retryable=True
+                )
         return ended
 
     def cancel(self, job_id: str) -> None:

@@ -19,7 +19,7 @@ import threading
 import weakref
 from pathlib import Path
 
-from . import Backend
+from . import Backend, TaskEnd
 
 _job_numbers = itertools.count(1)
 _live_jobs: "weakref.WeakSet[LocalJob]" = weakref.WeakSet()
@@ -44,7 +44,7 @@ class LocalJob:
         self.script = script
         self.shell = shell
         self.n_tasks = n_tasks
-        self.ended: dict[int, str] = {}
+        self.ended: dict[int, TaskEnd] = {}
         self._pending = iter(range(1, n_tasks + 1))
         self._lock = threading.Lock()
         self._running: dict[int, subprocess.Popen[bytes]] = {}
@@ -66,12 +66,13 @@ class LocalJob:
         while (task_id := self._next_task()) is not None:
             returncode = self._run(task_id)
             with self._lock:
-                self.ended[task_id] = (
-                    "cancelled before it started" if returncode is None else describe_exit(returncode)
-                )
+                if returncode is None:
+                    self.ended[task_id] = TaskEnd("cancelled before it started", retryable=False)
+                else:
+                    self.ended[task_id] = TaskEnd(describe_exit(returncode), not self._cancelled)
                 self._remaining -= 1
                 finished = self._remaining == 0
-            if finished and all(reason == "exit status 0" for reason in self.ended.values()):
+            if finished and all(end.reason == "exit status 0" for end in self.ended.values()):
                 shutil.rmtree(self.script.parent, ignore_errors=True)
 
     def _run(self, task_id: int) -> int | None:
@@ -140,7 +141,7 @@ class LocalBackend(Backend):
         )
         return job_id
 
-    def ended_tasks(self, job_id: str, candidates: set[int]) -> dict[int, str]:
+    def ended_tasks(self, job_id: str, candidates: set[int]) -> dict[int, TaskEnd]:
         job = self._jobs.get(job_id)
         if job is None:
             return {}

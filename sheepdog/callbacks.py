@@ -1,0 +1,161 @@
+"""The callback protocol: what each worker request means and how it is answered.
+
+Kept apart from any web framework so that the Flask app and the native
+Tornado handler (``server.py``) answer every request identically, and so that
+the fast path costs no more than parsing a path and one SQLite statement.
+
+Routes, all under HTTP Basic auth with the request's own secret::
+
+    GET  /requests/<rid>/function               the pickled function and namespace
+    GET  /requests/<rid>/tasks/<i>              the pickled arguments of task i
+    POST /requests/<rid>/tasks/<i>/start        task i started running
+    POST /requests/<rid>/tasks/<i>/heartbeat    task i is still running
+    POST /requests/<rid>/tasks/<i>/result       body: the pickled result
+    POST /requests/<rid>/tasks/<i>/error        body: the traceback, UTF-8
+
+Bodies are stored as bytes and never unpickled here. Every malformed or
+unauthorised request gets a 4xx answer with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+#: Largest request body accepted (a pickled result), unless the caller says otherwise.
+DEFAULT_MAX_BODY_BYTES = 1 << 30
+
+_ROUTE = re.compile(
+    r"/requests/(?P<rid>\d{1,18})/"
+    r"(?:(?P<function>function)|tasks/(?P<index>\d{1,18})(?:/(?P<action>[a-z]+))?)"
+)
+_ACTIONS = ("start", "heartbeat", "result", "error")
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def text_reply(status: int, message: str, **headers: str) -> Reply:
+    return Reply(status, (message + "\n").encode(), headers=headers)
+
+
+_UNAUTHORISED = text_reply(401, "wrong or missing credentials",
+                           **{"WWW-Authenticate": 'Basic realm="sheepdog"'})
+_STORED = text_reply(200, "stored")
+_ALREADY = text_reply(200, "already recorded")
+
+
+def _password(authorization: Optional[str]) -> bytes:
+    """The password of a Basic ``Authorization`` header; b"" when there is none."""
+    if not authorization or not authorization.startswith("Basic "):
+        return b""
+    try:
+        decoded = base64.b64decode(authorization[6:].strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+    return decoded.partition(b":")[2]
+
+
+class Callbacks:
+    """Answers worker requests from one :class:`Storage`."""
+
+    def __init__(self, storage: Storage, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+        self.storage = storage
+        self.max_body_bytes = max_body_bytes
+        self._secrets: dict[int, bytes] = {}
+
+    def too_large(self, content_length: Optional[str]) -> Optional[Reply]:
+        """A 413 reply when the announced body exceeds the limit, before it is read."""
+        try:
+            length = int(content_length or 0)
+        except ValueError:
+            return text_reply(400, "Content-Length is not a number")
+        if length > self.max_body_bytes:
+            return text_reply(413, f"body of {length} bytes is over the limit of "
+                                   f"{self.max_body_bytes} bytes")
+        return None
+
+    def _secret(self, request_id: int) -> Optional[bytes]:
+        secret = self._secrets.get(request_id)
+        if secret is None:
+            stored = self.storage.request_secret(request_id)
+            if stored is None:
+                return None
+            secret = self._secrets[request_id] = stored.encode()
+        return secret
+
+    def respond(self, method: str, path: str, authorization: Optional[str], body: bytes) -> Reply:
+        """The reply to one request; never raises for anything a client sends."""
+        try:
+            return self._respond(method, path, authorization, body)
+        except sqlite3.OperationalError as error:
+            log.warning("database busy answering %s %s: %s", method, path, error)
+            return text_reply(503, "database busy, retry", **{"Retry-After": "1"})
+
+    def _respond(self, method: str, path: str, authorization: Optional[str], body: bytes) -> Reply:
+        if path == "/" and method in ("GET", "HEAD"):
+            return text_reply(200, "sheepdog server")
+        match = _ROUTE.fullmatch(path)
+        if match is None:
+            return text_reply(404, "no such route")
+        request_id = int(match["rid"])
+        secret = self._secret(request_id)
+        if secret is None:
+            return text_reply(404, "no such request")
+        if not hmac.compare_digest(_password(authorization), secret):
+            return _UNAUTHORISED
+        if match["function"]:
+            if method != "GET":
+                return text_reply(405, "use GET", Allow="GET")
+            return Reply(200, self.storage.function(request_id) or b"", "application/octet-stream")
+        index = int(match["index"])
+        action = match["action"]
+        if action is None:
+            if method != "GET":
+                return text_reply(405, "use GET", Allow="GET")
+            arguments = self.storage.task_arguments(request_id, index)
+            if arguments is None:
+                return text_reply(404, "no such task")
+            return Reply(200, arguments, "application/octet-stream")
+        if action not in _ACTIONS:
+            return text_reply(404, "no such route")
+        if method != "POST":
+            return text_reply(405, "use POST", Allow="POST")
+        if len(body) > self.max_body_bytes:
+            return text_reply(413, f"body over the limit of {self.max_body_bytes} bytes")
+        if not self.storage.task_exists(request_id, index):
+            return text_reply(404, "no such task")
+        return self._report(request_id, index, action, body)
+
+    def _report(self, request_id: int, index: int, action: str, body: bytes) -> Reply:
+        storage = self.storage
+        if action == "start":
+            storage.mark_running(request_id, index)
+            return _STORED
+        if action == "heartbeat":
+            storage.heartbeat(request_id, index)
+            return _STORED
+        if not body:
+            return text_reply(400, "empty body")
+        if action == "result":
+            return _STORED if storage.record_result(request_id, index, body) else _ALREADY
+        try:
+            error = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return text_reply(400, "the error text must be UTF-8")
+        return _STORED if storage.record_error(request_id, index, error) else _ALREADY
