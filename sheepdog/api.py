@@ -186,18 +186,34 @@ def _watch(storage: Storage, request_id: int) -> None:
         for job_id, task_id in owners.values():
             by_job.setdefault(job_id, set()).add(task_id)
         ended = {job_id: backend.ended_tasks(job_id, tasks) for job_id, tasks in by_job.items()}
+        warned = storage.kill_noticed(request_id)
         for index, (job_id, task_id) in owners.items():
             end = ended[job_id].get(task_id)
-            if end and storage.record_lost(
-                request_id, index, f"the task ended without reporting ({end.reason}; job {job_id})",
-                retryable=end.retryable,
+            if end is None:
+                continue
+            reason = end.reason
+            if index in warned and end.retryable:
+                reason += "; the scheduler warned before killing it: it was deleted (qdel)"
+            if storage.record_lost(
+                request_id, index, f"the task ended without reporting ({reason}; job {job_id})",
+                retryable=end.retryable and index not in warned,
             ):
-                log.warning("request %s: task %s lost (%s)", request_id, index, end.reason)
-    if config.retries:
-        again = storage.retry_candidates(request_id, config.retries + 1, config.retry_failed)
-        if again:
-            storage.requeue(request_id, again)
-            _submit(storage, config, backend, request_id, storage.n_tasks(request_id), again)
+                log.warning("request %s: task %s lost (%s)", request_id, index, reason)
+    _retry(storage, request_id)
+
+
+def _retry(storage: Storage, request_id: int) -> bool:
+    """Resubmit lost (and, if asked, failed) tasks that have attempts left; True if any."""
+    submitted = _submitted.get((storage.dbfile, request_id))
+    if submitted is None or not submitted[0].retries:
+        return False
+    config, backend = submitted
+    again = storage.retry_candidates(request_id, config.retries + 1, config.retry_failed)
+    if not again:
+        return False
+    storage.requeue(request_id, again)
+    _submit(storage, config, backend, request_id, storage.n_tasks(request_id), again)
+    return True
 
 
 def wait(
@@ -217,7 +233,7 @@ def wait(
             progress = storage.progress(request_id)
             if display is not None:
                 display.update(progress)
-            if progress.complete:
+            if progress.complete and not _retry(storage, request_id):
                 return
             now = time.monotonic()
             if now >= next_watch:

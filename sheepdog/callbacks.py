@@ -12,6 +12,7 @@ Routes, all under HTTP Basic auth with the request's own secret::
     POST /requests/<rid>/tasks/<i>/heartbeat    task i is still running
     POST /requests/<rid>/tasks/<i>/result       body: the pickled result
     POST /requests/<rid>/tasks/<i>/error        body: the traceback, UTF-8
+    POST /requests/<rid>/tasks/<i>/killing      the scheduler warned it will kill task i
 
 Bodies are stored as bytes and never unpickled here. Every malformed or
 unauthorised request gets a 4xx answer with a one-line reason.
@@ -39,7 +40,7 @@ _ROUTE = re.compile(
     r"/requests/(?P<rid>\d{1,18})/"
     r"(?:(?P<function>function)|tasks/(?P<index>\d{1,18})(?:/(?P<action>[a-z]+))?)"
 )
-_ACTIONS = ("start", "heartbeat", "result", "error")
+_ACTIONS = ("start", "heartbeat", "killing", "result", "error")
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,9 @@ class Callbacks:
             return _STORED
         if action == "heartbeat":
             storage.heartbeat(request_id, index)
+            return _STORED
+        if action == "killing":
+            storage.note_kill_notice(request_id, index)
             return _STORED
         if not body:
             return text_reply(400, "empty body")

@@ -55,6 +55,7 @@ CREATE TABLE tasks (
     error TEXT,
     updated REAL,
     heartbeat REAL,
+    kill_notice REAL,
     attempts INTEGER NOT NULL DEFAULT 1,
     retryable INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (request_id, idx)
@@ -278,6 +279,22 @@ class Storage:
             )
         return cursor.rowcount == 1
 
+    def note_kill_notice(self, request_id: int, index: int) -> None:
+        """The scheduler warned a running task that it is about to kill it."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE tasks SET kill_notice = ? WHERE request_id = ? AND idx = ? AND state = ?",
+                (time.time(), request_id, index, RUNNING),
+            )
+
+    def kill_noticed(self, request_id: int) -> set[int]:
+        """Open tasks that were warned of a kill by the scheduler."""
+        rows = self._connection().execute(
+            "SELECT idx FROM tasks WHERE request_id = ? AND state = ? AND kill_notice IS NOT NULL",
+            (request_id, RUNNING),
+        )
+        return {row[0] for row in rows}
+
     def record_result(self, request_id: int, index: int, result: bytes) -> bool:
         """Store a result unless the task already reported; True if stored."""
         return self._finish(request_id, index, DONE, REPORTABLE_STATES, result=result)
@@ -344,7 +361,7 @@ class Storage:
         """Put lost or failed tasks back to pending for another attempt."""
         with self._write() as db:
             db.executemany(
-                "UPDATE tasks SET state = ?, error = NULL, heartbeat = NULL, "
+                "UPDATE tasks SET state = ?, error = NULL, heartbeat = NULL, kill_notice = NULL, "
                 "attempts = attempts + 1, updated = ? "
                 "WHERE request_id = ? AND idx = ? AND state IN (?, ?)",
                 ((PENDING, time.time(), request_id, index, LOST, FAILED) for index in indices),

@@ -15,6 +15,7 @@ final. Over HTTPS the worker trusts only the certificate in its settings.
 import base64
 import http.client
 import os
+import signal
 import ssl
 import sys
 import threading
@@ -142,6 +143,30 @@ class Heartbeat:
         self._stop.set()
 
 
+def report_kill_notices(connect, remaining):
+    """Tell the server when GridEngine warns that it is about to kill this task.
+
+    Jobs submitted with ``-notify`` get SIGUSR2 before ``qdel`` or an enforced
+    limit kills them (and SIGUSR1 before a suspension, which needs no action).
+    A warned task was stopped on purpose, so it is not retried; the scheduler's
+    accounting then says why. The worker leaves at once rather than make the
+    scheduler wait out its notify period.
+    """
+
+    def on_kill_notice(signum, frame):
+        reporter = connect(5)
+        for index in list(remaining):
+            try:
+                reporter.request("POST", f"/tasks/{index}/killing", b"")
+            except Exception as error:
+                log(f"could not report the kill notice for task {index}: {error}")
+        os._exit(128 + signum)
+
+    if hasattr(signal, "SIGUSR2"):
+        signal.signal(signal.SIGUSR2, on_kill_notice)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 def python_mismatch(expected):
     """A message when this Python cannot load code made by ``expected`` (major, minor)."""
     here = tuple(sys.version_info[:2])
@@ -223,12 +248,15 @@ def run(settings, codec):
         except BaseException:  # noqa: B902 - report any failure to load
             problem = "the function could not be loaded on this worker:\n" + traceback.format_exc()
     heartbeat = Heartbeat(connect(settings["heartbeat_seconds"]), settings["heartbeat_seconds"])
+    remaining = list(indices)
+    report_kill_notices(connect, remaining)
     try:
         for index in indices:
             if problem is None:
                 run_one(client, codec, function, index, heartbeat)
             else:
                 _post_error(client, index, problem)
+            remaining.remove(index)
     finally:
         heartbeat.stop()
         client.close()

@@ -1,3 +1,4 @@
+import os
 import sqlite3
 
 import pytest
@@ -83,3 +84,42 @@ def test_jobs_are_recorded_per_request(storage):
     storage.add_job(request_id, "123", chunksize=2)
     storage.add_job(request_id, "124", chunksize=1, indices=[3])
     assert storage.jobs(request_id) == [("123", 2, None), ("124", 1, (3,))]
+
+
+def test_a_late_report_replaces_lost_and_cancelled(storage):
+    request_id = make_request(storage)
+    assert storage.record_lost(request_id, 1, "silent")
+    assert storage.record_result(request_id, 1, b"late but real")
+    assert storage.cancel_open(request_id, "by user") == 2
+    assert storage.record_error(request_id, 2, "late error")
+    assert [row[1] for row in storage.results(request_id)] == ["done", "failed", "cancelled"]
+
+
+def test_lost_tasks_are_requeued_for_a_limited_number_of_attempts(storage):
+    request_id = make_request(storage)
+    storage.record_lost(request_id, 1, "crash", retryable=True)
+    storage.record_lost(request_id, 2, "qdel", retryable=False)
+    storage.record_error(request_id, 3, "raised")
+    assert storage.retry_candidates(request_id, max_attempts=2, failed_too=False) == [1]
+    assert storage.retry_candidates(request_id, max_attempts=2, failed_too=True) == [1, 3]
+    storage.requeue(request_id, [1])
+    assert storage.progress(request_id).pending == 1
+    storage.record_lost(request_id, 1, "crash again", retryable=True)
+    assert storage.retry_candidates(request_id, max_attempts=2, failed_too=False) == []
+
+
+def test_silent_running_tasks_are_found_by_their_last_heartbeat(storage):
+    import time
+
+    request_id = make_request(storage)
+    storage.mark_running(request_id, 1)
+    storage.mark_running(request_id, 2)
+    assert storage.stale_running(request_id, time.time() - 60) == []
+    assert sorted(storage.stale_running(request_id, time.time() + 1)) == [1, 2]
+
+
+def test_database_file_is_private(dbfile):
+    import stat
+
+    Storage(dbfile)
+    assert stat.S_IMODE(os.stat(dbfile).st_mode) == 0o600

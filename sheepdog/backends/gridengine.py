@@ -5,7 +5,10 @@ with ``qsub -terse`` (which prints ``JOBID.1-N:1`` for an array job) and then
 removed, since qsub keeps its own copy. Array tasks that have left ``qstat``
 have ended; ``qacct`` says how (exit status, failure code). Tasks stuck in an
 error state (``Eqw``: a missing shell, an unwritable ``-o`` path) never run, so
-they count as ended too, with GridEngine's reason, and are deleted.
+they count as ended too, with GridEngine's reason, and are deleted. Jobs are
+submitted with ``-notify``, so a running task that ``qdel`` removes is warned
+and reports itself deleted; such tasks, and those killed for exceeding a limit
+such as ``h_rt``, are not retried.
 """
 
 from __future__ import annotations
@@ -72,10 +75,11 @@ def parse_qacct(text: str) -> dict[int, dict[str, str]]:
     return records
 
 
-#: qacct ``failed`` codes after which running the task again would not help:
-#: 100 follows a qdel ("assumedly after job"), 37 a limit such as h_rt.
-_FINAL_FAILURES = {"37": "a limit (h_rt, h_cpu or h_vmem) was enforced",
-                   "100": "the task was deleted (qdel)"}
+#: qacct ``failed`` code after which running the task again would not help: a
+#: limit (h_rt, h_cpu, h_vmem) was enforced. (100, "assumedly after job",
+#: follows both a qdel and a crash, so it says nothing; a qdel'd running task
+#: reports itself, thanks to -notify.)
+_LIMIT_ENFORCED = "37"
 
 
 def describe_accounting(fields: dict[str, str]) -> TaskEnd:
@@ -89,7 +93,7 @@ def describe_accounting(fields: dict[str, str]) -> TaskEnd:
     code = failed.split()[0] if failed else "0"
     if code != "0":
         reason += f"; GridEngine: failed {failed}"
-    return TaskEnd(reason, retryable=code not in _FINAL_FAILURES)
+    return TaskEnd(reason, retryable=code != _LIMIT_ENFORCED)
 
 
 class GridEngineBackend(Backend):
@@ -107,7 +111,8 @@ class GridEngineBackend(Backend):
         return ssh.get(ssh.destination_for(self.config))
 
     def directives(self, n_array_tasks: int) -> list[str]:
-        return [f"-S {self.config.shell}", f"-t 1-{n_array_tasks}", *self.config.ge_opts]
+        # -notify: qdel warns a running task (SIGUSR2), so it can say it was deleted.
+        return [f"-S {self.config.shell}", f"-t 1-{n_array_tasks}", "-notify", *self.config.ge_opts]
 
     def _run(self, command: str) -> ssh.CommandResult:
         result = self.connection.run(command)
@@ -163,8 +168,9 @@ class GridEngineBackend(Backend):
             if task in accounting:
                 ended[task] = describe_accounting(accounting[task])
             elif now - first_seen > ACCOUNTING_GRACE_SECONDS:
+                # A task that never ran leaves no accounting: it was deleted (qdel).
                 ended[task] = TaskEnd(
-                    "no longer known to GridEngine, and not in its accounting", retryable=True
+                    "deleted from GridEngine before it ran (no accounting record)", retryable=False
                 )
         return ended
 

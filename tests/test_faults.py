@@ -1,0 +1,164 @@
+"""Faults on the local backend: silence, crashes, retries, Ctrl-C, version mismatch."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import sheepdog
+from sheepdog import worker
+from sheepdog.backends import SubmissionError
+from sheepdog.backends.gridengine import GridEngineBackend, describe_accounting
+from sheepdog.config import resolve
+from sheepdog.server import Server
+from sheepdog.ssh import CommandResult
+
+from .test_api import max_request
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_task_that_falls_silent_is_lost_after_lost_after(local_conf):
+    def freeze():
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGSTOP)  # a hung node: alive, but silent
+
+    conf = {**local_conf, "heartbeat_seconds": 0.5, "lost_after": 3}
+    started = time.monotonic()
+    assert sheepdog.map(freeze, [()], conf, verbose=False) == [None]
+    assert time.monotonic() - started < 30
+    (error,) = sheepdog.get_errors(max_request(local_conf), local_conf["dbfile"])
+    assert "no heartbeat for 3 s" in error[1]
+    sheepdog.cancel(max_request(local_conf), local_conf["dbfile"])  # reap the frozen process
+
+
+def test_crashed_task_is_retried_once_and_its_result_arrives(local_conf, tmp_path):
+    marker = str(tmp_path / f"crashed-{uuid.uuid4().hex}")
+
+    def crashes_once(x):
+        import os
+        import signal
+
+        if x == 2 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x * 10
+
+    conf = {**local_conf, "retries": 1}
+    assert sheepdog.map(crashes_once, [(1,), (2,), (3,)], conf, verbose=False) == [10, 20, 30]
+    storage = sheepdog.Storage(local_conf["dbfile"])
+    jobs = storage.jobs(max_request(local_conf))
+    assert len(jobs) == 2 and jobs[1].indices == (2,)
+
+
+def test_without_retries_a_crash_is_reported_lost_with_its_signal(local_conf):
+    def crash():
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    assert sheepdog.map(crash, [()], local_conf, verbose=False) == [None]
+    (error,) = sheepdog.get_errors(max_request(local_conf), local_conf["dbfile"])
+    assert "killed by SIGKILL" in error[1]
+
+
+def test_function_that_raised_is_retried_only_when_asked(local_conf, tmp_path):
+    marker = str(tmp_path / "raised")
+
+    def raises_once():
+        import os
+
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("first time")
+        return "second time"
+
+    assert sheepdog.map(raises_once, [()], {**local_conf, "retries": 1}, verbose=False) == [None]
+    os.remove(marker)
+    conf = {**local_conf, "retries": 1, "retry_failed": True}
+    assert sheepdog.map(raises_once, [()], conf, verbose=False) == ["second time"]
+
+
+def test_ctrl_c_in_a_script_cancels_and_says_so(tmp_path):
+    script = textwrap.dedent(f"""
+        import sheepdog, time
+        def forever():
+            time.sleep(600)
+        sheepdog.map(forever, [()] * 2, {{"scheduler": "local", "dbfile": "db.sqlite"}})
+    """)
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=tmp_path, stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    storage = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if (tmp_path / "db.sqlite").exists():
+            storage = storage or sheepdog.Storage(tmp_path / "db.sqlite")
+            try:
+                if storage.progress(1).running == 2:
+                    break
+            except KeyError:
+                pass
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _out, err = process.communicate(timeout=30)
+    assert "KeyboardInterrupt" in err
+    assert "sheepdog: cancelled request 1" in err and "2 unfinished tasks marked cancelled" in err
+    assert storage.progress(1).cancelled == 2
+
+
+def test_worker_on_another_python_version_reports_both_versions(storage, monkeypatch):
+    request_id = storage.create_request(b"not loaded", [b"args"], "pw", "local")
+    server = Server(storage, port=0, use_tls=False).start()
+    monkeypatch.setenv("SGE_TASK_ID", "1")
+    try:
+        from sheepdog import serialisation
+
+        settings = {"url": server.url("127.0.0.1"), "request_id": request_id, "secret": "pw",
+                    "n_arguments": 1, "chunksize": 1, "task_variable": "SGE_TASK_ID",
+                    "python": [3, 99], "retry_seconds": 5, "heartbeat_seconds": 10}
+        assert worker.run(settings, serialisation) == 1
+    finally:
+        server.stop()
+    ((_args, state, error),) = storage.errors(request_id)
+    assert state == "failed" and "Python 3.99" in error and sys.version.split()[0] in error
+
+
+class FakeConnection:
+    def __init__(self, result):
+        self.result = result
+
+    def run(self, command):
+        return self.result
+
+    def upload(self, text, path):
+        return path
+
+
+def test_qsub_missing_from_a_non_interactive_shell_is_explained(monkeypatch):
+    backend = GridEngineBackend(resolve({"host": "headnode"}))
+    fake = FakeConnection(CommandResult(127, "", "bash: line 1: qsub: command not found"))
+    monkeypatch.setattr(GridEngineBackend, "connection", property(lambda self: fake))
+    try:
+        backend.submit("#!/usr/bin/python3\n", 1, 1)
+    except SubmissionError as error:
+        assert "qsub was not found" in str(error) and ".bashrc" in str(error)
+    else:
+        raise AssertionError("no SubmissionError")
+
+
+def test_accounting_says_whether_a_retry_could_help():
+    limit = describe_accounting({"failed": "37  : qmaster enforced h_rt, h_cpu, or h_vmem limit",
+                                 "exit_status": "137"})
+    assert not limit.retryable and "h_rt" in limit.reason and "signal 9" in limit.reason
+    crash = describe_accounting({"failed": "100 : assumedly after job", "exit_status": "137"})
+    assert crash.retryable
+    assert describe_accounting({"failed": "0", "exit_status": "1"}).reason == "exit status 1"
