@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from . import backends, jobscript, serialisation
+from .chunking import choose_chunksize
 from .config import Config, resolve
 from .progress import ProgressDisplay
 from .server import Server
@@ -91,14 +92,15 @@ def _submit(
     """Render and submit one job over all arguments, or over ``indices`` only."""
     server = _server(config, storage)
     count = n_arguments if indices is None else len(indices)
-    n_array_tasks = -(-count // config.chunksize)
+    chunksize = config.chunksize or choose_chunksize(count, *backend.capacity())
+    n_array_tasks = -(-count // chunksize)
     settings = {
         "url": server.url(config.localhost or "127.0.0.1"),
         "certificate": server.certificate.decode() if server.certificate else None,
         "request_id": request_id,
         "secret": storage.request_secret(request_id),
         "n_arguments": n_arguments,
-        "chunksize": config.chunksize,
+        "chunksize": chunksize,
         "indices": None if indices is None else list(indices),
         "task_variable": backend.task_variable,
         "python": list(sys.version_info[:2]),
@@ -108,8 +110,9 @@ def _submit(
     }
     script = jobscript.render(config.shell or "python3", backend.directives(n_array_tasks), settings)
     job_id = backend.submit(script, request_id, n_array_tasks)
-    storage.add_job(request_id, job_id, config.chunksize, indices)
-    log.info("request %s: job %s submitted (%d arguments)", request_id, job_id, count)
+    storage.add_job(request_id, job_id, chunksize, indices)
+    log.info("request %s: job %s submitted (%d arguments in %d array tasks)",
+             request_id, job_id, count, n_array_tasks)
     return job_id
 
 

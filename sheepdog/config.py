@@ -40,7 +40,8 @@ class Config:
     shell: Optional[str] = None
     ge_opts: tuple[str, ...] = DEFAULT_GE_OPTS
     workers: Optional[int] = None
-    chunksize: int = 1
+    chunksize: Optional[int] = None
+    max_running: Optional[int] = None
     retry_seconds: float = 600.0
     retries: int = 0
     retry_failed: bool = False
@@ -76,7 +77,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "shell": (str, type(None)),
     "ge_opts": (list, tuple),
     "workers": (int, type(None)),
-    "chunksize": (int,),
+    "chunksize": (int, type(None)),
+    "max_running": (int, type(None)),
     "retry_seconds": (int, float),
     "retries": (int,),
     "retry_failed": (bool,),
@@ -129,7 +131,7 @@ def _check_values(config: Config) -> None:
         )
     if config.port is not None and not 0 <= config.port <= 65535:
         raise ValueError(f"config key 'port' must be between 0 and 65535, not {config.port}")
-    for key in ("workers", "chunksize"):
+    for key in ("workers", "chunksize", "max_running"):
         value = getattr(config, key)
         if value is not None and value < 1:
             raise ValueError(f"config key {key!r} must be at least 1, not {value}")

@@ -8,7 +8,7 @@ be marked lost), and cancels. Each scheduler lives in its own small module.
 from __future__ import annotations
 
 import abc
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, Optional
 
 from ..config import Config
 
@@ -37,6 +37,10 @@ class Backend(abc.ABC):
     def directives(self, n_array_tasks: int) -> list[str]:
         """Scheduler options written into the job file's header."""
         return []
+
+    def capacity(self) -> tuple[Optional[int], Optional[int]]:
+        """(slots that can run tasks at once, largest array allowed); None where unknown."""
+        return None, None
 
     @abc.abstractmethod
     def submit(self, script: str, request_id: int, n_array_tasks: int) -> str:

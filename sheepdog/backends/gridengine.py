@@ -59,6 +59,27 @@ def _expand_task_range(text: str) -> range:
     return range(first, last + 1, step)
 
 
+def parse_max_array_tasks(sconf_text: str) -> Optional[int]:
+    """``max_aj_tasks`` from ``qconf -sconf`` output (0 means unlimited)."""
+    match = re.search(r"^max_aj_tasks\s+(\d+)", sconf_text, flags=re.MULTILINE)
+    if match is None:
+        return None
+    return int(match.group(1)) or None
+
+
+def parse_total_slots(cluster_queue_text: str) -> Optional[int]:
+    """The TOTAL slots of all cluster queues, from ``qstat -g c`` output."""
+    lines = cluster_queue_text.splitlines()
+    header = next((line.replace("CLUSTER QUEUE", "CLUSTER_QUEUE").split()
+                   for line in lines if line.startswith("CLUSTER QUEUE")), None)
+    if header is None or "TOTAL" not in header:
+        return None
+    column = header.index("TOTAL")
+    totals = [int(fields[column]) for fields in (line.split() for line in lines)
+              if len(fields) == len(header) and fields[column].isdigit()]
+    return sum(totals) or None
+
+
 def parse_qacct(text: str) -> dict[int, dict[str, str]]:
     """Array task id -> qacct fields (``failed``, ``exit_status``, ...)."""
     records: dict[int, dict[str, str]] = {}
@@ -105,6 +126,7 @@ class GridEngineBackend(Backend):
     def __init__(self, config) -> None:  # type: ignore[no-untyped-def]
         super().__init__(config)
         self._missing_since: dict[tuple[str, int], float] = {}
+        self._capacity: Optional[tuple[Optional[int], Optional[int]]] = None
 
     @property
     def connection(self) -> ssh.Connection:
@@ -112,7 +134,17 @@ class GridEngineBackend(Backend):
 
     def directives(self, n_array_tasks: int) -> list[str]:
         # -notify: qdel warns a running task (SIGUSR2), so it can say it was deleted.
-        return [f"-S {self.config.shell}", f"-t 1-{n_array_tasks}", "-notify", *self.config.ge_opts]
+        limit = [f"-tc {self.config.max_running}"] if self.config.max_running else []
+        return [f"-S {self.config.shell}", f"-t 1-{n_array_tasks}", "-notify", *limit,
+                *self.config.ge_opts]
+
+    def capacity(self) -> tuple[Optional[int], Optional[int]]:
+        """Slots (``qstat -g c``) and ``max_aj_tasks`` (``qconf -sconf``), asked once."""
+        if self._capacity is None:
+            slots = parse_total_slots(self._run("qstat -g c").stdout)
+            max_array = parse_max_array_tasks(self._run("qconf -sconf").stdout)
+            self._capacity = (slots, max_array)
+        return self._capacity
 
     def _run(self, command: str) -> ssh.CommandResult:
         result = self.connection.run(command)

@@ -129,6 +129,9 @@ class LocalBackend(Backend):
         super().__init__(config)
         self._jobs: dict[str, LocalJob] = {}
 
+    def capacity(self) -> tuple[int | None, int | None]:
+        return self.config.workers, None
+
     def submit(self, script: str, request_id: int, n_array_tasks: int) -> str:
         directory = Path(tempfile.mkdtemp(prefix=f"sheepdog-{request_id}-"))
         path = directory / f"sheepdog_{request_id}.py"
@@ -136,8 +139,9 @@ class LocalBackend(Backend):
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(script)
         job_id = f"local-{os.getpid()}-{next(_job_numbers)}"
+        workers = min(self.config.workers or 1, self.config.max_running or n_array_tasks)
         self._jobs[job_id] = LocalJob(
-            job_id, path, n_array_tasks, self.config.workers or 1, self.config.shell or "python3"
+            job_id, path, n_array_tasks, workers, self.config.shell or "python3"
         )
         return job_id
 
