@@ -4,16 +4,19 @@ Kept apart from any web framework so that the Flask app and the native
 Tornado handler (``server.py``) answer every request identically, and so that
 the fast path costs no more than parsing a path and one SQLite statement.
 
-Routes, all under HTTP Basic auth with the request's own secret::
+Routes, all under HTTP Basic auth with the request's own secret. ``<tasks>``
+names a chunk of tasks by index, as in ``7`` or ``1-200,205``::
 
     GET  /requests/<rid>/function               the pickled function and namespace
-    GET  /requests/<rid>/tasks/<i>              the pickled arguments of task i
-    POST /requests/<rid>/tasks/<i>/start        task i started running
-    POST /requests/<rid>/tasks/<i>/heartbeat    task i is still running
-    POST /requests/<rid>/tasks/<i>/result       body: the pickled result
-    POST /requests/<rid>/tasks/<i>/error        body: the traceback, UTF-8
-    POST /requests/<rid>/tasks/<i>/killing      the scheduler warned it will kill task i
+    GET  /requests/<rid>/tasks/<tasks>          their pickled arguments, as frames
+    POST /requests/<rid>/tasks/<tasks>/start    the tasks started running
+    POST /requests/<rid>/tasks/<tasks>/heartbeat  the tasks are still running
+    POST /requests/<rid>/tasks/<tasks>/killing  the scheduler warned it will kill them
+    POST /requests/<rid>/results                results and errors, as frames
+    POST /requests/<rid>/tasks/<i>/result       body: one pickled result
+    POST /requests/<rid>/tasks/<i>/error        body: one traceback, UTF-8
 
+Frames are ``worker.pack_frames``: (index, kind, length) headers and bytes.
 Bodies are stored as bytes and never unpickled here. Every malformed or
 unauthorised request gets a 4xx answer with a one-line reason.
 """
@@ -30,17 +33,22 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 from .storage import Storage
+from .worker import ARGUMENTS, ERROR, RESULT, pack_frames, parse_index_spec, unpack_frames
 
 log = logging.getLogger(__name__)
 
 #: Largest request body accepted (a pickled result), unless the caller says otherwise.
 DEFAULT_MAX_BODY_BYTES = 1 << 30
 
+#: The most tasks one request may name.
+MAX_TASKS_PER_REQUEST = 100_000
+
 _ROUTE = re.compile(
-    r"/requests/(?P<rid>\d{1,18})/"
-    r"(?:(?P<function>function)|tasks/(?P<index>\d{1,18})(?:/(?P<action>[a-z]+))?)"
+    r"/requests/(?P<rid>\d{1,18})/(?:(?P<function>function)|(?P<results>results)|"
+    r"tasks/(?P<spec>[0-9,-]{1,100000})(?:/(?P<action>[a-z]+))?)"
 )
-_ACTIONS = ("start", "heartbeat", "killing", "result", "error")
+_CHUNK_ACTIONS = ("start", "heartbeat", "killing")
+_SINGLE_ACTIONS = ("result", "error")
 
 
 @dataclass(frozen=True)
@@ -124,36 +132,59 @@ class Callbacks:
             if method != "GET":
                 return text_reply(405, "use GET", Allow="GET")
             return Reply(200, self.storage.function(request_id) or b"", "application/octet-stream")
-        index = int(match["index"])
+        if match["results"]:
+            if method != "POST":
+                return text_reply(405, "use POST", Allow="POST")
+            return self._results(request_id, body)
+        indices = parse_index_spec(match["spec"], MAX_TASKS_PER_REQUEST)
+        if indices is None or indices[-1] > 2**62:
+            return text_reply(404, "no such tasks")
         action = match["action"]
         if action is None:
             if method != "GET":
                 return text_reply(405, "use GET", Allow="GET")
-            arguments = self.storage.task_arguments(request_id, index)
-            if arguments is None:
+            arguments = self.storage.task_arguments(request_id, indices)
+            if len(arguments) != len(set(indices)):
                 return text_reply(404, "no such task")
-            return Reply(200, arguments, "application/octet-stream")
-        if action not in _ACTIONS:
+            return Reply(200, pack_frames((i, ARGUMENTS, arguments[i]) for i in indices),
+                         "application/octet-stream")
+        if action not in _CHUNK_ACTIONS + _SINGLE_ACTIONS:
             return text_reply(404, "no such route")
         if method != "POST":
             return text_reply(405, "use POST", Allow="POST")
         if len(body) > self.max_body_bytes:
             return text_reply(413, f"body over the limit of {self.max_body_bytes} bytes")
-        if not self.storage.task_exists(request_id, index):
+        if action in _CHUNK_ACTIONS:
+            return self._chunk_action(request_id, indices, action)
+        if len(indices) != 1 or not self.storage.task_exists(request_id, indices[0]):
             return text_reply(404, "no such task")
-        return self._report(request_id, index, action, body)
+        return self._report(request_id, indices[0], action, body)
+
+    def _chunk_action(self, request_id: int, indices: list[int], action: str) -> Reply:
+        update = {"start": self.storage.mark_running, "heartbeat": self.storage.heartbeat,
+                  "killing": self.storage.note_kill_notice}[action]
+        update(request_id, indices)
+        return _STORED
+
+    def _results(self, request_id: int, body: bytes) -> Reply:
+        try:
+            frames = unpack_frames(body)
+            reports = [(index, kind == ERROR, payload) for index, kind, payload in frames
+                       if kind in (RESULT, ERROR)]
+            for _index, failed, payload in reports:
+                if failed:
+                    payload.decode("utf-8")
+                elif not payload:
+                    raise ValueError("empty result")
+        except (ValueError, UnicodeDecodeError) as error:
+            return text_reply(400, f"malformed results: {error}")
+        if len(reports) != len(frames) or not reports:
+            return text_reply(400, "malformed results: no result or error frames")
+        stored = self.storage.record_reports(request_id, reports)
+        return text_reply(200, f"stored {stored} of {len(reports)}")
 
     def _report(self, request_id: int, index: int, action: str, body: bytes) -> Reply:
         storage = self.storage
-        if action == "start":
-            storage.mark_running(request_id, index)
-            return _STORED
-        if action == "heartbeat":
-            storage.heartbeat(request_id, index)
-            return _STORED
-        if action == "killing":
-            storage.note_kill_notice(request_id, index)
-            return _STORED
         if not body:
             return text_reply(400, "empty body")
         if action == "result":

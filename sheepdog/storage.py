@@ -254,38 +254,51 @@ class Storage:
 
     # -- tasks ----------------------------------------------------------
 
-    def task_arguments(self, request_id: int, index: int) -> bytes | None:
-        row = self._connection().execute(
-            "SELECT args FROM tasks WHERE request_id = ? AND idx = ?", (request_id, index)
-        ).fetchone()
-        return None if row is None else row[0]
-
-    def mark_running(self, request_id: int, index: int) -> bool:
-        """pending -> running; False when the task is unknown or already further on."""
-        with self._write() as db:
-            cursor = db.execute(
-                "UPDATE tasks SET state = ?, heartbeat = ?, updated = ? "
-                "WHERE request_id = ? AND idx = ? AND state = ?",
-                (RUNNING, time.time(), time.time(), request_id, index, PENDING),
+    def task_arguments(self, request_id: int, indices: Sequence[int]) -> dict[int, bytes]:
+        """The stored arguments of the tasks ``indices`` (unknown ones are left out)."""
+        if len(indices) > 1 and list(indices) == list(range(indices[0], indices[-1] + 1)):
+            rows = self._connection().execute(
+                "SELECT idx, args FROM tasks WHERE request_id = ? AND idx BETWEEN ? AND ?",
+                (request_id, indices[0], indices[-1]),
             )
-        return cursor.rowcount == 1
+            return dict(rows)
+        query = "SELECT idx, args FROM tasks WHERE request_id = ? AND idx = ?"
+        connection = self._connection()
+        found = {}
+        for index in indices:
+            row = connection.execute(query, (request_id, index)).fetchone()
+            if row is not None:
+                found[row[0]] = row[1]
+        return found
 
-    def heartbeat(self, request_id: int, index: int) -> bool:
-        """A running task is still alive; False when it is not running."""
+    def _update_many(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> int:
         with self._write() as db:
-            cursor = db.execute(
-                "UPDATE tasks SET heartbeat = ? WHERE request_id = ? AND idx = ? AND state = ?",
-                (time.time(), request_id, index, RUNNING),
-            )
-        return cursor.rowcount == 1
+            return db.executemany(sql, rows).rowcount
 
-    def note_kill_notice(self, request_id: int, index: int) -> None:
-        """The scheduler warned a running task that it is about to kill it."""
-        with self._write() as db:
-            db.execute(
-                "UPDATE tasks SET kill_notice = ? WHERE request_id = ? AND idx = ? AND state = ?",
-                (time.time(), request_id, index, RUNNING),
-            )
+    def mark_running(self, request_id: int, indices: Sequence[int]) -> int:
+        """pending -> running for a chunk of tasks; returns how many moved."""
+        now = time.time()
+        return self._update_many(
+            "UPDATE tasks SET state = ?, heartbeat = ?, updated = ? "
+            "WHERE request_id = ? AND idx = ? AND state = ?",
+            ((RUNNING, now, now, request_id, index, PENDING) for index in indices),
+        )
+
+    def heartbeat(self, request_id: int, indices: Sequence[int]) -> int:
+        """Running tasks are still alive."""
+        now = time.time()
+        return self._update_many(
+            "UPDATE tasks SET heartbeat = ? WHERE request_id = ? AND idx = ? AND state = ?",
+            ((now, request_id, index, RUNNING) for index in indices),
+        )
+
+    def note_kill_notice(self, request_id: int, indices: Sequence[int]) -> int:
+        """The scheduler warned running tasks that it is about to kill them."""
+        now = time.time()
+        return self._update_many(
+            "UPDATE tasks SET kill_notice = ? WHERE request_id = ? AND idx = ? AND state = ?",
+            ((now, request_id, index, RUNNING) for index in indices),
+        )
 
     def kill_noticed(self, request_id: int) -> set[int]:
         """Open tasks that were warned of a kill by the scheduler."""
@@ -294,6 +307,22 @@ class Storage:
             (request_id, RUNNING),
         )
         return {row[0] for row in rows}
+
+    def record_reports(self, request_id: int, reports: Sequence[tuple[int, bool, bytes]]) -> int:
+        """Store many (index, failed, payload) reports in one transaction; returns how many.
+
+        A payload is the pickled result, or the UTF-8 error text when ``failed``.
+        """
+        marks = ", ".join("?" for _ in REPORTABLE_STATES)
+        now = time.time()
+        return self._update_many(
+            "UPDATE tasks SET state = ?, result = ?, error = ?, retryable = 0, updated = ? "
+            f"WHERE request_id = ? AND idx = ? AND state IN ({marks})",
+            ((FAILED if failed else DONE, None if failed else payload,
+              payload.decode("utf-8") if failed else None, now, request_id, index,
+              *REPORTABLE_STATES)
+             for index, failed, payload in reports),
+        )
 
     def record_result(self, request_id: int, index: int, result: bytes) -> bool:
         """Store a result unless the task already reported; True if stored."""

@@ -17,6 +17,7 @@ import http.client
 import os
 import signal
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -25,6 +26,66 @@ import urllib.parse
 
 #: Largest error text sent; longer tracebacks keep their head and tail.
 MAX_ERROR_CHARS = 60_000
+#: Reports are posted together once this many bytes or seconds have gathered.
+FLUSH_BYTES = 8 << 20
+FLUSH_SECONDS = 1.0
+
+_FRAME_HEADER = struct.Struct("!QBQ")  # argument index, kind, payload length
+ARGUMENTS, RESULT, ERROR = 0, 1, 2
+
+
+def pack_frames(frames):
+    """(index, kind, payload) triples as one body: a header then the bytes, each."""
+    parts = []
+    for index, kind, payload in frames:
+        parts.append(_FRAME_HEADER.pack(index, kind, len(payload)))
+        parts.append(payload)
+    return b"".join(parts)
+
+
+def unpack_frames(data):
+    """The inverse of :func:`pack_frames`; ValueError when ``data`` is not frames."""
+    view = memoryview(data)
+    frames, offset = [], 0
+    while offset < len(view):
+        if offset + _FRAME_HEADER.size > len(view):
+            raise ValueError("truncated frame header")
+        index, kind, length = _FRAME_HEADER.unpack_from(view, offset)
+        offset += _FRAME_HEADER.size
+        if kind not in (ARGUMENTS, RESULT, ERROR) or offset + length > len(view):
+            raise ValueError("bad frame")
+        frames.append((index, kind, bytes(view[offset:offset + length])))
+        offset += length
+    return frames
+
+
+def index_spec(indices):
+    """``[1, 2, 3, 7]`` -> ``"1-3,7"``: how a URL names a chunk of tasks."""
+    parts, run = [], []
+    for index in indices:
+        if run and index == run[-1] + 1:
+            run.append(index)
+            continue
+        if run:
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [index]
+    if run:
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(parts)
+
+
+def parse_index_spec(spec, limit):
+    """The inverse of :func:`index_spec`; None when malformed or over ``limit`` indices."""
+    indices = []
+    for part in spec.split(","):
+        first, dash, last = part.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            return None
+        low, high = int(first), int(last) if dash else int(first)
+        if low < 1 or high < low or len(indices) + high - low + 1 > limit:
+            return None
+        indices.extend(range(low, high + 1))
+    return indices
 
 
 class PermanentHTTPError(Exception):
@@ -124,20 +185,20 @@ class Heartbeat:
     def __init__(self, client, interval):
         self.client = client
         self.interval = interval
-        self.index = None
+        self.spec = None  # the tasks of the chunk not yet reported
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="sheepdog-heartbeat", daemon=True)
         self._thread.start()
 
     def _beat(self):
         while not self._stop.wait(self.interval):
-            index = self.index
-            if index is None:
+            spec = self.spec
+            if not spec:
                 continue
             try:
-                self.client.request("POST", f"/tasks/{index}/heartbeat", b"")
+                self.client.request("POST", f"/tasks/{spec}/heartbeat", b"")
             except Exception as error:  # a missed beat is not fatal; the next may pass
-                log(f"heartbeat for task {index} failed: {error}")
+                log(f"heartbeat for tasks {spec} failed: {error}")
 
     def stop(self):
         self._stop.set()
@@ -154,12 +215,11 @@ def report_kill_notices(connect, remaining):
     """
 
     def on_kill_notice(signum, frame):
-        reporter = connect(5)
-        for index in list(remaining):
+        if remaining:
             try:
-                reporter.request("POST", f"/tasks/{index}/killing", b"")
+                connect(5).request("POST", f"/tasks/{index_spec(remaining)}/killing", b"")
             except Exception as error:
-                log(f"could not report the kill notice for task {index}: {error}")
+                log(f"could not report the kill notice: {error}")
         os._exit(128 + signum)
 
     if hasattr(signal, "SIGUSR2"):
@@ -194,49 +254,83 @@ def _clip(text):
     return text[:half] + "\n... (traceback shortened) ...\n" + text[-half:]
 
 
-def _post_error(client, index, text):
-    client.request("POST", f"/tasks/{index}/error", _clip(text).encode("utf-8"), "text/plain")
+class Reports:
+    """Results and errors of a chunk, posted together every second or 8 MB."""
+
+    def __init__(self, client, remaining, heartbeat):
+        self.client = client
+        self.remaining = remaining
+        self.heartbeat = heartbeat
+        self.frames = []
+        self.size = 0
+        self.last_flush = time.monotonic()
+
+    def add(self, index, kind, payload):
+        self.frames.append((index, kind, payload))
+        self.size += len(payload)
+        if self.size >= FLUSH_BYTES or time.monotonic() - self.last_flush >= FLUSH_SECONDS:
+            self.flush()
+
+    def error(self, index, text):
+        self.add(index, ERROR, _clip(text).encode("utf-8"))
+
+    def flush(self):
+        if self.frames:
+            try:
+                self.client.request("POST", "/results", pack_frames(self.frames))
+            except PermanentHTTPError as error:
+                if error.status != 413:
+                    raise
+                self._post_one_by_one()
+            for index, _kind, _payload in self.frames:
+                self.remaining.remove(index)
+            self.heartbeat.spec = index_spec(self.remaining)
+        self.frames, self.size, self.last_flush = [], 0, time.monotonic()
+
+    def _post_one_by_one(self):
+        """The batch was too large for the server: send each report alone."""
+        for index, kind, payload in self.frames:
+            route = "result" if kind == RESULT else "error"
+            try:
+                self.client.request("POST", f"/tasks/{index}/{route}", payload)
+            except PermanentHTTPError as error:
+                if error.status != 413:
+                    raise
+                message = f"the result ({len(payload)} bytes) was refused: {error}"
+                self.client.request("POST", f"/tasks/{index}/error", message.encode())
 
 
-def run_one(client, codec, function, index, heartbeat):
-    """Fetch, run and report argument ``index``; never raises for ``f``'s faults."""
-    arguments = codec.loads(client.request("GET", f"/tasks/{index}"))
-    client.request("POST", f"/tasks/{index}/start", b"")
-    heartbeat.index = index
+def run_one(codec, function, index, arguments, reports):
+    """Run ``f`` on one task's arguments and queue its report; never raises for ``f``'s faults."""
     try:
-        result = function(*arguments)
+        result = function(*codec.loads(arguments))
     except BaseException as error:  # noqa: B902 - SystemExit from f is the user's error too
         # Start the traceback at the user's function, not at this frame.
         frames = error.__traceback__.tb_next if error.__traceback__ else None
-        _post_error(client, index, "".join(traceback.format_exception(type(error), error, frames)))
+        reports.error(index, "".join(traceback.format_exception(type(error), error, frames)))
         return
-    finally:
-        heartbeat.index = None
     try:
         payload = codec.dumps(result)
     except Exception:
-        _post_error(client, index, "the result could not be serialised:\n" + traceback.format_exc())
+        reports.error(index, "the result could not be serialised:\n" + traceback.format_exc())
         return
-    try:
-        client.request("POST", f"/tasks/{index}/result", payload)
-    except PermanentHTTPError as error:
-        if error.status != 413:
-            raise
-        _post_error(client, index, f"the result ({len(payload)} bytes) was refused: {error}")
+    reports.add(index, RESULT, payload)
 
 
 def run(settings, codec):
     """Run the array task named by the scheduler's environment; return an exit status."""
     array_task_id = int(os.environ[settings["task_variable"]])
-    indices = argument_indices(
+    indices = list(argument_indices(
         array_task_id, settings["chunksize"], settings["n_arguments"], settings.get("indices")
-    )
+    ))
 
     def connect(retry_seconds):
         return Client(settings["url"], settings["request_id"], settings["secret"],
                       retry_seconds, settings.get("certificate"))
 
     client = connect(settings["retry_seconds"])
+    if not indices:
+        return 0
     problem = python_mismatch(settings["python"])
     if problem is None:
         try:
@@ -247,16 +341,23 @@ def run(settings, codec):
             raise
         except BaseException:  # noqa: B902 - report any failure to load
             problem = "the function could not be loaded on this worker:\n" + traceback.format_exc()
-    heartbeat = Heartbeat(connect(settings["heartbeat_seconds"]), settings["heartbeat_seconds"])
     remaining = list(indices)
+    heartbeat = Heartbeat(connect(settings["heartbeat_seconds"]), settings["heartbeat_seconds"])
+    reports = Reports(client, remaining, heartbeat)
     report_kill_notices(connect, remaining)
     try:
-        for index in indices:
-            if problem is None:
-                run_one(client, codec, function, index, heartbeat)
-            else:
-                _post_error(client, index, problem)
-            remaining.remove(index)
+        if problem is None:
+            spec = index_spec(indices)
+            arguments = {index: payload for index, _kind, payload
+                         in unpack_frames(client.request("GET", f"/tasks/{spec}"))}
+            client.request("POST", f"/tasks/{spec}/start", b"")
+            heartbeat.spec = spec
+            for index in indices:
+                run_one(codec, function, index, arguments.pop(index), reports)
+        else:
+            for index in indices:
+                reports.error(index, problem)
+        reports.flush()
     finally:
         heartbeat.stop()
         client.close()

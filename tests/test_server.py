@@ -5,6 +5,7 @@ import threading
 import pytest
 
 from sheepdog.server import Server, create_app
+from sheepdog.worker import ARGUMENTS, ERROR, RESULT, pack_frames, unpack_frames
 
 
 def auth(password, user="sheepdog"):
@@ -24,7 +25,27 @@ def client(storage):
 
 def test_worker_fetches_function_and_arguments(client, request_id):
     assert client.get(f"/requests/{request_id}/function", headers=auth("right")).data == b"fn"
-    assert client.get(f"/requests/{request_id}/tasks/2", headers=auth("right")).data == b"a2"
+    frames = unpack_frames(client.get(f"/requests/{request_id}/tasks/2", headers=auth("right")).data)
+    assert frames == [(2, ARGUMENTS, b"a2")]
+    both = client.get(f"/requests/{request_id}/tasks/1-2", headers=auth("right")).data
+    assert unpack_frames(both) == [(1, ARGUMENTS, b"a1"), (2, ARGUMENTS, b"a2")]
+
+
+def test_a_batch_of_results_and_errors_is_stored_in_one_post(client, storage, request_id):
+    body = pack_frames([(1, RESULT, b"\x80r1"), (2, ERROR, "boom".encode())])
+    response = client.post(f"/requests/{request_id}/results", data=body, headers=auth("right"))
+    assert response.status_code == 200 and response.data == b"stored 2 of 2\n"
+    again = client.post(f"/requests/{request_id}/results", data=body, headers=auth("right"))
+    assert again.data == b"stored 0 of 2\n"
+    assert [row[1:] for row in storage.results(request_id)] == [("done", b"\x80r1"), ("failed", None)]
+
+
+@pytest.mark.parametrize("body", [b"garbage", pack_frames([(1, ERROR, b"\xff")]),
+                                  pack_frames([(1, RESULT, b"")]), b""])
+def test_malformed_batches_are_refused_whole(client, storage, request_id, body):
+    response = client.post(f"/requests/{request_id}/results", data=body, headers=auth("right"))
+    assert response.status_code == 400
+    assert storage.progress(request_id).pending == 2
 
 
 def test_wrong_or_missing_password_is_401(client, request_id):
@@ -83,7 +104,8 @@ def test_both_hosts_serve_over_a_real_socket_with_keep_alive(storage, request_id
         for index in (1, 2):
             connection.request("GET", f"/requests/{request_id}/tasks/{index}", headers=auth("right"))
             response = connection.getresponse()
-            assert response.status == 200 and response.read() == b"a%d" % index
+            assert response.status == 200
+            assert unpack_frames(response.read()) == [(index, ARGUMENTS, b"a%d" % index)]
         connection.request("POST", f"/requests/{request_id}/tasks/1/result", body=b"r",
                            headers=auth("right"))
         assert connection.getresponse().read() == b"stored\n"

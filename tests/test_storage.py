@@ -14,9 +14,9 @@ def test_request_and_tasks_are_stored_in_order(storage):
     request_id = make_request(storage)
     assert storage.n_tasks(request_id) == 3
     assert storage.function(request_id) == b"function"
-    assert storage.task_arguments(request_id, 1) == b"args0"
-    assert storage.task_arguments(request_id, 3) == b"args2"
-    assert storage.task_arguments(request_id, 4) is None
+    assert storage.task_arguments(request_id, [1, 3]) == {1: b"args0", 3: b"args2"}
+    assert storage.task_arguments(request_id, [1, 2, 3, 4]) == {1: b"args0", 2: b"args1", 3: b"args2"}
+    assert storage.task_arguments(request_id, [4]) == {}
     assert storage.request_secret(request_id) == "s3cret"
 
 
@@ -33,10 +33,10 @@ def test_first_report_wins_and_is_counted_once(storage):
 
 def test_states_move_pending_running_then_finished(storage):
     request_id = make_request(storage)
-    assert storage.mark_running(request_id, 2)
+    assert storage.mark_running(request_id, [2]) == 1
     assert storage.progress(request_id).running == 1
     assert storage.record_error(request_id, 2, "boom")
-    assert not storage.mark_running(request_id, 2)
+    assert storage.mark_running(request_id, [2]) == 0
     assert storage.record_lost(request_id, 3, "killed")
     assert storage.record_result(request_id, 1, b"r")
     progress = storage.progress(request_id)
@@ -112,8 +112,7 @@ def test_silent_running_tasks_are_found_by_their_last_heartbeat(storage):
     import time
 
     request_id = make_request(storage)
-    storage.mark_running(request_id, 1)
-    storage.mark_running(request_id, 2)
+    storage.mark_running(request_id, [1, 2])
     assert storage.stale_running(request_id, time.time() - 60) == []
     assert sorted(storage.stale_running(request_id, time.time() + 1)) == [1, 2]
 

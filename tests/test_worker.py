@@ -70,3 +70,23 @@ def test_long_error_text_keeps_head_and_tail():
     clipped = worker._clip(text)
     assert len(clipped) < worker.MAX_ERROR_CHARS + 100
     assert clipped.startswith("head") and clipped.endswith("tail")
+
+
+@pytest.mark.parametrize("indices", [[1], [1, 2, 3], [4, 9, 10, 11, 30], list(range(1, 10_001))])
+def test_index_specs_round_trip_compactly(indices):
+    spec = worker.index_spec(indices)
+    assert worker.parse_index_spec(spec, 100_000) == indices
+    assert len(spec) < 40
+
+
+@pytest.mark.parametrize("spec", ["", "0", "3-1", "1-2-3", "a", "1,,2", "1-200001"])
+def test_malformed_index_specs_are_refused(spec):
+    assert worker.parse_index_spec(spec, 100_000) is None
+
+
+def test_frames_round_trip_and_refuse_truncation():
+    frames = [(1, worker.RESULT, b"abc"), (7, worker.ERROR, b""), (2**40, worker.ARGUMENTS, b"x" * 9)]
+    body = worker.pack_frames(frames)
+    assert worker.unpack_frames(body) == frames
+    with pytest.raises(ValueError):
+        worker.unpack_frames(body[:-1])
