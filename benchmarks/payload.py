@@ -1,0 +1,99 @@
+"""Large payloads: a 200 MB numpy array as an argument, and as a result.
+
+Each direction runs in a fresh caller process on the local backend (the worker
+is that caller's child, so ``RUSAGE_CHILDREN`` gives the worker's peak). It
+prints MB/s of the whole ``map`` call and the peak RSS of caller and worker as
+a multiple of the payload, against an in-process ``pickle.dumps`` +
+``pickle.loads`` of the same array in the same run. Goals: >= 200 MB/s,
+peak memory <= 3x the payload on each side.
+
+    python benchmarks/payload.py [--megabytes 200] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+ONE_RUN = """
+import resource, sys, time
+sys.path.insert(0, {root!r})
+import numpy as np
+import sheepdog
+
+megabytes = {megabytes}
+conf = {{"scheduler": "local", "dbfile": {dbfile!r}}}
+
+def total(array):
+    return float(array.sum())
+
+def make(megabytes):
+    import numpy as np
+    return np.ones(megabytes * 2**20 // 8)
+
+if {direction!r} == "argument":
+    payload = np.ones(megabytes * 2**20 // 8)
+    started = time.perf_counter()
+    (result,) = sheepdog.map(total, [(payload,)], conf, verbose=False)
+    seconds = time.perf_counter() - started
+    assert result == payload.size
+else:
+    started = time.perf_counter()
+    (result,) = sheepdog.map(make, [(megabytes,)], conf, verbose=False)
+    seconds = time.perf_counter() - started
+    assert result.nbytes == megabytes * 2**20
+peak = lambda who: resource.getrusage(who).ru_maxrss / 1024
+print(seconds, peak(resource.RUSAGE_SELF), peak(resource.RUSAGE_CHILDREN))
+"""
+
+BASELINE = """
+import pickle, sys, time
+import numpy as np
+array = np.ones({megabytes} * 2**20 // 8)
+started = time.perf_counter()
+copy = pickle.loads(pickle.dumps(array, protocol=5))
+print(time.perf_counter() - started)
+"""
+
+
+def run(program: str) -> list[float]:
+    output = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            check=True).stdout
+    return [float(value) for value in output.split()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--megabytes", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    options = parser.parse_args()
+    size = options.megabytes
+    print(f"{'direction':<10}{'round':>6}{'seconds':>9}{'MB/s':>8}{'caller x':>10}"
+          f"{'worker x':>10}{'pickle s':>10}")
+    summary = {}
+    for direction in ("argument", "result"):
+        rows = []
+        for number in range(1, options.rounds + 1):
+            with tempfile.TemporaryDirectory() as directory:
+                program = ONE_RUN.format(root=ROOT, megabytes=size, direction=direction,
+                                         dbfile=os.path.join(directory, "bench.sqlite"))
+                seconds, caller_mb, worker_mb = run(program)
+            (pickle_s,) = run(BASELINE.format(megabytes=size))
+            rows.append((seconds, caller_mb / size, worker_mb / size, pickle_s))
+            print(f"{direction:<10}{number:>6}{seconds:>9.2f}{size / seconds:>8.0f}"
+                  f"{caller_mb / size:>10.2f}{worker_mb / size:>10.2f}{pickle_s:>10.2f}")
+        summary[direction] = [statistics.median(column) for column in zip(*rows)]
+    for direction, (seconds, caller_x, worker_x, pickle_s) in summary.items():
+        print(f"{size} MB {direction}: {size / seconds:.0f} MB/s (goal >= 200; in-process "
+              f"pickle round trip {size / pickle_s:.0f} MB/s), peak caller {caller_x:.2f}x, "
+              f"worker {worker_x:.2f}x the payload (goal <= 3)")
+
+
+if __name__ == "__main__":
+    main()
