@@ -49,6 +49,9 @@ else:
     seconds = time.perf_counter() - started
     assert result.nbytes == megabytes * 2**20
 peak = lambda who: resource.getrusage(who).ru_maxrss / 1024
+deadline = time.monotonic() + 30
+while peak(resource.RUSAGE_CHILDREN) == 0 and time.monotonic() < deadline:
+    time.sleep(0.05)  # the worker has reported; wait until it is reaped and counted
 print(seconds, peak(resource.RUSAGE_SELF), peak(resource.RUSAGE_CHILDREN))
 """
 

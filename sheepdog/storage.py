@@ -13,6 +13,9 @@ wins: a task that reports twice (a re-run, a retried POST) is stored once.
 later still replaces them: a result is never thrown away. A lost task may be
 put back to ``pending`` for a retry.
 
+Arguments and results live in tables of their own, so that the small, frequent
+state updates (start, heartbeat) never rewrite a large payload.
+
 The file holds each request's secret, so it is created readable by its owner
 only.
 """
@@ -49,9 +52,7 @@ CREATE TABLE requests (
 CREATE TABLE tasks (
     request_id INTEGER NOT NULL REFERENCES requests(id),
     idx INTEGER NOT NULL,
-    args BLOB NOT NULL,
     state TEXT NOT NULL DEFAULT 'pending',
-    result BLOB,
     error TEXT,
     updated REAL,
     heartbeat REAL,
@@ -61,6 +62,18 @@ CREATE TABLE tasks (
     PRIMARY KEY (request_id, idx)
 ) WITHOUT ROWID;
 CREATE INDEX tasks_by_state ON tasks (request_id, state);
+CREATE TABLE arguments (
+    request_id INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (request_id, idx)
+);
+CREATE TABLE results (
+    request_id INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (request_id, idx)
+);
 CREATE TABLE jobs (
     request_id INTEGER NOT NULL REFERENCES requests(id),
     job_id TEXT NOT NULL,
@@ -185,8 +198,13 @@ class Storage:
             )
             request_id = cursor.lastrowid
             db.executemany(
-                "INSERT INTO tasks (request_id, idx, args) VALUES (?, ?, ?)",
+                "INSERT INTO arguments (request_id, idx, data) VALUES (?, ?, ?)",
                 ((request_id, index, blob) for index, blob in enumerate(arguments, 1)),
+            )
+            db.execute(
+                "INSERT INTO tasks (request_id, idx) "
+                "SELECT request_id, idx FROM arguments WHERE request_id = ?",
+                (request_id,),
             )
             n_tasks = db.execute(
                 "SELECT count(*) FROM tasks WHERE request_id = ?", (request_id,)
@@ -258,11 +276,11 @@ class Storage:
         """The stored arguments of the tasks ``indices`` (unknown ones are left out)."""
         if len(indices) > 1 and list(indices) == list(range(indices[0], indices[-1] + 1)):
             rows = self._connection().execute(
-                "SELECT idx, args FROM tasks WHERE request_id = ? AND idx BETWEEN ? AND ?",
+                "SELECT idx, data FROM arguments WHERE request_id = ? AND idx BETWEEN ? AND ?",
                 (request_id, indices[0], indices[-1]),
             )
             return dict(rows)
-        query = "SELECT idx, args FROM tasks WHERE request_id = ? AND idx = ?"
+        query = "SELECT idx, data FROM arguments WHERE request_id = ? AND idx = ?"
         connection = self._connection()
         found = {}
         for index in indices:
@@ -313,48 +331,50 @@ class Storage:
 
         A payload is the pickled result, or the UTF-8 error text when ``failed``.
         """
+        with self._write() as db:
+            return sum(
+                self._store_report(db, request_id, index, FAILED if failed else DONE,
+                                   None if failed else payload,
+                                   payload.decode("utf-8") if failed else None)
+                for index, failed, payload in reports
+            )
+
+    @staticmethod
+    def _store_report(
+        db: sqlite3.Connection, request_id: int, index: int, state: str,
+        result: bytes | None, error: str | None,
+    ) -> bool:
+        """Inside a transaction: a task's own report, unless it already reported."""
         marks = ", ".join("?" for _ in REPORTABLE_STATES)
-        now = time.time()
-        return self._update_many(
-            "UPDATE tasks SET state = ?, result = ?, error = ?, retryable = 0, updated = ? "
+        cursor = db.execute(
+            "UPDATE tasks SET state = ?, error = ?, retryable = 0, updated = ? "
             f"WHERE request_id = ? AND idx = ? AND state IN ({marks})",
-            ((FAILED if failed else DONE, None if failed else payload,
-              payload.decode("utf-8") if failed else None, now, request_id, index,
-              *REPORTABLE_STATES)
-             for index, failed, payload in reports),
+            (state, error, time.time(), request_id, index, *REPORTABLE_STATES),
         )
+        if cursor.rowcount != 1:
+            return False
+        if result is not None:
+            db.execute("INSERT OR REPLACE INTO results (request_id, idx, data) VALUES (?, ?, ?)",
+                       (request_id, index, result))
+        return True
 
     def record_result(self, request_id: int, index: int, result: bytes) -> bool:
         """Store a result unless the task already reported; True if stored."""
-        return self._finish(request_id, index, DONE, REPORTABLE_STATES, result=result)
+        with self._write() as db:
+            return self._store_report(db, request_id, index, DONE, result, None)
 
     def record_error(self, request_id: int, index: int, error: str) -> bool:
         """Store the error of a task whose function raised; True if stored."""
-        return self._finish(request_id, index, FAILED, REPORTABLE_STATES, error=error)
+        with self._write() as db:
+            return self._store_report(db, request_id, index, FAILED, None, error)
 
     def record_lost(self, request_id: int, index: int, reason: str, retryable: bool = False) -> bool:
         """Mark a task that ended without reporting; True if it was still open."""
-        return self._finish(
-            request_id, index, LOST, (PENDING, RUNNING), error=reason, retryable=retryable
-        )
-
-    def _finish(
-        self,
-        request_id: int,
-        index: int,
-        state: str,
-        from_states: tuple[str, ...],
-        result: bytes | None = None,
-        error: str | None = None,
-        retryable: bool = False,
-    ) -> bool:
-        marks = ", ".join("?" for _ in from_states)
         with self._write() as db:
             cursor = db.execute(
-                "UPDATE tasks SET state = ?, result = ?, error = ?, retryable = ?, updated = ? "
-                f"WHERE request_id = ? AND idx = ? AND state IN ({marks})",
-                (state, result, error, int(retryable), time.time(), request_id, index,
-                 *from_states),
+                "UPDATE tasks SET state = ?, error = ?, retryable = ?, updated = ? "
+                "WHERE request_id = ? AND idx = ? AND state IN (?, ?)",
+                (LOST, reason, int(retryable), time.time(), request_id, index, PENDING, RUNNING),
             )
         return cursor.rowcount == 1
 
@@ -422,7 +442,10 @@ class Storage:
         """(arguments, state, result) of every task, in argument order."""
         self.n_tasks(request_id)
         return self._connection().execute(
-            "SELECT args, state, result FROM tasks WHERE request_id = ? ORDER BY idx",
+            "SELECT a.data, t.state, r.data FROM tasks t "
+            "JOIN arguments a ON a.request_id = t.request_id AND a.idx = t.idx "
+            "LEFT JOIN results r ON r.request_id = t.request_id AND r.idx = t.idx "
+            "WHERE t.request_id = ? ORDER BY t.idx",
             (request_id,),
         ).fetchall()
 
@@ -430,8 +453,9 @@ class Storage:
         """(arguments, state, error text) of failed, lost and cancelled tasks, in order."""
         self.n_tasks(request_id)
         return self._connection().execute(
-            "SELECT args, state, error FROM tasks WHERE request_id = ? AND state IN (?, ?, ?) "
-            "ORDER BY idx",
+            "SELECT a.data, t.state, t.error FROM tasks t "
+            "JOIN arguments a ON a.request_id = t.request_id AND a.idx = t.idx "
+            "WHERE t.request_id = ? AND t.state IN (?, ?, ?) ORDER BY t.idx",
             (request_id, FAILED, LOST, CANCELLED),
         ).fetchall()
 

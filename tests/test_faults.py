@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -162,3 +163,34 @@ def test_accounting_says_whether_a_retry_could_help():
     crash = describe_accounting({"failed": "100 : assumedly after job", "exit_status": "137"})
     assert crash.retryable
     assert describe_accounting({"failed": "0", "exit_status": "1"}).reason == "exit status 1"
+
+
+def test_sheepdog_serve_in_another_process_collects_an_earlier_request(local_conf):
+    """The caller's server goes away; `sheepdog serve` on the same port takes its place."""
+    from sheepdog import api
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def slow(x):
+        import time
+
+        time.sleep(3)
+        return x + 1
+
+    conf = {**local_conf, "port": port}
+    request_id = sheepdog.map_async(slow, [(1,), (2,)], conf)
+    storage = sheepdog.Storage(local_conf["dbfile"])
+    api._servers[storage.dbfile].stop()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "sheepdog", "serve", "--dbfile", local_conf["dbfile"],
+         "--port", str(port), "--bind", "127.0.0.1"],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), stderr=subprocess.DEVNULL,
+    )
+    try:
+        results = sheepdog.get_results(request_id, local_conf["dbfile"], timeout=60)
+    finally:
+        serve.terminate()
+        serve.wait(10)
+    assert results == [((1,), 2), ((2,), 3)]
