@@ -35,7 +35,6 @@ SCHEMA_VERSION = 1
 
 PENDING, RUNNING, DONE, FAILED, LOST = "pending", "running", "done", "failed", "lost"
 CANCELLED = "cancelled"
-FINISHED_STATES = (DONE, FAILED, LOST, CANCELLED)
 #: States a task's own report (result or error) may replace.
 REPORTABLE_STATES = (PENDING, RUNNING, LOST, CANCELLED)
 
