@@ -32,7 +32,8 @@ WATCH_SECONDS = 2.0
 
 _lock = threading.Lock()
 _storages: dict[str, Storage] = {}
-_servers: dict[str, Server] = {}
+#: (dbfile, scheme) -> the server that new requests on that database use.
+_servers: dict[tuple[str, str], Server] = {}
 #: Requests submitted by this process: (dbfile, request id) -> (config, backend).
 _submitted: dict[tuple[str, int], tuple[Config, backends.Backend]] = {}
 
@@ -46,20 +47,20 @@ def _storage(dbfile: str) -> Storage:
 
 
 def _server(config: Config, storage: Storage) -> Server:
-    """This session's server for ``storage``, started on first use and then reused."""
+    """This session's server for ``storage``, started on first use and then reused.
+
+    A running server is never stopped here: workers of earlier requests may
+    still call it back. A call that needs another port or scheme gets a server
+    of its own beside it.
+    """
+    key = (storage.dbfile, "https" if config.tls else "http")
     with _lock:
-        server = _servers.get(storage.dbfile)
-        reusable = (
-            server is not None and server.running and config.port in (None, server.port)
-            and (server.scheme == "https") == config.tls
-        )
-        if reusable:
-            return server  # type: ignore[return-value]
-        if server is not None and config.port in (None, server.port):
-            server.stop()
+        server = _servers.get(key)
+        if server is not None and server.running and config.port in (None, server.port):
+            return server
         server = Server(storage, port=config.port, bind=config.bind or "127.0.0.1",
                         max_body_bytes=config.max_body_bytes, use_tls=config.tls).start()
-        _servers[storage.dbfile] = server
+        _servers[key] = server
         return server
 
 

@@ -130,12 +130,12 @@ def test_function_typed_into_python_stdin_runs(local_conf, tmp_path):
 
 def test_two_calls_in_one_session_share_the_server(local_conf, tmp_path):
     sheepdog.map(abs, [(-1,)], local_conf)
-    server = api._servers[os.path.abspath(local_conf["dbfile"])]
+    server = api._servers[(os.path.abspath(local_conf["dbfile"]), "https")]
     sheepdog.map(abs, [(-2,)], local_conf)
-    assert api._servers[os.path.abspath(local_conf["dbfile"])] is server
+    assert api._servers[(os.path.abspath(local_conf["dbfile"]), "https")] is server
     other = {**local_conf, "dbfile": str(tmp_path / "other.sqlite")}
     assert sheepdog.map(abs, [(-3,)], other) == [3]
-    assert api._servers[os.path.abspath(other["dbfile"])] is not server
+    assert api._servers[(os.path.abspath(other["dbfile"]), "https")] is not server
 
 
 def test_mem_grab_limits_the_task_memory(local_conf):
@@ -180,3 +180,12 @@ def test_public_names_are_pinned():
         "__version__", "cancel", "get_errors", "get_results", "map", "map_async", "map_sync", "wait",
     ])
     assert sheepdog.map_sync is sheepdog.map
+
+
+def test_a_call_needing_another_scheme_leaves_the_earlier_server_running(local_conf):
+    """Workers of earlier requests may still call the first server back."""
+    sheepdog.map(abs, [(-1,)], local_conf, verbose=False)
+    first = api._servers[(os.path.abspath(local_conf["dbfile"]), "https")]
+    assert sheepdog.map(abs, [(-2,)], {**local_conf, "tls": False}, verbose=False) == [2]
+    plain = api._servers[(os.path.abspath(local_conf["dbfile"]), "http")]
+    assert first.running and plain.running and plain is not first

@@ -182,7 +182,7 @@ def test_sheepdog_serve_in_another_process_collects_an_earlier_request(local_con
     conf = {**local_conf, "port": port}
     request_id = sheepdog.map_async(slow, [(1,), (2,)], conf)
     storage = sheepdog.Storage(local_conf["dbfile"])
-    api._servers[storage.dbfile].stop()
+    api._servers[(storage.dbfile, "https")].stop()
     serve = subprocess.Popen(
         [sys.executable, "-m", "sheepdog", "serve", "--dbfile", local_conf["dbfile"],
          "--port", str(port), "--bind", "127.0.0.1"],

@@ -116,7 +116,7 @@ def test_server_down_for_twenty_seconds_loses_no_result(cluster_conf):
     storage = Storage(conf["dbfile"])
     request_id = sheepdog.map_async(slow_square, [(x,) for x in range(20)], conf)
     wait_until(lambda: storage.progress(request_id).running >= 4)
-    server = api._servers[storage.dbfile]
+    server = api._servers[(storage.dbfile, "https")]
     server.stop()
     assert not server.running
     time.sleep(20)
