@@ -167,30 +167,33 @@ class Callbacks:
         return _STORED
 
     def _results(self, request_id: int, body: bytes) -> Reply:
+        """A batch of framed results and errors."""
         try:
             frames = unpack_frames(body)
-            reports = [(index, kind == ERROR, payload) for index, kind, payload in frames
-                       if kind in (RESULT, ERROR)]
-            for _index, failed, payload in reports:
-                if failed:
-                    payload.decode("utf-8")
-                elif not payload:
-                    raise ValueError("empty result")
-        except (ValueError, UnicodeDecodeError) as error:
+        except ValueError as error:
             return text_reply(400, f"malformed results: {error}")
+        reports = [(index, kind == ERROR, payload) for index, kind, payload in frames
+                   if kind in (RESULT, ERROR)]
         if len(reports) != len(frames) or not reports:
             return text_reply(400, "malformed results: no result or error frames")
-        stored = self.storage.record_reports(request_id, reports)
-        return text_reply(200, f"stored {stored} of {len(reports)}")
+        return self._malformed(reports) or text_reply(
+            200, f"stored {self.storage.record_reports(request_id, reports)} of {len(reports)}")
 
     def _report(self, request_id: int, index: int, action: str, body: bytes) -> Reply:
-        storage = self.storage
-        if not body:
-            return text_reply(400, "empty body")
-        if action == "result":
-            return _STORED if storage.record_result(request_id, index, body) else _ALREADY
-        try:
-            error = body.decode("utf-8")
-        except UnicodeDecodeError:
-            return text_reply(400, "the error text must be UTF-8")
-        return _STORED if storage.record_error(request_id, index, error) else _ALREADY
+        """One result or error, posted alone (a payload too large to batch)."""
+        reports = [(index, action == "error", body)]
+        return self._malformed(reports) or (
+            _STORED if self.storage.record_reports(request_id, reports) else _ALREADY)
+
+    @staticmethod
+    def _malformed(reports: list[tuple[int, bool, bytes]]) -> Optional[Reply]:
+        """A 400 reply when a report is malformed: an empty result, an error not in UTF-8."""
+        for index, failed, payload in reports:
+            if not payload:
+                return text_reply(400, f"empty report for task {index}")
+            if failed:
+                try:
+                    payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    return text_reply(400, f"the error text of task {index} must be UTF-8")
+        return None

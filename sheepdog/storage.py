@@ -357,16 +357,6 @@ class Storage:
                        (request_id, index, result))
         return True
 
-    def record_result(self, request_id: int, index: int, result: bytes) -> bool:
-        """Store a result unless the task already reported; True if stored."""
-        with self._write() as db:
-            return self._store_report(db, request_id, index, DONE, result, None)
-
-    def record_error(self, request_id: int, index: int, error: str) -> bool:
-        """Store the error of a task whose function raised; True if stored."""
-        with self._write() as db:
-            return self._store_report(db, request_id, index, FAILED, None, error)
-
     def record_lost(self, request_id: int, index: int, reason: str, retryable: bool = False) -> bool:
         """Mark a task that ended without reporting; True if it was still open."""
         with self._write() as db:
@@ -407,13 +397,13 @@ class Storage:
 
     def requeue(self, request_id: int, indices: Sequence[int]) -> None:
         """Put lost or failed tasks back to pending for another attempt."""
-        with self._write() as db:
-            db.executemany(
-                "UPDATE tasks SET state = ?, error = NULL, heartbeat = NULL, kill_notice = NULL, "
-                "attempts = attempts + 1, updated = ? "
-                "WHERE request_id = ? AND idx = ? AND state IN (?, ?)",
-                ((PENDING, time.time(), request_id, index, LOST, FAILED) for index in indices),
-            )
+        now = time.time()
+        self._update_many(
+            "UPDATE tasks SET state = ?, error = NULL, heartbeat = NULL, kill_notice = NULL, "
+            "attempts = attempts + 1, updated = ? "
+            "WHERE request_id = ? AND idx = ? AND state IN (?, ?)",
+            ((PENDING, now, request_id, index, LOST, FAILED) for index in indices),
+        )
 
     def task_exists(self, request_id: int, index: int) -> bool:
         row = self._connection().execute(

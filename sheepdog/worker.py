@@ -61,17 +61,13 @@ def unpack_frames(data):
 
 def index_spec(indices):
     """``[1, 2, 3, 7]`` -> ``"1-3,7"``: how a URL names a chunk of tasks."""
-    parts, run = [], []
+    runs = []  # [first, last] of each stretch of consecutive indices
     for index in indices:
-        if run and index == run[-1] + 1:
-            run.append(index)
-            continue
-        if run:
-            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-        run = [index]
-    if run:
-        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-    return ",".join(parts)
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in runs)
 
 
 def parse_index_spec(spec, limit):
@@ -121,11 +117,11 @@ class Client:
             )
         return http.client.HTTPConnection(self.host, self.port, timeout=60)
 
-    def request(self, method, path, body=None, content_type="application/octet-stream"):
+    def request(self, method, path, body=None):
         """Send one request, retrying transient failures; return the body bytes."""
         headers = dict(self.headers)
         if body is not None:
-            headers["Content-Type"] = content_type
+            headers["Content-Type"] = "application/octet-stream"
         deadline = time.monotonic() + self.retry_seconds
         delay = 0.25
         while True:
@@ -328,9 +324,9 @@ def run(settings, codec):
         return Client(settings["url"], settings["request_id"], settings["secret"],
                       retry_seconds, settings.get("certificate"))
 
-    client = connect(settings["retry_seconds"])
     if not indices:
         return 0
+    client = connect(settings["retry_seconds"])
     problem = python_mismatch(settings["python"])
     if problem is None:
         try:

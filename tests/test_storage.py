@@ -22,9 +22,9 @@ def test_request_and_tasks_are_stored_in_order(storage):
 
 def test_first_report_wins_and_is_counted_once(storage):
     request_id = make_request(storage)
-    assert storage.record_result(request_id, 1, b"first")
-    assert not storage.record_result(request_id, 1, b"second")
-    assert not storage.record_error(request_id, 1, "late error")
+    assert storage.record_reports(request_id, [(1, False, b"first")]) == 1
+    assert storage.record_reports(request_id, [(1, False, b"second")]) == 0
+    assert storage.record_reports(request_id, [(1, True, "late error".encode())]) == 0
     assert not storage.record_lost(request_id, 1, "late loss")
     progress = storage.progress(request_id)
     assert (progress.done, progress.failed, progress.lost, progress.pending) == (1, 0, 0, 2)
@@ -35,10 +35,10 @@ def test_states_move_pending_running_then_finished(storage):
     request_id = make_request(storage)
     assert storage.mark_running(request_id, [2]) == 1
     assert storage.progress(request_id).running == 1
-    assert storage.record_error(request_id, 2, "boom")
+    assert storage.record_reports(request_id, [(2, True, "boom".encode())]) == 1
     assert storage.mark_running(request_id, [2]) == 0
     assert storage.record_lost(request_id, 3, "killed")
-    assert storage.record_result(request_id, 1, b"r")
+    assert storage.record_reports(request_id, [(1, False, b"r")]) == 1
     progress = storage.progress(request_id)
     assert progress.complete and (progress.done, progress.failed, progress.lost) == (1, 1, 1)
     assert storage.errors(request_id) == [(b"args1", "failed", "boom"), (b"args2", "lost", "killed")]
@@ -48,7 +48,7 @@ def test_states_move_pending_running_then_finished(storage):
 def test_results_survive_reopening(dbfile):
     first = Storage(dbfile)
     request_id = make_request(first)
-    first.record_result(request_id, 2, b"kept")
+    first.record_reports(request_id, [(2, False, b"kept")])
     first.close()
     assert Storage(dbfile).results(request_id)[1] == (b"args1", "done", b"kept")
 
@@ -89,9 +89,9 @@ def test_jobs_are_recorded_per_request(storage):
 def test_a_late_report_replaces_lost_and_cancelled(storage):
     request_id = make_request(storage)
     assert storage.record_lost(request_id, 1, "silent")
-    assert storage.record_result(request_id, 1, b"late but real")
+    assert storage.record_reports(request_id, [(1, False, b"late but real")]) == 1
     assert storage.cancel_open(request_id, "by user") == 2
-    assert storage.record_error(request_id, 2, "late error")
+    assert storage.record_reports(request_id, [(2, True, "late error".encode())]) == 1
     assert [row[1] for row in storage.results(request_id)] == ["done", "failed", "cancelled"]
 
 
@@ -99,7 +99,7 @@ def test_lost_tasks_are_requeued_for_a_limited_number_of_attempts(storage):
     request_id = make_request(storage)
     storage.record_lost(request_id, 1, "crash", retryable=True)
     storage.record_lost(request_id, 2, "qdel", retryable=False)
-    storage.record_error(request_id, 3, "raised")
+    storage.record_reports(request_id, [(3, True, "raised".encode())])
     assert storage.retry_candidates(request_id, max_attempts=2, failed_too=False) == [1]
     assert storage.retry_candidates(request_id, max_attempts=2, failed_too=True) == [1, 3]
     storage.requeue(request_id, [1])
