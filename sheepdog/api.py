@@ -16,14 +16,14 @@ import secrets
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from . import backends, jobscript, serialisation
 from .chunking import choose_chunksize
 from .config import Config, resolve
 from .progress import ProgressDisplay
 from .server import Server
-from .storage import DONE, Storage
+from .storage import DONE, PayloadFile, Storage, payload_bytes
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,7 @@ def wait(
     delay = 0.02
     try:
         while True:
+            seen = storage.change_count
             progress = storage.progress(request_id)
             if display is not None:
                 display.update(progress)
@@ -248,7 +249,7 @@ def wait(
                     f"request {request_id}: {progress.finished} of {progress.total} tasks "
                     f"finished after {timeout} s"
                 )
-            time.sleep(delay)
+            storage.wait_for_change(seen, delay)
             delay = min(delay * 1.5, 0.5)
     finally:
         if display is not None:
@@ -269,18 +270,17 @@ def get_results(
     storage = _storage(dbfile)
     if block:
         wait(request_id, dbfile, verbose=verbose, timeout=timeout)
-    return [
-        (serialisation.loads(args), serialisation.loads(result) if state == DONE else None)
-        for args, state, result in storage.results(request_id)
-    ]
+    return [(_load(args), _load(result) if state == DONE else None)
+            for args, state, result in storage.results(request_id)]
+
+
+def _load(payload: Union[bytes, PayloadFile]) -> Any:
+    return serialisation.loads(payload_bytes(payload))
 
 
 def get_errors(request_id: int, dbfile: str = "./sheepdog.sqlite") -> list[tuple[tuple[Any, ...], str]]:
     """``[(args, error text), ...]`` for tasks that raised, were lost or were cancelled."""
-    return [
-        (serialisation.loads(args), error)
-        for args, _state, error in _storage(dbfile).errors(request_id)
-    ]
+    return [(_load(args), error) for args, _state, error in _storage(dbfile).errors(request_id)]
 
 
 def cancel(request_id: int, dbfile: str = "./sheepdog.sqlite") -> int:
@@ -337,20 +337,20 @@ def map(  # noqa: A001 - the original API's name
     """
     dbfile = resolve(config).dbfile
     request_id = map_async(f, args, config, ns)
+    storage = _storage(dbfile)
     try:
-        results = get_results(request_id, dbfile, block=True, verbose=verbose)
+        wait(request_id, dbfile, verbose=verbose)
     except KeyboardInterrupt:
         _after_interrupt(request_id, dbfile)
         raise
-    if verbose:
-        failures = len(get_errors(request_id, dbfile))
-        if failures:
-            print(
-                f"sheepdog: {failures} of {len(results)} tasks failed; see "
-                f"sheepdog.get_errors({request_id}, {dbfile!r})",
-                file=sys.stderr,
-            )
-    return [result for _args, result in results]
+    results = [_load(result) if state == DONE else None
+               for _args, state, result in storage.results(request_id, with_arguments=False)]
+    progress = storage.progress(request_id)
+    failures = progress.total - progress.done
+    if verbose and failures:
+        print(f"sheepdog: {failures} of {progress.total} tasks failed; see "
+              f"sheepdog.get_errors({request_id}, {dbfile!r})", file=sys.stderr)
+    return results
 
 
 map_sync = map

@@ -19,6 +19,11 @@ names a chunk of tasks by index, as in ``7`` or ``1-200,205``::
 Frames are ``worker.pack_frames``: (index, kind, length) headers and bytes.
 Bodies are stored as bytes and never unpickled here. Every malformed or
 unauthorised request gets a 4xx answer with a one-line reason.
+
+Large payloads are not copied on the way through: a request body arrives as
+one buffer and its frames are views of it, and a reply's body is a list of
+parts in which arguments kept in files (:class:`~sheepdog.storage.PayloadFile`)
+are named rather than read, so the host streams them.
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ import logging
 import re
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence, Union
 
-from .storage import Storage
-from .worker import ARGUMENTS, ERROR, RESULT, pack_frames, parse_index_spec, unpack_frames
+from .storage import PayloadFile, Storage
+from .worker import (ARGUMENTS, ERROR, RESULT, nbytes, pack_frames, parse_index_spec,
+                     unpack_frames)
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +57,25 @@ _CHUNK_ACTIONS = ("start", "heartbeat", "killing")
 _SINGLE_ACTIONS = ("result", "error")
 
 
+#: A reply body: bytes, or parts to send in order (bytes-like, or files to stream).
+Body = Union[bytes, Sequence[Union[bytes, memoryview, PayloadFile]]]
+
+
 @dataclass(frozen=True)
 class Reply:
     status: int
-    body: bytes
+    body: Body
     content_type: str = "text/plain; charset=utf-8"
     headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def parts(self) -> Sequence[Union[bytes, memoryview, PayloadFile]]:
+        return [self.body] if isinstance(self.body, bytes) else self.body
+
+    @property
+    def length(self) -> int:
+        return sum(len(part) if isinstance(part, PayloadFile) else nbytes(part)
+                   for part in self.parts)
 
 
 def text_reply(status: int, message: str, **headers: str) -> Reply:
@@ -108,7 +127,7 @@ class Callbacks:
             secret = self._secrets[request_id] = stored.encode()
         return secret
 
-    def respond(self, method: str, path: str, authorization: Optional[str], body: bytes) -> Reply:
+    def respond(self, method: str, path: str, authorization: Optional[str], body: Any) -> Reply:
         """The reply to one request; never raises for anything a client sends."""
         try:
             return self._respond(method, path, authorization, body)
@@ -116,9 +135,21 @@ class Callbacks:
             log.warning("database busy answering %s %s: %s", method, path, error)
             return text_reply(503, "database busy, retry", **{"Retry-After": "1"})
 
-    def _respond(self, method: str, path: str, authorization: Optional[str], body: bytes) -> Reply:
-        if path == "/" and method in ("GET", "HEAD"):
-            return text_reply(200, "sheepdog server")
+    def admit_body(self, path: str, authorization: Optional[str],
+                   content_length: Optional[str]) -> Optional[Reply]:
+        """A refusal for a request body not worth reading: too large, or not authorised.
+
+        Checked from the headers alone, before the body is read, so that no
+        memory is set aside for a body that would be refused anyway.
+        """
+        refusal = self.too_large(content_length)
+        if refusal is not None or not int(content_length or 0):
+            return refusal
+        route = self._authorised_route(path, authorization)
+        return route if isinstance(route, Reply) else None
+
+    def _authorised_route(self, path: str, authorization: Optional[str]) -> Any:
+        """(route match, request id) for a known request and its secret, or the refusal."""
         match = _ROUTE.fullmatch(path)
         if match is None:
             return text_reply(404, "no such route")
@@ -128,6 +159,15 @@ class Callbacks:
             return text_reply(404, "no such request")
         if not hmac.compare_digest(_password(authorization), secret):
             return _UNAUTHORISED
+        return match, request_id
+
+    def _respond(self, method: str, path: str, authorization: Optional[str], body: Any) -> Reply:
+        if path == "/" and method in ("GET", "HEAD"):
+            return text_reply(200, "sheepdog server")
+        route = self._authorised_route(path, authorization)
+        if isinstance(route, Reply):
+            return route
+        match, request_id = route
         if match["function"]:
             if method != "GET":
                 return text_reply(405, "use GET", Allow="GET")
@@ -166,7 +206,7 @@ class Callbacks:
         update(request_id, indices)
         return _STORED
 
-    def _results(self, request_id: int, body: bytes) -> Reply:
+    def _results(self, request_id: int, body: Any) -> Reply:
         """A batch of framed results and errors."""
         try:
             frames = unpack_frames(body)
@@ -179,21 +219,21 @@ class Callbacks:
         return self._malformed(reports) or text_reply(
             200, f"stored {self.storage.record_reports(request_id, reports)} of {len(reports)}")
 
-    def _report(self, request_id: int, index: int, action: str, body: bytes) -> Reply:
+    def _report(self, request_id: int, index: int, action: str, body: Any) -> Reply:
         """One result or error, posted alone (a payload too large to batch)."""
         reports = [(index, action == "error", body)]
         return self._malformed(reports) or (
             _STORED if self.storage.record_reports(request_id, reports) else _ALREADY)
 
     @staticmethod
-    def _malformed(reports: list[tuple[int, bool, bytes]]) -> Optional[Reply]:
+    def _malformed(reports: list[tuple[int, bool, Any]]) -> Optional[Reply]:
         """A 400 reply when a report is malformed: an empty result, an error not in UTF-8."""
         for index, failed, payload in reports:
-            if not payload:
+            if not nbytes(payload):
                 return text_reply(400, f"empty report for task {index}")
             if failed:
                 try:
-                    payload.decode("utf-8")
+                    bytes(payload).decode("utf-8")
                 except UnicodeDecodeError:
                     return text_reply(400, f"the error text of task {index} must be UTF-8")
         return None

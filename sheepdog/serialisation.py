@@ -22,16 +22,27 @@ import importlib
 import io
 import marshal
 import pickle
+import struct
 import sys
 import sysconfig
 import types
 
 #: Pickle protocol for every payload; override to talk to older workers.
-pickle_protocol = pickle.DEFAULT_PROTOCOL
+pickle_protocol = pickle.HIGHEST_PROTOCOL
 #: marshal format version for shipped code objects.
 marshal_version = marshal.version
 
+#: Buffers this large (numpy arrays, bytearrays) travel out of band: beside the
+#: pickle instead of copied into it, so neither side makes a copy of them.
+out_of_band_bytes = 64 << 10
+
 _EMPTY_CELL = "<sheepdog: empty cell>"
+#: Starts a payload with out-of-band buffers; a plain pickle starts with b"\x80".
+_OUT_OF_BAND_MAGIC = b"SDB1"
+_COUNT = struct.Struct("!IQ")  # number of buffers, length of the pickle
+_LENGTH = struct.Struct("!Q")
+#: Buffers start at multiples of this within a payload, so arrays load aligned.
+ALIGNMENT = 16
 
 
 class SerialisationError(TypeError):
@@ -126,8 +137,8 @@ def _cell_value(cell):
 class _Pickler(pickle.Pickler):
     """A pickler that ships unimportable functions by value and modules by name."""
 
-    def __init__(self, file):
-        super().__init__(file, protocol=pickle_protocol)
+    def __init__(self, file, buffer_callback=None):
+        super().__init__(file, protocol=pickle_protocol, buffer_callback=buffer_callback)
         self.shared_globals = {}
 
     def reducer_override(self, obj):
@@ -163,16 +174,74 @@ class _Pickler(pickle.Pickler):
         return _make_function, arguments, state, None, None, _set_function_state
 
 
+def padding(length):
+    """Zero bytes that bring ``length`` up to a multiple of :data:`ALIGNMENT`."""
+    return b"\0" * (-length % ALIGNMENT)
+
+
+def dumps_parts(obj):
+    """Serialise ``obj`` to a list of bytes-like parts; the payload is their concatenation.
+
+    Large contiguous buffers (with pickle protocol 5 or later) are not copied:
+    the parts include memoryviews of them, after a header that says where each
+    starts. Small objects give a single part, a plain pickle.
+    """
+    buffers = []
+
+    def keep_out_of_band(buffer):
+        raw = buffer.raw()
+        if raw.nbytes < out_of_band_bytes:
+            return True  # small: pickled in band
+        buffers.append(raw)
+        return False
+
+    stream = io.BytesIO()
+    _Pickler(stream, keep_out_of_band if pickle_protocol >= 5 else None).dump(obj)
+    pickled = stream.getvalue()
+    if not buffers:
+        return [pickled]
+    header = b"".join([_OUT_OF_BAND_MAGIC, _COUNT.pack(len(buffers), len(pickled))]
+                      + [_LENGTH.pack(buffer.nbytes) for buffer in buffers])
+    parts = [header, pickled]
+    offset = len(header) + len(pickled)
+    for buffer in buffers:
+        parts += [padding(offset), buffer]
+        offset += len(parts[-2]) + buffer.nbytes
+    return parts
+
+
 def dumps(obj):
     """Serialise one object (an argument, a result) to bytes."""
-    buffer = io.BytesIO()
-    _Pickler(buffer).dump(obj)
-    return buffer.getvalue()
+    return b"".join(dumps_parts(obj))
 
 
 def loads(data):
-    """Load bytes made by :func:`dumps` or :func:`dumps_function`."""
-    return pickle.loads(data)
+    """Load a payload made by :func:`dumps_parts` from any bytes-like object.
+
+    Out-of-band buffers are loaded in place, as views of ``data``: an array
+    received into a bytearray is not copied again. Read-only data is copied
+    once first, so that arrays come back writable, as they were sent.
+    """
+    view = memoryview(data).cast("B")
+    if view[:len(_OUT_OF_BAND_MAGIC)] != _OUT_OF_BAND_MAGIC:
+        return pickle.loads(view)
+    if view.readonly:
+        view = memoryview(bytearray(view))
+    offset = len(_OUT_OF_BAND_MAGIC)
+    count, pickle_length = _COUNT.unpack_from(view, offset)
+    offset += _COUNT.size
+    lengths = [_LENGTH.unpack_from(view, offset + i * _LENGTH.size)[0] for i in range(count)]
+    offset += count * _LENGTH.size
+    pickled = view[offset:offset + pickle_length]
+    offset += pickle_length
+    buffers = []
+    for length in lengths:
+        offset += -offset % ALIGNMENT
+        if offset + length > len(view):
+            raise ValueError("truncated sheepdog payload")
+        buffers.append(view[offset:offset + length])
+        offset += length
+    return pickle.loads(pickled, buffers=buffers)
 
 
 def dumps_function(function, namespace=None):
@@ -199,9 +268,10 @@ def loads_function(data):
 
 
 def dumps_argument(position, arguments):
-    """Serialise one tuple of arguments, naming its position if it cannot be."""
+    """Serialise one tuple of arguments to parts (see :func:`dumps_parts`), naming
+    its position if it cannot be."""
     try:
-        return dumps(tuple(arguments))
+        return dumps_parts(tuple(arguments))
     except Exception as error:
         raise SerialisationError(
             f"argument {position} ({_short_repr(arguments)}) cannot be serialised: "

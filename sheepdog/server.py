@@ -15,18 +15,20 @@ import logging
 import os
 import ssl
 import threading
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from . import tls
 from .callbacks import DEFAULT_MAX_BODY_BYTES, Callbacks, Reply, text_reply
-from .storage import Storage
+from .storage import CHUNK_BYTES, PayloadFile, Storage
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("tornado", "werkzeug")
+#: A refused body up to this size is read and dropped, keeping the connection open.
+_DISCARDED_BODY_BYTES = 1 << 20
 _METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
@@ -38,8 +40,11 @@ def create_app(storage: Storage, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -
     app.url_map.merge_slashes = False  # odd paths get a 404, not a redirect
 
     def as_response(reply: Reply) -> Response:
-        return Response(reply.body, reply.status,
-                        {"Content-Type": reply.content_type, **reply.headers})
+        headers = {"Content-Type": reply.content_type, "Content-Length": str(reply.length),
+                   **reply.headers}
+        if isinstance(reply.body, bytes):
+            return Response(reply.body, reply.status, headers)
+        return Response(_stream(reply), reply.status, headers)
 
     @app.route("/", defaults={"path": ""}, methods=_METHODS)
     @app.route("/<path:path>", methods=_METHODS)
@@ -59,36 +64,83 @@ def create_app(storage: Storage, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -
     return app
 
 
+def _stream(reply: Reply) -> Iterator[bytes]:
+    """A reply's body in pieces of about ``CHUNK_BYTES``, reading files as it goes."""
+    pending: list[bytes] = []
+    size = 0
+    for part in reply.parts:
+        if isinstance(part, PayloadFile):
+            if pending:
+                yield b"".join(pending)
+                pending, size = [], 0
+            yield from part.chunks(CHUNK_BYTES)
+            continue
+        pending.append(bytes(part))
+        size += len(pending[-1])
+        if size >= CHUNK_BYTES:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
 def _tornado_application(callbacks: Callbacks) -> Any:
     import tornado.web
 
     @tornado.web.stream_request_body
     class CallbackHandler(tornado.web.RequestHandler):
+        """Reads a body into one buffer of its announced size; streams large replies."""
+
         SUPPORTED_METHODS = tuple(_METHODS)
 
-        def prepare(self) -> None:
+        async def prepare(self) -> None:
             self._chunks: list[bytes] = []
-            refusal = callbacks.too_large(self.request.headers.get("Content-Length"))
-            if refusal is not None:
-                self._reply(refusal)
-                self.request.connection.close()  # leave the unread body unread
+            self._body: Optional[bytearray] = None
+            self._received = 0
+            length = self.request.headers.get("Content-Length")
+            self._refusal = callbacks.admit_body(
+                self.request.path, self.request.headers.get("Authorization"), length)
+            if self._refusal is not None:
+                if int(length or 0) > _DISCARDED_BODY_BYTES:
+                    # Answer now; Tornado then closes rather than read the body.
+                    await self._reply(self._refusal)
+            elif length:
+                self._body = bytearray(int(length))
 
         def data_received(self, chunk: bytes) -> None:
-            if not self._finished:
+            if self._refusal is not None:
+                return  # read and dropped, so that the connection stays usable
+            if self._body is None:  # chunked transfer encoding: no length announced
                 self._chunks.append(chunk)
+                return
+            end = self._received + len(chunk)
+            self._body[self._received:end] = chunk
+            self._received = end
 
-        def _handle(self, *args: str) -> None:
-            self._reply(callbacks.respond(
+        async def _handle(self, *args: str) -> None:
+            if self._refusal is not None:
+                await self._reply(self._refusal)
+                return
+            body = b"".join(self._chunks) if self._body is None else self._body
+            self._chunks, self._body = [], None
+            await self._reply(callbacks.respond(
                 self.request.method or "GET", self.request.path,
-                self.request.headers.get("Authorization"), b"".join(self._chunks),
+                self.request.headers.get("Authorization"), body,
             ))
 
-        def _reply(self, reply: Reply) -> None:
+        async def _reply(self, reply: Reply) -> None:
             self.set_status(reply.status)
             self.set_header("Content-Type", reply.content_type)
             for name, value in reply.headers.items():
                 self.set_header(name, value)
-            self.finish(reply.body)
+            if isinstance(reply.body, bytes):
+                self.finish(reply.body)
+                return
+            self.set_header("Content-Length", reply.length)
+            for piece in _stream(reply):
+                self.write(piece)
+                await self.flush()
+            self.finish()
 
         get = head = post = put = delete = patch = options = _handle
 

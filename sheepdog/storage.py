@@ -14,7 +14,15 @@ later still replaces them: a result is never thrown away. A lost task may be
 put back to ``pending`` for a retry.
 
 Arguments and results live in tables of their own, so that the small, frequent
-state updates (start, heartbeat) never rewrite a large payload.
+state updates (start, heartbeat) never rewrite a large payload. Payloads of
+:data:`SPILL_BYTES` or more are kept in files beside the database
+(``<dbfile>.payloads/``): SQLite moves large BLOBs through its page cache and
+journal several times, while a file is written once and can be streamed. The
+rows say which payloads are in files; a file is in place before its row
+commits, and a result's file is moved in only when its report is accepted.
+
+How many tasks are in each state is kept in a table updated by a trigger in
+the same transaction as each change, so reading progress does not scan tasks.
 
 The file holds each request's secret, so it is created readable by its owner
 only.
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -31,7 +40,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+#: Payloads (pickled arguments or results) this large are kept in files.
+SPILL_BYTES = 1 << 20
+#: Bytes read at a time when a payload file is streamed.
+CHUNK_BYTES = 4 << 20
 
 PENDING, RUNNING, DONE, FAILED, LOST = "pending", "running", "done", "failed", "lost"
 CANCELLED = "cancelled"
@@ -83,7 +97,27 @@ CREATE TABLE jobs (
 CREATE TABLE meta (
     key TEXT PRIMARY KEY,
     value BLOB NOT NULL
-);
+)
+"""
+
+#: From version 1: payload files, and task counts kept per state.
+_UPGRADE_TO_2 = """
+ALTER TABLE arguments ADD COLUMN in_file INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE results ADD COLUMN in_file INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE task_counts (
+    request_id INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (request_id, state)
+) WITHOUT ROWID;
+INSERT INTO task_counts SELECT request_id, state, count(*) FROM tasks GROUP BY request_id, state;
+CREATE TRIGGER count_task_states AFTER UPDATE OF state ON tasks
+WHEN OLD.state != NEW.state
+BEGIN
+    UPDATE task_counts SET n = n - 1 WHERE request_id = OLD.request_id AND state = OLD.state;
+    INSERT INTO task_counts VALUES (NEW.request_id, NEW.state, 1)
+        ON CONFLICT (request_id, state) DO UPDATE SET n = n + 1;
+END
 """
 
 
@@ -93,6 +127,74 @@ class Job(NamedTuple):
     job_id: str
     chunksize: int
     indices: Optional[tuple[int, ...]]  # None: the arguments 1..N in order
+
+
+class PayloadFile:
+    """A payload kept in a file beside the database; ``len()`` is its size in bytes."""
+
+    __slots__ = ("path", "size")
+
+    def __init__(self, path: str, size: int) -> None:
+        self.path = path
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __repr__(self) -> str:
+        return f"PayloadFile({self.path!r}, {self.size})"
+
+    def chunks(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+        """The file's bytes, a chunk at a time (for streaming it to a worker)."""
+        with open(self.path, "rb") as stream:
+            while True:
+                chunk = stream.read(chunk_bytes)
+                if not chunk:
+                    return
+                yield chunk
+
+    def read(self) -> bytearray:
+        """The whole payload, read into one writable buffer (loaded in place, not copied)."""
+        data = bytearray(self.size)
+        with open(self.path, "rb", buffering=0) as stream:
+            received = stream.readinto(data)
+        if received != self.size:
+            raise StorageError(f"{self.path} holds {received} bytes, not {self.size}: the "
+                               f"payload file was changed outside sheepdog")
+        return data
+
+
+def payload_bytes(payload: bytes | PayloadFile) -> bytes | bytearray:
+    """A stored payload's bytes, from the row or from its file."""
+    return payload.read() if isinstance(payload, PayloadFile) else payload
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The SQL statements of ``script`` one by one (trigger bodies hold semicolons too)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
+    if statement.strip():
+        yield statement
+
+
+def _nbytes(parts: Sequence[Any]) -> int:
+    return sum(memoryview(part).nbytes for part in parts)
+
+
+def _write_parts(path: str, parts: Sequence[Any]) -> None:
+    """Write the concatenation of bytes-like ``parts`` to a new file, readable by its owner only."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for part in parts:
+            view = memoryview(part).cast("B")
+            while view:
+                view = view[os.write(descriptor, view):]
+    finally:
+        os.close(descriptor)
 
 
 class StorageError(RuntimeError):
@@ -125,6 +227,10 @@ class Storage:
 
     def __init__(self, dbfile: str | os.PathLike[str]) -> None:
         self.dbfile = os.path.abspath(os.fspath(dbfile))
+        #: Large payloads live here, one directory per request.
+        self.payload_directory = self.dbfile + ".payloads"
+        self._changes = threading.Condition()
+        self._change_count = 0
         self._local = threading.local()
         if not os.path.exists(self.dbfile):
             os.close(os.open(self.dbfile, os.O_CREAT | os.O_WRONLY, 0o600))
@@ -155,9 +261,11 @@ class Storage:
             with self._write() as db:
                 version = db.execute("PRAGMA user_version").fetchone()[0]
                 if version == 0:
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            db.execute(statement)
+                    for statement in _statements(_SCHEMA):
+                        db.execute(statement)
+                if version in (0, 1):
+                    for statement in _statements(_UPGRADE_TO_2):
+                        db.execute(statement)
                     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 elif version != SCHEMA_VERSION:
                     raise StorageError(
@@ -166,6 +274,24 @@ class Storage:
                     )
         except sqlite3.DatabaseError as error:
             raise StorageError(f"{self.dbfile} is not a usable sheepdog database: {error}") from error
+
+    def _payload_path(self, table: str, request_id: int, index: int) -> str:
+        """Where a payload of ``table`` (arguments or results) lives when kept in a file."""
+        return os.path.join(self.payload_directory, str(request_id), f"{table}-{index}")
+
+    def _new_payload_path(self, table: str, request_id: int, index: int) -> str:
+        """:meth:`_payload_path`, creating its directories (readable by their owner only)."""
+        directory = os.path.join(self.payload_directory, str(request_id))
+        for level in (self.payload_directory, directory):
+            os.makedirs(level, mode=0o700, exist_ok=True)
+        return self._payload_path(table, request_id, index)
+
+    def _stored(self, table: str, request_id: int, index: int, data: bytes,
+                in_file: int) -> bytes | PayloadFile:
+        if not in_file:
+            return data
+        path = self._payload_path(table, request_id, index)
+        return PayloadFile(path, os.stat(path).st_size)
 
     def close(self) -> None:
         """Close this thread's connection (other threads close theirs on exit)."""
@@ -179,15 +305,17 @@ class Storage:
     def create_request(
         self,
         function: bytes,
-        arguments: Iterable[bytes],
+        arguments: Iterable[bytes | Sequence[Any]],
         secret: str,
         backend: str,
         config: Mapping[str, Any] | None = None,
     ) -> int:
         """Store a request and its tasks (indices 1..N); return the request id.
 
-        ``config`` (JSON-able) is kept so that a later process can reach the
-        request's jobs, to watch or cancel them.
+        Each argument is bytes, or a list of bytes-like parts (see
+        ``serialisation.dumps_parts``) that are written out without joining
+        them. ``config`` (JSON-able) is kept so that a later process can reach
+        the request's jobs, to watch or cancel them.
         """
         with self._write() as db:
             cursor = db.execute(
@@ -196,20 +324,33 @@ class Storage:
                 (time.time(), secret, function, backend, json.dumps(dict(config or {}))),
             )
             request_id = cursor.lastrowid
-            db.executemany(
-                "INSERT INTO arguments (request_id, idx, data) VALUES (?, ?, ?)",
-                ((request_id, index, blob) for index, blob in enumerate(arguments, 1)),
-            )
-            db.execute(
+            try:
+                db.executemany(
+                    "INSERT INTO arguments (request_id, idx, data, in_file) VALUES (?, ?, ?, ?)",
+                    (self._row_payload("arguments", request_id, index, blob)
+                     for index, blob in enumerate(arguments, 1)),
+                )
+            except BaseException:
+                shutil.rmtree(os.path.join(self.payload_directory, str(request_id)),
+                              ignore_errors=True)
+                raise
+            n_tasks = db.execute(
                 "INSERT INTO tasks (request_id, idx) "
                 "SELECT request_id, idx FROM arguments WHERE request_id = ?",
                 (request_id,),
-            )
-            n_tasks = db.execute(
-                "SELECT count(*) FROM tasks WHERE request_id = ?", (request_id,)
-            ).fetchone()[0]
+            ).rowcount
             db.execute("UPDATE requests SET n_tasks = ? WHERE id = ?", (n_tasks, request_id))
+            db.execute("INSERT INTO task_counts VALUES (?, ?, ?)", (request_id, PENDING, n_tasks))
         return request_id
+
+    def _row_payload(self, table: str, request_id: int, index: int,
+                     payload: bytes | Sequence[Any]) -> tuple[int, int, Any, int]:
+        """(request_id, idx, data, in_file) for a row, writing a large payload to its file."""
+        parts = [payload] if isinstance(payload, (bytes, bytearray, memoryview)) else payload
+        if _nbytes(parts) < SPILL_BYTES:
+            return request_id, index, parts[0] if len(parts) == 1 else b"".join(parts), 0
+        _write_parts(self._new_payload_path(table, request_id, index), parts)
+        return request_id, index, b"", 1
 
     def request_secret(self, request_id: int) -> str | None:
         row = self._connection().execute(
@@ -271,22 +412,23 @@ class Storage:
 
     # -- tasks ----------------------------------------------------------
 
-    def task_arguments(self, request_id: int, indices: Sequence[int]) -> dict[int, bytes]:
+    def task_arguments(
+        self, request_id: int, indices: Sequence[int]
+    ) -> dict[int, bytes | PayloadFile]:
         """The stored arguments of the tasks ``indices`` (unknown ones are left out)."""
-        if len(indices) > 1 and list(indices) == list(range(indices[0], indices[-1] + 1)):
-            rows = self._connection().execute(
-                "SELECT idx, data FROM arguments WHERE request_id = ? AND idx BETWEEN ? AND ?",
-                (request_id, indices[0], indices[-1]),
-            )
-            return dict(rows)
-        query = "SELECT idx, data FROM arguments WHERE request_id = ? AND idx = ?"
         connection = self._connection()
-        found = {}
-        for index in indices:
-            row = connection.execute(query, (request_id, index)).fetchone()
-            if row is not None:
-                found[row[0]] = row[1]
-        return found
+        if len(indices) > 1 and list(indices) == list(range(indices[0], indices[-1] + 1)):
+            rows = connection.execute(
+                "SELECT idx, data, in_file FROM arguments "
+                "WHERE request_id = ? AND idx BETWEEN ? AND ?",
+                (request_id, indices[0], indices[-1]),
+            ).fetchall()
+        else:
+            query = "SELECT idx, data, in_file FROM arguments WHERE request_id = ? AND idx = ?"
+            rows = [row for index in indices
+                    for row in connection.execute(query, (request_id, index)).fetchall()]
+        return {index: self._stored("arguments", request_id, index, data, in_file)
+                for index, data, in_file in rows}
 
     def _update_many(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> int:
         with self._write() as db:
@@ -325,36 +467,51 @@ class Storage:
         )
         return {row[0] for row in rows}
 
-    def record_reports(self, request_id: int, reports: Sequence[tuple[int, bool, bytes]]) -> int:
+    def record_reports(self, request_id: int, reports: Sequence[tuple[int, bool, Any]]) -> int:
         """Store many (index, failed, payload) reports in one transaction; returns how many.
 
-        A payload is the pickled result, or the UTF-8 error text when ``failed``.
+        A payload (bytes-like) is the pickled result, or the UTF-8 error text
+        when ``failed``. A large result is written to a file first, outside
+        the transaction, and moved into place only if its report is accepted.
         """
-        with self._write() as db:
-            return sum(
-                self._store_report(db, request_id, index, FAILED if failed else DONE,
-                                   None if failed else payload,
-                                   payload.decode("utf-8") if failed else None)
-                for index, failed, payload in reports
-            )
+        staged = {}
+        try:
+            for index, failed, payload in reports:
+                if not failed and memoryview(payload).nbytes >= SPILL_BYTES:
+                    path = self._new_payload_path("results", request_id, index)
+                    staged[index] = f"{path}.{os.getpid()}.{threading.get_ident()}.part"
+                    _write_parts(staged[index], [payload])
+            with self._write() as db:
+                stored = sum(
+                    self._store_report(db, request_id, index, failed, payload, staged.get(index))
+                    for index, failed, payload in reports
+                )
+        finally:
+            for path in staged.values():
+                if os.path.exists(path):
+                    os.remove(path)
+        self._changed()
+        return stored
 
-    @staticmethod
-    def _store_report(
-        db: sqlite3.Connection, request_id: int, index: int, state: str,
-        result: bytes | None, error: str | None,
-    ) -> bool:
+    def _store_report(self, db: sqlite3.Connection, request_id: int, index: int, failed: bool,
+                      payload: Any, staged_file: str | None) -> bool:
         """Inside a transaction: a task's own report, unless it already reported."""
         marks = ", ".join("?" for _ in REPORTABLE_STATES)
         cursor = db.execute(
             "UPDATE tasks SET state = ?, error = ?, retryable = 0, updated = ? "
             f"WHERE request_id = ? AND idx = ? AND state IN ({marks})",
-            (state, error, time.time(), request_id, index, *REPORTABLE_STATES),
+            (FAILED if failed else DONE, bytes(payload).decode("utf-8") if failed else None,
+             time.time(), request_id, index, *REPORTABLE_STATES),
         )
         if cursor.rowcount != 1:
             return False
-        if result is not None:
-            db.execute("INSERT OR REPLACE INTO results (request_id, idx, data) VALUES (?, ?, ?)",
-                       (request_id, index, result))
+        if not failed:
+            if staged_file is not None:
+                os.replace(staged_file, self._payload_path("results", request_id, index))
+            db.execute("INSERT OR REPLACE INTO results (request_id, idx, data, in_file) "
+                       "VALUES (?, ?, ?, ?)",
+                       (request_id, index, b"" if staged_file else payload,
+                        int(staged_file is not None)))
         return True
 
     def record_lost(self, request_id: int, index: int, reason: str, retryable: bool = False) -> bool:
@@ -365,6 +522,7 @@ class Storage:
                 "WHERE request_id = ? AND idx = ? AND state IN (?, ?)",
                 (LOST, reason, int(retryable), time.time(), request_id, index, PENDING, RUNNING),
             )
+        self._changed()
         return cursor.rowcount == 1
 
     def cancel_open(self, request_id: int, reason: str) -> int:
@@ -375,6 +533,7 @@ class Storage:
                 "WHERE request_id = ? AND state IN (?, ?)",
                 (CANCELLED, reason, time.time(), request_id, PENDING, RUNNING),
             )
+        self._changed()
         return cursor.rowcount
 
     def stale_running(self, request_id: int, silent_since: float) -> list[int]:
@@ -412,12 +571,30 @@ class Storage:
         return row is not None
 
     def progress(self, request_id: int) -> Progress:
+        """How many tasks are in each state: one small read, however many tasks there are."""
         rows = self._connection().execute(
-            "SELECT state, count(*) FROM tasks WHERE request_id = ? GROUP BY state",
-            (request_id,),
+            "SELECT state, n FROM task_counts WHERE request_id = ? AND n > 0", (request_id,)
         ).fetchall()
-        counts = dict(rows)
-        return Progress(total=self.n_tasks(request_id), **counts)
+        return Progress(total=self.n_tasks(request_id), **dict(rows))
+
+    def _changed(self) -> None:
+        with self._changes:
+            self._change_count += 1
+            self._changes.notify_all()
+
+    @property
+    def change_count(self) -> int:
+        """Grows whenever this object stores a report or a conclusion about a task."""
+        return self._change_count
+
+    def wait_for_change(self, since: int, timeout: float) -> None:
+        """Sleep until this object stores something after ``change_count`` was ``since``.
+
+        Only changes made through this same object (for example by the server
+        thread of this process) wake it early; ``timeout`` bounds the wait.
+        """
+        with self._changes:
+            self._changes.wait_for(lambda: self._change_count != since, timeout)
 
     def open_indices(self, request_id: int) -> list[int]:
         """Indices of tasks that have not finished (pending or running)."""
@@ -427,26 +604,43 @@ class Storage:
         )
         return [row[0] for row in rows]
 
-    def results(self, request_id: int) -> list[tuple[bytes, str, bytes | None]]:
-        """(arguments, state, result) of every task, in argument order."""
+    def results(
+        self, request_id: int, with_arguments: bool = True
+    ) -> list[tuple[bytes | PayloadFile | None, str, bytes | PayloadFile | None]]:
+        """(arguments, state, result) of every task, in argument order.
+
+        Without ``with_arguments`` the arguments are not read, and are None.
+        """
         self.n_tasks(request_id)
-        return self._connection().execute(
-            "SELECT a.data, t.state, r.data FROM tasks t "
-            "JOIN arguments a ON a.request_id = t.request_id AND a.idx = t.idx "
+        arguments = ("a.data, a.in_file" if with_arguments else "NULL, 0")
+        join = ("JOIN arguments a ON a.request_id = t.request_id AND a.idx = t.idx "
+                if with_arguments else "")
+        rows = self._connection().execute(
+            f"SELECT t.idx, {arguments}, t.state, r.data, r.in_file FROM tasks t {join}"
             "LEFT JOIN results r ON r.request_id = t.request_id AND r.idx = t.idx "
             "WHERE t.request_id = ? ORDER BY t.idx",
             (request_id,),
-        ).fetchall()
+        )
+        return [
+            (None if argument is None else
+             self._stored("arguments", request_id, index, argument, argument_in_file),
+             state,
+             None if result is None else
+             self._stored("results", request_id, index, result, result_in_file))
+            for index, argument, argument_in_file, state, result, result_in_file in rows
+        ]
 
-    def errors(self, request_id: int) -> list[tuple[bytes, str, str]]:
+    def errors(self, request_id: int) -> list[tuple[bytes | PayloadFile, str, str]]:
         """(arguments, state, error text) of failed, lost and cancelled tasks, in order."""
         self.n_tasks(request_id)
-        return self._connection().execute(
-            "SELECT a.data, t.state, t.error FROM tasks t "
+        rows = self._connection().execute(
+            "SELECT t.idx, a.data, a.in_file, t.state, t.error FROM tasks t "
             "JOIN arguments a ON a.request_id = t.request_id AND a.idx = t.idx "
             "WHERE t.request_id = ? AND t.state IN (?, ?, ?) ORDER BY t.idx",
             (request_id, FAILED, LOST, CANCELLED),
-        ).fetchall()
+        )
+        return [(self._stored("arguments", request_id, index, data, in_file), state, error)
+                for index, data, in_file, state, error in rows]
 
     def integrity_check(self) -> str:
         return self._connection().execute("PRAGMA integrity_check").fetchone()[0]

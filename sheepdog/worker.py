@@ -30,32 +30,53 @@ MAX_ERROR_CHARS = 60_000
 FLUSH_BYTES = 8 << 20
 FLUSH_SECONDS = 1.0
 
-_FRAME_HEADER = struct.Struct("!QBQ")  # argument index, kind, payload length
+# Argument index, kind, payload length; padded so that payloads start aligned.
+_FRAME_HEADER = struct.Struct("!QB7xQ")
+_ALIGNMENT = 16
 ARGUMENTS, RESULT, ERROR = 0, 1, 2
 
 
+def nbytes(payload):
+    """The length in bytes of a payload given as one bytes-like object or a list of parts."""
+    if isinstance(payload, list):
+        return sum(nbytes(part) for part in payload)
+    return payload.nbytes if isinstance(payload, memoryview) else len(payload)
+
+
 def pack_frames(frames):
-    """(index, kind, payload) triples as one body: a header then the bytes, each."""
+    """(index, kind, payload) triples as a list of parts to send one after another.
+
+    Each frame is a header, the payload (bytes-like, or a list of parts, which
+    are not copied) and zero padding to a multiple of 16 bytes, so that every
+    payload starts aligned within the body.
+    """
     parts = []
     for index, kind, payload in frames:
-        parts.append(_FRAME_HEADER.pack(index, kind, len(payload)))
-        parts.append(payload)
-    return b"".join(parts)
+        length = nbytes(payload)
+        parts.append(_FRAME_HEADER.pack(index, kind, length))
+        parts.extend(payload if isinstance(payload, list) else [payload])
+        if length % _ALIGNMENT:
+            parts.append(bytes(-length % _ALIGNMENT))
+    return parts
 
 
 def unpack_frames(data):
-    """The inverse of :func:`pack_frames`; ValueError when ``data`` is not frames."""
-    view = memoryview(data)
+    """The inverse of :func:`pack_frames` for the whole body; ValueError when not frames.
+
+    Payloads are memoryviews of ``data``, not copies.
+    """
+    view = memoryview(data).cast("B")
     frames, offset = [], 0
     while offset < len(view):
         if offset + _FRAME_HEADER.size > len(view):
             raise ValueError("truncated frame header")
         index, kind, length = _FRAME_HEADER.unpack_from(view, offset)
         offset += _FRAME_HEADER.size
-        if kind not in (ARGUMENTS, RESULT, ERROR) or offset + length > len(view):
+        end = offset + length + (-length % _ALIGNMENT)
+        if kind not in (ARGUMENTS, RESULT, ERROR) or end > len(view):
             raise ValueError("bad frame")
-        frames.append((index, kind, bytes(view[offset:offset + length])))
-        offset += length
+        frames.append((index, kind, view[offset:offset + length]))
+        offset = end
     return frames
 
 
@@ -118,10 +139,14 @@ class Client:
         return http.client.HTTPConnection(self.host, self.port, timeout=60)
 
     def request(self, method, path, body=None):
-        """Send one request, retrying transient failures; return the body bytes."""
+        """Send one request, retrying transient failures; return the body as a bytearray.
+
+        ``body`` is bytes-like or a list of parts, sent without joining them.
+        """
         headers = dict(self.headers)
         if body is not None:
             headers["Content-Type"] = "application/octet-stream"
+            headers["Content-Length"] = str(nbytes(body))
         deadline = time.monotonic() + self.retry_seconds
         delay = 0.25
         while True:
@@ -130,7 +155,7 @@ class Client:
                     self.connection = self._connect()
                 self.connection.request(method, self.prefix + path, body=body, headers=headers)
                 response = self.connection.getresponse()
-                data = response.read()
+                data = _read_body(response)
                 if response.will_close:
                     self.close()
                 if response.status < 400:
@@ -157,6 +182,20 @@ class Client:
         if self.connection is not None:
             self.connection.close()
             self.connection = None
+
+
+def _read_body(response):
+    """The whole response body, read straight into one writable buffer when its length is known."""
+    if response.length is None:
+        return bytearray(response.read())
+    data = bytearray(response.length)
+    view, received = memoryview(data), 0
+    while received < len(data):
+        count = response.readinto(view[received:])
+        if not count:
+            raise http.client.IncompleteRead(bytes(view[:received]), len(data) - received)
+        received += count
+    return data
 
 
 def log(message):
@@ -263,7 +302,7 @@ class Reports:
 
     def add(self, index, kind, payload):
         self.frames.append((index, kind, payload))
-        self.size += len(payload)
+        self.size += nbytes(payload)
         if self.size >= FLUSH_BYTES or time.monotonic() - self.last_flush >= FLUSH_SECONDS:
             self.flush()
 
@@ -292,7 +331,7 @@ class Reports:
             except PermanentHTTPError as error:
                 if error.status != 413:
                     raise
-                message = f"the result ({len(payload)} bytes) was refused: {error}"
+                message = f"the result ({nbytes(payload)} bytes) was refused: {error}"
                 self.client.request("POST", f"/tasks/{index}/error", message.encode())
 
 
@@ -306,7 +345,7 @@ def run_one(codec, function, index, arguments, reports):
         reports.error(index, "".join(traceback.format_exception(type(error), error, frames)))
         return
     try:
-        payload = codec.dumps(result)
+        payload = codec.dumps_parts(result)
     except Exception:
         reports.error(index, "the result could not be serialised:\n" + traceback.format_exc())
         return

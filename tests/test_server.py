@@ -32,7 +32,7 @@ def test_worker_fetches_function_and_arguments(client, request_id):
 
 
 def test_a_batch_of_results_and_errors_is_stored_in_one_post(client, storage, request_id):
-    body = pack_frames([(1, RESULT, b"\x80r1"), (2, ERROR, "boom".encode())])
+    body = b"".join(pack_frames([(1, RESULT, b"\x80r1"), (2, ERROR, "boom".encode())]))
     response = client.post(f"/requests/{request_id}/results", data=body, headers=auth("right"))
     assert response.status_code == 200 and response.data == b"stored 2 of 2\n"
     again = client.post(f"/requests/{request_id}/results", data=body, headers=auth("right"))
@@ -40,8 +40,8 @@ def test_a_batch_of_results_and_errors_is_stored_in_one_post(client, storage, re
     assert [row[1:] for row in storage.results(request_id)] == [("done", b"\x80r1"), ("failed", None)]
 
 
-@pytest.mark.parametrize("body", [b"garbage", pack_frames([(1, ERROR, b"\xff")]),
-                                  pack_frames([(1, RESULT, b"")]), b""])
+@pytest.mark.parametrize("body", [b"garbage", b"".join(pack_frames([(1, ERROR, b"\xff")])),
+                                  b"".join(pack_frames([(1, RESULT, b"")])), b""])
 def test_malformed_batches_are_refused_whole(client, storage, request_id, body):
     response = client.post(f"/requests/{request_id}/results", data=body, headers=auth("right"))
     assert response.status_code == 400

@@ -86,7 +86,7 @@ def test_malformed_index_specs_are_refused(spec):
 
 def test_frames_round_trip_and_refuse_truncation():
     frames = [(1, worker.RESULT, b"abc"), (7, worker.ERROR, b""), (2**40, worker.ARGUMENTS, b"x" * 9)]
-    body = worker.pack_frames(frames)
+    body = b"".join(worker.pack_frames(frames))
     assert worker.unpack_frames(body) == frames
     with pytest.raises(ValueError):
         worker.unpack_frames(body[:-1])
