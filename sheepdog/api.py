@@ -46,22 +46,21 @@ def _storage(dbfile: str) -> Storage:
         return _storages[path]
 
 
-def _server(config: Config, storage: Storage) -> Server:
+def _server(config: Config, storage: Storage, wait: bool = True) -> Server:
     """This session's server for ``storage``, started on first use and then reused.
 
     A running server is never stopped here: workers of earlier requests may
     still call it back. A call that needs another port or scheme gets a server
-    of its own beside it.
+    of its own beside it. Without ``wait`` it may still be starting.
     """
     key = (storage.dbfile, "https" if config.tls else "http")
     with _lock:
         server = _servers.get(key)
-        if server is not None and server.running and config.port in (None, server.port):
-            return server
-        server = Server(storage, port=config.port, bind=config.bind or "127.0.0.1",
-                        max_body_bytes=config.max_body_bytes, use_tls=config.tls).start()
-        _servers[key] = server
-        return server
+        if server is None or not server.running or config.port not in (None, server.port):
+            server = Server(storage, port=config.port, bind=config.bind or "127.0.0.1",
+                            max_body_bytes=config.max_body_bytes, use_tls=config.tls)
+            _servers[key] = server
+    return server.start(wait)
 
 
 def _check_arguments(args: Iterable[Any]) -> list[tuple[Any, ...]]:
@@ -138,6 +137,7 @@ def map_async(
     argument_blobs = [serialisation.dumps_argument(i, a) for i, a in enumerate(arguments)]
     backend = backends.create(conf)
     storage = _storage(conf.dbfile)
+    _server(conf, storage, wait=False)  # starts while the arguments are stored
     request_id = storage.create_request(
         function_blob, argument_blobs, secrets.token_urlsafe(32), backend.name,
         _stored_config(conf),

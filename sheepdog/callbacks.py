@@ -37,7 +37,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from .storage import PayloadFile, Storage
+from .storage import SPILL_BYTES, PayloadFile, Storage
 from .worker import (ARGUMENTS, ERROR, RESULT, nbytes, pack_frames, parse_index_spec,
                      unpack_frames)
 
@@ -147,6 +147,28 @@ class Callbacks:
             return refusal
         route = self._authorised_route(path, authorization)
         return route if isinstance(route, Reply) else None
+
+    def result_upload(self, method: str, path: str, authorization: Optional[str],
+                      content_length: Optional[str]) -> Optional[tuple[int, int]]:
+        """(request id, task index) when this is one large result to receive into a file.
+
+        That is an authorised ``POST .../tasks/<i>/result`` of a known task
+        with a body of at least ``SPILL_BYTES`` (and within the limit): the
+        host may then write the body straight into
+        ``storage.new_staging_file`` and answer with :meth:`respond`, passing
+        the file as the body.
+        """
+        if method != "POST" or self.admit_body(path, authorization, content_length) is not None:
+            return None
+        if int(content_length or 0) < SPILL_BYTES:
+            return None
+        route = self._authorised_route(path, authorization)
+        match, request_id = route
+        spec = match["spec"] or ""
+        if match["action"] != "result" or not spec.isdigit() or len(spec) > 18:
+            return None
+        index = int(spec)
+        return (request_id, index) if self.storage.task_exists(request_id, index) else None
 
     def _authorised_route(self, path: str, authorization: Optional[str]) -> Any:
         """(route match, request id) for a known request and its secret, or the refusal."""

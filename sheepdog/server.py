@@ -11,6 +11,8 @@ used by ``sheepdog serve``).
 
 from __future__ import annotations
 
+import asyncio
+import http
 import logging
 import os
 import ssl
@@ -22,13 +24,15 @@ from werkzeug.exceptions import HTTPException
 
 from . import tls
 from .callbacks import DEFAULT_MAX_BODY_BYTES, Callbacks, Reply, text_reply
-from .storage import CHUNK_BYTES, PayloadFile, Storage
+from .storage import CHUNK_BYTES, PayloadFile, Storage, write_all
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("tornado", "werkzeug")
 #: A refused body up to this size is read and dropped, keeping the connection open.
 _DISCARDED_BODY_BYTES = 1 << 20
+#: A large upload that stalls this long is dropped (the worker retries it).
+_BODY_TIMEOUT_SECONDS = 120
 _METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
@@ -62,6 +66,16 @@ def create_app(storage: Storage, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -
         return as_response(text_reply(exception.code or 400, f"{exception.name}"))
 
     return app
+
+
+def _raw_response(reply: Reply) -> bytes:
+    """A whole HTTP/1.1 response for a small reply, ending the connection."""
+    assert isinstance(reply.body, bytes)
+    headers = {"Content-Type": reply.content_type, "Content-Length": str(len(reply.body)),
+               "Connection": "close", **reply.headers}
+    lines = [f"HTTP/1.1 {reply.status} {http.HTTPStatus(reply.status).phrase}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + reply.body
 
 
 def _stream(reply: Reply) -> Iterator[bytes]:
@@ -104,8 +118,62 @@ def _tornado_application(callbacks: Callbacks) -> Any:
                 if int(length or 0) > _DISCARDED_BODY_BYTES:
                     # Answer now; Tornado then closes rather than read the body.
                     await self._reply(self._refusal)
+                return
+            upload = callbacks.result_upload(
+                self.request.method or "", self.request.path,
+                self.request.headers.get("Authorization"), length)
+            if upload is not None:
+                await self._receive_result_file(*upload, int(length or 0))
             elif length:
                 self._body = bytearray(int(length))
+
+        async def _receive_result_file(self, request_id: int, index: int, length: int) -> None:
+            """Read a large result straight into its file, then answer and close.
+
+            The connection is taken over from Tornado's HTTP code, so that the
+            body is read in large pieces into one reused buffer (Tornado's own
+            body reader hands over at most one TLS record at a time).
+            """
+            import tornado.iostream
+
+            descriptor, path = callbacks.storage.new_staging_file(request_id, index)
+            stream = self.request.connection.detach()
+            self._finished = True  # answered below, not through this handler
+            # Two buffers: one is written to the file by a thread (os.write
+            # releases the GIL) while the next piece is read into the other.
+            buffers = [memoryview(bytearray(min(length, CHUNK_BYTES))) for _ in range(2)]
+            writing: Optional[asyncio.Future[None]] = None
+            try:
+                try:
+                    remaining, turn = length, 0
+                    while remaining:
+                        piece = buffers[turn][:min(remaining, CHUNK_BYTES)]
+                        await asyncio.wait_for(stream.read_into(piece), _BODY_TIMEOUT_SECONDS)
+                        if writing is not None:
+                            await writing
+                        writing = asyncio.get_running_loop().run_in_executor(
+                            None, write_all, descriptor, piece)
+                        remaining -= len(piece)
+                        turn = 1 - turn
+                    if writing is not None:
+                        await writing
+                finally:
+                    if writing is not None and not writing.done():
+                        await asyncio.wait([writing])
+                    os.close(descriptor)
+                reply = callbacks.respond(
+                    "POST", self.request.path, self.request.headers.get("Authorization"),
+                    PayloadFile(path, length))
+                await stream.write(_raw_response(reply))
+            except (tornado.iostream.StreamClosedError, asyncio.TimeoutError) as error:
+                log.warning("result %s of request %s: upload not finished: %r",
+                            index, request_id, error)
+            except Exception:  # the worker sees the connection close, and retries
+                log.exception("result %s of request %s could not be stored", index, request_id)
+            finally:
+                if os.path.exists(path):
+                    os.remove(path)  # refused or unfinished; an accepted one was moved
+                stream.close()
 
         def data_received(self, chunk: bytes) -> None:
             if self._refusal is not None:
@@ -181,17 +249,18 @@ class Server:
         if self.engine not in ENGINES:
             raise ValueError(f"unknown server engine {self.engine!r}; choose one of {ENGINES}")
         self.max_body_bytes = max_body_bytes
+        self.use_tls = use_tls
+        #: The certificate workers pin; set once the server has started.
         self.certificate: Optional[bytes] = None
         self._ssl_context: Optional[ssl.SSLContext] = None
-        if use_tls:
-            self.certificate, key = tls.identity_for(self.storage)
-            self._ssl_context = tls.server_context(self.certificate, key)
         self._thread: Optional[threading.Thread] = None
+        self._listening = threading.Event()
+        self._failure: list[BaseException] = []
         self._stop: Optional[Callable[[], None]] = None
 
     @property
     def scheme(self) -> str:
-        return "https" if self._ssl_context else "http"
+        return "https" if self.use_tls else "http"
 
     @property
     def running(self) -> bool:
@@ -201,29 +270,37 @@ class Server:
         """The address workers use, given the name they know this machine by."""
         return f"{self.scheme}://{host}:{self.port}"
 
-    def start(self) -> "Server":
-        """Serve in a daemon thread; return once the socket listens."""
-        if self.running:
-            return self
-        listening = threading.Event()
-        failure: list[BaseException] = []
+    def start(self, wait: bool = True) -> "Server":
+        """Serve in a daemon thread; return once the socket listens.
 
-        def serve() -> None:
-            try:
-                self._serve(listening.set)
-            except BaseException as error:  # noqa: B902 - handed to the starting thread
-                failure.append(error)
-                listening.set()
+        With ``wait=False`` it returns at once, so that the caller can do
+        other work while the server starts; a later ``start()`` waits for it
+        (and raises if it could not listen).
+        """
+        if self._thread is None:
+            self._listening.clear()
+            self._failure.clear()
 
-        self._thread = threading.Thread(target=serve, name="sheepdog-server", daemon=True)
-        self._thread.start()
-        listening.wait()
-        if failure:
-            self._thread = None
-            raise OSError(f"the sheepdog server could not listen on {self.bind}:{self.port}: "
-                          f"{failure[0]}") from failure[0]
-        log.info("sheepdog server (%s, %s) listening on %s:%s",
-                 self.engine, self.scheme, self.bind, self.port)
+            def listening() -> None:
+                log.info("sheepdog server (%s, %s) listening on %s:%s",
+                         self.engine, self.scheme, self.bind, self.port)
+                self._listening.set()
+
+            def serve() -> None:
+                try:
+                    self._serve(listening)
+                except BaseException as error:  # noqa: B902 - handed to the starting thread
+                    self._failure.append(error)
+                    self._listening.set()
+
+            self._thread = threading.Thread(target=serve, name="sheepdog-server", daemon=True)
+            self._thread.start()
+        if wait:
+            self._listening.wait()
+            if self._failure:
+                self._thread = None
+                raise OSError(f"the sheepdog server could not listen on {self.bind}:{self.port}: "
+                              f"{self._failure[0]}") from self._failure[0]
         return self
 
     def serve_forever(self) -> None:
@@ -240,6 +317,9 @@ class Server:
         self._stop = None
 
     def _serve(self, on_listening: Callable[[], None]) -> None:
+        if self.use_tls and self._ssl_context is None:
+            self.certificate, key = tls.identity_for(self.storage)
+            self._ssl_context = tls.server_context(self.certificate, key)
         if self.engine == "tornado":
             self._serve_tornado(on_listening)
         else:

@@ -29,9 +29,12 @@ MAX_ERROR_CHARS = 60_000
 #: Reports are posted together once this many bytes or seconds have gathered.
 FLUSH_BYTES = 8 << 20
 FLUSH_SECONDS = 1.0
+#: Results this large are posted alone, so that the server can receive them
+#: straight into a file (the same size as the server's ``storage.SPILL_BYTES``).
+ALONE_BYTES = 1 << 20
 
 # Argument index, kind, payload length; padded so that payloads start aligned.
-_FRAME_HEADER = struct.Struct("!QB7xQ")
+_FRAME_HEADER = struct.Struct("!QB15xQ")
 _ALIGNMENT = 16
 ARGUMENTS, RESULT, ERROR = 0, 1, 2
 
@@ -301,8 +304,14 @@ class Reports:
         self.last_flush = time.monotonic()
 
     def add(self, index, kind, payload):
+        size = nbytes(payload)
+        if kind == RESULT and size >= ALONE_BYTES:
+            self.flush()
+            self._post_alone(index, kind, payload)
+            self._reported([index])
+            return
         self.frames.append((index, kind, payload))
-        self.size += nbytes(payload)
+        self.size += size
         if self.size >= FLUSH_BYTES or time.monotonic() - self.last_flush >= FLUSH_SECONDS:
             self.flush()
 
@@ -316,23 +325,26 @@ class Reports:
             except PermanentHTTPError as error:
                 if error.status != 413:
                     raise
-                self._post_one_by_one()
-            for index, _kind, _payload in self.frames:
-                self.remaining.remove(index)
-            self.heartbeat.spec = index_spec(self.remaining)
+                for index, kind, payload in self.frames:  # too large together: one by one
+                    self._post_alone(index, kind, payload)
+            self._reported([index for index, _kind, _payload in self.frames])
         self.frames, self.size, self.last_flush = [], 0, time.monotonic()
 
-    def _post_one_by_one(self):
-        """The batch was too large for the server: send each report alone."""
-        for index, kind, payload in self.frames:
-            route = "result" if kind == RESULT else "error"
-            try:
-                self.client.request("POST", f"/tasks/{index}/{route}", payload)
-            except PermanentHTTPError as error:
-                if error.status != 413:
-                    raise
-                message = f"the result ({nbytes(payload)} bytes) was refused: {error}"
-                self.client.request("POST", f"/tasks/{index}/error", message.encode())
+    def _reported(self, indices):
+        for index in indices:
+            self.remaining.remove(index)
+        self.heartbeat.spec = index_spec(self.remaining)
+
+    def _post_alone(self, index, kind, payload):
+        """Post one report by itself; a result the server refuses as too large becomes an error."""
+        route = "result" if kind == RESULT else "error"
+        try:
+            self.client.request("POST", f"/tasks/{index}/{route}", payload)
+        except PermanentHTTPError as error:
+            if error.status != 413:
+                raise
+            message = f"the result ({nbytes(payload)} bytes) was refused: {error}"
+            self.client.request("POST", f"/tasks/{index}/error", message.encode())
 
 
 def run_one(codec, function, index, arguments, reports):

@@ -186,8 +186,10 @@ def test_plain_http_to_a_tls_server_gets_no_answer(storage, request_id):
 
 
 def test_certificate_is_kept_per_database_for_restarts(storage):
-    first = Server(storage, port=0)
-    second = Server(storage.dbfile, port=0)
+    first = Server(storage, port=0).start()
+    first.stop()
+    second = Server(storage.dbfile, port=0).start()
+    second.stop()
     assert first.certificate == second.certificate and b"BEGIN CERTIFICATE" in first.certificate
 
 
