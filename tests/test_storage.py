@@ -60,6 +60,42 @@ def test_database_uses_wal_and_records_schema_version(storage, dbfile):
         assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
+VERSION_1_SCHEMA = """
+CREATE TABLE requests (id INTEGER PRIMARY KEY, created REAL NOT NULL, secret TEXT NOT NULL,
+    function BLOB NOT NULL, n_tasks INTEGER NOT NULL, backend TEXT NOT NULL,
+    config TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE tasks (request_id INTEGER NOT NULL, idx INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending', error TEXT, updated REAL, heartbeat REAL,
+    kill_notice REAL, attempts INTEGER NOT NULL DEFAULT 1, retryable INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (request_id, idx)) WITHOUT ROWID;
+CREATE TABLE arguments (request_id INTEGER NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (request_id, idx));
+CREATE TABLE results (request_id INTEGER NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (request_id, idx));
+CREATE TABLE jobs (request_id INTEGER NOT NULL, job_id TEXT NOT NULL, submitted REAL NOT NULL,
+    chunksize INTEGER NOT NULL, indices TEXT);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+INSERT INTO requests VALUES (1, 0, 's', x'00', 3, 'local', '{}');
+INSERT INTO arguments VALUES (1, 1, x'a1'), (1, 2, x'a2'), (1, 3, x'a3');
+INSERT INTO tasks (request_id, idx, state) VALUES (1, 1, 'done'), (1, 2, 'running'),
+    (1, 3, 'pending');
+INSERT INTO results VALUES (1, 1, x'b1');
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_database_is_upgraded_in_place(dbfile):
+    with sqlite3.connect(dbfile) as raw:
+        raw.executescript(VERSION_1_SCHEMA)
+    storage = Storage(dbfile)
+    progress = storage.progress(1)
+    assert (progress.done, progress.running, progress.pending) == (1, 1, 1)
+    assert storage.record_reports(1, [(2, False, b"r2")]) == 1
+    assert [row[1:] for row in storage.results(1)] == [
+        ("done", b"\xb1"), ("done", b"r2"), ("pending", None)]
+    assert storage.progress(1).done == 2
+
+
 def test_newer_schema_is_refused_clearly(dbfile):
     with sqlite3.connect(dbfile) as raw:
         raw.execute("PRAGMA user_version = 99")
