@@ -24,13 +24,11 @@ from werkzeug.exceptions import HTTPException
 
 from . import tls
 from .callbacks import DEFAULT_MAX_BODY_BYTES, Callbacks, Reply, text_reply
-from .storage import CHUNK_BYTES, PayloadFile, Storage, write_all
+from .storage import CHUNK_BYTES, SPILL_BYTES, PayloadFile, Storage, write_all
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("tornado", "werkzeug")
-#: A refused body up to this size is read and dropped, keeping the connection open.
-_DISCARDED_BODY_BYTES = 1 << 20
 #: A large upload that stalls this long is dropped (the worker retries it).
 _BODY_TIMEOUT_SECONDS = 120
 _METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
@@ -103,7 +101,8 @@ def _tornado_application(callbacks: Callbacks) -> Any:
 
     @tornado.web.stream_request_body
     class CallbackHandler(tornado.web.RequestHandler):
-        """Reads a body into one buffer of its announced size; streams large replies."""
+        """Gathers small bodies in pieces; reads a large one into one buffer (or, for a
+        result, into its file) after checking it; streams large replies."""
 
         SUPPORTED_METHODS = tuple(_METHODS)
 
@@ -111,21 +110,24 @@ def _tornado_application(callbacks: Callbacks) -> Any:
             self._chunks: list[bytes] = []
             self._body: Optional[bytearray] = None
             self._received = 0
+            path, authorization = self.request.path, self.request.headers.get("Authorization")
             length = self.request.headers.get("Content-Length")
-            self._refusal = callbacks.admit_body(
-                self.request.path, self.request.headers.get("Authorization"), length)
-            if self._refusal is not None:
-                if int(length or 0) > _DISCARDED_BODY_BYTES:
-                    # Answer now; Tornado then closes rather than read the body.
-                    await self._reply(self._refusal)
+            refusal = callbacks.too_large(length)
+            large = refusal is None and int(length or 0) >= SPILL_BYTES
+            if large:  # worth checking before any of it is read
+                refusal = callbacks.admit_body(path, authorization, length)
+            if refusal is not None:
+                await self._reply(refusal)
+                self.request.connection.close()  # leave the unread body unread
                 return
-            upload = callbacks.result_upload(
-                self.request.method or "", self.request.path,
-                self.request.headers.get("Authorization"), length)
+            if not large:
+                return  # gathered as it comes, and checked by the callbacks
+            upload = callbacks.result_upload(self.request.method or "", path, authorization,
+                                             length)
             if upload is not None:
                 await self._receive_result_file(*upload, int(length or 0))
-            elif length:
-                self._body = bytearray(int(length))
+            else:
+                self._body = bytearray(int(length or 0))
 
         async def _receive_result_file(self, request_id: int, index: int, length: int) -> None:
             """Read a large result straight into its file, then answer and close.
@@ -176,9 +178,9 @@ def _tornado_application(callbacks: Callbacks) -> Any:
                 stream.close()
 
         def data_received(self, chunk: bytes) -> None:
-            if self._refusal is not None:
-                return  # read and dropped, so that the connection stays usable
-            if self._body is None:  # chunked transfer encoding: no length announced
+            if self._finished:
+                return
+            if self._body is None:  # a small body, or no length announced
                 self._chunks.append(chunk)
                 return
             end = self._received + len(chunk)
@@ -186,9 +188,6 @@ def _tornado_application(callbacks: Callbacks) -> Any:
             self._received = end
 
         async def _handle(self, *args: str) -> None:
-            if self._refusal is not None:
-                await self._reply(self._refusal)
-                return
             body = b"".join(self._chunks) if self._body is None else self._body
             self._chunks, self._body = [], None
             await self._reply(callbacks.respond(

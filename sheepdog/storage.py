@@ -30,10 +30,10 @@ only.
 
 from __future__ import annotations
 
+import itertools
 import json
-import os
 import mmap
-import shutil
+import os
 import sqlite3
 import tempfile
 import threading
@@ -333,15 +333,21 @@ class Storage:
         ``config`` (JSON-able) is kept so that a later process can reach the
         request's jobs, to watch or cancel them.
         """
-        rows: list[tuple[int, Any, str | None]] = []  # (index, inline data, staged file)
+        rows: list[tuple[int, Any, int]] = []  # (index, inline data, in a file)
+        staged: dict[int, str] = {}  # index -> file written, to be renamed into place
         try:
             for index, payload in enumerate(arguments, 1):
-                parts = [payload] if isinstance(payload, (bytes, bytearray, memoryview)) else payload
-                if _nbytes(parts) < SPILL_BYTES:
-                    rows.append((index, parts[0] if len(parts) == 1 else b"".join(parts), None))
+                if isinstance(payload, list) and len(payload) == 1:
+                    payload = payload[0]
+                if isinstance(payload, bytes) and len(payload) < SPILL_BYTES:
+                    rows.append((index, payload, 0))  # the common case, kept fast
                     continue
-                descriptor, staged = self._new_staging_file("arguments", index)
-                rows.append((index, b"", staged))
+                parts = payload if isinstance(payload, list) else [payload]
+                if _nbytes(parts) < SPILL_BYTES:
+                    rows.append((index, b"".join(parts), 0))
+                    continue
+                descriptor, staged[index] = self._new_staging_file("arguments", index)
+                rows.append((index, b"", 1))
                 _write_parts(descriptor, parts)
             with self._write() as db:
                 request_id = db.execute(
@@ -350,13 +356,11 @@ class Storage:
                     (time.time(), secret, function, len(rows), backend,
                      json.dumps(dict(config or {}))),
                 ).lastrowid
-                for index, _data, staged in rows:
-                    if staged is not None:
-                        os.replace(staged, self._new_payload_path("arguments", request_id, index))
+                for index, path in staged.items():
+                    os.replace(path, self._new_payload_path("arguments", request_id, index))
                 db.executemany(
                     "INSERT INTO arguments (request_id, idx, data, in_file) VALUES (?, ?, ?, ?)",
-                    ((request_id, index, data, int(staged is not None))
-                     for index, data, staged in rows),
+                    zip(itertools.repeat(request_id), *zip(*rows)) if rows else (),
                 )
                 db.execute("INSERT INTO tasks (request_id, idx) "
                            "SELECT request_id, idx FROM arguments WHERE request_id = ?",
@@ -364,9 +368,9 @@ class Storage:
                 db.execute("INSERT INTO task_counts VALUES (?, ?, ?)",
                            (request_id, PENDING, len(rows)))
         finally:
-            for _index, _data, staged in rows:
-                if staged is not None and os.path.exists(staged):
-                    os.remove(staged)
+            for path in staged.values():
+                if os.path.exists(path):
+                    os.remove(path)
         return request_id
 
     def request_secret(self, request_id: int) -> str | None:

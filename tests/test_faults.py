@@ -88,11 +88,11 @@ def test_function_that_raised_is_retried_only_when_asked(local_conf, tmp_path):
 
 
 def test_ctrl_c_in_a_script_cancels_and_says_so(tmp_path):
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import sheepdog, time
         def forever():
             time.sleep(600)
-        sheepdog.map(forever, [()] * 2, {{"scheduler": "local", "dbfile": "db.sqlite"}})
+        sheepdog.map(forever, [()] * 2, {"scheduler": "local", "dbfile": "db.sqlite"})
     """)
     process = subprocess.Popen(
         [sys.executable, "-c", script], cwd=tmp_path, stdin=subprocess.DEVNULL,
