@@ -48,6 +48,21 @@ def test_quickstart_numpy_import_idiom(cluster_conf):
     assert [float(r) for r in sheepdog.map(f, [([1, 2, 3],), ([10, 20],)], cluster_conf)] == [2.0, 15.0]
 
 
+def test_large_buffers_travel_both_ways_through_gridengine(cluster_conf):
+    # bytearrays, not numpy arrays: the workers' numpy (Debian's 1.x) cannot
+    # load what numpy 2 pickles, while buffers travel out of band the same way.
+    buffers = [bytearray(os.urandom(16 << 20)) for _ in range(2)]
+
+    def reversed_copy(data):
+        return data[::-1]
+
+    results = sheepdog.map(reversed_copy, [(data,) for data in buffers], cluster_conf)
+    assert results == [data[::-1] for data in buffers]
+    payloads = cluster_conf["dbfile"] + ".payloads"
+    assert sorted(os.listdir(os.path.join(payloads, str(last_request(cluster_conf))))) == [
+        "arguments-1", "arguments-2", "results-1", "results-2"]
+
+
 def test_errors_come_back_with_their_traceback(cluster_conf):
     def f(x):
         if x == 2:
