@@ -56,8 +56,14 @@ else:
     seconds = time.perf_counter() - started
 peak = lambda who: resource.getrusage(who).ru_maxrss / 1024
 def children():
-    tasks = "/proc/self/task"
-    return "".join(open(f"{{tasks}}/{{t}}/children").read() for t in os.listdir(tasks)).split()
+    found = []
+    for thread in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{{thread}}/children") as listing:
+                found += listing.read().split()
+        except FileNotFoundError:
+            pass  # the thread has ended
+    return found
 deadline = time.monotonic() + 30
 while children() and time.monotonic() < deadline:
     time.sleep(0.05)  # the worker has reported; wait until it is reaped and counted
@@ -75,8 +81,10 @@ print(time.perf_counter() - started)
 
 
 def run(program: str) -> list[float]:
-    output = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
-                            check=True).stdout
+    finished = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    if finished.returncode:
+        sys.exit(f"a benchmark run failed:\n{finished.stderr}")
+    output = finished.stdout
     return [float(value) for value in output.split()]
 
 

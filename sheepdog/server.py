@@ -25,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 from . import tls
 from .callbacks import DEFAULT_MAX_BODY_BYTES, Callbacks, Reply, text_reply
 from .storage import CHUNK_BYTES, SPILL_BYTES, PayloadFile, Storage, write_all
+from .worker import coalesce
 
 log = logging.getLogger(__name__)
 
@@ -78,22 +79,11 @@ def _raw_response(reply: Reply) -> bytes:
 
 def _stream(reply: Reply) -> Iterator[bytes]:
     """A reply's body in pieces of about ``CHUNK_BYTES``, reading files as it goes."""
-    pending: list[bytes] = []
-    size = 0
-    for part in reply.parts:
-        if isinstance(part, PayloadFile):
-            if pending:
-                yield b"".join(pending)
-                pending, size = [], 0
-            yield from part.chunks(CHUNK_BYTES)
-            continue
-        pending.append(bytes(part))
-        size += len(pending[-1])
-        if size >= CHUNK_BYTES:
-            yield b"".join(pending)
-            pending, size = [], 0
-    if pending:
-        yield b"".join(pending)
+    for piece in coalesce(reply.parts, CHUNK_BYTES):
+        if isinstance(piece, PayloadFile):
+            yield from piece.chunks(CHUNK_BYTES)
+        else:
+            yield bytes(piece)
 
 
 def _tornado_application(callbacks: Callbacks) -> Any:

@@ -63,6 +63,29 @@ def pack_frames(frames):
     return parts
 
 
+def coalesce(parts, limit=1 << 20):
+    """``parts`` with runs of small bytes-like ones joined into pieces of about ``limit``.
+
+    Each part sent becomes at least one TLS record, so thousands of small
+    frames sent one by one cost a record (and a read on the server) each.
+    Large parts, and parts that are not bytes-like, pass through unjoined.
+    """
+    pieces, pending, size = [], [], 0
+    for part in parts:
+        small = isinstance(part, (bytes, bytearray, memoryview)) and nbytes(part) < limit
+        if small:
+            pending.append(part)
+            size += nbytes(part)
+        if pending and (not small or size >= limit):
+            pieces.append(b"".join(pending))
+            pending, size = [], 0
+        if not small:
+            pieces.append(part)
+    if pending:
+        pieces.append(b"".join(pending))
+    return pieces
+
+
 def unpack_frames(data):
     """The inverse of :func:`pack_frames` for the whole body; ValueError when not frames.
 
@@ -156,7 +179,8 @@ class Client:
             try:
                 if self.connection is None:
                     self.connection = self._connect()
-                self.connection.request(method, self.prefix + path, body=body, headers=headers)
+                self.connection.request(method, self.prefix + path, headers=headers,
+                                        body=coalesce(body) if isinstance(body, list) else body)
                 response = self.connection.getresponse()
                 data = _read_body(response)
                 if response.will_close:

@@ -90,3 +90,11 @@ def test_frames_round_trip_and_refuse_truncation():
     assert worker.unpack_frames(body) == frames
     with pytest.raises(ValueError):
         worker.unpack_frames(body[:-1])
+
+
+def test_small_parts_are_sent_joined_and_large_ones_as_they_are():
+    big = memoryview(bytearray(2048))
+    marker = object()  # not bytes-like: a file the server streams
+    pieces = worker.coalesce([b"a", b"b", big, b"c", marker, b"d" * 600, b"e" * 600], limit=1024)
+    assert pieces == [b"ab", big, b"c", marker, b"d" * 600 + b"e" * 600]
+    assert pieces[1] is big
