@@ -21,9 +21,10 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 from . import backends, jobscript, serialisation
 from .chunking import choose_chunksize
 from .config import Config, resolve
+from .payloads import PayloadFile, payload_bytes
 from .progress import ProgressDisplay
 from .server import Server
-from .storage import DONE, PayloadFile, Storage, payload_bytes
+from .storage import DONE, Storage
 
 log = logging.getLogger(__name__)
 

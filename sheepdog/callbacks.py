@@ -22,7 +22,7 @@ unauthorised request gets a 4xx answer with a one-line reason.
 
 Large payloads are not copied on the way through: a request body arrives as
 one buffer and its frames are views of it, and a reply's body is a list of
-parts in which arguments kept in files (:class:`~sheepdog.storage.PayloadFile`)
+parts in which arguments kept in files (:class:`~sheepdog.payloads.PayloadFile`)
 are named rather than read, so the host streams them.
 """
 
@@ -37,7 +37,8 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from .storage import SPILL_BYTES, PayloadFile, Storage
+from .payloads import SPILL_BYTES, PayloadFile
+from .storage import Storage
 from .worker import (ARGUMENTS, ERROR, RESULT, nbytes, pack_frames, parse_index_spec,
                      unpack_frames)
 
@@ -74,8 +75,7 @@ class Reply:
 
     @property
     def length(self) -> int:
-        return sum(len(part) if isinstance(part, PayloadFile) else nbytes(part)
-                   for part in self.parts)
+        return nbytes(list(self.parts))
 
 
 def text_reply(status: int, message: str, **headers: str) -> Reply:
@@ -153,16 +153,14 @@ class Callbacks:
         """(request id, task index) when this is one large result to receive into a file.
 
         That is an authorised ``POST .../tasks/<i>/result`` of a known task
-        with a body of at least ``SPILL_BYTES`` (and within the limit): the
-        host may then write the body straight into
+        with a body of at least ``SPILL_BYTES`` that :meth:`admit_body`
+        admitted: the host may then write the body straight into
         ``storage.new_staging_file`` and answer with :meth:`respond`, passing
         the file as the body.
         """
-        if method != "POST" or self.admit_body(path, authorization, content_length) is not None:
-            return None
-        if int(content_length or 0) < SPILL_BYTES:
-            return None
         route = self._authorised_route(path, authorization)
+        if method != "POST" or int(content_length or 0) < SPILL_BYTES or isinstance(route, Reply):
+            return None
         match, request_id = route
         spec = match["spec"] or ""
         if match["action"] != "result" or not spec.isdigit() or len(spec) > 18:

@@ -24,7 +24,8 @@ from werkzeug.exceptions import HTTPException
 
 from . import tls
 from .callbacks import DEFAULT_MAX_BODY_BYTES, Callbacks, Reply, text_reply
-from .storage import CHUNK_BYTES, SPILL_BYTES, PayloadFile, Storage, write_all
+from .payloads import CHUNK_BYTES, SPILL_BYTES, PayloadFile, write_all
+from .storage import Storage
 from .worker import coalesce
 
 log = logging.getLogger(__name__)

@@ -14,12 +14,10 @@ later still replaces them: a result is never thrown away. A lost task may be
 put back to ``pending`` for a retry.
 
 Arguments and results live in tables of their own, so that the small, frequent
-state updates (start, heartbeat) never rewrite a large payload. Payloads of
-:data:`SPILL_BYTES` or more are kept in files beside the database
-(``<dbfile>.payloads/``): SQLite moves large BLOBs through its page cache and
-journal several times, while a file is written once and can be streamed. The
-rows say which payloads are in files; a file is in place before its row
-commits, and a result's file is moved in only when its report is accepted.
+state updates (start, heartbeat) never rewrite a large payload. Large payloads
+are kept in files beside the database (see ``payloads.py``); the rows say
+which, a file is in place before its row commits, and a result's file is
+moved in only when its report is accepted.
 
 How many tasks are in each state is kept in a table updated by a trigger in
 the same transaction as each change, so reading progress does not scan tasks.
@@ -32,22 +30,17 @@ from __future__ import annotations
 
 import itertools
 import json
-import mmap
 import os
 import sqlite3
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
-SCHEMA_VERSION = 2
+from .payloads import SPILL_BYTES, PayloadDirectory, PayloadFile, nbytes, write_parts
 
-#: Payloads (pickled arguments or results) this large are kept in files.
-SPILL_BYTES = 1 << 20
-#: Bytes read at a time when a payload file is streamed.
-CHUNK_BYTES = 4 << 20
+SCHEMA_VERSION = 2
 
 PENDING, RUNNING, DONE, FAILED, LOST = "pending", "running", "done", "failed", "lost"
 CANCELLED = "cancelled"
@@ -131,50 +124,6 @@ class Job(NamedTuple):
     indices: Optional[tuple[int, ...]]  # None: the arguments 1..N in order
 
 
-class PayloadFile:
-    """A payload kept in a file beside the database; ``len()`` is its size in bytes."""
-
-    __slots__ = ("path", "size")
-
-    def __init__(self, path: str, size: int) -> None:
-        self.path = path
-        self.size = size
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __repr__(self) -> str:
-        return f"PayloadFile({self.path!r}, {self.size})"
-
-    def chunks(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-        """The file's bytes, a chunk at a time (for streaming it to a worker)."""
-        with open(self.path, "rb") as stream:
-            while True:
-                chunk = stream.read(chunk_bytes)
-                if not chunk:
-                    return
-                yield chunk
-
-    def read(self) -> memoryview:
-        """The whole payload as a private, writable mapping of the file.
-
-        Nothing is copied up front: pages are read in as they are touched,
-        and writes to them stay in this process (the file is not changed).
-        """
-        if self.size == 0:
-            return memoryview(bytearray())
-        with open(self.path, "rb") as stream:
-            if os.fstat(stream.fileno()).st_size != self.size:
-                raise StorageError(f"{self.path} is not {self.size} bytes long: the payload "
-                                   f"file was changed outside sheepdog")
-            return memoryview(mmap.mmap(stream.fileno(), self.size, access=mmap.ACCESS_COPY))
-
-
-def payload_bytes(payload: bytes | PayloadFile) -> bytes | memoryview:
-    """A stored payload's bytes, from the row or from its file."""
-    return payload.read() if isinstance(payload, PayloadFile) else payload
-
-
 def _statements(script: str) -> Iterator[str]:
     """The SQL statements of ``script`` one by one (trigger bodies hold semicolons too)."""
     statement = ""
@@ -185,30 +134,6 @@ def _statements(script: str) -> Iterator[str]:
             statement = ""
     if statement.strip():
         yield statement
-
-
-def _nbytes(parts: Sequence[Any]) -> int:
-    return sum(memoryview(part).nbytes for part in parts)
-
-
-def write_all(descriptor: int, data: Any) -> None:
-    """Write all of bytes-like ``data`` to a file descriptor, ``CHUNK_BYTES`` at a time.
-
-    ``os.write`` may write less than asked; and on ext4 one write of hundreds
-    of MB was measured about five times slower than the same bytes in 4 MB writes.
-    """
-    view = memoryview(data).cast("B")
-    while view:
-        view = view[os.write(descriptor, view[:CHUNK_BYTES]):]
-
-
-def _write_parts(descriptor: int, parts: Sequence[Any]) -> None:
-    """Write the concatenation of bytes-like ``parts`` to ``descriptor``, then close it."""
-    try:
-        for part in parts:
-            write_all(descriptor, part)
-    finally:
-        os.close(descriptor)
 
 
 class StorageError(RuntimeError):
@@ -242,7 +167,8 @@ class Storage:
     def __init__(self, dbfile: str | os.PathLike[str]) -> None:
         self.dbfile = os.path.abspath(os.fspath(dbfile))
         #: Large payloads live here, one directory per request.
-        self.payload_directory = self.dbfile + ".payloads"
+        self.payloads = PayloadDirectory(self.dbfile + ".payloads")
+        self.payload_directory = self.payloads.root
         self._changes = threading.Condition()
         self._change_count = 0
         self._local = threading.local()
@@ -289,24 +215,6 @@ class Storage:
         except sqlite3.DatabaseError as error:
             raise StorageError(f"{self.dbfile} is not a usable sheepdog database: {error}") from error
 
-    def _payload_path(self, table: str, request_id: int, index: int) -> str:
-        """Where a payload of ``table`` (arguments or results) lives when kept in a file."""
-        return os.path.join(self.payload_directory, str(request_id), f"{table}-{index}")
-
-    def _new_payload_path(self, table: str, request_id: int, index: int) -> str:
-        """:meth:`_payload_path`, creating its directories (readable by their owner only)."""
-        directory = os.path.join(self.payload_directory, str(request_id))
-        for level in (self.payload_directory, directory):
-            os.makedirs(level, mode=0o700, exist_ok=True)
-        return self._payload_path(table, request_id, index)
-
-    def _stored(self, table: str, request_id: int, index: int, data: bytes,
-                in_file: int) -> bytes | PayloadFile:
-        if not in_file:
-            return data
-        path = self._payload_path(table, request_id, index)
-        return PayloadFile(path, os.stat(path).st_size)
-
     def close(self) -> None:
         """Close this thread's connection (other threads close theirs on exit)."""
         connection = getattr(self._local, "connection", None)
@@ -343,12 +251,12 @@ class Storage:
                     rows.append((index, payload, 0))  # the common case, kept fast
                     continue
                 parts = payload if isinstance(payload, list) else [payload]
-                if _nbytes(parts) < SPILL_BYTES:
+                if nbytes(parts) < SPILL_BYTES:
                     rows.append((index, b"".join(parts), 0))
                     continue
-                descriptor, staged[index] = self._new_staging_file("arguments", index)
+                descriptor, staged[index] = self.payloads.staging_file("arguments", index)
                 rows.append((index, b"", 1))
-                _write_parts(descriptor, parts)
+                write_parts(descriptor, parts)
             with self._write() as db:
                 request_id = db.execute(
                     "INSERT INTO requests (created, secret, function, n_tasks, backend, config) "
@@ -357,7 +265,7 @@ class Storage:
                      json.dumps(dict(config or {}))),
                 ).lastrowid
                 for index, path in staged.items():
-                    os.replace(path, self._new_payload_path("arguments", request_id, index))
+                    os.replace(path, self.payloads.new_path("arguments", request_id, index))
                 db.executemany(
                     "INSERT INTO arguments (request_id, idx, data, in_file) VALUES (?, ?, ?, ?)",
                     zip(itertools.repeat(request_id), *zip(*rows)) if rows else (),
@@ -448,7 +356,7 @@ class Storage:
             query = "SELECT idx, data, in_file FROM arguments WHERE request_id = ? AND idx = ?"
             rows = [row for index in indices
                     for row in connection.execute(query, (request_id, index)).fetchall()]
-        return {index: self._stored("arguments", request_id, index, data, in_file)
+        return {index: self.payloads.stored("arguments", request_id, index, data, in_file)
                 for index, data, in_file in rows}
 
     def _update_many(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> int:
@@ -495,13 +403,7 @@ class Storage:
         becomes the stored result if the report is accepted and is removed
         otherwise.
         """
-        return self._new_staging_file(f"results-{request_id}", index)
-
-    def _new_staging_file(self, kind: str, index: int) -> tuple[int, str]:
-        """A new, private file in the payload directory, to be renamed into place."""
-        os.makedirs(self.payload_directory, mode=0o700, exist_ok=True)
-        return tempfile.mkstemp(prefix=f"{kind}-{index}.", suffix=".part",
-                                dir=self.payload_directory)
+        return self.payloads.staging_file(f"results-{request_id}", index)
 
     def record_reports(self, request_id: int, reports: Sequence[tuple[int, bool, Any]]) -> int:
         """Store many (index, failed, payload) reports in one transaction; returns how many.
@@ -518,7 +420,7 @@ class Storage:
                     staged[index] = payload.path
                 elif not failed and memoryview(payload).nbytes >= SPILL_BYTES:
                     descriptor, staged[index] = self.new_staging_file(request_id, index)
-                    _write_parts(descriptor, [payload])
+                    write_parts(descriptor, [payload])
             with self._write() as db:
                 stored = sum(
                     self._store_report(db, request_id, index, failed, payload, staged.get(index))
@@ -545,7 +447,7 @@ class Storage:
             return False
         if not failed:
             if staged_file is not None:
-                os.replace(staged_file, self._new_payload_path("results", request_id, index))
+                os.replace(staged_file, self.payloads.new_path("results", request_id, index))
             db.execute("INSERT OR REPLACE INTO results (request_id, idx, data, in_file) "
                        "VALUES (?, ?, ?, ?)",
                        (request_id, index, b"" if staged_file else payload,
@@ -661,10 +563,10 @@ class Storage:
         )
         return [
             (None if argument is None else
-             self._stored("arguments", request_id, index, argument, argument_in_file),
+             self.payloads.stored("arguments", request_id, index, argument, argument_in_file),
              state,
              None if result is None else
-             self._stored("results", request_id, index, result, result_in_file))
+             self.payloads.stored("results", request_id, index, result, result_in_file))
             for index, argument, argument_in_file, state, result, result_in_file in rows
         ]
 
@@ -677,7 +579,7 @@ class Storage:
             "WHERE t.request_id = ? AND t.state IN (?, ?, ?) ORDER BY t.idx",
             (request_id, FAILED, LOST, CANCELLED),
         )
-        return [(self._stored("arguments", request_id, index, data, in_file), state, error)
+        return [(self.payloads.stored("arguments", request_id, index, data, in_file), state, error)
                 for index, data, in_file, state, error in rows]
 
     def integrity_check(self) -> str:

@@ -30,7 +30,7 @@ MAX_ERROR_CHARS = 60_000
 FLUSH_BYTES = 8 << 20
 FLUSH_SECONDS = 1.0
 #: Results this large are posted alone, so that the server can receive them
-#: straight into a file (the same size as the server's ``storage.SPILL_BYTES``).
+#: straight into a file (the same size as the server's ``payloads.SPILL_BYTES``).
 ALONE_BYTES = 1 << 20
 
 # Argument index, kind, payload length; padded so that payloads start aligned.
@@ -72,10 +72,11 @@ def coalesce(parts, limit=1 << 20):
     """
     pieces, pending, size = [], [], 0
     for part in parts:
-        small = isinstance(part, (bytes, bytearray, memoryview)) and nbytes(part) < limit
+        length = nbytes(part) if isinstance(part, (bytes, bytearray, memoryview)) else limit
+        small = length < limit
         if small:
             pending.append(part)
-            size += nbytes(part)
+            size += length
         if pending and (not small or size >= limit):
             pieces.append(b"".join(pending))
             pending, size = [], 0
@@ -167,20 +168,21 @@ class Client:
     def request(self, method, path, body=None):
         """Send one request, retrying transient failures; return the body as a bytearray.
 
-        ``body`` is bytes-like or a list of parts, sent without joining them.
+        ``body`` is bytes-like or a list of parts; large parts are sent as they
+        are, never joined into one copy.
         """
         headers = dict(self.headers)
         if body is not None:
             headers["Content-Type"] = "application/octet-stream"
             headers["Content-Length"] = str(nbytes(body))
+            body = coalesce(body) if isinstance(body, list) else body
         deadline = time.monotonic() + self.retry_seconds
         delay = 0.25
         while True:
             try:
                 if self.connection is None:
                     self.connection = self._connect()
-                self.connection.request(method, self.prefix + path, headers=headers,
-                                        body=coalesce(body) if isinstance(body, list) else body)
+                self.connection.request(method, self.prefix + path, body=body, headers=headers)
                 response = self.connection.getresponse()
                 data = _read_body(response)
                 if response.will_close:

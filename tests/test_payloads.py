@@ -7,8 +7,9 @@ import pytest
 
 import sheepdog
 from sheepdog import serialisation, worker
+from sheepdog.payloads import SPILL_BYTES, PayloadFile, payload_bytes
 from sheepdog.server import Server
-from sheepdog.storage import SPILL_BYTES, PayloadFile, Storage, payload_bytes
+from sheepdog.storage import Storage
 
 np = pytest.importorskip("numpy")
 
