@@ -16,9 +16,10 @@ names a chunk of tasks by index, as in ``7`` or ``1-200,205``::
     POST /requests/<rid>/tasks/<i>/result       body: one pickled result
     POST /requests/<rid>/tasks/<i>/error        body: one traceback, UTF-8
 
-Frames are ``worker.pack_frames``: (index, kind, length) headers and bytes.
-Bodies are stored as bytes and never unpickled here. Every malformed or
-unauthorised request gets a 4xx answer with a one-line reason.
+Frames are ``worker.pack_frames``: (index, kind, length) headers, the bytes,
+and zero padding to 16 bytes. Bodies are stored as bytes and never unpickled
+here. Every malformed or unauthorised request gets a 4xx answer with a
+one-line reason.
 
 Large payloads are not copied on the way through: a request body arrives as
 one buffer and its frames are views of it, and a reply's body is a list of
