@@ -13,7 +13,8 @@ names a chunk of tasks by index, as in ``7`` or ``1-200,205``::
     POST /requests/<rid>/tasks/<tasks>/heartbeat  the tasks are still running
     POST /requests/<rid>/tasks/<tasks>/killing  the scheduler warned it will kill them
     POST /requests/<rid>/results                results and errors, as frames
-    POST /requests/<rid>/tasks/<i>/result       body: one pickled result
+    POST /requests/<rid>/tasks/<i>/result       body: one pickled result (how workers
+                                                send one of 1 MB or more)
     POST /requests/<rid>/tasks/<i>/error        body: one traceback, UTF-8
 
 Frames are ``worker.pack_frames``: (index, kind, length) headers, the bytes,
