@@ -20,6 +20,8 @@ from typing import Any, Iterator, Sequence
 SPILL_BYTES = 1 << 20
 #: Bytes moved at a time when a payload file is written or streamed.
 CHUNK_BYTES = 4 << 20
+#: Payload files this large are loaded as memory maps rather than read.
+MAP_BYTES = 64 << 20
 
 
 class PayloadError(RuntimeError):
@@ -51,18 +53,23 @@ class PayloadFile:
                 yield chunk
 
     def read(self) -> memoryview:
-        """The whole payload as a private, writable mapping of the file.
+        """The whole payload in a writable buffer, loaded in place by ``serialisation.loads``.
 
-        Nothing is copied up front: pages are read in as they are touched,
-        and writes to them stay in this process (the file is not changed).
+        A payload of :data:`MAP_BYTES` or more is a private mapping of the
+        file: nothing is copied up front, pages are read in as they are
+        touched, and writes stay in this process. Each live mapping holds a
+        file descriptor, so smaller payloads (of which a result list may hold
+        thousands) are read into memory instead.
         """
-        if self.size == 0:
-            return memoryview(bytearray())
-        with open(self.path, "rb") as stream:
+        with open(self.path, "rb", buffering=0) as stream:
             if os.fstat(stream.fileno()).st_size != self.size:
                 raise PayloadError(f"{self.path} is not {self.size} bytes long: the payload "
                                    f"file was changed outside sheepdog")
-            return memoryview(mmap.mmap(stream.fileno(), self.size, access=mmap.ACCESS_COPY))
+            if self.size >= MAP_BYTES:
+                return memoryview(mmap.mmap(stream.fileno(), self.size, access=mmap.ACCESS_COPY))
+            data = bytearray(self.size)
+            stream.readinto(data)
+            return memoryview(data)
 
 
 def payload_bytes(payload: bytes | PayloadFile) -> bytes | memoryview:

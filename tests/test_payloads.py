@@ -6,7 +6,7 @@ import stat
 import pytest
 
 import sheepdog
-from sheepdog import serialisation, worker
+from sheepdog import payloads, serialisation, worker
 from sheepdog.payloads import SPILL_BYTES, PayloadFile, payload_bytes
 from sheepdog.server import Server
 from sheepdog.storage import Storage
@@ -149,3 +149,19 @@ def test_progress_counts_follow_every_transition(storage):
     progress = storage.progress(request_id)
     assert {state: getattr(progress, state) for state in counted} == counted
     assert (progress.done, progress.failed, progress.cancelled, progress.total) == (2, 1, 3, 6)
+
+
+def test_loading_many_payload_files_keeps_no_files_open(storage):
+    request_id = storage.create_request(b"fn", [b"a"] * 40, "s", "local")
+    storage.record_reports(request_id, [(i, False, bytes(BIG)) for i in range(1, 41)])
+    before = len(os.listdir("/proc/self/fd"))
+    loaded = [payload_bytes(result) for _args, _state, result in storage.results(request_id)]
+    assert len(os.listdir("/proc/self/fd")) == before and all(map(len, loaded))
+
+
+def test_a_very_large_payload_file_is_mapped_copy_on_write(tmp_path):
+    path = tmp_path / "payload"
+    path.write_bytes(bytes(payloads.MAP_BYTES))
+    view = PayloadFile(str(path), payloads.MAP_BYTES).read()
+    view[0] = 1
+    assert view[0] == 1 and path.read_bytes()[:1] == b"\0"  # the file is unchanged
