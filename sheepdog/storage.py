@@ -168,7 +168,6 @@ class Storage:
         self.dbfile = os.path.abspath(os.fspath(dbfile))
         #: Large payloads live here, one directory per request.
         self.payloads = PayloadDirectory(self.dbfile + ".payloads")
-        self.payload_directory = self.payloads.root
         self._changes = threading.Condition()
         self._change_count = 0
         self._local = threading.local()

@@ -75,9 +75,9 @@ def test_large_arguments_and_results_live_in_private_files(storage):
     assert storage.record_reports(request_id, [(1, False, b"y" * BIG)]) == 0  # first wins
     _args, state, stored_result = Storage(storage.dbfile).results(request_id)[0]
     assert state == "done" and bytes(payload_bytes(stored_result)) == result
-    assert files_under(storage.payload_directory) == [
+    assert files_under(storage.payloads.root) == [
         f"{request_id}/arguments-1", f"{request_id}/results-1"]  # no staging files left
-    for root, dirs, names in os.walk(storage.payload_directory):
+    for root, dirs, names in os.walk(storage.payloads.root):
         assert stat.S_IMODE(os.stat(root).st_mode) == 0o700
         for name in names:
             assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) == 0o600
@@ -105,7 +105,7 @@ def test_large_payloads_cross_the_server_whole(storage, engine, use_tls):
         server.stop()
     stored = [payload_bytes(result) for _args, _state, result in storage.results(request_id)]
     assert [bytes(payload) for payload in stored] == [b"".join(result), b"".join(result[::-1])]
-    assert not [name for name in files_under(storage.payload_directory) if ".part" in name]
+    assert not [name for name in files_under(storage.payloads.root) if ".part" in name]
 
 
 def test_an_unauthorised_large_result_is_refused_before_it_is_read(storage):
