@@ -123,6 +123,12 @@ class PayloadDirectory:
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         return tempfile.mkstemp(prefix=f"{kind}-{index}.", suffix=".part", dir=self.root)
 
+    def stage(self, kind: str, index: int, parts: Sequence[Any]) -> str:
+        """Write bytes-like ``parts`` to a new staging file (see :meth:`staging_file`); its path."""
+        descriptor, path = self.staging_file(kind, index)
+        write_parts(descriptor, parts)
+        return path
+
     def stored(self, table: str, request_id: int, index: int, data: bytes,
                in_file: int) -> bytes | PayloadFile:
         """A row's payload: its ``data``, or the file it names when ``in_file``."""

@@ -174,7 +174,7 @@ class _Pickler(pickle.Pickler):
         return _make_function, arguments, state, None, None, _set_function_state
 
 
-def padding(length):
+def _padding(length):
     """Zero bytes that bring ``length`` up to a multiple of :data:`ALIGNMENT`."""
     return b"\0" * (-length % ALIGNMENT)
 
@@ -205,7 +205,7 @@ def dumps_parts(obj):
     parts = [header, pickled]
     offset = len(header) + len(pickled)
     for buffer in buffers:
-        parts += [padding(offset), buffer]
+        parts += [_padding(offset), buffer]
         offset += len(parts[-2]) + buffer.nbytes
     return parts
 

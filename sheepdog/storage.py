@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
-from .payloads import SPILL_BYTES, PayloadDirectory, PayloadFile, nbytes, write_parts
+from .payloads import SPILL_BYTES, PayloadDirectory, PayloadFile, nbytes
 
 SCHEMA_VERSION = 2
 
@@ -253,9 +253,8 @@ class Storage:
                 if nbytes(parts) < SPILL_BYTES:
                     rows.append((index, b"".join(parts), 0))
                     continue
-                descriptor, staged[index] = self.payloads.staging_file("arguments", index)
+                staged[index] = self.payloads.stage("arguments", index, parts)
                 rows.append((index, b"", 1))
-                write_parts(descriptor, parts)
             with self._write() as db:
                 request_id = db.execute(
                     "INSERT INTO requests (created, secret, function, n_tasks, backend, config) "
@@ -417,9 +416,8 @@ class Storage:
             for index, failed, payload in reports:
                 if isinstance(payload, PayloadFile):
                     staged[index] = payload.path
-                elif not failed and memoryview(payload).nbytes >= SPILL_BYTES:
-                    descriptor, staged[index] = self.new_staging_file(request_id, index)
-                    write_parts(descriptor, [payload])
+                elif not failed and nbytes([payload]) >= SPILL_BYTES:
+                    staged[index] = self.payloads.stage(f"results-{request_id}", index, [payload])
             with self._write() as db:
                 stored = sum(
                     self._store_report(db, request_id, index, failed, payload, staged.get(index))
