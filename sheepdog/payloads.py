@@ -3,7 +3,8 @@
 SQLite moves a large BLOB through its page cache and journal several times,
 while a file is written once and can be streamed or mapped, so pickled
 arguments and results of :data:`SPILL_BYTES` or more live in files under
-``<dbfile>.payloads/<request id>/`` (directories 0700, files 0600). Which
+``<dbfile>.payloads/<request id>/`` (directories 0700, files 0600; a root
+directory that another user owns or can write to is refused). Which
 payloads are in files is recorded in the database (``storage.py``); this
 module only knows the files. New files are written under a unique staging
 name and renamed into place, so a file with a final name is always whole.
@@ -15,6 +16,8 @@ import mmap
 import os
 import tempfile
 from typing import Any, Iterator, Sequence
+
+from .private import private_directory
 
 #: Payloads (pickled arguments or results) this large are kept in files.
 SPILL_BYTES = 1 << 20
@@ -107,6 +110,13 @@ class PayloadDirectory:
 
     def __init__(self, root: str) -> None:
         self.root = root
+        self._root_is_private = False
+
+    def _private_root(self) -> None:
+        """Create the root directory, or check that it is the caller's alone (once)."""
+        if not self._root_is_private:
+            private_directory(self.root)
+            self._root_is_private = True
 
     def path(self, table: str, request_id: int, index: int) -> str:
         """Where a payload of ``table`` (arguments or results) lives when kept in a file."""
@@ -114,13 +124,13 @@ class PayloadDirectory:
 
     def new_path(self, table: str, request_id: int, index: int) -> str:
         """:meth:`path`, creating its directories (readable by their owner only)."""
-        for level in (self.root, os.path.join(self.root, str(request_id))):
-            os.makedirs(level, mode=0o700, exist_ok=True)
+        self._private_root()
+        os.makedirs(os.path.join(self.root, str(request_id)), mode=0o700, exist_ok=True)
         return self.path(table, request_id, index)
 
     def staging_file(self, kind: str, index: int) -> tuple[int, str]:
         """(descriptor, path) of a new private file, to be renamed into place when whole."""
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        self._private_root()
         return tempfile.mkstemp(prefix=f"{kind}-{index}.", suffix=".part", dir=self.root)
 
     def stage(self, kind: str, index: int, parts: Sequence[Any]) -> str:

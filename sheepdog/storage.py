@@ -22,8 +22,10 @@ moved in only when its report is accepted.
 How many tasks are in each state is kept in a table updated by a trigger in
 the same transaction as each change, so reading progress does not scan tasks.
 
-The file holds each request's secret, so it is created readable by its owner
-only.
+The file holds each request's secret, and the caller loads the results kept
+in it, so it must be the caller's alone: it is created 0600, and an existing
+one (with its ``-wal`` and ``-shm`` files and its payload directory) is
+checked and tightened, or refused, before it is used (see ``private.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 from .payloads import SPILL_BYTES, PayloadDirectory, PayloadFile, nbytes
+from .private import UnsafePathError, private_directory, private_file
 
 SCHEMA_VERSION = 2
 
@@ -137,7 +140,7 @@ def _statements(script: str) -> Iterator[str]:
 
 
 class StorageError(RuntimeError):
-    """The database cannot be used (wrong schema version, not a sheepdog file)."""
+    """The database cannot be used (wrong schema version, not a sheepdog file, not private)."""
 
 
 @dataclass(frozen=True)
@@ -171,8 +174,13 @@ class Storage:
         self._changes = threading.Condition()
         self._change_count = 0
         self._local = threading.local()
-        if not os.path.exists(self.dbfile):
-            os.close(os.open(self.dbfile, os.O_CREAT | os.O_WRONLY, 0o600))
+        try:
+            private_file(self.dbfile)
+            for suffix in ("-wal", "-shm"):
+                private_file(self.dbfile + suffix, create=False)
+            private_directory(self.payloads.root, create=False)
+        except UnsafePathError as error:
+            raise StorageError(str(error)) from error
         self._migrate()
 
     def _connection(self) -> sqlite3.Connection:
@@ -538,6 +546,15 @@ class Storage:
         rows = self._connection().execute(
             "SELECT idx FROM tasks WHERE request_id = ? AND state IN (?, ?) ORDER BY idx",
             (request_id, PENDING, RUNNING),
+        )
+        return [row[0] for row in rows]
+
+    def open_requests(self) -> list[int]:
+        """Requests with tasks not yet finished (pending or running), oldest first."""
+        rows = self._connection().execute(
+            "SELECT DISTINCT request_id FROM task_counts WHERE state IN (?, ?) AND n > 0 "
+            "ORDER BY request_id",
+            (PENDING, RUNNING),
         )
         return [row[0] for row in rows]
 

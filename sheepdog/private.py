@@ -1,0 +1,140 @@
+"""Files and directories that hold secrets, checked to be the caller's alone.
+
+The database holds each request's secret and the server's TLS key, and the
+caller unpickles the results stored in it and beside it, so another local
+user must be able neither to read these files nor to change them. A path
+that sheepdog creates is made private (files 0600, directories 0700). One
+that already exists is checked before any secret goes in:
+
+- it must belong to the caller (the effective uid, so root is no exception),
+  and a symbolic link must be the caller's own and lead to the caller's own;
+- if group or others can write it, it is refused rather than tightened: its
+  contents may have been changed by someone else, and tightening the mode
+  would not close a descriptor opened meanwhile;
+- if group or others can only read it, it is tightened at once (with a
+  warning when it is not empty: what it held may have been read).
+
+The checks run on an open descriptor (``fstat``, ``fchmod``), which opening
+with ``O_NOFOLLOW`` ties to the path's final file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import stat
+
+log = logging.getLogger(__name__)
+
+_GROUP_OR_OTHERS = 0o077
+_WRITABLE_BY_GROUP_OR_OTHERS = 0o022
+
+
+class UnsafePathError(RuntimeError):
+    """A file or directory for sheepdog's secrets is not the caller's alone."""
+
+
+def _owner(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _followed(path: str) -> str:
+    """``path`` with its final symbolic link resolved, after checking the link is ours."""
+    try:
+        link = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    if not stat.S_ISLNK(link.st_mode):
+        return path
+    if link.st_uid != os.geteuid():
+        raise UnsafePathError(
+            f"{path} is a symbolic link made by {_owner(link.st_uid)}, not by you "
+            f"({_owner(os.geteuid())}): it could lead sheepdog to write your secrets where "
+            f"they can read them. Remove the link, or choose another path")
+    return os.path.realpath(path)
+
+
+def _not_a(kind: str, shown: str) -> UnsafePathError:
+    return UnsafePathError(f"{shown} is not a {kind}: remove it, or choose another path")
+
+
+def _refuse_foreign(shown: str, uid: int) -> UnsafePathError:
+    return UnsafePathError(
+        f"{shown} belongs to {_owner(uid)}, not to you ({_owner(os.geteuid())}): they could "
+        f"read or change the secrets sheepdog keeps in it. Remove it, or choose another path")
+
+
+def _check(descriptor: int, path: str, shown: str, is_directory: bool) -> None:
+    """Refuse or tighten the open file ``descriptor`` of ``path`` (named ``shown``)."""
+    status = os.fstat(descriptor)
+    if not (stat.S_ISDIR if is_directory else stat.S_ISREG)(status.st_mode):
+        raise _not_a("directory" if is_directory else "file", shown)
+    if status.st_uid != os.geteuid():
+        raise _refuse_foreign(shown, status.st_uid)
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & _WRITABLE_BY_GROUP_OR_OTHERS:
+        private = 0o700 if is_directory else 0o600
+        raise UnsafePathError(
+            f"{shown} can be written by others than you (mode {mode:o}): what it holds may "
+            f"have been changed, and sheepdog loads it. If you trust it, run "
+            f"'chmod {private:o} {path}'; otherwise remove it")
+    if mode & _GROUP_OR_OTHERS:
+        os.fchmod(descriptor, mode & ~_GROUP_OR_OTHERS)
+        if is_directory or status.st_size:
+            log.warning("%s was readable by others than you (mode %o); it is now %o, but "
+                        "what it held may have been read", shown, mode, mode & ~_GROUP_OR_OTHERS)
+
+
+def _make_private(path: str, create: bool, is_directory: bool) -> None:
+    target = _followed(path)
+    shown = path if target == path else f"{path} (a link to {target})"
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    if is_directory:
+        flags |= os.O_DIRECTORY
+        if create:
+            try:
+                os.mkdir(target, 0o700)
+                return
+            except FileExistsError:
+                pass
+    else:
+        flags |= os.O_NONBLOCK | (os.O_CREAT if create else 0)  # a FIFO must not block us
+    try:
+        descriptor = os.open(target, flags, 0o600)
+    except FileNotFoundError:
+        if create and not is_directory:
+            raise
+        return
+    except (IsADirectoryError, NotADirectoryError):
+        raise _not_a("directory" if is_directory else "file", shown) from None
+    except PermissionError:
+        owner = os.stat(target).st_uid
+        if owner == os.geteuid():
+            raise
+        raise _refuse_foreign(shown, owner) from None
+    try:
+        _check(descriptor, target, shown, is_directory)
+    finally:
+        os.close(descriptor)
+
+
+def private_file(path: str, create: bool = True) -> None:
+    """Make sure the file ``path`` is the caller's alone, creating it (0600) if asked.
+
+    Raises :class:`UnsafePathError` naming the file and the fix otherwise. A
+    missing file is left missing when ``create`` is false.
+    """
+    _make_private(path, create, is_directory=False)
+
+
+def private_directory(path: str, create: bool = True) -> None:
+    """Make sure the directory ``path`` is the caller's alone, creating it (0700) if asked.
+
+    Raises :class:`UnsafePathError` naming the directory and the fix otherwise. A
+    missing directory is left missing when ``create`` is false.
+    """
+    _make_private(path, create, is_directory=True)
