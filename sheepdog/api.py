@@ -23,6 +23,7 @@ from .chunking import choose_chunksize
 from .config import Config, resolve
 from .payloads import PayloadFile, payload_bytes
 from .progress import ProgressDisplay
+from .protocol import EXIT_NO_KEY
 from .server import Server
 from .storage import DONE, Storage
 
@@ -37,6 +38,10 @@ _storages: dict[str, Storage] = {}
 _servers: dict[tuple[str, str], Server] = {}
 #: Requests submitted by this process: (dbfile, request id) -> (config, backend).
 _submitted: dict[tuple[str, int], tuple[Config, backends.Backend]] = {}
+#: The URLs the workers of a request were given.
+_urls: dict[tuple[str, int], list[str]] = {}
+#: When tasks of a request were first seen running with none having called back.
+_unreached: dict[tuple[str, int], float] = {}
 
 
 def _storage(dbfile: str) -> Storage:
@@ -82,6 +87,64 @@ def _stored_config(config: Config) -> dict[str, Any]:
             for key, value in dataclasses.asdict(config).items()}
 
 
+def _routes(config: Config, server: Server, backend: backends.Backend) -> list[str]:
+    """The URLs workers try, in order: this machine directly, then a tunnel if asked."""
+    direct = server.url(config.localhost or "127.0.0.1")
+    if config.callback == "direct" or config.scheduler == "local":
+        return [direct]
+    try:
+        host, port = backend.reverse_route(server.port) or (None, None)
+    except Exception as error:
+        if config.callback == "tunnel":
+            raise
+        log.warning("no tunnel through %s (%s); workers will only try %s directly",
+                    config.host, error, direct)
+        return [direct]
+    tunnel = f"{server.scheme}://{host}:{port}"
+    return [tunnel] if config.callback == "tunnel" else [direct, tunnel]
+
+
+def _key_settings(storage: Storage, config: Config, request_id: int) -> dict[str, str]:
+    """How the workers get the request's key: the path of its private file, or the key."""
+    if config.key_in_job_file:
+        return {"key": storage.request_secret(request_id) or ""}
+    return {"key_file": _key_file(storage, request_id) or ""}
+
+
+def _key_meta(request_id: int) -> str:
+    return f"key_file:{request_id}"
+
+
+def _key_file(storage: Storage, request_id: int) -> Optional[str]:
+    stored = storage.meta(_key_meta(request_id))
+    return stored.decode() if stored else None
+
+
+def _deliver_key(storage: Storage, config: Config, backend: backends.Backend,
+                 request_id: int) -> None:
+    """Put the request's key where only its workers can read it, before any job is submitted."""
+    if config.key_in_job_file:
+        log.warning(
+            "request %s: 'key_in_job_file' puts the request's key in the job file, which the "
+            "scheduler shows to every user of the cluster: any of them can then post results "
+            "as your workers, and make this process load them. Use it only on a cluster "
+            "whose users you trust", request_id)
+        return
+    path = backend.deliver_key(request_id, storage.request_secret(request_id) or "")
+    storage.set_meta_once(_key_meta(request_id), path.encode())
+
+
+def _withdraw_key(storage: Storage, request_id: int, backend: backends.Backend) -> None:
+    """Remove the request's key file: the request has ended or was cancelled."""
+    path = _key_file(storage, request_id)
+    if path is None:
+        return
+    try:
+        backend.withdraw_key(path)
+    except Exception as error:  # the request's results are safe; say what is left behind
+        log.warning("request %s: could not remove its key file %s: %s", request_id, path, error)
+
+
 def _submit(
     storage: Storage,
     config: Config,
@@ -96,10 +159,10 @@ def _submit(
     chunksize = config.chunksize or choose_chunksize(count, *backend.capacity())
     n_array_tasks = -(-count // chunksize)
     settings = {
-        "url": server.url(config.localhost or "127.0.0.1"),
+        "urls": _routes(config, server, backend),
         "certificate": server.certificate.decode() if server.certificate else None,
         "request_id": request_id,
-        "secret": storage.request_secret(request_id),
+        **_key_settings(storage, config, request_id),
         "n_arguments": n_arguments,
         "chunksize": chunksize,
         "indices": None if indices is None else list(indices),
@@ -109,6 +172,7 @@ def _submit(
         "retry_seconds": config.retry_seconds,
         "heartbeat_seconds": config.heartbeat_seconds,
     }
+    _urls[(storage.dbfile, request_id)] = settings["urls"]
     script = jobscript.render(config.shell or "python3", backend.directives(n_array_tasks), settings)
     job_id = backend.submit(script, request_id, n_array_tasks)
     storage.add_job(request_id, job_id, chunksize, indices)
@@ -146,10 +210,12 @@ def map_async(
     if not arguments:
         return request_id
     try:
+        _deliver_key(storage, conf, backend, request_id)
         _submit(storage, conf, backend, request_id, len(arguments))
     except Exception as error:
         for index in range(1, len(arguments) + 1):
             storage.record_lost(request_id, index, f"the job was never submitted: {error}")
+        _withdraw_key(storage, request_id, backend)
         raise
     _submitted[(storage.dbfile, request_id)] = (conf, backend)
     return request_id
@@ -196,6 +262,9 @@ def _watch(storage: Storage, request_id: int) -> None:
             end = ended[job_id].get(task_id)
             if end is None:
                 continue
+            if end.exit_status == EXIT_NO_KEY:
+                raise _abandon(storage, request_id, backend, _no_key_message(
+                    storage, request_id, backend, job_id, task_id))
             reason = end.reason
             if index in warned and end.retryable:
                 reason += "; the scheduler warned before killing it: it was deleted (qdel)"
@@ -204,7 +273,82 @@ def _watch(storage: Storage, request_id: int) -> None:
                 retryable=end.retryable and index not in warned,
             ):
                 log.warning("request %s: task %s lost (%s)", request_id, index, reason)
+        _check_reached(storage, request_id, config, backend)
     _retry(storage, request_id)
+
+
+class CallbackError(RuntimeError):
+    """The workers cannot reach this process, or cannot read the request's key.
+
+    Raised by ``map``/``wait`` within seconds of the first task ending that
+    way, or ``connect_timeout`` after tasks started running without any of
+    them calling back. The request's jobs are cancelled first, so that no
+    slot is held in vain; the message says what the workers tried and what
+    to change.
+    """
+
+
+def _abandon(storage: Storage, request_id: int, backend: backends.Backend,
+             message: str) -> CallbackError:
+    """Cancel the request's jobs and mark its open tasks lost with ``message``."""
+    for job in storage.jobs(request_id):
+        try:
+            backend.cancel(job.job_id)
+        except Exception as error:  # the error below matters more
+            log.warning("request %s: could not cancel job %s: %s", request_id, job.job_id, error)
+    for index in storage.open_indices(request_id):
+        storage.record_lost(request_id, index, message)
+    _withdraw_key(storage, request_id, backend)
+    _unreached.pop((storage.dbfile, request_id), None)
+    return CallbackError(message)
+
+
+def _output_tail(backend: backends.Backend, job_id: str, task_id: int) -> str:
+    try:
+        output = backend.task_output(job_id, task_id).strip()
+    except Exception as error:  # a diagnosis without the log is still a diagnosis
+        output = f"(could not read it: {error})"
+    lines = output.splitlines()[-15:] or ["(empty)"]
+    return "\n".join("    " + line for line in lines)
+
+
+def _no_key_message(storage: Storage, request_id: int, backend: backends.Backend,
+                    job_id: str, task_id: int) -> str:
+    return (
+        f"request {request_id}: the workers cannot read the request's key file "
+        f"{_key_file(storage, request_id)}, which sheepdog wrote on the head node: the "
+        f"compute nodes do not see the head node's home directory. Task {task_id} of job "
+        f"{job_id} said:\n{_output_tail(backend, job_id, task_id)}\nShare the home "
+        f"directory with the compute nodes, or, on a cluster whose users you trust, set "
+        f"{{'key_in_job_file': True}} (see 'How workers reach you' in the docs)"
+    )
+
+
+def _check_reached(storage: Storage, request_id: int, config: Config,
+                   backend: backends.Backend) -> None:
+    """Raise CallbackError when tasks run but none has called back for ``connect_timeout``."""
+    key = (storage.dbfile, request_id)
+    progress = storage.progress(request_id)
+    jobs = storage.jobs(request_id)
+    if progress.running or progress.done or progress.failed or not jobs:
+        _unreached.pop(key, None)
+        return
+    running = backend.running_tasks(jobs[-1].job_id)
+    if not running:
+        return
+    waited = time.monotonic() - _unreached.setdefault(key, time.monotonic())
+    if waited < config.connect_timeout:
+        return
+    job_id, task_id = jobs[-1].job_id, min(running)
+    urls = " and ".join(_urls.get(key, ["(unknown)"]))
+    raise _abandon(storage, request_id, backend, (
+        f"request {request_id}: {len(running)} tasks of job {job_id} have run for "
+        f"{waited:.0f} s and none has called back on {urls}. Task {task_id}'s stderr "
+        f"ends with:\n{_output_tail(backend, job_id, task_id)}\nIf this machine is behind "
+        f"NAT or a firewall, use {{'callback': 'tunnel'}}; if the workers know it by "
+        f"another name or address, set 'localhost'; or let the workers through the "
+        f"firewall to the port in those URLs. See 'How workers reach you' in the docs"
+    ))
 
 
 def _retry(storage: Storage, request_id: int) -> bool:
@@ -240,6 +384,7 @@ def wait(
             if display is not None:
                 display.update(progress)
             if progress.complete and not _retry(storage, request_id):
+                _finished(storage, request_id)
                 return
             now = time.monotonic()
             if now >= next_watch:
@@ -255,6 +400,13 @@ def wait(
     finally:
         if display is not None:
             display.close()
+
+
+def _finished(storage: Storage, request_id: int) -> None:
+    """The request has ended: remove its key file, if this process delivered it."""
+    submitted = _submitted.pop((storage.dbfile, request_id), None)
+    if submitted is not None:
+        _withdraw_key(storage, request_id, submitted[1])
 
 
 def get_results(
@@ -298,6 +450,7 @@ def cancel(request_id: int, dbfile: str = "./sheepdog.sqlite") -> int:
             backend.cancel(job.job_id)
         except Exception as error:  # the other jobs still deserve their qdel
             log.warning("request %s: could not cancel job %s: %s", request_id, job.job_id, error)
+    _withdraw_key(storage, request_id, backend)
     return storage.cancel_open(request_id, "cancelled by the user")
 
 

@@ -4,8 +4,9 @@ Kept apart from any web framework so that the Flask app and the native
 Tornado handler (``server.py``) answer every request identically, and so that
 the fast path costs no more than parsing a path and one SQLite statement.
 
-Routes, all under HTTP Basic auth with the request's own secret. ``<tasks>``
-names a chunk of tasks by index, as in ``7`` or ``1-200,205``::
+Routes, each signed by the worker under the request's own key (see
+``protocol``). ``<tasks>`` names a chunk of tasks by index, as in ``7`` or
+``1-200,205``::
 
     GET  /requests/<rid>/function               the pickled function and namespace
     GET  /requests/<rid>/tasks/<tasks>          their pickled arguments, as frames
@@ -17,10 +18,12 @@ names a chunk of tasks by index, as in ``7`` or ``1-200,205``::
                                                 send one of 1 MB or more)
     POST /requests/<rid>/tasks/<i>/error        body: one traceback, UTF-8
 
-Frames are ``worker.pack_frames``: (index, kind, length) headers, the bytes,
+Frames are ``protocol.pack_frames``: (index, kind, length) headers, the bytes,
 and zero padding to 16 bytes. Bodies are stored as bytes and never unpickled
-here. Every malformed or unauthorised request gets a 4xx answer with a
-one-line reason.
+here. A request is authorised from its headers alone (:meth:`Callbacks.admit`),
+so that the host refuses an unauthorised body before reading any of it; a body
+is then stored only if it has the digest that the signature covers. Every
+malformed or unauthorised request gets a 4xx answer with a one-line reason.
 
 Large payloads are not copied on the way through: a request body arrives as
 one buffer and its frames are views of it, and a reply's body is a list of
@@ -30,9 +33,7 @@ are named rather than read, so the host streams them.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
+import hashlib
 import logging
 import re
 import sqlite3
@@ -41,8 +42,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from .payloads import SPILL_BYTES, PayloadFile
 from .storage import Storage
-from .worker import (ARGUMENTS, ERROR, RESULT, nbytes, pack_frames, parse_index_spec,
-                     unpack_frames)
+from .protocol import (ARGUMENTS, DIGEST_HEADER, ERROR, RESULT, body_digest, nbytes,
+                       pack_frames, parse_index_spec, signed_digest, unpack_frames)
 
 log = logging.getLogger(__name__)
 
@@ -84,21 +85,9 @@ def text_reply(status: int, message: str, **headers: str) -> Reply:
     return Reply(status, (message + "\n").encode(), headers=headers)
 
 
-_UNAUTHORISED = text_reply(401, "wrong or missing credentials",
-                           **{"WWW-Authenticate": 'Basic realm="sheepdog"'})
+_UNAUTHORISED = text_reply(401, "wrong or missing signature")
 _STORED = text_reply(200, "stored")
 _ALREADY = text_reply(200, "already recorded")
-
-
-def _password(authorization: Optional[str]) -> bytes:
-    """The password of a Basic ``Authorization`` header; b"" when there is none."""
-    if not authorization or not authorization.startswith("Basic "):
-        return b""
-    try:
-        decoded = base64.b64decode(authorization[6:].strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return b""
-    return decoded.partition(b":")[2]
 
 
 class Callbacks:
@@ -129,49 +118,58 @@ class Callbacks:
             secret = self._secrets[request_id] = stored.encode()
         return secret
 
-    def respond(self, method: str, path: str, authorization: Optional[str], body: Any) -> Reply:
-        """The reply to one request; never raises for anything a client sends."""
+    def respond(self, method: str, path: str, headers: Mapping[str, str], body: Any,
+                digest: Optional[str] = None) -> Reply:
+        """The reply to one request; never raises for anything a client sends.
+
+        ``digest`` is the body's SHA-256 when the host computed it while
+        receiving the body (a result received into a file); otherwise it is
+        computed here.
+        """
         try:
-            return self._respond(method, path, authorization, body)
+            return self._respond(method, path, headers, body, digest)
         except sqlite3.OperationalError as error:
             log.warning("database busy answering %s %s: %s", method, path, error)
             return text_reply(503, "database busy, retry", **{"Retry-After": "1"})
 
-    def admit_body(self, path: str, authorization: Optional[str],
-                   content_length: Optional[str]) -> Optional[Reply]:
-        """A refusal for a request body not worth reading: too large, or not authorised.
+    def admit(self, method: str, path: str, headers: Mapping[str, str]) -> Optional[Reply]:
+        """A refusal for a request not worth reading: too large, unknown or not authorised.
 
-        Checked from the headers alone, before the body is read, so that no
-        memory is set aside for a body that would be refused anyway.
+        Checked from the headers alone, whatever the body's framing (a length
+        or chunks), so that no byte of a body is read, and no memory set
+        aside for it, before its sender proved it holds the request's key.
         """
-        refusal = self.too_large(content_length)
-        if refusal is not None or not int(content_length or 0):
+        refusal = self.too_large(headers.get("Content-Length"))
+        if refusal is not None or (path == "/" and method in ("GET", "HEAD")):
             return refusal
-        route = self._authorised_route(path, authorization)
+        route = self._authorised_route(method, path, headers)
         return route if isinstance(route, Reply) else None
 
-    def result_upload(self, method: str, path: str, authorization: Optional[str],
-                      content_length: Optional[str]) -> Optional[tuple[int, int]]:
+    def result_upload(self, method: str, path: str, headers: Mapping[str, str]
+                      ) -> Optional[tuple[int, int]]:
         """(request id, task index) when this is one large result to receive into a file.
 
         That is an authorised ``POST .../tasks/<i>/result`` of a known task
-        with a body of at least ``SPILL_BYTES`` that :meth:`admit_body`
-        admitted: the host may then write the body straight into
-        ``storage.new_staging_file`` and answer with :meth:`respond`, passing
-        the file as the body.
+        with a body of at least ``SPILL_BYTES``: the host may then write the
+        body straight into ``storage.new_staging_file``, computing its digest
+        as it goes, and answer with :meth:`respond`, passing the file as the
+        body and the digest.
         """
-        route = self._authorised_route(path, authorization)
-        if method != "POST" or int(content_length or 0) < SPILL_BYTES or isinstance(route, Reply):
+        length = headers.get("Content-Length") or ""
+        if method != "POST" or not length.isdigit() or int(length) < SPILL_BYTES:
             return None
-        match, request_id = route
+        route = self._authorised_route(method, path, headers)
+        if isinstance(route, Reply):
+            return None
+        match, request_id, _digest = route
         spec = match["spec"] or ""
         if match["action"] != "result" or not spec.isdigit() or len(spec) > 18:
             return None
         index = int(spec)
         return (request_id, index) if self.storage.task_exists(request_id, index) else None
 
-    def _authorised_route(self, path: str, authorization: Optional[str]) -> Any:
-        """(route match, request id) for a known request and its secret, or the refusal."""
+    def _authorised_route(self, method: str, path: str, headers: Mapping[str, str]) -> Any:
+        """(route match, request id, signed body digest) for a signed request, or the refusal."""
         match = _ROUTE.fullmatch(path)
         if match is None:
             return text_reply(404, "no such route")
@@ -179,17 +177,22 @@ class Callbacks:
         secret = self._secret(request_id)
         if secret is None:
             return text_reply(404, "no such request")
-        if not hmac.compare_digest(_password(authorization), secret):
+        digest = signed_digest(secret, method, path, headers.get("Authorization"),
+                               headers.get(DIGEST_HEADER))
+        if digest is None:
             return _UNAUTHORISED
-        return match, request_id
+        return match, request_id, digest
 
-    def _respond(self, method: str, path: str, authorization: Optional[str], body: Any) -> Reply:
+    def _respond(self, method: str, path: str, headers: Mapping[str, str], body: Any,
+                 digest: Optional[str]) -> Reply:
         if path == "/" and method in ("GET", "HEAD"):
             return text_reply(200, "sheepdog server")
-        route = self._authorised_route(path, authorization)
+        route = self._authorised_route(method, path, headers)
         if isinstance(route, Reply):
             return route
-        match, request_id = route
+        match, request_id, signed = route
+        if (digest or _digest_of(body)) != signed:
+            return text_reply(400, "the body does not match its signed digest")
         if match["function"]:
             if method != "GET":
                 return text_reply(405, "use GET", Allow="GET")
@@ -199,7 +202,7 @@ class Callbacks:
                 return text_reply(405, "use POST", Allow="POST")
             return self._results(request_id, body)
         indices = parse_index_spec(match["spec"], MAX_TASKS_PER_REQUEST)
-        if indices is None or indices[-1] > 2**62:
+        if indices is None:
             return text_reply(404, "no such tasks")
         action = match["action"]
         if action is None:
@@ -259,3 +262,13 @@ class Callbacks:
                 except UnicodeDecodeError:
                     return text_reply(400, f"the error text of task {index} must be UTF-8")
         return None
+
+
+def _digest_of(body: Any) -> str:
+    """The hex SHA-256 of a received body: bytes-like, or a file of a large result."""
+    if isinstance(body, PayloadFile):
+        digest = hashlib.sha256()
+        for piece in body.chunks(SPILL_BYTES):
+            digest.update(piece)
+        return digest.hexdigest()
+    return body_digest(body)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import socket
@@ -17,6 +18,8 @@ import sys
 from typing import Any, Mapping, Optional
 
 SCHEDULERS = ("gridengine", "local")
+#: How workers reach the caller's server: see docs/channel.rst.
+CALLBACKS = ("auto", "direct", "tunnel")
 
 DEFAULT_GE_OPTS = ("-wd $HOME/.sheepdog/", "-o $HOME/.sheepdog/", "-e $HOME/.sheepdog/")
 
@@ -42,13 +45,16 @@ class Config:
     workers: Optional[int] = None
     chunksize: Optional[int] = None
     max_running: Optional[int] = None
-    retry_seconds: float = 600.0
+    retry_seconds: float = 180.0
     retries: int = 0
     retry_failed: bool = False
     heartbeat_seconds: float = 10.0
     lost_after: float = 60.0
     tls: bool = True
     max_body_bytes: int = 1 << 30
+    callback: str = "auto"
+    connect_timeout: float = 60.0
+    key_in_job_file: bool = False
 
     @property
     def memory_limit(self) -> Optional[int]:
@@ -86,6 +92,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "lost_after": (int, float),
     "tls": (bool,),
     "max_body_bytes": (int,),
+    "callback": (str,),
+    "connect_timeout": (int, float),
+    "key_in_job_file": (bool,),
 }
 
 VALID_KEYS = tuple(field.name for field in dataclasses.fields(Config))
@@ -115,6 +124,8 @@ def _check_types(conf: Mapping[str, Any]) -> None:
         if not isinstance(value, allowed) or wrong_bool or wrong_int:
             names = " or ".join("None" if kind is type(None) else kind.__name__ for kind in allowed)
             raise TypeError(f"config key {key!r} must be {names}, not {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"config key {key!r} must be a finite number, not {value}")
     if "ge_opts" in conf and not all(isinstance(item, str) for item in conf["ge_opts"]):
         raise TypeError("config key 'ge_opts' must be a list of strings, e.g. ['-l h_rt=1:00:00']")
 
@@ -129,6 +140,15 @@ def _check_values(config: Config) -> None:
             f"config key 'host' is required for scheduler {config.scheduler!r}: the head "
             f"node to SSH into; use {{'scheduler': 'local'}} to run on this machine"
         )
+    if config.callback not in CALLBACKS:
+        raise ValueError(
+            f"config key 'callback' is {config.callback!r}; choose one of {', '.join(CALLBACKS)}"
+        )
+    if config.callback == "tunnel" and config.scheduler == "local":
+        raise ValueError("config key 'callback' cannot be 'tunnel' with the local scheduler: "
+                         "its tasks run on this machine and reach the server directly")
+    if config.connect_timeout <= 0:
+        raise ValueError("config key 'connect_timeout' must be positive")
     if config.port is not None and not 0 <= config.port <= 65535:
         raise ValueError(f"config key 'port' must be between 0 and 65535, not {config.port}")
     for key in ("workers", "chunksize", "max_running"):

@@ -1,9 +1,12 @@
 """Render the job file: one self-contained Python script per request.
 
 The file starts with a shebang and ``#$`` directives for GridEngine, embeds the
-source of ``serialisation.py`` and ``worker.py`` (so the worker needs nothing
-but a stock Python), and ends with the call that runs one array task. It holds
-the request's secret, so whoever writes it must keep it private (mode 0600).
+source of ``serialisation.py``, ``protocol.py`` and ``worker.py`` (so the
+worker needs nothing but a stock Python), and ends with the call that runs one
+array task. Schedulers show job files to every user of the cluster (GridEngine
+keeps a world-readable copy in its spool), so the file holds no credential:
+only the path of the private file that holds the request's key, unless the
+user opted in to ``key_in_job_file``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-EMBEDDED_MODULES = ("serialisation", "worker")
+EMBEDDED_MODULES = ("serialisation", "protocol", "worker")
 
 _BOOTSTRAP = '''
 import sys
@@ -23,6 +26,7 @@ import types
 def _embed(name, source):
     """Load an embedded sheepdog module under its real name, so pickles find it."""
     module = types.ModuleType("sheepdog." + name)
+    module.__package__ = "sheepdog"
     sys.modules[module.__name__] = module
     setattr(sys.modules["sheepdog"], name, module)
     exec(compile(source, "<sheepdog." + name + ">", "exec"), module.__dict__)

@@ -2,7 +2,9 @@
 
 What each request means lives in ``callbacks.py``; here it is served. Tornado
 hosts it when installed, with a handler that reads a request body only after
-checking its announced size (so an oversized body gets a 413 at once); the
+its headers passed ``Callbacks.admit`` (its size, and the signature that
+proves the sender holds the request's key), so an oversized or unauthorised
+body is refused before any of it is read, whatever its framing; the
 Flask app serves the same protocol under Werkzeug's server otherwise, and in
 tests through Flask's test client. Either runs in a daemon thread of the
 caller's process (``Server.start``) or in the foreground (``serve_forever``,
@@ -12,6 +14,7 @@ used by ``sheepdog serve``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import http
 import logging
 import os
@@ -26,13 +29,15 @@ from . import tls
 from .callbacks import DEFAULT_MAX_BODY_BYTES, Callbacks, Reply, text_reply
 from .payloads import CHUNK_BYTES, SPILL_BYTES, PayloadFile, write_all
 from .storage import Storage
-from .worker import coalesce
+from .protocol import coalesce
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("tornado", "werkzeug")
 #: A large upload that stalls this long is dropped (the worker retries it).
 _BODY_TIMEOUT_SECONDS = 120
+#: The most of a refused request's body that is read (and dropped) to keep its connection.
+UNAUTHORISED_READ_BYTES = 4096
 _METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
@@ -53,13 +58,11 @@ def create_app(storage: Storage, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -
     @app.route("/", defaults={"path": ""}, methods=_METHODS)
     @app.route("/<path:path>", methods=_METHODS)
     def dispatch(path: str) -> Response:
-        refusal = callbacks.too_large(request.headers.get("Content-Length"))
+        refusal = callbacks.admit(request.method, request.path, request.headers)
         if refusal is not None:
             return as_response(refusal)
         body = request.get_data(cache=False) if request.method == "POST" else b""
-        return as_response(callbacks.respond(
-            request.method, request.path, request.headers.get("Authorization"), body
-        ))
+        return as_response(callbacks.respond(request.method, request.path, request.headers, body))
 
     @app.errorhandler(HTTPException)
     def plain_http_error(exception: HTTPException) -> Response:
@@ -101,24 +104,25 @@ def _tornado_application(callbacks: Callbacks) -> Any:
             self._chunks: list[bytes] = []
             self._body: Optional[bytearray] = None
             self._received = 0
-            path, authorization = self.request.path, self.request.headers.get("Authorization")
-            length = self.request.headers.get("Content-Length")
-            refusal = callbacks.too_large(length)
-            large = refusal is None and int(length or 0) >= SPILL_BYTES
-            if large:  # worth checking before any of it is read
-                refusal = callbacks.admit_body(path, authorization, length)
-            if refusal is not None:
+            method, path, headers = self.request.method or "", self.request.path, self.request.headers
+            refusal = callbacks.admit(method, path, headers)
+            length = headers.get("Content-Length", "0")
+            small = "Transfer-Encoding" not in headers and length.isdigit() and (
+                int(length) <= UNAUTHORISED_READ_BYTES)
+            if refusal is not None and small and refusal.status != 413:
+                return  # read (at most a few KB) and refused in _handle: the connection stays
+            if refusal is not None:  # refused unread; Tornado then closes the connection
+                self.set_header("Connection", "close")
                 await self._reply(refusal)
-                self.request.connection.close()  # leave the unread body unread
                 return
-            if not large:
-                return  # gathered as it comes, and checked by the callbacks
-            upload = callbacks.result_upload(self.request.method or "", path, authorization,
-                                             length)
+            length = headers.get("Content-Length") or "0"
+            if int(length) < SPILL_BYTES:
+                return  # gathered as it comes
+            upload = callbacks.result_upload(method, path, headers)
             if upload is not None:
-                await self._receive_result_file(*upload, int(length or 0))
+                await self._receive_result_file(*upload, int(length))
             else:
-                self._body = bytearray(int(length or 0))
+                self._body = bytearray(int(length))
 
         async def _receive_result_file(self, request_id: int, index: int, length: int) -> None:
             """Read a large result straight into its file, then answer and close.
@@ -130,6 +134,12 @@ def _tornado_application(callbacks: Callbacks) -> Any:
             import tornado.iostream
 
             descriptor, path = callbacks.storage.new_staging_file(request_id, index)
+            digest = hashlib.sha256()
+
+            def absorb(piece: memoryview) -> None:  # in a thread: both release the GIL
+                digest.update(piece)
+                write_all(descriptor, piece)
+
             stream = self.request.connection.detach()
             self._finished = True  # answered below, not through this handler
             # Two buffers: one is written to the file by a thread (os.write
@@ -145,7 +155,7 @@ def _tornado_application(callbacks: Callbacks) -> Any:
                         if writing is not None:
                             await writing
                         writing = asyncio.get_running_loop().run_in_executor(
-                            None, write_all, descriptor, piece)
+                            None, absorb, piece)
                         remaining -= len(piece)
                         turn = 1 - turn
                     if writing is not None:
@@ -154,9 +164,8 @@ def _tornado_application(callbacks: Callbacks) -> Any:
                     if writing is not None and not writing.done():
                         await asyncio.wait([writing])
                     os.close(descriptor)
-                reply = callbacks.respond(
-                    "POST", self.request.path, self.request.headers.get("Authorization"),
-                    PayloadFile(path, length))
+                reply = callbacks.respond("POST", self.request.path, self.request.headers,
+                                          PayloadFile(path, length), digest.hexdigest())
                 await stream.write(_raw_response(reply))
             except (tornado.iostream.StreamClosedError, asyncio.TimeoutError) as error:
                 log.warning("result %s of request %s: upload not finished: %r",
@@ -182,9 +191,7 @@ def _tornado_application(callbacks: Callbacks) -> Any:
             body = b"".join(self._chunks) if self._body is None else self._body
             self._chunks, self._body = [], None
             await self._reply(callbacks.respond(
-                self.request.method or "GET", self.request.path,
-                self.request.headers.get("Authorization"), body,
-            ))
+                self.request.method or "GET", self.request.path, self.request.headers, body))
 
         async def _reply(self, reply: Reply) -> None:
             self.set_status(reply.status)
@@ -221,6 +228,14 @@ class Server:
     once started. With ``use_tls`` it serves HTTPS with the database's own
     certificate (``certificate`` is what workers pin). Many map calls of one
     session share one server.
+
+    Under Tornado, connections are limited as ``connections.py`` describes: a
+    connection is closed when it sends no request headers for
+    ``idle_timeout`` seconds (longer, by default, than the 10 s between a
+    worker's heartbeats, so that the connection it keeps between them stays
+    open), or when a body takes longer than ``body_timeout`` seconds plus its
+    size at ``min_body_rate`` bytes per second; one peer address may hold
+    ``max_connections_per_peer``.
     """
 
     def __init__(
@@ -231,6 +246,10 @@ class Server:
         engine: Optional[str] = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         use_tls: bool = True,
+        idle_timeout: float = 30.0,
+        body_timeout: float = 60.0,
+        min_body_rate: float = 64 << 10,
+        max_connections_per_peer: int = 256,
     ) -> None:
         self.storage = storage if isinstance(storage, Storage) else Storage(storage)
         self.port = port or 0
@@ -240,6 +259,10 @@ class Server:
             raise ValueError(f"unknown server engine {self.engine!r}; choose one of {ENGINES}")
         self.max_body_bytes = max_body_bytes
         self.use_tls = use_tls
+        self.idle_timeout = idle_timeout
+        self.body_timeout = body_timeout
+        self.min_body_rate = min_body_rate
+        self.max_connections_per_peer = max_connections_per_peer
         #: The certificate workers pin; set once the server has started.
         self.certificate: Optional[bytes] = None
         self._ssl_context: Optional[ssl.SSLContext] = None
@@ -318,18 +341,25 @@ class Server:
     def _serve_tornado(self, on_listening: Callable[[], None]) -> None:
         import asyncio
 
-        import tornado.httpserver
         import tornado.ioloop
         import tornado.netutil
 
+        from . import connections
+
+        connections.raise_open_file_limit()
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         io_loop = tornado.ioloop.IOLoop.current()
-        sockets = tornado.netutil.bind_sockets(self.port, address=self.bind)
-        http_server = tornado.httpserver.HTTPServer(
+        sockets = tornado.netutil.bind_sockets(self.port, address=self.bind,
+                                               backlog=connections.LISTEN_BACKLOG)
+        http_server = connections.GuardedHTTPServer(
             _tornado_application(Callbacks(self.storage, self.max_body_bytes)),
             max_body_size=self.max_body_bytes,
             ssl_options=self._ssl_context,
+            idle_connection_timeout=self.idle_timeout,
+            body_timeout=self.body_timeout,
+            min_body_rate=self.min_body_rate,
+            max_per_peer=self.max_connections_per_peer,
         )
         http_server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]

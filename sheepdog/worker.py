@@ -1,135 +1,42 @@
 """The code that runs on the cluster: fetch a task, run it, post what happened.
 
 It is embedded verbatim into the job file, so it imports only the standard
-library and nothing from the rest of the package; the serialisation module
-(embedded beside it) is handed in by the job file as ``codec``.
+library and ``protocol`` (embedded beside it); the serialisation module is
+handed in by the job file as ``codec``.
 
 One scheduler array task covers one or more arguments (a chunk). For each it
 fetches the arguments over HTTP(S), says it started, runs ``f(*args)`` while a
 thread sends heartbeats, and posts the pickled result, or the full traceback
 when ``f`` raised. Network failures are retried with backoff for
 ``retry_seconds``, so a server restart does not lose results; a 4xx answer is
-final. Over HTTPS the worker trusts only the certificate in its settings.
+final. Over HTTPS the worker trusts only the certificate in its settings, and
+it signs every request with the request's key, which it reads from a private
+file: nothing in the job file lets anyone else act as the worker.
 """
 
-import base64
 import http.client
 import os
 import signal
+import socket
 import ssl
-import struct
 import sys
 import threading
 import time
 import traceback
 import urllib.parse
 
+from . import protocol
+from .protocol import ALONE_BYTES, ERROR, RESULT, index_spec, nbytes, pack_frames, unpack_frames
+
 #: Largest error text sent; longer tracebacks keep their head and tail.
 MAX_ERROR_CHARS = 60_000
 #: Reports are posted together once this many bytes or seconds have gathered.
 FLUSH_BYTES = 8 << 20
 FLUSH_SECONDS = 1.0
-#: Results this large are posted alone, so that the server can receive them
-#: straight into a file (the same size as the server's ``payloads.SPILL_BYTES``).
-ALONE_BYTES = 1 << 20
-
-# Argument index, kind, payload length; padded so that payloads start aligned.
-_FRAME_HEADER = struct.Struct("!QB15xQ")
-_ALIGNMENT = 16
-ARGUMENTS, RESULT, ERROR = 0, 1, 2
-
-
-def nbytes(payload):
-    """The length in bytes of a payload given as one bytes-like object or a list of parts."""
-    if isinstance(payload, list):
-        return sum(nbytes(part) for part in payload)
-    return payload.nbytes if isinstance(payload, memoryview) else len(payload)
-
-
-def pack_frames(frames):
-    """(index, kind, payload) triples as a list of parts to send one after another.
-
-    Each frame is a header, the payload (bytes-like, or a list of parts, which
-    are not copied) and zero padding to a multiple of 16 bytes, so that every
-    payload starts aligned within the body.
-    """
-    parts = []
-    for index, kind, payload in frames:
-        length = nbytes(payload)
-        parts.append(_FRAME_HEADER.pack(index, kind, length))
-        parts.extend(payload if isinstance(payload, list) else [payload])
-        if length % _ALIGNMENT:
-            parts.append(bytes(-length % _ALIGNMENT))
-    return parts
-
-
-def coalesce(parts, limit=1 << 20):
-    """``parts`` with runs of small bytes-like ones joined into pieces of about ``limit``.
-
-    Each part sent becomes at least one TLS record, so thousands of small
-    frames sent one by one cost a record (and a read on the server) each.
-    Large parts, and parts that are not bytes-like, pass through unjoined.
-    """
-    pieces, pending, size = [], [], 0
-    for part in parts:
-        length = nbytes(part) if isinstance(part, (bytes, bytearray, memoryview)) else limit
-        small = length < limit
-        if small:
-            pending.append(part)
-            size += length
-        if pending and (not small or size >= limit):
-            pieces.append(b"".join(pending))
-            pending, size = [], 0
-        if not small:
-            pieces.append(part)
-    if pending:
-        pieces.append(b"".join(pending))
-    return pieces
-
-
-def unpack_frames(data):
-    """The inverse of :func:`pack_frames` for the whole body; ValueError when not frames.
-
-    Payloads are memoryviews of ``data``, not copies.
-    """
-    view = memoryview(data).cast("B")
-    frames, offset = [], 0
-    while offset < len(view):
-        if offset + _FRAME_HEADER.size > len(view):
-            raise ValueError("truncated frame header")
-        index, kind, length = _FRAME_HEADER.unpack_from(view, offset)
-        offset += _FRAME_HEADER.size
-        end = offset + length + (-length % _ALIGNMENT)
-        if kind not in (ARGUMENTS, RESULT, ERROR) or end > len(view):
-            raise ValueError("bad frame")
-        frames.append((index, kind, view[offset:offset + length]))
-        offset = end
-    return frames
-
-
-def index_spec(indices):
-    """``[1, 2, 3, 7]`` -> ``"1-3,7"``: how a URL names a chunk of tasks."""
-    runs = []  # [first, last] of each stretch of consecutive indices
-    for index in indices:
-        if runs and index == runs[-1][1] + 1:
-            runs[-1][1] = index
-        else:
-            runs.append([index, index])
-    return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in runs)
-
-
-def parse_index_spec(spec, limit):
-    """The inverse of :func:`index_spec`; None when malformed or over ``limit`` indices."""
-    indices = []
-    for part in spec.split(","):
-        first, dash, last = part.partition("-")
-        if not first.isdigit() or (dash and not last.isdigit()):
-            return None
-        low, high = int(first), int(last) if dash else int(first)
-        if low < 1 or high < low or len(indices) + high - low + 1 > limit:
-            return None
-        indices.extend(range(low, high + 1))
-    return indices
+#: Seconds to wait for a connection to one route before trying the next.
+CONNECT_SECONDS = 5.0
+#: Seconds to wait for the server's answer on an open connection.
+READ_SECONDS = 60.0
 
 
 class PermanentHTTPError(Exception):
@@ -141,29 +48,47 @@ class PermanentHTTPError(Exception):
 
 
 class Client:
-    """A keep-alive HTTP(S) connection to the sheepdog server, with retries."""
+    """A keep-alive HTTP(S) connection to the sheepdog server, with retries.
 
-    def __init__(self, url, request_id, secret, retry_seconds, certificate=None):
-        parts = urllib.parse.urlsplit(url)
-        self.scheme = parts.scheme
-        self.host = parts.hostname
-        self.port = parts.port
+    ``urls`` are the routes to the server in order of preference (the
+    caller's own address, then a tunnel through the head node). A route that
+    cannot be connected to within ``CONNECT_SECONDS``, or that presents another
+    certificate than the pinned one, is left for the next; nothing is sent
+    before the server proved its identity. Every request is signed with
+    ``key`` (see ``protocol``).
+    """
+
+    def __init__(self, urls, request_id, key, retry_seconds, certificate=None):
+        self.routes = [urllib.parse.urlsplit(url) for url in urls]
+        self.route = 0
         self.prefix = f"/requests/{request_id}"
-        token = base64.b64encode(f"sheepdog:{secret}".encode()).decode()
-        self.headers = {"Authorization": "Basic " + token}
+        self.key = key
         self.retry_seconds = retry_seconds
         self.ssl_context = None
-        if self.scheme == "https":
+        if any(route.scheme == "https" for route in self.routes):
             self.ssl_context = ssl.create_default_context(cadata=certificate)
             self.ssl_context.check_hostname = False  # the pinned certificate is the identity
         self.connection = None
 
+    @property
+    def url(self):
+        return self.routes[self.route].geturl()
+
     def _connect(self):
-        if self.scheme == "https":
-            return http.client.HTTPSConnection(
-                self.host, self.port, timeout=60, context=self.ssl_context
-            )
-        return http.client.HTTPConnection(self.host, self.port, timeout=60)
+        route = self.routes[self.route]
+        if route.scheme == "https":
+            connection = http.client.HTTPSConnection(
+                route.hostname, route.port, timeout=CONNECT_SECONDS, context=self.ssl_context)
+        else:
+            connection = http.client.HTTPConnection(
+                route.hostname, route.port, timeout=CONNECT_SECONDS)
+        try:
+            connection.connect()
+        except BaseException:
+            connection.close()
+            raise
+        connection.sock.settimeout(READ_SECONDS)
+        return connection
 
     def request(self, method, path, body=None):
         """Send one request, retrying transient failures; return the body as a bytearray.
@@ -171,18 +96,21 @@ class Client:
         ``body`` is bytes-like or a list of parts; large parts are sent as they
         are, never joined into one copy.
         """
-        headers = dict(self.headers)
+        full_path = self.prefix + path
+        headers = protocol.auth_headers(self.key, method, full_path, body)
         if body is not None:
             headers["Content-Type"] = "application/octet-stream"
-            headers["Content-Length"] = str(nbytes(body))
-            body = coalesce(body) if isinstance(body, list) else body
+            headers["Content-Length"] = str(protocol.nbytes(body))
+            body = protocol.coalesce(body) if isinstance(body, list) else body
         deadline = time.monotonic() + self.retry_seconds
-        delay = 0.25
+        delay, tried = 0.25, 0
         while True:
+            connected = self.connection is not None
             try:
                 if self.connection is None:
                     self.connection = self._connect()
-                self.connection.request(method, self.prefix + path, body=body, headers=headers)
+                    connected = True
+                self.connection.request(method, full_path, body=body, headers=headers)
                 response = self.connection.getresponse()
                 data = _read_body(response)
                 if response.will_close:
@@ -193,17 +121,23 @@ class Client:
                 if response.status < 500 and response.status not in (408, 429):
                     raise PermanentHTTPError(response.status, reason)
                 failure = f"HTTP {response.status}: {reason}"
-            except ssl.SSLCertVerificationError:
-                raise
             except (OSError, http.client.HTTPException) as error:
                 self.close()
                 failure = f"{type(error).__name__}: {error}"
+                if isinstance(error, ssl.SSLCertVerificationError):
+                    failure += " (not the caller's certificate: nothing was sent)"
+            if not connected and len(self.routes) > 1:
+                log(f"cannot connect to {self.url} ({failure})")
+                self.route = (self.route + 1) % len(self.routes)
+                tried += 1
+                if tried % len(self.routes):
+                    continue  # try the next route at once
             if time.monotonic() + delay > deadline:
                 raise ConnectionError(
-                    f"gave up on {method} {self.prefix}{path} after "
+                    f"gave up on {method} {full_path} via {self.url} after "
                     f"{self.retry_seconds:.0f} s: {failure}"
                 )
-            log(f"{method} {path} failed ({failure}); retrying in {delay:.1f} s")
+            log(f"{method} {path} via {self.url} failed ({failure}); retrying in {delay:.1f} s")
             time.sleep(delay)
             delay = min(delay * 2, 15.0)
 
@@ -211,6 +145,25 @@ class Client:
         if self.connection is not None:
             self.connection.close()
             self.connection = None
+
+
+def read_key(settings):
+    """The request's key: from its private file, or from the settings if put there.
+
+    A worker that cannot read the file leaves at once with ``EXIT_NO_KEY``
+    and says why on stderr, which the caller reads back.
+    """
+    if settings.get("key"):
+        return settings["key"].encode()
+    path = settings["key_file"]
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().strip()
+    except OSError as error:
+        log(f"cannot read the request's key file {path} on {socket.gethostname()}: {error}. "
+            f"The key is written on the head node; compute nodes must see the same home "
+            f"directory (see 'How workers reach you' in sheepdog's docs)")
+        sys.exit(protocol.EXIT_NO_KEY)
 
 
 def _read_body(response):
@@ -397,12 +350,14 @@ def run(settings, codec):
         array_task_id, settings["chunksize"], settings["n_arguments"], settings.get("indices")
     ))
 
-    def connect(retry_seconds):
-        return Client(settings["url"], settings["request_id"], settings["secret"],
-                      retry_seconds, settings.get("certificate"))
-
     if not indices:
         return 0
+    key = read_key(settings)
+
+    def connect(retry_seconds):
+        return Client(settings["urls"], settings["request_id"], key,
+                      retry_seconds, settings.get("certificate"))
+
     client = connect(settings["retry_seconds"])
     problem = python_mismatch(settings["python"])
     if problem is None:

@@ -176,7 +176,8 @@ def test_task_that_dies_without_reporting_is_lost_not_waited_for(local_conf):
 
 def test_public_names_are_pinned():
     assert sorted(sheepdog.__all__) == sorted([
-        "Config", "SerialisationError", "Server", "Storage", "StorageError", "SubmissionError",
+        "CallbackError", "Config", "SSHError", "SerialisationError", "Server", "Storage",
+        "StorageError", "SubmissionError",
         "__version__", "cancel", "get_errors", "get_results", "map", "map_async", "map_sync", "wait",
     ])
     assert sheepdog.map_sync is sheepdog.map

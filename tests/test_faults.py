@@ -8,6 +8,8 @@ import sys
 import textwrap
 import time
 import uuid
+
+import pytest
 from pathlib import Path
 
 import sheepdog
@@ -123,7 +125,7 @@ def test_worker_on_another_python_version_reports_both_versions(storage, monkeyp
     try:
         from sheepdog import serialisation
 
-        settings = {"url": server.url("127.0.0.1"), "request_id": request_id, "secret": "pw",
+        settings = {"urls": [server.url("127.0.0.1")], "request_id": request_id, "key": "pw",
                     "n_arguments": 1, "chunksize": 1, "task_variable": "SGE_TASK_ID",
                     "python": [3, 99], "retry_seconds": 5, "heartbeat_seconds": 10}
         assert worker.run(settings, serialisation) == 1
@@ -194,3 +196,32 @@ def test_sheepdog_serve_in_another_process_collects_an_earlier_request(local_con
         serve.terminate()
         serve.wait(10)
     assert results == [((1,), 2), ((2,), 3)]
+
+
+def test_workers_that_cannot_reach_the_caller_are_diagnosed_within_connect_timeout(local_conf):
+    """Nothing answers where the workers were told to call: a clear error, not a long wait."""
+    conf = {**local_conf, "localhost": "127.0.0.2", "connect_timeout": 3, "retry_seconds": 120}
+    started = time.monotonic()
+    with pytest.raises(sheepdog.CallbackError) as raised:
+        sheepdog.map(abs, [(-1,), (-2,)], conf, verbose=False)
+    assert time.monotonic() - started < 30
+    message = str(raised.value)
+    assert "none has called back on https://127.0.0.2:" in message
+    assert "ConnectionRefusedError" in message  # the worker's own words, from its stderr
+    assert "{'callback': 'tunnel'}" in message and "'localhost'" in message
+    errors = sheepdog.get_errors(1, conf["dbfile"])
+    assert len(errors) == 2 and all("none has called back" in text for _args, text in errors)
+
+
+def test_a_worker_that_cannot_read_the_key_file_is_named_at_once(local_conf, monkeypatch):
+    from sheepdog.backends.local import LocalBackend
+
+    monkeypatch.setattr(LocalBackend, "deliver_key",
+                        lambda self, request_id, key: "/nonexistent/sheepdog.key")
+    started = time.monotonic()
+    with pytest.raises(sheepdog.CallbackError) as raised:
+        sheepdog.map(abs, [(-1,), (-2,)], local_conf, verbose=False)
+    assert time.monotonic() - started < 20
+    message = str(raised.value)
+    assert "cannot read the request's key file /nonexistent/sheepdog.key" in message
+    assert "No such file or directory" in message and "home directory" in message

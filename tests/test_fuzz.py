@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from sheepdog.protocol import auth_headers
 from sheepdog.server import Server
 from sheepdog.storage import PENDING
 
@@ -18,15 +19,22 @@ def basic(user, password):
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+#: Headers that stand for a correct signature of the request they go with.
+SIGNED = None
+
+
 def malformed_request(rng, request_id):
     """One request that must be refused: (method, path, headers, body)."""
-    good = {"Authorization": basic("sheepdog", "right")}
+    good = SIGNED
     task = f"/requests/{request_id}/tasks/{rng.randint(1, 3)}"
     kind = rng.randrange(12)
     if kind == 0:
         return "GET", f"/requests/{request_id}/function", {"Authorization": basic("x", "wrong")}, b""
     if kind == 1:
         return "POST", f"{task}/result", {}, b"\x80data"
+    if kind == 11 and rng.random() < 0.5:  # signed for another task
+        other = f"/requests/{request_id}/tasks/{rng.randint(4, 9)}/result"
+        return "POST", f"{task}/result", auth_headers(b"right", "POST", other, b"\x80data"), b"\x80data"
     if kind == 2:
         junk = "Basic " + "".join(rng.choice("!@#$%^&*()abc=") for _ in range(rng.randint(0, 40)))
         return "POST", f"{task}/error", {"Authorization": junk}, b"text"
@@ -71,6 +79,8 @@ def test_ten_thousand_bad_requests_get_only_4xx(storage, engine):
         n = N_REQUESTS if engine == "tornado" else N_REQUESTS // 5
         for _ in range(n):
             method, path, headers, body = malformed_request(rng, request_id)
+            if headers is SIGNED:
+                headers = auth_headers(b"right", method, path, body)
             if len(body) > LIMIT:
                 status = oversized_status(server.port, path, headers, len(body))
                 statuses[status] = statuses.get(status, 0) + 1

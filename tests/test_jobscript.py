@@ -9,9 +9,12 @@ from sheepdog import jobscript
 GOLDEN = Path(__file__).parent / "golden" / "jobscript.txt"
 
 SETTINGS = {
-    "url": "http://head.example:5000",
+    "urls": ["https://laptop.example:5000", "https://head.example:41234"],
+    "certificate": "-----BEGIN CERTIFICATE-----\n(pinned)\n-----END CERTIFICATE-----\n",
     "request_id": 7,
-    "secret": "not-a-real-secret",
+    "key_file": "/home/user/.sheepdog/sheepdog_7_0123456789abcdef.key",
+    "indices": None,
+    "heartbeat_seconds": 10.0,
     "n_arguments": 3,
     "chunksize": 1,
     "task_variable": "SGE_TASK_ID",
@@ -35,6 +38,12 @@ def test_rendered_job_file_matches_the_golden_file():
     if os.environ.get("SHEEPDOG_REGENERATE_GOLDEN"):
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text()
+
+
+def test_job_file_holds_no_credential():
+    """Schedulers show job files to every user: the key stays in its private file."""
+    text = render()
+    assert "key_file" in text and "'key'" not in text and "secret" not in text.lower()
 
 
 def test_job_file_embeds_the_worker_and_serialisation_code():

@@ -47,7 +47,7 @@ def test_job_file_is_private(tmp_path):
     assert stat.S_IMODE(os.stat(job.script.parent).st_mode) == 0o700
     backend.cancel(job_id)
     assert wait_for(lambda: backend.ended_tasks(job_id, {1}) == {
-        1: TaskEnd("killed by SIGKILL", retryable=False)
+        1: TaskEnd("killed by SIGKILL", retryable=False, exit_status=-signal.SIGKILL)
     })
 
 

@@ -1,16 +1,12 @@
-import base64
 import http.client
 import threading
 
 import pytest
 
+from sheepdog.protocol import ARGUMENTS, ERROR, RESULT, auth_headers, pack_frames, unpack_frames
 from sheepdog.server import Server, create_app
-from sheepdog.worker import ARGUMENTS, ERROR, RESULT, pack_frames, unpack_frames
 
-
-def auth(password, user="sheepdog"):
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
+from .conftest import SignedClient
 
 
 @pytest.fixture
@@ -20,22 +16,23 @@ def request_id(storage):
 
 @pytest.fixture
 def client(storage):
-    return create_app(storage, max_body_bytes=1000).test_client()
+    """Flask's test client, signing each request with the key "right" as a worker would."""
+    return SignedClient(create_app(storage, max_body_bytes=1000).test_client(), b"right")
 
 
 def test_worker_fetches_function_and_arguments(client, request_id):
-    assert client.get(f"/requests/{request_id}/function", headers=auth("right")).data == b"fn"
-    frames = unpack_frames(client.get(f"/requests/{request_id}/tasks/2", headers=auth("right")).data)
+    assert client.get(f"/requests/{request_id}/function").data == b"fn"
+    frames = unpack_frames(client.get(f"/requests/{request_id}/tasks/2").data)
     assert frames == [(2, ARGUMENTS, b"a2")]
-    both = client.get(f"/requests/{request_id}/tasks/1-2", headers=auth("right")).data
+    both = client.get(f"/requests/{request_id}/tasks/1-2").data
     assert unpack_frames(both) == [(1, ARGUMENTS, b"a1"), (2, ARGUMENTS, b"a2")]
 
 
 def test_a_batch_of_results_and_errors_is_stored_in_one_post(client, storage, request_id):
     body = b"".join(pack_frames([(1, RESULT, b"\x80r1"), (2, ERROR, "boom".encode())]))
-    response = client.post(f"/requests/{request_id}/results", data=body, headers=auth("right"))
+    response = client.post(f"/requests/{request_id}/results", data=body)
     assert response.status_code == 200 and response.data == b"stored 2 of 2\n"
-    again = client.post(f"/requests/{request_id}/results", data=body, headers=auth("right"))
+    again = client.post(f"/requests/{request_id}/results", data=body)
     assert again.data == b"stored 0 of 2\n"
     assert [row[1:] for row in storage.results(request_id)] == [("done", b"\x80r1"), ("failed", None)]
 
@@ -43,17 +40,45 @@ def test_a_batch_of_results_and_errors_is_stored_in_one_post(client, storage, re
 @pytest.mark.parametrize("body", [b"garbage", b"".join(pack_frames([(1, ERROR, b"\xff")])),
                                   b"".join(pack_frames([(1, RESULT, b"")])), b""])
 def test_malformed_batches_are_refused_whole(client, storage, request_id, body):
-    response = client.post(f"/requests/{request_id}/results", data=body, headers=auth("right"))
+    response = client.post(f"/requests/{request_id}/results", data=body)
     assert response.status_code == 400
     assert storage.progress(request_id).pending == 2
 
 
-def test_wrong_or_missing_password_is_401(client, request_id):
-    assert client.get(f"/requests/{request_id}/function", headers=auth("wrong")).status_code == 401
-    response = client.get(f"/requests/{request_id}/function")
-    assert response.status_code == 401 and "Basic" in response.headers["WWW-Authenticate"]
-    garbled = {"Authorization": "Basic !!!notbase64"}
-    assert client.get(f"/requests/{request_id}/function", headers=garbled).status_code == 401
+def test_a_request_signed_with_another_key_or_unsigned_is_401(client, request_id):
+    path = f"/requests/{request_id}/function"
+    assert client.get(path, headers=auth_headers(b"wrong", "GET", path)).status_code == 401
+    assert client.get(path, headers={}).status_code == 401
+    garbled = {"Authorization": "Sheepdog !!!", "X-Sheepdog-Digest": "0" * 64}
+    assert client.get(path, headers=garbled).status_code == 401
+    basic = {"Authorization": "Basic c2hlZXBkb2c6cmlnaHQ="}  # the old scheme, right password
+    assert client.get(path, headers=basic).status_code == 401
+
+
+def test_a_signature_is_valid_only_for_its_own_route_tasks_and_body(client, storage, request_id):
+    """A request seen in flight cannot be replayed for another task, route or body."""
+    signed_for_task_1 = auth_headers(b"right", "POST", f"/requests/{request_id}/tasks/1/result",
+                                     b"\x80r")
+    other_task = client.post(f"/requests/{request_id}/tasks/2/result", data=b"\x80r",
+                             headers=signed_for_task_1)
+    other_route = client.post(f"/requests/{request_id}/tasks/1/error", data=b"\x80r",
+                              headers=signed_for_task_1)
+    other_body = client.post(f"/requests/{request_id}/tasks/1/result", data=b"\x80forged",
+                             headers=signed_for_task_1)
+    assert (other_task.status_code, other_route.status_code) == (401, 401)
+    assert other_body.status_code == 400 and b"digest" in other_body.data
+    assert storage.progress(request_id).pending == 2
+    assert client.post(f"/requests/{request_id}/tasks/1/result", data=b"\x80r",
+                       headers=signed_for_task_1).status_code == 200
+
+
+def test_another_requests_key_does_not_open_this_request(client, storage, request_id):
+    other = storage.create_request(b"fn2", [b"x"], "other-key", "local")
+    path = f"/requests/{request_id}/function"
+    assert client.get(path, headers=auth_headers(b"other-key", "GET", path)).status_code == 401
+    assert client.get(f"/requests/{other}/function",
+                      headers=auth_headers(b"other-key", "GET", f"/requests/{other}/function")
+                      ).data == b"fn2"
 
 
 @pytest.mark.parametrize(
@@ -62,13 +87,13 @@ def test_wrong_or_missing_password_is_401(client, request_id):
      "/requests/99999999999999999999999/function", "/requests/x/function", "/nothing"],
 )
 def test_unknown_request_or_task_is_404(client, request_id, path):
-    assert client.get(path, headers=auth("right")).status_code == 404
+    assert client.get(path).status_code == 404
 
 
 def test_result_is_stored_as_bytes_and_counted_once(client, storage, request_id):
     path = f"/requests/{request_id}/tasks/1/result"
-    assert client.post(path, data=b"\x80result", headers=auth("right")).data == b"stored\n"
-    again = client.post(path, data=b"\x80other", headers=auth("right"))
+    assert client.post(path, data=b"\x80result").data == b"stored\n"
+    again = client.post(path, data=b"\x80other")
     assert again.status_code == 200 and again.data == b"already recorded\n"
     assert storage.results(request_id)[0] == (b"a1", "done", b"\x80result")
     assert storage.progress(request_id).done == 1
@@ -76,7 +101,7 @@ def test_result_is_stored_as_bytes_and_counted_once(client, storage, request_id)
 
 def test_error_text_is_stored(client, storage, request_id):
     response = client.post(f"/requests/{request_id}/tasks/2/error",
-                           data="Traceback ñ".encode(), headers=auth("right"))
+                           data="Traceback ñ".encode())
     assert response.status_code == 200
     assert storage.errors(request_id) == [(b"a2", "failed", "Traceback ñ")]
 
@@ -87,13 +112,13 @@ def test_error_text_is_stored(client, storage, request_id):
      ("start", b"", 200)],
 )
 def test_malformed_posts_get_4xx_with_a_reason(client, request_id, suffix, body, status):
-    response = client.post(f"/requests/{request_id}/tasks/1/{suffix}", data=body, headers=auth("right"))
+    response = client.post(f"/requests/{request_id}/tasks/1/{suffix}", data=body)
     assert response.status_code == status
     assert b"Traceback" not in response.data
 
 
 def test_wrong_method_is_405(client, request_id):
-    assert client.get(f"/requests/{request_id}/tasks/1/result", headers=auth("right")).status_code == 405
+    assert client.get(f"/requests/{request_id}/tasks/1/result").status_code == 405
 
 
 @pytest.mark.parametrize("engine", ["tornado", "werkzeug"])
@@ -102,12 +127,14 @@ def test_both_hosts_serve_over_a_real_socket_with_keep_alive(storage, request_id
     try:
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         for index in (1, 2):
-            connection.request("GET", f"/requests/{request_id}/tasks/{index}", headers=auth("right"))
+            path = f"/requests/{request_id}/tasks/{index}"
+            connection.request("GET", path, headers=auth_headers(b"right", "GET", path))
             response = connection.getresponse()
             assert response.status == 200
             assert unpack_frames(response.read()) == [(index, ARGUMENTS, b"a%d" % index)]
-        connection.request("POST", f"/requests/{request_id}/tasks/1/result", body=b"r",
-                           headers=auth("right"))
+        path = f"/requests/{request_id}/tasks/1/result"
+        connection.request("POST", path, body=b"r",
+                           headers=auth_headers(b"right", "POST", path, b"r"))
         assert connection.getresponse().read() == b"stored\n"
         connection.close()
     finally:
@@ -130,8 +157,9 @@ def test_server_handles_concurrent_posts(storage):
 
     def post(index):
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-        connection.request("POST", f"/requests/{request_id}/tasks/{index}/result", body=b"r",
-                           headers=auth("right"))
+        path = f"/requests/{request_id}/tasks/{index}/result"
+        connection.request("POST", path, body=b"r",
+                           headers=auth_headers(b"right", "POST", path, b"r"))
         assert connection.getresponse().status == 200
 
     threads = [threading.Thread(target=post, args=(i,)) for i in range(1, 51)]
@@ -150,59 +178,122 @@ def test_tls_server_talks_to_a_worker_pinning_its_certificate(storage, request_i
     server = Server(storage, port=0, engine=engine).start()
     try:
         assert server.url("127.0.0.1").startswith("https://")
-        client = Client(server.url("127.0.0.1"), request_id, "right", retry_seconds=5,
+        client = Client([server.url("127.0.0.1")], request_id, b"right", retry_seconds=5,
                         certificate=server.certificate.decode())
         assert client.request("GET", "/function") == b"fn"
     finally:
         server.stop()
 
 
-def test_worker_refuses_a_server_with_another_certificate(storage, request_id):
+def _impostor(certificate_and_key):
+    """A TLS listener with another certificate that counts the bytes anyone sends it."""
+    import socket
     import ssl
 
     from sheepdog import tls
+
+    context = tls.server_context(*certificate_and_key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    received = []
+
+    def serve():
+        while True:
+            try:
+                raw, _address = listener.accept()
+            except OSError:
+                return
+            try:
+                with context.wrap_socket(raw, server_side=True) as wrapped:
+                    received.append(len(wrapped.recv(65536)))
+            except (OSError, ssl.SSLError):
+                received.append(0)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, received
+
+
+def test_worker_sends_nothing_to_a_server_with_another_certificate(storage, request_id):
+    from sheepdog import tls
     from sheepdog.worker import Client
 
+    listener, received = _impostor(tls.generate_identity())
+    pinned, _key = tls.generate_identity()
+    try:
+        client = Client([f"https://127.0.0.1:{listener.getsockname()[1]}"], request_id,
+                        b"right", retry_seconds=1.5, certificate=pinned.decode())
+        with pytest.raises(ConnectionError, match="certificate"):
+            client.request("POST", "/tasks/1/result", b"\x80secret result")
+    finally:
+        listener.close()
+    assert len(received) >= 2 and not any(received)  # retried, and never sent a byte
+
+
+def test_worker_moves_on_from_an_impostor_to_the_next_route(storage, request_id):
+    from sheepdog import tls
+    from sheepdog.worker import Client
+
+    listener, received = _impostor(tls.generate_identity())
     server = Server(storage, port=0).start()
     try:
-        stranger, _key = tls.generate_identity()
-        client = Client(server.url("127.0.0.1"), request_id, "right", retry_seconds=60,
-                        certificate=stranger.decode())
-        with pytest.raises(ssl.SSLCertVerificationError):
-            client.request("GET", "/function")
+        urls = [f"https://127.0.0.1:{listener.getsockname()[1]}", server.url("127.0.0.1")]
+        client = Client(urls, request_id, b"right", retry_seconds=5,
+                        certificate=server.certificate.decode())
+        assert client.request("GET", "/function") == b"fn"
+        assert client.url == server.url("127.0.0.1")
     finally:
+        listener.close()
         server.stop()
+    assert not any(received)
 
 
-def test_plain_http_to_a_tls_server_gets_no_answer(storage, request_id):
-    server = Server(storage, port=0).start()
-    try:
-        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-        with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
-            connection.request("GET", f"/requests/{request_id}/function", headers=auth("right"))
-            connection.getresponse().read()
-    finally:
-        server.stop()
-
-
-def test_certificate_is_kept_per_database_for_restarts(storage):
-    first = Server(storage, port=0).start()
-    first.stop()
-    second = Server(storage.dbfile, port=0).start()
-    second.stop()
-    assert first.certificate == second.certificate and b"BEGIN CERTIFICATE" in first.certificate
-
-
-def test_oversized_body_gets_413_before_it_is_read(storage, request_id):
+def test_worker_tries_the_next_route_when_the_first_does_not_answer(storage, request_id,
+                                                                    monkeypatch):
+    """A route whose connects vanish, as to a caller behind NAT, is left after CONNECT_SECONDS."""
     import socket
 
-    server = Server(storage, port=0, use_tls=False, max_body_bytes=1000).start()
+    from sheepdog import worker
+
+    monkeypatch.setattr(worker, "CONNECT_SECONDS", 0.5)
+    # A listener that never accepts, with its backlog filled: Linux drops further
+    # SYNs, so a connect to it times out instead of being refused.
+    black_hole = socket.create_server(("127.0.0.1", 0), backlog=0)
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(black_hole.getsockname())
+        fillers.append(filler)
+    server = Server(storage, port=0, use_tls=False).start()
     try:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
-            header = (f"POST /requests/{request_id}/tasks/1/result HTTP/1.1\r\n"
-                      f"Host: x\r\nContent-Length: 5000000000\r\n\r\n")
-            raw.sendall(header.encode())
-            answer = raw.recv(4096).decode()
-        assert answer.startswith("HTTP/1.1 413")
+        urls = [f"http://127.0.0.1:{black_hole.getsockname()[1]}", server.url("127.0.0.1")]
+        client = worker.Client(urls, request_id, b"right", retry_seconds=5)
+        assert client.request("GET", "/function") == b"fn"
+        assert client.url == server.url("127.0.0.1")
     finally:
         server.stop()
+        for sock in [black_hole, *fillers]:
+            sock.close()
+
+
+def test_unsigned_chunked_body_is_refused_before_it_is_read(storage, request_id):
+    """A chunked body skips the Content-Length checks; it must still not be read."""
+    import socket
+
+    server = Server(storage, port=0, use_tls=False).start()
+    sent, limit = 0, 200 << 20
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            raw.sendall((f"POST /requests/{request_id}/results HTTP/1.1\r\nHost: x\r\n"
+                         f"Transfer-Encoding: chunked\r\n\r\n").encode())
+            chunk = b"%x\r\n" % (1 << 20) + bytes(1 << 20) + b"\r\n"
+            with pytest.raises(OSError):  # the server closed the connection unread
+                while sent < limit:
+                    raw.sendall(chunk)
+                    sent += len(chunk)
+            answer = raw.recv(4096)
+    except ConnectionResetError:
+        answer = b"HTTP/1.1 401 (reset before it could be read)"
+    finally:
+        server.stop()
+    assert sent < limit // 4, f"the server took in {sent} bytes of an unsigned body"
+    assert answer.startswith(b"HTTP/1.1 401")

@@ -37,7 +37,7 @@ def test_client_retries_until_the_server_comes_up(storage):
     starter = threading.Timer(1.0, server.start)
     starter.start()
     try:
-        client = worker.Client(f"http://127.0.0.1:{port}", request_id, "pw", retry_seconds=30)
+        client = worker.Client([f"http://127.0.0.1:{port}"], request_id, b"pw", retry_seconds=30)
         assert client.request("GET", "/function") == b"fn"
     finally:
         starter.join()
@@ -45,7 +45,7 @@ def test_client_retries_until_the_server_comes_up(storage):
 
 
 def test_client_gives_up_after_its_retry_budget():
-    client = worker.Client(f"http://127.0.0.1:{free_port()}", 1, "pw", retry_seconds=1)
+    client = worker.Client([f"http://127.0.0.1:{free_port()}"], 1, b"pw", retry_seconds=1)
     started = time.monotonic()
     with pytest.raises(ConnectionError, match="gave up"):
         client.request("GET", "/function")
@@ -56,7 +56,7 @@ def test_client_does_not_retry_a_refusal(storage):
     request_id = storage.create_request(b"fn", [b"a"], "pw", "local")
     server = Server(storage, port=0, use_tls=False).start()
     try:
-        client = worker.Client(server.url("127.0.0.1"), request_id, "wrong", retry_seconds=60)
+        client = worker.Client([server.url("127.0.0.1")], request_id, b"wrong", retry_seconds=60)
         started = time.monotonic()
         with pytest.raises(worker.PermanentHTTPError) as raised:
             client.request("GET", "/function")
@@ -70,31 +70,3 @@ def test_long_error_text_keeps_head_and_tail():
     clipped = worker._clip(text)
     assert len(clipped) < worker.MAX_ERROR_CHARS + 100
     assert clipped.startswith("head") and clipped.endswith("tail")
-
-
-@pytest.mark.parametrize("indices", [[1], [1, 2, 3], [4, 9, 10, 11, 30], list(range(1, 10_001))])
-def test_index_specs_round_trip_compactly(indices):
-    spec = worker.index_spec(indices)
-    assert worker.parse_index_spec(spec, 100_000) == indices
-    assert len(spec) < 40
-
-
-@pytest.mark.parametrize("spec", ["", "0", "3-1", "1-2-3", "a", "1,,2", "1-200001"])
-def test_malformed_index_specs_are_refused(spec):
-    assert worker.parse_index_spec(spec, 100_000) is None
-
-
-def test_frames_round_trip_and_refuse_truncation():
-    frames = [(1, worker.RESULT, b"abc"), (7, worker.ERROR, b""), (2**40, worker.ARGUMENTS, b"x" * 9)]
-    body = b"".join(worker.pack_frames(frames))
-    assert worker.unpack_frames(body) == frames
-    with pytest.raises(ValueError):
-        worker.unpack_frames(body[:-1])
-
-
-def test_small_parts_are_sent_joined_and_large_ones_as_they_are():
-    big = memoryview(bytearray(2048))
-    marker = object()  # not bytes-like: a file the server streams
-    pieces = worker.coalesce([b"a", b"b", big, b"c", marker, b"d" * 600, b"e" * 600], limit=1024)
-    assert pieces == [b"ab", big, b"c", marker, b"d" * 600 + b"e" * 600]
-    assert pieces[1] is big

@@ -22,6 +22,8 @@ class TaskEnd(NamedTuple):
 
     reason: str
     retryable: bool
+    #: The worker's exit status, where the scheduler tells it.
+    exit_status: Optional[int] = None
 
 
 class Backend(abc.ABC):
@@ -53,6 +55,26 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def cancel(self, job_id: str) -> None:
         """Remove the job's tasks that have not ended."""
+
+    @abc.abstractmethod
+    def deliver_key(self, request_id: int, key: str) -> str:
+        """Write the request's key where its workers, and nobody else, can read it; the path."""
+
+    @abc.abstractmethod
+    def withdraw_key(self, path: str) -> None:
+        """Remove a key file that :meth:`deliver_key` wrote (the request has ended)."""
+
+    @abc.abstractmethod
+    def running_tasks(self, job_id: str) -> set[int]:
+        """The array tasks of ``job_id`` that the scheduler says are running."""
+
+    @abc.abstractmethod
+    def task_output(self, job_id: str, task_id: int) -> str:
+        """The last few KB of what an array task wrote to stderr, or "" if none is found."""
+
+    def reverse_route(self, local_port: int) -> Optional[tuple[str, int]]:
+        """(host, port) on the cluster side that leads back to ``local_port`` here, if any."""
+        return None
 
     def close(self) -> None:
         """Release connections; the backend may be used again afterwards."""

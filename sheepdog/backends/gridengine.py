@@ -15,12 +15,18 @@ from __future__ import annotations
 
 import re
 import secrets
+import threading
 import time
 import xml.etree.ElementTree as ElementTree
 from typing import Optional
 
 from .. import ssh
+from ..tunnel import Tunnel
 from . import Backend, SubmissionError, TaskEnd
+
+#: This session's tunnels, one per head node and local server port, kept open for reuse.
+_tunnels: dict[tuple[ssh.Destination, int], Tunnel] = {}
+_tunnels_lock = threading.Lock()
 
 #: Seconds a task may be missing from qstat without a qacct record before it counts as ended.
 ACCOUNTING_GRACE_SECONDS = 15.0
@@ -114,7 +120,7 @@ def describe_accounting(fields: dict[str, str]) -> TaskEnd:
     code = failed.split()[0] if failed else "0"
     if code != "0":
         reason += f"; GridEngine: failed {failed}"
-    return TaskEnd(reason, retryable=code != _LIMIT_ENFORCED)
+    return TaskEnd(reason, retryable=code != _LIMIT_ENFORCED, exit_status=status)
 
 
 class GridEngineBackend(Backend):
@@ -208,6 +214,43 @@ class GridEngineBackend(Backend):
 
     def cancel(self, job_id: str) -> None:
         self._run(f"qdel {job_id}")
+
+    def deliver_key(self, request_id: int, key: str) -> str:
+        """A 0600 file in the 0700 ``ssh_dir``: private, and seen by compute nodes that
+        share the home directory (which the default ``-wd $HOME/.sheepdog/`` needs anyway)."""
+        name = f"sheepdog_{request_id}_{secrets.token_hex(8)}.key"
+        return self.connection.upload(key, f"{self.config.ssh_dir}/{name}")
+
+    def withdraw_key(self, path: str) -> None:
+        self.connection.run(f"rm -f {ssh.quote(path)}")
+
+    def running_tasks(self, job_id: str) -> set[int]:
+        listed = parse_qstat_tasks(self._run("qstat -xml -g d").stdout, job_id)
+        return {task for task, state in listed.items() if "r" in state and "E" not in state}
+
+    def task_output(self, job_id: str, task_id: int) -> str:
+        """The tail of the task's ``-e`` file: in the ``-e`` directory of ``ge_opts``, else
+        in the working directory or the home directory, as GridEngine names it."""
+        directories = []
+        for option in self.config.ge_opts:
+            flag, _, value = option.strip().partition(" ")
+            if flag in ("-e", "-wd") and value.strip():
+                directories.append(value.strip().rstrip("/"))
+        directories.append("$HOME")
+        # Left unquoted on purpose: the remote shell expands $HOME and the glob.
+        patterns = " ".join(f"{directory}/*.e{job_id}.{task_id}" for directory in directories)
+        result = self.connection.run(
+            f"for f in {patterns}; do if [ -f \"$f\" ]; then tail -c 4000 \"$f\"; break; fi; done")
+        return result.stdout
+
+    def reverse_route(self, local_port: int) -> Optional[tuple[str, int]]:
+        """A tunnel back to this machine through the head node (see ``tunnel.py``)."""
+        key = (self.connection.target, local_port)
+        with _tunnels_lock:
+            if key not in _tunnels:
+                _tunnels[key] = Tunnel(self.connection, local_port,
+                                       python=self.config.shell or "python3")
+            return _tunnels[key].open()
 
     def close(self) -> None:
         self.connection.close()

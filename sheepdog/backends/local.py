@@ -69,7 +69,8 @@ class LocalJob:
                 if returncode is None:
                     self.ended[task_id] = TaskEnd("cancelled before it started", retryable=False)
                 else:
-                    self.ended[task_id] = TaskEnd(describe_exit(returncode), not self._cancelled)
+                    self.ended[task_id] = TaskEnd(describe_exit(returncode), not self._cancelled,
+                                                  exit_status=returncode)
                 self._remaining -= 1
                 finished = self._remaining == 0
             if finished and all(end.reason == "exit status 0" for end in self.ended.values()):
@@ -86,8 +87,7 @@ class LocalJob:
             JOB_ID=self.job_id,
             JOB_NAME=self.script.name,
         )
-        log_path = self.script.parent / f"{self.script.name}.{task_id}.log"
-        with open(log_path, "wb") as log_file:
+        with open(self.log_path(task_id), "wb") as log_file:
             with self._lock:
                 if self._cancelled:
                     return None
@@ -104,6 +104,15 @@ class LocalJob:
         with self._lock:
             del self._running[task_id]
         return returncode
+
+    def log_path(self, task_id: int) -> Path:
+        """Where the task's stdout and stderr go."""
+        return self.script.parent / f"{self.script.name}.{task_id}.log"
+
+    @property
+    def running(self) -> list[int]:
+        with self._lock:
+            return list(self._running)
 
     def cancel(self) -> None:
         with self._lock:
@@ -155,3 +164,31 @@ class LocalBackend(Backend):
         job = self._jobs.get(job_id)
         if job is not None:
             job.cancel()
+
+    def deliver_key(self, request_id: int, key: str) -> str:
+        """A 0600 file in a fresh 0700 directory of its own."""
+        directory = tempfile.mkdtemp(prefix=f"sheepdog-{request_id}-key-")
+        path = os.path.join(directory, "key")
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(key)
+        return path
+
+    def withdraw_key(self, path: str) -> None:
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+
+    def running_tasks(self, job_id: str) -> set[int]:
+        job = self._jobs.get(job_id)
+        return set(job.running) if job is not None else set()
+
+    def task_output(self, job_id: str, task_id: int) -> str:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return ""
+        try:
+            with open(job.log_path(task_id), "rb") as log_file:
+                log_file.seek(0, os.SEEK_END)
+                log_file.seek(max(0, log_file.tell() - 4000))
+                return log_file.read().decode("utf-8", "replace")
+        except OSError:
+            return ""

@@ -1,0 +1,224 @@
+"""What one peer, or a shortage of file descriptors, may cost the Tornado server.
+
+Every worker holds a connection, and the server runs in the caller's own
+process, so connections are a resource to guard:
+
+- A connection that has not sent a request's headers within ``idle_timeout``
+  is closed (Tornado's ``idle_connection_timeout`` covers both the wait for a
+  first request and the pause between kept-alive ones). That is safe for
+  workers: a worker's ``http.client`` reconnects and retries when it finds its
+  kept-alive connection closed.
+- A body gets ``body_timeout`` seconds plus one second per ``min_body_rate``
+  bytes it announces, so a large upload is not cut off while a trickle is.
+- At most ``max_per_peer`` connections are open per peer address; more are
+  closed as soon as they are accepted. Workers reached through an SSH tunnel
+  all arrive from 127.0.0.1, so the default limit is generous.
+- When ``accept()`` fails for want of descriptors or memory, Tornado's own
+  accept handler leaves the listening socket registered and readable: the
+  loop spins at full CPU, logging a traceback per turn. Here the listening
+  socket leaves the loop for ``PAUSE_SECONDS`` instead, with one warning per
+  ``WARN_EVERY_SECONDS``; connections that end meanwhile free descriptors.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import resource
+import socket
+import time
+from typing import Any, Awaitable, Callable, Iterable, Optional, Union
+
+import tornado.http1connection
+import tornado.httpserver
+import tornado.httputil
+import tornado.ioloop
+import tornado.iostream
+
+log = logging.getLogger(__name__)
+
+#: Seconds the listening socket is left alone after accept() ran out of resources.
+PAUSE_SECONDS = 0.5
+#: A warning about refused or unaccepted connections is logged at most this often.
+WARN_EVERY_SECONDS = 10.0
+#: accept() errors that mean "nothing left to accept with, for now".
+_EXHAUSTED = {
+    errno.EMFILE: "out of file descriptors",
+    errno.ENFILE: "out of file descriptors",
+    errno.ENOBUFS: "out of memory",
+    errno.ENOMEM: "out of memory",
+}
+#: Connections the kernel queues until they are accepted. When a burst of
+#: workers starts together and the queue is full, a connection waits a second
+#: for the handshake to be retried (Tornado's default queue holds 128).
+LISTEN_BACKLOG = 1024
+#: Connections accepted per turn of the loop, as Tornado's own accept handler does.
+_ACCEPTS_PER_TURN = 128
+
+
+def raise_open_file_limit() -> None:
+    """Raise this process's soft limit on open files to its hard limit.
+
+    Each worker's connection is a descriptor of the caller's process, and the
+    usual soft limit (1024) is far below the usual hard one.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as error:  # macOS refuses an unlimited soft limit
+        log.debug("the open file limit stays at %s: %s", soft, error)
+        return
+    log.debug("open file limit raised from %s to %s", soft, hard)
+
+
+class _Every:
+    """Lets something happen at most once per ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._last = -float("inf")
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.seconds:
+            return False
+        self._last = now
+        return True
+
+
+class _Acceptor:
+    """Accepts connections on one listening socket, pausing when resources run out."""
+
+    def __init__(self, sock: socket.socket, on_connection: Callable[[socket.socket, Any], None],
+                 open_connections: Callable[[], int]) -> None:
+        self.sock = sock
+        self.on_connection = on_connection
+        self.open_connections = open_connections
+        self.io_loop = tornado.ioloop.IOLoop.current()
+        self._warning = _Every(WARN_EVERY_SECONDS)
+        self._listening = True
+        self._removed = False
+        self.io_loop.add_handler(sock, self._accept, tornado.ioloop.IOLoop.READ)
+
+    def _accept(self, sock: Any, events: int) -> None:
+        for _ in range(_ACCEPTS_PER_TURN):
+            if self._removed:
+                return
+            try:
+                connection, address = self.sock.accept()
+            except BlockingIOError:
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as error:
+                if error.errno not in _EXHAUSTED:
+                    raise
+                self._pause(_EXHAUSTED[error.errno])
+                return
+            self.on_connection(connection, address)
+
+    def _pause(self, shortage: str) -> None:
+        self.io_loop.remove_handler(self.sock)
+        self._listening = False
+        if self._warning.due():
+            log.warning("%s: %d connections open; pausing accepts", shortage,
+                        self.open_connections())
+        self.io_loop.call_later(PAUSE_SECONDS, self._resume)
+
+    def _resume(self) -> None:
+        if not self._removed:
+            self._listening = True
+            self.io_loop.add_handler(self.sock, self._accept, tornado.ioloop.IOLoop.READ)
+
+    def remove(self) -> None:
+        """Stop accepting (the caller closes the socket)."""
+        if self._listening and not self._removed:
+            self.io_loop.remove_handler(self.sock)
+        self._removed = True
+
+
+class _BodyDeadline(tornado.httputil.HTTPMessageDelegate):
+    """Passes a request on, giving its body time in proportion to its announced size."""
+
+    def __init__(self, delegate: tornado.httputil.HTTPMessageDelegate,
+                 connection: tornado.httputil.HTTPConnection, seconds: float,
+                 bytes_per_second: float) -> None:
+        self.delegate = delegate
+        self.connection = connection
+        self.seconds = seconds
+        self.bytes_per_second = bytes_per_second
+
+    def headers_received(
+        self, start_line: Union[tornado.httputil.RequestStartLine,
+                                tornado.httputil.ResponseStartLine],
+        headers: tornado.httputil.HTTPHeaders,
+    ) -> Optional[Awaitable[None]]:
+        if isinstance(self.connection, tornado.http1connection.HTTP1Connection):
+            length = headers.get("Content-Length", "")
+            size = int(length) if length.isdigit() else 0  # a bad one is Tornado's to refuse
+            self.connection.set_body_timeout(self.seconds + size / self.bytes_per_second)
+        return self.delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Optional[Awaitable[None]]:
+        return self.delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        self.delegate.finish()
+
+    def on_connection_close(self) -> None:
+        self.delegate.on_connection_close()
+
+
+class GuardedHTTPServer(tornado.httpserver.HTTPServer):
+    """Tornado's HTTPServer with the limits of this module.
+
+    Takes HTTPServer's arguments (``idle_connection_timeout`` is the idle
+    timeout; ``body_timeout`` the seconds every body gets), plus
+    ``max_per_peer`` and ``min_body_rate`` (bytes per second).
+    """
+
+    def initialize(self, *args: Any, max_per_peer: int = 256, min_body_rate: float = 65536,
+                   **kwargs: Any) -> None:
+        super().initialize(*args, **kwargs)
+        self.max_per_peer = max_per_peer
+        self.min_body_rate = min_body_rate
+        self._per_peer: collections.Counter[str] = collections.Counter()
+        self._refusal_warning = _Every(WARN_EVERY_SECONDS)
+
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        # TCPServer.add_sockets, with an accept handler that pauses rather than
+        # spins. Its private _handle_connection wraps TLS and calls handle_stream;
+        # stop() removes the handlers registered here.
+        for sock in sockets:
+            self._sockets[sock.fileno()] = sock
+            self._handlers[sock.fileno()] = _Acceptor(
+                sock, self._handle_connection, lambda: sum(self._per_peer.values())).remove
+
+    def handle_stream(self, stream: tornado.iostream.IOStream, address: tuple[Any, ...]) -> None:
+        peer = str(address[0])
+        if self._per_peer[peer] >= self.max_per_peer:
+            if self._refusal_warning.due():
+                log.warning("%s has %d connections open, the most allowed; closing more",
+                            peer, self._per_peer[peer])
+            stream.close()
+            return
+        self._per_peer[peer] += 1
+        super().handle_stream(stream, address)
+
+    def on_close(self, server_conn: object) -> None:
+        super().on_close(server_conn)
+        assert isinstance(server_conn, tornado.http1connection.HTTP1ServerConnection)
+        peer = str(server_conn.context.address[0])  # type: ignore[attr-defined]
+        self._per_peer[peer] -= 1
+        if not self._per_peer[peer]:
+            del self._per_peer[peer]
+
+    def start_request(self, server_conn: object,
+                      request_conn: tornado.httputil.HTTPConnection
+                      ) -> tornado.httputil.HTTPMessageDelegate:
+        delegate = super().start_request(server_conn, request_conn)
+        body_seconds = self.conn_params.body_timeout or 0.0
+        return _BodyDeadline(delegate, request_conn, body_seconds, self.min_body_rate)

@@ -1,0 +1,178 @@
+"""What the worker and the server agree on: frames, task specs, sizes and signatures.
+
+Both sides import this one module, so that nothing here has to be kept equal
+by hand: ``worker.py`` (embedded in the job file beside this module, so it is
+stdlib only and imports nothing else from sheepdog) and ``callbacks.py``.
+
+**Signatures.** Every worker request carries an HMAC-SHA256, under the
+request's key, of its method, its path (which names the request, the route
+and the task indices) and the SHA-256 of its body. The key never travels: the
+worker reads it from a private file (see ``docs/channel.rst``). So a request
+seen in flight cannot be replayed for another task, route or request, nor
+with another body, and the server can check a request from its headers alone,
+before it reads a byte of the body. Replaying the very same request again is
+harmless: reports are first-come and the other routes are idempotent.
+
+**Frames.** Many arguments or reports travel in one body as frames: a 32-byte
+header (index, kind, length), the payload, and zero padding to 16 bytes, so
+that every payload starts aligned within the body.
+"""
+
+import hashlib
+import hmac
+import struct
+
+#: The authorisation scheme: ``Authorization: Sheepdog <hex HMAC>``.
+AUTH_SCHEME = "Sheepdog"
+#: The header that carries the hex SHA-256 of the body (of b"" when there is none).
+DIGEST_HEADER = "X-Sheepdog-Digest"
+#: How long a request's authorisation header may be; longer ones are refused unread.
+MAX_AUTHORIZATION_CHARS = 200
+
+#: Results this large are posted alone, so that the server can receive them
+#: straight into a file; arguments this large are kept in files by the server.
+ALONE_BYTES = 1 << 20
+
+#: The exit status of a worker that could not read the request's key.
+EXIT_NO_KEY = 66
+
+_FRAME_HEADER = struct.Struct("!QB15xQ")
+_ALIGNMENT = 16
+ARGUMENTS, RESULT, ERROR = 0, 1, 2
+
+#: The largest task index a spec may name (SQLite integers are signed 64-bit).
+MAX_INDEX = 2**62
+
+
+def nbytes(payload):
+    """The length in bytes of a payload given as one bytes-like object or a list of parts."""
+    if isinstance(payload, list):
+        return sum(nbytes(part) for part in payload)
+    return payload.nbytes if isinstance(payload, memoryview) else len(payload)
+
+
+def body_digest(body):
+    """The hex SHA-256 of a body given as bytes-like, a list of parts, or None."""
+    digest = hashlib.sha256()
+    for part in body if isinstance(body, list) else [body or b""]:
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def signature(key, method, path, digest):
+    """The hex HMAC of one request under ``key`` (bytes)."""
+    message = f"{method}\n{path}\n{digest}".encode("utf-8")
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def auth_headers(key, method, path, body=None):
+    """The headers that authorise ``method path`` with ``body``."""
+    digest = body_digest(body)
+    return {
+        "Authorization": f"{AUTH_SCHEME} {signature(key, method, path, digest)}",
+        DIGEST_HEADER: digest,
+    }
+
+
+def signed_digest(key, method, path, authorization, digest):
+    """The body digest the request claims, if its signature under ``key`` is right; else None.
+
+    Compares in constant time. The caller must still check that the body it
+    then reads has this digest.
+    """
+    if not authorization or not digest or len(authorization) > MAX_AUTHORIZATION_CHARS:
+        return None
+    scheme, _, claimed = authorization.partition(" ")
+    if scheme != AUTH_SCHEME or len(digest) != 64:
+        return None
+    expected = signature(key, method, path, digest)
+    return digest if hmac.compare_digest(claimed.strip().encode(), expected.encode()) else None
+
+
+def pack_frames(frames):
+    """(index, kind, payload) triples as a list of parts to send one after another.
+
+    A payload is bytes-like or a list of parts, which are not copied.
+    """
+    parts = []
+    for index, kind, payload in frames:
+        length = nbytes(payload)
+        parts.append(_FRAME_HEADER.pack(index, kind, length))
+        parts.extend(payload if isinstance(payload, list) else [payload])
+        if length % _ALIGNMENT:
+            parts.append(bytes(-length % _ALIGNMENT))
+    return parts
+
+
+def unpack_frames(data):
+    """The inverse of :func:`pack_frames` for the whole body; ValueError when not frames.
+
+    Payloads are memoryviews of ``data``, not copies.
+    """
+    view = memoryview(data).cast("B")
+    frames, offset = [], 0
+    while offset < len(view):
+        if offset + _FRAME_HEADER.size > len(view):
+            raise ValueError("truncated frame header")
+        index, kind, length = _FRAME_HEADER.unpack_from(view, offset)
+        offset += _FRAME_HEADER.size
+        end = offset + length + (-length % _ALIGNMENT)
+        if kind not in (ARGUMENTS, RESULT, ERROR) or end > len(view):
+            raise ValueError("bad frame")
+        frames.append((index, kind, view[offset:offset + length]))
+        offset = end
+    return frames
+
+
+def coalesce(parts, limit=1 << 20):
+    """``parts`` with runs of small bytes-like ones joined into pieces of about ``limit``.
+
+    Each part sent becomes at least one TLS record, so thousands of small
+    frames sent one by one cost a record (and a read on the server) each.
+    Large parts, and parts that are not bytes-like, pass through unjoined.
+    """
+    pieces, pending, size = [], [], 0
+    for part in parts:
+        length = nbytes(part) if isinstance(part, (bytes, bytearray, memoryview)) else limit
+        small = length < limit
+        if small:
+            pending.append(part)
+            size += length
+        if pending and (not small or size >= limit):
+            pieces.append(b"".join(pending))
+            pending, size = [], 0
+        if not small:
+            pieces.append(part)
+    if pending:
+        pieces.append(b"".join(pending))
+    return pieces
+
+
+def index_spec(indices):
+    """``[1, 2, 3, 7]`` -> ``"1-3,7"``: how a URL names a chunk of tasks."""
+    runs = []  # [first, last] of each stretch of consecutive indices
+    for index in indices:
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in runs)
+
+
+def parse_index_spec(spec, limit):
+    """The inverse of :func:`index_spec`; None when malformed, out of range or over ``limit``."""
+    indices = []
+    for part in spec.split(","):
+        first, dash, last = part.partition("-")
+        if not _is_index(first) or (dash and not _is_index(last)):
+            return None
+        low, high = int(first), int(last) if dash else int(first)
+        if low < 1 or high < low or len(indices) + high - low + 1 > limit:
+            return None
+        indices.extend(range(low, high + 1))
+    return indices
+
+
+def _is_index(text):
+    """Digits of a number no larger than :data:`MAX_INDEX` (checked before ``int()``)."""
+    return text.isdigit() and text.isascii() and len(text) <= 19 and int(text) <= MAX_INDEX

@@ -1,0 +1,182 @@
+"""The server's connection limits, over real loopback sockets: idle, slow and
+crowding peers are closed, and running out of descriptors does not spin."""
+
+import http.client
+import os
+import queue
+import select
+import selectors
+import socket
+import ssl
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from sheepdog.server import Server
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def get_root(port, certificate=None, timeout=5.0):
+    """(status, body) of ``GET /``, the one route that needs no signature."""
+    if certificate is None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    else:
+        context = ssl.create_default_context(cadata=certificate.decode())
+        context.check_hostname = False
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout,
+                                                 context=context)
+    try:
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def closed_by_peer(sock):
+    """Read from a readable socket: True if the server closed it."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def seconds_until_closed(opened, deadline):
+    """For each socket of ``opened`` (socket -> time it connected): seconds it stayed open."""
+    selector = selectors.DefaultSelector()
+    for sock in opened:
+        selector.register(sock, selectors.EVENT_READ)
+    lifetimes = {}
+    while len(lifetimes) < len(opened) and time.monotonic() < deadline:
+        for key, _ in selector.select(deadline - time.monotonic()):
+            assert closed_by_peer(key.fileobj), "the server sent something unasked"
+            lifetimes[key.fileobj] = time.monotonic() - opened[key.fileobj]
+            selector.unregister(key.fileobj)
+    selector.close()
+    return lifetimes
+
+
+@pytest.mark.parametrize("use_tls", [False, True], ids=["http", "https"])
+def test_connections_beyond_the_per_peer_cap_are_closed_at_once_and_idle_ones_after_timeout(
+        storage, use_tls):
+    server = Server(storage, port=0, use_tls=use_tls, idle_timeout=1.5,
+                    max_connections_per_peer=50).start()
+    crowd = {}
+    try:
+        for _ in range(200):  # from 127.0.0.2, so that 127.0.0.1 is another peer
+            sock = socket.create_connection(("127.0.0.1", server.port),
+                                            source_address=("127.0.0.2", 0))
+            crowd[sock] = time.monotonic()
+        asked = time.monotonic()
+        assert get_root(server.port, server.certificate) == (200, b"sheepdog server\n")
+        assert time.monotonic() - asked < 1.0
+        lifetimes = sorted(seconds_until_closed(crowd, deadline=time.monotonic() + 10).values())
+        assert len(lifetimes) == 200, "some idle connections were never closed"
+        assert lifetimes[149] < 1.0  # the 150 beyond the cap, as soon as accepted
+        assert lifetimes[150] > 1.4  # the 50 within it, once idle for the timeout
+    finally:
+        for sock in crowd:
+            sock.close()
+        server.stop()
+
+
+def test_a_client_sending_its_headers_slowly_is_disconnected_within_the_idle_timeout(storage):
+    server = Server(storage, port=0, use_tls=False, idle_timeout=1.0).start()
+    headers = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"s" * 100 + b"\r\n\r\n"
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            started = time.monotonic()
+            for byte in headers:
+                try:
+                    sock.sendall(bytes([byte]))
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                if select.select([sock], [], [], 0.5)[0]:  # the server moved, or 0.5 s passed
+                    break
+                assert time.monotonic() - started < 5, "still connected after 5 s"
+            assert closed_by_peer(sock)
+            assert time.monotonic() - started < 2.0
+    finally:
+        server.stop()
+
+
+def test_a_body_that_trickles_in_is_cut_off_after_the_time_its_size_allows(storage):
+    # 0.5 s for any body, plus 1 s per 1000 bytes: 1.5 s for this one
+    server = Server(storage, port=0, use_tls=False, body_timeout=0.5, min_body_rate=1000).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n")
+            started = time.monotonic()
+            while not select.select([sock], [], [], 0.25)[0]:
+                assert time.monotonic() - started < 5, "still connected after 5 s"
+                sock.sendall(b"x")
+            assert closed_by_peer(sock)
+            assert 1.3 < time.monotonic() - started < 3.0
+    finally:
+        server.stop()
+
+
+_SERVE_WITH_FEW_DESCRIPTORS = textwrap.dedent("""
+    import logging, resource, sys
+    from sheepdog.server import Server
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    server = Server(sys.argv[1], port=0, use_tls=False).start()
+    print(server.port, flush=True)
+    sys.stdin.read()  # serve until the test closes stdin
+""")
+
+
+def cpu_seconds(pid):
+    """User plus system CPU time of a process so far, from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads CPU time from /proc")
+def test_running_out_of_file_descriptors_pauses_accepts_instead_of_spinning(dbfile):
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SERVE_WITH_FEW_DESCRIPTORS, dbfile], cwd=REPOSITORY,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": REPOSITORY},
+    )
+    lines: "queue.Queue[str]" = queue.Queue()
+    log = []
+
+    def read_log():
+        for line in child.stderr:
+            lines.put(line.decode(errors="replace"))
+
+    threading.Thread(target=read_log, daemon=True).start()
+    clients = []
+    try:
+        port = int(child.stdout.readline())
+        for _ in range(100):  # more than the 64 descriptors the server may hold
+            clients.append(socket.create_connection(("127.0.0.1", port)))
+        deadline = time.monotonic() + 10
+        while not any("Too many open files" in line or "out of file descriptors" in line
+                      for line in log):
+            log.append(lines.get(timeout=deadline - time.monotonic()))
+        before = cpu_seconds(child.pid)
+        time.sleep(2)  # the span whose CPU time is measured
+        assert cpu_seconds(child.pid) - before < 0.5
+        for client in clients:
+            client.close()
+        assert get_root(port) == (200, b"sheepdog server\n")
+        while not lines.empty():
+            log.append(lines.get())
+        shortages = [line for line in log
+                     if "Too many open files" in line or "out of file descriptors" in line]
+        assert 1 <= len(shortages) <= 3, "".join(log[:20])
+        assert "pausing accepts" in shortages[0]
+    finally:
+        for client in clients:
+            client.close()
+        child.kill()
+        child.wait()
