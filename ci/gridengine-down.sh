@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Stop what ci/gridengine-up.sh started: GridEngine's daemons, the test sshd,
-# and the network namespace. Packages, the test user and its key stay, so the
-# next bring-up takes seconds.
+# Stop what ci/gridengine-up.sh and ci/nat-up.sh started: GridEngine's
+# daemons, the test sshds, node1, the caller, and the network namespaces.
+# Packages, the test users and the key stay, so the next bring-up takes
+# seconds.
 set -uo pipefail
 
 NETNS=${SHEEPDOG_NETNS:-sheepdog}
@@ -16,6 +17,10 @@ stop() {  # stop the process named by a pid file, waiting up to 20 s
     kill "$pid" 2>/dev/null || return 0
     timeout 20 tail --pid="$pid" -f /dev/null || kill -9 "$pid" 2>/dev/null
 }
+
+# First what ci/nat-up.sh added (node1, the caller): it needs qmaster to take
+# node1 out of the configuration.
+bash "$(dirname "$0")/nat-down.sh"
 
 stop "/var/spool/gridengine/execd/$HOST/execd.pid"
 stop /var/spool/gridengine/qmaster/qmaster.pid

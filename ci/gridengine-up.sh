@@ -11,6 +11,9 @@ set -euo pipefail
 
 NETNS=${SHEEPDOG_NETNS:-sheepdog}
 TEST_USER=${SHEEPDOG_TEST_USER:-sheepdog}
+# A second, unrelated account on the cluster: the tests' attacker, who may run
+# `qstat -j '*'` and read execd's spool, as any other user of a shared cluster can.
+OTHER_USER=${SHEEPDOG_TEST_OTHER_USER:-sheepdog-other}
 STATE=${SHEEPDOG_TEST_STATE:-/var/lib/sheepdog-test}
 SLOTS=${SHEEPDOG_TEST_SLOTS:-8}
 HOST=$(hostname)
@@ -67,8 +70,15 @@ make_namespace() {
     fi
     ip -n "$NETNS" link set lo up
     # GridEngine wants the host name to resolve forwards and backwards alike.
+    # ci/nat-up.sh appends lines (node1, laptop) after these two, and running
+    # daemons see this file through a bind mount: leave it alone when it is
+    # already right, rather than truncating their view of it.
     mkdir -p "/etc/netns/$NETNS"
-    printf '127.0.0.1 %s localhost\n::1 localhost\n' "$HOST" > "/etc/netns/$NETNS/hosts"
+    local want
+    want=$(printf '127.0.0.1 %s localhost\n::1 localhost' "$HOST")
+    if [[ $(head -n 2 "/etc/netns/$NETNS/hosts" 2>/dev/null) != "$want" ]]; then
+        printf '%s\n' "$want" > "/etc/netns/$NETNS/hosts"
+    fi
 }
 
 make_user_and_keys() {
@@ -85,6 +95,10 @@ make_user_and_keys() {
     home=$(getent passwd "$TEST_USER" | cut -d: -f6)
     install -d -m 700 -o "$TEST_USER" -g "$TEST_USER" "$home/.ssh" "$home/.sheepdog"
     install -m 600 -o "$TEST_USER" -g "$TEST_USER" "$STATE/id_ed25519.pub" "$home/.ssh/authorized_keys"
+    # The attacker needs no login of its own: the tests become it with runuser.
+    if ! id "$OTHER_USER" >/dev/null 2>&1; then
+        useradd --create-home --shell /bin/bash --uid 1501 "$OTHER_USER"
+    fi
 }
 
 start_sshd() {
@@ -97,9 +111,16 @@ start_sshd() {
     fi
     wait_for 10 alive "$STATE/sshd.pid"
     # Host key checking stays on in the tests: they trust exactly this key.
-    local key
+    # ci/nat-up.sh adds a line for its own sshd: keep other lines, and only
+    # write when ours is missing.
+    local key line
     key=$(cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub)
-    printf '%s,localhost,127.0.0.1 %s\n' "$HOST" "$key" > "$STATE/known_hosts"
+    line="$HOST,localhost,127.0.0.1 $key"
+    if ! grep -qxF "$line" "$STATE/known_hosts" 2>/dev/null; then
+        { grep -v "^$HOST,localhost,127.0.0.1 " "$STATE/known_hosts" 2>/dev/null || true
+          echo "$line"; } > "$STATE/known_hosts.new"
+        mv "$STATE/known_hosts.new" "$STATE/known_hosts"
+    fi
 }
 
 queue_instance_ready() {
@@ -216,13 +237,25 @@ start_gridengine() {
 }
 
 write_env() {
-    cat > "$STATE/env" <<EOF
+    # Our lines first, then whatever else is there (ci/nat-up.sh adds its
+    # own); the file is only replaced when it would change.
+    local keys='^export (SHEEPDOG_NETNS|SHEEPDOG_TEST_HOST|SHEEPDOG_TEST_USER|SHEEPDOG_TEST_OTHER_USER|SHEEPDOG_TEST_KEY|SHEEPDOG_TEST_KNOWN_HOSTS)='
+    {
+        cat <<EOF
 export SHEEPDOG_NETNS=$NETNS
 export SHEEPDOG_TEST_HOST=$HOST
 export SHEEPDOG_TEST_USER=$TEST_USER
+export SHEEPDOG_TEST_OTHER_USER=$OTHER_USER
 export SHEEPDOG_TEST_KEY=$STATE/id_ed25519
 export SHEEPDOG_TEST_KNOWN_HOSTS=$STATE/known_hosts
 EOF
+        grep -Ev "$keys" "$STATE/env" 2>/dev/null || true
+    } > "$STATE/env.new"
+    if cmp -s "$STATE/env.new" "$STATE/env"; then
+        rm "$STATE/env.new"
+    else
+        mv "$STATE/env.new" "$STATE/env"
+    fi
 }
 
 main() {

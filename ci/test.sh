@@ -3,9 +3,10 @@
 #
 # Installs the package with its test and docs extras into .venv, builds the
 # docs with warnings as errors, and runs pytest (extra arguments go to
-# pytest). As root on Debian/Ubuntu it first brings up the single-node
-# GridEngine + sshd of ci/gridengine-up.sh and runs the tests inside its
-# network namespace, where the end-to-end tests must run, not skip.
+# pytest). As root on Debian/Ubuntu it first brings up the GridEngine + sshd
+# of ci/gridengine-up.sh, then the caller and second execution host of
+# ci/nat-up.sh, and runs the tests inside the cluster's network namespace,
+# where the end-to-end tests must run, not skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,8 @@ fi
 runner=()
 if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     bash ci/gridengine-up.sh
+    # The caller behind NAT and the second execution host node1.
+    bash ci/nat-up.sh
     # shellcheck source=/dev/null
     source "${SHEEPDOG_TEST_STATE:-/var/lib/sheepdog-test}/env"
     export SHEEPDOG_REQUIRE_CLUSTER=1
