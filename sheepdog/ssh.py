@@ -30,6 +30,8 @@ from .config import Config
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 30.0
+#: Seconds between keepalive messages on an idle connection.
+KEEPALIVE_SECONDS = 30
 
 
 class SSHError(RuntimeError):
@@ -197,6 +199,9 @@ class Connection:
         except (OSError, paramiko.SSHException, EOFError) as error:
             client.close()
             raise SSHError(f"cannot reach {target} by SSH: {type(error).__name__}: {error}") from error
+        transport = client.get_transport()
+        if transport is not None:  # notice a connection that died silently (a laptop asleep)
+            transport.set_keepalive(KEEPALIVE_SECONDS)
         log.info("connected to %s", target)
         return client
 

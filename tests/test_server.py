@@ -84,7 +84,9 @@ def test_another_requests_key_does_not_open_this_request(client, storage, reques
 @pytest.mark.parametrize(
     "path",
     ["/requests/999/function", "/requests/1/tasks/99", "/requests/1/tasks/-1",
-     "/requests/99999999999999999999999/function", "/requests/x/function", "/nothing"],
+     "/requests/99999999999999999999999/function", "/requests/x/function", "/nothing",
+     "/requests/1/tasks/9223372036854775808", "/requests/1/tasks/1,9223372036854775808",
+     "/requests/1/tasks/" + "9" * 5000],
 )
 def test_unknown_request_or_task_is_404(client, request_id, path):
     assert client.get(path).status_code == 404

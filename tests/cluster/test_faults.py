@@ -154,3 +154,19 @@ def test_cancel_removes_the_job_and_marks_tasks_cancelled(cluster_conf):
     wait_until(lambda: job_id not in run_as_test_user(cluster_conf, "qstat").stdout, 30)
     assert storage.progress(request_id).cancelled == 3
     assert sheepdog.get_results(request_id, cluster_conf["dbfile"], timeout=5) == [((), None)] * 3
+
+
+def test_workers_without_the_key_file_are_named_within_seconds(cluster_conf, monkeypatch):
+    """As on a cluster whose compute nodes do not share the head node's home directory."""
+    from sheepdog.backends.gridengine import GridEngineBackend
+
+    missing = "/home/nobody-here/.sheepdog/sheepdog_1.key"
+    monkeypatch.setattr(GridEngineBackend, "deliver_key", lambda self, rid, key: missing)
+    started = time.monotonic()
+    with pytest.raises(sheepdog.CallbackError) as raised:
+        sheepdog.map(abs, [(-1,), (-2,)], cluster_conf, verbose=False)
+    assert time.monotonic() - started < 60
+    message = str(raised.value)
+    assert f"cannot read the request's key file {missing}" in message
+    assert "No such file or directory" in message  # the worker's stderr, read over SSH
+    assert "key_in_job_file" in message
