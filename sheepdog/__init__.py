@@ -6,22 +6,27 @@
 Only the public names are defined here; each lives in a module of its own.
 """
 
-from .api import CallbackError, cancel, get_errors, get_results, map, map_async, map_sync, wait
+from .api import cancel, get_errors, get_results, map, map_async, map_sync, wait
 from .backends import SubmissionError
 from .config import Config
+from .request import Request
 from .serialisation import SerialisationError
 from .server import Server
+from .session import Session
 from .ssh import SSHError
 from .storage import Storage, StorageError
+from .supervisor import CallbackError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CallbackError",
     "Config",
+    "Request",
     "SerialisationError",
     "SSHError",
     "Server",
+    "Session",
     "Storage",
     "StorageError",
     "SubmissionError",

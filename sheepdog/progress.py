@@ -33,6 +33,8 @@ def describe(progress: Progress, elapsed: float) -> str:
         parts.append(f"{progress.failed} failed")
     if progress.lost:
         parts.append(f"{progress.lost} lost")
+    if progress.cancelled:
+        parts.append(f"{progress.cancelled} cancelled")
     text = "sheepdog: " + ", ".join(parts)
     if progress.finished and elapsed > 0:
         rate = progress.finished / elapsed

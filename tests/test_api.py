@@ -130,12 +130,12 @@ def test_function_typed_into_python_stdin_runs(local_conf, tmp_path):
 
 def test_two_calls_in_one_session_share_the_server(local_conf, tmp_path):
     sheepdog.map(abs, [(-1,)], local_conf)
-    server = api._servers[(os.path.abspath(local_conf["dbfile"]), "https")]
+    server = api.default_session().servers[(os.path.abspath(local_conf["dbfile"]), "https")]
     sheepdog.map(abs, [(-2,)], local_conf)
-    assert api._servers[(os.path.abspath(local_conf["dbfile"]), "https")] is server
+    assert api.default_session().servers[(os.path.abspath(local_conf["dbfile"]), "https")] is server
     other = {**local_conf, "dbfile": str(tmp_path / "other.sqlite")}
     assert sheepdog.map(abs, [(-3,)], other) == [3]
-    assert api._servers[(os.path.abspath(other["dbfile"]), "https")] is not server
+    assert api.default_session().servers[(os.path.abspath(other["dbfile"]), "https")] is not server
 
 
 def test_mem_grab_limits_the_task_memory(local_conf):
@@ -176,8 +176,8 @@ def test_task_that_dies_without_reporting_is_lost_not_waited_for(local_conf):
 
 def test_public_names_are_pinned():
     assert sorted(sheepdog.__all__) == sorted([
-        "CallbackError", "Config", "SSHError", "SerialisationError", "Server", "Storage",
-        "StorageError", "SubmissionError",
+        "CallbackError", "Config", "Request", "SSHError", "SerialisationError", "Server",
+        "Session", "Storage", "StorageError", "SubmissionError",
         "__version__", "cancel", "get_errors", "get_results", "map", "map_async", "map_sync", "wait",
     ])
     assert sheepdog.map_sync is sheepdog.map
@@ -186,7 +186,7 @@ def test_public_names_are_pinned():
 def test_a_call_needing_another_scheme_leaves_the_earlier_server_running(local_conf):
     """Workers of earlier requests may still call the first server back."""
     sheepdog.map(abs, [(-1,)], local_conf, verbose=False)
-    first = api._servers[(os.path.abspath(local_conf["dbfile"]), "https")]
+    first = api.default_session().servers[(os.path.abspath(local_conf["dbfile"]), "https")]
     assert sheepdog.map(abs, [(-2,)], {**local_conf, "tls": False}, verbose=False) == [2]
-    plain = api._servers[(os.path.abspath(local_conf["dbfile"]), "http")]
+    plain = api.default_session().servers[(os.path.abspath(local_conf["dbfile"]), "http")]
     assert first.running and plain.running and plain is not first

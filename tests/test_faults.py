@@ -15,7 +15,7 @@ from pathlib import Path
 import sheepdog
 from sheepdog import worker
 from sheepdog.backends import SubmissionError
-from sheepdog.backends.gridengine import GridEngineBackend, describe_accounting
+from sheepdog.backends.gridengine import GridEngineBackend
 from sheepdog.config import resolve
 from sheepdog.server import Server
 from sheepdog.ssh import CommandResult
@@ -39,6 +39,95 @@ def test_task_that_falls_silent_is_lost_after_lost_after(local_conf):
     (error,) = sheepdog.get_errors(max_request(local_conf), local_conf["dbfile"])
     assert "no heartbeat for 3 s" in error[1]
     sheepdog.cancel(max_request(local_conf), local_conf["dbfile"])  # reap the frozen process
+
+
+@pytest.fixture
+def quick_watch(monkeypatch):
+    """Look at the heartbeats and the scheduler every 0.2 s rather than every 2 s."""
+    from sheepdog import request
+
+    monkeypatch.setattr(request, "WATCH_SECONDS", 0.2)
+
+
+def test_a_task_running_longer_than_lost_after_is_kept_alive_by_its_heartbeats(
+        local_conf, quick_watch):
+    def outlives_lost_after(x):
+        import time
+
+        time.sleep(3.5)
+        return x
+
+    conf = {**local_conf, "heartbeat_seconds": 0.3, "lost_after": 1.5}
+    assert sheepdog.map(outlives_lost_after, [(1,), (2,)], conf, verbose=False) == [1, 2]
+    assert sheepdog.get_errors(max_request(local_conf), local_conf["dbfile"]) == []
+
+
+def test_a_crash_inside_a_chunk_is_reported_at_once_with_how_the_task_ended(
+        local_conf, tmp_path, quick_watch):
+    """Tasks are traced back to their array task through the chunk size, in a retry too."""
+
+    def crashes_on_3(x):
+        import os
+        import signal
+
+        if x == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x
+
+    conf = {**local_conf, "chunksize": 2, "retries": 1}  # lost_after stays 60 s
+    request_id = sheepdog.map_async(crashes_on_3, [(x,) for x in range(1, 7)], conf)
+    results = sheepdog.get_results(request_id, local_conf["dbfile"], timeout=30)
+    assert [result for _args, result in results] == [1, 2, None, None, 5, 6]
+    errors = sheepdog.get_errors(request_id, local_conf["dbfile"])
+    assert [args for args, _error in errors] == [(3,), (4,)]  # 4 shares 3's array task
+    for _args, error in errors:
+        assert "without reporting (killed by SIGKILL" in error and "heartbeat" not in error
+    jobs = sheepdog.Storage(local_conf["dbfile"]).jobs(request_id)
+    assert [job.indices for job in jobs] == [None, (3, 4)]
+
+
+def test_a_task_that_always_crashes_runs_once_plus_exactly_its_retries(
+        local_conf, tmp_path, quick_watch):
+    runs = str(tmp_path / "runs")
+
+    def always_crashes():
+        import os
+        import signal
+
+        with open(runs, "a") as log:
+            log.write("ran\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    conf = {**local_conf, "retries": 2}
+    assert sheepdog.map(always_crashes, [()], conf, verbose=False) == [None]
+    with open(runs) as log:
+        assert log.read().splitlines() == ["ran"] * 3
+    (error,) = sheepdog.get_errors(max_request(local_conf), local_conf["dbfile"])
+    assert "killed by SIGKILL" in error[1]
+
+
+def test_results_of_a_batch_too_large_for_the_server_all_arrive_one_by_one(local_conf):
+    """The server refuses the batch (413); each result, sent alone, fits."""
+
+    def three_kilobytes(n):
+        return bytes([n]) * 3000
+
+    conf = {**local_conf, "chunksize": 4, "max_body_bytes": 5000}
+    results = sheepdog.map(three_kilobytes, [(n,) for n in range(8)], conf, verbose=False)
+    assert results == [bytes([n]) * 3000 for n in range(8)]
+
+
+def test_a_result_too_large_for_the_server_becomes_an_error_naming_its_size(local_conf):
+    def sized(size):
+        return b"r" * size
+
+    conf = {**local_conf, "chunksize": 3, "max_body_bytes": 5000}
+    results = sheepdog.map(sized, [(1000,), (9000,), (1000,)], conf, verbose=False)
+    assert results == [b"r" * 1000, None, b"r" * 1000]
+    ((args, error),) = sheepdog.get_errors(max_request(local_conf), local_conf["dbfile"])
+    assert args == (9000,)
+    assert "the result (" in error and "bytes) was refused: HTTP 413" in error
+    assert "over the limit of 5000 bytes" in error
 
 
 def test_crashed_task_is_retried_once_and_its_result_arrives(local_conf, tmp_path):
@@ -158,15 +247,6 @@ def test_qsub_missing_from_a_non_interactive_shell_is_explained(monkeypatch):
         raise AssertionError("no SubmissionError")
 
 
-def test_accounting_says_whether_a_retry_could_help():
-    limit = describe_accounting({"failed": "37  : qmaster enforced h_rt, h_cpu, or h_vmem limit",
-                                 "exit_status": "137"})
-    assert not limit.retryable and "h_rt" in limit.reason and "signal 9" in limit.reason
-    crash = describe_accounting({"failed": "100 : assumedly after job", "exit_status": "137"})
-    assert crash.retryable
-    assert describe_accounting({"failed": "0", "exit_status": "1"}).reason == "exit status 1"
-
-
 def test_sheepdog_serve_in_another_process_collects_an_earlier_request(local_conf):
     """The caller's server goes away; `sheepdog serve` on the same port takes its place."""
     from sheepdog import api
@@ -184,7 +264,7 @@ def test_sheepdog_serve_in_another_process_collects_an_earlier_request(local_con
     conf = {**local_conf, "port": port}
     request_id = sheepdog.map_async(slow, [(1,), (2,)], conf)
     storage = sheepdog.Storage(local_conf["dbfile"])
-    api._servers[(storage.dbfile, "https")].stop()
+    api.default_session().servers[(storage.dbfile, "https")].stop()
     serve = subprocess.Popen(
         [sys.executable, "-m", "sheepdog", "serve", "--dbfile", local_conf["dbfile"],
          "--port", str(port), "--bind", "127.0.0.1"],

@@ -4,7 +4,6 @@ import stat
 import sys
 import time
 
-from sheepdog.backends import TaskEnd
 from sheepdog.backends.local import LocalBackend, describe_exit
 from sheepdog.config import resolve
 
@@ -46,9 +45,10 @@ def test_job_file_is_private(tmp_path):
     assert stat.S_IMODE(mode) == 0o600
     assert stat.S_IMODE(os.stat(job.script.parent).st_mode) == 0o700
     backend.cancel(job_id)
-    assert wait_for(lambda: backend.ended_tasks(job_id, {1}) == {
-        1: TaskEnd("killed by SIGKILL", retryable=False, exit_status=-signal.SIGKILL)
-    })
+    assert wait_for(lambda: 1 in backend.ended_tasks(job_id, {1}))
+    end = backend.ended_tasks(job_id, {1})[1]
+    assert end.reason.startswith("killed by SIGKILL")
+    assert (end.retryable, end.exit_status) == (False, -signal.SIGKILL)
 
 
 def test_exit_descriptions_name_signals():
@@ -57,11 +57,21 @@ def test_exit_descriptions_name_signals():
     assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL"
 
 
-def test_cancel_stops_tasks_not_yet_started():
+def test_tasks_still_queued_when_the_job_is_cancelled_never_start(tmp_path):
+    """Each task marks its start; after cancel, only the one already running has."""
     backend = LocalBackend(resolve({"scheduler": "local", "workers": 1, "shell": sys.executable}))
-    job_id = backend.submit("import time; time.sleep(30)", 1, 3)
-    assert wait_for(lambda: backend._jobs[job_id]._running)
+    script = (
+        "import os, pathlib, time\n"
+        f"pathlib.Path({str(tmp_path)!r}, 'started-' + os.environ['SGE_TASK_ID']).touch()\n"
+        "time.sleep(30)\n"
+    )
+    job_id = backend.submit(script, 1, 3)
+    assert wait_for(lambda: (tmp_path / "started-1").exists())
     backend.cancel(job_id)
-    assert wait_for(lambda: len(backend.ended_tasks(job_id, {1, 2, 3})) >= 1)
-    time.sleep(0.5)
-    assert list(backend.ended_tasks(job_id, {1, 2, 3})) == [1]
+    job = backend._jobs[job_id]
+    started = lambda: sorted(path.name for path in tmp_path.glob("started-*"))  # noqa: E731
+    # Done once the job's threads have ended, or as soon as a queued task starts anyway.
+    assert wait_for(lambda: not any(t.is_alive() for t in job._threads) or len(started()) > 1)
+    assert started() == ["started-1"]
+    ended = backend.ended_tasks(job_id, {1, 2, 3})
+    assert list(ended) == [1] and ended[1].reason.startswith("killed by SIGKILL")

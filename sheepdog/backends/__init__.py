@@ -32,9 +32,16 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     #: The environment variable that holds the 1-based array task id.
     task_variable: ClassVar[str] = "SGE_TASK_ID"
+    #: What a task removed on purpose was, in the scheduler's words ("deleted (qdel)").
+    kill_word: ClassVar[str] = "deleted"
+    #: Whether the tasks go on running when the calling process exits.
+    outlives_caller: ClassVar[bool] = True
 
     def __init__(self, config: Config) -> None:
         self.config = config
+
+    def check(self) -> None:
+        """Raise SubmissionError for a config that cannot work, before anything is stored."""
 
     def directives(self, n_array_tasks: int) -> list[str]:
         """Scheduler options written into the job file's header."""

@@ -128,6 +128,7 @@ class GridEngineBackend(Backend):
 
     name = "gridengine"
     task_variable = "SGE_TASK_ID"
+    kill_word = "deleted (qdel)"
 
     def __init__(self, config) -> None:  # type: ignore[no-untyped-def]
         super().__init__(config)

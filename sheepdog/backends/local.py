@@ -14,12 +14,13 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import weakref
 from pathlib import Path
 
-from . import Backend, TaskEnd
+from . import Backend, SubmissionError, TaskEnd
 
 _job_numbers = itertools.count(1)
 _live_jobs: "weakref.WeakSet[LocalJob]" = weakref.WeakSet()
@@ -45,6 +46,8 @@ class LocalJob:
         self.shell = shell
         self.n_tasks = n_tasks
         self.ended: dict[int, TaskEnd] = {}
+        #: What failed tasks wrote last, kept when the job's files are removed.
+        self.failed_output: dict[int, str] = {}
         self._pending = iter(range(1, n_tasks + 1))
         self._lock = threading.Lock()
         self._running: dict[int, subprocess.Popen[bytes]] = {}
@@ -64,17 +67,40 @@ class LocalJob:
 
     def _work(self) -> None:
         while (task_id := self._next_task()) is not None:
-            returncode = self._run(task_id)
+            try:
+                returncode = self._run(task_id)
+                end = (TaskEnd("cancelled before it started", retryable=False)
+                       if returncode is None else self._describe(task_id, returncode))
+            except OSError as error:  # the shell vanished since submission, say
+                end = TaskEnd(f"could not start {self.shell}: {error}", retryable=False)
             with self._lock:
-                if returncode is None:
-                    self.ended[task_id] = TaskEnd("cancelled before it started", retryable=False)
-                else:
-                    self.ended[task_id] = TaskEnd(describe_exit(returncode), not self._cancelled,
-                                                  exit_status=returncode)
+                self.ended[task_id] = end
                 self._remaining -= 1
                 finished = self._remaining == 0
-            if finished and all(end.reason == "exit status 0" for end in self.ended.values()):
+            if finished:  # what the tasks reported is in the database; their files can go
                 shutil.rmtree(self.script.parent, ignore_errors=True)
+
+    def _describe(self, task_id: int, returncode: int) -> TaskEnd:
+        """How a task ended, with the end of its output when it failed (its log is removed)."""
+        reason = describe_exit(returncode)
+        if returncode:
+            self.failed_output[task_id] = self.output_tail(task_id)
+            lines = self.failed_output[task_id].strip().splitlines()[-3:]
+            if lines:
+                reason += "; its output ended with: " + " / ".join(lines)
+        return TaskEnd(reason, retryable=not self._cancelled, exit_status=returncode)
+
+    def output_tail(self, task_id: int, limit: int = 4000) -> str:
+        """The last ``limit`` bytes the task wrote (stdout and stderr), or ""."""
+        if task_id in self.failed_output:
+            return self.failed_output[task_id]
+        try:
+            with open(self.log_path(task_id), "rb") as log_file:
+                log_file.seek(0, os.SEEK_END)
+                log_file.seek(max(0, log_file.tell() - limit))
+                return log_file.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
 
     def _run(self, task_id: int) -> int | None:
         """Run one array task to its end; None if it was cancelled before it started."""
@@ -98,6 +124,7 @@ class LocalJob:
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
+                    start_new_session=True,  # Ctrl-C at the caller's terminal is not theirs
                 )
                 self._running[task_id] = process
             returncode = process.wait()
@@ -119,7 +146,10 @@ class LocalJob:
             self._cancelled = True
             running = list(self._running.values())
         for process in running:
-            process.kill()
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # the task and anything it started
+            except ProcessLookupError:
+                pass
 
 
 @atexit.register
@@ -133,10 +163,20 @@ class LocalBackend(Backend):
     """Array jobs as processes on this machine, ``config.workers`` at a time."""
 
     name = "local"
+    kill_word = "cancelled"
+    outlives_caller = False
 
     def __init__(self, config) -> None:  # type: ignore[no-untyped-def]
         super().__init__(config)
         self._jobs: dict[str, LocalJob] = {}
+
+    def check(self) -> None:
+        shell = self.config.shell or "python3"
+        if shutil.which(shell) is None:
+            raise SubmissionError(
+                f"the local scheduler cannot run {shell!r}: no such executable. Set 'shell' "
+                f"to a Python interpreter on this machine, or leave it unset to use "
+                f"{sys.executable}")
 
     def capacity(self) -> tuple[int | None, int | None]:
         return self.config.workers, None
@@ -157,7 +197,7 @@ class LocalBackend(Backend):
     def ended_tasks(self, job_id: str, candidates: set[int]) -> dict[int, TaskEnd]:
         job = self._jobs.get(job_id)
         if job is None:
-            return {}
+            return _ended_with_their_process(job_id, candidates)
         return {task: how for task, how in list(job.ended.items()) if task in candidates}
 
     def cancel(self, job_id: str) -> None:
@@ -183,12 +223,23 @@ class LocalBackend(Backend):
 
     def task_output(self, job_id: str, task_id: int) -> str:
         job = self._jobs.get(job_id)
-        if job is None:
-            return ""
-        try:
-            with open(job.log_path(task_id), "rb") as log_file:
-                log_file.seek(0, os.SEEK_END)
-                log_file.seek(max(0, log_file.tell() - 4000))
-                return log_file.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return job.output_tail(task_id) if job is not None else ""
+
+
+def _ended_with_their_process(job_id: str, candidates: set[int]) -> dict[int, TaskEnd]:
+    """The tasks of another process's job, if that process has ended: they ended with it.
+
+    A local job runs inside the process that submitted it (``local-<pid>-<n>``),
+    so once that process is gone, a task that has not reported never will.
+    """
+    _local, pid, _number = (job_id.split("-") + ["", "", ""])[:3]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return {}
+    try:
+        os.kill(int(pid), 0)
+        return {}  # alive: that process runs its tasks and watches them
+    except ProcessLookupError:
+        reason = f"the process that ran it (pid {pid}) has ended"
+        return {task: TaskEnd(reason, retryable=True) for task in candidates}
+    except PermissionError:
+        return {}  # alive, as another user

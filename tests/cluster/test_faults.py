@@ -116,11 +116,11 @@ def test_server_down_for_twenty_seconds_loses_no_result(cluster_conf):
     storage = Storage(conf["dbfile"])
     request_id = sheepdog.map_async(slow_square, [(x,) for x in range(20)], conf)
     wait_until(lambda: storage.progress(request_id).running >= 4)
-    server = api._servers[(storage.dbfile, "https")]
+    server = api.default_session().servers[(storage.dbfile, "https")]
     server.stop()
     assert not server.running
     time.sleep(20)
-    api._server(resolve(conf), api._storage(conf["dbfile"]))
+    api.default_session().server(resolve(conf), api.default_session().storage(conf["dbfile"]))
     results = sheepdog.get_results(request_id, conf["dbfile"], timeout=180)
     assert [r for _a, r in results] == [x * x for x in range(20)]
     progress = storage.progress(request_id)

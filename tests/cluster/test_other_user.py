@@ -97,7 +97,7 @@ def test_another_local_user_cannot_post_results_to_a_local_request(
     request_id = sheepdog.map_async(slow_square, [(x,) for x in range(1, 4)],
                                     {**local_conf, "workers": 3})
     wait_running(storage, request_id, 3)
-    url = api._urls[(storage.dbfile, request_id)][0]  # assume the attacker found the port
+    url = api.default_session().request(request_id, storage.dbfile).urls[0]  # the attacker found it
     report, marker = attack(request_id, [url])
     results = sheepdog.get_results(request_id, local_conf["dbfile"], timeout=120)
 

@@ -1,0 +1,261 @@
+"""The handle of one request: submit its jobs, wait for it, read it, cancel it.
+
+A :class:`Request` belongs to a :class:`~sheepdog.session.Session`, which
+holds the resources it uses. What a later process needs to carry on (the
+config, the key file's path, the server's scheme and port) is kept in the
+database, so a handle made in any process can wait for the request, watch its
+jobs (``supervisor.py``), serve its workers and resubmit what may be retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+from . import backends, jobscript, serialisation, tls
+from .chunking import choose_chunksize
+from .config import Config, resolve
+from .payloads import PayloadFile, payload_bytes
+from .progress import ProgressDisplay
+from .server import Server
+from .storage import DONE, Progress, Storage
+
+if TYPE_CHECKING:
+    from .session import Session
+
+log = logging.getLogger(__name__)
+
+#: Seconds between looks at the scheduler and the heartbeats while waiting.
+WATCH_SECONDS = 2.0
+
+
+class Request:
+    """One request in one database; made by :meth:`Session.submit` or :meth:`Session.request`."""
+
+    def __init__(self, session: "Session", storage: Storage, request_id: int,
+                 config: Optional[Config] = None,
+                 backend: Optional[backends.Backend] = None) -> None:
+        self.session = session
+        self.storage = storage
+        self.id = request_id
+        self._config = config
+        self._backend = backend
+        #: The URLs the workers of the newest job were given.
+        self.urls: list[str] = []
+        #: When tasks were first seen running with none having called back (supervisor).
+        self.unreached_since: Optional[float] = None
+        self._ended = False
+
+    def __repr__(self) -> str:
+        return f"<sheepdog.Request {self.id} in {self.storage.dbfile}>"
+
+    @property
+    def config(self) -> Config:
+        """The config the request was made with (read back from the database)."""
+        if self._config is None:
+            self._config = resolve(self.storage.request_config(self.id))
+        return self._config
+
+    @property
+    def backend(self) -> backends.Backend:
+        """The scheduler's backend, rebuilt from the stored config in a later process."""
+        if self._backend is None:
+            self._backend = backends.create(self.config)
+        return self._backend
+
+    # -- what the database keeps for later processes -----------------------
+
+    def _meta(self, name: str) -> Optional[str]:
+        stored = self.storage.meta(f"{name}:{self.id}")
+        return stored.decode() if stored else None
+
+    def remember_server(self, server: Server) -> None:
+        """Keep the scheme and port the workers are given, for a later process to serve."""
+        self.storage.set_meta_once(f"server:{self.id}", f"{server.scheme} {server.port}".encode())
+
+    @property
+    def port(self) -> Optional[int]:
+        """The port the request's workers call back on."""
+        stored = self._meta("server")
+        return int(stored.split()[1]) if stored else None
+
+    @property
+    def key_file(self) -> Optional[str]:
+        return self._meta("key_file")
+
+    def deliver_key(self) -> None:
+        """Put the request's key where only its workers can read it, before a job is submitted."""
+        if self.config.key_in_job_file:
+            log.warning(
+                "request %s: 'key_in_job_file' puts the request's key in the job file, which "
+                "the scheduler shows to every user of the cluster: any of them can then post "
+                "results as your workers, and make this process load them. Use it only on a "
+                "cluster whose users you trust", self.id)
+            return
+        path = self.backend.deliver_key(self.id, self.storage.request_secret(self.id) or "")
+        self.storage.set_meta_once(f"key_file:{self.id}", path.encode())
+
+    def withdraw_key(self) -> None:
+        """Remove the request's key file: the request has ended or was cancelled."""
+        path = self.key_file
+        if path is None:
+            return
+        try:
+            self.backend.withdraw_key(path)
+        except Exception as error:  # the results are safe; say what is left behind
+            log.warning("request %s: could not remove its key file %s: %s", self.id, path, error)
+
+    # -- jobs ----------------------------------------------------------------
+
+    def ensure_served(self) -> Optional[Server]:
+        """A server of this session on the request's port, started if none is running.
+
+        If another process already listens there (the one that submitted the
+        request, or ``sheepdog serve``), the workers are served; this process
+        then only watches, and None is returned.
+        """
+        try:
+            return self.session.server(self.config, self.storage, port=self.port)
+        except OSError as error:
+            log.info("request %s: not serving port %s here (%s); another process does",
+                     self.id, self.port, error)
+            return None
+
+    def routes(self, server_port: int) -> list[str]:
+        """The URLs workers try, in order: this machine directly, then a tunnel if asked."""
+        config = self.config
+        scheme = "https" if config.tls else "http"
+        direct = f"{scheme}://{config.localhost or '127.0.0.1'}:{server_port}"
+        if config.callback == "direct" or config.scheduler == "local":
+            return [direct]
+        try:
+            host, port = self.backend.reverse_route(server_port) or (None, None)
+        except Exception as error:
+            if config.callback == "tunnel":
+                raise
+            log.warning("no tunnel through %s (%s); workers will only try %s directly",
+                        config.host, error, direct)
+            return [direct]
+        tunnel = f"{scheme}://{host}:{port}"
+        return [tunnel] if config.callback == "tunnel" else [direct, tunnel]
+
+    def submit_job(self, indices: Optional[Sequence[int]] = None) -> str:
+        """Render and submit one job over all arguments, or over ``indices`` only."""
+        config, backend, storage = self.config, self.backend, self.storage
+        port = self.port
+        if port is None:
+            raise RuntimeError(f"request {self.id} has no server port recorded")
+        certificate = tls.identity_for(storage)[0] if config.tls else None
+        n_arguments = storage.n_tasks(self.id)
+        count = n_arguments if indices is None else len(indices)
+        chunksize = config.chunksize or choose_chunksize(count, *backend.capacity())
+        n_array_tasks = -(-count // chunksize)
+        self.urls = self.routes(port)
+        key = ({"key": storage.request_secret(self.id) or ""} if config.key_in_job_file
+               else {"key_file": self.key_file or ""})
+        settings = {
+            "urls": self.urls,
+            "certificate": certificate.decode() if certificate else None,
+            "request_id": self.id,
+            **key,
+            "n_arguments": n_arguments,
+            "chunksize": chunksize,
+            "indices": None if indices is None else list(indices),
+            "task_variable": backend.task_variable,
+            "python": list(sys.version_info[:2]),
+            "memory_limit": config.memory_limit,
+            "retry_seconds": config.retry_seconds,
+            "heartbeat_seconds": config.heartbeat_seconds,
+        }
+        script = jobscript.render(config.shell or "python3", backend.directives(n_array_tasks),
+                                  settings)
+        job_id = backend.submit(script, self.id, n_array_tasks)
+        storage.add_job(self.id, job_id, chunksize, indices)
+        log.info("request %s: job %s submitted (%d arguments in %d array tasks)",
+                 self.id, job_id, count, n_array_tasks)
+        return job_id
+
+    # -- waiting and reading ---------------------------------------------------
+
+    def progress(self) -> Progress:
+        return self.storage.progress(self.id)
+
+    def wait(self, timeout: Optional[float] = None, verbose: bool = False) -> None:
+        """Block until every task has finished (done, failed, lost or cancelled).
+
+        While waiting it watches the scheduler and the heartbeats (see
+        ``supervisor.py``), from whichever process waits.
+        """
+        from . import supervisor
+
+        storage = self.storage
+        display = ProgressDisplay() if verbose else None
+        started = time.monotonic()
+        next_watch = started + WATCH_SECONDS
+        delay = 0.02
+        if not self.progress().complete:
+            self.ensure_served()
+        try:
+            while True:
+                seen = storage.change_count
+                progress = self.progress()
+                if display is not None:
+                    display.update(progress)
+                if progress.complete and not supervisor.retry(self):
+                    self._end()
+                    return
+                now = time.monotonic()
+                if now >= next_watch:
+                    supervisor.watch(self)
+                    next_watch = time.monotonic() + WATCH_SECONDS
+                if timeout is not None and now - started > timeout:
+                    raise TimeoutError(
+                        f"request {self.id}: {progress.finished} of {progress.total} tasks "
+                        f"finished after {timeout} s"
+                    )
+                storage.wait_for_change(seen, delay)
+                delay = min(delay * 1.5, 0.5)
+        finally:
+            if display is not None:
+                display.close()
+
+    def _end(self) -> None:
+        """The request has ended: remove its key file, once."""
+        if not self._ended:
+            self._ended = True
+            self.withdraw_key()
+
+    def results(self) -> list[tuple[tuple[Any, ...], Any]]:
+        """``[(args, result), ...]`` in argument order; ``None`` where there is no result."""
+        return [(_load(args), _load(result) if state == DONE else None)
+                for args, state, result in self.storage.results(self.id)]
+
+    def values(self) -> list[Any]:
+        """The results alone, in argument order; ``None`` where there is no result."""
+        return [_load(result) if state == DONE else None
+                for _args, state, result in self.storage.results(self.id, with_arguments=False)]
+
+    def errors(self) -> list[tuple[tuple[Any, ...], str]]:
+        """``[(args, error text), ...]`` for tasks that raised, were lost or were cancelled."""
+        return [(_load(args), error) for args, _state, error in self.storage.errors(self.id)]
+
+    def cancel(self) -> int:
+        """Remove the request's jobs from the scheduler; return how many tasks were cancelled."""
+        for job in self.storage.jobs(self.id):
+            try:
+                self.backend.cancel(job.job_id)
+            except Exception as error:  # the other jobs still deserve their cancel
+                log.warning("request %s: could not cancel job %s: %s", self.id, job.job_id, error)
+        self.withdraw_key()
+        return self.storage.cancel_open(self.id, "cancelled by the user")
+
+    def close(self) -> None:
+        """Release the backend's connections (the request itself goes on)."""
+        if self._backend is not None:
+            self._backend.close()
+
+
+def _load(payload: bytes | PayloadFile) -> Any:
+    return serialisation.loads(payload_bytes(payload))

@@ -1,0 +1,169 @@
+"""Sessions and request handles: any process can wait for, serve and finish a request."""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import sheepdog
+from sheepdog import SubmissionError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(source, *args, **kwargs):
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(source), *args],
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+SUBMIT_AND_DIE = '''
+    import os, sys, time
+    import sheepdog
+
+    def slow(x):
+        import os, time
+        if os.environ.get("SHEEPDOG_TEST_FIRST_CALLER") and x > 2:
+            time.sleep(60)  # still running, or not started, when the caller dies
+        return x * 10
+
+    os.environ["SHEEPDOG_TEST_FIRST_CALLER"] = "1"  # local tasks inherit it
+    conf = {"scheduler": "local", "dbfile": sys.argv[1], "workers": 2, "retries": int(sys.argv[2])}
+    request_id = sheepdog.map_async(slow, [(x,) for x in range(1, 7)], conf)
+    print(request_id, flush=True)
+    storage = sheepdog.Storage(sys.argv[1])
+    while storage.progress(request_id).done < 2:
+        time.sleep(0.1)
+    os.kill(os.getpid(), 9)  # as a crash, or kill -9, would end the caller
+'''
+
+
+def kill_caller_after_two_results(dbfile, retries):
+    caller = run_script(SUBMIT_AND_DIE, dbfile, str(retries))
+    request_id = int(caller.stdout.readline())
+    caller.wait(60)
+    assert caller.returncode == -signal.SIGKILL
+    return request_id
+
+
+def test_a_later_process_reruns_what_died_with_the_caller_and_gets_every_result(dbfile):
+    """kill -9 of the caller: its local tasks die with it, and are retried by whoever waits."""
+    request_id = kill_caller_after_two_results(dbfile, retries=1)
+    results = sheepdog.get_results(request_id, dbfile, timeout=60)
+    assert [result for _args, result in results] == [10, 20, 30, 40, 50, 60]
+    assert len(sheepdog.Storage(dbfile).jobs(request_id)) == 2  # the rerun, submitted here
+
+
+def test_waiting_for_tasks_that_died_with_their_caller_ends_with_the_reason(dbfile):
+    request_id = kill_caller_after_two_results(dbfile, retries=0)
+    results = sheepdog.get_results(request_id, dbfile, timeout=60)
+    assert [result for _args, result in results] == [10, 20, None, None, None, None]
+    errors = sheepdog.get_errors(request_id, dbfile)
+    assert [args for args, _error in errors] == [(3,), (4,), (5,), (6,)]
+    assert all("the process that ran it (pid" in error for _args, error in errors)
+
+
+def quick(x):
+    return x + 100
+
+
+def test_reading_never_creates_a_database_and_names_those_nearby(tmp_path, local_conf):
+    sheepdog.map(quick, [(1,)], local_conf, verbose=False)
+    typo = tmp_path / "sheepdgo.sqlite"
+    with pytest.raises(FileNotFoundError) as raised:
+        sheepdog.get_results(1, str(typo))
+    assert str(typo) in str(raised.value) and "sheepdog.sqlite" in str(raised.value)
+    assert not typo.exists()
+    with pytest.raises(FileNotFoundError):
+        sheepdog.get_errors(1, str(typo))
+    assert not typo.exists()
+
+
+def test_an_unknown_request_is_a_key_error_naming_the_database(local_conf):
+    sheepdog.map(quick, [(1,)], local_conf, verbose=False)
+    with pytest.raises(KeyError, match="request 99 is not in"):
+        sheepdog.get_results(99, local_conf["dbfile"])
+
+
+def test_a_local_shell_that_does_not_exist_is_refused_before_anything_is_stored(local_conf):
+    with pytest.raises(SubmissionError, match="no such executable"):
+        sheepdog.map(quick, [(1,)], {**local_conf, "shell": "/no/such/python3"})
+    assert not os.path.exists(local_conf["dbfile"])
+
+
+def test_a_local_request_leaves_no_temporary_folders_behind(local_conf, monkeypatch, tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+    def fails(x):
+        raise ValueError(x)
+
+    assert sheepdog.map(quick, [(1,), (2,)], local_conf, verbose=False) == [101, 102]
+    assert sheepdog.map(fails, [(1,)], local_conf, verbose=False) == [None]
+    deadline = time.monotonic() + 10
+    while list(scratch.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the job's last thread removes the folder as it ends
+    assert list(scratch.iterdir()) == []
+
+
+CTRL_C = '''
+    import sys
+    import sheepdog
+
+    def slow(marker):
+        import signal, time
+
+        def note(signum, frame):
+            open(marker, "w").close()
+
+        signal.signal(signal.SIGINT, note)
+        time.sleep(30)
+
+    print("started", flush=True)
+    sheepdog.map(slow, [(sys.argv[2],), (sys.argv[2],)],
+                 {"scheduler": "local", "dbfile": sys.argv[1]})
+'''
+
+
+def test_ctrl_c_at_a_terminal_reaches_the_caller_not_its_local_tasks(dbfile, tmp_path):
+    """A terminal sends SIGINT to its whole foreground process group."""
+    marker = tmp_path / "a task got SIGINT"
+    caller = run_script(CTRL_C, dbfile, str(marker), start_new_session=True)
+    assert caller.stdout.readline().strip() == "started"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if sheepdog.Storage(dbfile).progress(1).running == 2:
+                break
+        except (KeyError, sheepdog.StorageError):
+            pass
+        time.sleep(0.1)
+    os.killpg(caller.pid, signal.SIGINT)
+    _out, err = caller.communicate(timeout=30)
+    assert "sheepdog: cancelled request 1" in err
+    assert not marker.exists()
+    assert sheepdog.Storage(dbfile).progress(1).cancelled == 2
+
+
+def test_status_shows_cancelled_tasks_as_cancelled(local_conf):
+    from sheepdog import cli
+
+    def slow(x):
+        import time
+        time.sleep(30)
+
+    request_id = sheepdog.map_async(slow, [(1,), (2,)], local_conf)
+    sheepdog.cancel(request_id, local_conf["dbfile"])
+    line = subprocess.run(
+        [sys.executable, "-m", "sheepdog", "status", str(request_id), "--dbfile",
+         local_conf["dbfile"]], capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(ROOT))).stdout
+    assert "2 cancelled" in line
+    assert cli  # the command under test
