@@ -163,6 +163,10 @@ def _check_values(config: Config) -> None:
             f"config key 'lost_after' ({config.lost_after}) must be at least twice "
             f"'heartbeat_seconds' ({config.heartbeat_seconds}), which must be positive"
         )
+    for key in ("ssh_config", "ssh_keyfile", "ssh_known_hosts"):
+        path = getattr(config, key)
+        if path is not None and not os.path.exists(os.path.expanduser(path)):
+            raise ValueError(f"config key {key!r} names {path!r}, which does not exist")
     if config.max_body_bytes < 1:
         raise ValueError("config key 'max_body_bytes' must be positive")
     config.memory_limit  # noqa: B018 - raises on a malformed mem_grab

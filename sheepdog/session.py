@@ -82,7 +82,14 @@ class Session:
         key = (storage.dbfile, request_id)
         with self._lock:
             if key not in self._requests:
-                storage.progress(request_id)  # raises KeyError naming the requests there are
+                try:
+                    storage.n_tasks(request_id)
+                except KeyError:
+                    known = storage.request_ids()
+                    raise KeyError(
+                        f"request {request_id} is not in {storage.dbfile}; it holds "
+                        + (f"requests {known[0]} to {known[-1]}" if known else "no requests")
+                    ) from None
                 self._requests[key] = Request(self, storage, request_id)
             return self._requests[key]
 

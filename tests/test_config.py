@@ -79,3 +79,10 @@ def test_mem_grab_in_ge_opts_sets_the_worker_memory_limit():
 def test_malformed_mem_grab_is_refused_up_front():
     with pytest.raises(ValueError, match="mem_grab"):
         resolve({"host": "fear", "ge_opts": ["-l mem_grab=lots"]})
+
+
+@pytest.mark.parametrize("key", ["ssh_config", "ssh_keyfile", "ssh_known_hosts"])
+def test_a_path_given_explicitly_must_exist(key, tmp_path):
+    missing = str(tmp_path / "nothing-here")
+    with pytest.raises(ValueError, match=f"config key '{key}' names .*nothing-here.*does not exist"):
+        resolve({"host": "headnode", key: missing})
