@@ -549,6 +549,10 @@ class Storage:
         )
         return [row[0] for row in rows]
 
+    def request_ids(self) -> list[int]:
+        """Every request in the database, oldest first."""
+        return [row[0] for row in self._connection().execute("SELECT id FROM requests ORDER BY id")]
+
     def open_requests(self) -> list[int]:
         """Requests with tasks not yet finished (pending or running), oldest first."""
         rows = self._connection().execute(
