@@ -17,7 +17,7 @@ from .ssh import SSHError
 from .storage import Storage, StorageError
 from .supervisor import CallbackError
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "CallbackError",
