@@ -8,37 +8,69 @@ caller's server; sshd binds it on the head node's loopback only (its default
 on every address of the head node and pipes each connection it accepts to that
 loopback port.
 
+One relay serves every tunnel of an SSH connection, because each relay takes
+one session of the connection and sshd allows only a few (``MaxSessions``, 10
+by default) that qsub, qstat and SFTP need too. It reads one command a line
+on stdin and answers each on stdout::
+
+    forward FORWARD_PORT [PREFERRED_PORT]   ->  sheepdog-relay HOST PORT FORWARD_PORT
+                                            or  sheepdog-relay-error FORWARD_PORT MESSAGE
+    close FORWARD_PORT                      ->  sheepdog-relay-closed FORWARD_PORT
+
+``forward`` opens a listener on every address, on PREFERRED_PORT when it is
+free within a few seconds (so that a relay restarted after the SSH connection
+dropped keeps the address that running workers know), else on any free port.
+``close`` stops that listener and cuts its connections. The caller's end of
+this protocol is ``relay_client.py``.
+
 The program is :func:`relay`, shipped as source (:data:`SOURCE`) in a one-line
 ``python3 -c`` command (:func:`command`) over the SSH connection itself, so it
 must stay standard library only, run on Python 3.6, and import what it needs
-inside itself. It announces its address in one line on stdout, and exits as soon as
-its stdin reaches EOF, which happens when its SSH channel or the whole
-connection closes: it never outlives the caller, and it writes no files.
+inside itself. It exits as soon as its stdin reaches EOF, which happens when
+its SSH channel or the whole connection closes: it never outlives the caller,
+and it writes no files.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import inspect
 from typing import Optional
 
-#: The first word of the relay's announcement line, ``sheepdog-relay HOST PORT``.
-ANNOUNCEMENT = "sheepdog-relay"
+#: ``sheepdog-relay HOST PORT FORWARD_PORT``: workers reach FORWARD_PORT at HOST:PORT.
+LISTENING = "sheepdog-relay"
+#: ``sheepdog-relay-error FORWARD_PORT MESSAGE``: the relay cannot listen for FORWARD_PORT.
+REFUSED = "sheepdog-relay-error"
+#: ``sheepdog-relay-closed FORWARD_PORT``: the relay no longer listens for FORWARD_PORT.
+CLOSED = "sheepdog-relay-closed"
+#: How long the relay tries for the port it was asked for before it takes any.
+PREFERRED_PORT_SECONDS = 3.0
 
 
-def relay(forward_port: int, preferred_port: int = 0) -> None:
-    """Relay connections to ``127.0.0.1:forward_port`` until stdin reaches EOF.
+def relay() -> None:
+    """Serve the commands on stdin (see the module's docstring) until it reaches EOF.
 
-    Listens on ``preferred_port`` when it is free within 3 s (so that a relay
-    restarted after the SSH connection dropped keeps the address that running
-    workers know), else on any free port.
+    One thread, this one, reads the commands and accepts connections, so that
+    a listener is only ever closed by the thread that accepts on it; each
+    connection is piped by two threads of its own.
     """
     import os
+    import selectors
     import socket
     import threading
     import time
 
     chunk_bytes = 256 * 1024
+    host = socket.getfqdn()
+    selector = selectors.DefaultSelector()
+    listeners = {}  # type: dict[int, socket.socket]  # by forward port
+    pending = {}  # type: dict[int, tuple[int, float]]  # forward port: preferred port, deadline
+    connections = {}  # type: dict[int, set[socket.socket]]  # both ends, by forward port
+    connections_lock = threading.Lock()
+
+    def say(*words: object) -> None:
+        os.write(1, (" ".join(str(word) for word in words) + "\n").encode())
 
     def listen(port: int) -> socket.socket:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -49,15 +81,8 @@ def relay(forward_port: int, preferred_port: int = 0) -> None:
         except OSError:
             listener.close()
             raise
+        listener.setblocking(False)  # a connection reset before accept must not block us
         return listener
-
-    def listen_on_preferred_port() -> socket.socket:
-        for _ in range(30):  # the relay before this one may be on its way out
-            try:
-                return listen(preferred_port)
-            except OSError:
-                time.sleep(0.1)
-        return listen(0)
 
     def pipe(source: socket.socket, sink: socket.socket) -> None:
         buffer = bytearray(chunk_bytes)
@@ -70,55 +95,127 @@ def relay(forward_port: int, preferred_port: int = 0) -> None:
                     return
                 sink.sendall(view[:received])
         except OSError:
-            for end in (source, sink):  # wakes the other direction's recv
-                try:
-                    end.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            cut(source, sink)  # wakes the other direction's recv
 
-    def serve(worker: socket.socket) -> None:
+    def cut(*ends: socket.socket) -> None:
+        for end in ends:
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def serve(worker: socket.socket, forward_port: int) -> None:
         try:
             caller = socket.create_connection(("127.0.0.1", forward_port))
         except OSError:
             worker.close()
             return
-        for end in (worker, caller):
-            end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        upstream = threading.Thread(target=pipe, args=(worker, caller), daemon=True)
-        upstream.start()
-        pipe(caller, worker)
-        upstream.join()
+        with connections_lock:
+            ends = connections.get(forward_port)
+            if ends is not None:
+                ends.update((worker, caller))
+        if ends is not None:  # else the forward closed while we connected
+            for end in (worker, caller):
+                end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            upstream = threading.Thread(target=pipe, args=(worker, caller), daemon=True)
+            upstream.start()
+            pipe(caller, worker)
+            upstream.join()
+            with connections_lock:
+                ends.difference_update((worker, caller))
         worker.close()
         caller.close()
 
-    def accept(listener: socket.socket) -> None:
-        while True:
+    def accept(forward_port: int) -> None:
+        try:
+            worker, _ = listeners[forward_port].accept()
+        except BlockingIOError:  # the connection was reset before we took it
+            return
+        except OSError:  # no file descriptors left: let some connections end
+            time.sleep(0.05)
+            return
+        worker.setblocking(True)
+        threading.Thread(target=serve, args=(worker, forward_port), daemon=True).start()
+
+    def open_pending() -> None:
+        for forward_port, (preferred_port, deadline) in list(pending.items()):
             try:
-                worker, _ = listener.accept()
-            except OSError:  # a connection reset before it was accepted, or no fds left
-                time.sleep(0.05)
+                listener = listen(preferred_port)
+            except OSError:
+                if time.monotonic() < deadline:
+                    continue  # the relay before this one may be on its way out
+                try:
+                    listener = listen(0)
+                except OSError as error:
+                    del pending[forward_port]
+                    say(REFUSED, forward_port, error)
+                    continue
+            del pending[forward_port]
+            listeners[forward_port] = listener
+            with connections_lock:
+                connections[forward_port] = set()
+            selector.register(listener, selectors.EVENT_READ, forward_port)
+            say(LISTENING, host, listener.getsockname()[1], forward_port)
+
+    def close(forward_port: int) -> None:
+        pending.pop(forward_port, None)
+        listener = listeners.pop(forward_port, None)
+        if listener is not None:
+            selector.unregister(listener)
+            listener.close()
+        with connections_lock:
+            ends = connections.pop(forward_port, set())
+        cut(*ends)
+        say(CLOSED, forward_port)
+
+    def obey(line: str) -> None:
+        words = line.split()
+        if len(words) not in (2, 3) or not all(word.isdigit() for word in words[1:]):
+            say(REFUSED, "-", "cannot read the command", repr(line))
+            return
+        verb, forward_port = words[0], int(words[1])
+        if verb == "close":
+            close(forward_port)
+        elif verb != "forward":
+            say(REFUSED, forward_port, "no such command:", verb)
+        elif forward_port in listeners:  # asked again: the same listener
+            say(LISTENING, host, listeners[forward_port].getsockname()[1], forward_port)
+        elif forward_port not in pending:
+            preferred_port = int(words[2]) if len(words) == 3 else 0
+            waits = PREFERRED_PORT_SECONDS if preferred_port else 0.0
+            pending[forward_port] = (preferred_port, time.monotonic() + waits)
+
+    selector.register(0, selectors.EVENT_READ, None)
+    unread = b""
+    while True:
+        open_pending()
+        for key, _ in selector.select(0.1 if pending else None):
+            if key.data is not None:
+                if key.data in listeners:  # unless a command closed it just now
+                    accept(key.data)
                 continue
-            threading.Thread(target=serve, args=(worker,), daemon=True).start()
+            data = os.read(0, 65536)
+            if not data:
+                os._exit(0)  # ends every thread and closes every socket at once
+            lines = (unread + data).split(b"\n")
+            unread = lines.pop()
+            for line in lines:
+                if line.strip():
+                    obey(line.decode(errors="replace"))
 
-    listener = listen_on_preferred_port() if preferred_port else listen(0)
-    threading.Thread(target=accept, args=(listener,), daemon=True).start()
-    host = socket.getfqdn()
-    os.write(1, "{} {} {}\n".format(ANNOUNCEMENT, host, listener.getsockname()[1]).encode())
-    while os.read(0, 65536):
-        pass
-    os._exit(0)  # ends every thread and closes every socket at once
 
-
-#: The relay as a program: ``python3 -c SOURCE FORWARD_PORT [PREFERRED_PORT]``.
+#: The relay as a program: ``python3 -c SOURCE``.
 SOURCE = (
-    f"ANNOUNCEMENT = {ANNOUNCEMENT!r}\n\n"
+    f"LISTENING = {LISTENING!r}\n"
+    f"REFUSED = {REFUSED!r}\n"
+    f"CLOSED = {CLOSED!r}\n"
+    f"PREFERRED_PORT_SECONDS = {PREFERRED_PORT_SECONDS!r}\n\n"
     f"{inspect.getsource(relay)}\n"
-    "import sys\n"
-    "relay(*map(int, sys.argv[1:3]))\n"
+    "relay()\n"
 )
 
 
-def command(python: str, forward_port: int, preferred_port: int = 0) -> str:
+def command(python: str) -> str:
     """The shell command that starts the relay with the head node's ``python``.
 
     The source travels base64-encoded on one line, so that every login shell
@@ -127,17 +224,44 @@ def command(python: str, forward_port: int, preferred_port: int = 0) -> str:
     arguments.
     """
     encoded = base64.b64encode(SOURCE.encode()).decode()
-    program = f'import base64; exec(base64.b64decode("{encoded}"))  # {ANNOUNCEMENT}'
-    return f"{python} -c '{program}' {forward_port:d} {preferred_port:d}"
+    program = f'import base64; exec(base64.b64decode("{encoded}"))  # {LISTENING}'
+    return f"{python} -c '{program}'"
 
 
-def parse_announcement(line: str) -> Optional[tuple[str, int]]:
-    """``(host, port)`` from the relay's announcement, or None for any other line.
+def forward_command(forward_port: int, preferred_port: int = 0) -> bytes:
+    """The line that asks the relay to listen for ``127.0.0.1:forward_port``."""
+    return f"forward {forward_port:d} {preferred_port:d}\n".encode()
+
+
+def close_command(forward_port: int) -> bytes:
+    """The line that asks the relay to stop listening for ``forward_port``."""
+    return f"close {forward_port:d}\n".encode()
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """One answer of the relay, about the listener for ``forward_port``.
+
+    It listens at ``address``, or could not listen (``error``), or stopped
+    listening (neither).
+    """
+
+    forward_port: int
+    address: Optional[tuple[str, int]] = None
+    error: Optional[str] = None
+
+
+def parse_answer(line: str) -> Optional[Answer]:
+    """The relay's answer on ``line``, or None for any other line.
 
     Other lines are expected: a login script on the head node may print its
     own output before the relay starts.
     """
     words = line.split()
-    if len(words) != 3 or words[0] != ANNOUNCEMENT or not words[2].isdigit():
-        return None
-    return words[1], int(words[2])
+    if len(words) == 4 and words[0] == LISTENING and words[2].isdigit() and words[3].isdigit():
+        return Answer(int(words[3]), address=(words[1], int(words[2])))
+    if len(words) >= 2 and words[0] == REFUSED and words[1].isdigit():
+        return Answer(int(words[1]), error=" ".join(words[2:]) or "no reason given")
+    if len(words) == 2 and words[0] == CLOSED and words[1].isdigit():
+        return Answer(int(words[1]))
+    return None

@@ -10,14 +10,17 @@ to it. A :class:`Tunnel` carries each worker's connection this way::
            -> 127.0.0.1:local_port       the caller's server, pumped by this module
 
 sshd binds a reverse forward on the head node's loopback only (its default
-``GatewayPorts no``), which is why the relay is needed. The relay dies when
-its SSH channel or connection closes, so nothing is left on the head node.
+``GatewayPorts no``), which is why the relay is needed. The tunnels of one
+connection share one relay (``relay_client.py``), each with a listener of its
+own. The relay dies when its SSH channel or connection closes, so nothing is
+left on the head node.
 
 paramiko calls one handler for all the reverse forwards of a connection, so
 the forwards of every tunnel that shares a connection are routed here by the
 port that sshd bound. A watcher reopens a tunnel whose connection dropped,
 asking the new relay for the port the old one had, so that workers that
-already know the address can keep using it.
+already know the address can keep using it. It wakes when the relay ends,
+which it does when the connection drops.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any, Callable, Optional
 
 import paramiko
 
-from . import relay
+from . import relay_client
 from .ssh import CONNECT_TIMEOUT, Connection, SSHError
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,7 @@ WINDOW_BYTES = 16 * 1024 * 1024
 #: The largest SSH packet sshd may send us: paramiko's cost is per packet, and
 #: its 32 KB default made uploads through a tunnel 1.1-1.4x slower here.
 PACKET_BYTES = CHUNK_BYTES
-#: Longest wait for the relay to say where it listens, and for it to exit.
+#: Longest wait for the relay to answer, and for it to exit.
 RELAY_TIMEOUT = 30.0
 #: Longest wait between attempts to reopen a tunnel whose connection dropped.
 MAX_RETRY_SECONDS = 30.0
@@ -151,16 +154,15 @@ class _Pump:
 
 @dataclasses.dataclass
 class _Route:
-    """One open tunnel: a reverse forward and the relay in front of it."""
+    """One open tunnel: a reverse forward and the relay's listener in front of it."""
 
     transport: paramiko.Transport
     forward_port: int
-    channel: paramiko.Channel
+    relay: relay_client.Relay
     address: tuple[str, int]
 
     def alive(self) -> bool:
-        return (self.transport.is_active() and not self.channel.closed
-                and not self.channel.exit_status_ready())
+        return self.relay.alive()  # which it is not once the connection dropped
 
 
 class Tunnel:
@@ -168,8 +170,9 @@ class Tunnel:
 
     ``python`` is the head node's Python 3 that runs the relay, as a shell
     command. Open a tunnel once per server and keep it while workers may call
-    back; :meth:`close` stops the relay and the forward. Close it before its
-    connection: a tunnel reconnects a connection that closes under it.
+    back; :meth:`close` stops its listener on the relay and the forward. Close
+    it before its connection: a tunnel reconnects a connection that closes
+    under it.
     """
 
     def __init__(self, connection: Connection, local_port: int, python: str = "python3",
@@ -184,6 +187,7 @@ class Tunnel:
         self._pumps_lock = threading.Lock()
         self._lock = threading.Lock()  # held while the tunnel opens, closes or reopens
         self._closed = threading.Event()
+        self._wake = threading.Event()  # set when the relay ends or the tunnel closes
         self._watcher: Optional[threading.Thread] = None
 
     @property
@@ -204,10 +208,11 @@ class Tunnel:
             return address
 
     def close(self) -> None:
-        """Stop the relay and the forward, and cut the connections in flight."""
+        """Stop the relay's listener and the forward, and cut the connections in flight."""
         with self._lock:
             self._closed.set()
             route, self._route = self._route, None
+        self._wake.set()
         with self._pumps_lock:
             pumps, self._pumps = self._pumps, set()
         if route is not None:
@@ -242,9 +247,10 @@ class Tunnel:
         """Reopen the tunnel whenever it breaks, until it is closed."""
         delay = 1.0
         while not self._closed.is_set():
+            self._wake.clear()
             route = self._route
             if route is not None and route.alive():
-                route.channel.recv_exit_status()  # returns when the relay, or the connection, ends
+                self._wake.wait()  # until the relay, or the connection, ends
                 delay = 1.0
                 continue
             with self._lock:
@@ -273,64 +279,21 @@ class Tunnel:
                 f"in authorized_keys, forbids it. Ask its administrator to allow it, or use "
                 f"{{'callback': 'direct'}} when the compute nodes can connect to this machine"
             ) from error
-        channel: Optional[paramiko.Channel] = None
-        started = False
+        shared = relay_client.acquire(transport, self.python, str(target), self._wake)
         try:
-            channel = transport.open_session(timeout=CONNECT_TIMEOUT)
-            channel.exec_command(relay.command(self.python, forward_port, preferred_port))
-            address = self._announcement(channel)
-            started = True
-        except (paramiko.SSHException, OSError, EOFError) as error:
-            raise SSHError(f"cannot start the relay on {target}: {error}") from error
-        finally:
-            if not started:
-                if channel is not None:
-                    channel.close()
-                _cancel_forward(transport, forward_port)
+            address = shared.listen(forward_port, preferred_port, self.timeout)
+        except BaseException:
+            relay_client.release(shared, self._wake, self.timeout)
+            _cancel_forward(transport, forward_port)
+            raise
         log.info("tunnel open: workers call %s:%d, relayed on %s to 127.0.0.1:%d here",
                  address[0], address[1], target, self.local_port)
-        return _Route(transport, forward_port, channel, address)
-
-    def _announcement(self, channel: paramiko.Channel) -> tuple[str, int]:
-        """Read the relay's stdout until it says where it listens."""
-        channel.settimeout(self.timeout)
-        output = b""
-        try:
-            while True:
-                data = channel.recv(4096)
-                if not data:
-                    said = _stderr(channel) or output.decode(errors="replace").strip()
-                    if not said and channel.exit_status_ready():
-                        said = f"it exited with status {channel.recv_exit_status()}"
-                    raise SSHError(
-                        f"the relay did not start on {self.connection.target}: "
-                        f"{said or 'it closed its output'}; check that {self.python!r} "
-                        f"runs Python 3 on the head node"
-                    )
-                output += data
-                for line in output.decode(errors="replace").split("\n")[:-1]:
-                    address = relay.parse_announcement(line)
-                    if address is not None:
-                        channel.settimeout(None)
-                        return address
-        except socket.timeout as error:
-            raise SSHError(
-                f"the relay on {self.connection.target} did not say where it listens "
-                f"within {self.timeout} s (its output: {output[-500:]!r}; its errors: "
-                f"{_stderr(channel)!r})"
-            ) from error
+        return _Route(transport, forward_port, shared, address)
 
     def _stop(self, route: _Route) -> None:
-        """End the relay (EOF on its stdin), waiting a little for it, and cancel the forward."""
-        channel = route.channel
-        try:
-            channel.shutdown_write()
-            channel.settimeout(self.timeout)
-            while channel.recv(CHUNK_BYTES):
-                pass
-        except (OSError, EOFError):
-            pass  # the connection is gone, and the relay with it
-        channel.close()
+        """Close our listener on the relay, let go of the relay, and cancel the forward."""
+        route.relay.stop_listening(route.forward_port, self.timeout)
+        relay_client.release(route.relay, self._wake, self.timeout)
         _cancel_forward(route.transport, route.forward_port)
 
     def _take(self, channel: paramiko.Channel) -> None:
@@ -359,18 +322,3 @@ class Tunnel:
         finally:
             with self._pumps_lock:
                 self._pumps.discard(pump)
-
-
-def _stderr(channel: paramiko.Channel) -> str:
-    """What the relay wrote to stderr so far, waiting briefly for it to finish."""
-    errors = b""
-    channel.settimeout(2.0)
-    try:
-        while True:
-            data = channel.recv_stderr(65536)
-            if not data:
-                break
-            errors += data
-    except socket.timeout:
-        pass
-    return errors.decode(errors="replace").strip()

@@ -10,15 +10,17 @@ import threading
 
 
 @contextlib.contextmanager
-def echo_server():
+def echo_server(greeting=b""):
     """The port of a server on 127.0.0.1 that sends back what it receives.
 
-    It ends each connection when its client has ended its side.
+    It sends ``greeting`` first, which tells servers apart, and ends each
+    connection when its client has ended its side.
     """
     listener = socket.create_server(("127.0.0.1", 0))
 
     def echo(connection):
         with connection:
+            connection.sendall(greeting)
             while True:
                 data = connection.recv(1 << 18)
                 if not data:

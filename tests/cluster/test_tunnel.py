@@ -4,8 +4,10 @@ A command run on the head node over SSH plays the worker: it connects to the
 address the tunnel announced and talks to an echo server in this process.
 """
 
+import contextlib
 import inspect
 import os
+import re
 import subprocess
 import time
 
@@ -86,6 +88,17 @@ def _relays(connection):
     return set(output.split())
 
 
+def _listeners(connection, ports):
+    """For each of ``ports`` that a process on the head node listens on, that process's id."""
+    listening = {}
+    for line in connection.run("ss -Htlnp").stdout.splitlines():
+        words = line.split()
+        port = words[3].rpartition(":")[2] if len(words) > 3 else ""
+        if port.isdigit() and int(port) in ports:
+            listening[int(port)] = set(re.findall(r"pid=(\d+)", line))
+    return listening
+
+
 def _wait_until(condition, seconds=15.0):
     deadline = time.monotonic() + seconds
     while not condition():
@@ -112,9 +125,36 @@ def test_opening_an_open_tunnel_again_keeps_its_address_and_relay(connection, ec
 def test_tunnels_sharing_a_connection_each_reach_their_own_server(connection):
     with echo_server() as first_port, echo_server() as second_port:
         with Tunnel(connection, first_port) as first, Tunnel(connection, second_port) as second:
-            assert first.open() != second.open()
+            closed = first.open()
+            assert closed != second.open()
             first.close()
             assert _worker(connection, second.open(), connections=4) == "ok"
+            assert "Connection refused" in _worker(connection, closed)
+
+
+def test_many_tunnels_on_one_connection_share_one_relay_and_leave_sessions_for_commands(
+        connection):
+    """sshd allows 10 sessions a connection: a relay each would leave none for qsub or SFTP."""
+    remote_path = f"sheepdog-tunnel-test-{os.getpid()}.txt"
+    relays = set()
+    with contextlib.ExitStack() as servers:
+        ports = [servers.enter_context(echo_server()) for _ in range(15)]
+        tunnels = [Tunnel(connection, port) for port in ports]
+        try:
+            addresses = [tunnel.open() for tunnel in tunnels]
+            assert connection.run("true").status == 0
+            uploaded = connection.upload("through the same connection", remote_path)
+            assert connection.run(f"cat {uploaded}").stdout == "through the same connection"
+            listeners = _listeners(connection, {port for _, port in addresses})
+            assert set(listeners) == {port for _, port in addresses}
+            relays = set.union(*listeners.values())
+            assert len(relays) == 1 and relays <= _relays(connection)
+            assert _worker(connection, addresses[0]) == _worker(connection, addresses[-1]) == "ok"
+        finally:
+            for tunnel in tunnels:
+                tunnel.close()
+            connection.run(f"rm -f {remote_path}")
+    assert not relays & _relays(connection)
 
 
 def test_closing_the_tunnel_ends_its_relay_on_the_head_node(connection, echo_port):
@@ -152,6 +192,26 @@ def test_the_tunnel_reopens_by_itself_at_the_same_address_after_the_connection_d
         assert tunnel.open() == address  # waits while the watcher's relay starts
         assert _relays(connection) - before - first == _relays(connection) - before
         assert _worker(connection, address, size=1 << 20) == "ok"
+
+
+def test_every_tunnel_of_a_dropped_connection_reopens_at_its_address_on_one_new_relay(
+        connection):
+    with echo_server() as first_port, echo_server() as second_port, echo_server() as third_port:
+        tunnels = [Tunnel(connection, port) for port in (first_port, second_port, third_port)]
+        try:
+            addresses = [tunnel.open() for tunnel in tunnels]
+            old = set.union(*_listeners(connection, {port for _, port in addresses}).values())
+            connection.client().get_transport().close()
+            ports = {port for _, port in addresses}
+            assert _wait_until(lambda: set(_listeners(connection, ports)) == ports
+                               and not old & set.union(*_listeners(connection, ports).values()))
+            assert [tunnel.open() for tunnel in tunnels] == addresses
+            assert len(set.union(*_listeners(connection, ports).values())) == 1
+            for address in addresses:
+                assert _worker(connection, address) == "ok"
+        finally:
+            for tunnel in tunnels:
+                tunnel.close()
 
 
 def test_a_python_the_head_node_lacks_is_reported_with_the_shells_error(connection, echo_port):
