@@ -1,42 +1,54 @@
-"""Turn functions, namespaces and arguments into bytes that a worker can load.
+"""Turn functions, namespaces and arguments into bytes that the other side can load.
 
 This module runs on both sides: in the caller, and embedded verbatim into the
 job file on workers that have nothing but a stock Python. It therefore imports
-only the standard library and nothing from the rest of the package.
+only the standard library and cloudpickle, whose source the job file embeds
+beside this module's (see ``jobscript.py``), and nothing from the rest of the
+package.
 
-Functions that a worker cannot import (those defined in ``__main__``, a REPL,
-IPython or Jupyter, lambdas, closures, and functions from modules outside the
-standard library and site-packages) are shipped by value: their code object is
-marshalled and the globals they refer to are captured. Every function shipped
-by value in one payload shares a single globals dictionary on the worker, as
-the functions of one module would, so the quickstart's ``import numpy as np;
-global np`` idiom makes ``np`` visible to the other shipped functions.
+What the other side can import by name travels by name: modules built into
+the interpreter, the standard library, and packages installed in any of the
+interpreter's site directories (site-packages, Debian's dist-packages, the
+user site, a conda env) or in editable mode. Functions and classes from
+anywhere else (``__main__``, a REPL, IPython or Jupyter, the user's own
+scripts and the modules lying next to them) travel by value, as cloudpickle
+ships them: code, referenced globals, class dictionaries. cloudpickle alone
+would send by name whatever the caller has imported; sheepdog sends the user's
+own modules by value too, because workers do not have them.
+
+Functions shipped by value keep sharing their globals as they did in the
+caller, so the quickstart's ``import numpy as np; global np`` idiom makes
+``np`` visible to the other shipped functions of the same script, and the
+request's ``ns`` entries are injected into the function's globals.
 
 Code objects only load into the same Python minor version that made them; the
 worker checks this before loading anything (see ``worker.py``).
 """
 
-import builtins
+from __future__ import annotations
+
 import functools
 import importlib
 import io
-import marshal
+import json
+import os
 import pickle
+import site
 import struct
 import sys
 import sysconfig
 import types
+from typing import Any, Mapping, Optional, Sequence
+
+import cloudpickle
 
 #: Pickle protocol for every payload; override to talk to older workers.
 pickle_protocol = pickle.HIGHEST_PROTOCOL
-#: marshal format version for shipped code objects.
-marshal_version = marshal.version
 
 #: Buffers this large (numpy arrays, bytearrays) travel out of band: beside the
 #: pickle instead of copied into it, so neither side makes a copy of them.
 out_of_band_bytes = 64 << 10
 
-_EMPTY_CELL = "<sheepdog: empty cell>"
 #: Starts a payload with out-of-band buffers; a plain pickle starts with b"\x80".
 _OUT_OF_BAND_MAGIC = b"SDB1"
 _COUNT = struct.Struct("!IQ")  # number of buffers, length of the pickle
@@ -44,142 +56,141 @@ _LENGTH = struct.Struct("!Q")
 #: Buffers start at multiples of this within a payload, so arrays load aligned.
 ALIGNMENT = 16
 
+#: numpy 2 renamed its ``numpy.core`` package ``numpy._core``, and pickles name
+#: the package their numpy had: numpy 1.x cannot import the new name, and
+#: numpy 2 warns about the old one.
+_NUMPY_CORE_NAMES = ("numpy.core", "numpy._core")
+
 
 class SerialisationError(TypeError):
     """An object given to sheepdog cannot be turned into bytes."""
 
 
 @functools.lru_cache(maxsize=1)
-def _library_roots():
+def _library_directories() -> tuple[str, ...]:
+    """The directories of the standard library and of installed packages, each
+    ending in a separator so that a prefix test cannot match a sibling."""
     paths = sysconfig.get_paths()
-    return tuple(
-        paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths
-    )
+    directories = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")
+                   if key in paths}
+    directories.update(site.getsitepackages())  # dist-packages on Debian and Ubuntu
+    directories.add(site.getusersitepackages())
+    return tuple(os.path.join(os.path.realpath(directory), "") for directory in directories)
 
 
-def _module_is_importable_on_worker(module_name):
-    """Guess whether a worker can import ``module_name`` by name.
+@functools.lru_cache(maxsize=1)
+def _editable_packages() -> dict[str, str]:
+    """Top-level package names installed in editable mode (``pip install -e``),
+    each with the project directory where its source lives."""
+    # Imported here: they cost a worker 40 ms at start-up, and it seldom needs them.
+    import importlib.metadata
+    import urllib.parse
+    import urllib.request
 
-    Built-in modules and those installed in the standard library or
-    site-packages are assumed to exist on the worker too; the user's own
-    scripts and modules lying next to them are not.
+    packages = {}
+    for distribution in importlib.metadata.distributions():
+        direct_url = json.loads(distribution.read_text("direct_url.json") or "{}")
+        if not direct_url.get("dir_info", {}).get("editable"):
+            continue
+        directory = urllib.request.url2pathname(urllib.parse.urlsplit(direct_url["url"]).path)
+        # setuptools lists the packages; other backends name the package after the project.
+        names = (distribution.read_text("top_level.txt") or "").split() or [
+            (distribution.metadata["Name"] or "").lower().replace("-", "_")]
+        for name in names:
+            packages[name] = os.path.join(os.path.realpath(directory), "")
+    return packages
+
+
+def module_is_installed(module_name: Optional[str]) -> bool:
+    """Whether the other side can import ``module_name`` by name, as the caller did.
+
+    True for modules built into the interpreter, in the standard library, in a
+    site directory or installed in editable mode, and for cloudpickle, which
+    every job file embeds (its functions rebuild what travels by value);
+    false for ``__main__`` and for the user's own modules.
     """
     if module_name in (None, "__main__", "__mp_main__"):
         return False
+    if module_name.partition(".")[0] == "cloudpickle":
+        return True
     module = sys.modules.get(module_name)
     if module is None:
         return False
     filename = getattr(module, "__file__", None)
-    if filename is None:
-        return True  # built into the interpreter
-    return filename.startswith(_library_roots())
+    return filename is None or _file_is_installed(module_name.partition(".")[0], filename)
 
 
-def _reachable_by_reference(function):
-    """True when pickle can store ``function`` as ``module.qualname``."""
-    module = sys.modules.get(function.__module__ or "")
-    target = module
-    for part in function.__qualname__.split("."):
-        target = getattr(target, part, None)
-        if target is None:
-            return False
-    return target is function
+@functools.lru_cache(maxsize=4096)
+def _file_is_installed(package: str, filename: str) -> bool:
+    """Whether ``filename``, a module of the top-level ``package``, is installed."""
+    filename = os.path.realpath(filename)
+    if filename.startswith(_library_directories()):
+        return True
+    project = _editable_packages().get(package)
+    return project is not None and filename.startswith(project)
 
 
-def ships_by_value(function):
-    """True when ``function`` must travel as code rather than as a name."""
-    if function.__module__ == __name__:
-        return False  # the loaders below, embedded in every job file
-    return not (
-        _module_is_importable_on_worker(function.__module__)
-        and _reachable_by_reference(function)
-    )
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle's pickler, which also ships by value the functions and classes
+    of modules that are imported in the caller but not installed.
+
+    cloudpickle does not export its by-value reducers; the version range of
+    cloudpickle in ``pyproject.toml`` pins the ones used here, and the tests
+    cover them.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, types.FunctionType) and not module_is_installed(obj.__module__):
+            return self._dynamic_function_reduce(obj)
+        if not isinstance(obj, type):
+            return super().reducer_override(obj)
+        if module_is_installed(obj.__module__):
+            reduced = super().reducer_override(obj)  # by name, unless it cannot be found there
+        else:
+            reduced = cloudpickle.cloudpickle._dynamic_class_reduce(obj)
+        if reduced is not NotImplemented and "__slots__" in vars(obj):
+            _keep_slots(obj, reduced)
+        return reduced
 
 
-def referenced_global_names(code):
-    """Names that ``code`` (and the code nested inside it) may look up as globals."""
-    names = set(code.co_names)
-    for constant in code.co_consts:
-        if isinstance(constant, types.CodeType):
-            names |= referenced_global_names(constant)
-    return names
+def _keep_slots(cls: type, reduced: tuple) -> None:
+    """Make a class shipped by value get its slots when it is rebuilt.
+
+    cloudpickle creates the class first and sets ``__slots__`` afterwards, as
+    a plain attribute, so the rebuilt class has no slots: its instances get a
+    ``__dict__``, and the caller could not load them back into the real class.
+    Passing ``__slots__`` to the class's creation creates the slots.
+    """
+    rebuild, arguments = reduced[:2]
+    if rebuild is cloudpickle.cloudpickle._make_skeleton_class:
+        _metaclass, _name, _bases, class_namespace, _tracker_id, _extra = arguments
+        class_namespace["__slots__"] = vars(cls)["__slots__"]
 
 
-def _make_function(code_bytes, shared_globals, name, n_cells):
-    """Worker side: build an empty function; ``_set_function_state`` fills it."""
-    shared_globals.setdefault("__builtins__", builtins)
-    code = marshal.loads(code_bytes)
-    closure = None if n_cells is None else tuple(types.CellType() for _ in range(n_cells))
-    return types.FunctionType(code, shared_globals, name, None, closure)
+class _Unpickler(pickle.Unpickler):
+    """An unpickler that loads numpy objects pickled by either numpy 1.x or 2.x."""
+
+    def find_class(self, module_name: str, name: str) -> Any:
+        for core in _NUMPY_CORE_NAMES:
+            if module_name == core or module_name.startswith(core + "."):
+                module_name = _numpy_core_name() + module_name[len(core):]
+                break
+        return super().find_class(module_name, name)
 
 
-def _set_function_state(function, state):
-    function.__globals__.update(state["globals"])
-    function.__defaults__ = state["defaults"]
-    function.__kwdefaults__ = state["kwdefaults"]
-    function.__qualname__ = state["qualname"]
-    function.__module__ = state["module"]
-    function.__doc__ = state["doc"]
-    function.__dict__.update(state["dict"])
-    for cell, value in zip(function.__closure__ or (), state["closure"]):
-        if value != _EMPTY_CELL:
-            cell.cell_contents = value
-    return function
+@functools.lru_cache(maxsize=1)
+def _numpy_core_name() -> str:
+    """The name of the core package of the numpy installed here."""
+    numpy = importlib.import_module("numpy")
+    return "numpy._core" if int(numpy.__version__.split(".")[0]) >= 2 else "numpy.core"
 
 
-def _cell_value(cell):
-    try:
-        return cell.cell_contents
-    except ValueError:
-        return _EMPTY_CELL
-
-
-class _Pickler(pickle.Pickler):
-    """A pickler that ships unimportable functions by value and modules by name."""
-
-    def __init__(self, file, buffer_callback=None):
-        super().__init__(file, protocol=pickle_protocol, buffer_callback=buffer_callback)
-        self.shared_globals = {}
-
-    def reducer_override(self, obj):
-        if isinstance(obj, types.FunctionType) and ships_by_value(obj):
-            return self._reduce_function(obj)
-        if isinstance(obj, types.ModuleType):
-            return importlib.import_module, (obj.__name__,)
-        return NotImplemented
-
-    def _reduce_function(self, function):
-        closure = function.__closure__
-        known = function.__globals__
-        state = {
-            "globals": {
-                name: known[name]
-                for name in sorted(referenced_global_names(function.__code__))
-                if name in known
-            },
-            "defaults": function.__defaults__,
-            "kwdefaults": function.__kwdefaults__,
-            "qualname": function.__qualname__,
-            "module": function.__module__,
-            "doc": function.__doc__,
-            "dict": function.__dict__,
-            "closure": tuple(_cell_value(cell) for cell in closure or ()),
-        }
-        arguments = (
-            marshal.dumps(function.__code__, marshal_version),
-            self.shared_globals,
-            function.__name__,
-            None if closure is None else len(closure),
-        )
-        return _make_function, arguments, state, None, None, _set_function_state
-
-
-def _padding(length):
+def _padding(length: int) -> bytes:
     """Zero bytes that bring ``length`` up to a multiple of :data:`ALIGNMENT`."""
     return b"\0" * (-length % ALIGNMENT)
 
 
-def dumps_parts(obj):
+def dumps_parts(obj: Any) -> list[Any]:
     """Serialise ``obj`` to a list of bytes-like parts; the payload is their concatenation.
 
     Large contiguous buffers (with pickle protocol 5 or later) are not copied:
@@ -188,7 +199,7 @@ def dumps_parts(obj):
     """
     buffers = []
 
-    def keep_out_of_band(buffer):
+    def keep_out_of_band(buffer: pickle.PickleBuffer) -> bool:
         raw = buffer.raw()
         if raw.nbytes < out_of_band_bytes:
             return True  # small: pickled in band
@@ -196,13 +207,14 @@ def dumps_parts(obj):
         return False
 
     stream = io.BytesIO()
-    _Pickler(stream, keep_out_of_band if pickle_protocol >= 5 else None).dump(obj)
+    _Pickler(stream, pickle_protocol,
+             keep_out_of_band if pickle_protocol >= 5 else None).dump(obj)
     pickled = stream.getvalue()
     if not buffers:
         return [pickled]
     header = b"".join([_OUT_OF_BAND_MAGIC, _COUNT.pack(len(buffers), len(pickled))]
                       + [_LENGTH.pack(buffer.nbytes) for buffer in buffers])
-    parts = [header, pickled]
+    parts: list[Any] = [header, pickled]
     offset = len(header) + len(pickled)
     for buffer in buffers:
         parts += [_padding(offset), buffer]
@@ -210,12 +222,12 @@ def dumps_parts(obj):
     return parts
 
 
-def dumps(obj):
+def dumps(obj: Any) -> bytes:
     """Serialise one object (an argument, a result) to bytes."""
     return b"".join(dumps_parts(obj))
 
 
-def loads(data):
+def loads(data: Any) -> Any:
     """Load a payload made by :func:`dumps_parts` from any bytes-like object.
 
     Out-of-band buffers are loaded in place, as views of ``data``: an array
@@ -224,7 +236,7 @@ def loads(data):
     """
     view = memoryview(data).cast("B")
     if view[:len(_OUT_OF_BAND_MAGIC)] != _OUT_OF_BAND_MAGIC:
-        return pickle.loads(view)
+        return _Unpickler(io.BytesIO(view)).load()
     if view.readonly:
         view = memoryview(bytearray(view))
     offset = len(_OUT_OF_BAND_MAGIC)
@@ -241,33 +253,54 @@ def loads(data):
             raise ValueError("truncated sheepdog payload")
         buffers.append(view[offset:offset + length])
         offset += length
-    return pickle.loads(pickled, buffers=buffers)
+    return _Unpickler(io.BytesIO(pickled), buffers=buffers).load()
 
 
-def dumps_function(function, namespace=None):
+def load_or_describe(payload: Any) -> tuple[bool, Any]:
+    """``(True, object)`` for a payload that loads, ``(False, reason)`` for one that
+    does not, without raising.
+
+    A stored payload may name a module or class that this process lacks (a
+    class from another script's ``__main__``, a package not installed here),
+    or be cut short; the caller then reports which payload failed and why
+    instead of losing every other result to one exception. The reason is one
+    line that names the exception.
+    """
+    try:
+        return True, loads(payload)
+    except Exception as error:  # noqa: BLE001 - any failure of a stored payload is reported
+        message = " ".join(str(error).split())
+        return False, f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def dumps_function(function: Any, namespace: Optional[Mapping[str, Any]] = None) -> bytes:
     """Serialise ``function`` together with ``namespace``, once per request.
 
     ``namespace`` entries are injected into the globals of the function on the
     worker, overriding the globals captured automatically.
     """
     namespace = dict(namespace or {})
-    buffer = io.BytesIO()
-    pickler = _Pickler(buffer)
     try:
-        pickler.dump((pickler.shared_globals, function, namespace))
+        return dumps((function, namespace))
     except Exception as error:
         raise SerialisationError(_explain_function_failure(function, namespace, error)) from error
-    return buffer.getvalue()
 
 
-def loads_function(data):
-    """Worker side: the inverse of :func:`dumps_function`; returns the function."""
-    shared_globals, function, namespace = pickle.loads(data)
-    shared_globals.update(namespace)
+def loads_function(data: Any) -> Any:
+    """Worker side: the inverse of :func:`dumps_function`; returns the function.
+
+    The namespace goes into the globals of a function that travelled by value,
+    never into those of a module imported by name.
+    """
+    function, namespace = loads(data)
+    module = sys.modules.get(getattr(function, "__module__", None) or "")
+    function_globals = getattr(function, "__globals__", None)
+    if function_globals is not None and function_globals is not getattr(module, "__dict__", None):
+        function_globals.update(namespace)
     return function
 
 
-def dumps_argument(position, arguments):
+def dumps_argument(position: int, arguments: Sequence[Any]) -> list[Any]:
     """Serialise one tuple of arguments to parts (see :func:`dumps_parts`), naming
     its position if it cannot be."""
     try:
@@ -279,12 +312,25 @@ def dumps_argument(position, arguments):
         ) from error
 
 
-def _explain_function_failure(function, namespace, error):
+def referenced_global_names(code: types.CodeType) -> set[str]:
+    """Names that ``code`` (and the code nested inside it) may look up as globals."""
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names |= referenced_global_names(constant)
+    return names
+
+
+def _explain_function_failure(function: Any, namespace: Mapping[str, Any],
+                              error: Exception) -> str:
     """Find which global or namespace entry made ``dumps_function`` fail."""
     suspects = dict(namespace)
     if isinstance(function, types.FunctionType):
-        cells = zip(function.__code__.co_freevars, function.__closure__ or ())
-        suspects.update((name, _cell_value(cell)) for name, cell in cells)
+        for name, cell in zip(function.__code__.co_freevars, function.__closure__ or ()):
+            try:
+                suspects.setdefault(name, cell.cell_contents)
+            except ValueError:
+                pass  # an empty cell cannot be the culprit
         suspects.update(
             (name, function.__globals__[name])
             for name in referenced_global_names(function.__code__)
@@ -302,10 +348,10 @@ def _explain_function_failure(function, namespace, error):
     return f"{_function_name(function)} cannot be serialised: {type(error).__name__}: {error}"
 
 
-def _function_name(function):
+def _function_name(function: Any) -> str:
     return getattr(function, "__qualname__", repr(function))
 
 
-def _short_repr(value, limit=60):
+def _short_repr(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

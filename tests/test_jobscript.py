@@ -6,6 +6,8 @@ from pathlib import Path
 
 from sheepdog import jobscript
 
+from .fresh_interpreter import call_in_fresh_interpreter
+
 GOLDEN = Path(__file__).parent / "golden" / "jobscript.txt"
 
 SETTINGS = {
@@ -26,15 +28,15 @@ SETTINGS = {
 
 def render():
     return jobscript.render(
-        "/usr/bin/python3", ["-S /usr/bin/python3", "-t 1-3", "-l lr=0"], SETTINGS
+        "/usr/bin/python3", ["#$ -S /usr/bin/python3", "#$ -t 1-3", "#$ -l lr=0"], SETTINGS
     )
 
 
 def test_rendered_job_file_matches_the_golden_file():
     """The file's shape is pinned; the embedded sources are checked separately."""
     text = render()
-    for name in jobscript.EMBEDDED_MODULES:
-        text = text.replace(repr(jobscript.embedded_source(name)), f"<source of {name}.py>")
+    for name, source in jobscript.embedded_sources().items():
+        text = text.replace(repr(source), f"<source of {name}>")
     if os.environ.get("SHEEPDOG_REGENERATE_GOLDEN"):
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text()
@@ -46,10 +48,16 @@ def test_job_file_holds_no_credential():
     assert "key_file" in text and "'key'" not in text and "secret" not in text.lower()
 
 
-def test_job_file_embeds_the_worker_and_serialisation_code():
+def test_job_file_embeds_the_worker_serialisation_and_cloudpickle_code():
+    import cloudpickle
+
+    sources = jobscript.embedded_sources()
+    assert list(sources) == ["cloudpickle.cloudpickle", "cloudpickle", "sheepdog.serialisation",
+                             "sheepdog.protocol", "sheepdog.worker"]
+    assert sources["cloudpickle.cloudpickle"] == Path(cloudpickle.cloudpickle.__file__).read_text()
     text = render()
-    for name in jobscript.EMBEDDED_MODULES:
-        assert repr(jobscript.embedded_source(name)) in text
+    for source in sources.values():
+        assert repr(source) in text
 
 
 def test_job_file_is_valid_python_and_starts_with_directives():
@@ -61,11 +69,22 @@ def test_job_file_is_valid_python_and_starts_with_directives():
 
 
 def test_job_file_runs_in_a_bare_interpreter_without_sheepdog(tmp_path):
-    """With -I and no sheepdog on the path, the file still loads its embedded code."""
+    """With -I -S neither sheepdog nor cloudpickle is on the path; the file still
+    loads its embedded code."""
     path = tmp_path / "job.py"
     path.write_text(render().replace('if __name__ == "__main__":', "if False:"))
-    probe = "import runpy; ns = runpy.run_path(%r); print(sorted(ns['SETTINGS']))" % str(path)
+    probe = (
+        "import importlib.util, runpy\n"
+        "assert not importlib.util.find_spec('sheepdog') and not importlib.util.find_spec('cloudpickle')\n"
+        "print(sorted(runpy.run_path(%r)['SETTINGS']))\n"
+    ) % str(path)
     output = subprocess.run(
-        [sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True, cwd=tmp_path
+        [sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, check=True,
+        cwd=tmp_path,
     ).stdout
     assert re.search(r"'request_id'", output)
+
+
+def test_embedded_code_runs_what_the_caller_serialised(tmp_path):
+    shipped = lambda x: f"{x} from {__name__}"  # noqa: E731 - a lambda is the point
+    assert call_in_fresh_interpreter(tmp_path, shipped, ("ran",)) == "ran from tests.test_jobscript"

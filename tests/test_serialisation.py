@@ -1,3 +1,7 @@
+import dataclasses
+import json
+import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -11,10 +15,14 @@ from sheepdog.serialisation import (
     dumps,
     dumps_argument,
     dumps_function,
+    load_or_describe,
     loads,
     loads_function,
-    ships_by_value,
+    module_is_installed,
 )
+
+from .fresh_interpreter import call_in_fresh_interpreter
+from .main_script import SCRIPT, run_as_main
 
 OFFSET = 100
 
@@ -27,21 +35,114 @@ def uses_helper(x):
     return helper(x) * 2
 
 
+@dataclasses.dataclass
+class Tally:
+    count: int
+
+    def add(self, n):
+        return Tally(self.count + helper(n) - OFFSET)
+
+
 def test_function_in_main_module_ships_by_value_and_library_function_by_name():
-    import json
-
-    assert ships_by_value(lambda: 1)
-    assert not ships_by_value(json.dumps)
-
-
-def test_globals_the_function_uses_are_captured_automatically():
-    shipped = loads_function(dumps_function(uses_helper))
-    assert shipped(1) == 202
+    assert b"_make_function" in dumps(lambda: 1)
+    assert b"_make_function" in dumps(helper)  # this test module is not installed
+    assert b"_make_function" not in dumps(json.dumps) and b"json" in dumps(json.dumps)
 
 
-def test_namespace_entries_override_captured_globals():
-    shipped = loads_function(dumps_function(uses_helper, {"OFFSET": 1}))
-    assert shipped(1) == 4
+def test_modules_installed_anywhere_travel_by_name():
+    import numpy
+
+    assert module_is_installed("json") and module_is_installed("sys")
+    assert module_is_installed("numpy.linalg")  # site-packages
+    assert module_is_installed("sheepdog.api")  # pip install -e
+    assert module_is_installed(numpy.__name__)
+    assert not module_is_installed("__main__")
+    assert not module_is_installed(__name__)  # beside the editable project, but not part of it
+    assert not module_is_installed("a_module_never_imported")
+
+
+def test_modules_in_the_user_site_travel_by_name(monkeypatch):
+    import site
+
+    module = types.ModuleType("installed_with_pip_user")
+    module.__file__ = os.path.join(site.getusersitepackages(), "installed_with_pip_user.py")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    assert module_is_installed(module.__name__)
+
+
+def test_cloudpickle_travels_by_name_wherever_the_caller_has_it(monkeypatch):
+    """Every job file embeds it; shipping its own rebuilding functions by value would never end."""
+    import cloudpickle
+
+    vendored = "/home/user/vendored/cloudpickle/cloudpickle.py"
+    monkeypatch.setattr(cloudpickle.cloudpickle, "__file__", vendored)
+    assert loads(dumps(lambda: 1))() == 1
+
+
+def test_instances_of_main_classes_travel_both_ways_and_come_back_as_the_callers_classes(
+        tmp_path):
+    main = run_as_main(SCRIPT)
+    point, colour, slotted, twice = call_in_fresh_interpreter(
+        tmp_path, main["transform"], (main["Point"](3, 4), main["Colour"].RED, main["Slotted"](1)))
+    assert type(point) is main["Point"] and point == main["Point"](15.0, 1)
+    assert colour is main["Colour"].GREEN
+    assert type(slotted) is main["Slotted"] and slotted.value == 2
+    assert twice == 2
+
+
+def test_instances_of_main_classes_load_in_a_process_that_never_defined_them():
+    """As get_results and get_errors do from a later session."""
+    main = run_as_main(SCRIPT)
+    payload = dumps((main["Point"](1, 2), main["Colour"].GREEN, main["Slotted"]))
+    program = "import sys; from sheepdog.serialisation import loads; print(loads(sys.stdin.buffer.read()))"
+    output = subprocess.run([sys.executable, "-c", program], input=payload, capture_output=True,
+                            check=True).stdout.decode()
+    assert output == "(Point(x=1, y=2), <Colour.GREEN: 2>, <class '__main__.Slotted'>)\n"
+
+
+def test_lambdas_closures_and_recursion_run_where_nothing_is_installed(tmp_path):
+    def make(scale):
+        def fact(n, step=lambda k: k - 1):
+            return 1 if n <= 1 else scale * n * fact(step(n))
+
+        return fact
+
+    assert call_in_fresh_interpreter(tmp_path, make(1), (5,)) == 120
+
+
+def test_classes_of_modules_not_installed_travel_by_value(tmp_path):
+    assert b"_make_skeleton_class" in dumps(Tally(1))
+    tally = call_in_fresh_interpreter(tmp_path, Tally.add, (Tally(1), 2))
+    assert type(tally) is Tally and tally == Tally(3)
+
+
+def test_namespace_never_enters_an_imported_module():
+    shipped = loads_function(dumps_function(json.dumps, {"OFFSET": 1}))
+    assert shipped is json.dumps and "OFFSET" not in vars(json)
+
+
+def test_a_payload_that_loads_is_returned():
+    assert load_or_describe(dumps({"a": [1, 2]})) == (True, {"a": [1, 2]})
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b"cno_such_module\nThing\n.", "ModuleNotFoundError: No module named 'no_such_module'"),
+    (b"c__main__\nModel\n.", "AttributeError: Can't get attribute 'Model' on <module"),
+    (dumps(list(range(1000)))[:-10], "UnpicklingError: pickle data was truncated"),
+    (dumps(pickle.PickleBuffer(bytearray(100_000)))[:-10], "ValueError: truncated sheepdog payload"),
+    (b"", "EOFError: Ran out of input"),
+])
+def test_a_payload_that_cannot_be_loaded_is_described_in_one_line(payload, reason):
+    loaded, description = load_or_describe(payload)
+    assert not loaded and description.startswith(reason) and "\n" not in description
+
+
+def test_globals_the_function_uses_are_captured_automatically(tmp_path):
+    assert call_in_fresh_interpreter(tmp_path, uses_helper, (1,)) == 202
+
+
+def test_namespace_entries_override_captured_globals(tmp_path):
+    assert call_in_fresh_interpreter(tmp_path, uses_helper, (1,), ns={"OFFSET": 1}) == 4
 
 
 def test_closure_and_defaults_travel():
@@ -63,15 +164,12 @@ def test_recursive_function_refers_to_itself():
     assert loads_function(dumps_function(fact))(5) == 120
 
 
-def test_global_import_idiom_is_shared_between_shipped_functions():
-    source = (
+def test_global_import_idiom_is_shared_between_shipped_functions(tmp_path):
+    main = run_as_main(
         "def g(x):\n    return m.sqrt(x)\n"
-        "def f(x):\n    import math as m\n    global m\n    return g(x)\n"
-    )
-    namespace = {"__name__": "__main__"}
-    exec(compile(source, "<stdin>", "exec"), namespace)
-    shipped = loads_function(dumps_function(namespace["f"], {"g": namespace["g"]}))
-    assert shipped(16) == 4.0
+        "def f(x):\n    import math as m\n    global m\n    return g(x)\n", "<stdin>")
+    assert call_in_fresh_interpreter(tmp_path, main["f"], (16,)) == 4.0
+    assert call_in_fresh_interpreter(tmp_path, main["f"], (16,), ns={"g": main["g"]}) == 4.0
 
 
 def test_modules_travel_by_name():
@@ -106,9 +204,11 @@ def test_arguments_round_trip_including_functions():
     assert value[:3] == (1, "two", [3.0]) and value[3](1) == 2
 
 
-def test_protocol_is_overridable(monkeypatch):
+def test_protocol_is_overridable(monkeypatch, tmp_path):
     monkeypatch.setattr(serialisation, "pickle_protocol", 2)
     assert dumps(1)[:2] == b"\x80\x02"
+    main = run_as_main(SCRIPT)
+    assert call_in_fresh_interpreter(tmp_path, main["Point"].norm, (main["Point"](3, 4),)) == 15.0
 
 
 def test_function_defined_without_source_file_ships():
@@ -126,16 +226,18 @@ def test_function_defined_without_source_file_ships():
 
 
 def test_embedded_modules_import_only_the_standard_library():
+    """Besides each other: cloudpickle's package imports its module, and sheepdog's
+    modules import the protocol and cloudpickle, all embedded beside them."""
     import ast
-    from pathlib import Path
 
-    package = Path(serialisation.__file__).parent
-    for name in ("serialisation.py", "protocol.py", "worker.py"):
-        tree = ast.parse((package / name).read_text())
-        # The one sibling they may import is the protocol, embedded beside them.
+    from sheepdog.jobscript import embedded_sources
+
+    for name, source in embedded_sources().items():
+        tree = ast.parse(source)
         relative = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level]
-        assert all(node.module in (None, "protocol") and node.level == 1 for node in relative)
-        assert all(alias.name == "protocol" for node in relative if node.module is None
+        sibling = "cloudpickle" if name.startswith("cloudpickle") else "protocol"
+        assert all(node.module in (None, sibling) and node.level == 1 for node in relative)
+        assert all(alias.name == sibling for node in relative if node.module is None
                    for alias in node.names)
         absolute = {
             alias.name.split(".")[0]
@@ -147,7 +249,8 @@ def test_embedded_modules_import_only_the_standard_library():
             for node in ast.walk(tree)
             if isinstance(node, ast.ImportFrom) and node.module and not node.level
         }
-        assert absolute <= set(sys.stdlib_module_names), (name, absolute)
+        embedded = {"cloudpickle"} if name == "sheepdog.serialisation" else set()
+        assert absolute <= set(sys.stdlib_module_names) | embedded, (name, absolute)
 
 
 def test_shipped_function_gets_builtins():

@@ -1,0 +1,58 @@
+"""Rewrite the golden files in tests/golden/ from what sheepdog renders now.
+
+``jobscript.txt`` pins the job file's shape; ``header-<scheduler>.txt`` each
+batch backend's job header. Regenerating them is a step of its own, never
+part of a test run (tests/conftest.py refuses to run with a golden-writing
+variable set), so that a golden test cannot pass by rewriting what it
+compares with. Run it after an intended change, then review the diff before
+committing it::
+
+    .venv/bin/python -m tests.regenerate_golden
+    git diff tests/golden/
+"""
+
+import difflib
+import sys
+from pathlib import Path
+
+from sheepdog import jobscript
+
+from .test_jobscript import GOLDEN, render
+
+
+def golden_text() -> str:
+    """The rendered job file with each embedded source replaced by its name, as pinned."""
+    text = render()
+    for name, source in jobscript.embedded_sources().items():
+        text = text.replace(repr(source), f"<source of {name}>")
+    return text
+
+
+def golden_headers() -> dict[Path, str]:
+    """Each batch backend's header, as ``test_the_header_matches_the_golden_file`` renders it."""
+    from .test_backends import GOLDEN as HEADERS, Contract
+
+    return {HEADERS / f"header-{contract.scheduler}.txt":
+            "\n".join(contract().backend(max_running=4).header(250)) + "\n"
+            for contract in Contract.__subclasses__()}
+
+
+def rewrite(path: Path, new: str) -> None:
+    old = path.read_text() if path.exists() else ""
+    if old == new:
+        print(f"{path} is up to date")
+        return
+    sys.stdout.writelines(difflib.unified_diff(
+        old.splitlines(keepends=True), new.splitlines(keepends=True), str(path), "rendered"))
+    path.write_text(new)
+    print(f"rewrote {path}: review the diff above before committing it")
+
+
+def main() -> int:
+    for path, text in {GOLDEN: golden_text(), **golden_headers()}.items():
+        rewrite(path, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
