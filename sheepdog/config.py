@@ -17,7 +17,6 @@ import socket
 import sys
 from typing import Any, Mapping, Optional
 
-SCHEDULERS = ("gridengine", "local")
 #: How workers reach the caller's server: see docs/channel.rst.
 CALLBACKS = ("auto", "direct", "tunnel")
 
@@ -42,6 +41,7 @@ class Config:
     localhost: Optional[str] = None
     shell: Optional[str] = None
     ge_opts: tuple[str, ...] = DEFAULT_GE_OPTS
+    slurm_opts: tuple[str, ...] = ()
     workers: Optional[int] = None
     chunksize: Optional[int] = None
     max_running: Optional[int] = None
@@ -55,15 +55,6 @@ class Config:
     callback: str = "auto"
     connect_timeout: float = 60.0
     key_in_job_file: bool = False
-
-    @property
-    def memory_limit(self) -> Optional[int]:
-        """Bytes of ``-l mem_grab=SIZE`` in ``ge_opts``, which workers enforce."""
-        for option in self.ge_opts:
-            match = re.search(r"(?:^|[\s,])mem_grab=([^\s,]+)", option)
-            if match:
-                return parse_memory(match.group(1))
-        return None
 
 
 #: Accepted types of each key (None stands for "may be None").
@@ -82,6 +73,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "localhost": (str, type(None)),
     "shell": (str, type(None)),
     "ge_opts": (list, tuple),
+    "slurm_opts": (list, tuple),
     "workers": (int, type(None)),
     "chunksize": (int, type(None)),
     "max_running": (int, type(None)),
@@ -98,6 +90,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 VALID_KEYS = tuple(field.name for field in dataclasses.fields(Config))
+#: Keys that hold one scheduler's own options; each backend says which is its own.
+OPTIONS_KEYS = tuple(key for key in VALID_KEYS if key.endswith("_opts"))
 
 
 def parse_memory(text: str) -> int:
@@ -126,20 +120,17 @@ def _check_types(conf: Mapping[str, Any]) -> None:
             raise TypeError(f"config key {key!r} must be {names}, not {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"config key {key!r} must be a finite number, not {value}")
-    if "ge_opts" in conf and not all(isinstance(item, str) for item in conf["ge_opts"]):
-        raise TypeError("config key 'ge_opts' must be a list of strings, e.g. ['-l h_rt=1:00:00']")
+    for key in OPTIONS_KEYS:
+        if key in conf and not all(isinstance(item, str) for item in conf[key]):
+            raise TypeError(f"config key {key!r} must be a list of strings, one option each")
 
 
 def _check_values(config: Config) -> None:
-    if config.scheduler not in SCHEDULERS:
-        raise ValueError(
-            f"config key 'scheduler' is {config.scheduler!r}; choose one of {', '.join(SCHEDULERS)}"
-        )
-    if config.scheduler != "local" and not config.host:
-        raise ValueError(
-            f"config key 'host' is required for scheduler {config.scheduler!r}: the head "
-            f"node to SSH into; use {{'scheduler': 'local'}} to run on this machine"
-        )
+    from .backends import registered  # the registry knows the schedulers, config does not
+
+    if config.scheduler not in registered():
+        raise ValueError(f"config key 'scheduler' is {config.scheduler!r}; choose one of "
+                         f"{', '.join(registered())}")
     if config.callback not in CALLBACKS:
         raise ValueError(
             f"config key 'callback' is {config.callback!r}; choose one of {', '.join(CALLBACKS)}"
@@ -169,7 +160,6 @@ def _check_values(config: Config) -> None:
             raise ValueError(f"config key {key!r} names {path!r}, which does not exist")
     if config.max_body_bytes < 1:
         raise ValueError("config key 'max_body_bytes' must be positive")
-    config.memory_limit  # noqa: B018 - raises on a malformed mem_grab
 
 
 def resolve(conf: Optional[Mapping[str, Any]]) -> Config:
@@ -180,8 +170,9 @@ def resolve(conf: Optional[Mapping[str, Any]]) -> Config:
         raise TypeError(f"config must be a dict, not {type(conf).__name__}")
     _check_types(conf)
     values = dict(conf)
-    if "ge_opts" in values:
-        values["ge_opts"] = tuple(values["ge_opts"])
+    for key in OPTIONS_KEYS:
+        if key in values:
+            values[key] = tuple(values[key])
     if "dbfile" in values:
         values["dbfile"] = os.fspath(values["dbfile"])
     config = Config(**values)

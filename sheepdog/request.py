@@ -165,11 +165,12 @@ class Request:
             "indices": None if indices is None else list(indices),
             "task_variable": backend.task_variable,
             "python": list(sys.version_info[:2]),
-            "memory_limit": config.memory_limit,
+            "memory_limit": backend.memory_limit(),
+            "kill_signals": list(backend.kill_signals),
             "retry_seconds": config.retry_seconds,
             "heartbeat_seconds": config.heartbeat_seconds,
         }
-        script = jobscript.render(config.shell or "python3", backend.directives(n_array_tasks),
+        script = jobscript.render(config.shell or "python3", backend.header(n_array_tasks),
                                   settings)
         job_id = backend.submit(script, self.id, n_array_tasks)
         storage.add_job(self.id, job_id, chunksize, indices)

@@ -48,13 +48,16 @@ def test_wrong_type_names_the_key(conf, key):
         resolve(conf)
 
 
-def test_missing_host_for_gridengine_says_how_to_run_locally():
-    with pytest.raises(ValueError, match="'host' is required.*'local'"):
-        resolve({})
+def test_a_cluster_scheduler_without_a_host_runs_its_commands_on_this_machine():
+    """For a caller on the head node itself: no SSH."""
+    from sheepdog.backends import create
+    from sheepdog.shells import LocalShell
+
+    assert isinstance(create(resolve({"scheduler": "gridengine"})).shell, LocalShell)
 
 
 def test_unknown_scheduler_lists_the_choices():
-    with pytest.raises(ValueError, match="gridengine, local"):
+    with pytest.raises(ValueError, match="gridengine, slurm, local"):
         resolve({"scheduler": "pbs", "host": "x"})
 
 
@@ -68,17 +71,6 @@ def test_config_must_be_a_mapping():
 )
 def test_memory_sizes_follow_gridengine_units(text, expected):
     assert parse_memory(text) == expected
-
-
-def test_mem_grab_in_ge_opts_sets_the_worker_memory_limit():
-    config = resolve({"host": "fear", "ge_opts": ["-l lr=0", "-l h_rt=60,mem_grab=2G"]})
-    assert config.memory_limit == 2 * 2**30
-    assert resolve({"host": "fear"}).memory_limit is None
-
-
-def test_malformed_mem_grab_is_refused_up_front():
-    with pytest.raises(ValueError, match="mem_grab"):
-        resolve({"host": "fear", "ge_opts": ["-l mem_grab=lots"]})
 
 
 @pytest.mark.parametrize("key", ["ssh_config", "ssh_keyfile", "ssh_known_hosts"])

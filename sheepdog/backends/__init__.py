@@ -2,12 +2,19 @@
 
 A backend submits a rendered job file as an array job of ``n`` tasks, reports
 which array tasks have ended (so that tasks which ended without reporting can
-be marked lost), and cancels. Each scheduler lives in its own small module.
+be marked lost), and cancels. Each scheduler lives in its own small module:
+batch schedulers declare what differs over the shared core in ``batch.py``.
+
+Backends are found by name (``config["scheduler"]``): the built-in ones, and
+any that another package registers under the entry point group
+``sheepdog.backends`` (``name = "package.module:BackendClass"``).
 """
 
 from __future__ import annotations
 
 import abc
+import importlib
+from importlib.metadata import entry_points
 from typing import ClassVar, NamedTuple, Optional
 
 from ..config import Config
@@ -31,21 +38,28 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
     #: The environment variable that holds the 1-based array task id.
-    task_variable: ClassVar[str] = "SGE_TASK_ID"
+    task_variable: ClassVar[str]
     #: What a task removed on purpose was, in the scheduler's words ("deleted (qdel)").
     kill_word: ClassVar[str] = "deleted"
     #: Whether the tasks go on running when the calling process exits.
     outlives_caller: ClassVar[bool] = True
+    #: Signals the scheduler sends a task it is about to kill on purpose (``qdel``,
+    #: ``scancel``, a time limit): the worker reports them, so the task is not retried.
+    kill_signals: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Config) -> None:
         self.config = config
 
     def check(self) -> None:
-        """Raise SubmissionError for a config that cannot work, before anything is stored."""
+        """Raise for a config that cannot work with this scheduler, before anything is stored."""
 
-    def directives(self, n_array_tasks: int) -> list[str]:
-        """Scheduler options written into the job file's header."""
+    def header(self, n_array_tasks: int) -> list[str]:
+        """The job file's header lines for the scheduler (prefix included)."""
         return []
+
+    def memory_limit(self) -> Optional[int]:
+        """Bytes of address space each worker may use, from the scheduler's options."""
+        return None
 
     def capacity(self) -> tuple[Optional[int], Optional[int]]:
         """(slots that can run tasks at once, largest array allowed); None where unknown."""
@@ -87,12 +101,29 @@ class Backend(abc.ABC):
         """Release connections; the backend may be used again afterwards."""
 
 
+#: The built-in backends, by name.
+BUILT_IN = {
+    "gridengine": "sheepdog.backends.gridengine:GridEngineBackend",
+    "slurm": "sheepdog.backends.slurm:SlurmBackend",
+    "local": "sheepdog.backends.local:LocalBackend",
+}
+ENTRY_POINT_GROUP = "sheepdog.backends"
+
+
+def registered() -> dict[str, str]:
+    """Every backend that can be named: built-in ones, then those of entry points."""
+    found = dict(BUILT_IN)
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(entry.name, entry.value)
+    return found
+
+
 def create(config: Config) -> Backend:
     """The backend that ``config.scheduler`` names."""
-    if config.scheduler == "local":
-        from .local import LocalBackend
-
-        return LocalBackend(config)
-    from .gridengine import GridEngineBackend
-
-    return GridEngineBackend(config)
+    target = registered().get(config.scheduler)
+    if target is None:
+        raise ValueError(f"no scheduler backend named {config.scheduler!r}; choose one of "
+                         f"{', '.join(registered())}")
+    module, _, name = target.partition(":")
+    backend: type[Backend] = getattr(importlib.import_module(module), name)
+    return backend(config)

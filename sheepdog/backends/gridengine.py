@@ -1,32 +1,26 @@
-"""GridEngine over SSH: qsub the job file, watch it with qstat and qacct, qdel it.
+"""GridEngine: qsub the job file, watch it with qstat and qacct, qdel it.
 
-The job file is uploaded by SFTP into ``ssh_dir`` on the head node, submitted
-with ``qsub -terse`` (which prints ``JOBID.1-N:1`` for an array job) and then
-removed, since qsub keeps its own copy. Array tasks that have left ``qstat``
-have ended; ``qacct`` says how (exit status, failure code). Tasks stuck in an
-error state (``Eqw``: a missing shell, an unwritable ``-o`` path) never run, so
-they count as ended too, with GridEngine's reason, and are deleted. Jobs are
-submitted with ``-notify``, so a running task that ``qdel`` removes is warned
-and reports itself deleted; such tasks, and those killed for exceeding a limit
-such as ``h_rt``, are not retried.
+Only what is GridEngine's own lives here; ``batch.py`` does the rest. Jobs
+are submitted with ``qsub -terse`` (which prints ``JOBID.1-N:1`` for an array
+job) and ``-notify``, so a running task that ``qdel`` removes, or that is about
+to exceed a limit such as ``h_rt``, gets SIGUSR2 first and reports itself
+killed on purpose; such tasks are not retried. Array tasks that have left
+``qstat`` have ended, and ``qacct`` says how (exit status, failure code). Tasks
+stuck in an error state (``Eqw``: a missing shell, an unwritable ``-o`` path)
+never run: they count as held, with GridEngine's reason, and are deleted.
+``-l mem_grab=SIZE`` in ``ge_opts`` (the original Sheepdog's memory resource)
+becomes the workers' address-space limit.
 """
 
 from __future__ import annotations
 
 import re
-import secrets
-import threading
-import time
 import xml.etree.ElementTree as ElementTree
-from typing import Optional
+from typing import Optional, Sequence
 
-from .. import ssh
-from ..tunnel import Tunnel
-from . import Backend, SubmissionError, TaskEnd
-
-#: This session's tunnels, one per head node and local server port, kept open for reuse.
-_tunnels: dict[tuple[ssh.Destination, int], Tunnel] = {}
-_tunnels_lock = threading.Lock()
+from ..config import parse_memory
+from . import SubmissionError, TaskEnd
+from .batch import HELD, PENDING, RUNNING, BatchBackend, SchedulerQueryFailed, option_value
 
 #: Seconds a task may be missing from qstat without a qacct record before it counts as ended.
 ACCOUNTING_GRACE_SECONDS = 15.0
@@ -123,135 +117,78 @@ def describe_accounting(fields: dict[str, str]) -> TaskEnd:
     return TaskEnd(reason, retryable=code != _LIMIT_ENFORCED, exit_status=status)
 
 
-class GridEngineBackend(Backend):
-    """Submits array jobs with qsub on the head node, over SSH."""
+def live_state(letters: str) -> str:
+    """The shared state of a task from qstat's state letters (``qw``, ``r``, ``Eqw``...)."""
+    if "E" in letters:
+        return HELD
+    return RUNNING if "r" in letters or "t" in letters else PENDING
+
+
+class GridEngineBackend(BatchBackend):
+    """Array jobs with qsub, on the head node over SSH or on this machine."""
 
     name = "gridengine"
     task_variable = "SGE_TASK_ID"
     kill_word = "deleted (qdel)"
+    kill_signals = ("SIGUSR2",)
+    header_prefix = "#$"
+    options_key = "ge_opts"
+    submit_program = "qsub"
+    accounting_grace = ACCOUNTING_GRACE_SECONDS
+    no_record = TaskEnd("deleted from GridEngine before it ran (no accounting record)",
+                        retryable=False)
 
-    def __init__(self, config) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(config)
-        self._missing_since: dict[tuple[str, int], float] = {}
-        self._capacity: Optional[tuple[Optional[int], Optional[int]]] = None
+    def check(self) -> None:
+        super().check()
+        self.memory_limit()  # raises on a malformed mem_grab
 
-    @property
-    def connection(self) -> ssh.Connection:
-        return ssh.get(ssh.destination_for(self.config))
+    def memory_limit(self) -> Optional[int]:
+        """Bytes of ``-l mem_grab=SIZE`` in ``ge_opts``, which workers enforce."""
+        for option in self.options:
+            match = re.search(r"(?:^|[\s,])mem_grab=([^\s,]+)", option)
+            if match:
+                return parse_memory(match.group(1))
+        return None
 
     def directives(self, n_array_tasks: int) -> list[str]:
         # -notify: qdel warns a running task (SIGUSR2), so it can say it was deleted.
         limit = [f"-tc {self.config.max_running}"] if self.config.max_running else []
         return [f"-S {self.config.shell}", f"-t 1-{n_array_tasks}", "-notify", *limit,
-                *self.config.ge_opts]
+                *self.options]
 
-    def capacity(self) -> tuple[Optional[int], Optional[int]]:
-        """Slots (``qstat -g c``) and ``max_aj_tasks`` (``qconf -sconf``), asked once."""
-        if self._capacity is None:
-            slots = parse_total_slots(self._run("qstat -g c").stdout)
-            max_array = parse_max_array_tasks(self._run("qconf -sconf").stdout)
-            self._capacity = (slots, max_array)
-        return self._capacity
+    def submit_argv(self, path: str) -> list[str]:
+        return ["qsub", "-terse", path]
 
-    def _run(self, command: str) -> ssh.CommandResult:
-        result = self.connection.run(command)
-        if result.status == 127 or "command not found" in result.stderr:
-            program = command.split()[0]
-            raise SubmissionError(
-                f"{program} was not found on {self.config.host} by a non-interactive SSH "
-                f"command ({result.stderr.strip()}). Make GridEngine's environment load for "
-                f"such commands, e.g. add 'source $SGE_ROOT/default/common/settings.sh' to "
-                f"~/.bashrc on the head node, above any line that returns early for "
-                f"non-interactive shells"
-            )
-        return result
+    def parse_job_id(self, output: str) -> str:
+        return parse_job_id(output)
 
-    def submit(self, script: str, request_id: int, n_array_tasks: int) -> str:
-        name = f"sheepdog_{request_id}_{secrets.token_hex(4)}.py"
-        remote = self.connection.upload(script, f"{self.config.ssh_dir}/{name}")
-        try:
-            result = self._run(f"qsub -terse {ssh.quote(remote)}")
-        finally:
-            self.connection.run(f"rm -f {ssh.quote(remote)}")
+    def live_tasks(self, job_id: str) -> dict[int, str]:
+        result = self.run(["qstat", "-xml", "-g", "d"])
         if result.status != 0:
-            raise SubmissionError(
-                f"qsub refused the job: {result.stderr.strip() or result.stdout.strip()}; "
-                f"check ge_opts {list(self.config.ge_opts)}"
-            )
-        return parse_job_id(result.stdout)
+            raise SchedulerQueryFailed(f"qstat failed: {result.stderr.strip()}")
+        listed = parse_qstat_tasks(result.stdout, job_id)
+        return {task: live_state(letters) for task, letters in listed.items()}
 
-    def _error_reasons(self, job_id: str) -> str:
-        detail = self._run(f"qstat -j {job_id}").stdout
+    def held_reason(self, job_id: str) -> str:
+        detail = self.run(["qstat", "-j", job_id]).stdout
         reasons = [line.split(":", 1)[1].strip() for line in detail.splitlines()
                    if line.startswith("error reason")]
         return "; ".join(reasons) or "GridEngine put the task in error state"
 
-    def ended_tasks(self, job_id: str, candidates: set[int]) -> dict[int, TaskEnd]:
-        listed = parse_qstat_tasks(self._run("qstat -xml -g d").stdout, job_id)
-        ended: dict[int, TaskEnd] = {}
-        errored = sorted(task for task, state in listed.items() if "E" in state and task in candidates)
-        if errored:
-            reason = self._error_reasons(job_id)
-            for task in errored:
-                ended[task] = TaskEnd(f"GridEngine error state: {reason}", retryable=False)
-            self._run(f"qdel {job_id} -t {errored[0]}-{errored[-1]}")
-        missing = sorted(task for task in candidates if task not in listed)
-        if not missing:
-            return ended
-        accounting: Optional[dict[int, dict[str, str]]] = None
-        now = time.monotonic()
-        for task in missing:
-            first_seen = self._missing_since.setdefault((job_id, task), now)
-            if accounting is None:
-                accounting = parse_qacct(self._run(f"qacct -j {job_id}").stdout)
-            if task in accounting:
-                ended[task] = describe_accounting(accounting[task])
-            elif now - first_seen > ACCOUNTING_GRACE_SECONDS:
-                # A task that never ran leaves no accounting: it was deleted (qdel).
-                ended[task] = TaskEnd(
-                    "deleted from GridEngine before it ran (no accounting record)", retryable=False
-                )
-        return ended
+    def accounting(self, job_id: str) -> Optional[dict[int, TaskEnd]]:
+        records = parse_qacct(self.run(["qacct", "-j", job_id]).stdout)
+        return {task: describe_accounting(fields) for task, fields in records.items()}
 
-    def cancel(self, job_id: str) -> None:
-        self._run(f"qdel {job_id}")
+    def cancel_argv(self, job_id: str, tasks: Sequence[int] = ()) -> list[str]:
+        return ["qdel", job_id, "-t", f"{min(tasks)}-{max(tasks)}"] if tasks else ["qdel", job_id]
 
-    def deliver_key(self, request_id: int, key: str) -> str:
-        """A 0600 file in the 0700 ``ssh_dir``: private, and seen by compute nodes that
-        share the home directory (which the default ``-wd $HOME/.sheepdog/`` needs anyway)."""
-        name = f"sheepdog_{request_id}_{secrets.token_hex(8)}.key"
-        return self.connection.upload(key, f"{self.config.ssh_dir}/{name}")
+    def query_capacity(self) -> tuple[Optional[int], Optional[int]]:
+        """Slots (``qstat -g c``) and ``max_aj_tasks`` (``qconf -sconf``)."""
+        return (parse_total_slots(self.run(["qstat", "-g", "c"]).stdout),
+                parse_max_array_tasks(self.run(["qconf", "-sconf"]).stdout))
 
-    def withdraw_key(self, path: str) -> None:
-        self.connection.run(f"rm -f {ssh.quote(path)}")
-
-    def running_tasks(self, job_id: str) -> set[int]:
-        listed = parse_qstat_tasks(self._run("qstat -xml -g d").stdout, job_id)
-        return {task for task, state in listed.items() if "r" in state and "E" not in state}
-
-    def task_output(self, job_id: str, task_id: int) -> str:
-        """The tail of the task's ``-e`` file: in the ``-e`` directory of ``ge_opts``, else
-        in the working directory or the home directory, as GridEngine names it."""
-        directories = []
-        for option in self.config.ge_opts:
-            flag, _, value = option.strip().partition(" ")
-            if flag in ("-e", "-wd") and value.strip():
-                directories.append(value.strip().rstrip("/"))
-        directories.append("$HOME")
-        # Left unquoted on purpose: the remote shell expands $HOME and the glob.
-        patterns = " ".join(f"{directory}/*.e{job_id}.{task_id}" for directory in directories)
-        result = self.connection.run(
-            f"for f in {patterns}; do if [ -f \"$f\" ]; then tail -c 4000 \"$f\"; break; fi; done")
-        return result.stdout
-
-    def reverse_route(self, local_port: int) -> Optional[tuple[str, int]]:
-        """A tunnel back to this machine through the head node (see ``tunnel.py``)."""
-        key = (self.connection.target, local_port)
-        with _tunnels_lock:
-            if key not in _tunnels:
-                _tunnels[key] = Tunnel(self.connection, local_port,
-                                       python=self.config.shell or "python3")
-            return _tunnels[key].open()
-
-    def close(self) -> None:
-        self.connection.close()
+    def log_pattern(self, job_id: str, task_id: int) -> str:
+        """``<dir>/<job name>.e<job>.<task>`` in the ``-e`` directory, else ``-wd``, else home."""
+        directory = option_value(self.options, "-e") or option_value(self.options, "-wd")
+        directories = [directory.rstrip("/")] if directory else []
+        return " ".join(f"{d}/*.e{job_id}.{task_id}" for d in [*directories, "$HOME"])

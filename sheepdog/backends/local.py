@@ -1,7 +1,7 @@
 """Run job files as processes on this machine: sheepdog without a cluster.
 
 The very same job file the cluster would run is started once per array task,
-with the environment a GridEngine task sees (``SGE_TASK_ID``, ``JOB_ID``, ...),
+with its array task id in ``SHEEPDOG_TASK_ID``,
 at most ``workers`` at a time. It is the embedded default for the demo and for
 users without a cluster, and the backend the fast tests use.
 """
@@ -104,15 +104,7 @@ class LocalJob:
 
     def _run(self, task_id: int) -> int | None:
         """Run one array task to its end; None if it was cancelled before it started."""
-        environment = dict(
-            os.environ,
-            SGE_TASK_ID=str(task_id),
-            SGE_TASK_FIRST="1",
-            SGE_TASK_LAST=str(self.n_tasks),
-            SGE_TASK_STEPSIZE="1",
-            JOB_ID=self.job_id,
-            JOB_NAME=self.script.name,
-        )
+        environment = dict(os.environ, **{LocalBackend.task_variable: str(task_id)})
         with open(self.log_path(task_id), "wb") as log_file:
             with self._lock:
                 if self._cancelled:
@@ -163,6 +155,7 @@ class LocalBackend(Backend):
     """Array jobs as processes on this machine, ``config.workers`` at a time."""
 
     name = "local"
+    task_variable = "SHEEPDOG_TASK_ID"
     kill_word = "cancelled"
     outlives_caller = False
 

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Stop what ci/slurm-up.sh started: cancel every Slurm job (waiting, bounded,
+# for them to end), then stop slurmd, slurmctld, slurmdbd, MariaDB and munged,
+# take the second loopback address away and the Slurm lines out of the env
+# file. GridEngine, sshd and the namespace stay; packages, configuration and
+# the accounting database stay too, so the next bring-up takes seconds. Safe
+# to run when nothing (or only part) is up.
+set -uo pipefail
+
+NETNS=${SHEEPDOG_NETNS:-sheepdog}
+STATE=${SHEEPDOG_TEST_STATE:-/var/lib/sheepdog-test}
+
+say() { echo "slurm-down: $*" >&2; }
+in_ns() { timeout 30 ip netns exec "$NETNS" "$@"; }
+have_ns() { [[ -e /run/netns/$NETNS ]]; }
+alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+stop() {  # stop the daemon named by a pid file: TERM, then KILL after 20 s
+    [[ -s $1 ]] || return 0
+    local pid deadline=$((SECONDS + 20))
+    pid=$(cat "$1")
+    if kill "$pid" 2>/dev/null; then
+        # Polled every 0.1 s (tail --pid polls every second).
+        while kill -0 "$pid" 2>/dev/null; do
+            if ((SECONDS >= deadline)); then
+                kill -9 "$pid" 2>/dev/null
+                break
+            fi
+            sleep 0.1
+        done
+    fi
+    rm -f "$1"
+}
+
+main() {
+    if [[ $(id -u) -ne 0 ]]; then
+        say "run me as root"
+        exit 1
+    fi
+    # Jobs first, while slurmctld and slurmd can still end them: a task's
+    # processes (under slurmstepd) outlive slurmd.
+    if have_ns && alive /run/slurmctld.pid && alive /run/slurmd.pid; then
+        local jobs
+        jobs=$(in_ns squeue -h -o %A 2>/dev/null | sort -u)
+        if [[ -n $jobs ]]; then
+            # shellcheck disable=SC2086
+            in_ns scancel $jobs 2>/dev/null
+            local deadline=$((SECONDS + 30))
+            while [[ -n $(in_ns squeue -h -o %A 2>/dev/null) ]]; do
+                if ((SECONDS >= deadline)); then
+                    say "jobs still there after 30 s; stopping the daemons anyway"
+                    break
+                fi
+                sleep 0.5
+            done
+        fi
+    fi
+    stop /run/slurmd.pid
+    stop /run/slurmctld.pid
+    stop /run/slurmdbd.pid
+    stop /run/mysqld/mysqld.pid
+    stop /run/munge/munged.pid
+    if have_ns; then
+        ip -n "$NETNS" addr del 127.0.0.2/8 dev lo 2>/dev/null
+    fi
+    if [[ -f $STATE/env ]]; then
+        grep -Ev '^export (SHEEPDOG_SLURM|SHEEPDOG_SLURM_PARTITION|SHEEPDOG_SLURM_CLUSTER|SHEEPDOG_SLURM_ACCOUNTING|SHEEPDOG_SLURM_KILL_WAIT)=' \
+            "$STATE/env" > "$STATE/env.new"
+        if cmp -s "$STATE/env.new" "$STATE/env"; then rm "$STATE/env.new"; else mv "$STATE/env.new" "$STATE/env"; fi
+    fi
+    say "stopped"
+}
+
+main "$@"

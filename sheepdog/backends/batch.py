@@ -1,0 +1,231 @@
+"""What every batch scheduler backend shares: submit, watch and cancel through a Shell.
+
+A scheduler module (``gridengine.py``, ``slurm.py``) subclasses
+:class:`BatchBackend` and only declares what differs: its header lines, the
+task-id variable, its commands and the parsers for their output, how its own
+states and exit codes translate into how a task ended (and whether that may
+be retried), its capacity, and its options key. How to submit a job file,
+which tasks have ended, when accounting is late, and how key files are
+delivered live here, once.
+
+Ending rules, for an array task that the scheduler no longer lists as live:
+its accounting record says how it ended (:meth:`BatchBackend.parse_accounting`);
+with no record yet, it is given ``accounting_grace`` seconds, after which
+:attr:`BatchBackend.no_record` says what to conclude. A task the scheduler
+holds and will never run by itself (GridEngine's ``Eqw``, Slurm's held) has
+ended too, with the scheduler's reason, and is removed.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+import re
+import secrets
+import time
+from typing import ClassVar, Optional, Sequence
+
+from ..config import OPTIONS_KEYS, Config
+from ..shells import LocalShell, Shell, SSHShell
+from ..ssh import CommandResult, destination_for, get
+from . import Backend, SubmissionError, TaskEnd
+
+log = logging.getLogger(__name__)
+
+#: Shared task states that a scheduler's live states translate into.
+PENDING, RUNNING, HELD = "pending", "running", "held"
+
+
+class SchedulerQueryFailed(RuntimeError):
+    """The scheduler could not say which tasks are live (say, its daemon restarts).
+
+    Nothing is concluded from such a look: the next one, a few seconds later,
+    may succeed.
+    """
+
+
+def shell_for(config: Config) -> Shell:
+    """The head node over SSH when the config names one, else this machine."""
+    return SSHShell(get(destination_for(config))) if config.host else LocalShell()
+
+
+class BatchBackend(Backend):
+    """A batch scheduler reached through a :class:`~sheepdog.shells.Shell`."""
+
+    #: Starts each header line, as in ``#$`` or ``#SBATCH``.
+    header_prefix: ClassVar[str]
+    #: The config key with this scheduler's own options, as in ``ge_opts``.
+    options_key: ClassVar[str]
+    #: Seconds an ended task may lack an accounting record before :attr:`no_record` applies.
+    accounting_grace: ClassVar[float] = 15.0
+    #: What an ended task with no accounting record (after the grace) is taken for.
+    no_record: ClassVar[TaskEnd]
+    #: The scheduler's commands, for messages ("qsub was not found ...").
+    submit_program: ClassVar[str]
+
+    def __init__(self, config: Config, shell: Optional[Shell] = None) -> None:
+        super().__init__(config)
+        self.shell = shell if shell is not None else shell_for(config)
+        self._missing_since: dict[tuple[str, int], float] = {}
+        self._capacity: Optional[tuple[Optional[int], Optional[int]]] = None
+
+    # -- what each scheduler declares --------------------------------------
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The user's options for this scheduler (the value of :attr:`options_key`)."""
+        return tuple(getattr(self.config, self.options_key))
+
+    @abc.abstractmethod
+    def directives(self, n_array_tasks: int) -> list[str]:
+        """The options of the job, without :attr:`header_prefix`."""
+
+    @abc.abstractmethod
+    def submit_argv(self, path: str) -> list[str]:
+        """The command that submits the job file at ``path``."""
+
+    @abc.abstractmethod
+    def parse_job_id(self, output: str) -> str:
+        """The job id from the submit command's output."""
+
+    @abc.abstractmethod
+    def live_tasks(self, job_id: str) -> dict[int, str]:
+        """Array task -> shared state (PENDING, RUNNING, HELD) of the tasks still listed."""
+
+    @abc.abstractmethod
+    def accounting(self, job_id: str) -> Optional[dict[int, TaskEnd]]:
+        """How the job's ended tasks ended, by array task; None when accounting is off."""
+
+    @abc.abstractmethod
+    def cancel_argv(self, job_id: str, tasks: Sequence[int] = ()) -> list[str]:
+        """The command that removes the job, or only ``tasks`` of it."""
+
+    def held_reason(self, job_id: str) -> str:
+        """Why the scheduler holds the job's tasks, in its words."""
+        return "the scheduler holds the task"
+
+    def query_capacity(self) -> tuple[Optional[int], Optional[int]]:
+        """(slots, largest array), asked of the scheduler; None where unknown."""
+        return None, None
+
+    def log_pattern(self, job_id: str, task_id: int) -> str:
+        """Where (as a shell glob) the task's stderr is written on the scheduler's machines."""
+        return f"$HOME/*{job_id}*{task_id}*"
+
+    # -- shared behaviour ----------------------------------------------------
+
+    def check(self) -> None:
+        """Options meant for another scheduler are a mistake worth naming."""
+        for field in dataclasses.fields(Config):
+            if (field.name in OPTIONS_KEYS and field.name != self.options_key
+                    and getattr(self.config, field.name) != field.default):
+                raise ValueError(f"config key {field.name!r} holds another scheduler's "
+                                 f"options; for {self.name}, use {self.options_key!r}")
+
+    def header(self, n_array_tasks: int) -> list[str]:
+        return [f"{self.header_prefix} {line}" for line in self.directives(n_array_tasks)]
+
+    def capacity(self) -> tuple[Optional[int], Optional[int]]:
+        """Asked of the scheduler once per backend."""
+        if self._capacity is None:
+            self._capacity = self.query_capacity()
+        return self._capacity
+
+    def run(self, argv: Sequence[str]) -> CommandResult:
+        """Run a scheduler command; a missing program is explained, not just reported."""
+        result = self.shell.run(argv)
+        if result.status == 127 or "command not found" in result.stderr:
+            raise SubmissionError(
+                f"{argv[0]} was not found on {self.shell.where} by a non-interactive command "
+                f"({result.stderr.strip()}). Make the scheduler's environment load for such "
+                f"commands, e.g. in ~/.bashrc on the head node, above any line that returns "
+                f"early for non-interactive shells (see the SSH page of the docs)"
+            )
+        return result
+
+    def submit(self, script: str, request_id: int, n_array_tasks: int) -> str:
+        """Upload the job file (private), submit it, and remove it: the scheduler keeps a copy."""
+        name = f"sheepdog_{request_id}_{secrets.token_hex(4)}.py"
+        path = self.shell.put(script, f"{self.config.ssh_dir}/{name}")
+        try:
+            result = self.run(self.submit_argv(path))
+        finally:
+            self.shell.run(["rm", "-f", path])
+        if result.status != 0:
+            said = result.stderr.strip() or result.stdout.strip()
+            raise SubmissionError(f"{self.submit_program} refused the job: {said}; check "
+                                  f"{self.options_key} {list(self.options)}")
+        return self.parse_job_id(result.stdout)
+
+    def _live(self, job_id: str) -> Optional[dict[int, str]]:
+        try:
+            return self.live_tasks(job_id)
+        except SchedulerQueryFailed as error:
+            log.warning("%s: %s; looking again later", self.name, error)
+            return None
+
+    def ended_tasks(self, job_id: str, candidates: set[int]) -> dict[int, TaskEnd]:
+        live = self._live(job_id)
+        if live is None:
+            return {}
+        ended: dict[int, TaskEnd] = {}
+        held = sorted(task for task in candidates if live.get(task) == HELD)
+        if held:
+            reason = self.held_reason(job_id)
+            for task in held:
+                ended[task] = TaskEnd(f"{self.name} holds it and will not run it: {reason}",
+                                      retryable=False)
+            self.run(self.cancel_argv(job_id, held))
+        missing = sorted(task for task in candidates if task not in live)
+        if not missing:
+            return ended
+        records = self.accounting(job_id)
+        now = time.monotonic()
+        for task in missing:
+            first_seen = self._missing_since.setdefault((job_id, task), now)
+            if records is not None and task in records:
+                ended[task] = records[task]
+            elif now - first_seen > self.accounting_grace:
+                ended[task] = self.no_record if records is not None else TaskEnd(
+                    f"it left {self.name}'s queue, and {self.name} keeps no accounting here",
+                    retryable=True)
+        return ended
+
+    def running_tasks(self, job_id: str) -> set[int]:
+        live = self._live(job_id) or {}
+        return {task for task, state in live.items() if state == RUNNING}
+
+    def cancel(self, job_id: str) -> None:
+        self.run(self.cancel_argv(job_id))
+
+    def deliver_key(self, request_id: int, key: str) -> str:
+        """A 0600 file in the 0700 ``ssh_dir``: private, and seen by compute nodes that
+        share the home directory (which the default working directory needs anyway)."""
+        return self.shell.put(key, f"{self.config.ssh_dir}/sheepdog_{request_id}_"
+                                   f"{secrets.token_hex(8)}.key")
+
+    def withdraw_key(self, path: str) -> None:
+        self.shell.run(["rm", "-f", path])
+
+    def task_output(self, job_id: str, task_id: int) -> str:
+        """The tail of the task's stderr file, found by :meth:`log_pattern`."""
+        pattern = self.log_pattern(job_id, task_id)
+        result = self.shell.script(
+            f'for f in {pattern}; do if [ -f "$f" ]; then tail -c 4000 "$f"; break; fi; done')
+        return result.stdout
+
+    def reverse_route(self, local_port: int) -> Optional[tuple[str, int]]:
+        return self.shell.reverse_route(local_port, self.config.shell or "python3")
+
+    def close(self) -> None:
+        self.shell.close()
+
+
+def option_value(options: Sequence[str], flag: str) -> Optional[str]:
+    """The value of ``flag`` in options such as ``["-e /tmp/", "--mem=2G"]``, if given."""
+    for option in options:
+        match = re.match(rf"\s*{re.escape(flag)}(?:=|\s+)(\S+)", option)
+        if match:
+            return match.group(1)
+    return None
