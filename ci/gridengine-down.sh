@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Stop what ci/gridengine-up.sh and ci/nat-up.sh started: GridEngine's
-# daemons, the test sshds, node1, the caller, and the network namespaces.
+# Stop what ci/gridengine-up.sh, ci/nat-up.sh and ci/slurm-up.sh started:
+# Slurm, GridEngine's daemons, the test sshds, node1, the caller, and the
+# network namespaces.
 # Packages, the test users and the key stay, so the next bring-up takes
 # seconds.
 set -uo pipefail
@@ -18,7 +19,10 @@ stop() {  # stop the process named by a pid file, waiting up to 20 s
     timeout 20 tail --pid="$pid" -f /dev/null || kill -9 "$pid" 2>/dev/null
 }
 
-# First what ci/nat-up.sh added (node1, the caller): it needs qmaster to take
+# Slurm (ci/slurm-up.sh) runs in the same namespace: stop it first.
+bash "$(dirname "$0")/slurm-down.sh"
+
+# Then what ci/nat-up.sh added (node1, the caller): it needs qmaster to take
 # node1 out of the configuration.
 bash "$(dirname "$0")/nat-down.sh"
 

@@ -23,6 +23,8 @@ if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     bash ci/gridengine-up.sh
     # The caller behind NAT and the second execution host node1.
     bash ci/nat-up.sh
+    # Slurm beside GridEngine, in the same namespace.
+    bash ci/slurm-up.sh
     # shellcheck source=/dev/null
     source "${SHEEPDOG_TEST_STATE:-/var/lib/sheepdog-test}/env"
     export SHEEPDOG_REQUIRE_CLUSTER=1
