@@ -13,10 +13,13 @@ Routes, each signed by the worker under the request's own key (see
     POST /requests/<rid>/tasks/<tasks>/start    the tasks started running
     POST /requests/<rid>/tasks/<tasks>/heartbeat  the tasks are still running
     POST /requests/<rid>/tasks/<tasks>/killing  the scheduler warned it will kill them
-    POST /requests/<rid>/results                results and errors, as frames
+    POST /requests/<rid>/results                results, errors and output tails, as frames
     POST /requests/<rid>/tasks/<i>/result       body: one pickled result (how workers
                                                 send one of 1 MB or more)
     POST /requests/<rid>/tasks/<i>/error        body: one traceback, UTF-8
+    POST /requests/<rid>/tasks/<i>/output       body: the task's output tails, as frames
+    POST /requests/<rid>/tasks/<i>/lost         body: how the task's process ended, UTF-8
+                                                (it crashed; its worker went on)
 
 Frames are ``protocol.pack_frames``: (index, kind, length) headers, the bytes,
 and zero padding to 16 bytes. Bodies are stored as bytes and never unpickled
@@ -24,6 +27,13 @@ here. A request is authorised from its headers alone (:meth:`Callbacks.admit`),
 so that the host refuses an unauthorised body before reading any of it; a body
 is then stored only if it has the digest that the signature covers. Every
 malformed or unauthorised request gets a 4xx answer with a one-line reason.
+
+Bodies are refused over ``max_body_bytes``, except that the error, output and
+lost routes accept up to ``protocol.REPORT_FLOOR_BYTES`` whatever the limit:
+the report that a task failed (or that its result was refused) must always
+fit. A report that cannot be stored because the disk is full is answered
+with 507 and a message that names the disk; the worker retries it for a
+while, then reports the task failed with that message.
 
 Large payloads are not copied on the way through: a request body arrives as
 one buffer and its frames are views of it, and a reply's body is a list of
@@ -41,8 +51,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from .payloads import SPILL_BYTES, PayloadFile
-from .storage import Storage
-from .protocol import (ARGUMENTS, DIGEST_HEADER, ERROR, RESULT, body_digest, nbytes,
+from .storage import DiskFullError, Storage
+from .protocol import (ARGUMENTS, DIGEST_HEADER, DISK_FULL_STATUS, ERROR, OUTPUT,
+                       REPORT_FLOOR_BYTES, RESULT, STDERR, STDOUT, body_digest, nbytes,
                        pack_frames, parse_index_spec, signed_digest, unpack_frames)
 
 log = logging.getLogger(__name__)
@@ -58,7 +69,11 @@ _ROUTE = re.compile(
     r"tasks/(?P<spec>[0-9,-]{1,100000})(?:/(?P<action>[a-z]+))?)"
 )
 _CHUNK_ACTIONS = ("start", "heartbeat", "killing")
-_SINGLE_ACTIONS = ("result", "error")
+_SINGLE_ACTIONS = ("result", "error", "output", "lost")
+#: Routes whose bodies are accepted up to REPORT_FLOOR_BYTES whatever the limit.
+_FLOOR_ACTIONS = ("error", "output", "lost")
+#: Output frame kinds and the stream each names in storage.
+_STREAMS = {OUTPUT: "stdout and stderr", STDOUT: "stdout", STDERR: "stderr"}
 
 
 #: A reply body: bytes, or parts to send in order (bytes-like, or files to stream).
@@ -98,15 +113,27 @@ class Callbacks:
         self.max_body_bytes = max_body_bytes
         self._secrets: dict[int, bytes] = {}
 
-    def too_large(self, content_length: Optional[str]) -> Optional[Reply]:
+    @property
+    def largest_body_bytes(self) -> int:
+        """The largest body any route accepts: what the host must be ready to read."""
+        return max(self.max_body_bytes, REPORT_FLOOR_BYTES)
+
+    def body_limit(self, path: str) -> int:
+        """The largest body accepted on ``path``."""
+        match = _ROUTE.fullmatch(path)
+        if match is not None and match["action"] in _FLOOR_ACTIONS:
+            return self.largest_body_bytes
+        return self.max_body_bytes
+
+    def too_large(self, content_length: Optional[str], path: str = "") -> Optional[Reply]:
         """A 413 reply when the announced body exceeds the limit, before it is read."""
         try:
             length = int(content_length or 0)
         except ValueError:
             return text_reply(400, "Content-Length is not a number")
-        if length > self.max_body_bytes:
-            return text_reply(413, f"body of {length} bytes is over the limit of "
-                                   f"{self.max_body_bytes} bytes")
+        limit = self.body_limit(path)
+        if length > limit:
+            return text_reply(413, f"body of {length} bytes is over the limit of {limit} bytes")
         return None
 
     def _secret(self, request_id: int) -> Optional[bytes]:
@@ -128,6 +155,9 @@ class Callbacks:
         """
         try:
             return self._respond(method, path, headers, body, digest)
+        except DiskFullError as error:
+            log.error("cannot store %s %s: %s", method, path, error)
+            return text_reply(DISK_FULL_STATUS, str(error))
         except sqlite3.OperationalError as error:
             log.warning("database busy answering %s %s: %s", method, path, error)
             return text_reply(503, "database busy, retry", **{"Retry-After": "1"})
@@ -139,7 +169,7 @@ class Callbacks:
         or chunks), so that no byte of a body is read, and no memory set
         aside for it, before its sender proved it holds the request's key.
         """
-        refusal = self.too_large(headers.get("Content-Length"))
+        refusal = self.too_large(headers.get("Content-Length"), path)
         if refusal is not None or (path == "/" and method in ("GET", "HEAD")):
             return refusal
         route = self._authorised_route(method, path, headers)
@@ -217,12 +247,17 @@ class Callbacks:
             return text_reply(404, "no such route")
         if method != "POST":
             return text_reply(405, "use POST", Allow="POST")
-        if len(body) > self.max_body_bytes:
-            return text_reply(413, f"body over the limit of {self.max_body_bytes} bytes")
+        limit = self.body_limit(path)
+        if len(body) > limit:
+            return text_reply(413, f"body over the limit of {limit} bytes")
         if action in _CHUNK_ACTIONS:
             return self._chunk_action(request_id, indices, action)
         if len(indices) != 1 or not self.storage.task_exists(request_id, indices[0]):
             return text_reply(404, "no such task")
+        if action == "output":
+            return self._output(request_id, indices[0], body)
+        if action == "lost":
+            return self._lost(request_id, indices[0], body)
         return self._report(request_id, indices[0], action, body)
 
     def _chunk_action(self, request_id: int, indices: list[int], action: str) -> Reply:
@@ -232,17 +267,45 @@ class Callbacks:
         return _STORED
 
     def _results(self, request_id: int, body: Any) -> Reply:
-        """A batch of framed results and errors."""
+        """A batch of framed results, errors and output tails."""
         try:
             frames = unpack_frames(body)
         except ValueError as error:
             return text_reply(400, f"malformed results: {error}")
         reports = [(index, kind == ERROR, payload) for index, kind, payload in frames
                    if kind in (RESULT, ERROR)]
-        if len(reports) != len(frames) or not reports:
-            return text_reply(400, "malformed results: no result or error frames")
+        outputs = [(index, _STREAMS[kind], payload) for index, kind, payload in frames
+                   if kind in _STREAMS]
+        if len(reports) + len(outputs) != len(frames) or not frames:
+            return text_reply(400, "malformed results: frames other than results, errors "
+                                   "and outputs, or none")
         return self._malformed(reports) or text_reply(
-            200, f"stored {self.storage.record_reports(request_id, reports)} of {len(reports)}")
+            200, f"stored {self.storage.record_reports(request_id, reports, outputs)} "
+                 f"of {len(reports)}")
+
+    def _output(self, request_id: int, index: int, body: Any) -> Reply:
+        """The output tails of one task, posted alone."""
+        try:
+            frames = unpack_frames(body)
+        except ValueError as error:
+            return text_reply(400, f"malformed output: {error}")
+        outputs = [(index, _STREAMS[kind], payload) for frame_index, kind, payload in frames
+                   if kind in _STREAMS and frame_index == index]
+        if len(outputs) != len(frames) or not outputs:
+            return text_reply(400, f"malformed output: only output frames of task {index}")
+        self.storage.record_reports(request_id, [], outputs)
+        return _STORED
+
+    def _lost(self, request_id: int, index: int, body: Any) -> Reply:
+        """A task whose process crashed: lost, and retryable unless its kill was announced."""
+        try:
+            reason = bytes(body).decode("utf-8")
+        except UnicodeDecodeError:
+            return text_reply(400, f"the reason why task {index} was lost must be UTF-8")
+        if not reason:
+            return text_reply(400, f"empty reason for task {index}")
+        recorded = self.storage.record_lost(request_id, index, reason, retryable=None)
+        return _STORED if recorded else _ALREADY
 
     def _report(self, request_id: int, index: int, action: str, body: Any) -> Reply:
         """One result or error, posted alone (a payload too large to batch)."""

@@ -9,6 +9,11 @@ said) and on the port fixed in their config, unless ``--scheme`` and
 ``--port`` say otherwise. One server speaks one scheme: requests that need
 both are served by two commands, one ``--scheme`` each.
 ``sheepdog status RID --dbfile F`` prints how far a request has come.
+``sheepdog logs RID [INDEX] --dbfile F`` prints what tasks left behind: the
+error and the tail of the stdout and stderr of task INDEX (1-based, in the
+order of the arguments), or of every task that failed, was lost or was
+cancelled. Reading commands never create a database: a missing dbfile is an
+error that names it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from typing import Any, NamedTuple, Optional, Sequence
 from .callbacks import DEFAULT_MAX_BODY_BYTES
 from .progress import describe
 from .server import Server
-from .storage import Storage
+from .session import Session
+from .storage import STREAMS, Storage, TaskLog
 
 log = logging.getLogger("sheepdog")
 
@@ -55,7 +61,48 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show the progress of a request")
     status.add_argument("request_id", type=int)
     status.add_argument("--dbfile", default="./sheepdog.sqlite")
+    logs = commands.add_parser("logs", help="show the errors and output of a request's tasks")
+    logs.add_argument("request_id", type=int)
+    logs.add_argument("index", type=int, nargs="?",
+                      help="the task (1-based argument index; default: every task that "
+                           "failed, was lost or was cancelled)")
+    logs.add_argument("--dbfile", default="./sheepdog.sqlite")
     return parser
+
+
+def _existing_storage(dbfile: str) -> Storage:
+    """The database ``dbfile``, which must exist: reading never creates one."""
+    try:
+        return Session().storage(dbfile, create=False)
+    except FileNotFoundError as error:
+        raise CommandError(str(error)) from None
+
+
+def format_log(log_entry: TaskLog) -> str:
+    """One task's state, error and output, as ``sheepdog logs`` prints it."""
+    lines = [f"=== task {log_entry.task}: {log_entry.state} ==="]
+    if log_entry.error:
+        lines.append(log_entry.error.rstrip())
+    for stream in STREAMS:
+        if stream in log_entry.output:
+            lines.append(f"--- {stream} (the last part) ---")
+            lines.append(log_entry.output[stream].rstrip())
+    if not log_entry.output:
+        lines.append("(no output was kept)")
+    return "\n".join(lines)
+
+
+def _logs(arguments: argparse.Namespace) -> int:
+    storage = _existing_storage(arguments.dbfile)
+    try:
+        entries = storage.task_logs(arguments.request_id, arguments.index)
+    except KeyError as error:
+        raise CommandError(error.args[0]) from None
+    if not entries:
+        print(f"request {arguments.request_id}: no task failed, was lost or was cancelled")
+    for entry in entries:
+        print(format_log(entry))
+    return 0
 
 
 def _listing(request_ids: Sequence[int]) -> str:
@@ -127,19 +174,25 @@ def _serve(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _status(arguments: argparse.Namespace) -> int:
+    try:
+        progress = _existing_storage(arguments.dbfile).progress(arguments.request_id)
+    except KeyError as error:
+        raise CommandError(error.args[0]) from None
+    print(describe(progress, elapsed=0))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     arguments = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="sheepdog: %(message)s")
     if arguments.command == "serve":
         return _serve(arguments)
-    storage = Storage(arguments.dbfile)
     try:
-        progress = storage.progress(arguments.request_id)
-    except KeyError as error:
-        print(f"sheepdog: {error.args[0]}", file=sys.stderr)
+        return {"status": _status, "logs": _logs}[arguments.command](arguments)
+    except CommandError as error:
+        print(f"sheepdog: {error}", file=sys.stderr)
         return 1
-    print(describe(progress, elapsed=0))
-    return 0
 
 
 if __name__ == "__main__":

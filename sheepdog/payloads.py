@@ -7,17 +7,32 @@ arguments and results of :data:`SPILL_BYTES` or more live in files under
 directory that another user owns or can write to is refused). Which
 payloads are in files is recorded in the database (``storage.py``); this
 module only knows the files. New files are written under a unique staging
-name and renamed into place, so a file with a final name is always whole.
+name (``*.part``) and renamed into place, so a file with a final name is
+always whole.
+
+A process killed while it wrote a staging file (a large upload, say) leaves
+it behind, so opening the database removes staging files that nobody is
+writing. Every user of the directory (each database opened, in any process)
+holds a shared ``flock`` on it: one that finds no other holder removes every
+staging file; otherwise only those untouched for :data:`STALE_STAGING_SECONDS`,
+which no live writer leaves so long. (Where the directory cannot be locked,
+as on NFS, the age rule alone applies.)
 """
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import mmap
 import os
+import stat
 import tempfile
-from typing import Any, Iterator, Sequence
+import time
+from typing import Any, Iterator, Optional, Sequence
 
 from .private import private_directory
+
+log = logging.getLogger(__name__)
 
 #: Payloads (pickled arguments or results) this large are kept in files.
 SPILL_BYTES = 1 << 20
@@ -25,6 +40,9 @@ SPILL_BYTES = 1 << 20
 CHUNK_BYTES = 4 << 20
 #: Payload files this large are loaded as memory maps rather than read.
 MAP_BYTES = 64 << 20
+#: A staging file untouched this long is left over, even if the directory is in use.
+STALE_STAGING_SECONDS = 24 * 3600
+STAGING_SUFFIX = ".part"
 
 
 class PayloadError(RuntimeError):
@@ -111,12 +129,59 @@ class PayloadDirectory:
     def __init__(self, root: str) -> None:
         self.root = root
         self._root_is_private = False
+        self._lock: Optional[int] = None  # a descriptor of the root, holding the shared lock
+
+    def __del__(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
 
     def _private_root(self) -> None:
         """Create the root directory, or check that it is the caller's alone (once)."""
         if not self._root_is_private:
             private_directory(self.root)
+            if self._lock is None:
+                self._lock = self._lock_root(fcntl.LOCK_SH)[0]
             self._root_is_private = True
+
+    def _lock_root(self, operation: int) -> tuple[int, bool]:
+        """(descriptor of the root, whether ``operation`` locked it): kept open to hold it."""
+        descriptor = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(descriptor, operation)
+            return descriptor, True
+        except OSError:  # held by another, or not lockable here
+            return descriptor, False
+
+    def remove_leftovers(self) -> list[str]:
+        """Remove staging files that no live process is writing; return their paths.
+
+        See the module's docstring for how a live writer is told apart.
+        """
+        if self._lock is not None or not os.path.isdir(self.root):
+            return []
+        lock, alone = self._lock_root(fcntl.LOCK_EX | fcntl.LOCK_NB)
+        removed = []
+        oldest = time.time() - STALE_STAGING_SECONDS
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if not entry.name.endswith(STAGING_SUFFIX):
+                    continue
+                status = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(status.st_mode) and (alone or status.st_mtime < oldest):
+                    try:
+                        os.remove(entry.path)
+                        removed.append(entry.path)
+                    except FileNotFoundError:
+                        pass
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH)
+        except OSError:
+            pass  # not lockable here: the age rule protects this user's files
+        self._lock = lock
+        if removed:
+            log.info("removed %d unfinished payload files left in %s by a process that "
+                     "ended while writing them", len(removed), self.root)
+        return removed
 
     def path(self, table: str, request_id: int, index: int) -> str:
         """Where a payload of ``table`` (arguments or results) lives when kept in a file."""
@@ -131,12 +196,19 @@ class PayloadDirectory:
     def staging_file(self, kind: str, index: int) -> tuple[int, str]:
         """(descriptor, path) of a new private file, to be renamed into place when whole."""
         self._private_root()
-        return tempfile.mkstemp(prefix=f"{kind}-{index}.", suffix=".part", dir=self.root)
+        return tempfile.mkstemp(prefix=f"{kind}-{index}.", suffix=STAGING_SUFFIX, dir=self.root)
 
     def stage(self, kind: str, index: int, parts: Sequence[Any]) -> str:
-        """Write bytes-like ``parts`` to a new staging file (see :meth:`staging_file`); its path."""
+        """Write bytes-like ``parts`` to a new staging file (see :meth:`staging_file`); its path.
+
+        A file that could not be written whole (a full disk) is removed.
+        """
         descriptor, path = self.staging_file(kind, index)
-        write_parts(descriptor, parts)
+        try:
+            write_parts(descriptor, parts)
+        except BaseException:
+            os.remove(path)
+            raise
         return path
 
     def stored(self, table: str, request_id: int, index: int, data: bytes,

@@ -15,7 +15,16 @@ harmless: reports are first-come and the other routes are idempotent.
 
 **Frames.** Many arguments or reports travel in one body as frames: a 32-byte
 header (index, kind, length), the payload, and zero padding to 16 bytes, so
-that every payload starts aligned within the body.
+that every payload starts aligned within the body. A task's report is its
+pickled result or its error text; beside it may travel the tail of what the
+task wrote to stdout and stderr (``STDOUT``, ``STDERR``, or ``OUTPUT`` when both
+went to one file).
+
+**Sizes.** An error report must always fit, or a task that failed would be
+lost instead: the server accepts error and output bodies of up to
+``REPORT_FLOOR_BYTES`` whatever its ``max_body_bytes``, and the worker keeps an
+error text within ``MAX_ERROR_BYTES`` and an output tail within
+``OUTPUT_TAIL_BYTES`` per stream.
 """
 
 import hashlib
@@ -33,12 +42,26 @@ MAX_AUTHORIZATION_CHARS = 200
 #: straight into a file; arguments this large are kept in files by the server.
 ALONE_BYTES = 1 << 20
 
+#: The longest error text a worker sends, in UTF-8 bytes.
+MAX_ERROR_BYTES = 60_000
+#: The most of each of a task's stdout and stderr that is kept: their last bytes.
+OUTPUT_TAIL_BYTES = 64 << 10
+#: Error and output bodies this large are accepted whatever the server's limit.
+REPORT_FLOOR_BYTES = 256 << 10
+
+#: The answer to a report that the server could not store because its disk is full.
+DISK_FULL_STATUS = 507
+
 #: The exit status of a worker that could not read the request's key.
 EXIT_NO_KEY = 66
 
 _FRAME_HEADER = struct.Struct("!QB15xQ")
 _ALIGNMENT = 16
 ARGUMENTS, RESULT, ERROR = 0, 1, 2
+#: Output tails: of stdout, of stderr, and of both when they went to one file.
+STDOUT, STDERR, OUTPUT = 3, 4, 5
+OUTPUT_KINDS = (STDOUT, STDERR, OUTPUT)
+_KINDS = (ARGUMENTS, RESULT, ERROR) + OUTPUT_KINDS
 
 #: The largest task index a spec may name (SQLite integers are signed 64-bit).
 MAX_INDEX = 2**62
@@ -104,24 +127,43 @@ def pack_frames(frames):
     return parts
 
 
+def frame_bytes(index, kind, data):
+    """One frame of a bytes-like ``data``, as one bytes object: quicker for a small payload."""
+    length = len(data) if not isinstance(data, memoryview) else data.nbytes
+    return b"".join((_FRAME_HEADER.pack(index, kind, length), data, bytes(-length % _ALIGNMENT)))
+
+
 def unpack_frames(data):
     """The inverse of :func:`pack_frames` for the whole body; ValueError when not frames.
 
     Payloads are memoryviews of ``data``, not copies.
     """
     view = memoryview(data).cast("B")
-    frames, offset = [], 0
-    while offset < len(view):
-        if offset + _FRAME_HEADER.size > len(view):
-            raise ValueError("truncated frame header")
-        index, kind, length = _FRAME_HEADER.unpack_from(view, offset)
-        offset += _FRAME_HEADER.size
-        end = offset + length + (-length % _ALIGNMENT)
-        if kind not in (ARGUMENTS, RESULT, ERROR) or end > len(view):
-            raise ValueError("bad frame")
-        frames.append((index, kind, view[offset:offset + length]))
-        offset = end
+    frames, used = split_frames(view)
+    if used != len(view):
+        raise ValueError("truncated frame")
     return frames
+
+
+def split_frames(data, kinds=_KINDS):
+    """(frames, bytes they take) of the whole frames at the start of ``data``.
+
+    For reading frames as they arrive: the bytes after ``used`` are the start
+    of a frame still to come. A frame of a kind not in ``kinds`` is a ValueError.
+    """
+    view = memoryview(data).cast("B")
+    frames, offset = [], 0
+    while offset + _FRAME_HEADER.size <= len(view):
+        index, kind, length = _FRAME_HEADER.unpack_from(view, offset)
+        if kind not in kinds:
+            raise ValueError("bad frame")
+        start = offset + _FRAME_HEADER.size
+        end = start + length + (-length % _ALIGNMENT)
+        if end > len(view):
+            break
+        frames.append((index, kind, view[start:start + length]))
+        offset = end
+    return frames, offset
 
 
 def coalesce(parts, limit=1 << 20):

@@ -9,6 +9,11 @@ Flask app serves the same protocol under Werkzeug's server otherwise, and in
 tests through Flask's test client. Either runs in a daemon thread of the
 caller's process (``Server.start``) or in the foreground (``serve_forever``,
 used by ``sheepdog serve``).
+
+A large result is received straight into its file; when the disk fills up
+meanwhile, the rest of the body is still read (and dropped), so that the
+worker hears the 507 that names the disk rather than a closed connection,
+which it would retry.
 """
 
 from __future__ import annotations
@@ -25,11 +30,11 @@ from typing import Any, Callable, Iterator, Optional, Union
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import tls
+from . import diskspace, tls
 from .callbacks import DEFAULT_MAX_BODY_BYTES, Callbacks, Reply, text_reply
 from .payloads import CHUNK_BYTES, SPILL_BYTES, PayloadFile, write_all
 from .storage import Storage
-from .protocol import coalesce
+from .protocol import DISK_FULL_STATUS, coalesce
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ def create_app(storage: Storage, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -
     """The Flask app answering the callback protocol for ``storage``."""
     callbacks = Callbacks(storage, max_body_bytes)
     app = Flask("sheepdog.server")
-    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    app.config["MAX_CONTENT_LENGTH"] = callbacks.largest_body_bytes  # admit() checks each route
     app.url_map.merge_slashes = False  # odd paths get a 404, not a redirect
 
     def as_response(reply: Reply) -> Response:
@@ -135,10 +140,19 @@ def _tornado_application(callbacks: Callbacks) -> Any:
 
             descriptor, path = callbacks.storage.new_staging_file(request_id, index)
             digest = hashlib.sha256()
+            full: list[OSError] = []  # the write that found the disk full
 
             def absorb(piece: memoryview) -> None:  # in a thread: both release the GIL
                 digest.update(piece)
-                write_all(descriptor, piece)
+                if full:
+                    return  # read to the end, so that the worker hears why
+                try:
+                    write_all(descriptor, piece)
+                except OSError as error:
+                    if not diskspace.is_disk_full(error):
+                        raise
+                    full.append(error)
+                    os.ftruncate(descriptor, 0)  # give the room back at once
 
             stream = self.request.connection.detach()
             self._finished = True  # answered below, not through this handler
@@ -164,8 +178,14 @@ def _tornado_application(callbacks: Callbacks) -> Any:
                     if writing is not None and not writing.done():
                         await asyncio.wait([writing])
                     os.close(descriptor)
-                reply = callbacks.respond("POST", self.request.path, self.request.headers,
-                                          PayloadFile(path, length), digest.hexdigest())
+                if full:
+                    message = diskspace.describe(callbacks.storage.payloads.root, str(full[0]))
+                    log.error("result %s of request %s could not be stored: %s",
+                              index, request_id, message)
+                    reply = text_reply(DISK_FULL_STATUS, message)
+                else:
+                    reply = callbacks.respond("POST", self.request.path, self.request.headers,
+                                              PayloadFile(path, length), digest.hexdigest())
                 await stream.write(_raw_response(reply))
             except (tornado.iostream.StreamClosedError, asyncio.TimeoutError) as error:
                 log.warning("result %s of request %s: upload not finished: %r",
@@ -352,9 +372,10 @@ class Server:
         io_loop = tornado.ioloop.IOLoop.current()
         sockets = tornado.netutil.bind_sockets(self.port, address=self.bind,
                                                backlog=connections.LISTEN_BACKLOG)
+        callbacks = Callbacks(self.storage, self.max_body_bytes)
         http_server = connections.GuardedHTTPServer(
-            _tornado_application(Callbacks(self.storage, self.max_body_bytes)),
-            max_body_size=self.max_body_bytes,
+            _tornado_application(callbacks),
+            max_body_size=callbacks.largest_body_bytes,  # admit() checks each route
             ssl_options=self._ssl_context,
             idle_connection_timeout=self.idle_timeout,
             body_timeout=self.body_timeout,

@@ -22,6 +22,15 @@ moved in only when its report is accepted.
 How many tasks are in each state is kept in a table updated by a trigger in
 the same transaction as each change, so reading progress does not scan tasks.
 
+The tail of what a task wrote to stdout and stderr (see ``worker.py``) is kept
+in a table of its own, one row per stream, only for tasks that wrote
+something. It arrives with the task's report and is kept with it (a duplicate
+run's output does not replace it), or alone for a task that crashed; it is
+appended to the error text that :meth:`Storage.errors` returns.
+
+A write that fails because the disk is full raises :class:`DiskFullError`,
+which names the disk; what was stored before stays.
+
 The file holds each request's secret, and the caller loads the results kept
 in it, so it must be the caller's alone: it is created 0600, and an existing
 one (with its ``-wal`` and ``-shm`` files and its payload directory) is
@@ -40,15 +49,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
+from . import diskspace
 from .payloads import SPILL_BYTES, PayloadDirectory, PayloadFile, nbytes
 from .private import UnsafePathError, private_directory, private_file
-
-SCHEMA_VERSION = 2
+from .protocol import OUTPUT_TAIL_BYTES
 
 PENDING, RUNNING, DONE, FAILED, LOST = "pending", "running", "done", "failed", "lost"
 CANCELLED = "cancelled"
 #: States a task's own report (result or error) may replace.
 REPORTABLE_STATES = (PENDING, RUNNING, LOST, CANCELLED)
+#: The states of tasks that have an error to show, and the SQL that picks them.
+_UNSUCCESSFUL_STATES = (FAILED, LOST, CANCELLED)
+_UNSUCCESSFUL = "t.state IN (?, ?, ?)"
 
 _SCHEMA = """
 CREATE TABLE requests (
@@ -118,6 +130,29 @@ BEGIN
 END
 """
 
+#: From version 2: the tail of each task's stdout and stderr.
+_UPGRADE_TO_3 = """
+CREATE TABLE outputs (
+    request_id INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (request_id, idx, stream)
+)
+"""
+
+#: The schema as scripts, each bringing it one version up: a database of
+#: version N runs the scripts from N on, in one transaction.
+_MIGRATIONS = (_SCHEMA, _UPGRADE_TO_2, _UPGRADE_TO_3)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+#: The streams of a task's output, in the order they are shown: one file
+#: for both, or one each.
+STREAMS = ("stdout and stderr", "stdout", "stderr")
+#: The most of one stream's tail that is stored (the worker's tail, and a
+#: note that earlier bytes were left out).
+MAX_OUTPUT_BYTES = OUTPUT_TAIL_BYTES + 1024
+
 
 class Job(NamedTuple):
     """A scheduler job of a request: array task t runs a chunk of its arguments."""
@@ -141,6 +176,30 @@ def _statements(script: str) -> Iterator[str]:
 
 class StorageError(RuntimeError):
     """The database cannot be used (wrong schema version, not a sheepdog file, not private)."""
+
+
+class DiskFullError(StorageError):
+    """Nothing more can be written: the disk or quota that holds the database is full."""
+
+
+class TaskLog(NamedTuple):
+    """What one task left behind: its state, its error text, and its output by stream."""
+
+    task: int
+    state: str
+    error: Optional[str]
+    output: dict[str, str]
+
+
+def with_output(error: str, output: Mapping[str, str]) -> str:
+    """``error`` followed by each stream of the task's ``output`` in a marked section."""
+    sections = [error.rstrip()]
+    for stream in STREAMS:
+        if stream in output:
+            sections.append(f"--- the task's {stream} (its last "
+                            f"{OUTPUT_TAIL_BYTES >> 10} KB at most) ---\n"
+                            f"{output[stream].rstrip()}\n--- end of the task's {stream} ---")
+    return "\n\n".join(sections)
 
 
 @dataclass(frozen=True)
@@ -182,6 +241,7 @@ class Storage:
         except UnsafePathError as error:
             raise StorageError(str(error)) from error
         self._migrate()
+        self.payloads.remove_leftovers()
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -195,30 +255,40 @@ class Storage:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         connection = self._connection()
-        connection.execute("BEGIN IMMEDIATE")
+        with self._disk_guard(self.dbfile):
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:  # SQLite may have rolled back already
+                    connection.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _disk_guard(self, path: str) -> Iterator[None]:
+        """Raise :class:`DiskFullError` naming the disk of ``path`` when a write finds it full."""
         try:
-            yield connection
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
+            yield
+        except (sqlite3.Error, OSError) as error:
+            if not diskspace.is_disk_full(error):
+                raise
+            raise DiskFullError(diskspace.describe(path, str(error))) from error
 
     def _migrate(self) -> None:
         try:
             with self._write() as db:
                 version = db.execute("PRAGMA user_version").fetchone()[0]
-                if version == 0:
-                    for statement in _statements(_SCHEMA):
-                        db.execute(statement)
-                if version in (0, 1):
-                    for statement in _statements(_UPGRADE_TO_2):
-                        db.execute(statement)
-                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                elif version != SCHEMA_VERSION:
+                if not 0 <= version <= SCHEMA_VERSION:
                     raise StorageError(
                         f"{self.dbfile} has sheepdog schema version {version}; this "
                         f"sheepdog reads version {SCHEMA_VERSION}: use another dbfile"
                     )
+                for script in _MIGRATIONS[version:]:
+                    for statement in _statements(script):
+                        db.execute(statement)
+                if version != SCHEMA_VERSION:
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as error:
             raise StorageError(f"{self.dbfile} is not a usable sheepdog database: {error}") from error
 
@@ -261,7 +331,8 @@ class Storage:
                 if nbytes(parts) < SPILL_BYTES:
                     rows.append((index, b"".join(parts), 0))
                     continue
-                staged[index] = self.payloads.stage("arguments", index, parts)
+                with self._disk_guard(self.payloads.root):
+                    staged[index] = self.payloads.stage("arguments", index, parts)
                 rows.append((index, b"", 1))
             with self._write() as db:
                 request_id = db.execute(
@@ -411,32 +482,56 @@ class Storage:
         """
         return self.payloads.staging_file(f"results-{request_id}", index)
 
-    def record_reports(self, request_id: int, reports: Sequence[tuple[int, bool, Any]]) -> int:
+    def record_reports(self, request_id: int, reports: Sequence[tuple[int, bool, Any]],
+                       outputs: Sequence[tuple[int, str, Any]] = ()) -> int:
         """Store many (index, failed, payload) reports in one transaction; returns how many.
 
         A payload is the pickled result (bytes-like, or a :class:`PayloadFile`
         from :meth:`new_staging_file`), or the UTF-8 error text when ``failed``.
         A large result is written to a staging file first, outside the
         transaction, and moved into place only if its report is accepted.
+
+        ``outputs`` are (index, stream, bytes) tails of the tasks' output (a
+        stream of :data:`STREAMS`). One that comes with its task's accepted
+        report replaces what was kept; any other is kept only where its task
+        has none for that stream yet (it came after its report, or the task
+        crashed), so a duplicate run's output never replaces the first's.
         """
         staged = {}
         try:
-            for index, failed, payload in reports:
-                if isinstance(payload, PayloadFile):
-                    staged[index] = payload.path
-                elif not failed and nbytes([payload]) >= SPILL_BYTES:
-                    staged[index] = self.payloads.stage(f"results-{request_id}", index, [payload])
+            with self._disk_guard(self.payloads.root):
+                for index, failed, payload in reports:
+                    if isinstance(payload, PayloadFile):
+                        staged[index] = payload.path
+                    elif not failed and nbytes([payload]) >= SPILL_BYTES:
+                        staged[index] = self.payloads.stage(
+                            f"results-{request_id}", index, [payload])
             with self._write() as db:
-                stored = sum(
-                    self._store_report(db, request_id, index, failed, payload, staged.get(index))
-                    for index, failed, payload in reports
-                )
+                accepted = {index for index, failed, payload in reports if self._store_report(
+                    db, request_id, index, failed, payload, staged.get(index))}
+                self._store_outputs(db, request_id, outputs, accepted)
         finally:
             for path in staged.values():
                 if os.path.exists(path):
                     os.remove(path)
         self._changed()
-        return stored
+        return len(accepted)
+
+    @staticmethod
+    def _store_outputs(db: sqlite3.Connection, request_id: int,
+                       outputs: Sequence[tuple[int, str, Any]], accepted: set[int]) -> None:
+        """Inside a transaction: output tails, by the rule of :meth:`record_reports`."""
+        for index, stream, data in outputs:
+            if stream not in STREAMS:
+                raise ValueError(f"unknown output stream {stream!r}")
+            data = bytes(data)[-MAX_OUTPUT_BYTES:]
+            if index in accepted:
+                db.execute("INSERT OR REPLACE INTO outputs (request_id, idx, stream, data) "
+                           "VALUES (?, ?, ?, ?)", (request_id, index, stream, data))
+            else:
+                db.execute("INSERT OR IGNORE INTO outputs (request_id, idx, stream, data) "
+                           "SELECT request_id, idx, ?, ? FROM tasks WHERE request_id = ? "
+                           "AND idx = ?", (stream, data, request_id, index))
 
     def _store_report(self, db: sqlite3.Connection, request_id: int, index: int, failed: bool,
                       payload: Any, staged_file: str | None) -> bool:
@@ -459,13 +554,20 @@ class Storage:
                         int(staged_file is not None)))
         return True
 
-    def record_lost(self, request_id: int, index: int, reason: str, retryable: bool = False) -> bool:
-        """Mark a task that ended without reporting; True if it was still open."""
+    def record_lost(self, request_id: int, index: int, reason: str,
+                    retryable: Optional[bool] = False) -> bool:
+        """Mark a task that ended without reporting; True if it was still open.
+
+        ``retryable=None`` means: unless the scheduler warned that it would
+        kill the task (then it was removed on purpose).
+        """
         with self._write() as db:
             cursor = db.execute(
-                "UPDATE tasks SET state = ?, error = ?, retryable = ?, updated = ? "
+                "UPDATE tasks SET state = ?, error = ?, "
+                "retryable = coalesce(?, kill_notice IS NULL), updated = ? "
                 "WHERE request_id = ? AND idx = ? AND state IN (?, ?)",
-                (LOST, reason, int(retryable), time.time(), request_id, index, PENDING, RUNNING),
+                (LOST, reason, None if retryable is None else int(retryable), time.time(),
+                 request_id, index, PENDING, RUNNING),
             )
         self._changed()
         return cursor.rowcount == 1
@@ -500,14 +602,17 @@ class Storage:
         return [row[0] for row in rows]
 
     def requeue(self, request_id: int, indices: Sequence[int]) -> None:
-        """Put lost or failed tasks back to pending for another attempt."""
+        """Put lost or failed tasks back to pending for another attempt (its output goes)."""
         now = time.time()
-        self._update_many(
-            "UPDATE tasks SET state = ?, error = NULL, heartbeat = NULL, kill_notice = NULL, "
-            "attempts = attempts + 1, updated = ? "
-            "WHERE request_id = ? AND idx = ? AND state IN (?, ?)",
-            ((PENDING, now, request_id, index, LOST, FAILED) for index in indices),
-        )
+        with self._write() as db:
+            db.executemany(
+                "UPDATE tasks SET state = ?, error = NULL, heartbeat = NULL, kill_notice = NULL, "
+                "attempts = attempts + 1, updated = ? "
+                "WHERE request_id = ? AND idx = ? AND state IN (?, ?)",
+                ((PENDING, now, request_id, index, LOST, FAILED) for index in indices),
+            )
+            db.executemany("DELETE FROM outputs WHERE request_id = ? AND idx = ?",
+                           ((request_id, index) for index in indices))
 
     def task_exists(self, request_id: int, index: int) -> bool:
         row = self._connection().execute(
@@ -589,16 +694,50 @@ class Storage:
         ]
 
     def errors(self, request_id: int) -> list[tuple[bytes | PayloadFile, str, str]]:
-        """(arguments, state, error text) of failed, lost and cancelled tasks, in order."""
+        """(arguments, state, error text) of failed, lost and cancelled tasks, in order.
+
+        The error text ends with the task's output, when any was kept (see
+        :func:`with_output`).
+        """
         self.n_tasks(request_id)
         rows = self._connection().execute(
             "SELECT t.idx, a.data, a.in_file, t.state, t.error FROM tasks t "
             "JOIN arguments a ON a.request_id = t.request_id AND a.idx = t.idx "
-            "WHERE t.request_id = ? AND t.state IN (?, ?, ?) ORDER BY t.idx",
-            (request_id, FAILED, LOST, CANCELLED),
-        )
-        return [(self.payloads.stored("arguments", request_id, index, data, in_file), state, error)
+            f"WHERE t.request_id = ? AND {_UNSUCCESSFUL} ORDER BY t.idx",
+            (request_id, *_UNSUCCESSFUL_STATES),
+        ).fetchall()
+        outputs = self._outputs(request_id, _UNSUCCESSFUL, _UNSUCCESSFUL_STATES) if rows else {}
+        return [(self.payloads.stored("arguments", request_id, index, data, in_file), state,
+                 with_output(error or "", outputs.get(index, {})))
                 for index, data, in_file, state, error in rows]
+
+    def task_logs(self, request_id: int, index: Optional[int] = None) -> list[TaskLog]:
+        """What task ``index`` left behind, or else every failed, lost or cancelled task.
+
+        Raises KeyError for an unknown request or task.
+        """
+        total = self.n_tasks(request_id)
+        where, parameters = ((_UNSUCCESSFUL, _UNSUCCESSFUL_STATES) if index is None
+                             else ("t.idx = ?", (index,)))
+        rows = self._connection().execute(
+            f"SELECT t.idx, t.state, t.error FROM tasks t WHERE t.request_id = ? AND {where} "
+            "ORDER BY t.idx", (request_id, *parameters)).fetchall()
+        if index is not None and not rows:
+            raise KeyError(f"request {request_id} has no task {index}: its tasks are 1 to {total}")
+        outputs = self._outputs(request_id, where, parameters) if rows else {}
+        return [TaskLog(idx, state, error, outputs.get(idx, {})) for idx, state, error in rows]
+
+    def _outputs(self, request_id: int, where: str, parameters: Sequence[Any]
+                 ) -> dict[int, dict[str, str]]:
+        """index -> stream -> text of the output kept for the tasks ``t`` that match ``where``."""
+        rows = self._connection().execute(
+            "SELECT o.idx, o.stream, o.data FROM outputs o JOIN tasks t "
+            "ON t.request_id = o.request_id AND t.idx = o.idx "
+            f"WHERE o.request_id = ? AND {where}", (request_id, *parameters))
+        kept: dict[int, dict[str, str]] = {}
+        for index, stream, data in rows:
+            kept.setdefault(index, {})[stream] = bytes(data).decode("utf-8", "replace")
+        return kept
 
     def integrity_check(self) -> str:
         return self._connection().execute("PRAGMA integrity_check").fetchone()[0]

@@ -158,3 +158,122 @@ def test_database_file_is_private(dbfile):
 
     Storage(dbfile)
     assert stat.S_IMODE(os.stat(dbfile).st_mode) == 0o600
+
+
+VERSION_2_SCHEMA = VERSION_1_SCHEMA.replace("PRAGMA user_version = 1;", """
+ALTER TABLE arguments ADD COLUMN in_file INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE results ADD COLUMN in_file INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE task_counts (request_id INTEGER NOT NULL, state TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (request_id, state)) WITHOUT ROWID;
+INSERT INTO task_counts SELECT request_id, state, count(*) FROM tasks GROUP BY request_id, state;
+CREATE TRIGGER count_task_states AFTER UPDATE OF state ON tasks WHEN OLD.state != NEW.state
+BEGIN
+    UPDATE task_counts SET n = n - 1 WHERE request_id = OLD.request_id AND state = OLD.state;
+    INSERT INTO task_counts VALUES (NEW.request_id, NEW.state, 1)
+        ON CONFLICT (request_id, state) DO UPDATE SET n = n + 1;
+END;
+UPDATE tasks SET state = 'failed', error = 'it raised' WHERE idx = 3;
+PRAGMA user_version = 2;
+""")
+
+
+def test_a_version_2_database_is_upgraded_in_place_with_its_rows_kept(dbfile):
+    with sqlite3.connect(dbfile) as raw:
+        raw.executescript(VERSION_2_SCHEMA)
+    storage = Storage(dbfile)
+    with sqlite3.connect(dbfile) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    progress = storage.progress(1)
+    assert (progress.done, progress.running, progress.failed) == (1, 1, 1)
+    assert storage.errors(1) == [(b"\xa3", "failed", "it raised")]
+    assert storage.record_reports(1, [(2, False, b"r2")], [(2, "stdout", b"printed")]) == 1
+    assert [row[1:] for row in storage.results(1)] == [
+        ("done", b"\xb1"), ("done", b"r2"), ("failed", None)]
+    assert storage.task_logs(1, 2)[0].output == {"stdout": "printed"}
+    assert storage.integrity_check() == "ok"
+
+
+def test_output_that_comes_with_an_accepted_report_is_kept_and_a_duplicate_runs_is_not(storage):
+    request_id = make_request(storage)
+    assert storage.record_reports(request_id, [(1, True, b"boom")],
+                                  [(1, "stdout and stderr", b"first run")]) == 1
+    assert storage.record_reports(request_id, [(1, False, b"late")],
+                                  [(1, "stdout and stderr", b"second run")]) == 0
+    storage.record_reports(request_id, [], [(1, "stdout and stderr", b"third run, alone")])
+    ((_args, state, error),) = storage.errors(request_id)
+    assert state == "failed" and error.startswith("boom\n\n--- the task's stdout and stderr")
+    assert "first run" in error and "second run" not in error and "third" not in error
+
+
+def test_output_posted_after_its_report_or_for_a_crashed_task_is_kept(storage):
+    request_id = make_request(storage)
+    storage.record_reports(request_id, [(1, False, b"big result, posted alone")])
+    storage.record_reports(request_id, [], [(1, "stdout", b"out"), (1, "stderr", b"err"),
+                                            (99, "stdout", b"no such task")])
+    assert storage.task_logs(request_id, 1)[0].output == {"stdout": "out", "stderr": "err"}
+    storage.mark_running(request_id, [2])
+    storage.record_reports(request_id, [], [(2, "stdout and stderr", b"Fatal Python error")])
+    assert storage.record_lost(request_id, 2, "killed by SIGSEGV", retryable=None)
+    ((_args, state, error),) = storage.errors(request_id)
+    assert state == "lost" and "killed by SIGSEGV" in error and "Fatal Python error" in error
+    assert storage.retry_candidates(request_id, max_attempts=2, failed_too=False) == [2]
+
+
+def test_a_crash_after_a_kill_notice_is_not_retried(storage):
+    request_id = make_request(storage)
+    storage.mark_running(request_id, [1])
+    storage.note_kill_notice(request_id, [1])
+    assert storage.record_lost(request_id, 1, "killed by SIGKILL", retryable=None)
+    assert storage.retry_candidates(request_id, max_attempts=2, failed_too=False) == []
+
+
+def test_a_requeued_task_leaves_its_old_output_behind(storage):
+    request_id = make_request(storage)
+    storage.record_reports(request_id, [(1, True, b"boom")], [(1, "stdout", b"old")])
+    storage.requeue(request_id, [1])
+    assert storage.task_logs(request_id, 1) == [(1, "pending", None, {})]
+
+
+def test_task_logs_name_the_failed_tasks_or_the_one_asked_for(storage):
+    request_id = make_request(storage)
+    storage.record_reports(request_id, [(1, False, b"r"), (2, True, b"boom")],
+                           [(1, "stdout", b"ok"), (2, "stderr", b"\xffnot utf-8")])
+    assert storage.task_logs(request_id) == [(2, "failed", "boom", {"stderr": "\ufffdnot utf-8"})]
+    assert storage.task_logs(request_id, 1) == [(1, "done", None, {"stdout": "ok"})]
+    with pytest.raises(KeyError, match="no task 4: its tasks are 1 to 3"):
+        storage.task_logs(request_id, 4)
+
+
+def test_a_full_disk_is_named_and_what_was_stored_stays(storage, monkeypatch):
+    import errno
+
+    from sheepdog import payloads
+    from sheepdog.storage import DiskFullError
+
+    request_id = make_request(storage)
+    storage.record_reports(request_id, [(1, False, b"kept")])
+
+    def full(descriptor, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(payloads, "write_all", full)
+    with pytest.raises(DiskFullError, match=r"the disk that holds .*\.payloads \(mounted at /"):
+        storage.record_reports(request_id, [(2, False, b"x" * (2 << 20))])
+    assert [name for name in os.listdir(storage.payloads.root) if name.endswith(".part")] == []
+    assert storage.results(request_id)[0][1:] == ("done", b"kept")
+    assert storage.progress(request_id).pending == 2
+
+
+def test_sqlite_finding_the_database_full_is_a_disk_full_error(storage):
+    from sheepdog.storage import DiskFullError, StorageError
+
+    request_id = make_request(storage)
+    connection = storage._connection()
+    pages = connection.execute("PRAGMA page_count").fetchone()[0]
+    connection.execute(f"PRAGMA max_page_count = {pages}")  # as full as a disk can be
+    with pytest.raises(DiskFullError, match=f"holds {storage.dbfile}") as raised:
+        storage.create_request(b"function", [b"x" * 100_000] * 10, "s", "local")
+    assert isinstance(raised.value, StorageError)
+    assert not connection.in_transaction
+    connection.execute(f"PRAGMA max_page_count = {2**31}")
+    assert storage.request_ids() == [request_id] and storage.progress(request_id).pending == 3

@@ -65,8 +65,13 @@ def test_client_does_not_retry_a_refusal(storage):
         server.stop()
 
 
-def test_long_error_text_keeps_head_and_tail():
-    text = "head" + "x" * (worker.MAX_ERROR_CHARS * 2) + "tail"
-    clipped = worker._clip(text)
-    assert len(clipped) < worker.MAX_ERROR_CHARS + 100
-    assert clipped.startswith("head") and clipped.endswith("tail")
+def test_long_error_text_keeps_head_and_tail_within_the_limit_in_bytes():
+    text = "head" + "\u00e9" * worker.MAX_ERROR_BYTES + "tail"
+    clipped = worker.error_bytes(text)
+    assert len(clipped) <= worker.MAX_ERROR_BYTES
+    assert clipped.startswith(b"head") and clipped.endswith(b"tail")
+    clipped.decode("utf-8")  # not cut inside a character
+
+
+def test_an_error_text_that_utf_8_cannot_encode_is_escaped():
+    assert worker.error_bytes("bad \udcff byte") == b"bad \\udcff byte"
