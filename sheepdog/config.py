@@ -29,7 +29,7 @@ class Config:
 
     scheduler: str = "gridengine"
     host: Optional[str] = None
-    ssh_port: int = 22
+    ssh_port: Optional[int] = None
     ssh_user: Optional[str] = None
     ssh_keyfile: Optional[str] = None
     ssh_known_hosts: Optional[str] = None
@@ -61,7 +61,7 @@ class Config:
 _TYPES: dict[str, tuple[type, ...]] = {
     "scheduler": (str,),
     "host": (str, type(None)),
-    "ssh_port": (int,),
+    "ssh_port": (int, type(None)),
     "ssh_user": (str, type(None)),
     "ssh_keyfile": (str, type(None)),
     "ssh_known_hosts": (str, type(None)),

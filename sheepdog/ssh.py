@@ -21,13 +21,15 @@ import posixpath
 import shlex
 import socket
 import threading
-from typing import Optional
+import time
+from typing import Callable, Optional, TypeVar
 
 import paramiko
 
 from .config import Config
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CONNECT_TIMEOUT = 30.0
 #: Seconds between keepalive messages on an idle connection.
@@ -50,6 +52,8 @@ class Destination:
     known_hosts: tuple[str, ...] = ()
     proxy_command: Optional[str] = None
     proxy_jump: Optional[str] = None
+    #: The ssh_config file it was resolved with, which also resolves its ProxyJump hosts.
+    ssh_config: Optional[str] = None
 
     def __str__(self) -> str:
         return f"{self.user}@{self.hostname}:{self.port}"
@@ -85,6 +89,7 @@ def destination(
         known_hosts=tuple(os.path.expanduser(path) for path in known),
         proxy_command=entry.get("proxycommand"),
         proxy_jump=entry.get("proxyjump"),
+        ssh_config=ssh_config,
     )
 
 
@@ -93,7 +98,7 @@ def destination_for(config: Config) -> Destination:
         raise SSHError("no 'host' in the config: name the head node to SSH into")
     return destination(
         config.host,
-        port=config.ssh_port if config.ssh_port != 22 else None,
+        port=config.ssh_port,  # set explicitly, it wins over ~/.ssh/config
         user=config.ssh_user,
         key_file=config.ssh_keyfile,
         known_hosts=config.ssh_known_hosts,
@@ -136,14 +141,7 @@ class Connection:
         if target.proxy_command:
             return paramiko.ProxyCommand(target.proxy_command)
         if target.proxy_jump and target.proxy_jump.lower() != "none":
-            jump_host = target.proxy_jump.split(",")[-1]
-            jump_user, _, jump_host = jump_host.rpartition("@")
-            jump_host, _, jump_port = jump_host.partition(":")
-            jump = get(destination(
-                jump_host, port=int(jump_port) if jump_port else None, user=jump_user or None,
-                known_hosts=target.known_hosts[0] if target.known_hosts else None,
-            ))
-            transport = jump.client().get_transport()
+            transport = get(_last_hop(target)).client().get_transport()
             assert transport is not None
             return transport.open_channel(
                 "direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0)
@@ -185,6 +183,16 @@ class Connection:
         except SSHError:
             client.close()
             raise
+        except paramiko.BadHostKeyException as error:
+            client.close()
+            name = target.hostname if target.port == 22 else f"[{target.hostname}]:{target.port}"
+            raise SSHError(
+                f"the host key of {name} ({error.key.get_name()} {error.key.fingerprint}) is not "
+                f"the one in known_hosts: the head node was reinstalled, or something stands "
+                f"between you and it. Check the new fingerprint with your administrator, then "
+                f"replace the old key: 'ssh-keygen -R {shlex.quote(name)}', and add the new one "
+                f"as for a new host"
+            ) from error
         except paramiko.AuthenticationException as error:
             client.close()
             offered = ", ".join(key_files) or "the agent's and the default key files"
@@ -205,29 +213,57 @@ class Connection:
         log.info("connected to %s", target)
         return client
 
-    def run(self, command: str, timeout: float = 120.0) -> CommandResult:
-        """Run ``command`` on the head node; its output is read fully, both streams at once."""
+    def _transport(self) -> paramiko.Transport:
         transport = self.client().get_transport()
         assert transport is not None
-        channel = transport.open_session(timeout=CONNECT_TIMEOUT)
-        channel.settimeout(timeout)
-        channel.exec_command(command)
-        errors: list[bytes] = []
-        reader = threading.Thread(
-            target=lambda: errors.append(channel.makefile_stderr("rb").read()), daemon=True
-        )
-        reader.start()
+        return transport
+
+    def _on_live_connection(self, open_channel: Callable[[paramiko.Transport], T]) -> T:
+        """``open_channel(transport)``, reconnecting once if the connection died unnoticed."""
         try:
-            output = channel.makefile("rb").read()
-            reader.join(timeout)
+            return open_channel(self._transport())
+        except (paramiko.SSHException, EOFError, OSError) as error:
+            log.info("the connection to %s dropped (%s); reconnecting", self.target, error)
+            self.close()
+        try:
+            return open_channel(self._transport())
+        except (paramiko.SSHException, EOFError, OSError) as error:
+            raise SSHError(f"the connection to {self.target} dropped at once again: "
+                           f"{type(error).__name__}: {error}") from error
+
+    def run(self, command: str, timeout: float = 120.0) -> CommandResult:
+        """Run ``command`` on the head node; its output is read fully, both streams at once.
+
+        A command that has not ended within ``timeout`` seconds, or whose
+        connection drops before it ends, raises SSHError: it is not run again,
+        since it may have done its work. A connection found dead before the
+        command starts is reopened first.
+        """
+        channel = self._on_live_connection(lambda transport: transport.open_session(
+            timeout=CONNECT_TIMEOUT))
+        deadline = time.monotonic() + timeout
+        output: list[bytes] = []
+        errors: list[bytes] = []
+        readers = [threading.Thread(target=_read_all, args=(stream, into), daemon=True)
+                   for stream, into in ((channel.makefile("rb"), output),
+                                        (channel.makefile_stderr("rb"), errors))]
+        try:
+            channel.exec_command(command)
+            for reader in readers:
+                reader.start()
+            for reader in readers:
+                reader.join(max(0.0, deadline - time.monotonic()))
+            ended = channel.status_event.wait(max(0.0, deadline - time.monotonic()))
+            if not ended or any(reader.is_alive() for reader in readers):
+                raise SSHError(f"{command!r} on {self.target} did not finish in {timeout} s")
             status = channel.recv_exit_status()
-        except socket.timeout as error:
-            raise SSHError(f"{command!r} on {self.target} did not finish in {timeout} s") from error
         finally:
-            channel.close()
-        return CommandResult(
-            status, output.decode("utf-8", "replace"), b"".join(errors).decode("utf-8", "replace")
-        )
+            channel.close()  # ends the readers of a command that did not finish
+        if status == -1:  # the channel closed without an exit status
+            raise SSHError(f"the connection to {self.target} dropped while {command!r} ran; "
+                           f"its output may be incomplete")
+        return CommandResult(status, b"".join(output).decode("utf-8", "replace"),
+                             b"".join(errors).decode("utf-8", "replace"))
 
     def upload(self, text: str, remote_path: str) -> str:
         """Write ``text`` to ``remote_path`` (relative to home), private to the user.
@@ -235,7 +271,8 @@ class Connection:
         The directory is created with mode 0700 when missing and the file is
         made 0600 before anything is written to it.
         """
-        sftp = self.client().open_sftp()
+        sftp = self._on_live_connection(paramiko.SFTPClient.from_transport)
+        assert sftp is not None
         try:
             directory = posixpath.dirname(remote_path)
             if directory:
@@ -268,6 +305,28 @@ def get(target: Destination) -> Connection:
         if target not in _connections:
             _connections[target] = Connection(target)
         return _connections[target]
+
+
+def _read_all(stream: paramiko.ChannelFile, into: list[bytes]) -> None:
+    """Read ``stream`` to its end into ``into``; a channel closed under it ends it early."""
+    try:
+        for piece in iter(lambda: stream.read(65536), b""):
+            into.append(piece)
+    except (OSError, EOFError, paramiko.SSHException):
+        pass
+
+
+def _last_hop(target: Destination) -> Destination:
+    """The host ``target``'s ProxyJump list reaches it from, with the hops before it as its
+    own ProxyJump; each resolved in the same ssh_config, as ``ssh -J`` does."""
+    *earlier, last = [hop.strip() for hop in (target.proxy_jump or "").split(",")]
+    user, _, host = last.rpartition("@")
+    host, _, port = host.partition(":")
+    hop = destination(host, port=int(port) if port else None, user=user or None,
+                      known_hosts=target.known_hosts[0] if target.known_hosts else None,
+                      ssh_config=target.ssh_config)
+    return dataclasses.replace(hop, proxy_jump=",".join(earlier) or hop.proxy_jump,
+                               proxy_command=None if earlier else hop.proxy_command)
 
 
 def quote(text: str) -> str:

@@ -8,7 +8,7 @@ from sheepdog.config import DEFAULT_GE_OPTS, VALID_KEYS, parse_memory, resolve
 def test_gridengine_defaults_follow_the_original():
     config = resolve({"host": "fear"})
     assert config.scheduler == "gridengine"
-    assert config.ssh_port == 22
+    assert config.ssh_port is None  # ~/.ssh/config's Port, else 22
     assert config.ssh_dir == ".sheepdog"
     assert config.dbfile == "./sheepdog.sqlite"
     assert config.port is None

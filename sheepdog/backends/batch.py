@@ -28,7 +28,7 @@ from typing import ClassVar, Optional, Sequence
 
 from ..config import OPTIONS_KEYS, Config
 from ..shells import LocalShell, Shell, SSHShell
-from ..ssh import CommandResult, destination_for, get
+from ..ssh import CommandResult, SSHError, destination_for, get
 from . import Backend, SubmissionError, TaskEnd
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class BatchBackend(Backend):
     def _live(self, job_id: str) -> Optional[dict[int, str]]:
         try:
             return self.live_tasks(job_id)
-        except SchedulerQueryFailed as error:
+        except (SchedulerQueryFailed, SSHError) as error:
             log.warning("%s: %s; looking again later", self.name, error)
             return None
 
@@ -180,7 +180,11 @@ class BatchBackend(Backend):
         missing = sorted(task for task in candidates if task not in live)
         if not missing:
             return ended
-        records = self.accounting(job_id)
+        try:
+            records = self.accounting(job_id)
+        except SSHError as error:  # the connection dropped: conclude nothing this time
+            log.warning("%s: %s; looking again later", self.name, error)
+            return ended
         now = time.monotonic()
         for task in missing:
             first_seen = self._missing_since.setdefault((job_id, task), now)
