@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import types
 from pathlib import Path
 
@@ -138,16 +139,6 @@ def test_two_calls_in_one_session_share_the_server(local_conf, tmp_path):
     assert api.default_session().servers[(os.path.abspath(other["dbfile"]), "https")] is not server
 
 
-def test_mem_grab_limits_the_task_memory(local_conf):
-    def allocate(megabytes):
-        return len(bytearray(megabytes * 2**20))
-
-    conf = {**local_conf, "ge_opts": ["-l mem_grab=300M"]}
-    assert sheepdog.map(allocate, [(1,), (600,)], conf, verbose=False) == [2**20, None]
-    (error,) = sheepdog.get_errors(max_request(local_conf), local_conf["dbfile"])
-    assert "MemoryError" in error[1]
-
-
 def max_request(conf):
     with sqlite3.connect(conf["dbfile"]) as raw:
         return raw.execute("SELECT max(id) FROM requests").fetchone()[0]
@@ -190,3 +181,27 @@ def test_a_call_needing_another_scheme_leaves_the_earlier_server_running(local_c
     assert sheepdog.map(abs, [(-2,)], {**local_conf, "tls": False}, verbose=False) == [2]
     plain = api.default_session().servers[(os.path.abspath(local_conf["dbfile"]), "http")]
     assert first.running and plain.running and plain is not first
+
+
+def test_cancel_from_another_process_ends_the_wait_of_this_one(local_conf):
+    def forever(x):
+        import time
+
+        time.sleep(600)
+
+    request_id = sheepdog.map_async(forever, [(1,), (2,)], {**local_conf, "workers": 2})
+    storage = sheepdog.Storage(local_conf["dbfile"])
+    deadline = time.monotonic() + 30
+    while storage.progress(request_id).running < 2 and time.monotonic() < deadline:
+        storage.wait_for_change(storage.change_count, 0.2)
+    program = f"import sheepdog; print(sheepdog.cancel({request_id}, {local_conf['dbfile']!r}))"
+    other = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                           cwd=ROOT, timeout=60)
+    assert (other.returncode, other.stdout) == (0, "2\n"), other.stderr
+    try:
+        assert sheepdog.get_results(request_id, local_conf["dbfile"], timeout=10) == [
+            ((1,), None), ((2,), None)]
+        errors = sheepdog.get_errors(request_id, local_conf["dbfile"])
+        assert [error for _args, error in errors] == ["cancelled by the user"] * 2
+    finally:
+        sheepdog.cancel(request_id, local_conf["dbfile"])  # this process runs the tasks: stop them

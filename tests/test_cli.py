@@ -1,6 +1,8 @@
-"""The ``sheepdog`` command: ``serve`` speaks the scheme and port its requests need."""
+"""The ``sheepdog`` command (``serve`` speaks the scheme and port its requests need;
+``status`` prints a request's progress) and the progress display of ``map``."""
 
 import http.client
+import io
 import os
 import queue
 import socket
@@ -10,7 +12,10 @@ import threading
 
 import pytest
 
+from sheepdog import cli
 from sheepdog.cli import CommandError, plan_serving
+from sheepdog.progress import ProgressDisplay, describe
+from sheepdog.storage import Progress
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,3 +82,81 @@ def test_only_requests_with_open_tasks_are_served_unless_named(storage):
     assert plan_serving(storage, [finished]).request_ids == [finished]
     with pytest.raises(CommandError, match="request 99 is not in"):
         plan_serving(storage, [99])
+
+
+def test_status_prints_how_far_a_request_has_come(storage, dbfile):
+    request_id = storage.create_request(b"fn", [b"a"] * 3, "secret", "local")
+    storage.mark_running(request_id, [1, 2])
+    storage.record_reports(request_id, [(1, False, b"r")])
+    status = subprocess.run([sys.executable, "-m", "sheepdog", "status", str(request_id),
+                             "--dbfile", dbfile], cwd=REPOSITORY, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": REPOSITORY}, timeout=60)
+    assert (status.returncode, status.stdout) == (
+        0, "sheepdog: [########----------------] 1/3 finished, 1 running\n")
+
+
+def test_status_of_an_unknown_request_names_it(storage, dbfile, capsys):
+    storage.create_request(b"fn", [b"a"], "secret", "local")
+    assert cli.main(["status", "7", "--dbfile", dbfile]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"sheepdog: request 7 is not in {os.path.abspath(dbfile)}")
+
+
+def test_status_of_a_missing_database_says_so_and_creates_nothing(tmp_path, capsys):
+    missing = tmp_path / "typo.sqlite"
+    assert cli.main(["status", "1", "--dbfile", str(missing)]) != 0
+    assert not missing.exists()
+    assert f"no sheepdog database at {missing}" in capsys.readouterr().err
+
+
+def test_serve_with_no_open_request_says_how_to_serve_one_anyway(storage, dbfile, capsys):
+    finished = add_request(storage, port=7001)
+    storage.record_reports(finished, [(1, False, b"result")])
+    assert cli.main(["serve", "--dbfile", dbfile]) == 2
+    assert "has tasks still open; name the requests to serve them anyway" in (
+        capsys.readouterr().err)
+
+
+def test_progress_line_shows_counts_rate_and_time_left():
+    assert describe(Progress(total=4), elapsed=0) == (
+        "sheepdog: [------------------------] 0/4 finished")
+    line = describe(Progress(total=4, running=1, done=1, failed=1, lost=1), elapsed=30)
+    assert line == ("sheepdog: [##################------] 3/4 finished, 1 running, 1 failed, "
+                    "1 lost | 0.1/s | elapsed 0:00:30, about 0:00:10 left")
+    assert describe(Progress(total=2, done=1, cancelled=1), elapsed=3725) == (
+        "sheepdog: [########################] 2/2 finished, 1 cancelled | 0.0/s | "
+        "elapsed 1:02:05")
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_on_a_terminal_is_redrawn_in_place_and_ends_its_line():
+    terminal = Terminal()
+    display = ProgressDisplay(terminal)
+    display.update(Progress(total=2, running=2))
+    display.update(Progress(total=2, running=1, done=1))
+    display.update(Progress(total=2, done=2))
+    display.close()
+    first, second, third = terminal.getvalue().split("\r")[1:]
+    assert first == "sheepdog: [------------------------] 0/2 finished, 2 running"
+    assert second.startswith("sheepdog: [############------------] 1/2 finished, 1 running | ")
+    assert third.startswith("sheepdog: [########################] 2/2 finished | ")
+    assert third.endswith("\n") and third.count("\n") == 1
+    assert len(third.rstrip("\n")) >= len(second)  # a shorter line is padded over the longer
+
+
+def test_progress_in_a_log_is_a_line_per_interval_and_the_last_line_always():
+    log = io.StringIO()
+    display = ProgressDisplay(log, interval=3600)
+    for done in range(5):
+        display.update(Progress(total=5, done=done))
+    display.update(Progress(total=5, done=5))
+    display.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 2 and "\r" not in log.getvalue()
+    assert lines[0] == "sheepdog: [------------------------] 0/5 finished"
+    assert lines[1].startswith("sheepdog: [########################] 5/5 finished | ")
+

@@ -14,11 +14,7 @@ from pathlib import Path
 
 import sheepdog
 from sheepdog import worker
-from sheepdog.backends import SubmissionError
-from sheepdog.backends.gridengine import GridEngineBackend
-from sheepdog.config import resolve
 from sheepdog.server import Server
-from sheepdog.ssh import CommandResult
 
 from .test_api import max_request
 
@@ -62,20 +58,25 @@ def test_a_task_running_longer_than_lost_after_is_kept_alive_by_its_heartbeats(
     assert sheepdog.get_errors(max_request(local_conf), local_conf["dbfile"]) == []
 
 
-def test_a_crash_inside_a_chunk_is_reported_at_once_with_how_the_task_ended(
-        local_conf, tmp_path, quick_watch):
-    """Tasks are traced back to their array task through the chunk size, in a retry too."""
+def test_an_array_task_killed_whole_is_traced_to_its_chunk_and_reported_at_once(
+        local_conf, quick_watch):
+    """Argument 3 takes its whole array task down (a node failure would): the tasks of its
+    chunk are found through the chunk size, in the retry job too, and reported lost with how
+    the array task ended, within seconds rather than after lost_after."""
+    caller_group = os.getpgid(0)
 
-    def crashes_on_3(x):
+    def takes_its_array_task_down(x):
         import os
         import signal
 
         if x == 3:
-            os.kill(os.getpid(), signal.SIGKILL)
+            if os.getpgid(0) == caller_group:
+                raise RuntimeError("the task shares the test's process group: not killing it")
+            os.killpg(0, signal.SIGKILL)  # the worker and everything it started
         return x
 
     conf = {**local_conf, "chunksize": 2, "retries": 1}  # lost_after stays 60 s
-    request_id = sheepdog.map_async(crashes_on_3, [(x,) for x in range(1, 7)], conf)
+    request_id = sheepdog.map_async(takes_its_array_task_down, [(x,) for x in range(1, 7)], conf)
     results = sheepdog.get_results(request_id, local_conf["dbfile"], timeout=30)
     assert [result for _args, result in results] == [1, 2, None, None, 5, 6]
     errors = sheepdog.get_errors(request_id, local_conf["dbfile"])
@@ -178,33 +179,78 @@ def test_function_that_raised_is_retried_only_when_asked(local_conf, tmp_path):
     assert sheepdog.map(raises_once, [()], conf, verbose=False) == ["second time"]
 
 
-def test_ctrl_c_in_a_script_cancels_and_says_so(tmp_path):
-    script = textwrap.dedent("""
-        import sheepdog, time
-        def forever():
-            time.sleep(600)
-        sheepdog.map(forever, [()] * 2, {"scheduler": "local", "dbfile": "db.sqlite"})
-    """)
-    process = subprocess.Popen(
-        [sys.executable, "-c", script], cwd=tmp_path, stdin=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
+FOREVER_SCRIPT = textwrap.dedent("""
+    import sheepdog, time
+    def forever():
+        time.sleep(600)
+    sheepdog.map(forever, [()] * 2, {"scheduler": "local", "dbfile": "db.sqlite"})
+""")
+
+
+def wait_until_running(dbfile, count, seconds=30):
+    """The Storage of ``dbfile`` once request 1 has ``count`` tasks running."""
     storage = None
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if (tmp_path / "db.sqlite").exists():
-            storage = storage or sheepdog.Storage(tmp_path / "db.sqlite")
+        if os.path.exists(dbfile):
+            storage = storage or sheepdog.Storage(dbfile)
             try:
-                if storage.progress(1).running == 2:
-                    break
+                if storage.progress(1).running == count:
+                    return storage
             except KeyError:
                 pass
         time.sleep(0.1)
+    raise AssertionError(f"request 1 in {dbfile} did not have {count} tasks running")
+
+
+def test_ctrl_c_in_a_script_cancels_and_says_so(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-c", FOREVER_SCRIPT], cwd=tmp_path, stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    storage = wait_until_running(tmp_path / "db.sqlite", 2)
     process.send_signal(signal.SIGINT)
     _out, err = process.communicate(timeout=30)
     assert "KeyboardInterrupt" in err
     assert "sheepdog: cancelled request 1" in err and "2 unfinished tasks marked cancelled" in err
     assert storage.progress(1).cancelled == 2
+
+
+def read_until(descriptor, text, seconds=30):
+    import select
+
+    seen = b""
+    deadline = time.monotonic() + seconds
+    while text not in seen:
+        ready, _, _ = select.select([descriptor], [], [], max(0, deadline - time.monotonic()))
+        assert ready, f"no {text!r} within {seconds} s; got {seen!r}"
+        seen += os.read(descriptor, 4096)
+    return seen.decode()
+
+
+def test_answering_n_to_the_ctrl_c_prompt_leaves_the_tasks_alone(tmp_path):
+    import pty
+
+    terminal, child_side = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-c", FOREVER_SCRIPT], cwd=tmp_path, stdin=child_side,
+        stdout=child_side, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    os.close(child_side)
+    try:
+        storage = wait_until_running(tmp_path / "db.sqlite", 2)
+        process.send_signal(signal.SIGINT)
+        prompt = read_until(process.stderr.fileno(), b"[Y/n] ")  # input() prompts on stderr
+        assert prompt.endswith("sheepdog: cancel the 2 unfinished tasks of request 1? [Y/n] ")
+        os.write(terminal, b"n\n")
+        _out, err = process.communicate(timeout=30)
+    finally:
+        os.close(terminal)
+    assert "KeyboardInterrupt" in err and "cancelled request" not in err
+    assert "sheepdog: request 1 keeps running while this Python process lives" in err
+    assert f"sheepdog.get_results(1, {str(tmp_path / 'db.sqlite')!r})" in err
+    assert storage.progress(1).cancelled == 0
 
 
 def test_worker_on_another_python_version_reports_both_versions(storage, monkeypatch):
@@ -222,29 +268,6 @@ def test_worker_on_another_python_version_reports_both_versions(storage, monkeyp
         server.stop()
     ((_args, state, error),) = storage.errors(request_id)
     assert state == "failed" and "Python 3.99" in error and sys.version.split()[0] in error
-
-
-class FakeConnection:
-    def __init__(self, result):
-        self.result = result
-
-    def run(self, command):
-        return self.result
-
-    def upload(self, text, path):
-        return path
-
-
-def test_qsub_missing_from_a_non_interactive_shell_is_explained(monkeypatch):
-    backend = GridEngineBackend(resolve({"host": "headnode"}))
-    fake = FakeConnection(CommandResult(127, "", "bash: line 1: qsub: command not found"))
-    monkeypatch.setattr(GridEngineBackend, "connection", property(lambda self: fake))
-    try:
-        backend.submit("#!/usr/bin/python3\n", 1, 1)
-    except SubmissionError as error:
-        assert "qsub was not found" in str(error) and ".bashrc" in str(error)
-    else:
-        raise AssertionError("no SubmissionError")
 
 
 def test_sheepdog_serve_in_another_process_collects_an_earlier_request(local_conf):
