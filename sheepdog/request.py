@@ -230,17 +230,33 @@ class Request:
 
     def results(self) -> list[tuple[tuple[Any, ...], Any]]:
         """``[(args, result), ...]`` in argument order; ``None`` where there is no result."""
-        return [(_load(args), _load(result) if state == DONE else None)
-                for args, state, result in self.storage.results(self.id)]
+        return [(_arguments(args), self._result(index, result) if state == DONE else None)
+                for index, (args, state, result)
+                in enumerate(self.storage.results(self.id), 1)]
 
     def values(self) -> list[Any]:
         """The results alone, in argument order; ``None`` where there is no result."""
-        return [_load(result) if state == DONE else None
-                for _args, state, result in self.storage.results(self.id, with_arguments=False)]
+        return [self._result(index, result) if state == DONE else None
+                for index, (_args, state, result)
+                in enumerate(self.storage.results(self.id, with_arguments=False), 1)]
 
     def errors(self) -> list[tuple[tuple[Any, ...], str]]:
         """``[(args, error text), ...]`` for tasks that raised, were lost or were cancelled."""
-        return [(_load(args), error) for args, _state, error in self.storage.errors(self.id)]
+        return [(_arguments(args), error) for args, _state, error in self.storage.errors(self.id)]
+
+    def _result(self, index: int, payload: Optional[bytes | PayloadFile]) -> Any:
+        """The loaded result; one that cannot be loaded here becomes that task's error.
+
+        So a single result that needs, say, a module this process lacks costs
+        that task alone, not every other result of the request.
+        """
+        loaded, value = serialisation.load_or_describe(payload_bytes(payload or b""))
+        if loaded:
+            return value
+        reason = f"the result arrived but could not be loaded in this process: {value}"
+        log.warning("request %s: task %s: %s", self.id, index, reason)
+        self.storage.record_unloadable(self.id, index, reason)
+        return None
 
     def cancel(self) -> int:
         """Remove the request's jobs from the scheduler; return how many tasks were cancelled."""
@@ -258,5 +274,7 @@ class Request:
             self._backend.close()
 
 
-def _load(payload: bytes | PayloadFile) -> Any:
-    return serialisation.loads(payload_bytes(payload))
+def _arguments(payload: Optional[bytes | PayloadFile]) -> Any:
+    """A task's loaded arguments, or a description of why they cannot be loaded here."""
+    loaded, value = serialisation.load_or_describe(payload_bytes(payload or b""))
+    return value if loaded else f"<arguments that cannot be loaded here: {value}>"

@@ -327,7 +327,7 @@ class Storage:
                 if isinstance(payload, bytes) and len(payload) < SPILL_BYTES:
                     rows.append((index, payload, 0))  # the common case, kept fast
                     continue
-                parts = payload if isinstance(payload, list) else [payload]
+                parts: list[Any] = payload if isinstance(payload, list) else [payload]
                 if nbytes(parts) < SPILL_BYTES:
                     rows.append((index, b"".join(parts), 0))
                     continue
@@ -341,6 +341,7 @@ class Storage:
                     (time.time(), secret, function, len(rows), backend,
                      json.dumps(dict(config or {}))),
                 ).lastrowid
+                assert request_id is not None  # an INSERT always sets it
                 for index, path in staged.items():
                     os.replace(path, self.payloads.new_path("arguments", request_id, index))
                 db.executemany(
@@ -553,6 +554,17 @@ class Storage:
                        (request_id, index, b"" if staged_file else payload,
                         int(staged_file is not None)))
         return True
+
+    def record_unloadable(self, request_id: int, index: int, reason: str) -> bool:
+        """A done task whose result cannot be loaded here becomes failed, with ``reason``."""
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE tasks SET state = ?, error = ?, updated = ? "
+                "WHERE request_id = ? AND idx = ? AND state = ?",
+                (FAILED, reason, time.time(), request_id, index, DONE),
+            )
+        self._changed()
+        return cursor.rowcount == 1
 
     def record_lost(self, request_id: int, index: int, reason: str,
                     retryable: Optional[bool] = False) -> bool:

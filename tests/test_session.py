@@ -167,3 +167,23 @@ def test_status_shows_cancelled_tasks_as_cancelled(local_conf):
         env=dict(os.environ, PYTHONPATH=str(ROOT))).stdout
     assert "2 cancelled" in line
     assert cli  # the command under test
+
+
+class LoadsBadly:
+    """Pickles fine, but loading it raises (as a result needing a module the caller lacks)."""
+
+    def __reduce__(self):
+        return int, ("not a number",)
+
+
+def unloadable_for_one(x):
+    return LoadsBadly() if x == 1 else x
+
+
+def test_a_result_that_cannot_be_loaded_here_becomes_its_tasks_error_alone(local_conf):
+    results = sheepdog.map(unloadable_for_one, [(1,), (2,)], local_conf, verbose=False)
+    assert results == [None, 2]
+    ((args, error),) = sheepdog.get_errors(1, local_conf["dbfile"])
+    assert args == (1,) and "could not be loaded in this process" in error
+    assert "ValueError" in error and "not a number" in error
+    assert sheepdog.Storage(local_conf["dbfile"]).progress(1).failed == 1
