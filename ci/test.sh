@@ -2,8 +2,8 @@
 # Set up and run sheepdog's whole test suite.
 #
 # Installs the package with its test and docs extras into .venv, builds the
-# docs with warnings as errors, and runs pytest (extra arguments go to
-# pytest). As root on Debian/Ubuntu it first brings up the GridEngine + sshd
+# docs with warnings as errors, type-checks the package with mypy, and runs
+# pytest (extra arguments go to pytest). As root on Debian/Ubuntu it first brings up the GridEngine + sshd
 # of ci/gridengine-up.sh, then the caller and second execution host of
 # ci/nat-up.sh, and runs the tests inside the cluster's network namespace,
 # where the end-to-end tests must run, not skip.
@@ -17,6 +17,7 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,docs]'
 
 .venv/bin/sphinx-build -W -q -b html docs docs/_build/html
+.venv/bin/mypy sheepdog
 
 runner=()
 if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then

@@ -48,7 +48,7 @@ import logging
 import re
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Protocol, Sequence, Union
 
 from .payloads import SPILL_BYTES, PayloadFile
 from .storage import DiskFullError, Storage
@@ -74,6 +74,14 @@ _SINGLE_ACTIONS = ("result", "error", "output", "lost")
 _FLOOR_ACTIONS = ("error", "output", "lost")
 #: Output frame kinds and the stream each names in storage.
 _STREAMS = {OUTPUT: "stdout and stderr", STDOUT: "stdout", STDERR: "stderr"}
+
+
+class Headers(Protocol):
+    """A request's headers, looked up by name (Tornado's and Werkzeug's both do)."""
+
+    def get(self, key: str, /) -> Optional[str]: ...
+
+    def __contains__(self, key: str, /) -> bool: ...
 
 
 #: A reply body: bytes, or parts to send in order (bytes-like, or files to stream).
@@ -145,7 +153,7 @@ class Callbacks:
             secret = self._secrets[request_id] = stored.encode()
         return secret
 
-    def respond(self, method: str, path: str, headers: Mapping[str, str], body: Any,
+    def respond(self, method: str, path: str, headers: Headers, body: Any,
                 digest: Optional[str] = None) -> Reply:
         """The reply to one request; never raises for anything a client sends.
 
@@ -162,7 +170,7 @@ class Callbacks:
             log.warning("database busy answering %s %s: %s", method, path, error)
             return text_reply(503, "database busy, retry", **{"Retry-After": "1"})
 
-    def admit(self, method: str, path: str, headers: Mapping[str, str]) -> Optional[Reply]:
+    def admit(self, method: str, path: str, headers: Headers) -> Optional[Reply]:
         """A refusal for a request not worth reading: too large, unknown or not authorised.
 
         Checked from the headers alone, whatever the body's framing (a length
@@ -175,7 +183,7 @@ class Callbacks:
         route = self._authorised_route(method, path, headers)
         return route if isinstance(route, Reply) else None
 
-    def result_upload(self, method: str, path: str, headers: Mapping[str, str]
+    def result_upload(self, method: str, path: str, headers: Headers
                       ) -> Optional[tuple[int, int]]:
         """(request id, task index) when this is one large result to receive into a file.
 
@@ -198,7 +206,7 @@ class Callbacks:
         index = int(spec)
         return (request_id, index) if self.storage.task_exists(request_id, index) else None
 
-    def _authorised_route(self, method: str, path: str, headers: Mapping[str, str]) -> Any:
+    def _authorised_route(self, method: str, path: str, headers: Headers) -> Any:
         """(route match, request id, signed body digest) for a signed request, or the refusal."""
         match = _ROUTE.fullmatch(path)
         if match is None:
@@ -213,7 +221,7 @@ class Callbacks:
             return _UNAUTHORISED
         return match, request_id, digest
 
-    def _respond(self, method: str, path: str, headers: Mapping[str, str], body: Any,
+    def _respond(self, method: str, path: str, headers: Headers, body: Any,
                  digest: Optional[str]) -> Reply:
         if path == "/" and method in ("GET", "HEAD"):
             return text_reply(200, "sheepdog server")

@@ -178,10 +178,10 @@ def resolve(conf: Optional[Mapping[str, Any]]) -> Config:
     config = Config(**values)
     _check_values(config)
     local = config.scheduler == "local"
-    defaults = {
-        "localhost": config.localhost or ("127.0.0.1" if local else socket.getfqdn()),
-        "bind": config.bind or ("127.0.0.1" if local else "0.0.0.0"),
-        "shell": config.shell or (sys.executable if local else "/usr/bin/python3"),
-        "workers": config.workers or (os.cpu_count() or 1),
-    }
-    return dataclasses.replace(config, **defaults)
+    return dataclasses.replace(
+        config,
+        localhost=config.localhost or ("127.0.0.1" if local else socket.getfqdn()),
+        bind=config.bind or ("127.0.0.1" if local else "0.0.0.0"),
+        shell=config.shell or (sys.executable if local else "/usr/bin/python3"),
+        workers=config.workers or (os.cpu_count() or 1),
+    )

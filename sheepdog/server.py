@@ -154,7 +154,9 @@ def _tornado_application(callbacks: Callbacks) -> Any:
                     full.append(error)
                     os.ftruncate(descriptor, 0)  # give the room back at once
 
-            stream = self.request.connection.detach()
+            connection = self.request.connection
+            assert isinstance(connection, tornado.http1connection.HTTP1Connection)
+            stream = connection.detach()
             self._finished = True  # answered below, not through this handler
             # Two buffers: one is written to the file by a thread (os.write
             # releases the GIL) while the next piece is read into the other.
@@ -165,7 +167,9 @@ def _tornado_application(callbacks: Callbacks) -> Any:
                     remaining, turn = length, 0
                     while remaining:
                         piece = buffers[turn][:min(remaining, CHUNK_BYTES)]
-                        await asyncio.wait_for(stream.read_into(piece), _BODY_TIMEOUT_SECONDS)
+                        # Tornado reads into any writable buffer, though its hint says bytearray.
+                        await asyncio.wait_for(stream.read_into(piece),  # type: ignore[arg-type]
+                                               _BODY_TIMEOUT_SECONDS)
                         if writing is not None:
                             await writing
                         writing = asyncio.get_running_loop().run_in_executor(

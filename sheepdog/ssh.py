@@ -172,7 +172,7 @@ class Connection:
                 target.hostname,
                 port=target.port,
                 username=target.user,
-                key_filename=key_files or None,
+                key_filename=key_files or None,  # type: ignore[arg-type]  # a list is documented
                 allow_agent=True,
                 look_for_keys=True,
                 timeout=CONNECT_TIMEOUT,

@@ -20,6 +20,7 @@ import threading
 import weakref
 from pathlib import Path
 
+from ..config import Config
 from . import Backend, SubmissionError, TaskEnd
 
 _job_numbers = itertools.count(1)
@@ -159,7 +160,7 @@ class LocalBackend(Backend):
     kill_word = "cancelled"
     outlives_caller = False
 
-    def __init__(self, config) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, config: Config) -> None:
         super().__init__(config)
         self._jobs: dict[str, LocalJob] = {}
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence
 
+from ..config import Config
 from ..protocol import index_spec
+from ..shells import Shell
 from . import SubmissionError, TaskEnd
 from .batch import HELD, PENDING, RUNNING, BatchBackend, SchedulerQueryFailed, option_value
 
@@ -161,7 +163,7 @@ class SlurmBackend(BatchBackend):
     no_record = TaskEnd("removed from Slurm before it ran (no accounting record)",
                         retryable=False)
 
-    def __init__(self, config, shell=None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, config: Config, shell: Optional[Shell] = None) -> None:
         super().__init__(config, shell)
         self._reasons: dict[str, str] = {}
 
