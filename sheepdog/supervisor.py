@@ -85,6 +85,9 @@ def watch(request: "Request") -> None:
         reason = end.reason
         if index in warned and end.retryable:
             reason += f"; the scheduler warned before killing it: it was {backend.kill_word}"
+        log_location = backend.log_location(job_id, task_id)
+        if log_location:
+            reason += f"; its log: {log_location}"
         if storage.record_lost(
             request.id, index, f"the task ended without reporting ({reason}; job {job_id})",
             retryable=end.retryable and index not in warned,

@@ -145,6 +145,10 @@ class Contract:
         clock[0] += backend.accounting_grace + 1
         assert backend.ended_tasks(scene.job, {task})[task] == backend.no_record
 
+    def test_a_tasks_log_is_named_with_where_it_is(self):
+        location = self.backend().log_location("4321", 7)
+        assert "4321" in location and "7" in location and location.endswith("on headnode")
+
     def test_cancel_removes_the_whole_job(self):
         backend = self.backend()
         backend.cancel(self.job_id)

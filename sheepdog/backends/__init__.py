@@ -93,6 +93,10 @@ class Backend(abc.ABC):
     def task_output(self, job_id: str, task_id: int) -> str:
         """The last few KB of what an array task wrote to stderr, or "" if none is found."""
 
+    def log_location(self, job_id: str, task_id: int) -> Optional[str]:
+        """Where the task's own log is, for messages about a task that ended silently."""
+        return None
+
     def reverse_route(self, local_port: int) -> Optional[tuple[str, int]]:
         """(host, port) on the cluster side that leads back to ``local_port`` here, if any."""
         return None

@@ -219,6 +219,9 @@ class BatchBackend(Backend):
             f'for f in {pattern}; do if [ -f "$f" ]; then tail -c 4000 "$f"; break; fi; done')
         return result.stdout
 
+    def log_location(self, job_id: str, task_id: int) -> Optional[str]:
+        return f"{self.log_pattern(job_id, task_id)} on {self.shell.where}"
+
     def reverse_route(self, local_port: int) -> Optional[tuple[str, int]]:
         return self.shell.reverse_route(local_port, self.config.shell or "python3")
 

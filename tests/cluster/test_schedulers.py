@@ -114,6 +114,7 @@ def test_one_task_removed_by_hand_is_lost_not_retried_and_map_returns(scheduler)
     assert [r for _a, r in results] == [x * 10 if x != 7 else None for x in range(1, 21)]
     ((args, error),) = sheepdog.get_errors(request_id, conf["dbfile"])
     assert args == (7,) and spec["removed_words"] in error
+    assert "its log: " in error and job_id in error.split("its log: ")[1]
     assert len(storage.jobs(request_id)) == 1
 
 
