@@ -23,6 +23,7 @@ import hashlib
 import http
 import logging
 import os
+import socket
 import ssl
 import threading
 from typing import Any, Callable, Iterator, Optional, Union
@@ -65,6 +66,7 @@ def create_app(storage: Storage, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -
     def dispatch(path: str) -> Response:
         refusal = callbacks.admit(request.method, request.path, request.headers)
         if refusal is not None:
+            _leave_body_unread(request.environ)
             return as_response(refusal)
         body = request.get_data(cache=False) if request.method == "POST" else b""
         return as_response(callbacks.respond(request.method, request.path, request.headers, body))
@@ -74,6 +76,20 @@ def create_app(storage: Storage, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -
         return as_response(text_reply(exception.code or 400, f"{exception.name}"))
 
     return app
+
+
+def _leave_body_unread(environ: dict[str, Any]) -> None:
+    """Stop Werkzeug's server from reading a refused body after the answer.
+
+    It drains what the app left unread (up to 10 GB) to keep the connection;
+    shutting the socket's read side ends that, and the connection with it.
+    """
+    sock = environ.get("werkzeug.socket")
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
 
 
 def _raw_response(reply: Reply) -> bytes:
