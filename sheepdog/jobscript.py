@@ -1,9 +1,9 @@
 """Render the job file: one self-contained Python script per request.
 
 The file starts with a shebang and the scheduler's header lines, embeds the
-source of the installed cloudpickle and of ``serialisation.py``,
-``protocol.py`` and ``worker.py`` (so the worker needs nothing but a stock
-Python), and ends with the call that runs one array task. Schedulers show job
+source of the installed cloudpickle and of sheepdog's worker-side modules
+(:data:`EMBEDDED_MODULES`: serialisation, protocol, client, output, runner,
+worker), so the worker needs nothing but a stock Python, and ends with the call that runs one array task. Schedulers show job
 files to every user of the cluster (GridEngine keeps a world-readable copy in
 its spool), so the file holds no credential: only the path of the private file
 that holds the request's key, unless the user opted in to ``key_in_job_file``.
@@ -19,7 +19,7 @@ import cloudpickle
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 #: sheepdog's own modules that the worker runs, in load order.
-EMBEDDED_MODULES = ("serialisation", "protocol", "worker")
+EMBEDDED_MODULES = ("serialisation", "protocol", "client", "output", "runner", "worker")
 
 _BOOTSTRAP = '''
 import sys

@@ -22,7 +22,7 @@ moved in only when its report is accepted.
 How many tasks are in each state is kept in a table updated by a trigger in
 the same transaction as each change, so reading progress does not scan tasks.
 
-The tail of what a task wrote to stdout and stderr (see ``worker.py``) is kept
+The tail of what a task wrote to stdout and stderr (see ``output.py``) is kept
 in a table of its own, one row per stream, only for tasks that wrote
 something. It arrives with the task's report and is kept with it (a duplicate
 run's output does not replace it), or alone for a task that crashed; it is

@@ -3,7 +3,7 @@
 Each database gets one certificate, made on first use and kept in the
 database, so that a server restarted for an earlier request (``sheepdog
 serve``) presents the certificate its workers were given. Workers trust that
-certificate alone (see ``worker.Client``), so no certificate authority and no
+certificate alone (see ``client.Client``), so no certificate authority and no
 host name checks are involved.
 """
 

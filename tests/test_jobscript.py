@@ -52,7 +52,8 @@ def test_job_file_embeds_the_worker_serialisation_and_cloudpickle_code():
 
     sources = jobscript.embedded_sources()
     assert list(sources) == ["cloudpickle.cloudpickle", "cloudpickle", "sheepdog.serialisation",
-                             "sheepdog.protocol", "sheepdog.worker"]
+                             "sheepdog.protocol", "sheepdog.client", "sheepdog.output",
+                             "sheepdog.runner", "sheepdog.worker"]
     assert sources["cloudpickle.cloudpickle"] == Path(cloudpickle.cloudpickle.__file__).read_text()
     text = render()
     for source in sources.values():

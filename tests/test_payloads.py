@@ -6,7 +6,8 @@ import stat
 import pytest
 
 import sheepdog
-from sheepdog import payloads, protocol, serialisation, worker
+from sheepdog import payloads, protocol, serialisation
+from sheepdog.client import Client, PermanentHTTPError
 from sheepdog.payloads import SPILL_BYTES, PayloadFile, payload_bytes
 from sheepdog.server import Server
 from sheepdog.storage import Storage
@@ -48,7 +49,7 @@ def test_small_buffers_stay_in_the_pickle():
 
 
 def test_frame_payloads_are_aligned_views_of_the_body():
-    frames = [(1, worker.RESULT, b"abc"), (2, worker.RESULT, [b"x" * 5, b"y" * 30])]
+    frames = [(1, protocol.RESULT, b"abc"), (2, protocol.RESULT, [b"x" * 5, b"y" * 30])]
     body = bytearray(b"".join(protocol.pack_frames(frames)))
     unpacked = protocol.unpack_frames(body)
     assert [bytes(payload) for _i, _k, payload in unpacked] == [b"abc", b"x" * 5 + b"y" * 30]
@@ -90,8 +91,8 @@ def test_large_payloads_cross_the_server_whole(storage, engine, use_tls):
     request_id = storage.create_request(b"fn", [argument, b"small"], "right", "local")
     server = Server(storage, port=0, engine=engine, use_tls=use_tls).start()
     try:
-        client = worker.Client([server.url("127.0.0.1")], request_id, b"right", 5,
-                               server.certificate.decode() if use_tls else None)
+        client = Client([server.url("127.0.0.1")], request_id, b"right", 5,
+                        server.certificate.decode() if use_tls else None)
         ((index, kind, payload),) = protocol.unpack_frames(client.request("GET", "/tasks/1"))
         assert (index, kind, bytes(payload)) == (1, protocol.ARGUMENTS, argument)
         result = [b"r" * 100, os.urandom(BIG)]
@@ -112,8 +113,8 @@ def test_an_unauthorised_large_result_is_refused_before_it_is_read(storage):
     request_id = storage.create_request(b"fn", [b"a"], "right", "local")
     server = Server(storage, port=0, use_tls=False).start()
     try:
-        client = worker.Client([server.url("127.0.0.1")], request_id, b"wrong", 5)
-        with pytest.raises(worker.PermanentHTTPError) as refused:
+        client = Client([server.url("127.0.0.1")], request_id, b"wrong", 5)
+        with pytest.raises(PermanentHTTPError) as refused:
             client.request("POST", "/tasks/1/result", bytes(BIG))
         assert refused.value.status == 401
     finally:

@@ -227,18 +227,22 @@ def test_function_defined_without_source_file_ships():
 
 def test_embedded_modules_import_only_the_standard_library():
     """Besides each other: cloudpickle's package imports its module, and sheepdog's
-    modules import the protocol and cloudpickle, all embedded beside them."""
+    modules import cloudpickle and the sheepdog modules embedded before them."""
     import ast
 
     from sheepdog.jobscript import embedded_sources
 
+    loaded = set()
     for name, source in embedded_sources().items():
         tree = ast.parse(source)
         relative = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level]
-        sibling = "cloudpickle" if name.startswith("cloudpickle") else "protocol"
-        assert all(node.module in (None, sibling) and node.level == 1 for node in relative)
-        assert all(alias.name == sibling for node in relative if node.module is None
-                   for alias in node.names)
+        assert all(node.level == 1 for node in relative), name
+        package = name.rpartition(".")[0] or name  # "cloudpickle" is a package
+        targets = {f"{package}.{node.module}" for node in relative if node.module} | {
+            f"{package}.{alias.name}" for node in relative if node.module is None
+            for alias in node.names}
+        assert targets <= loaded, (name, targets - loaded)  # embedded, and before it
+        loaded.add(name)
         absolute = {
             alias.name.split(".")[0]
             for node in ast.walk(tree)

@@ -175,7 +175,7 @@ def test_server_handles_concurrent_posts(storage):
 
 @pytest.mark.parametrize("engine", ["tornado", "werkzeug"])
 def test_tls_server_talks_to_a_worker_pinning_its_certificate(storage, request_id, engine):
-    from sheepdog.worker import Client
+    from sheepdog.client import Client
 
     server = Server(storage, port=0, engine=engine).start()
     try:
@@ -216,7 +216,7 @@ def _impostor(certificate_and_key):
 
 def test_worker_sends_nothing_to_a_server_with_another_certificate(storage, request_id):
     from sheepdog import tls
-    from sheepdog.worker import Client
+    from sheepdog.client import Client
 
     listener, received = _impostor(tls.generate_identity())
     pinned, _key = tls.generate_identity()
@@ -232,7 +232,7 @@ def test_worker_sends_nothing_to_a_server_with_another_certificate(storage, requ
 
 def test_worker_moves_on_from_an_impostor_to_the_next_route(storage, request_id):
     from sheepdog import tls
-    from sheepdog.worker import Client
+    from sheepdog.client import Client
 
     listener, received = _impostor(tls.generate_identity())
     server = Server(storage, port=0).start()
@@ -253,9 +253,9 @@ def test_worker_tries_the_next_route_when_the_first_does_not_answer(storage, req
     """A route whose connects vanish, as to a caller behind NAT, is left after CONNECT_SECONDS."""
     import socket
 
-    from sheepdog import worker
+    from sheepdog.client import Client
 
-    monkeypatch.setattr(worker, "CONNECT_SECONDS", 0.5)
+    monkeypatch.setattr("sheepdog.client.CONNECT_SECONDS", 0.5)
     # A listener that never accepts, with its backlog filled: Linux drops further
     # SYNs, so a connect to it times out instead of being refused.
     black_hole = socket.create_server(("127.0.0.1", 0), backlog=0)
@@ -268,7 +268,7 @@ def test_worker_tries_the_next_route_when_the_first_does_not_answer(storage, req
     server = Server(storage, port=0, use_tls=False).start()
     try:
         urls = [f"http://127.0.0.1:{black_hole.getsockname()[1]}", server.url("127.0.0.1")]
-        client = worker.Client(urls, request_id, b"right", retry_seconds=5)
+        client = Client(urls, request_id, b"right", retry_seconds=5)
         assert client.request("GET", "/function") == b"fn"
         assert client.url == server.url("127.0.0.1")
     finally:

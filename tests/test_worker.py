@@ -4,7 +4,8 @@ import time
 
 import pytest
 
-from sheepdog import worker
+from sheepdog import protocol, runner, worker
+from sheepdog.client import Client, PermanentHTTPError
 from sheepdog.server import Server
 
 
@@ -37,7 +38,7 @@ def test_client_retries_until_the_server_comes_up(storage):
     starter = threading.Timer(1.0, server.start)
     starter.start()
     try:
-        client = worker.Client([f"http://127.0.0.1:{port}"], request_id, b"pw", retry_seconds=30)
+        client = Client([f"http://127.0.0.1:{port}"], request_id, b"pw", retry_seconds=30)
         assert client.request("GET", "/function") == b"fn"
     finally:
         starter.join()
@@ -45,7 +46,7 @@ def test_client_retries_until_the_server_comes_up(storage):
 
 
 def test_client_gives_up_after_its_retry_budget():
-    client = worker.Client([f"http://127.0.0.1:{free_port()}"], 1, b"pw", retry_seconds=1)
+    client = Client([f"http://127.0.0.1:{free_port()}"], 1, b"pw", retry_seconds=1)
     started = time.monotonic()
     with pytest.raises(ConnectionError, match="gave up"):
         client.request("GET", "/function")
@@ -56,9 +57,9 @@ def test_client_does_not_retry_a_refusal(storage):
     request_id = storage.create_request(b"fn", [b"a"], "pw", "local")
     server = Server(storage, port=0, use_tls=False).start()
     try:
-        client = worker.Client([server.url("127.0.0.1")], request_id, b"wrong", retry_seconds=60)
+        client = Client([server.url("127.0.0.1")], request_id, b"wrong", retry_seconds=60)
         started = time.monotonic()
-        with pytest.raises(worker.PermanentHTTPError) as raised:
+        with pytest.raises(PermanentHTTPError) as raised:
             client.request("GET", "/function")
         assert raised.value.status == 401 and time.monotonic() - started < 5
     finally:
@@ -66,12 +67,12 @@ def test_client_does_not_retry_a_refusal(storage):
 
 
 def test_long_error_text_keeps_head_and_tail_within_the_limit_in_bytes():
-    text = "head" + "\u00e9" * worker.MAX_ERROR_BYTES + "tail"
-    clipped = worker.error_bytes(text)
-    assert len(clipped) <= worker.MAX_ERROR_BYTES
+    text = "head" + "\u00e9" * protocol.MAX_ERROR_BYTES + "tail"
+    clipped = runner.error_bytes(text)
+    assert len(clipped) <= protocol.MAX_ERROR_BYTES
     assert clipped.startswith(b"head") and clipped.endswith(b"tail")
     clipped.decode("utf-8")  # not cut inside a character
 
 
 def test_an_error_text_that_utf_8_cannot_encode_is_escaped():
-    assert worker.error_bytes("bad \udcff byte") == b"bad \\udcff byte"
+    assert runner.error_bytes("bad \udcff byte") == b"bad \\udcff byte"

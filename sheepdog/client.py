@@ -1,0 +1,185 @@
+"""The worker's line to the caller: signed HTTP(S) requests, with their routes and retries.
+
+Embedded verbatim in the job file beside ``protocol`` (see ``worker.py``), so
+it imports only the standard library and ``protocol``. Both the supervisor
+and the runner post through it, each on a connection of its own.
+
+Network failures are retried with backoff for ``retry_seconds``, so a server
+restart does not lose results; a 4xx answer is final. A server whose disk is
+full answers 507: that is retried for ``disk_full_seconds``, and then the task
+is reported failed with the server's message, which names the disk. Over HTTPS
+the worker trusts only the certificate in its settings, and it signs every
+request with the request's key, which it reads from a private file: nothing in
+the job file lets anyone else act as the worker.
+"""
+
+import http.client
+import socket
+import ssl
+import sys
+import time
+import urllib.parse
+
+from . import protocol
+from .protocol import DISK_FULL_STATUS
+
+#: Seconds to wait for a connection to one route before trying the next.
+CONNECT_SECONDS = 5.0
+#: Seconds to wait for the server's answer on an open connection.
+READ_SECONDS = 60.0
+#: Seconds a report refused for a full disk (507) is retried, unless the settings say.
+DISK_FULL_SECONDS = 120.0
+
+
+class PermanentHTTPError(Exception):
+    """The server answered with a 4xx status (or 507 for too long): retrying cannot help."""
+
+    def __init__(self, status, reason):
+        super().__init__(f"HTTP {status}: {reason}")
+        self.status = status
+
+
+class Client:
+    """A keep-alive HTTP(S) connection to the sheepdog server, with retries.
+
+    ``urls`` are the routes to the server in order of preference (the
+    caller's own address, then a tunnel through the head node). A route that
+    cannot be connected to within ``CONNECT_SECONDS``, or that presents another
+    certificate than the pinned one, is left for the next; nothing is sent
+    before the server proved its identity. Every request is signed with
+    ``key`` (see ``protocol``). A server whose disk is full (507) is asked
+    again for ``disk_full_seconds``, then the answer is final.
+    """
+
+    def __init__(self, urls, request_id, key, retry_seconds, certificate=None,
+                 disk_full_seconds=None):
+        self.routes = [urllib.parse.urlsplit(url) for url in urls]
+        self.route = 0
+        self.prefix = f"/requests/{request_id}"
+        self.key = key
+        self.retry_seconds = retry_seconds
+        self.disk_full_seconds = DISK_FULL_SECONDS if disk_full_seconds is None else disk_full_seconds
+        self.ssl_context = None
+        if any(route.scheme == "https" for route in self.routes):
+            self.ssl_context = ssl.create_default_context(cadata=certificate)
+            self.ssl_context.check_hostname = False  # the pinned certificate is the identity
+        self.connection = None
+
+    @property
+    def url(self):
+        return self.routes[self.route].geturl()
+
+    def _connect(self):
+        route = self.routes[self.route]
+        if route.scheme == "https":
+            connection = http.client.HTTPSConnection(
+                route.hostname, route.port, timeout=CONNECT_SECONDS, context=self.ssl_context)
+        else:
+            connection = http.client.HTTPConnection(
+                route.hostname, route.port, timeout=CONNECT_SECONDS)
+        try:
+            connection.connect()
+        except BaseException:
+            connection.close()
+            raise
+        connection.sock.settimeout(READ_SECONDS)
+        return connection
+
+    def request(self, method, path, body=None):
+        """Send one request, retrying transient failures; return the body as a bytearray.
+
+        ``body`` is bytes-like or a list of parts; large parts are sent as they
+        are, never joined into one copy.
+        """
+        full_path = self.prefix + path
+        headers = protocol.auth_headers(self.key, method, full_path, body)
+        if body is not None:
+            headers["Content-Type"] = "application/octet-stream"
+            headers["Content-Length"] = str(protocol.nbytes(body))
+            body = protocol.coalesce(body) if isinstance(body, list) else body
+        deadline = time.monotonic() + self.retry_seconds
+        disk_deadline = None  # set by the first 507
+        delay, tried = 0.25, 0
+        while True:
+            connected = self.connection is not None
+            try:
+                if self.connection is None:
+                    self.connection = self._connect()
+                    connected = True
+                self.connection.request(method, full_path, body=body, headers=headers)
+                response = self.connection.getresponse()
+                data = _read_body(response)
+                if response.will_close:
+                    self.close()
+                if response.status < 400:
+                    return data
+                reason = data.decode("utf-8", "replace").strip()[:2000]
+                if response.status == DISK_FULL_STATUS:
+                    if disk_deadline is None:
+                        disk_deadline = time.monotonic() + self.disk_full_seconds
+                    if time.monotonic() + delay > disk_deadline:
+                        raise PermanentHTTPError(response.status, reason)
+                elif response.status < 500 and response.status not in (408, 429):
+                    raise PermanentHTTPError(response.status, reason)
+                failure = f"HTTP {response.status}: {reason}"
+            except (OSError, http.client.HTTPException) as error:
+                self.close()
+                failure = f"{type(error).__name__}: {error}"
+                if isinstance(error, ssl.SSLCertVerificationError):
+                    failure += " (not the caller's certificate: nothing was sent)"
+            if not connected and len(self.routes) > 1:
+                log(f"cannot connect to {self.url} ({failure})")
+                self.route = (self.route + 1) % len(self.routes)
+                tried += 1
+                if tried % len(self.routes):
+                    continue  # try the next route at once
+            if time.monotonic() + delay > (disk_deadline or deadline):
+                raise ConnectionError(
+                    f"gave up on {method} {full_path} via {self.url} after "
+                    f"{self.retry_seconds:.0f} s: {failure}"
+                )
+            log(f"{method} {path} via {self.url} failed ({failure}); retrying in {delay:.1f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+    def close(self):
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
+
+def read_key(settings):
+    """The request's key: from its private file, or from the settings if put there.
+
+    A worker that cannot read the file leaves at once with ``EXIT_NO_KEY``
+    and says why on stderr, which the caller reads back.
+    """
+    if settings.get("key"):
+        return settings["key"].encode()
+    path = settings["key_file"]
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().strip()
+    except OSError as error:
+        log(f"cannot read the request's key file {path} on {socket.gethostname()}: {error}. "
+            f"The key is written on the head node; compute nodes must see the same home "
+            f"directory (see 'How workers reach you' in sheepdog's docs)")
+        sys.exit(protocol.EXIT_NO_KEY)
+
+
+def _read_body(response):
+    """The whole response body, read straight into one writable buffer when its length is known."""
+    if response.length is None:
+        return bytearray(response.read())
+    data = bytearray(response.length)
+    view, received = memoryview(data), 0
+    while received < len(data):
+        count = response.readinto(view[received:])
+        if not count:
+            raise http.client.IncompleteRead(bytes(view[:received]), len(data) - received)
+        received += count
+    return data
+
+
+def log(message):
+    print(f"sheepdog worker: {message}", file=sys.stderr, flush=True)

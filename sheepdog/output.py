@@ -1,0 +1,124 @@
+"""What each task wrote to stdout and stderr: sent straight to its files, its tail read back.
+
+Embedded verbatim in the job file beside ``protocol`` (see ``worker.py``), so
+it imports only the standard library and ``protocol``.
+
+The tail of what each task wrote to stdout and stderr travels with its report
+(see :class:`TaskOutput`): both still go straight to the scheduler's output
+files, unbuffered in the runner (see :func:`unbuffer_output`), so that what a
+task wrote before a crash is there too; the task's part is read back from those
+files. The runner notes the files' :meth:`~TaskOutput.positions` as each task
+starts and ends; the supervisor reads the :meth:`~TaskOutput.tails` between them.
+"""
+
+import io
+import os
+import stat
+import struct
+import sys
+
+from .protocol import OUTPUT, OUTPUT_TAIL_BYTES, STDERR, STDOUT
+
+#: The sizes of the stdout and stderr files (-1: not read back), when a task starts or ends.
+_POSITIONS = struct.Struct("!qq")
+_NO_POSITIONS = _POSITIONS.pack(-1, -1)
+
+
+class TaskOutput:
+    """What each task wrote to stdout and stderr, read back from the files they go to.
+
+    The scheduler's ``-o`` and ``-e`` files (and the local backend's log) are
+    regular files, so their size when a task starts and ends brackets what the
+    task wrote, and the last ``OUTPUT_TAIL_BYTES`` of that are read back
+    through a descriptor of their own (``/proc/self/fd``). When stdout and
+    stderr are one file (``-j y``), their tail is one stream, ``OUTPUT``. A
+    stream that is not a regular file (a terminal, a pipe) has no tail. Other
+    array tasks that append to the same file would show in it too.
+    """
+
+    def __init__(self):
+        self.files = []  # [kind, descriptor written to, descriptor to read from]
+        seen = {}
+        for descriptor, kind in ((1, STDOUT), (2, STDERR)):
+            try:
+                status = os.fstat(descriptor)
+            except OSError:
+                continue
+            if not stat.S_ISREG(status.st_mode):
+                continue
+            identity = (status.st_dev, status.st_ino)
+            if identity in seen:
+                seen[identity][0] = OUTPUT
+                continue
+            reader = _open_for_reading(descriptor)
+            if reader is not None:
+                seen[identity] = [kind, descriptor, reader]
+                self.files.append(seen[identity])
+
+    def positions(self):
+        """The files' sizes now, packed; what Python buffered for them is written first."""
+        if not self.files:
+            return _NO_POSITIONS
+        for stream in (sys.stdout, sys.stderr):
+            if not isinstance(stream, _Unbuffered):  # a task replaced it
+                try:
+                    stream.flush()
+                except Exception:  # noqa: S110 - a closed stream has nothing to add
+                    pass
+        try:
+            sizes = [os.fstat(descriptor).st_size for _kind, descriptor, _reader in self.files]
+        except OSError:  # the task closed its stdout
+            return _NO_POSITIONS
+        return _POSITIONS.pack(*(sizes + [-1, -1])[:2])
+
+    def tails(self, start, end):
+        """(kind, bytes) of each stream written between two :meth:`positions`."""
+        tails = []
+        if start == end:
+            return tails
+        starts, ends = _POSITIONS.unpack(start), _POSITIONS.unpack(end)
+        for (kind, _descriptor, reader), first, last in zip(self.files, starts, ends):
+            if first < 0 or last <= first:
+                continue
+            begin = max(first, last - OUTPUT_TAIL_BYTES)
+            try:
+                data = os.pread(reader, last - begin, begin)
+            except OSError as error:
+                data = f"(the output could not be read back: {error})".encode()
+            if begin > first:
+                data = f"[... {begin - first} earlier bytes not kept]\n".encode() + data
+            tails.append((kind, data))
+        return tails
+
+
+def _open_for_reading(descriptor):
+    """A new read-only descriptor of the file that ``descriptor`` writes, or None."""
+    try:
+        return os.open(f"/proc/self/fd/{descriptor}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        pass
+    try:  # macOS has no /proc, but can name the file
+        import fcntl
+
+        path = fcntl.fcntl(descriptor, fcntl.F_GETPATH, bytes(1024)).rstrip(b"\0")
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (ImportError, AttributeError, OSError):
+        return None
+
+
+def unbuffer_output():
+    """Send what tasks print straight to the output files, as ``python -u`` would."""
+    for name, descriptor in (("stdout", 1), ("stderr", 2)):
+        stream = getattr(sys, name)
+        try:
+            stream.flush()
+            raw = io.FileIO(descriptor, "w", closefd=False)
+        except (OSError, ValueError, AttributeError):
+            continue
+        setattr(sys, name, _Unbuffered(
+            raw, encoding=getattr(stream, "encoding", None) or "utf-8",
+            errors=getattr(stream, "errors", None) or "backslashreplace", write_through=True))
+
+
+class _Unbuffered(io.TextIOWrapper):
+    """A text stream that writes straight to its file descriptor (nothing to flush)."""

@@ -1,0 +1,250 @@
+"""The runner: a forked process that runs a chunk's tasks and hands over each report at once.
+
+Embedded verbatim in the job file beside ``protocol``, ``client`` and
+``output`` (see ``worker.py``), so it imports only the standard library and
+those. The worker forks it and stays behind as its supervisor.
+
+The runner loads ``f`` and runs ``f(*args)`` for each task. It hands each
+report (the pickled result, or the full traceback when ``f`` raised) to the
+supervisor through a socket pair before the next task starts, which costs
+microseconds, so that a task that kills its process costs no other task its
+result. A result of 1 MB or more is posted by the runner itself before its
+next task, so that it is never held twice. The runner ends as an interpreter
+exit would (its ``atexit`` handlers run, Python's and C's output buffers are
+flushed), but threads it left running are not waited for.
+"""
+
+import atexit
+import faulthandler
+import gc
+import os
+import signal
+import socket
+import sys
+import traceback
+
+from .client import PermanentHTTPError
+from .output import unbuffer_output
+from .protocol import (ALONE_BYTES, DISK_FULL_STATUS, ERROR, MAX_ERROR_BYTES, RESULT, coalesce,
+                       frame_bytes, nbytes, pack_frames)
+
+# What the runner tells the supervisor besides reports (never sent to the server):
+# a task starts (and so the one before it ended), the last task ended (both with
+# the output files' positions then), a task's result was posted by the runner itself.
+STARTED, ENDED, POSTED = 100, 101, 102
+RUNNER_KINDS = (RESULT, ERROR, STARTED, ENDED, POSTED)
+
+
+def limit_memory(limit_bytes):
+    """Apply ``-l mem_grab=...`` as an address-space limit, as the original did."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+
+def error_bytes(text):
+    """``text`` as UTF-8 of at most ``MAX_ERROR_BYTES``, whatever characters it holds.
+
+    Characters that UTF-8 cannot encode (lone surrogates, as in a file name
+    that was not UTF-8) are escaped; a long text keeps its head and its tail.
+    """
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= MAX_ERROR_BYTES:
+        return data
+    note = b"\n... (traceback shortened) ...\n"
+    half = (MAX_ERROR_BYTES - len(note)) // 2
+    return (data[:half].decode("utf-8", "ignore").encode() + note
+            + data[-half:].decode("utf-8", "ignore").encode())
+
+
+def describe_failure(error, skip_frames=0):
+    """The traceback of ``error`` as text, from its ``skip_frames``-th frame on."""
+    frames = error.__traceback__
+    for _ in range(skip_frames):
+        frames = frames.tb_next if frames is not None else None
+    try:
+        return "".join(traceback.format_exception(type(error), error, frames))
+    except BaseException as failure:  # noqa: B902 - a text must come out of this
+        return (f"{type(error).__module__}.{type(error).__qualname__} was raised, and its "
+                f"traceback could not be formatted ({type(failure).__name__})")
+
+
+def refused_result(size, error):
+    """The error text of a task whose result the server would not take."""
+    if error.status == DISK_FULL_STATUS:
+        return f"the caller could not store the result ({size} bytes): {error}"
+    return f"the result ({size} bytes) was refused: {error}"
+
+
+def run_one(codec, function, index, arguments, reports):
+    """Run ``f`` on one task's arguments and hand over its report; never raises for ``f``'s faults."""
+    try:
+        result = function(*codec.loads(arguments))
+    except BaseException as error:  # noqa: B902 - SystemExit from f is the user's error too
+        # Start the traceback at the user's function, not at this frame.
+        reports.report(index, ERROR, error_bytes(describe_failure(error, skip_frames=1)))
+        return
+    try:
+        payload = codec.dumps_parts(result)
+    except BaseException as error:  # noqa: B902
+        reports.report(index, ERROR, error_bytes(
+            "the result could not be serialised:\n" + describe_failure(error)))
+        return
+    reports.report(index, RESULT, payload)
+
+
+class RunnerReports:
+    """The runner's side of the socket pair: reports and task boundaries, to the supervisor.
+
+    What a task left is sent together with the next task's start, in one
+    write, before that task runs: the supervisor holds it from then on,
+    whatever becomes of this process. A result of ``ALONE_BYTES`` or more is
+    posted to the server here and now instead.
+    """
+
+    def __init__(self, channel, connect):
+        self.channel = channel
+        self.connect = connect
+        self.client = None
+        self.pending = []  # the bytes of the frames to send
+        self.large = False  # whether a large payload is pending, to be sent as it is
+
+    def report(self, index, kind, payload):
+        if isinstance(payload, list) and len(payload) == 1:
+            payload = payload[0]  # a small result: one part
+        size = nbytes(payload)
+        if kind == RESULT and size >= ALONE_BYTES:
+            self.client = self.client or self.connect()
+            try:
+                self.client.request("POST", f"/tasks/{index}/result", payload)
+                kind, payload = POSTED, b""
+            except PermanentHTTPError as error:
+                if error.status not in (413, DISK_FULL_STATUS):
+                    raise
+                kind, payload = ERROR, error_bytes(refused_result(size, error))
+        if isinstance(payload, list) or size >= 1 << 16:
+            self.pending.extend(pack_frames([(index, kind, payload)]))
+            self.large = True
+        else:
+            self.pending.append(frame_bytes(index, kind, payload))
+
+    def started(self, index, positions):
+        """Task ``index`` starts, and the one before it ended, at ``positions``: sent now."""
+        self.pending.append(frame_bytes(index, STARTED, positions))
+        self.send()
+
+    def ended(self, index, positions):
+        """The runner's last task ended at ``positions``."""
+        self.pending.append(frame_bytes(index, ENDED, positions))
+        self.send()
+
+    def send(self):
+        if self.large:
+            for part in coalesce(self.pending):
+                self.channel.sendall(part)
+        else:  # the common case: one small write
+            self.channel.sendall(b"".join(self.pending))
+        self.pending, self.large = [], False
+
+
+def run_tasks(codec, function_blob, arguments, indices, channel, connect, settings, output):
+    """In the runner: load ``f``, then run each task; the runner's exit status."""
+    reports = RunnerReports(channel, connect)
+    problem = None
+    try:
+        if settings.get("memory_limit"):
+            limit_memory(settings["memory_limit"])
+        function = codec.loads_function(function_blob)
+    except BaseException as error:  # noqa: B902 - report any failure to load
+        problem = "the function could not be loaded on this worker:\n" + describe_failure(error)
+    for index in indices:
+        reports.started(index, output.positions())
+        if problem is None:
+            run_one(codec, function, index, arguments.pop(index), reports)
+        else:
+            reports.report(index, ERROR, error_bytes(problem))
+    if indices:
+        reports.ended(indices[-1], output.positions())
+    return 0 if problem is None else 1
+
+
+class Runner:
+    """A forked process that runs tasks and reports over a socket pair.
+
+    It leaves the scheduler's ``kill_signals`` (numbers) to the supervisor.
+    """
+
+    def __init__(self, target, kill_signals=()):
+        self.channel, child_end = socket.socketpair()
+        self.status = None  # the wait status, once it ended
+        self.stopped = False
+        # What exists now is never collected in the runner, so that its garbage
+        # collections do not write to (and so copy) every page it shares with us.
+        gc.freeze()
+        self.pid = os.fork()
+        if self.pid == 0:  # the runner
+            self.channel.close()
+            _runner_main(target, child_end, kill_signals)
+        child_end.close()
+
+    def poll(self):
+        """The wait status if the runner ended, else None; notes whether it is stopped."""
+        if self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG | os.WUNTRACED | os.WCONTINUED)
+            if pid and os.WIFSTOPPED(status):
+                self.stopped = True
+            elif pid and os.WIFCONTINUED(status):
+                self.stopped = False
+            elif pid:
+                self.status = status
+        return self.status
+
+    def wait(self):
+        while self.status is None:
+            pid, status = os.waitpid(self.pid, 0)
+            if pid and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+                self.status = status
+        self.channel.close()
+        return self.status
+
+    def kill(self):
+        if self.status is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _runner_main(target, channel, kill_signals):
+    """The whole life of a runner process: it never returns into the supervisor's code."""
+    status = 1
+    try:
+        run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+        getattr(atexit, "_clear", lambda: None)()  # the supervisor's handlers are its own
+        for number in kill_signals:  # the supervisor answers the scheduler's kill notice
+            signal.signal(number, lambda signum, frame: None)
+        unbuffer_output()
+        faulthandler.enable()  # a segfault's traceback goes to stderr, and so into its tail
+        status = target(channel)
+        if run_exit_handlers is not None:
+            run_exit_handlers()
+    except BaseException:  # noqa: B902 - said on stderr; the supervisor sees the status
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: S110
+                pass
+        _flush_c_stdio()
+        os._exit(status)
+
+
+def _flush_c_stdio():
+    """Flush what C code buffered in stdio, which ``os._exit`` would drop."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except Exception:  # noqa: S110 - no ctypes: nothing more can be done
+        pass
