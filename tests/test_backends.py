@@ -14,7 +14,7 @@ from typing import NamedTuple
 import pytest
 
 from sheepdog.backends import SubmissionError, create
-from sheepdog.backends.batch import HELD, PENDING, RUNNING
+from sheepdog.backends.batch import PENDING, RUNNING
 from sheepdog.config import resolve
 from sheepdog.ssh import CommandResult
 

@@ -8,10 +8,7 @@ import pytest
 
 import sheepdog
 from sheepdog import SubmissionError, ssh
-from sheepdog.config import DEFAULT_GE_OPTS
 from sheepdog.ssh import SSHError
-
-from ..quickstart import QUICKSTART, run_doctest
 
 pytestmark = pytest.mark.cluster
 
@@ -21,12 +18,6 @@ def last_request(conf):
 
     with sqlite3.connect(conf["dbfile"]) as raw:
         return raw.execute("SELECT max(id) FROM requests").fetchone()[0]
-
-
-def test_quickstart_examples_return_what_the_quickstart_shows(cluster_conf):
-    conf = {**cluster_conf, "ge_opts": ["-l h_rt=0:10:0", "-q all.q"]}
-    results = run_doctest(QUICKSTART, conf)
-    assert results.failed == 0 and results.attempted == 15
 
 
 def test_namespace_entries_override_the_globals_of_the_function(cluster_conf):
@@ -46,21 +37,6 @@ def test_quickstart_numpy_import_idiom(cluster_conf):
         return g(x)
 
     assert [float(r) for r in sheepdog.map(f, [([1, 2, 3],), ([10, 20],)], cluster_conf)] == [2.0, 15.0]
-
-
-def test_large_buffers_travel_both_ways_through_gridengine(cluster_conf):
-    # bytearrays, not numpy arrays: the workers' numpy (Debian's 1.x) cannot
-    # load what numpy 2 pickles, while buffers travel out of band the same way.
-    buffers = [bytearray(os.urandom(16 << 20)) for _ in range(2)]
-
-    def reversed_copy(data):
-        return data[::-1]
-
-    results = sheepdog.map(reversed_copy, [(data,) for data in buffers], cluster_conf)
-    assert results == [data[::-1] for data in buffers]
-    payloads = cluster_conf["dbfile"] + ".payloads"
-    assert sorted(os.listdir(os.path.join(payloads, str(last_request(cluster_conf))))) == [
-        "arguments-1", "arguments-2", "results-1", "results-2"]
 
 
 def test_errors_come_back_with_their_traceback(cluster_conf):
@@ -84,16 +60,6 @@ def test_map_async_then_poll_get_results(cluster_conf):
             break
         time.sleep(0.5)
     assert results == [((3, n), 3**n) for n in range(6)]
-
-
-def test_mem_grab_makes_a_greedy_task_fail_with_memory_error(cluster_conf):
-    def allocate(megabytes):
-        return len(bytearray(megabytes * 2**20))
-
-    conf = {**cluster_conf, "ge_opts": [*DEFAULT_GE_OPTS, "-l mem_grab=300M"]}
-    assert sheepdog.map(allocate, [(10,), (800,)], conf) == [10 * 2**20, None]
-    (error,) = sheepdog.get_errors(last_request(cluster_conf), cluster_conf["dbfile"])
-    assert "MemoryError" in error[1]
 
 
 def test_output_error_and_working_directory_options_are_respected(cluster, cluster_conf):
@@ -193,8 +159,4 @@ def test_job_directory_is_private_and_keeps_no_job_or_key_file(cluster, cluster_
     # qsub keeps its own copy of the job file; the key file goes when the request ends.
     assert job_and_key_files() - before == set()
 
-
-def test_two_hundred_tasks(cluster_conf):
-    results = sheepdog.map(pow, [(n, 2) for n in range(200)], cluster_conf)
-    assert results == [n * n for n in range(200)]
 
