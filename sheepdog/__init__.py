@@ -14,7 +14,8 @@ from .serialisation import SerialisationError
 from .server import Server
 from .session import Session
 from .ssh import SSHError
-from .storage import Storage, StorageError
+from .private import UnsafePathError
+from .storage import DiskFullError, Storage, StorageError
 from .supervisor import CallbackError
 
 __version__ = "0.3.0"
@@ -22,6 +23,7 @@ __version__ = "0.3.0"
 __all__ = [
     "CallbackError",
     "Config",
+    "DiskFullError",
     "Request",
     "SerialisationError",
     "SSHError",
@@ -30,6 +32,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "SubmissionError",
+    "UnsafePathError",
     "__version__",
     "cancel",
     "get_errors",

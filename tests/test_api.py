@@ -167,8 +167,8 @@ def test_task_that_dies_without_reporting_is_lost_not_waited_for(local_conf):
 
 def test_public_names_are_pinned():
     assert sorted(sheepdog.__all__) == sorted([
-        "CallbackError", "Config", "Request", "SSHError", "SerialisationError", "Server",
-        "Session", "Storage", "StorageError", "SubmissionError",
+        "CallbackError", "Config", "DiskFullError", "Request", "SSHError", "SerialisationError",
+        "Server", "Session", "Storage", "StorageError", "SubmissionError", "UnsafePathError",
         "__version__", "cancel", "get_errors", "get_results", "map", "map_async", "map_sync", "wait",
     ])
     assert sheepdog.map_sync is sheepdog.map
