@@ -10,14 +10,8 @@ NETNS=${SHEEPDOG_NETNS:-sheepdog}
 STATE=${SHEEPDOG_TEST_STATE:-/var/lib/sheepdog-test}
 HOST=$(hostname)
 
-stop() {  # stop the process named by a pid file, waiting up to 20 s
-    local pid_file=$1
-    [[ -s $pid_file ]] || return 0
-    local pid
-    pid=$(cat "$pid_file")
-    kill "$pid" 2>/dev/null || return 0
-    timeout 20 tail --pid="$pid" -f /dev/null || kill -9 "$pid" 2>/dev/null
-}
+# shellcheck source=ci/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 # Slurm (ci/slurm-up.sh) runs in the same namespace: stop it first.
 bash "$(dirname "$0")/slurm-down.sh"

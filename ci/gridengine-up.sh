@@ -20,24 +20,8 @@ HOST=$(hostname)
 PACKAGES=(gridengine-master gridengine-exec gridengine-client gridengine-common
           openssh-server openssh-client python3 python3-numpy iproute2)
 
-say() { echo "gridengine-up: $*" >&2; }
-in_ns() { ip netns exec "$NETNS" "$@"; }
-
-# Wait up to $1 seconds for the command that follows to succeed.
-wait_for() {
-    local seconds=$1; shift
-    local deadline=$((SECONDS + seconds))
-    until "$@" >/dev/null 2>&1; do
-        if ((SECONDS >= deadline)); then
-            say "gave up after ${seconds}s waiting for: $*"
-            return 1
-        fi
-        sleep 0.2
-    done
-}
-
-# A daemon is alive when its pid file names a live process.
-alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# shellcheck source=ci/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 install_packages() {
     if dpkg-query -W -f='${Status}\n' "${PACKAGES[@]}" 2>/dev/null | grep -qv "install ok installed" \

@@ -23,18 +23,8 @@ NFT_TABLE=sheepdog_nat
 CALLER_SSHD_PID=$STATE/sshd-caller.pid
 NODE_SPOOL=/var/spool/gridengine/execd/$NODE
 
-say() { echo "nat-down: $*" >&2; }
-in_ns() { timeout 30 ip netns exec "$NETNS" "$@"; }
-have_ns() { [[ -e /run/netns/$1 ]]; }
-
-stop_pid() {  # stop process $1 (TERM, then KILL after 20 s)
-    kill "$1" 2>/dev/null || return 0
-    timeout 20 tail --pid="$1" -f /dev/null || kill -9 "$1" 2>/dev/null
-}
-stop() {  # stop the process named by a pid file
-    [[ -s $1 ]] && stop_pid "$(cat "$1")"
-    rm -f "$1"
-}
+# shellcheck source=ci/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 # Remove the lines matching the fixed strings that follow from file $1, by
 # rewriting the same inode: running daemons see /etc/netns/*/hosts through a

@@ -39,24 +39,8 @@ CALLER_SSHD_PID=$STATE/sshd-caller.pid
 NODE_EXECD_PID=/var/spool/gridengine/execd/$NODE/execd.pid
 AS_CALLER=$(cd "$(dirname "$0")" && pwd)/as-caller.sh
 
-say() { echo "nat-up: $*" >&2; }
-in_ns() { timeout 60 ip netns exec "$NETNS" "$@"; }
-
-# Wait up to $1 seconds for the command that follows to succeed.
-wait_for() {
-    local seconds=$1; shift
-    local deadline=$((SECONDS + seconds))
-    until "$@" >/dev/null 2>&1; do
-        if ((SECONDS >= deadline)); then
-            say "gave up after ${seconds}s waiting for: $*"
-            return 1
-        fi
-        sleep 0.2
-    done
-}
-
-# A daemon is alive when its pid file names a live process.
-alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# shellcheck source=ci/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 # Replace file $1 with stdin, but only when that changes it, and by rewriting
 # the same inode: processes in a namespace see /etc/netns/*/hosts through a

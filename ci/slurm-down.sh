@@ -10,27 +10,8 @@ set -uo pipefail
 NETNS=${SHEEPDOG_NETNS:-sheepdog}
 STATE=${SHEEPDOG_TEST_STATE:-/var/lib/sheepdog-test}
 
-say() { echo "slurm-down: $*" >&2; }
-in_ns() { timeout 30 ip netns exec "$NETNS" "$@"; }
-have_ns() { [[ -e /run/netns/$NETNS ]]; }
-alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
-
-stop() {  # stop the daemon named by a pid file: TERM, then KILL after 20 s
-    [[ -s $1 ]] || return 0
-    local pid deadline=$((SECONDS + 20))
-    pid=$(cat "$1")
-    if kill "$pid" 2>/dev/null; then
-        # Polled every 0.1 s (tail --pid polls every second).
-        while kill -0 "$pid" 2>/dev/null; do
-            if ((SECONDS >= deadline)); then
-                kill -9 "$pid" 2>/dev/null
-                break
-            fi
-            sleep 0.1
-        done
-    fi
-    rm -f "$1"
-}
+# shellcheck source=ci/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 main() {
     if [[ $(id -u) -ne 0 ]]; then
@@ -39,7 +20,7 @@ main() {
     fi
     # Jobs first, while slurmctld and slurmd can still end them: a task's
     # processes (under slurmstepd) outlive slurmd.
-    if have_ns && alive /run/slurmctld.pid && alive /run/slurmd.pid; then
+    if have_ns "$NETNS" && alive /run/slurmctld.pid && alive /run/slurmd.pid; then
         local jobs
         jobs=$(in_ns squeue -h -o %A 2>/dev/null | sort -u)
         if [[ -n $jobs ]]; then
@@ -60,7 +41,7 @@ main() {
     stop /run/slurmdbd.pid
     stop /run/mysqld/mysqld.pid
     stop /run/munge/munged.pid
-    if have_ns; then
+    if have_ns "$NETNS"; then
         ip -n "$NETNS" addr del 127.0.0.2/8 dev lo 2>/dev/null
     fi
     if [[ -f $STATE/env ]]; then

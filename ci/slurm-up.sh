@@ -45,41 +45,8 @@ SLURMCTLD_PID=/run/slurmctld.pid
 SLURMD_PID=/run/slurmd.pid
 CLEAN_ENV=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8)
 
-say() { echo "slurm-up: $*" >&2; }
-in_ns() { timeout 60 ip netns exec "$NETNS" "$@"; }
-
-# Wait up to $1 seconds for the command that follows to succeed.
-wait_for() {
-    local seconds=$1; shift
-    local deadline=$((SECONDS + seconds))
-    until "$@" >/dev/null 2>&1; do
-        if ((SECONDS >= deadline)); then
-            say "gave up after ${seconds}s waiting for: $*"
-            return 1
-        fi
-        sleep 0.2
-    done
-}
-
-# A daemon is alive when its pid file names a live process.
-alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
-
-stop() {  # stop the daemon named by a pid file: TERM, then KILL after 20 s
-    [[ -s $1 ]] || return 0
-    local pid deadline=$((SECONDS + 20))
-    pid=$(cat "$1")
-    if kill "$pid" 2>/dev/null; then
-        # Polled every 0.1 s (tail --pid polls every second).
-        while kill -0 "$pid" 2>/dev/null; do
-            if ((SECONDS >= deadline)); then
-                kill -9 "$pid" 2>/dev/null
-                break
-            fi
-            sleep 0.1
-        done
-    fi
-    rm -f "$1"
-}
+# shellcheck source=ci/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 # Replace file $1 (mode $2, owner $3) with stdin when that changes it; then
 # say so by exit status 0, else 1.
