@@ -34,17 +34,7 @@ install_packages() {
             printf '%s shared/gridengineconfig boolean true\n%s shared/gridenginecell string default\n' \
                 "$package" "$package"
         done | debconf-set-selections
-        # No init system here: keep the maintainer scripts from starting daemons.
-        local made_policy=0
-        if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-            printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-            chmod +x /usr/sbin/policy-rc.d
-            made_policy=1
-        fi
-        timeout 300 apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends \
-            "${PACKAGES[@]}" >/dev/null
-        if ((made_policy)); then rm -f /usr/sbin/policy-rc.d; fi
+        apt_install "${PACKAGES[@]}"
     fi
 }
 
@@ -235,11 +225,7 @@ export SHEEPDOG_TEST_KNOWN_HOSTS=$STATE/known_hosts
 EOF
         grep -Ev "$keys" "$STATE/env" 2>/dev/null || true
     } > "$STATE/env.new"
-    if cmp -s "$STATE/env.new" "$STATE/env"; then
-        rm "$STATE/env.new"
-    else
-        mv "$STATE/env.new" "$STATE/env"
-    fi
+    replace_if_changed "$STATE/env"
 }
 
 main() {

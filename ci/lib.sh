@@ -48,3 +48,28 @@ stop() {
     fi
     rm -f "$1"
 }
+
+# Install Debian packages ($@) without letting their scripts start daemons
+# (there is no init system here to stop them again).
+apt_install() {
+    local made_policy=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        made_policy=1
+    fi
+    timeout 300 apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends \
+        "$@" >/dev/null
+    if ((made_policy)); then rm -f /usr/sbin/policy-rc.d; fi
+}
+
+# Put file $1.new in place of $1 only when it differs, so that a run that
+# changes nothing leaves the file as it was.
+replace_if_changed() {
+    if cmp -s "$1.new" "$1"; then
+        rm "$1.new"
+    else
+        mv "$1.new" "$1"
+    fi
+}

@@ -62,17 +62,7 @@ append_once() {
 install_nftables() {
     command -v nft >/dev/null && return 0
     say "installing nftables"
-    # No init system here: keep the package's scripts from starting anything.
-    local made_policy=0
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-        chmod +x /usr/sbin/policy-rc.d
-        made_policy=1
-    fi
-    timeout 300 apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends \
-        nftables >/dev/null
-    if ((made_policy)); then rm -f /usr/sbin/policy-rc.d; fi
+    apt_install nftables
 }
 
 make_netns() {
@@ -268,11 +258,7 @@ export SHEEPDOG_NODE1=$NODE
 export SHEEPDOG_AS_CALLER=$AS_CALLER
 EOF
     } > "$STATE/env.new"
-    if cmp -s "$STATE/env.new" "$STATE/env"; then
-        rm "$STATE/env.new"
-    else
-        mv "$STATE/env.new" "$STATE/env"
-    fi
+    replace_if_changed "$STATE/env"
 }
 
 main() {

@@ -47,7 +47,7 @@ main() {
     if [[ -f $STATE/env ]]; then
         grep -Ev '^export (SHEEPDOG_SLURM|SHEEPDOG_SLURM_PARTITION|SHEEPDOG_SLURM_CLUSTER|SHEEPDOG_SLURM_ACCOUNTING|SHEEPDOG_SLURM_KILL_WAIT)=' \
             "$STATE/env" > "$STATE/env.new"
-        if cmp -s "$STATE/env.new" "$STATE/env"; then rm "$STATE/env.new"; else mv "$STATE/env.new" "$STATE/env"; fi
+        replace_if_changed "$STATE/env"
     fi
     say "stopped"
 }

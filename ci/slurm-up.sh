@@ -66,17 +66,7 @@ install_packages() {
     installed=$(dpkg-query -W -f='${Status}\n' "${PACKAGES[@]}" 2>/dev/null | grep -c "install ok installed" || true)
     ((installed == ${#PACKAGES[@]})) && return 0
     say "installing ${PACKAGES[*]}"
-    # No init system here: keep the maintainer scripts from starting daemons.
-    local made_policy=0
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-        chmod +x /usr/sbin/policy-rc.d
-        made_policy=1
-    fi
-    timeout 300 apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends \
-        "${PACKAGES[@]}" >/dev/null
-    if ((made_policy)); then rm -f /usr/sbin/policy-rc.d; fi
+    apt_install "${PACKAGES[@]}"
 }
 
 # A second loopback address: the Slurm notes found that slurmctld could not
@@ -256,11 +246,7 @@ export SHEEPDOG_SLURM_ACCOUNTING=$ACCOUNTING
 export SHEEPDOG_SLURM_KILL_WAIT=$KILL_WAIT
 EOF
     } > "$STATE/env.new"
-    if cmp -s "$STATE/env.new" "$STATE/env"; then
-        rm "$STATE/env.new"
-    else
-        mv "$STATE/env.new" "$STATE/env"
-    fi
+    replace_if_changed "$STATE/env"
 }
 
 main() {
