@@ -292,3 +292,21 @@ class TestSlurm(Contract):
         backend = self.backend({"sinfo": ok(recorded(SL + "sinfo-C.txt")),
                                 "scontrol show config": ok(recorded(SL + "scontrol-show-config.txt"))})
         assert backend.capacity() == (8, 100000)
+
+
+def test_a_tasks_output_is_read_from_its_own_log_when_job_ids_come_round_again(tmp_path):
+    """A stale log of an earlier job with the same id (ids restart) is not taken for it."""
+    import os
+    import time
+
+    from sheepdog.shells import LocalShell
+
+    config = resolve({"scheduler": "gridengine", "ge_opts": [f"-e {tmp_path}/"]})
+    backend = create(config)
+    backend.shell = LocalShell()
+    (tmp_path / "sheepdog_1_old.py.e5.1").write_text("an earlier job's words\n")
+    os.utime(tmp_path / "sheepdog_1_old.py.e5.1", (time.time() - 3600,) * 2)
+    (tmp_path / "sheepdog_7_new.py.e5.1").write_text("this job's words\n")
+    assert backend.task_output("5", 1) == "this job's words\n"  # the newest, unnamed
+    backend.job_names["5"] = "sheepdog_1_old.py"
+    assert backend.task_output("5", 1) == "an earlier job's words\n"  # the one named

@@ -68,6 +68,8 @@ class BatchBackend(Backend):
         super().__init__(config)
         self.shell = shell if shell is not None else shell_for(config)
         self._missing_since: dict[tuple[str, int], float] = {}
+        #: The job file's name of each job submitted here (schedulers name logs after it).
+        self.job_names: dict[str, str] = {}
         self._capacity: Optional[tuple[Optional[int], Optional[int]]] = None
 
     # -- what each scheduler declares --------------------------------------
@@ -156,7 +158,9 @@ class BatchBackend(Backend):
             said = result.stderr.strip() or result.stdout.strip()
             raise SubmissionError(f"{self.submit_program} refused the job: {said}; check "
                                   f"{self.options_key} {list(self.options)}")
-        return self.parse_job_id(result.stdout)
+        job_id = self.parse_job_id(result.stdout)
+        self.job_names[job_id] = name
+        return job_id
 
     def _live(self, job_id: str) -> Optional[dict[int, str]]:
         try:
@@ -213,10 +217,14 @@ class BatchBackend(Backend):
         self.shell.run(["rm", "-f", path])
 
     def task_output(self, job_id: str, task_id: int) -> str:
-        """The tail of the task's stderr file, found by :meth:`log_pattern`."""
+        """The tail of the task's stderr file, found by :meth:`log_pattern`.
+
+        Job ids come round again (and start afresh when a scheduler is
+        reinstalled), so of several matching files the newest is read.
+        """
         pattern = self.log_pattern(job_id, task_id)
         result = self.shell.script(
-            f'for f in {pattern}; do if [ -f "$f" ]; then tail -c 4000 "$f"; break; fi; done')
+            f'f=$(ls -t {pattern} 2>/dev/null | head -n 1); [ -n "$f" ] && tail -c 4000 "$f"')
         return result.stdout
 
     def log_location(self, job_id: str, task_id: int) -> Optional[str]:

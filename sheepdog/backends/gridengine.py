@@ -191,4 +191,5 @@ class GridEngineBackend(BatchBackend):
         """``<dir>/<job name>.e<job>.<task>`` in the ``-e`` directory, else ``-wd``, else home."""
         directory = option_value(self.options, "-e") or option_value(self.options, "-wd")
         directories = [directory.rstrip("/")] if directory else []
-        return " ".join(f"{d}/*.e{job_id}.{task_id}" for d in [*directories, "$HOME"])
+        name = self.job_names.get(job_id, "*")  # known for the jobs submitted here
+        return " ".join(f"{d}/{name}.e{job_id}.{task_id}" for d in [*directories, "$HOME"])
