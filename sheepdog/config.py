@@ -12,7 +12,6 @@ import dataclasses
 import difflib
 import math
 import os
-import re
 import socket
 import sys
 from typing import Any, Mapping, Optional
@@ -92,16 +91,6 @@ _TYPES: dict[str, tuple[type, ...]] = {
 VALID_KEYS = tuple(field.name for field in dataclasses.fields(Config))
 #: Keys that hold one scheduler's own options; each backend says which is its own.
 OPTIONS_KEYS = tuple(key for key in VALID_KEYS if key.endswith("_opts"))
-
-
-def parse_memory(text: str) -> int:
-    """GridEngine memory specifier to bytes: k/m/g/t are powers of 1000, K/M/G/T of 1024."""
-    multipliers = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-                   "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    match = re.fullmatch(r"([0-9.]+)([kKmMgGtT]?)", text.strip())
-    if not match:
-        raise ValueError(f"mem_grab={text!r} is not a GridEngine memory size such as 2G or 500M")
-    return int(float(match.group(1)) * multipliers[match.group(2)])
 
 
 def _check_types(conf: Mapping[str, Any]) -> None:

@@ -31,11 +31,14 @@ import time
 from typing import Any, Iterator, Optional, Sequence
 
 from .private import private_directory
+from .protocol import ALONE_BYTES
 
 log = logging.getLogger(__name__)
 
-#: Payloads (pickled arguments or results) this large are kept in files.
-SPILL_BYTES = 1 << 20
+#: Payloads (pickled arguments or results) this large are kept in files: the
+#: size at which workers post a result alone, so the server can receive it
+#: straight into its file.
+SPILL_BYTES = ALONE_BYTES
 #: Bytes moved at a time when a payload file is written or streamed.
 CHUNK_BYTES = 4 << 20
 #: Payload files this large are loaded as memory maps rather than read.
@@ -96,11 +99,6 @@ class PayloadFile:
 def payload_bytes(payload: bytes | PayloadFile) -> bytes | memoryview:
     """A stored payload's bytes, from its database row or from its file."""
     return payload.read() if isinstance(payload, PayloadFile) else payload
-
-
-def nbytes(parts: Sequence[Any]) -> int:
-    """The total size of bytes-like ``parts``."""
-    return sum(memoryview(part).nbytes for part in parts)
 
 
 def write_all(descriptor: int, data: Any) -> None:

@@ -50,7 +50,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 from . import diskspace
-from .payloads import SPILL_BYTES, PayloadDirectory, PayloadFile, nbytes
+from .payloads import SPILL_BYTES, PayloadDirectory, PayloadFile
+from .protocol import nbytes
 from .private import UnsafePathError, private_directory, private_file
 from .protocol import OUTPUT_TAIL_BYTES
 

@@ -2,7 +2,8 @@ import sys
 
 import pytest
 
-from sheepdog.config import DEFAULT_GE_OPTS, VALID_KEYS, parse_memory, resolve
+from sheepdog.backends.gridengine import parse_memory
+from sheepdog.config import DEFAULT_GE_OPTS, VALID_KEYS, resolve
 
 
 def test_gridengine_defaults_follow_the_original():

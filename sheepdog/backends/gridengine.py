@@ -18,7 +18,6 @@ import re
 import xml.etree.ElementTree as ElementTree
 from typing import Optional, Sequence
 
-from ..config import parse_memory
 from . import SubmissionError, TaskEnd
 from .batch import HELD, PENDING, RUNNING, BatchBackend, SchedulerQueryFailed, option_value
 
@@ -115,6 +114,16 @@ def describe_accounting(fields: dict[str, str]) -> TaskEnd:
     if code != "0":
         reason += f"; GridEngine: failed {failed}"
     return TaskEnd(reason, retryable=code != _LIMIT_ENFORCED, exit_status=status)
+
+
+def parse_memory(text: str) -> int:
+    """GridEngine memory specifier to bytes: k/m/g/t are powers of 1000, K/M/G/T of 1024."""
+    multipliers = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+                   "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    match = re.fullmatch(r"([0-9.]+)([kKmMgGtT]?)", text.strip())
+    if not match:
+        raise ValueError(f"mem_grab={text!r} is not a GridEngine memory size such as 2G or 500M")
+    return int(float(match.group(1)) * multipliers[match.group(2)])
 
 
 def live_state(letters: str) -> str:
