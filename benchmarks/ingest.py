@@ -11,7 +11,6 @@ processes with keep-alive connections, several threads each.
 from __future__ import annotations
 
 import argparse
-import base64
 import http.client
 import multiprocessing
 import os
@@ -24,14 +23,20 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from sheepdog.protocol import auth_headers  # noqa: E402
 from sheepdog.server import Server  # noqa: E402
 from sheepdog.storage import Storage  # noqa: E402
 
 PROCESSES = 4
 
 
-def _client_process(port, paths, headers, seconds, threads, counts):
-    """Post as fast as possible for ``seconds`` from ``threads`` threads."""
+BODY = b"\x80\x04K\x01."
+KEY = b"pw"
+
+
+def _client_process(port, paths, seconds, threads, counts):
+    """Post as fast as possible for ``seconds`` from ``threads`` threads, each post signed
+    as a worker signs it (to either server, so both pay the same client cost)."""
     done = [0] * threads
     deadline = time.monotonic() + seconds
 
@@ -40,7 +45,9 @@ def _client_process(port, paths, headers, seconds, threads, counts):
         n = 0
         while time.monotonic() < deadline:
             path = paths[(slot + n * threads) % len(paths)]
-            connection.request("POST", path, body=b"\x80\x04K\x01.", headers=headers)
+            headers = {**auth_headers(KEY, "POST", path, BODY),
+                       "Content-Type": "application/octet-stream"}
+            connection.request("POST", path, body=BODY, headers=headers)
             response = connection.getresponse()
             response.read()
             if response.status != 200:
@@ -56,13 +63,13 @@ def _client_process(port, paths, headers, seconds, threads, counts):
     counts.put(sum(done))
 
 
-def measure(port, paths, headers, clients, seconds):
+def measure(port, paths, clients, seconds):
     counts = multiprocessing.Queue()
     per_process = max(1, clients // PROCESSES)
     processes = [
         multiprocessing.Process(
             target=_client_process,
-            args=(port, paths[number::PROCESSES], headers, seconds, per_process, counts),
+            args=(port, paths[number::PROCESSES], seconds, per_process, counts),
         )
         for number in range(PROCESSES)
     ]
@@ -103,10 +110,9 @@ def main():
     directory = tempfile.mkdtemp()
     storage = Storage(os.path.join(directory, "bench.sqlite"))
     n_tasks = 200_000
-    request_id = storage.create_request(b"f", (b"a" for _ in range(n_tasks)), "pw", "local")
+    request_id = storage.create_request(b"f", (b"a" for _ in range(n_tasks)), KEY.decode(),
+                                        "local")
     paths = [f"/requests/{request_id}/tasks/{i}/result" for i in range(1, n_tasks + 1)]
-    headers = {"Authorization": "Basic " + base64.b64encode(b"sheepdog:pw").decode(),
-               "Content-Type": "application/octet-stream"}
 
     port_holder = multiprocessing.Value("i", 0)
     ready = multiprocessing.Event()
@@ -126,8 +132,8 @@ def main():
     for round_number in range(options.rounds):
         # Each round posts to tasks not posted before, so every POST stores a result.
         fresh = paths[round_number::options.rounds]
-        baseline.append(measure(port_holder.value, fresh, headers, options.clients, options.seconds))
-        ours.append(measure(port, fresh, headers, options.clients, options.seconds))
+        baseline.append(measure(port_holder.value, fresh, options.clients, options.seconds))
+        ours.append(measure(port, fresh, options.clients, options.seconds))
     stored = storage.progress(request_id).done
     print(f"{'server':<22}{'median req/s':>14}{'rounds':>30}")
     print(f"{'bare tornado (OK)':<22}{statistics.median(baseline):>14.0f}"
