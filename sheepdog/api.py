@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable, Iterable, Mapping, Optional
 
-from .config import resolve
 from .request import Request
 from .session import Session
 
@@ -36,10 +35,7 @@ def map_async(
 ) -> int:
     """Submit ``f(*a)`` for every ``a`` in ``args``; return the request id at once.
 
-    Nothing is stored or submitted unless the config, the function, the
-    namespace and every argument can be checked and serialised first. If the
-    scheduler refuses the job, the error is raised with the scheduler's words
-    and the request's tasks are recorded as lost, with that reason.
+    The checks and errors are those of :meth:`Session.submit`.
     """
     return _default_session.submit(f, args, config, ns).id
 
@@ -136,7 +132,7 @@ def map(  # noqa: A001 - the original API's name
     failures = progress.total - progress.done
     if verbose and failures:
         print(f"sheepdog: {failures} of {progress.total} tasks failed; see "
-              f"sheepdog.get_errors({request.id}, {resolve(config).dbfile!r})", file=sys.stderr)
+              f"sheepdog.get_errors({request.id}, {request.storage.dbfile!r})", file=sys.stderr)
     return results
 
 

@@ -2,7 +2,8 @@
 
 Kept apart from any web framework so that the Flask app and the native
 Tornado handler (``server.py``) answer every request identically, and so that
-the fast path costs no more than parsing a path and one SQLite statement.
+the fast path costs no more than parsing a path, one HMAC over a few header
+values (checked once, in :meth:`Callbacks.admit`) and one SQLite statement.
 
 Routes, each signed by the worker under the request's own key (see
 ``protocol``). ``<tasks>`` names a chunk of tasks by index, as in ``7`` or
@@ -48,7 +49,7 @@ import logging
 import re
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Protocol, Sequence, Union
+from typing import Any, Mapping, NamedTuple, Optional, Protocol, Sequence, Union
 
 from .payloads import SPILL_BYTES, PayloadFile
 from .storage import DiskFullError, Storage
@@ -113,6 +114,14 @@ _STORED = text_reply(200, "stored")
 _ALREADY = text_reply(200, "already recorded")
 
 
+class Route(NamedTuple):
+    """A request whose signature was checked: what it asks for, and the body it vouches for."""
+
+    match: "re.Match[str]"
+    request_id: int
+    digest: str
+
+
 class Callbacks:
     """Answers worker requests from one :class:`Storage`."""
 
@@ -154,15 +163,16 @@ class Callbacks:
         return secret
 
     def respond(self, method: str, path: str, headers: Headers, body: Any,
-                digest: Optional[str] = None) -> Reply:
+                digest: Optional[str] = None, route: Optional["Route"] = None) -> Reply:
         """The reply to one request; never raises for anything a client sends.
 
         ``digest`` is the body's SHA-256 when the host computed it while
         receiving the body (a result received into a file); otherwise it is
-        computed here.
+        computed here. ``route`` is what :meth:`admit` returned for the
+        request, so that its signature is not checked twice.
         """
         try:
-            return self._respond(method, path, headers, body, digest)
+            return self._respond(method, path, headers, body, digest, route)
         except DiskFullError as error:
             log.error("cannot store %s %s: %s", method, path, error)
             return text_reply(DISK_FULL_STATUS, str(error))
@@ -170,44 +180,42 @@ class Callbacks:
             log.warning("database busy answering %s %s: %s", method, path, error)
             return text_reply(503, "database busy, retry", **{"Retry-After": "1"})
 
-    def admit(self, method: str, path: str, headers: Headers) -> Optional[Reply]:
-        """A refusal for a request not worth reading: too large, unknown or not authorised.
+    def admit(self, method: str, path: str, headers: Headers) -> Union[Reply, "Route", None]:
+        """The refusal of a request not worth reading (too large, unknown or not
+        authorised), else its authorised :class:`Route` (None for the health page).
 
         Checked from the headers alone, whatever the body's framing (a length
         or chunks), so that no byte of a body is read, and no memory set
         aside for it, before its sender proved it holds the request's key.
+        The host hands the route back to :meth:`respond`.
         """
         refusal = self.too_large(headers.get("Content-Length"), path)
         if refusal is not None or (path == "/" and method in ("GET", "HEAD")):
             return refusal
-        route = self._authorised_route(method, path, headers)
-        return route if isinstance(route, Reply) else None
+        return self._authorised_route(method, path, headers)
 
-    def result_upload(self, method: str, path: str, headers: Headers
+    def result_upload(self, method: str, route: "Route", headers: Headers
                       ) -> Optional[tuple[int, int]]:
         """(request id, task index) when this is one large result to receive into a file.
 
         That is an authorised ``POST .../tasks/<i>/result`` of a known task
-        with a body of at least ``SPILL_BYTES``: the host may then write the
+        with a body of at least ``ALONE_BYTES``: the host may then write the
         body straight into ``storage.new_staging_file``, computing its digest
         as it goes, and answer with :meth:`respond`, passing the file as the
-        body and the digest.
+        body, the digest and the route.
         """
         length = headers.get("Content-Length") or ""
         if method != "POST" or not length.isdigit() or int(length) < SPILL_BYTES:
             return None
-        route = self._authorised_route(method, path, headers)
-        if isinstance(route, Reply):
-            return None
-        match, request_id, _digest = route
+        match, request_id = route.match, route.request_id
         spec = match["spec"] or ""
         if match["action"] != "result" or not spec.isdigit() or len(spec) > 18:
             return None
         index = int(spec)
         return (request_id, index) if self.storage.task_exists(request_id, index) else None
 
-    def _authorised_route(self, method: str, path: str, headers: Headers) -> Any:
-        """(route match, request id, signed body digest) for a signed request, or the refusal."""
+    def _authorised_route(self, method: str, path: str, headers: Headers) -> Union[Reply, "Route"]:
+        """The route of a signed request, or the refusal."""
         match = _ROUTE.fullmatch(path)
         if match is None:
             return text_reply(404, "no such route")
@@ -219,15 +227,17 @@ class Callbacks:
                                headers.get(DIGEST_HEADER))
         if digest is None:
             return _UNAUTHORISED
-        return match, request_id, digest
+        return Route(match, request_id, digest)
 
     def _respond(self, method: str, path: str, headers: Headers, body: Any,
-                 digest: Optional[str]) -> Reply:
+                 digest: Optional[str], route: Optional["Route"]) -> Reply:
         if path == "/" and method in ("GET", "HEAD"):
             return text_reply(200, "sheepdog server")
-        route = self._authorised_route(method, path, headers)
-        if isinstance(route, Reply):
-            return route
+        if route is None:
+            checked = self._authorised_route(method, path, headers)
+            if isinstance(checked, Reply):
+                return checked
+            route = checked
         match, request_id, signed = route
         if (digest or _digest_of(body)) != signed:
             return text_reply(400, "the body does not match its signed digest")

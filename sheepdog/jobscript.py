@@ -3,10 +3,11 @@
 The file starts with a shebang and the scheduler's header lines, embeds the
 source of the installed cloudpickle and of sheepdog's worker-side modules
 (:data:`EMBEDDED_MODULES`: serialisation, protocol, client, output, runner,
-worker), so the worker needs nothing but a stock Python, and ends with the call that runs one array task. Schedulers show job
-files to every user of the cluster (GridEngine keeps a world-readable copy in
-its spool), so the file holds no credential: only the path of the private file
-that holds the request's key, unless the user opted in to ``key_in_job_file``.
+worker), so the worker needs nothing but a stock Python, and ends with the
+call that runs one array task. Schedulers show job files to every user of the
+cluster (GridEngine keeps a world-readable copy in its spool), so the file
+holds no credential: only the path of the private file that holds the
+request's key, unless the user opted in to ``key_in_job_file``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """What the worker and the server agree on: frames, task specs, sizes and signatures.
 
 Both sides import this one module, so that nothing here has to be kept equal
-by hand: ``worker.py`` (embedded in the job file beside this module, so it is
-stdlib only and imports nothing else from sheepdog) and ``callbacks.py``.
+by hand: the worker's modules (embedded in the job file beside this one, see
+``jobscript.EMBEDDED_MODULES``, so stdlib only) and ``callbacks.py``.
 
 **Signatures.** Every worker request carries an HMAC-SHA256, under the
 request's key, of its method, its path (which names the request, the route

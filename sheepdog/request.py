@@ -9,6 +9,7 @@ jobs (``supervisor.py``), serve its workers and resubmit what may be retried.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -57,6 +58,11 @@ class Request:
         if self._config is None:
             self._config = resolve(self.storage.request_config(self.id))
         return self._config
+
+    @functools.cached_property
+    def certificate(self) -> bytes:
+        """The certificate of the database's server, which the workers pin."""
+        return tls.identity_for(self.storage)[0]
 
     @property
     def backend(self) -> backends.Backend:
@@ -147,7 +153,7 @@ class Request:
         port = self.port
         if port is None:
             raise RuntimeError(f"request {self.id} has no server port recorded")
-        certificate = tls.identity_for(storage)[0] if config.tls else None
+        certificate = self.certificate if config.tls else None
         n_arguments = storage.n_tasks(self.id)
         count = n_arguments if indices is None else len(indices)
         chunksize = config.chunksize or choose_chunksize(count, *backend.capacity())
@@ -268,10 +274,6 @@ class Request:
         self.withdraw_key()
         return self.storage.cancel_open(self.id, "cancelled by the user")
 
-    def close(self) -> None:
-        """Release the backend's connections (the request itself goes on)."""
-        if self._backend is not None:
-            self._backend.close()
 
 
 def _arguments(payload: Optional[bytes | PayloadFile]) -> Any:

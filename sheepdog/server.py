@@ -64,12 +64,13 @@ def create_app(storage: Storage, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -
     @app.route("/", defaults={"path": ""}, methods=_METHODS)
     @app.route("/<path:path>", methods=_METHODS)
     def dispatch(path: str) -> Response:
-        refusal = callbacks.admit(request.method, request.path, request.headers)
-        if refusal is not None:
+        admitted = callbacks.admit(request.method, request.path, request.headers)
+        if isinstance(admitted, Reply):
             _leave_body_unread(request.environ)
-            return as_response(refusal)
+            return as_response(admitted)
         body = request.get_data(cache=False) if request.method == "POST" else b""
-        return as_response(callbacks.respond(request.method, request.path, request.headers, body))
+        return as_response(callbacks.respond(request.method, request.path, request.headers, body,
+                                             route=admitted))
 
     @app.errorhandler(HTTPException)
     def plain_http_error(exception: HTTPException) -> Response:
@@ -126,7 +127,9 @@ def _tornado_application(callbacks: Callbacks) -> Any:
             self._body: Optional[bytearray] = None
             self._received = 0
             method, path, headers = self.request.method or "", self.request.path, self.request.headers
-            refusal = callbacks.admit(method, path, headers)
+            admitted = callbacks.admit(method, path, headers)
+            refusal = admitted if isinstance(admitted, Reply) else None
+            self._route = None if isinstance(admitted, Reply) else admitted
             length = headers.get("Content-Length", "0")
             small = "Transfer-Encoding" not in headers and length.isdigit() and (
                 int(length) <= UNAUTHORISED_READ_BYTES)
@@ -137,9 +140,9 @@ def _tornado_application(callbacks: Callbacks) -> Any:
                 await self._reply(refusal)
                 return
             length = headers.get("Content-Length") or "0"
-            if int(length) < SPILL_BYTES:
+            if int(length) < SPILL_BYTES or self._route is None:
                 return  # gathered as it comes
-            upload = callbacks.result_upload(method, path, headers)
+            upload = callbacks.result_upload(method, self._route, headers)
             if upload is not None:
                 await self._receive_result_file(*upload, int(length))
             else:
@@ -205,7 +208,8 @@ def _tornado_application(callbacks: Callbacks) -> Any:
                     reply = text_reply(DISK_FULL_STATUS, message)
                 else:
                     reply = callbacks.respond("POST", self.request.path, self.request.headers,
-                                              PayloadFile(path, length), digest.hexdigest())
+                                              PayloadFile(path, length), digest.hexdigest(),
+                                              self._route)
                 await stream.write(_raw_response(reply))
             except (tornado.iostream.StreamClosedError, asyncio.TimeoutError) as error:
                 log.warning("result %s of request %s: upload not finished: %r",
@@ -231,7 +235,8 @@ def _tornado_application(callbacks: Callbacks) -> Any:
             body = b"".join(self._chunks) if self._body is None else self._body
             self._chunks, self._body = [], None
             await self._reply(callbacks.respond(
-                self.request.method or "GET", self.request.path, self.request.headers, body))
+                self.request.method or "GET", self.request.path, self.request.headers, body,
+                route=self._route))
 
         async def _reply(self, reply: Reply) -> None:
             self.set_status(reply.status)

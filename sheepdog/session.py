@@ -1,10 +1,13 @@
 """A session: the databases, callback servers and schedulers one process uses.
 
 :class:`Session` owns what outlives a single ``map`` call (open databases,
-the servers that workers call back, backends with their SSH connections and
-tunnels) and releases it in :meth:`Session.close`. :class:`Request` is the
-handle of one request: submit, wait, read results and errors, cancel. The
-original functions of ``api.py`` are thin wrappers over a default session.
+the servers that workers call back, the request handles) and releases it in
+:meth:`Session.close`. SSH connections and their tunnels are not its own:
+one per head node serves the whole process (``ssh.py``, ``shells.py``), since
+workers of any session may still call back through a tunnel. A
+:class:`~sheepdog.request.Request` (``request.py``) is the handle of one
+request: submit, wait, read results and errors, cancel. The original
+functions of ``api.py`` are thin wrappers over a default session.
 
 A request can be handled from any process, not only the one that submitted
 it: its config, key file, server port and scheme are kept in the database, so
@@ -94,13 +97,11 @@ class Session:
             return self._requests[key]
 
     def close(self) -> None:
-        """Stop the servers, close the backends' connections and the databases."""
+        """Stop the servers and close the databases; the requests' handles go."""
         with self._lock:
-            requests, self._requests = list(self._requests.values()), {}
+            self._requests = {}
             servers, self.servers = list(self.servers.values()), {}
             storages, self._storages = list(self._storages.values()), {}
-        for request in requests:
-            request.close()
         for server in servers:
             server.stop()
         for storage in storages:

@@ -15,7 +15,7 @@ import pytest
 
 from sheepdog.backends import SubmissionError, TaskEnd
 from sheepdog.backends.gridengine import (
-    ACCOUNTING_GRACE_SECONDS, GridEngineBackend, _expand_task_range, describe_accounting,
+    GridEngineBackend, _expand_task_range, describe_accounting,
     parse_job_id, parse_max_array_tasks, parse_qacct, parse_qstat_tasks, parse_total_slots)
 from sheepdog.config import resolve
 from sheepdog.shells import Shell
@@ -195,7 +195,7 @@ def test_tasks_still_listed_have_not_ended_however_long_they_wait(head, clock):
         for job_id, tasks in AT_THE_SNAPSHOT.items():
             if job_id != ERROR:
                 assert watcher.ended_tasks(job_id, set(tasks)) == {}
-        clock.now += ACCOUNTING_GRACE_SECONDS + 1
+        clock.now += GridEngineBackend.accounting_grace + 1
     assert not [command for command in head.commands if command.startswith(("qacct", "qdel"))]
 
 
@@ -205,7 +205,7 @@ def test_tasks_listed_as_ranges_have_not_ended_either(head, clock):
     for _look in range(2):
         assert watcher.ended_tasks(RANGE, set(range(1, 41))) == {}
         assert watcher.ended_tasks(SPLIT, set(range(1, 7))) == {}
-        clock.now += ACCOUNTING_GRACE_SECONDS + 1
+        clock.now += GridEngineBackend.accounting_grace + 1
 
 
 def test_tasks_in_error_state_end_with_gridengines_reason_and_are_deleted(head, clock):
@@ -235,7 +235,7 @@ def test_a_failing_qstat_concludes_nothing(head, clock, caplog):
     for _look in range(2):
         assert watcher.ended_tasks(SPLIT, set(range(1, 7))) == {}
         assert watcher.running_tasks(SPLIT) == set()
-        clock.now += ACCOUNTING_GRACE_SECONDS + 1
+        clock.now += GridEngineBackend.accounting_grace + 1
     assert f"qstat failed: {failing.strip()}" in caplog.text
 
 
@@ -264,7 +264,7 @@ def test_a_task_gone_from_qstat_waits_for_its_accounting_record(head, clock):
     head.qstat = AFTER
     watcher = backend(head)
     assert watcher.ended_tasks(ENDS, {3}) == {}
-    clock.now += ACCOUNTING_GRACE_SECONDS - 1
+    clock.now += GridEngineBackend.accounting_grace - 1
     assert watcher.ended_tasks(ENDS, {3}) == {}
     head.accounting[ENDS] = recorded("qacct-ends.txt")
     (end,) = watcher.ended_tasks(ENDS, {3}).values()
@@ -277,7 +277,7 @@ def test_tasks_deleted_before_they_ran_end_once_the_grace_period_is_over(head, c
     watcher = backend(head)
     ended = watcher.ended_tasks(SPLIT, set(range(1, 7)))
     assert sorted(ended) == [1, 2]  # killed while running: accounted for at once
-    clock.now += ACCOUNTING_GRACE_SECONDS - 1
+    clock.now += GridEngineBackend.accounting_grace - 1
     assert sorted(watcher.ended_tasks(SPLIT, {3, 4, 5, 6})) == []
     clock.now += 2
     never_ran = watcher.ended_tasks(SPLIT, {3, 4, 5, 6})
@@ -289,7 +289,7 @@ def test_the_grace_period_counts_from_when_each_task_was_first_missed(head, cloc
     head.qstat = AFTER
     watcher = backend(head)
     assert watcher.ended_tasks(SPLIT, {3}) == {}
-    clock.now += ACCOUNTING_GRACE_SECONDS - 1
+    clock.now += GridEngineBackend.accounting_grace - 1
     assert watcher.ended_tasks(SPLIT, {3, 4}) == {}
     clock.now += 2
     assert list(watcher.ended_tasks(SPLIT, {3, 4})) == [3]

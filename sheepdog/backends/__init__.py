@@ -13,6 +13,7 @@ any that another package registers under the entry point group
 from __future__ import annotations
 
 import abc
+import functools
 import importlib
 from importlib.metadata import entry_points
 from typing import ClassVar, NamedTuple, Optional
@@ -114,8 +115,12 @@ BUILT_IN = {
 ENTRY_POINT_GROUP = "sheepdog.backends"
 
 
+@functools.cache
 def registered() -> dict[str, str]:
-    """Every backend that can be named: built-in ones, then those of entry points."""
+    """Every backend that can be named: built-in ones, then those of entry points.
+
+    Read once per process: installed packages do not change while it runs.
+    """
     found = dict(BUILT_IN)
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(entry.name, entry.value)

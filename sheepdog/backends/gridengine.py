@@ -21,8 +21,6 @@ from typing import Optional, Sequence
 from . import SubmissionError, TaskEnd
 from .batch import HELD, PENDING, RUNNING, BatchBackend, SchedulerQueryFailed, option_value
 
-#: Seconds a task may be missing from qstat without a qacct record before it counts as ended.
-ACCOUNTING_GRACE_SECONDS = 15.0
 
 
 def parse_job_id(terse_output: str) -> str:
@@ -143,7 +141,6 @@ class GridEngineBackend(BatchBackend):
     header_prefix = "#$"
     options_key = "ge_opts"
     submit_program = "qsub"
-    accounting_grace = ACCOUNTING_GRACE_SECONDS
     no_record = TaskEnd("deleted from GridEngine before it ran (no accounting record)",
                         retryable=False)
 
