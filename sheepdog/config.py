@@ -134,19 +134,20 @@ def _check_values(config: Config) -> None:
     from .backends import registered  # the registry knows the schedulers, config does not
 
     if config.scheduler not in registered():
-        raise InvalidValue("scheduler", f"config key 'scheduler' is {config.scheduler!r}; choose one of "
-                         f"{', '.join(registered())}")
+        raise InvalidValue("scheduler", f"config key 'scheduler' is {config.scheduler!r}; "
+                                        f"choose one of {', '.join(registered())}")
     if config.callback not in CALLBACKS:
-        raise InvalidValue(
-            "callback", f"config key 'callback' is {config.callback!r}; choose one of {', '.join(CALLBACKS)}"
-        )
+        raise InvalidValue("callback", f"config key 'callback' is {config.callback!r}; "
+                                       f"choose one of {', '.join(CALLBACKS)}")
     if config.callback == "tunnel" and config.scheduler == "local":
-        raise InvalidValue("callback", "config key 'callback' cannot be 'tunnel' with the local scheduler: "
-                         "its tasks run on this machine and reach the server directly")
+        raise InvalidValue("callback", "config key 'callback' cannot be 'tunnel' with the local "
+                                       "scheduler: its tasks run on this machine and reach the "
+                                       "server directly")
     if config.connect_timeout <= 0:
         raise InvalidValue("connect_timeout", "config key 'connect_timeout' must be positive")
     if config.port is not None and not 0 <= config.port <= 65535:
-        raise InvalidValue("port", f"config key 'port' must be between 0 and 65535, not {config.port}")
+        raise InvalidValue("port", f"config key 'port' must be between 0 and 65535, "
+                                   f"not {config.port}")
     for key in ("workers", "chunksize", "max_running"):
         value = getattr(config, key)
         if value is not None and value < 1:
