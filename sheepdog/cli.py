@@ -152,7 +152,8 @@ def _results(arguments: argparse.Namespace, session: Session) -> int:
     if without:
         print(f"sheepdog: {without} of {progress.total} tasks have no result here; see "
               f"'sheepdog errors {arguments.request_id}'", file=sys.stderr)
-    return EXIT_UNSUCCESSFUL if unloadable else outcome(progress)
+    code = outcome(progress)
+    return EXIT_UNSUCCESSFUL if unloadable and code == EXIT_DONE else code
 
 
 def _errors(arguments: argparse.Namespace, session: Session) -> int:
@@ -191,6 +192,7 @@ def _logs(arguments: argparse.Namespace, session: Session) -> int:
 
 
 def _request(session: Session, arguments: argparse.Namespace) -> Request:
+    """The handle of the request the command names, in a database that must exist."""
     _existing_storage(session, arguments.dbfile)
     try:
         return session.request(arguments.request_id, arguments.dbfile)

@@ -234,6 +234,24 @@ def test_a_value_is_written_as_json_only_when_json_holds_it_exactly(value, writt
     assert cli.json_value(value) == written
 
 
+class LoadsBadly:
+    """Pickles fine, but loading it raises (as a result needing a module this process lacks)."""
+
+    def __reduce__(self):
+        return int, ("not a number",)
+
+
+def test_a_result_that_cannot_be_loaded_is_none_and_said_and_the_database_is_untouched(
+        local_conf, capsys):
+    request_id = sheepdog.map_async(lambda x: LoadsBadly() if x == 1 else x, [(1,), (2,)],
+                                    local_conf)
+    sheepdog.wait(request_id, local_conf["dbfile"])
+    code, out, err = run(capsys, "results", str(request_id), "--dbfile", local_conf["dbfile"])
+    assert (code, out) == (cli.EXIT_UNSUCCESSFUL, "None\n2\n")
+    assert "task 1: its result cannot be loaded in this process: ValueError" in err
+    assert sheepdog.Storage(local_conf["dbfile"]).progress(request_id).done == 2
+
+
 def test_errors_prints_each_failed_tasks_arguments_and_traceback(finished, capsys):
     code, out, _ = run(capsys, "errors", "1", "--dbfile", finished)
     assert out.startswith("=== arguments (0,) ===\nTraceback (most recent call last):\n")
