@@ -12,7 +12,8 @@ both are served by two commands, one ``--scheme`` each.
 ``sheepdog logs RID [INDEX] --dbfile F`` prints what tasks left behind: the
 error and the tail of the stdout and stderr of task INDEX (1-based, in the
 order of the arguments), or of every task that failed, was lost or was
-cancelled. Reading commands never create a database: a missing dbfile is an
+cancelled. ``sheepdog dashboard --dbfile F`` serves the live dashboard of
+every request in ``F`` and opens it in a browser. Reading commands never create a database: a missing dbfile is an
 error that names it.
 """
 
@@ -24,6 +25,8 @@ import sys
 from typing import Any, NamedTuple, Optional, Sequence
 
 from .callbacks import DEFAULT_MAX_BODY_BYTES
+from .config import DEFAULT_DASHBOARD
+from .dashboard import parse_address, run_dashboard
 from .progress import describe
 from .server import Server
 from .session import Session
@@ -67,7 +70,28 @@ def _parser() -> argparse.ArgumentParser:
                       help="the task (1-based argument index; default: every task that "
                            "failed, was lost or was cancelled)")
     logs.add_argument("--dbfile", default="./sheepdog.sqlite")
+    _add_dashboard_command(commands)
     return parser
+
+
+def _add_dashboard_command(commands: Any) -> None:
+    dashboard = commands.add_parser("dashboard", help="serve the live dashboard of a database")
+    dashboard.add_argument("--dbfile", default="./sheepdog.sqlite")
+    dashboard.add_argument("--address", default=DEFAULT_DASHBOARD,
+                           help="HOST:PORT to listen on (default: %(default)s, this machine "
+                                "only, a free port)")
+    dashboard.add_argument("--no-browser", action="store_true",
+                           help="print the link without opening a browser")
+
+
+def _dashboard(arguments: argparse.Namespace) -> int:
+    try:
+        parse_address(arguments.address, "--address")
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    run_dashboard(_existing_storage(arguments.dbfile), open_browser=not arguments.no_browser,
+                  address=arguments.address)
+    return 0
 
 
 def _existing_storage(dbfile: str) -> Storage:
@@ -189,7 +213,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if arguments.command == "serve":
         return _serve(arguments)
     try:
-        return {"status": _status, "logs": _logs}[arguments.command](arguments)
+        return {"status": _status, "logs": _logs,
+                "dashboard": _dashboard}[arguments.command](arguments)
     except CommandError as error:
         print(f"sheepdog: {error}", file=sys.stderr)
         return 1

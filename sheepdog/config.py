@@ -14,10 +14,13 @@ import math
 import os
 import socket
 import sys
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 #: How workers reach the caller's server: see docs/channel.rst.
 CALLBACKS = ("auto", "direct", "tunnel")
+
+#: Where the live dashboard listens unless the ``dashboard`` key says otherwise.
+DEFAULT_DASHBOARD = "127.0.0.1:0"
 
 DEFAULT_GE_OPTS = ("-wd $HOME/.sheepdog/", "-o $HOME/.sheepdog/", "-e $HOME/.sheepdog/")
 
@@ -54,6 +57,8 @@ class Config:
     callback: str = "auto"
     connect_timeout: float = 60.0
     key_in_job_file: bool = False
+    #: "HOST:PORT" of the live dashboard (see docs/dashboard.rst); False: none.
+    dashboard: Union[str, bool] = DEFAULT_DASHBOARD
 
 
 #: Accepted types of each key (None stands for "may be None").
@@ -86,6 +91,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "callback": (str,),
     "connect_timeout": (int, float),
     "key_in_job_file": (bool,),
+    "dashboard": (str, bool),
 }
 
 VALID_KEYS = tuple(field.name for field in dataclasses.fields(Config))
@@ -103,7 +109,7 @@ def _check_types(conf: Mapping[str, Any]) -> None:
             )
         allowed = _TYPES[key]
         wrong_bool = isinstance(value, bool) and bool not in allowed
-        wrong_int = bool in allowed and not isinstance(value, bool)
+        wrong_int = allowed == (bool,) and not isinstance(value, bool)
         if not isinstance(value, allowed) or wrong_bool or wrong_int:
             names = " or ".join("None" if kind is type(None) else kind.__name__ for kind in allowed)
             raise TypeError(f"config key {key!r} must be {names}, not {type(value).__name__}")
@@ -149,6 +155,10 @@ def _check_values(config: Config) -> None:
             raise ValueError(f"config key {key!r} names {path!r}, which does not exist")
     if config.max_body_bytes < 1:
         raise ValueError("config key 'max_body_bytes' must be positive")
+    if isinstance(config.dashboard, str):
+        from .dashboard import parse_address  # the dashboard knows its address format
+
+        parse_address(config.dashboard)
 
 
 def resolve(conf: Optional[Mapping[str, Any]]) -> Config:
@@ -173,4 +183,5 @@ def resolve(conf: Optional[Mapping[str, Any]]) -> Config:
         bind=config.bind or ("127.0.0.1" if local else "0.0.0.0"),
         shell=config.shell or (sys.executable if local else "/usr/bin/python3"),
         workers=config.workers or (os.cpu_count() or 1),
+        dashboard=DEFAULT_DASHBOARD if config.dashboard is True else config.dashboard,
     )
