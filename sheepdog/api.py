@@ -122,7 +122,7 @@ def map(  # noqa: A001 - the original API's name
     remaining tasks (asking first in an interactive session) and says so.
     """
     request = _default_session.submit(f, args, config, ns)
-    link = _default_session.dashboard_link(request.storage, request.id)
+    link = _default_session.dashboard_link(request)
     if verbose and link is not None:
         print(f"sheepdog: live dashboard: {link}", file=sys.stderr)
     try:

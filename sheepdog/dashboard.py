@@ -30,6 +30,7 @@ import hmac
 import importlib.resources
 import ipaddress
 import logging
+import math
 import os
 import secrets
 import threading
@@ -50,6 +51,8 @@ STATES = (PENDING, RUNNING, DONE, FAILED, LOST, CANCELLED)
 #: Bars of the duration histogram, and buckets of the throughput chart.
 HISTOGRAM_BINS = 20
 THROUGHPUT_BUCKETS = 40
+#: The shortest span of the throughput chart's buckets.
+MIN_BUCKET_SECONDS = 0.1
 #: The most failures one answer carries (with their errors and output tails).
 MAX_FAILURES = 50
 #: The most tasks one page of ``/tasks`` holds.
@@ -88,14 +91,15 @@ def histogram(values: Sequence[float], bins: int = HISTOGRAM_BINS) -> dict[str, 
 
 def throughput(storage: Storage, request_id: int, created: float, now: float,
                buckets: int = THROUGHPUT_BUCKETS) -> dict[str, Any]:
-    """Tasks finished per second in ``buckets`` equal spans from the request's creation
-    to its last finish (or to ``now``, while tasks are still open)."""
+    """How many tasks finished in each of (at most) ``buckets`` equal spans from the
+    request's creation to its last finish (or to ``now``, while tasks are still open)."""
     progress = storage.progress(request_id)
     end = now if not progress.complete else (storage.dashboard_last_finish(request_id) or now)
-    width = max((end - created) / buckets, 1.0)
+    width = max((end - created) / buckets, MIN_BUCKET_SECONDS)
+    shown = max(min(buckets, math.ceil((end - created) / width)), 1)
     finished = storage.dashboard_finishes(request_id, created, width)
-    counts = [finished.get(bucket, 0) for bucket in range(buckets)]
-    counts[-1] += sum(n for bucket, n in finished.items() if bucket >= buckets)
+    counts = [finished.get(bucket, 0) for bucket in range(shown)]
+    counts[-1] += sum(n for bucket, n in finished.items() if bucket >= shown)
     return {"start": created, "width": width, "counts": counts}
 
 

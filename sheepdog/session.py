@@ -102,10 +102,13 @@ class Session:
                 self.dashboards[storage.dbfile] = dashboard
         return dashboard
 
-    def dashboard_link(self, storage: Storage, request_id: int) -> Optional[str]:
-        """The tokenised link to request ``request_id`` on this session's dashboard, if any."""
-        dashboard = self.dashboards.get(storage.dbfile)
-        return None if dashboard is None else f"{dashboard.url}#request-{request_id}"
+    def dashboard_link(self, request: Request) -> Optional[str]:
+        """The link that opens this session's dashboard on ``request``, if it has one.
+
+        The link holds the session's token: whoever has it can read the page.
+        """
+        dashboard = self.dashboards.get(request.storage.dbfile)
+        return None if dashboard is None else f"{dashboard.url}#request-{request.id}"
 
     def request(self, request_id: int, dbfile: str, create: bool = False) -> Request:
         """The handle of request ``request_id`` in ``dbfile``, the same one each time."""
@@ -177,7 +180,7 @@ class Session:
         )
         request = Request(self, storage, request_id, conf, backend)
         self.dashboard(conf, storage)
-        link = self.dashboard_link(storage, request_id)
+        link = self.dashboard_link(request)
         if link is not None:  # the one log line that holds the token
             log.info("request %s: live dashboard at %s", request_id, link)
         with self._lock:
