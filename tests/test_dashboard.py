@@ -6,7 +6,10 @@ The page itself is tested in a browser by ``test_dashboard_browser.py``.
 import json
 import logging
 import re
+import signal
 import sqlite3
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -227,3 +230,28 @@ def test_two_sessions_have_different_tokens(local_conf):
 def test_the_docs_json_api_example_runs(local_conf):
     failed, attempted = run_doctest(DASHBOARD_DOC, local_conf)
     assert attempted >= 10 and failed == 0
+
+
+def test_sheepdog_dashboard_serves_an_existing_database_until_interrupted(storage, request_id):
+    command = subprocess.Popen(
+        [sys.executable, "-m", "sheepdog", "dashboard", "--dbfile", storage.dbfile,
+         "--no-browser"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = command.stdout.readline()
+        link = re.search(r"(http://127\.0\.0\.1:\d+/dashboard\?token=\S+)", line).group(1)
+        with urllib.request.urlopen(link.replace("/dashboard?", "/dashboard/api/requests?")) as reply:
+            assert [r["id"] for r in json.load(reply)["requests"]] == [request_id]
+    finally:
+        command.send_signal(signal.SIGINT)
+        assert command.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--dbfile", "missing.sqlite"], "no sheepdog database at"),
+    (["--address", "nowhere"], "--address is 'nowhere'; write HOST:PORT"),
+])
+def test_sheepdog_dashboard_names_what_is_wrong(tmp_path, arguments, message):
+    finished = subprocess.run([sys.executable, "-m", "sheepdog", "dashboard", "--no-browser",
+                               *arguments], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60)
+    assert finished.returncode == 1 and message in finished.stderr
