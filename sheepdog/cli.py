@@ -13,8 +13,8 @@ both are served by two commands, one ``--scheme`` each.
 error and the tail of the stdout and stderr of task INDEX (1-based, in the
 order of the arguments), or of every task that failed, was lost or was
 cancelled. ``sheepdog dashboard --dbfile F`` serves the live dashboard of
-every request in ``F`` and opens it in a browser. Reading commands never create a database: a missing dbfile is an
-error that names it.
+every request in ``F`` and opens it in a browser. Reading commands never
+create a database: a missing dbfile is an error that names it.
 """
 
 from __future__ import annotations
