@@ -722,21 +722,12 @@ class Storage(Leases):
         return [RequestSummary(request_id, created, backend, n_tasks, counts.get(request_id, {}))
                 for request_id, created, backend, n_tasks in rows]
 
-    def _started_column(self) -> str:
-        """``t.started`` (when a worker took the task), or NULL before schema v4 has it.
-
-        A stopgap until schema v4 (which adds ``tasks.started``) is merged:
-        then this is always ``t.started`` and goes.
-        """
-        columns = {row[1] for row in self._connection().execute("PRAGMA table_info(tasks)")}
-        return "t.started" if "started" in columns else "NULL"
-
     def dashboard_tasks(self, request_id: int, offset: int = 0, limit: int = 1000
                         ) -> list[TaskSummary]:
         """A page of the request's tasks in argument order: state, attempts and times."""
         self.n_tasks(request_id)
         rows = self._connection().execute(
-            f"SELECT t.idx, t.state, t.attempts, {self._started_column()}, t.updated "
+            "SELECT t.idx, t.state, t.attempts, t.started, t.updated "
             "FROM tasks t WHERE t.request_id = ? ORDER BY t.idx LIMIT ? OFFSET ?",
             (request_id, limit, offset))
         return [TaskSummary(*row) for row in rows]
@@ -744,7 +735,7 @@ class Storage(Leases):
     def dashboard_durations(self, request_id: int) -> list[float]:
         """Seconds from start to report of every task that reported (done or failed)."""
         rows = self._connection().execute(
-            f"SELECT t.updated - {self._started_column()} AS seconds FROM tasks t "
+            "SELECT t.updated - t.started AS seconds FROM tasks t "
             "WHERE t.request_id = ? AND t.state IN (?, ?) AND seconds IS NOT NULL",
             (request_id, DONE, FAILED))
         return [row[0] for row in rows]

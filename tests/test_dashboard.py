@@ -45,7 +45,9 @@ def client(storage):
 def request_id(storage):
     """A request of five tasks: 1 and 2 done, 3 failed with output, 4 running, 5 pending."""
     request_id = storage.create_request(b"f", [b"a"] * 5, "worker-secret", "local")
-    storage.mark_running(request_id, [1, 2, 3, 4])
+    launch = storage.add_workers(request_id, 4)
+    for worker in range(1, 5):  # one task each: 1 to 4
+        assert storage.pull(request_id, f"{launch}.{worker}", 1, 1) == [worker]
     storage.record_reports(request_id, [(1, False, b"r1"), (2, False, b"r2"),
                                         (3, True, b"Traceback ...\nValueError: <b>x</b>")],
                            outputs=[(3, "stderr", b"last words")])
@@ -53,12 +55,8 @@ def request_id(storage):
 
 
 def record_start(dbfile, request_id, index, started, updated):
-    """Set a task's start and report times; adds ``started`` to a pre-v4 schema (until the
-    schema v4 that has it is merged)."""
+    """Set when a task was handed out and when it last changed state."""
     with sqlite3.connect(dbfile) as db:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
-        if "started" not in columns:
-            db.execute("ALTER TABLE tasks ADD COLUMN started REAL")
         db.execute("UPDATE tasks SET started = ?, updated = ? WHERE request_id = ? AND idx = ?",
                    (started, updated, request_id, index))
 

@@ -58,7 +58,7 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--window-size=1280,860", "--disable-gpu"):
+                     "--window-size=1280,960", "--disable-gpu"):
         options.add_argument(argument)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     yield driver
@@ -124,6 +124,10 @@ def test_dashboard_follows_a_running_map_live_and_shows_failures_as_text(browser
                       for cell in browser.find_elements(By.CSS_SELECTOR, "#tasks .task")}
             assert states == {str(i): "failed" if i == 3 else "done"
                               for i in range(1, N_TASKS + 1)}
+            shows("#histogram-note", f"{N_TASKS} tasks, 0 to")  # every task's duration
+            drawn = [float(bar.get_attribute("height"))
+                     for bar in browser.find_elements(By.CSS_SELECTOR, "#histogram rect")]
+            assert len(drawn) == 20 and sum(height > 0 for height in drawn) >= 2
             row = browser.find_element(By.CSS_SELECTOR, f'tr[data-request="{request.id}"]')
             assert f"{N_TASKS - 1} done, 1 failed" in row.text
             assert browser.execute_script("return window.notReloaded") is True
