@@ -156,6 +156,25 @@ class Leases(abc.ABC):
             "WHERE w.request_id = ? AND w.ended IS NULL ORDER BY w.launch, w.array_task",
             (request_id,)))
 
+    def holder(self, request_id: int, index: int) -> Optional[tuple[str, int]]:
+        """(job id, array task) of the worker that holds running task ``index``, if any."""
+        row = self._connection().execute(
+            "SELECT j.job_id, w.array_task FROM tasks t JOIN workers w ON w.id = t.worker "
+            "JOIN jobs j ON j.request_id = w.request_id AND j.launch = w.launch "
+            "WHERE t.request_id = ? AND t.idx = ? AND t.state = 'running'",
+            (request_id, index)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def batches(self, request_id: int) -> dict[tuple[str, int], list[int]]:
+        """The tasks each pull handed out, by (worker, pull number), of tasks not since
+        handed out again."""
+        held: dict[tuple[str, int], list[int]] = {}
+        for launch, array_task, batch, index in self._connection().execute(
+                "SELECT w.launch, w.array_task, t.batch, t.idx FROM tasks t JOIN workers w "
+                "ON w.id = t.worker WHERE t.request_id = ? ORDER BY t.idx", (request_id,)):
+            held.setdefault((f"{launch}.{array_task}", batch), []).append(index)
+        return held
+
     def any_worker_alive(self, request_id: int) -> bool:
         """Whether a worker of the request is alive, or submitted and yet to start."""
         return bool(self._live_count(self._connection(), request_id))
