@@ -5,7 +5,8 @@ that returns the exit code; :func:`main` builds the parser, resolves
 ``--dbfile`` and turns a :class:`CommandError` into a message and exit code 2.
 The help text is plain text (see :func:`help_epilog`), not the
 reStructuredText of the docs. Reading commands never create a database: a missing dbfile is an
-error that names it. How ``serve`` picks its scheme and port is ``serving.py``'s.
+error that names it. How ``serve`` picks its scheme and port is ``serving.py``'s;
+``dashboard`` serves ``dashboard.py``'s page.
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 from . import __version__, serialisation, userconfig
-from .config import Config, resolve_with_sources
+from .config import DEFAULT_DASHBOARD, Config, resolve_with_sources
 from .payloads import payload_bytes
+from .dashboard import parse_address, run_dashboard
 from .progress import describe
 from .request import Request
 from .server import Server
 from .serving import CommandError, listing, plan_serving
 from .session import Session
-from .storage import DONE, STREAMS, Progress, Storage, TaskLog
+from .storage import (CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING, STREAMS, Progress,
+                      Storage, TaskLog)
 
 log = logging.getLogger("sheepdog")
 
@@ -97,11 +100,11 @@ def _list(arguments: argparse.Namespace, session: Session) -> int:
     header = ("ID", "CREATED", "DONE", "FAILED", "LOST", "CANCELLED", "RUNNING", "PENDING",
               "TOTAL")
     rows = []
-    for request_id, created in storage.request_times():
-        progress = storage.progress(request_id)
-        rows.append((str(request_id), age(now - created), *(str(count) for count in (
-            progress.done, progress.failed, progress.lost, progress.cancelled, progress.running,
-            progress.pending, progress.total))))
+    for summary in storage.request_summaries():
+        counts = summary.counts
+        rows.append((str(summary.request_id), age(now - summary.created), *(
+            str(counts.get(state, 0)) for state in (DONE, FAILED, LOST, CANCELLED, RUNNING,
+                                                    PENDING)), str(summary.n_tasks)))
     if not rows:
         print(f"no requests in {storage.dbfile}")
         return EXIT_DONE
@@ -247,6 +250,16 @@ def _config(arguments: argparse.Namespace, session: Session) -> int:
     return EXIT_DONE
 
 
+def _dashboard(arguments: argparse.Namespace, session: Session) -> int:
+    try:
+        parse_address(arguments.address, "--address")
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    run_dashboard(_existing_storage(session, arguments.dbfile),
+                  open_browser=not arguments.no_browser, address=arguments.address)
+    return EXIT_DONE
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sheepdog", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -309,6 +322,15 @@ def _parser() -> argparse.ArgumentParser:
     config = command("config", _config, "print the resolved config and where each value "
                                         "came from")
     config.add_argument("--json", action="store_true", help="print it as JSON")
+    dashboard = command(
+        "dashboard", _dashboard, "serve the live dashboard of every request in a database",
+        "Serve the live dashboard of every request in the database until Ctrl-C, and open "
+        "it in a browser. Only holders of the printed link's token can read it.")
+    dashboard.add_argument("--address", default=DEFAULT_DASHBOARD,
+                           help="HOST:PORT to listen on (default: %(default)s, this machine "
+                                "only, a free port)")
+    dashboard.add_argument("--no-browser", action="store_true",
+                           help="print the link without opening a browser")
     return parser
 
 

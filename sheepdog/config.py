@@ -19,7 +19,7 @@ import math
 import os
 import socket
 import sys
-from typing import Any, Mapping, Optional, Sequence, cast
+from typing import Any, Mapping, Optional, Sequence, Union, cast
 
 from . import userconfig
 
@@ -28,6 +28,9 @@ CALLBACKS = ("auto", "direct", "tunnel")
 
 #: The source of a value that nobody set, and of one the config dict set.
 DEFAULT, ARGUMENT = "default", "argument"
+
+#: Where the live dashboard listens unless the ``dashboard`` key says otherwise.
+DEFAULT_DASHBOARD = "127.0.0.1:0"
 
 DEFAULT_GE_OPTS = ("-wd $HOME/.sheepdog/", "-o $HOME/.sheepdog/", "-e $HOME/.sheepdog/")
 
@@ -64,6 +67,8 @@ class Config:
     callback: str = "auto"
     connect_timeout: float = 60.0
     key_in_job_file: bool = False
+    #: "HOST:PORT" of the live dashboard (see docs/dashboard.rst); False: none.
+    dashboard: Union[str, bool] = DEFAULT_DASHBOARD
 
 
 #: Accepted types of each key (None stands for "may be None").
@@ -96,6 +101,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "callback": (str,),
     "connect_timeout": (int, float),
     "key_in_job_file": (bool,),
+    "dashboard": (str, bool),
 }
 
 VALID_KEYS = tuple(field.name for field in dataclasses.fields(Config))
@@ -120,7 +126,7 @@ def _check_setting(key: str, value: Any) -> None:
         )
     allowed = _TYPES[key]
     wrong_bool = isinstance(value, bool) and bool not in allowed
-    wrong_int = bool in allowed and not isinstance(value, bool)
+    wrong_int = allowed == (bool,) and not isinstance(value, bool)
     if not isinstance(value, allowed) or wrong_bool or wrong_int:
         names = " or ".join("None" if kind is type(None) else kind.__name__ for kind in allowed)
         raise TypeError(f"config key {key!r} must be {names}, not {type(value).__name__}")
@@ -166,6 +172,10 @@ def _check_values(config: Config) -> None:
             raise InvalidValue(key, f"config key {key!r} names {path!r}, which does not exist")
     if config.max_body_bytes < 1:
         raise InvalidValue("max_body_bytes", "config key 'max_body_bytes' must be positive")
+    if isinstance(config.dashboard, str):
+        from .dashboard import parse_address  # the dashboard knows its address format
+
+        parse_address(config.dashboard)
 
 
 def resolve(conf: Optional[Mapping[str, Any]]) -> Config:
@@ -244,6 +254,7 @@ def _build(settings: Sequence[userconfig.Setting]) -> tuple[Config, dict[str, st
         bind=config.bind or ("127.0.0.1" if local else "0.0.0.0"),
         shell=config.shell or (sys.executable if local else "/usr/bin/python3"),
         workers=config.workers or (os.cpu_count() or 1),
+        dashboard=DEFAULT_DASHBOARD if config.dashboard is True else config.dashboard,
     )
     sources = {key: winners[key].source if key in winners else DEFAULT for key in VALID_KEYS}
     return config, sources

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 from . import backends, serialisation
 from .config import Config, resolve
+from .dashboard import DashboardServer, new_token
 from .request import Request
 from .server import Server
 from .storage import Storage
@@ -42,6 +43,9 @@ class Session:
         #: (dbfile, scheme) -> the server that new requests on that database use.
         self.servers: dict[tuple[str, str], Server] = {}
         self._requests: dict[tuple[str, int], Request] = {}
+        #: dbfile -> its live dashboard; every one opens with this session's token.
+        self.dashboards: dict[str, DashboardServer] = {}
+        self._dashboard_token = new_token()
 
     # -- resources --------------------------------------------------------
 
@@ -79,6 +83,33 @@ class Session:
                 self.servers[key] = server
         return server.start(wait)
 
+    def dashboard(self, config: Config, storage: Storage) -> Optional[DashboardServer]:
+        """This session's dashboard of ``storage``, started on first use; None when the
+        ``dashboard`` config key is False, or when its address cannot be had (a warning
+        says so: the page is a convenience, never a reason to fail a request)."""
+        if config.dashboard is False:
+            return None
+        with self._lock:
+            dashboard = self.dashboards.get(storage.dbfile)
+            if dashboard is None or not dashboard.running:
+                dashboard = DashboardServer(storage, self._dashboard_token, str(config.dashboard))
+                try:
+                    dashboard.start()
+                except OSError as error:
+                    log.warning("no dashboard: it cannot listen on %s (config key 'dashboard'): "
+                                "%s", config.dashboard, error)
+                    return None
+                self.dashboards[storage.dbfile] = dashboard
+        return dashboard
+
+    def dashboard_link(self, request: Request) -> Optional[str]:
+        """The link that opens this session's dashboard on ``request``, if it has one.
+
+        The link holds the session's token: whoever has it can read the page.
+        """
+        dashboard = self.dashboards.get(request.storage.dbfile)
+        return None if dashboard is None else f"{dashboard.url}#request-{request.id}"
+
     def request(self, request_id: int, dbfile: str, create: bool = False) -> Request:
         """The handle of request ``request_id`` in ``dbfile``, the same one each time."""
         storage = self.storage(dbfile, create=create)
@@ -101,9 +132,12 @@ class Session:
         with self._lock:
             self._requests = {}
             servers, self.servers = list(self.servers.values()), {}
+            dashboards, self.dashboards = list(self.dashboards.values()), {}
             storages, self._storages = list(self._storages.values()), {}
         for server in servers:
             server.stop()
+        for dashboard in dashboards:
+            dashboard.stop()
         for storage in storages:
             storage.close()
 
@@ -145,6 +179,10 @@ class Session:
             _stored_config(conf),
         )
         request = Request(self, storage, request_id, conf, backend)
+        self.dashboard(conf, storage)
+        link = self.dashboard_link(request)
+        if link is not None:  # the one log line that holds the token
+            log.info("request %s: live dashboard at %s", request_id, link)
         with self._lock:
             self._requests[(storage.dbfile, request_id)] = request
         if not arguments:

@@ -708,9 +708,86 @@ class Storage(Leases):
     def integrity_check(self) -> str:
         return self._connection().execute("PRAGMA integrity_check").fetchone()[0]
 
-    # -- read by ``sheepdog list`` (the CLI) ---------------------------------
+    # -- reads for the dashboard (dashboard.py) and ``sheepdog list`` -------
 
-    def request_times(self) -> list[tuple[int, float]]:
-        """(id, time.time() when it was made) of every request, oldest first."""
-        return [(request_id, created) for request_id, created in self._connection().execute(
-            "SELECT id, created FROM requests ORDER BY id")]
+    def request_summaries(self) -> list[RequestSummary]:
+        """Every request with its task counts by state, oldest first: two small reads."""
+        connection = self._connection()
+        counts: dict[int, dict[str, int]] = {}
+        for request_id, state, n in connection.execute(
+                "SELECT request_id, state, n FROM task_counts WHERE n > 0"):
+            counts.setdefault(request_id, {})[state] = n
+        rows = connection.execute(
+            "SELECT id, created, backend, n_tasks FROM requests ORDER BY id").fetchall()
+        return [RequestSummary(request_id, created, backend, n_tasks, counts.get(request_id, {}))
+                for request_id, created, backend, n_tasks in rows]
+
+    def dashboard_tasks(self, request_id: int, offset: int = 0, limit: int = 1000
+                        ) -> list[TaskSummary]:
+        """A page of the request's tasks in argument order: state, attempts and times."""
+        self.n_tasks(request_id)
+        rows = self._connection().execute(
+            "SELECT t.idx, t.state, t.attempts, t.started, t.updated "
+            "FROM tasks t WHERE t.request_id = ? ORDER BY t.idx LIMIT ? OFFSET ?",
+            (request_id, limit, offset))
+        return [TaskSummary(*row) for row in rows]
+
+    def dashboard_durations(self, request_id: int) -> list[float]:
+        """Seconds from start to report of every task that reported (done or failed)."""
+        rows = self._connection().execute(
+            "SELECT t.updated - t.started AS seconds FROM tasks t "
+            "WHERE t.request_id = ? AND t.state IN (?, ?) AND seconds IS NOT NULL",
+            (request_id, DONE, FAILED))
+        return [row[0] for row in rows]
+
+    def dashboard_finishes(self, request_id: int, since: float, width: float
+                           ) -> dict[int, int]:
+        """bucket -> how many tasks finished in it; bucket b spans ``since + b * width``
+        onwards for ``width`` seconds (a task's finish is its last state change)."""
+        rows = self._connection().execute(
+            "SELECT CAST((t.updated - ?) / ? AS INTEGER) AS bucket, count(*) FROM tasks t "
+            "WHERE t.request_id = ? AND t.state IN (?, ?, ?, ?) AND t.updated >= ? "
+            "GROUP BY bucket",
+            (since, width, request_id, DONE, *_UNSUCCESSFUL_STATES, since))
+        return dict(rows.fetchall())
+
+    def dashboard_last_finish(self, request_id: int) -> Optional[float]:
+        """When the request's last finished task finished, if any has."""
+        row = self._connection().execute(
+            "SELECT max(t.updated) FROM tasks t WHERE t.request_id = ? AND t.state IN (?, ?, ?, ?)",
+            (request_id, DONE, *_UNSUCCESSFUL_STATES)).fetchone()
+        return row[0]
+
+    def dashboard_failures(self, request_id: int, limit: int) -> list[TaskLog]:
+        """The first ``limit`` failed, lost or cancelled tasks, with their error and output."""
+        self.n_tasks(request_id)
+        rows = self._connection().execute(
+            f"SELECT t.idx, t.state, t.error FROM tasks t WHERE t.request_id = ? AND "
+            f"{_UNSUCCESSFUL} ORDER BY t.idx LIMIT ?",
+            (request_id, *_UNSUCCESSFUL_STATES, limit)).fetchall()
+        if not rows:
+            return []
+        marks = ", ".join("?" for _ in rows)
+        outputs = self._outputs(request_id, f"t.idx IN ({marks})", [row[0] for row in rows])
+        return [TaskLog(index, state, error, outputs.get(index, {}))
+                for index, state, error in rows]
+
+
+class RequestSummary(NamedTuple):
+    """A request as the dashboard lists it: ``counts`` maps a state to its number of tasks."""
+
+    request_id: int
+    created: float
+    backend: str
+    n_tasks: int
+    counts: dict[str, int]
+
+
+class TaskSummary(NamedTuple):
+    """One task as the dashboard shows it; ``started`` is None before a worker took it."""
+
+    task: int
+    state: str
+    attempts: int
+    started: Optional[float]
+    updated: Optional[float]

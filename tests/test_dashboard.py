@@ -1,0 +1,255 @@
+"""The dashboard's routes in-process (Flask's test client), its socket, and its start by map.
+
+The page itself is tested in a browser by ``test_dashboard_browser.py``.
+"""
+
+import json
+import logging
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import sheepdog
+from sheepdog import api
+from sheepdog.config import resolve
+from sheepdog.dashboard import DashboardServer, create_app, histogram, new_token, parse_address
+from sheepdog.protocol import auth_headers
+from sheepdog.session import Session
+
+from .quickstart import run_doctest
+
+#: The docs' page: its example is run as a doctest.
+DASHBOARD_DOC = (Path(__file__).resolve().parents[1] / "docs" / "dashboard.rst").read_text()
+TOKEN = new_token()
+ROUTES = ("/dashboard", "/dashboard/api/requests", "/dashboard/api/requests/1",
+          "/dashboard/api/requests/1/tasks", "/dashboard/api/nothing-here", "/")
+
+
+def bearer(token=TOKEN):
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def client(storage):
+    return create_app(storage, TOKEN).test_client()
+
+
+@pytest.fixture
+def request_id(storage):
+    """A request of five tasks: 1 and 2 done, 3 failed with output, 4 running, 5 pending."""
+    request_id = storage.create_request(b"f", [b"a"] * 5, "worker-secret", "local")
+    launch = storage.add_workers(request_id, 4)
+    for worker in range(1, 5):  # one task each: 1 to 4
+        assert storage.pull(request_id, f"{launch}.{worker}", 1, 1) == [worker]
+    storage.record_reports(request_id, [(1, False, b"r1"), (2, False, b"r2"),
+                                        (3, True, b"Traceback ...\nValueError: <b>x</b>")],
+                           outputs=[(3, "stderr", b"last words")])
+    return request_id
+
+
+def record_start(dbfile, request_id, index, started, updated):
+    """Set when a task was handed out and when it last changed state."""
+    with sqlite3.connect(dbfile) as db:
+        db.execute("UPDATE tasks SET started = ?, updated = ? WHERE request_id = ? AND idx = ?",
+                   (started, updated, request_id, index))
+
+
+@pytest.mark.parametrize("path", ROUTES)
+def test_every_route_refuses_a_missing_or_wrong_token(client, request_id, path):
+    for headers, query in [({}, ""), (bearer("x" * 43), ""), ({}, "?token=" + "x" * 43),
+                           (bearer(TOKEN[:-1]), ""), ({"Authorization": TOKEN}, "")]:
+        response = client.get(path + query, headers=headers)
+        assert response.status_code == 403, (path, headers, query)
+        assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_a_workers_key_and_signature_open_nothing(client, request_id, storage):
+    secret = storage.request_secret(request_id)
+    for path in ROUTES:
+        assert client.get(path, headers=bearer(secret)).status_code == 403
+        assert client.get(path, headers=auth_headers(secret.encode(), "GET", path, b"")).status_code == 403
+        assert client.get(f"{path}?token={secret}").status_code == 403
+
+
+def test_the_token_opens_every_route_by_query_or_bearer_header(client, request_id):
+    assert client.get(f"/dashboard?token={TOKEN}").status_code == 200
+    assert client.get("/dashboard/api/requests", headers=bearer()).status_code == 200
+    assert client.get(f"/dashboard/api/requests/1/tasks?token={TOKEN}").status_code == 200
+    assert client.get("/dashboard/api/nothing-here", headers=bearer()).status_code == 404
+    assert client.get("/dashboard/api/requests/99", headers=bearer()).status_code == 404
+
+
+def test_the_page_is_never_cached_and_runs_only_its_own_script(client):
+    response = client.get(f"/dashboard?token={TOKEN}")
+    page = response.get_data(as_text=True)
+    policy = response.headers["Content-Security-Policy"]
+    nonce = re.search(r"script-src 'nonce-([^']+)'", policy).group(1)
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "unsafe-inline" not in policy and "default-src 'none'" in policy
+    assert re.findall(r"<script[^>]*>", page) == [f'<script nonce="{nonce}">']
+    assert nonce not in client.get(f"/dashboard?token={TOKEN}").headers["Content-Security-Policy"]
+    offline = page.replace('"http://www.w3.org/2000/svg"', "")  # a name, never fetched
+    assert "http://" not in offline and "https://" not in offline
+
+
+def test_the_page_never_parses_data_as_markup(client):
+    page = client.get(f"/dashboard?token={TOKEN}").get_data(as_text=True)
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(",
+                 "new Function"):
+        assert sink not in page
+
+
+def test_requests_api_counts_each_requests_tasks_by_state(client, request_id, storage):
+    other = storage.create_request(b"f", [b"a"] * 2, "s", "gridengine")
+    listing = client.get("/dashboard/api/requests", headers=bearer()).get_json()
+    assert listing["database"] == storage.dbfile
+    assert [(r["id"], r["backend"], r["tasks"], r["counts"]) for r in listing["requests"]] == [
+        (request_id, "local", 5, {"done": 2, "failed": 1, "running": 1, "pending": 1}),
+        (other, "gridengine", 2, {"pending": 2})]
+
+
+def test_request_api_shows_failures_with_their_traceback_and_output(client, request_id):
+    detail = client.get(f"/dashboard/api/requests/{request_id}", headers=bearer()).get_json()
+    assert detail["counts"] == {"done": 2, "failed": 1, "running": 1, "pending": 1}
+    assert detail["failures"] == [{"index": 3, "state": "failed",
+                                   "error": "Traceback ...\nValueError: <b>x</b>",
+                                   "output": {"stderr": "last words"}}]
+    assert sum(detail["throughput"]["counts"]) == 3
+
+
+def test_request_api_histograms_durations_from_start_to_report(client, request_id, storage):
+    record_start(storage.dbfile, request_id, 1, 100.0, 101.0)
+    record_start(storage.dbfile, request_id, 2, 100.0, 104.0)
+    record_start(storage.dbfile, request_id, 3, 100.0, 102.0)
+    record_start(storage.dbfile, request_id, 4, 100.0, 100.5)  # running: no duration yet
+    durations = client.get(f"/dashboard/api/requests/{request_id}",
+                           headers=bearer()).get_json()["durations"]
+    assert durations["total"] == 3 and durations["width"] == pytest.approx(4 / 20)
+    assert [i for i, n in enumerate(durations["counts"]) if n] == [5, 10, 19]
+    tasks = client.get(f"/dashboard/api/requests/{request_id}/tasks",
+                       headers=bearer()).get_json()["tasks"]
+    assert [task["seconds"] for task in tasks] == [1.0, 4.0, 2.0, None, None]
+
+
+def test_tasks_api_pages_the_tasks_in_argument_order(client, request_id):
+    page = client.get(f"/dashboard/api/requests/{request_id}/tasks?offset=1&limit=3",
+                      headers=bearer()).get_json()
+    assert (page["total"], page["offset"], page["limit"]) == (5, 1, 3)
+    assert [(task["index"], task["state"]) for task in page["tasks"]] == [
+        (2, "done"), (3, "failed"), (4, "running")]
+
+
+def test_histogram_puts_each_value_in_its_bar():
+    assert histogram([0.0, 1.0, 2.5, 10.0], bins=4) == {
+        "width": 2.5, "counts": [2, 1, 0, 1], "total": 4}
+    assert histogram([], bins=3) == {"width": 1.0, "counts": [0, 0, 0], "total": 0}
+
+
+def test_throughput_counts_finishes_per_time_bucket(storage, request_id):
+    for index, finished in [(1, 10.0), (2, 10.9), (3, 13.2)]:
+        record_start(storage.dbfile, request_id, index, 9.0, finished)
+    assert storage.dashboard_finishes(request_id, since=10.0, width=1.0) == {0: 2, 3: 1}
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "localhost:http", ":80", "127.0.0.1:70000"])
+def test_a_bad_dashboard_address_names_the_config_key(address):
+    with pytest.raises(ValueError, match="config key 'dashboard'.*HOST:PORT"):
+        resolve({"scheduler": "local", "dashboard": address})
+
+
+def test_dashboard_addresses_parse_with_ipv6_brackets():
+    assert parse_address("[::1]:8080") == ("::1", 8080)
+    assert parse_address("0.0.0.0:0") == ("0.0.0.0", 0)
+    assert resolve({"scheduler": "local", "dashboard": True}).dashboard == "127.0.0.1:0"
+
+
+def test_dashboard_server_listens_on_loopback_and_wants_the_token(storage, request_id):
+    server = DashboardServer(storage).start()
+    try:
+        assert server.url.startswith(f"http://127.0.0.1:{server.port}/dashboard?token=")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/dashboard/api/requests")
+        assert refused.value.code == 403
+        api_url = server.url.replace("/dashboard?", "/dashboard/api/requests?")
+        with urllib.request.urlopen(api_url) as response:
+            assert json.load(response)["requests"][0]["id"] == request_id
+    finally:
+        server.stop()
+    assert not server.running
+
+
+def test_map_async_logs_the_dashboard_link_once_and_the_link_opens_it(local_conf, caplog):
+    with Session() as session, caplog.at_level(logging.INFO, logger="sheepdog"):
+        request = session.submit(len, [("abc",)], local_conf)
+        links = [record.getMessage() for record in caplog.records if "token=" in record.getMessage()]
+        assert len(links) == 1 and all(record.levelno <= logging.INFO for record in caplog.records
+                                       if "token=" in record.getMessage())
+        link = re.search(r"(http://\S+)", links[0]).group(1)
+        assert link == session.dashboard_link(request)
+        assert link.endswith(f"#request-{request.id}")
+        with urllib.request.urlopen(link.split("#")[0]) as response:
+            assert b"<title>Sheepdog dashboard</title>" in response.read()
+        request.wait(timeout=60)
+    assert not session.dashboards
+
+
+def test_map_prints_the_dashboard_link_when_verbose(local_conf, capsys):
+    assert sheepdog.map(len, [("ab",)], local_conf, verbose=True) == [2]
+    printed = capsys.readouterr().err
+    link = api.default_session().dashboard_link(api.default_session().request(1, local_conf["dbfile"]))
+    assert f"sheepdog: live dashboard: {link}\n" in printed
+
+
+def test_dashboard_false_starts_no_dashboard(local_conf):
+    with Session() as session:
+        request = session.submit(len, [("abc",)], {**local_conf, "dashboard": False})
+        assert session.dashboard_link(request) is None
+        request.wait(timeout=60)
+
+
+def test_two_sessions_have_different_tokens(local_conf):
+    with Session() as one, Session() as two:
+        first = one.submit(len, [("a",)], local_conf)
+        second = two.submit(len, [("b",)], local_conf)
+        token = re.compile(r"token=([^#]+)")
+        assert (token.search(one.dashboard_link(first)).group(1)
+                != token.search(two.dashboard_link(second)).group(1))
+        first.wait(timeout=60)
+        second.wait(timeout=60)
+
+
+def test_the_docs_json_api_example_runs(local_conf):
+    failed, attempted = run_doctest(DASHBOARD_DOC, local_conf)
+    assert attempted >= 10 and failed == 0
+
+
+def test_sheepdog_dashboard_serves_an_existing_database_until_interrupted(storage, request_id):
+    command = subprocess.Popen(
+        [sys.executable, "-m", "sheepdog", "dashboard", "--dbfile", storage.dbfile,
+         "--no-browser"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = command.stdout.readline()
+        link = re.search(r"(http://127\.0\.0\.1:\d+/dashboard\?token=\S+)", line).group(1)
+        with urllib.request.urlopen(link.replace("/dashboard?", "/dashboard/api/requests?")) as reply:
+            assert [r["id"] for r in json.load(reply)["requests"]] == [request_id]
+    finally:
+        command.send_signal(signal.SIGINT)
+        assert command.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--dbfile", "missing.sqlite"], "no sheepdog database at"),
+    (["--address", "nowhere"], "--address is 'nowhere'; write HOST:PORT"),
+])
+def test_sheepdog_dashboard_names_what_is_wrong(tmp_path, arguments, message):
+    finished = subprocess.run([sys.executable, "-m", "sheepdog", "dashboard", "--no-browser",
+                               *arguments], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60)
+    assert finished.returncode == 1 and message in finished.stderr
