@@ -5,7 +5,8 @@
 # docs with warnings as errors, type-checks the package with mypy, and runs
 # pytest (extra arguments go to pytest). As root on Debian/Ubuntu it first brings up the GridEngine + sshd
 # of ci/gridengine-up.sh, then the caller and second execution host of
-# ci/nat-up.sh, and runs the tests inside the cluster's network namespace,
+# ci/nat-up.sh, Slurm, and the browser of ci/browser-up.sh, and runs the tests
+# inside the cluster's network namespace,
 # where the end-to-end tests must run, not skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,8 @@ if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     bash ci/nat-up.sh
     # Slurm beside GridEngine, in the same namespace.
     bash ci/slurm-up.sh
+    # Headless Chromium and its driver, for the dashboard's browser test.
+    bash ci/browser-up.sh
     # shellcheck source=/dev/null
     source "${SHEEPDOG_TEST_STATE:-/var/lib/sheepdog-test}/env"
     export SHEEPDOG_REQUIRE_CLUSTER=1
