@@ -18,7 +18,6 @@ rq keep their job states the same way: as data, applied in one place.)
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -87,23 +86,27 @@ def apply(db: sqlite3.Connection, event: str, request_id: int, tasks: Optional[T
     particular order.
     """
     transition = TRANSITIONS[event]
-    detail = "chosen.detail" if tasks is not None else "NULL"
-    sets = ", ".join(f"{column} = {expression.format(detail=detail)}"
-                     for column, expression in transition.sets)
-    sources = ", ".join(f"'{state}'" for state in transition.sources)
-    assignment = f"state = '{transition.target}', updated = :now" + (f", {sets}" if sets else "")
     values = {"now": time.time(), "request_id": request_id, "retryable": None, **parameters}
-    if tasks is None:
-        sql = (f"UPDATE tasks SET {assignment} WHERE request_id = :request_id "
-               f"AND state IN ({sources}) AND ({where}) RETURNING idx")
-    else:
-        entries = (list(tasks.items()) if isinstance(tasks, Mapping)
-                   else [[index, None] for index in tasks])
-        if not entries:
-            return []
-        values["chosen"] = json.dumps(entries)
-        sql = (f"WITH chosen(idx, detail) AS (SELECT value ->> 0, value ->> 1 FROM "
-               f"json_each(:chosen)) UPDATE tasks SET {assignment} FROM chosen "
-               f"WHERE tasks.request_id = :request_id AND tasks.idx = chosen.idx "
-               f"AND tasks.state IN ({sources}) AND ({where}) RETURNING tasks.idx")
+    detail = "NULL"
+    if tasks is not None:
+        entries = tasks.items() if isinstance(tasks, Mapping) else ((index, None) for index in tasks)
+        _choose(db, entries)
+        where = f"({where}) AND idx IN (SELECT idx FROM temp.chosen)"
+        detail = "(SELECT detail FROM temp.chosen WHERE chosen.idx = tasks.idx)"
+    sets = "".join(f", {column} = {expression.format(detail=detail)}"
+                   for column, expression in transition.sets)
+    sources = ", ".join(f"'{state}'" for state in transition.sources)
+    # "+state" keeps SQLite from scanning the request's tasks by state when it can
+    # look the chosen ones up by their key.
+    state = "+state" if tasks is not None else "state"
+    sql = (f"UPDATE tasks SET state = '{transition.target}', updated = :now{sets} "
+           f"WHERE request_id = :request_id AND {state} IN ({sources}) AND ({where}) "
+           "RETURNING idx")
     return [row[0] for row in db.execute(sql, values)]
+
+
+def _choose(db: sqlite3.Connection, entries: Iterable[tuple[int, Optional[str]]]) -> None:
+    """Put (index, detail) pairs in this connection's ``temp.chosen`` table, for one statement."""
+    db.execute("CREATE TEMP TABLE IF NOT EXISTS chosen (idx INTEGER PRIMARY KEY, detail TEXT)")
+    db.execute("DELETE FROM temp.chosen")
+    db.executemany("INSERT OR IGNORE INTO temp.chosen VALUES (?, ?)", entries)
