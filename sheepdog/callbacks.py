@@ -259,7 +259,9 @@ class Callbacks:
             arguments = self.storage.task_arguments(request_id, indices)
             if len(arguments) != len(set(indices)):
                 return text_reply(404, "no such task")
-            return Reply(200, pack_frames((i, ARGUMENTS, arguments[i]) for i in indices),
+            cancelled = self.storage.cancelled_among(request_id, indices)  # never to run
+            return Reply(200, pack_frames((i, ARGUMENTS, arguments[i]) for i in indices
+                                          if i not in cancelled),
                          "application/octet-stream")
         if action not in _CHUNK_ACTIONS + _SINGLE_ACTIONS:
             return text_reply(404, "no such route")

@@ -203,6 +203,19 @@ def with_output(error: str, output: Mapping[str, str]) -> str:
     return "\n\n".join(sections)
 
 
+class TaskChange(NamedTuple):
+    """A task as :meth:`Storage.task_changes` found it: its state, when it got
+    there, its error text and output (failed, lost, cancelled) or its stored
+    result (done)."""
+
+    task: int
+    state: str
+    updated: float
+    error: Optional[str]
+    output: dict[str, str]
+    result: bytes | PayloadFile | None
+
+
 @dataclass(frozen=True)
 class Progress:
     """How many of a request's tasks are in each state."""
@@ -754,3 +767,55 @@ class Storage:
 
     def integrity_check(self) -> str:
         return self._connection().execute("PRAGMA integrity_check").fetchone()[0]
+
+    # -- following tasks one by one, and cancelling some (executor.py) ---------
+
+    def task_changes(self, request_id: int, since: float) -> list[TaskChange]:
+        """Tasks of the request that moved on from pending at ``since`` or later.
+
+        ``since`` is a ``time.time()``, compared with the time of each task's
+        last change. A follower keeps the newest time it saw and asks again
+        from a little before it, so that no change slips between two looks.
+        """
+        in_time = "t.updated >= ? AND t.state != ?"
+        rows = self._connection().execute(
+            "SELECT t.idx, t.state, t.updated, t.error, r.data, r.in_file FROM tasks t "
+            "LEFT JOIN results r ON r.request_id = t.request_id AND r.idx = t.idx "
+            f"WHERE t.request_id = ? AND {in_time} ORDER BY t.updated, t.idx",
+            (request_id, since, PENDING),
+        ).fetchall()
+        outputs = (self._outputs(request_id, f"{in_time} AND {_UNSUCCESSFUL}",
+                                 (since, PENDING, *_UNSUCCESSFUL_STATES))
+                   if any(row[1] in _UNSUCCESSFUL_STATES for row in rows) else {})
+        return [TaskChange(index, state, updated, error, outputs.get(index, {}),
+                           None if data is None else
+                           self.payloads.stored("results", request_id, index, data, in_file))
+                for index, state, updated, error, data, in_file in rows]
+
+    def cancel_tasks(self, request_id: int, indices: Sequence[int], reason: str) -> list[int]:
+        """pending -> cancelled for the tasks ``indices``; the ones that moved.
+
+        A cancelled task's arguments are no longer handed out (see
+        :meth:`cancelled_among`), so it never runs; a task already running is
+        left to finish.
+        """
+        now = time.time()
+        moved = []
+        with self._write() as db:
+            for index in indices:
+                cursor = db.execute(
+                    "UPDATE tasks SET state = ?, error = ?, updated = ? "
+                    "WHERE request_id = ? AND idx = ? AND state = ?",
+                    (CANCELLED, reason, now, request_id, index, PENDING))
+                if cursor.rowcount:
+                    moved.append(index)
+        self._changed()
+        return moved
+
+    def cancelled_among(self, request_id: int, indices: Sequence[int]) -> set[int]:
+        """Which of the tasks ``indices`` are cancelled: a worker is not to run them."""
+        rows = self._connection().execute(
+            "SELECT idx FROM tasks WHERE request_id = ? AND state = ? AND idx BETWEEN ? AND ?",
+            (request_id, CANCELLED, min(indices, default=0), max(indices, default=0)))
+        wanted = set(indices)
+        return {index for (index,) in rows if index in wanted}

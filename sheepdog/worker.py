@@ -361,10 +361,13 @@ def run(settings, codec):
             supervisor.flush()
             return 1
         function = client.request("GET", "/function")
-        spec = index_spec(indices)
         arguments = {index: payload for index, _kind, payload
-                     in unpack_frames(client.request("GET", f"/tasks/{spec}"))}
-        client.request("POST", f"/tasks/{spec}/start", b"")
+                     in unpack_frames(client.request("GET", f"/tasks/{index_spec(indices)}"))}
+        indices = [index for index in indices if index in arguments]  # the rest were cancelled
+        supervisor.remaining &= set(indices)
+        if not indices:
+            return 0
+        client.request("POST", f"/tasks/{index_spec(indices)}/start", b"")
 
         def start_runner(todo):
             return Runner(lambda channel: run_tasks(
