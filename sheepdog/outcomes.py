@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 FINISHED_STATES = (DONE, FAILED, LOST, CANCELLED)
 
 #: The last line of a Python traceback: ``Name: message``, or ``Name`` alone.
-_EXCEPTION_LINE = re.compile(r"(?P<name>[A-Za-z_][\w.]*)(?:: (?P<message>.*))?")
+_EXCEPTION_LINE = re.compile(r"(?P<name>[A-Za-z_][\w.<>]*)(?:: (?P<message>.*))?")
 
 
 class TaskError(Exception):
