@@ -4,11 +4,14 @@ import asyncio
 import concurrent.futures
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 import sheepdog
 from sheepdog.storage import CANCELLED, DONE, Storage
+
+from .quickstart import run_doctest
 
 
 def wait_for_file(path, timeout=60):
@@ -269,3 +272,9 @@ def test_as_completed_times_out(local_conf):
     with pytest.raises(TimeoutError, match="0 of 1 tasks finished after 0.5 s"):
         list(sheepdog.as_completed(request_id, local_conf["dbfile"], timeout=0.5))
     sheepdog.cancel(request_id, local_conf["dbfile"])
+
+
+def test_executor_page_examples_run_on_the_local_backend(local_conf):
+    page = (Path(__file__).resolve().parents[1] / "docs" / "executor.rst").read_text()
+    results = run_doctest(page, local_conf)
+    assert results.failed == 0 and results.attempted == 27
