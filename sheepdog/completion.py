@@ -39,11 +39,12 @@ class TaskFollower:
         self._newest = 0.0
         self._started: set[int] = set()
         self._finished: set[int] = set()
+        self._n_tasks = request.storage.n_tasks(request.id)
 
     @property
     def complete(self) -> bool:
         """Every task has finished for good and been handed out."""
-        return len(self._finished) >= self.request.storage.n_tasks(self.request.id)
+        return len(self._finished) >= self._n_tasks
 
     def look(self) -> tuple[list[int], list[TaskChange]]:
         """Follow the request once: (tasks that started, tasks that finished) since the last look.
