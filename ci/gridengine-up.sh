@@ -78,12 +78,12 @@ make_user_and_keys() {
 start_sshd() {
     mkdir -p /run/sshd
     ssh-keygen -A >/dev/null
-    if ! alive "$STATE/sshd.pid"; then
+    if ! alive "$STATE/sshd.pid" sshd; then
         in_ns /usr/sbin/sshd -o ListenAddress=127.0.0.1 -o Port=22 \
             -o PasswordAuthentication=no -o KbdInteractiveAuthentication=no \
             -o PidFile="$STATE/sshd.pid"
     fi
-    wait_for 10 alive "$STATE/sshd.pid"
+    wait_for 10 alive "$STATE/sshd.pid" sshd
     # Host key checking stays on in the tests: they trust exactly this key.
     # ci/nat-up.sh adds a line for its own sshd: keep other lines, and only
     # write when ours is missing.
@@ -193,17 +193,17 @@ start_gridengine() {
     chown sgeadmin:sgeadmin /var/run/gridengine
     local qmaster_pid=/var/spool/gridengine/qmaster/qmaster.pid
     local execd_pid=/var/spool/gridengine/execd/$HOST/execd.pid
-    if ! alive "$qmaster_pid"; then
+    if ! alive "$qmaster_pid" sge_qmaster; then
         say "starting sge_qmaster"
         in_ns /usr/sbin/sge_qmaster
     fi
     wait_for 60 in_ns qstat -f
     configure_cluster
-    if ! alive "$execd_pid"; then
+    if ! alive "$execd_pid" sge_execd; then
         say "starting sge_execd"
         in_ns /usr/sbin/sge_execd
     fi
-    wait_for 30 alive "$execd_pid"
+    wait_for 30 alive "$execd_pid" sge_execd
     # A queue instance can be left in error or disabled state by an earlier run.
     in_ns qmod -c "all.q@$HOST" >/dev/null 2>&1 || true
     in_ns qmod -e "all.q@$HOST" >/dev/null 2>&1 || true

@@ -24,8 +24,14 @@ wait_for() {
     done
 }
 
-# A daemon is alive when its pid file names a live process.
-alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A daemon is alive when its pid file ($1) names a live process called $2: pids
+# are reused, so a stale pid file may name another program's process.
+alive() {
+    [[ -s $1 ]] || return 1
+    local pid
+    pid=$(cat "$1")
+    kill -0 "$pid" 2>/dev/null && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]]
+}
 
 # Stop process $1: TERM, then KILL after 20 s (polled every 0.1 s; tail --pid
 # polls only every second).

@@ -169,13 +169,13 @@ EOF
 # entry fits, with one more line for the address.
 caller_sshd() {
     mkdir -p /run/sshd
-    if ! alive "$CALLER_SSHD_PID"; then
+    if ! alive "$CALLER_SSHD_PID" sshd; then
         say "starting sshd on $CLUSTER_ADDR"
         in_ns /usr/sbin/sshd -o ListenAddress="$CLUSTER_ADDR" -o Port=22 \
             -o PasswordAuthentication=no -o KbdInteractiveAuthentication=no \
             -o PidFile="$CALLER_SSHD_PID"
     fi
-    wait_for 10 alive "$CALLER_SSHD_PID"
+    wait_for 10 alive "$CALLER_SSHD_PID" sshd
     local key
     key=$(cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub)
     append_once "$STATE/known_hosts" "$CLUSTER_ADDR $key"
@@ -228,14 +228,14 @@ node_config() {
 }
 
 node_execd() {
-    if ! alive "$NODE_EXECD_PID"; then
+    if ! alive "$NODE_EXECD_PID" sge_execd; then
         say "starting sge_execd on $NODE"
         # In node1's UTS and network namespaces, with a clean environment (the
         # jobs inherit from execd). It daemonises by itself.
         (cd / && env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
             nsenter --uts="$NODE_UTS" ip netns exec "$NODE_NS" /usr/sbin/sge_execd)
     fi
-    wait_for 30 alive "$NODE_EXECD_PID"
+    wait_for 30 alive "$NODE_EXECD_PID" sge_execd
     if ! queue_instance_ready "$NODE"; then
         # A queue instance can be left in error or disabled state by an
         # earlier run (nat-down.sh disables it to drain it).

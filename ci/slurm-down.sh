@@ -20,7 +20,7 @@ main() {
     fi
     # Jobs first, while slurmctld and slurmd can still end them: a task's
     # processes (under slurmstepd) outlive slurmd.
-    if have_ns "$NETNS" && alive /run/slurmctld.pid && alive /run/slurmd.pid; then
+    if have_ns "$NETNS" && alive /run/slurmctld.pid slurmctld && alive /run/slurmd.pid slurmd; then
         local jobs
         jobs=$(in_ns squeue -h -o %A 2>/dev/null | sort -u)
         if [[ -n $jobs ]]; then

@@ -157,16 +157,16 @@ EOF
 }
 
 start_munge() {
-    if ! alive "$MUNGED_PID"; then
+    if ! alive "$MUNGED_PID" munged; then
         say "starting munged"
         install -d -o munge -g munge -m 755 /run/munge
         (cd / && in_ns "${CLEAN_ENV[@]}" runuser -u munge -- /usr/sbin/munged)
     fi
-    wait_for 10 alive "$MUNGED_PID"
+    wait_for 10 alive "$MUNGED_PID" munged
 }
 
 start_mariadb() {
-    if ! alive "$MARIADB_PID"; then
+    if ! alive "$MARIADB_PID" mariadbd; then
         say "starting mariadbd"
         install -d -o mysql -g mysql -m 755 /run/mysqld /var/log/mysql
         # Unix socket only. It does not daemonise by itself (and so must not
@@ -177,7 +177,7 @@ start_mariadb() {
             --skip-networking --socket="$MARIADB_SOCKET" --pid-file="$MARIADB_PID" \
             --log-error=/var/log/mysql/error.log) </dev/null >/dev/null 2>&1 &
     fi
-    wait_for 60 alive "$MARIADB_PID"
+    wait_for 60 alive "$MARIADB_PID" mariadbd
     wait_for 60 mariadb --socket="$MARIADB_SOCKET" -e 'select 1'
     # slurmdbd logs in as the system user slurm, by unix socket, no password.
     if [[ -z $(mariadb --socket="$MARIADB_SOCKET" -N -e \
@@ -191,7 +191,7 @@ start_mariadb() {
 dbd_ready() { in_ns sacctmgr -n -P list cluster format=cluster; }
 
 start_slurmdbd() {
-    if ! alive "$SLURMDBD_PID"; then
+    if ! alive "$SLURMDBD_PID" slurmdbd; then
         say "starting slurmdbd"
         (cd / && in_ns "${CLEAN_ENV[@]}" /usr/sbin/slurmdbd)
     fi
@@ -207,7 +207,7 @@ start_slurmdbd() {
 }
 
 start_slurmctld() {
-    if ! alive "$SLURMCTLD_PID"; then
+    if ! alive "$SLURMCTLD_PID" slurmctld; then
         say "starting slurmctld"
         (cd / && in_ns "${CLEAN_ENV[@]}" /usr/sbin/slurmctld)
     fi
@@ -220,7 +220,7 @@ node_ready() {
 }
 
 start_slurmd() {
-    if ! alive "$SLURMD_PID"; then
+    if ! alive "$SLURMD_PID" slurmd; then
         say "starting slurmd"
         # Not under `ip netns exec`: that remounts /sys, and slurmd needs
         # /sys/fs/cgroup. Its own mount namespace gets the cluster
@@ -230,7 +230,7 @@ start_slurmd() {
             unshare --mount --propagation private sh -c \
             "mount --bind /etc/netns/$NETNS/hosts /etc/hosts && exec /usr/sbin/slurmd")
     fi
-    wait_for 30 alive "$SLURMD_PID"
+    wait_for 30 alive "$SLURMD_PID" slurmd
     wait_for 60 node_ready
 }
 

@@ -5,22 +5,10 @@ Tornado handler (``server.py``) answer every request identically, and so that
 the fast path costs no more than parsing a path, one HMAC over a few header
 values (checked once, in :meth:`Callbacks.admit`) and one SQLite statement.
 
-Routes, each signed by the worker under the request's own key (see
-``protocol``). ``<tasks>`` names a chunk of tasks by index, as in ``7`` or
-``1-200,205``::
-
-    GET  /requests/<rid>/function               the pickled function and namespace
-    GET  /requests/<rid>/tasks/<tasks>          their pickled arguments, as frames
-    POST /requests/<rid>/tasks/<tasks>/start    the tasks started running
-    POST /requests/<rid>/tasks/<tasks>/heartbeat  the tasks are still running
-    POST /requests/<rid>/tasks/<tasks>/killing  the scheduler warned it will kill them
-    POST /requests/<rid>/results                results, errors and output tails, as frames
-    POST /requests/<rid>/tasks/<i>/result       body: one pickled result (how workers
-                                                send one of 1 MB or more)
-    POST /requests/<rid>/tasks/<i>/error        body: one traceback, UTF-8
-    POST /requests/<rid>/tasks/<i>/output       body: the task's output tails, as frames
-    POST /requests/<rid>/tasks/<i>/lost         body: how the task's process ended, UTF-8
-                                                (it crashed; its worker went on)
+Routes are built and parsed in ``protocol`` (see its docstring for the list),
+and each request is signed by the worker under the request's own key. A
+worker pulls its tasks (``leases.py`` decides which), renews its lease with
+heartbeats, and posts reports by task index.
 
 Frames are ``protocol.pack_frames``: (index, kind, length) headers, the bytes,
 and zero padding to 16 bytes. Bodies are stored as bytes and never unpickled
@@ -46,33 +34,21 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple, Optional, Protocol, Sequence, Union
 
 from .payloads import SPILL_BYTES, PayloadFile
 from .storage import DiskFullError, Storage
-from .protocol import (ARGUMENTS, DIGEST_HEADER, DISK_FULL_STATUS, ERROR, OUTPUT,
-                       REPORT_FLOOR_BYTES, RESULT, STDERR, STDOUT, body_digest, nbytes,
-                       pack_frames, parse_index_spec, signed_digest, unpack_frames)
+from .protocol import (ARGUMENTS, DIGEST_HEADER, DISK_FULL_STATUS, ERROR, FLOOR_ROUTES, OUTPUT,
+                       REPORT_FLOOR_BYTES, RESULT, ROUTES, STDERR, STDOUT, Path, body_digest,
+                       nbytes, pack_frames, parse_path, signed_digest, unpack_frames)
 
 log = logging.getLogger(__name__)
 
 #: Largest request body accepted (a pickled result), unless the caller says otherwise.
 DEFAULT_MAX_BODY_BYTES = 1 << 30
 
-#: The most tasks one request may name.
-MAX_TASKS_PER_REQUEST = 100_000
-
-_ROUTE = re.compile(
-    r"/requests/(?P<rid>\d{1,18})/(?:(?P<function>function)|(?P<results>results)|"
-    r"tasks/(?P<spec>[0-9,-]{1,100000})(?:/(?P<action>[a-z]+))?)"
-)
-_CHUNK_ACTIONS = ("start", "heartbeat", "killing")
-_SINGLE_ACTIONS = ("result", "error", "output", "lost")
-#: Routes whose bodies are accepted up to REPORT_FLOOR_BYTES whatever the limit.
-_FLOOR_ACTIONS = ("error", "output", "lost")
 #: Output frame kinds and the stream each names in storage.
 _STREAMS = {OUTPUT: "stdout and stderr", STDOUT: "stdout", STDERR: "stderr"}
 
@@ -112,13 +88,13 @@ def text_reply(status: int, message: str, **headers: str) -> Reply:
 _UNAUTHORISED = text_reply(401, "wrong or missing signature")
 _STORED = text_reply(200, "stored")
 _ALREADY = text_reply(200, "already recorded")
+_NO_WORKER = text_reply(404, "no such worker")
 
 
 class Route(NamedTuple):
     """A request whose signature was checked: what it asks for, and the body it vouches for."""
 
-    match: "re.Match[str]"
-    request_id: int
+    path: Path
     digest: str
 
 
@@ -137,8 +113,8 @@ class Callbacks:
 
     def body_limit(self, path: str) -> int:
         """The largest body accepted on ``path``."""
-        match = _ROUTE.fullmatch(path)
-        if match is not None and match["action"] in _FLOOR_ACTIONS:
+        parsed = parse_path(path)
+        if parsed is not None and parsed.route in FLOOR_ROUTES:
             return self.largest_body_bytes
         return self.max_body_bytes
 
@@ -207,27 +183,24 @@ class Callbacks:
         length = headers.get("Content-Length") or ""
         if method != "POST" or not length.isdigit() or int(length) < SPILL_BYTES:
             return None
-        match, request_id = route.match, route.request_id
-        spec = match["spec"] or ""
-        if match["action"] != "result" or not spec.isdigit() or len(spec) > 18:
+        request_id, index = route.path.request_id, route.path.task
+        if route.path.route != "result" or not self.storage.task_exists(request_id, index):
             return None
-        index = int(spec)
-        return (request_id, index) if self.storage.task_exists(request_id, index) else None
+        return request_id, index
 
     def _authorised_route(self, method: str, path: str, headers: Headers) -> Union[Reply, "Route"]:
         """The route of a signed request, or the refusal."""
-        match = _ROUTE.fullmatch(path)
-        if match is None:
+        parsed = parse_path(path)
+        if parsed is None:
             return text_reply(404, "no such route")
-        request_id = int(match["rid"])
-        secret = self._secret(request_id)
+        secret = self._secret(parsed.request_id)
         if secret is None:
             return text_reply(404, "no such request")
         digest = signed_digest(secret, method, path, headers.get("Authorization"),
                                headers.get(DIGEST_HEADER))
         if digest is None:
             return _UNAUTHORISED
-        return Route(match, request_id, digest)
+        return Route(parsed, digest)
 
     def _respond(self, method: str, path: str, headers: Headers, body: Any,
                  digest: Optional[str], route: Optional["Route"]) -> Reply:
@@ -238,53 +211,42 @@ class Callbacks:
             if isinstance(checked, Reply):
                 return checked
             route = checked
-        match, request_id, signed = route
+        parsed, signed = route
+        request_id, name = parsed.request_id, parsed.route
         if (digest or _digest_of(body)) != signed:
             return text_reply(400, "the body does not match its signed digest")
-        if match["function"]:
-            if method != "GET":
-                return text_reply(405, "use GET", Allow="GET")
-            return Reply(200, self.storage.function(request_id) or b"", "application/octet-stream")
-        if match["results"]:
-            if method != "POST":
-                return text_reply(405, "use POST", Allow="POST")
-            return self._results(request_id, body)
-        indices = parse_index_spec(match["spec"], MAX_TASKS_PER_REQUEST)
-        if indices is None:
-            return text_reply(404, "no such tasks")
-        action = match["action"]
-        if action is None:
-            if method != "GET":
-                return text_reply(405, "use GET", Allow="GET")
-            arguments = self.storage.task_arguments(request_id, indices)
-            if len(arguments) != len(set(indices)):
-                return text_reply(404, "no such task")
-            cancelled = self.storage.cancelled_among(request_id, indices)  # never to run
-            return Reply(200, pack_frames((i, ARGUMENTS, arguments[i]) for i in indices
-                                          if i not in cancelled),
-                         "application/octet-stream")
-        if action not in _CHUNK_ACTIONS + _SINGLE_ACTIONS:
-            return text_reply(404, "no such route")
-        if method != "POST":
-            return text_reply(405, "use POST", Allow="POST")
+        if method != ROUTES[name]:
+            return text_reply(405, f"use {ROUTES[name]}", Allow=ROUTES[name])
         limit = self.body_limit(path)
-        if len(body) > limit:
+        if body is not None and nbytes(body) > limit:
             return text_reply(413, f"body over the limit of {limit} bytes")
-        if action in _CHUNK_ACTIONS:
-            return self._chunk_action(request_id, indices, action)
-        if len(indices) != 1 or not self.storage.task_exists(request_id, indices[0]):
+        if name == "function":
+            return Reply(200, self.storage.function(request_id) or b"", "application/octet-stream")
+        if name == "results":
+            return self._results(request_id, body)
+        if name == "pull":
+            return self._pull(request_id, parsed)
+        if name in ("heartbeat", "killing"):
+            update = (self.storage.worker_heartbeat if name == "heartbeat"
+                      else self.storage.worker_kill_notice)
+            return _STORED if update(request_id, parsed.worker) else _NO_WORKER
+        index = parsed.task
+        if not self.storage.task_exists(request_id, index):
             return text_reply(404, "no such task")
-        if action == "output":
-            return self._output(request_id, indices[0], body)
-        if action == "lost":
-            return self._lost(request_id, indices[0], body)
-        return self._report(request_id, indices[0], action, body)
+        if name == "output":
+            return self._output(request_id, index, body)
+        if name == "lost":
+            return self._lost(request_id, index, body)
+        return self._report(request_id, index, name, body)
 
-    def _chunk_action(self, request_id: int, indices: list[int], action: str) -> Reply:
-        update = {"start": self.storage.mark_running, "heartbeat": self.storage.heartbeat,
-                  "killing": self.storage.note_kill_notice}[action]
-        update(request_id, indices)
-        return _STORED
+    def _pull(self, request_id: int, parsed: Path) -> Reply:
+        """The arguments of the tasks the worker now holds, as frames; none: nothing left."""
+        indices = self.storage.pull(request_id, parsed.worker, parsed.seq, parsed.size)
+        if indices is None:
+            return _NO_WORKER
+        arguments = self.storage.task_arguments(request_id, indices)
+        return Reply(200, pack_frames((i, ARGUMENTS, arguments[i]) for i in indices),
+                     "application/octet-stream")
 
     def _results(self, request_id: int, body: Any) -> Reply:
         """A batch of framed results, errors and output tails."""

@@ -1,29 +1,23 @@
-"""How many arguments each array task runs: the automatic ``chunksize``.
+"""How many workers a job starts: about one per slot, never more than there is work for.
 
-One scheduler task per argument is best while tasks are few and long, but a
-scheduler pays for every task it dispatches (about a tenth of a second each
-on GridEngine) and caps an array's size (``max_aj_tasks``, often 75,000). So
-the automatic choice keeps every argument in its own task while there are no
-more than a few tasks per slot, and beyond that packs arguments into chunks,
-aiming at ``TASKS_PER_SLOT`` tasks per slot (at least ``MIN_TASKS``), never
-above the scheduler's array limit.
+Each array task of a job is a worker that pulls tasks until none is left
+(see ``worker.py``), so a job needs no more array tasks than can run at once:
+the cluster's slots, within ``max_running`` and the scheduler's array limit,
+and never more than there are tasks waiting. A scheduler that does not say
+how many slots it has is assumed to have ``UNKNOWN_SLOTS``.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
-#: Array tasks to aim for per slot of the cluster: enough to balance uneven work.
-TASKS_PER_SLOT = 4
-#: The fewest array tasks worth chunking down to, however small the cluster.
-MIN_TASKS = 100
 #: Assumed when the scheduler does not say how many slots it has.
-UNKNOWN_SLOTS = 250
+UNKNOWN_SLOTS = 100
 
 
-def choose_chunksize(n_arguments: int, slots: Optional[int], max_array_tasks: Optional[int]) -> int:
-    """Arguments per array task for ``n_arguments`` on a cluster of ``slots`` slots."""
-    target = max(TASKS_PER_SLOT * (slots or UNKNOWN_SLOTS), MIN_TASKS)
-    if max_array_tasks:
-        target = min(target, max_array_tasks)
-    return max(1, -(-n_arguments // target))
+def choose_workers(pending: int, slots: Optional[int], max_array_tasks: Optional[int],
+                   max_running: Optional[int]) -> int:
+    """Array tasks for a job over ``pending`` tasks on a cluster of ``slots`` slots."""
+    limits = [pending, slots or UNKNOWN_SLOTS]
+    limits += [limit for limit in (max_array_tasks, max_running) if limit]
+    return max(1, min(limits))

@@ -55,7 +55,7 @@ class Client:
                  disk_full_seconds=None):
         self.routes = [urllib.parse.urlsplit(url) for url in urls]
         self.route = 0
-        self.prefix = f"/requests/{request_id}"
+        self.request_id = request_id
         self.key = key
         self.retry_seconds = retry_seconds
         self.disk_full_seconds = DISK_FULL_SECONDS if disk_full_seconds is None else disk_full_seconds
@@ -85,13 +85,18 @@ class Client:
         connection.sock.settimeout(READ_SECONDS)
         return connection
 
-    def request(self, method, path, body=None):
-        """Send one request, retrying transient failures; return the body as a bytearray.
+    def request(self, route, body=None, **names):
+        """Send one request on ``route`` (a name in ``protocol.ROUTES``), retrying transient
+        failures; return the answer's body as a bytearray.
 
-        ``body`` is bytes-like or a list of parts; large parts are sent as they
-        are, never joined into one copy.
+        ``names`` are what the route names (``worker``, ``task``, ``seq``,
+        ``size``; see ``protocol.path``). ``body`` is bytes-like or a list of
+        parts; large parts are sent as they are, never joined into one copy.
         """
-        full_path = self.prefix + path
+        method = protocol.ROUTES[route]
+        full_path = protocol.path(self.request_id, route, **names)
+        if body is None and method == "POST":
+            body = b""
         headers = protocol.auth_headers(self.key, method, full_path, body)
         if body is not None:
             headers["Content-Type"] = "application/octet-stream"
@@ -138,7 +143,7 @@ class Client:
                     f"gave up on {method} {full_path} via {self.url} after "
                     f"{self.retry_seconds:.0f} s: {failure}"
                 )
-            log(f"{method} {path} via {self.url} failed ({failure}); retrying in {delay:.1f} s")
+            log(f"{method} {full_path} via {self.url} failed ({failure}); retrying in {delay:.1f} s")
             time.sleep(delay)
             delay = min(delay * 2, 15.0)
 

@@ -3,10 +3,10 @@
 ``Request.wait`` waits for a whole request; a future stands for one task, so
 something must say, task by task, when one starts and when one has finished
 for good. :class:`TaskFollower` does that for one request: each look follows
-the request (``Request.follow``: the scheduler, the heartbeats, the retries)
+the request (``Request.follow``: the workers, the scheduler, the retries)
 and reads the tasks that changed since the last look (``Storage.task_changes``).
-A lost or failed task that is about to be retried has not finished for good;
-it is handed out when its last attempt ends.
+A lost or failed task that will go back in the queue (``retries``) has not
+finished for good; it is handed out when its last attempt ends.
 
 :func:`as_completed` follows a stored request from any process and yields
 ``(index, result)`` as its tasks finish.
@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from .outcomes import FINISHED_STATES, outcome
-from .storage import FAILED, LOST, RUNNING, TaskChange
+from .storage import RUNNING, TaskChange
 
 if TYPE_CHECKING:
     from .request import Request
@@ -56,26 +56,17 @@ class TaskFollower:
         progress = request.follow()
         # Once the request has ended, read every task: nothing can then be missed.
         since = 0.0 if progress.complete else self._newest - OVERLAP_SECONDS
-        changes = storage.task_changes(request.id, since)
+        config = request.config
+        changes = storage.task_changes(request.id, since, config.retries + 1, config.retry_failed)
         if changes:
             self._newest = max(self._newest, max(change.updated for change in changes))
         started = [change.task for change in changes
                    if change.state == RUNNING and change.task not in self._started]
         self._started.update(started)
-        finished = [change for change in changes
-                    if change.state in FINISHED_STATES and change.task not in self._finished]
-        retried = self._to_be_retried(finished)
-        finished = [change for change in finished if change.task not in retried]
+        finished = [change for change in changes if change.state in FINISHED_STATES
+                    and not change.again and change.task not in self._finished]
         self._finished.update(change.task for change in finished)
         return started, finished
-
-    def _to_be_retried(self, finished: list[TaskChange]) -> set[int]:
-        """The lost and failed tasks among ``finished`` that the supervisor will run again."""
-        config = self.request.config
-        if not config.retries or not any(change.state in (LOST, FAILED) for change in finished):
-            return set()
-        return set(self.request.storage.retry_candidates(
-            self.request.id, config.retries + 1, config.retry_failed))
 
 
 def as_completed(request: "Request", timeout: Optional[float] = None,

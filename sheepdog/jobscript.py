@@ -2,7 +2,7 @@
 
 The file starts with a shebang and the scheduler's header lines, embeds the
 source of the installed cloudpickle and of sheepdog's worker-side modules
-(:data:`EMBEDDED_MODULES`: serialisation, protocol, client, output, runner,
+(:data:`EMBEDDED_MODULES`: protocol, serialisation, client, output, runner,
 worker), so the worker needs nothing but a stock Python, and ends with the
 call that runs one array task. Schedulers show job files to every user of the
 cluster (GridEngine keeps a world-readable copy in its spool), so the file
@@ -20,7 +20,7 @@ import cloudpickle
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 #: sheepdog's own modules that the worker runs, in load order.
-EMBEDDED_MODULES = ("serialisation", "protocol", "client", "output", "runner", "worker")
+EMBEDDED_MODULES = ("protocol", "serialisation", "client", "output", "runner", "worker")
 
 _BOOTSTRAP = '''
 import sys

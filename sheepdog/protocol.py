@@ -1,8 +1,27 @@
-"""What the worker and the server agree on: frames, task specs, sizes and signatures.
+"""What the worker and the server agree on: routes, frames, sizes, alignment and signatures.
 
 Both sides import this one module, so that nothing here has to be kept equal
 by hand: the worker's modules (embedded in the job file beside this one, see
 ``jobscript.EMBEDDED_MODULES``, so stdlib only) and ``callbacks.py``.
+
+**Routes.** A worker talks to the server about its request, about itself (the
+worker ``<launch>.<array task>``: array task t of the request's launch-th job)
+and about single tasks; :func:`path` builds every path and :func:`parse_path`
+reads it back, so the two sides cannot disagree::
+
+    GET  /requests/<rid>/function                        the pickled function and namespace
+    POST /requests/<rid>/workers/<L>.<T>/pull/<seq>/<n>  up to n more tasks' arguments, as
+                                                         frames; none left: no frames
+    POST /requests/<rid>/workers/<L>.<T>/heartbeat       the worker is alive (renews its lease)
+    POST /requests/<rid>/workers/<L>.<T>/killing         the scheduler warned it will kill it
+    POST /requests/<rid>/results                         results, errors and output tails
+    POST /requests/<rid>/tasks/<i>/result                one pickled result (1 MB or more)
+    POST /requests/<rid>/tasks/<i>/error                 one traceback, UTF-8
+    POST /requests/<rid>/tasks/<i>/output                one task's output tails, as frames
+    POST /requests/<rid>/tasks/<i>/lost                  how the task's process ended, UTF-8
+
+``seq`` numbers a worker's pulls from 1, so that a pull repeated after a lost
+answer gets the same tasks again instead of leasing more.
 
 **Signatures.** Every worker request carries an HMAC-SHA256, under the
 request's key, of its method, its path (which names the request, the route
@@ -29,7 +48,9 @@ error text within ``MAX_ERROR_BYTES`` and an output tail within
 
 import hashlib
 import hmac
+import re
 import struct
+from collections import namedtuple
 
 #: The authorisation scheme: ``Authorization: Sheepdog <hex HMAC>``.
 AUTH_SCHEME = "Sheepdog"
@@ -56,7 +77,9 @@ DISK_FULL_STATUS = 507
 EXIT_NO_KEY = 66
 
 _FRAME_HEADER = struct.Struct("!QB15xQ")
-_ALIGNMENT = 16
+#: Payloads start at multiples of this within a body, and buffers within a payload
+#: (``serialisation``), so that arrays load aligned.
+ALIGNMENT = 16
 ARGUMENTS, RESULT, ERROR = 0, 1, 2
 #: Output tails: of stdout, of stderr, and of both when they went to one file.
 STDOUT, STDERR, OUTPUT = 3, 4, 5
@@ -122,15 +145,15 @@ def pack_frames(frames):
         length = nbytes(payload)
         parts.append(_FRAME_HEADER.pack(index, kind, length))
         parts.extend(payload if isinstance(payload, list) else [payload])
-        if length % _ALIGNMENT:
-            parts.append(bytes(-length % _ALIGNMENT))
+        if length % ALIGNMENT:
+            parts.append(bytes(-length % ALIGNMENT))
     return parts
 
 
 def frame_bytes(index, kind, data):
     """One frame of a bytes-like ``data``, as one bytes object: quicker for a small payload."""
     length = len(data) if not isinstance(data, memoryview) else data.nbytes
-    return b"".join((_FRAME_HEADER.pack(index, kind, length), data, bytes(-length % _ALIGNMENT)))
+    return b"".join((_FRAME_HEADER.pack(index, kind, length), data, bytes(-length % ALIGNMENT)))
 
 
 def unpack_frames(data):
@@ -158,7 +181,7 @@ def split_frames(data, kinds=_KINDS):
         if kind not in kinds:
             raise ValueError("bad frame")
         start = offset + _FRAME_HEADER.size
-        end = start + length + (-length % _ALIGNMENT)
+        end = start + length + (-length % ALIGNMENT)
         if end > len(view):
             break
         frames.append((index, kind, view[start:start + length]))
@@ -191,7 +214,7 @@ def coalesce(parts, limit=1 << 20):
 
 
 def index_spec(indices):
-    """``[1, 2, 3, 7]`` -> ``"1-3,7"``: how a URL names a chunk of tasks."""
+    """``[1, 2, 3, 7]`` -> ``"1-3,7"``: task indices in few words, for messages and schedulers."""
     runs = []  # [first, last] of each stretch of consecutive indices
     for index in indices:
         if runs and index == runs[-1][1] + 1:
@@ -201,20 +224,71 @@ def index_spec(indices):
     return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in runs)
 
 
-def parse_index_spec(spec, limit):
-    """The inverse of :func:`index_spec`; None when malformed, out of range or over ``limit``."""
-    indices = []
-    for part in spec.split(","):
-        first, dash, last = part.partition("-")
-        if not _is_index(first) or (dash and not _is_index(last)):
-            return None
-        low, high = int(first), int(last) if dash else int(first)
-        if low < 1 or high < low or len(indices) + high - low + 1 > limit:
-            return None
-        indices.extend(range(low, high + 1))
-    return indices
+#: Each route and the method it takes.
+ROUTES = {
+    "function": "GET",
+    "pull": "POST",
+    "heartbeat": "POST",
+    "killing": "POST",
+    "results": "POST",
+    "result": "POST",
+    "error": "POST",
+    "output": "POST",
+    "lost": "POST",
+}
+_REQUEST_ROUTES = ("function", "results")
+_WORKER_ROUTES = ("heartbeat", "killing")
+_TASK_ROUTES = ("result", "error", "output", "lost")
+#: Routes whose bodies are accepted up to REPORT_FLOOR_BYTES whatever the server's limit.
+FLOOR_ROUTES = ("error", "output", "lost")
+#: The most tasks one pull may ask for.
+MAX_PULL = 1_000_000
+
+_PATH = re.compile(
+    r"/requests/(?P<rid>[0-9]{1,18})/(?:"
+    r"(?P<request_route>function|results)"
+    r"|workers/(?P<launch>[0-9]{1,9})\.(?P<array_task>[0-9]{1,9})/"
+    r"(?:(?P<worker_route>heartbeat|killing)|pull/(?P<seq>[0-9]{1,9})/(?P<size>[0-9]{1,7}))"
+    r"|tasks/(?P<task>[0-9]{1,19})/(?P<task_route>result|error|output|lost))"
+)
+
+#: A parsed path: the route's name, and what it names (None where it names nothing).
+Path = namedtuple("Path", "request_id route worker task seq size")
 
 
-def _is_index(text):
-    """Digits of a number no larger than :data:`MAX_INDEX` (checked before ``int()``)."""
-    return text.isdigit() and text.isascii() and len(text) <= 19 and int(text) <= MAX_INDEX
+def worker_name(launch, array_task):
+    """How paths name array task ``array_task`` of a request's ``launch``-th job."""
+    return f"{int(launch)}.{int(array_task)}"
+
+
+def path(request_id, route, worker=None, task=None, seq=None, size=None):
+    """The path of ``route`` for a request (and a worker ``L.T`` or a task, where it names one)."""
+    prefix = f"/requests/{int(request_id)}/"
+    if route in _REQUEST_ROUTES:
+        return prefix + route
+    if route == "pull":
+        return f"{prefix}workers/{worker}/pull/{int(seq)}/{int(size)}"
+    if route in _WORKER_ROUTES:
+        return f"{prefix}workers/{worker}/{route}"
+    if route in _TASK_ROUTES:
+        return f"{prefix}tasks/{int(task)}/{route}"
+    raise ValueError(f"no route named {route!r}")
+
+
+def parse_path(text):
+    """The :data:`Path` that ``text`` names, or None when it names no route."""
+    match = _PATH.fullmatch(text)
+    if match is None:
+        return None
+    task, size = match["task"], match["size"]
+    if task is not None and not 1 <= int(task) <= MAX_INDEX:
+        return None
+    if size is not None and not 1 <= int(size) <= MAX_PULL:
+        return None
+    worker = (worker_name(match["launch"], match["array_task"])
+              if match["launch"] is not None else None)
+    route = (match["request_route"] or match["worker_route"] or match["task_route"]
+             or "pull")
+    return Path(int(match["rid"]), route, worker, None if task is None else int(task),
+                None if match["seq"] is None else int(match["seq"]),
+                None if size is None else int(size))

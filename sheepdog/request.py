@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from . import backends, jobscript, serialisation, tls
-from .chunking import choose_chunksize
+from .chunking import choose_workers
 from .config import Config, resolve
 from .payloads import PayloadFile, payload_bytes
 from .progress import progress_display
@@ -149,28 +149,31 @@ class Request:
         tunnel = f"{scheme}://{host}:{port}"
         return [tunnel] if config.callback == "tunnel" else [direct, tunnel]
 
-    def submit_job(self, indices: Optional[Sequence[int]] = None) -> str:
-        """Render and submit one job over all arguments, or over ``indices`` only."""
+    def submit_job(self) -> str:
+        """Start a job of workers that pull the request's pending tasks until none is left.
+
+        The workers are recorded before the job is submitted, so that each is
+        known from its first pull; if the scheduler refuses the job, they are
+        recorded as never started.
+        """
         config, backend, storage = self.config, self.backend, self.storage
         port = self.port
         if port is None:
             raise RuntimeError(f"request {self.id} has no server port recorded")
         certificate = self.certificate if config.tls else None
-        n_arguments = storage.n_tasks(self.id)
-        count = n_arguments if indices is None else len(indices)
-        chunksize = config.chunksize or choose_chunksize(count, *backend.capacity())
-        n_array_tasks = -(-count // chunksize)
+        pending = self.progress().pending
+        n_workers = choose_workers(pending, *backend.capacity(), config.max_running)
         self.urls = self.routes(port)
         key = ({"key": storage.request_secret(self.id) or ""} if config.key_in_job_file
                else {"key_file": self.key_file or ""})
+        launch = storage.add_workers(self.id, n_workers)
         settings = {
             "urls": self.urls,
             "certificate": certificate.decode() if certificate else None,
             "request_id": self.id,
             **key,
-            "n_arguments": n_arguments,
-            "chunksize": chunksize,
-            "indices": None if indices is None else list(indices),
+            "launch": launch,
+            "batch_size": config.chunksize,
             "task_variable": backend.task_variable,
             "python": list(sys.version_info[:2]),
             "memory_limit": backend.memory_limit(),
@@ -178,12 +181,15 @@ class Request:
             "retry_seconds": config.retry_seconds,
             "heartbeat_seconds": config.heartbeat_seconds,
         }
-        script = jobscript.render(config.shell or "python3", backend.header(n_array_tasks),
-                                  settings)
-        job_id = backend.submit(script, self.id, n_array_tasks)
-        storage.add_job(self.id, job_id, chunksize, indices)
-        log.info("request %s: job %s submitted (%d arguments in %d array tasks)",
-                 self.id, job_id, count, n_array_tasks)
+        script = jobscript.render(config.shell or "python3", backend.header(n_workers), settings)
+        try:
+            job_id = backend.submit(script, self.id, n_workers)
+        except BaseException as error:
+            storage.end_launch(self.id, launch, f"its job was never submitted: {error}")
+            raise
+        storage.add_job(self.id, job_id, launch, n_workers)
+        log.info("request %s: job %s submitted (%d workers for %d tasks)",
+                 self.id, job_id, n_workers, pending)
         return job_id
 
     # -- waiting and reading ---------------------------------------------------
@@ -226,10 +232,10 @@ class Request:
     def follow(self) -> Progress:
         """One look at the request by whoever waits for it; the progress seen.
 
-        Every ``WATCH_SECONDS`` it watches the scheduler and the heartbeats
-        (``supervisor.watch``); once every task has finished it resubmits what
-        may be retried, and otherwise ends the request. A complete progress
-        means the request has ended. ``wait``, the Executor and
+        Every ``WATCH_SECONDS`` it watches the workers and the scheduler
+        (``supervisor.watch``); once every task has finished it puts what may
+        run again back in the queue (``supervisor.retry``), and otherwise ends
+        the request. A complete progress means the request has ended. ``wait``, the Executor and
         ``as_completed`` all follow a request through this one method.
         """
         from . import supervisor

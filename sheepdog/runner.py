@@ -1,4 +1,4 @@
-"""The runner: a forked process that runs a chunk's tasks and hands over each report at once.
+"""The runner: a forked process that runs a batch of tasks and hands over each report at once.
 
 Embedded verbatim in the job file beside ``protocol``, ``client`` and
 ``output`` (see ``worker.py``), so it imports only the standard library and
@@ -116,7 +116,7 @@ class RunnerReports:
         if kind == RESULT and size >= ALONE_BYTES:
             self.client = self.client or self.connect()
             try:
-                self.client.request("POST", f"/tasks/{index}/result", payload)
+                self.client.request("result", payload, task=index)
                 kind, payload = POSTED, b""
             except PermanentHTTPError as error:
                 if error.status not in (413, DISK_FULL_STATUS):

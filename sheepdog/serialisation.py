@@ -42,6 +42,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import cloudpickle
 
+from .protocol import ALIGNMENT
+
 #: Pickle protocol for every payload; override to talk to older workers.
 pickle_protocol = pickle.HIGHEST_PROTOCOL
 
@@ -53,8 +55,6 @@ out_of_band_bytes = 64 << 10
 _OUT_OF_BAND_MAGIC = b"SDB1"
 _COUNT = struct.Struct("!IQ")  # number of buffers, length of the pickle
 _LENGTH = struct.Struct("!Q")
-#: Buffers start at multiples of this within a payload, so arrays load aligned.
-ALIGNMENT = 16
 
 #: numpy 2 renamed its ``numpy.core`` package ``numpy._core``, and pickles name
 #: the package their numpy had: numpy 1.x cannot import the new name, and

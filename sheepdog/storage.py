@@ -1,20 +1,15 @@
 """SQLite storage for requests, their tasks, and what the tasks reported.
 
-This is the only module with SQL in it. The database is opened in WAL mode
-with a busy timeout, so the server thread can write results while the caller
-polls progress, and every write runs in an explicit ``BEGIN IMMEDIATE``
-transaction. Task states and the transitions between them live here:
-
-``pending`` -> ``running`` -> ``done`` | ``failed`` | ``lost`` | ``cancelled``
-
-``done`` and ``failed`` come from the task's own report, and the first report
-wins: a task that reports twice (a re-run, a retried POST) is stored once.
-``lost`` and ``cancelled`` are sheepdog's conclusions, so a report that arrives
-later still replaces them: a result is never thrown away. A lost task may be
-put back to ``pending`` for a retry.
+This module, with ``states.py`` (the task states and the one function that
+moves tasks between them) and ``leases.py`` (the workers and the tasks they
+hold), holds all of sheepdog's SQL. The database is opened in WAL mode with a
+busy timeout, so the server thread can write results while the caller polls
+progress, and every write runs in an explicit ``BEGIN IMMEDIATE``
+transaction. A task's own report wins over sheepdog's conclusions, and the
+first report wins over any later one (see ``states.py``).
 
 Arguments and results live in tables of their own, so that the small, frequent
-state updates (start, heartbeat) never rewrite a large payload. Large payloads
+state updates never rewrite a large payload. Large payloads
 are kept in files beside the database (see ``payloads.py``); the rows say
 which, a file is in place before its row commits, and a result's file is
 moved in only when its report is accepted.
@@ -49,16 +44,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
-from . import diskspace
+from . import diskspace, states
+from .leases import Leases
 from .payloads import SPILL_BYTES, PayloadDirectory, PayloadFile
 from .protocol import nbytes
 from .private import UnsafePathError, private_directory, private_file
 from .protocol import OUTPUT_TAIL_BYTES
+from .states import CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING
 
-PENDING, RUNNING, DONE, FAILED, LOST = "pending", "running", "done", "failed", "lost"
-CANCELLED = "cancelled"
-#: States a task's own report (result or error) may replace.
-REPORTABLE_STATES = (PENDING, RUNNING, LOST, CANCELLED)
 #: The states of tasks that have an error to show, and the SQL that picks them.
 _UNSUCCESSFUL_STATES = (FAILED, LOST, CANCELLED)
 _UNSUCCESSFUL = "t.state IN (?, ?, ?)"
@@ -142,9 +135,35 @@ CREATE TABLE outputs (
 )
 """
 
+#: From version 3: workers that pull their tasks, and hold them on a lease.
+#: Jobs are numbered per request (their ``launch``) and run ``n_workers``
+#: workers; a task names the worker that holds it and the pull (``batch``)
+#: that gave it, and when it was handed out.
+_UPGRADE_TO_4 = """
+ALTER TABLE tasks ADD COLUMN worker INTEGER;
+ALTER TABLE tasks ADD COLUMN batch INTEGER;
+ALTER TABLE tasks ADD COLUMN started REAL;
+ALTER TABLE jobs ADD COLUMN launch INTEGER;
+ALTER TABLE jobs ADD COLUMN n_workers INTEGER;
+CREATE TABLE workers (
+    id INTEGER PRIMARY KEY,
+    request_id INTEGER NOT NULL,
+    launch INTEGER NOT NULL,
+    array_task INTEGER NOT NULL,
+    pulls INTEGER NOT NULL DEFAULT 0,
+    heartbeat REAL,
+    kill_notice REAL,
+    ended REAL,
+    end_reason TEXT,
+    end_retryable INTEGER,
+    UNIQUE (request_id, launch, array_task)
+);
+CREATE INDEX tasks_by_worker ON tasks (request_id, worker, batch) WHERE state = 'running'
+"""
+
 #: The schema as scripts, each bringing it one version up: a database of
 #: version N runs the scripts from N on, in one transaction.
-_MIGRATIONS = (_SCHEMA, _UPGRADE_TO_2, _UPGRADE_TO_3)
+_MIGRATIONS = (_SCHEMA, _UPGRADE_TO_2, _UPGRADE_TO_3, _UPGRADE_TO_4)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 #: The streams of a task's output, in the order they are shown: one file
@@ -156,11 +175,11 @@ MAX_OUTPUT_BYTES = OUTPUT_TAIL_BYTES + 1024
 
 
 class Job(NamedTuple):
-    """A scheduler job of a request: array task t runs a chunk of its arguments."""
+    """A scheduler job of a request: the ``launch``-th, of ``n_workers`` array tasks."""
 
     job_id: str
-    chunksize: int
-    indices: Optional[tuple[int, ...]]  # None: the arguments 1..N in order
+    launch: int
+    n_workers: int
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -205,12 +224,13 @@ def with_output(error: str, output: Mapping[str, str]) -> str:
 
 class TaskChange(NamedTuple):
     """A task as :meth:`Storage.task_changes` found it: its state, when it got
-    there, its error text and output (failed, lost, cancelled) or its stored
-    result (done)."""
+    there, whether it will go back in the queue (``again``), its error text
+    and output (failed, lost, cancelled) or its stored result (done)."""
 
     task: int
     state: str
     updated: float
+    again: bool
     error: Optional[str]
     output: dict[str, str]
     result: bytes | PayloadFile | None
@@ -237,7 +257,7 @@ class Progress:
         return self.finished >= self.total
 
 
-class Storage:
+class Storage(Leases):
     """One SQLite database file; safe to share between threads of one process."""
 
     def __init__(self, dbfile: str | os.PathLike[str]) -> None:
@@ -401,25 +421,21 @@ class Storage:
             raise KeyError(f"request {request_id} is not in {self.dbfile}")
         return json.loads(row[0])
 
-    def add_job(
-        self, request_id: int, job_id: str, chunksize: int, indices: Sequence[int] | None = None
-    ) -> None:
-        """Record a scheduler job; ``indices`` lists its arguments when not simply 1..N."""
+    def add_job(self, request_id: int, job_id: str, launch: int, n_workers: int) -> None:
+        """Record the scheduler's id of a launch's job (see :meth:`add_workers`)."""
         with self._write() as db:
             db.execute(
-                "INSERT INTO jobs (request_id, job_id, submitted, chunksize, indices) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (request_id, job_id, time.time(), chunksize,
-                 None if indices is None else json.dumps(list(indices))),
+                "INSERT INTO jobs (request_id, job_id, submitted, chunksize, launch, n_workers) "
+                "VALUES (?, ?, ?, 0, ?, ?)",
+                (request_id, job_id, time.time(), launch, n_workers),
             )
 
     def jobs(self, request_id: int) -> list[Job]:
+        """The request's jobs, oldest first (jobs of schema 3 and before have no workers)."""
         rows = self._connection().execute(
-            "SELECT job_id, chunksize, indices FROM jobs WHERE request_id = ? ORDER BY rowid",
-            (request_id,),
-        )
-        return [Job(job_id, chunksize, None if indices is None else tuple(json.loads(indices)))
-                for job_id, chunksize, indices in rows]
+            "SELECT job_id, coalesce(launch, 0), coalesce(n_workers, 0) FROM jobs "
+            "WHERE request_id = ? ORDER BY rowid", (request_id,))
+        return [Job(*row) for row in rows]
 
     def meta(self, key: str) -> bytes | None:
         row = self._connection().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -445,48 +461,12 @@ class Storage:
                 (request_id, indices[0], indices[-1]),
             ).fetchall()
         else:
-            query = "SELECT idx, data, in_file FROM arguments WHERE request_id = ? AND idx = ?"
-            rows = [row for index in indices
-                    for row in connection.execute(query, (request_id, index)).fetchall()]
+            rows = connection.execute(
+                "SELECT idx, data, in_file FROM arguments WHERE request_id = ? AND idx IN "
+                "(SELECT value FROM json_each(?))", (request_id, json.dumps(list(indices)))
+            ).fetchall()
         return {index: self.payloads.stored("arguments", request_id, index, data, in_file)
                 for index, data, in_file in rows}
-
-    def _update_many(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> int:
-        with self._write() as db:
-            return db.executemany(sql, rows).rowcount
-
-    def mark_running(self, request_id: int, indices: Sequence[int]) -> int:
-        """pending -> running for a chunk of tasks; returns how many moved."""
-        now = time.time()
-        return self._update_many(
-            "UPDATE tasks SET state = ?, heartbeat = ?, updated = ? "
-            "WHERE request_id = ? AND idx = ? AND state = ?",
-            ((RUNNING, now, now, request_id, index, PENDING) for index in indices),
-        )
-
-    def heartbeat(self, request_id: int, indices: Sequence[int]) -> int:
-        """Running tasks are still alive."""
-        now = time.time()
-        return self._update_many(
-            "UPDATE tasks SET heartbeat = ? WHERE request_id = ? AND idx = ? AND state = ?",
-            ((now, request_id, index, RUNNING) for index in indices),
-        )
-
-    def note_kill_notice(self, request_id: int, indices: Sequence[int]) -> int:
-        """The scheduler warned running tasks that it is about to kill them."""
-        now = time.time()
-        return self._update_many(
-            "UPDATE tasks SET kill_notice = ? WHERE request_id = ? AND idx = ? AND state = ?",
-            ((now, request_id, index, RUNNING) for index in indices),
-        )
-
-    def kill_noticed(self, request_id: int) -> set[int]:
-        """Open tasks that were warned of a kill by the scheduler."""
-        rows = self._connection().execute(
-            "SELECT idx FROM tasks WHERE request_id = ? AND state = ? AND kill_notice IS NOT NULL",
-            (request_id, RUNNING),
-        )
-        return {row[0] for row in rows}
 
     def new_staging_file(self, request_id: int, index: int) -> tuple[int, str]:
         """(descriptor, path) of a new file to receive a task's result into.
@@ -522,8 +502,7 @@ class Storage:
                         staged[index] = self.payloads.stage(
                             f"results-{request_id}", index, [payload])
             with self._write() as db:
-                accepted = {index for index, failed, payload in reports if self._store_report(
-                    db, request_id, index, failed, payload, staged.get(index))}
+                accepted = self._store_reports(db, request_id, reports, staged)
                 self._store_outputs(db, request_id, outputs, accepted)
         finally:
             for path in staged.values():
@@ -548,97 +527,70 @@ class Storage:
                            "SELECT request_id, idx, ?, ? FROM tasks WHERE request_id = ? "
                            "AND idx = ?", (stream, data, request_id, index))
 
-    def _store_report(self, db: sqlite3.Connection, request_id: int, index: int, failed: bool,
-                      payload: Any, staged_file: str | None) -> bool:
-        """Inside a transaction: a task's own report, unless it already reported."""
-        marks = ", ".join("?" for _ in REPORTABLE_STATES)
-        cursor = db.execute(
-            "UPDATE tasks SET state = ?, error = ?, retryable = 0, updated = ? "
-            f"WHERE request_id = ? AND idx = ? AND state IN ({marks})",
-            (FAILED if failed else DONE, bytes(payload).decode("utf-8") if failed else None,
-             time.time(), request_id, index, *REPORTABLE_STATES),
-        )
-        if cursor.rowcount != 1:
-            return False
-        if not failed:
+    def _store_reports(self, db: sqlite3.Connection, request_id: int,
+                       reports: Sequence[tuple[int, bool, Any]], staged: Mapping[int, str]
+                       ) -> set[int]:
+        """Inside a transaction: the tasks' own reports, except where one was already stored."""
+        done = states.apply(db, "finish", request_id,
+                            [index for index, failed, _payload in reports if not failed])
+        failed = states.apply(db, "fail", request_id, {
+            index: bytes(payload).decode("utf-8") for index, failed, payload in reports if failed})
+        accepted = set(done)
+        rows = []
+        for index, failed_report, payload in reports:
+            if failed_report or index not in accepted:
+                continue
+            accepted.discard(index)  # a second result for the task in this body is not stored
+            staged_file = staged.get(index)
             if staged_file is not None:
                 os.replace(staged_file, self.payloads.new_path("results", request_id, index))
-            db.execute("INSERT OR REPLACE INTO results (request_id, idx, data, in_file) "
-                       "VALUES (?, ?, ?, ?)",
-                       (request_id, index, b"" if staged_file else payload,
-                        int(staged_file is not None)))
-        return True
+            rows.append((request_id, index, b"" if staged_file else payload,
+                         int(staged_file is not None)))
+        db.executemany("INSERT OR REPLACE INTO results (request_id, idx, data, in_file) "
+                       "VALUES (?, ?, ?, ?)", rows)
+        return set(done) | set(failed)
 
     def record_unloadable(self, request_id: int, index: int, reason: str) -> bool:
         """A done task whose result cannot be loaded here becomes failed, with ``reason``."""
-        with self._write() as db:
-            cursor = db.execute(
-                "UPDATE tasks SET state = ?, error = ?, updated = ? "
-                "WHERE request_id = ? AND idx = ? AND state = ?",
-                (FAILED, reason, time.time(), request_id, index, DONE),
-            )
-        self._changed()
-        return cursor.rowcount == 1
+        return bool(self._apply("unloadable", request_id, [index], reason=reason))
 
     def record_lost(self, request_id: int, index: int, reason: str,
                     retryable: Optional[bool] = False) -> bool:
         """Mark a task that ended without reporting; True if it was still open.
 
         ``retryable=None`` means: unless the scheduler warned that it would
-        kill the task (then it was removed on purpose).
+        kill the task's worker (then it was removed on purpose).
         """
-        with self._write() as db:
-            cursor = db.execute(
-                "UPDATE tasks SET state = ?, error = ?, "
-                "retryable = coalesce(?, kill_notice IS NULL), updated = ? "
-                "WHERE request_id = ? AND idx = ? AND state IN (?, ?)",
-                (LOST, reason, None if retryable is None else int(retryable), time.time(),
-                 request_id, index, PENDING, RUNNING),
-            )
-        self._changed()
-        return cursor.rowcount == 1
+        return bool(self._apply("lose", request_id, [index], reason=reason,
+                                retryable=None if retryable is None else int(retryable)))
 
     def cancel_open(self, request_id: int, reason: str) -> int:
         """Mark every task not yet finished as cancelled; return how many."""
+        return len(self._apply("cancel", request_id, reason=reason))
+
+    def requeue(self, request_id: int, max_attempts: int, failed_too: bool) -> list[int]:
+        """Put lost (and, if asked, failed) tasks with attempts left back in the queue.
+
+        Returns their indices; the output they left goes.
+        """
         with self._write() as db:
-            cursor = db.execute(
-                "UPDATE tasks SET state = ?, error = ?, updated = ? "
-                "WHERE request_id = ? AND state IN (?, ?)",
-                (CANCELLED, reason, time.time(), request_id, PENDING, RUNNING),
-            )
-        self._changed()
-        return cursor.rowcount
+            again = states.apply(db, "requeue", request_id,
+                                 where=f"attempts < :max_attempts AND {_may_run_again(failed_too)}",
+                                 max_attempts=max_attempts)
+            db.execute("DELETE FROM outputs WHERE request_id = ? AND idx IN "
+                       "(SELECT value FROM json_each(?))", (request_id, json.dumps(again)))
+        if again:
+            self._changed()
+        return sorted(again)
 
-    def stale_running(self, request_id: int, silent_since: float) -> list[int]:
-        """Running tasks whose last heartbeat is older than ``silent_since`` (a time.time())."""
-        rows = self._connection().execute(
-            "SELECT idx FROM tasks WHERE request_id = ? AND state = ? AND heartbeat < ?",
-            (request_id, RUNNING, silent_since),
-        )
-        return [row[0] for row in rows]
-
-    def retry_candidates(self, request_id: int, max_attempts: int, failed_too: bool) -> list[int]:
-        """Lost (and, if asked, failed) tasks that may run again."""
-        states = (LOST, FAILED) if failed_too else (LOST,)
-        rows = self._connection().execute(
-            "SELECT idx FROM tasks WHERE request_id = ? AND attempts < ? AND "
-            f"(state = ? AND retryable = 1 {'OR state = ?' if failed_too else ''}) ORDER BY idx",
-            (request_id, max_attempts, *states),
-        )
-        return [row[0] for row in rows]
-
-    def requeue(self, request_id: int, indices: Sequence[int]) -> None:
-        """Put lost or failed tasks back to pending for another attempt (its output goes)."""
-        now = time.time()
+    def _apply(self, event: str, request_id: int, tasks: Optional[states.Tasks] = None,
+               **parameters: Any) -> list[int]:
+        """:func:`states.apply` in a transaction of its own; wakes waiters if anything moved."""
         with self._write() as db:
-            db.executemany(
-                "UPDATE tasks SET state = ?, error = NULL, heartbeat = NULL, kill_notice = NULL, "
-                "attempts = attempts + 1, updated = ? "
-                "WHERE request_id = ? AND idx = ? AND state IN (?, ?)",
-                ((PENDING, now, request_id, index, LOST, FAILED) for index in indices),
-            )
-            db.executemany("DELETE FROM outputs WHERE request_id = ? AND idx = ?",
-                           ((request_id, index) for index in indices))
+            moved = states.apply(db, event, request_id, tasks, **parameters)
+        if moved:
+            self._changed()
+        return moved
 
     def task_exists(self, request_id: int, index: int) -> bool:
         row = self._connection().execute(
@@ -770,52 +722,42 @@ class Storage:
 
     # -- following tasks one by one, and cancelling some (executor.py) ---------
 
-    def task_changes(self, request_id: int, since: float) -> list[TaskChange]:
+    def task_changes(self, request_id: int, since: float, max_attempts: int,
+                     failed_too: bool) -> list[TaskChange]:
         """Tasks of the request that moved on from pending at ``since`` or later.
 
         ``since`` is a ``time.time()``, compared with the time of each task's
         last change. A follower keeps the newest time it saw and asks again
         from a little before it, so that no change slips between two looks.
+        ``max_attempts`` and ``failed_too`` are those of :meth:`requeue`: a
+        task that it will put back in the queue is marked ``again``.
         """
         in_time = "t.updated >= ? AND t.state != ?"
         rows = self._connection().execute(
-            "SELECT t.idx, t.state, t.updated, t.error, r.data, r.in_file FROM tasks t "
+            f"SELECT t.idx, t.state, t.updated, t.attempts < ? AND {_may_run_again(failed_too)}, "
+            "t.error, r.data, r.in_file FROM tasks t "
             "LEFT JOIN results r ON r.request_id = t.request_id AND r.idx = t.idx "
             f"WHERE t.request_id = ? AND {in_time} ORDER BY t.updated, t.idx",
-            (request_id, since, PENDING),
+            (max_attempts, request_id, since, PENDING),
         ).fetchall()
         outputs = (self._outputs(request_id, f"{in_time} AND {_UNSUCCESSFUL}",
                                  (since, PENDING, *_UNSUCCESSFUL_STATES))
                    if any(row[1] in _UNSUCCESSFUL_STATES for row in rows) else {})
-        return [TaskChange(index, state, updated, error, outputs.get(index, {}),
+        return [TaskChange(index, state, updated, bool(again), error, outputs.get(index, {}),
                            None if data is None else
                            self.payloads.stored("results", request_id, index, data, in_file))
-                for index, state, updated, error, data, in_file in rows]
+                for index, state, updated, again, error, data, in_file in rows]
 
     def cancel_tasks(self, request_id: int, indices: Sequence[int], reason: str) -> list[int]:
         """pending -> cancelled for the tasks ``indices``; the ones that moved.
 
-        A cancelled task's arguments are no longer handed out (see
-        :meth:`cancelled_among`), so it never runs; a task already running is
-        left to finish.
+        A cancelled task is never handed to a worker, so it never runs; a task
+        already running is left to finish.
         """
-        now = time.time()
-        moved = []
-        with self._write() as db:
-            for index in indices:
-                cursor = db.execute(
-                    "UPDATE tasks SET state = ?, error = ?, updated = ? "
-                    "WHERE request_id = ? AND idx = ? AND state = ?",
-                    (CANCELLED, reason, now, request_id, index, PENDING))
-                if cursor.rowcount:
-                    moved.append(index)
-        self._changed()
-        return moved
+        return self._apply("cancel", request_id, indices, where="tasks.state = 'pending'",
+                           reason=reason)
 
-    def cancelled_among(self, request_id: int, indices: Sequence[int]) -> set[int]:
-        """Which of the tasks ``indices`` are cancelled: a worker is not to run them."""
-        rows = self._connection().execute(
-            "SELECT idx FROM tasks WHERE request_id = ? AND state = ? AND idx BETWEEN ? AND ?",
-            (request_id, CANCELLED, min(indices, default=0), max(indices, default=0)))
-        wanted = set(indices)
-        return {index for (index,) in rows if index in wanted}
+
+def _may_run_again(failed_too: bool) -> str:
+    """SQL: a task that :meth:`Storage.requeue` puts back in the queue, attempts allowing."""
+    return "(state = 'lost' AND retryable = 1" + (" OR state = 'failed')" if failed_too else ")")

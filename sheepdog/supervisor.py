@@ -2,30 +2,34 @@
 
 Whichever process waits for a request calls :func:`watch` every few seconds
 and :func:`retry` when every task has finished. The rules live here once,
-whatever the scheduler; each backend only says how its tasks ended
-(``Backend.ended_tasks``) and which are running.
+whatever the scheduler; each backend only says how its array tasks (the
+workers) ended (``Backend.ended_tasks``) and which are running.
 
-- A running task silent for ``lost_after`` seconds is lost (and retryable).
-- A task whose array task ended without reporting is lost with the
-  scheduler's reason; one the scheduler warned before killing it was removed
-  on purpose and is not retried.
-- A worker that could not read the request's key, or tasks that run for
+- A worker silent for ``lost_after`` seconds has ended; the tasks it held
+  are lost, and retryable.
+- A worker that the scheduler says has ended loses the tasks it held, with
+  the scheduler's reason; if the scheduler warned it before killing it, it
+  was removed on purpose and its tasks are not retried.
+- A worker that could not read the request's key, or workers that run for
   ``connect_timeout`` without any calling back, end the request at once with
-  :class:`CallbackError`: every other task would fail the same way.
-- Lost (and, with ``retry_failed``, failed) tasks with attempts left are
-  resubmitted as a new job over just their arguments.
+  :class:`CallbackError`: every other worker would fail the same way.
+- Lost (and, with ``retry_failed``, failed) tasks with attempts left go back
+  in the queue, where the workers still alive pull them. Only when tasks
+  wait and no worker is alive or about to start is a new job submitted; not
+  if every worker of the last job was removed on purpose (then the waiting
+  tasks are lost with that reason).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
-from .protocol import EXIT_NO_KEY
-from .storage import Storage
+from .protocol import EXIT_NO_KEY, index_spec, worker_name
 
 if TYPE_CHECKING:
+    from .backends import TaskEnd
     from .request import Request
 
 log = logging.getLogger(__name__)
@@ -42,71 +46,70 @@ class CallbackError(RuntimeError):
     """
 
 
-def task_owners(storage: Storage, request_id: int,
-                open_indices: Sequence[int]) -> dict[int, tuple[str, int]]:
-    """For each open argument index, the newest job covering it and its array task id.
-
-    The inverse of ``worker.argument_indices``.
-    """
-    wanted = set(open_indices)
-    owners: dict[int, tuple[str, int]] = {}
-    for job in storage.jobs(request_id):
-        if job.indices is None:
-            owners.update((i, (job.job_id, (i - 1) // job.chunksize + 1)) for i in wanted)
-        else:
-            owners.update((i, (job.job_id, position // job.chunksize + 1))
-                          for position, i in enumerate(job.indices) if i in wanted)
-    return owners
-
-
 def watch(request: "Request") -> None:
-    """Mark lost what ended silently or fell silent; raise CallbackError for unreachable workers."""
+    """Conclude what the workers' silence and the scheduler say; raise CallbackError for
+    workers that cannot reach this process."""
     storage, config = request.storage, request.config
-    silent_since = time.time() - config.lost_after
-    for index in storage.stale_running(request.id, silent_since):
-        storage.record_lost(request.id, index,
-                            f"no heartbeat for {config.lost_after:.0f} s", retryable=True)
-    open_indices = storage.open_indices(request.id)
-    if not open_indices:
-        return
+    lost = storage.lose_silent(request.id, time.time() - config.lost_after,
+                               f"its worker sent no heartbeat for {config.lost_after:.0f} s")
+    if lost:
+        log.warning("request %s: tasks %s lost: their worker fell silent", request.id,
+                    index_spec(lost))
     backend = request.backend
-    owners = task_owners(storage, request.id, open_indices)
     by_job: dict[str, set[int]] = {}
-    for job_id, task_id in owners.values():
-        by_job.setdefault(job_id, set()).add(task_id)
-    ended = {job_id: backend.ended_tasks(job_id, tasks) for job_id, tasks in by_job.items()}
-    warned = storage.kill_noticed(request.id)
-    for index, (job_id, task_id) in owners.items():
-        end = ended[job_id].get(task_id)
-        if end is None:
-            continue
-        if end.exit_status == EXIT_NO_KEY:
-            raise _abandon(request, _no_key_message(request, job_id, task_id))
-        reason = end.reason
-        if index in warned and end.retryable:
-            reason += f"; the scheduler warned before killing it: it was {backend.kill_word}"
-        log_location = backend.log_location(job_id, task_id)
-        if log_location:
-            reason += f"; its log: {log_location}"
-        if storage.record_lost(
-            request.id, index, f"the task ended without reporting ({reason}; job {job_id})",
-            retryable=end.retryable and index not in warned,
-        ):
-            log.warning("request %s: task %s lost (%s)", request.id, index, reason)
+    launches: dict[str, int] = {}
+    for job_id, launch, array_task in storage.live_workers(request.id):
+        by_job.setdefault(job_id, set()).add(array_task)
+        launches[job_id] = launch
+    for job_id, array_tasks in by_job.items():
+        for array_task, end in sorted(backend.ended_tasks(job_id, array_tasks).items()):
+            if end.exit_status == EXIT_NO_KEY:
+                raise _abandon(request, _no_key_message(request, job_id, array_task))
+            _worker_ended(request, job_id, worker_name(launches[job_id], array_task), end)
+    _requeue(request)
     _check_reached(request)
 
 
+def _worker_ended(request: "Request", job_id: str, worker: str, end: "TaskEnd") -> None:
+    """Record that the scheduler says ``worker`` ended; the tasks it held are lost."""
+    array_task = int(worker.partition(".")[2])
+    location = request.backend.log_location(job_id, array_task)
+    reason = (f"its worker ended without reporting it ({end.reason}; job {job_id}, array task "
+              f"{array_task}{f'; its log: {location}' if location else ''})")
+    warned = f"; the scheduler warned before killing it: it was {request.backend.kill_word}"
+    lost = request.storage.end_worker(request.id, worker, reason, end.retryable,
+                                      warned if end.retryable else "")
+    if lost:
+        log.warning("request %s: tasks %s lost: %s", request.id, index_spec(lost), reason)
+
+
 def retry(request: "Request") -> bool:
-    """Resubmit lost (and, if asked, failed) tasks that have attempts left; True if any."""
-    config = request.config
-    if not config.retries:
-        return False
-    again = request.storage.retry_candidates(request.id, config.retries + 1, config.retry_failed)
-    if not again:
-        return False
-    request.storage.requeue(request.id, again)
-    request.submit_job(again)
-    return True
+    """Put tasks that may run again back in the queue, and start workers for them if none
+    is alive; True if any went back."""
+    return _requeue(request)
+
+
+def _requeue(request: "Request") -> bool:
+    config, storage = request.config, request.storage
+    again = (storage.requeue(request.id, config.retries + 1, config.retry_failed)
+             if config.retries else [])
+    if again:
+        log.info("request %s: tasks %s go back in the queue", request.id, index_spec(again))
+    if request.progress().pending and not storage.any_worker_alive(request.id):
+        _relaunch(request)
+    return bool(again)
+
+
+def _relaunch(request: "Request") -> None:
+    """Tasks wait and no worker is left: a new job, unless no worker of the last one ran a
+    task and ended in a way worth repeating (removed on purpose, or unable to start)."""
+    ends = request.storage.newest_launch_ends(request.id)
+    if ends and not any(end.retryable and end.pulled for end in ends):
+        reason = f"no worker is left to run it: {ends[0].reason}"
+        for index in request.storage.open_indices(request.id):
+            request.storage.record_lost(request.id, index, reason)
+        return
+    request.submit_job()
 
 
 def _abandon(request: "Request", message: str) -> CallbackError:

@@ -1,4 +1,4 @@
-"""The code that runs on the cluster: fetch a chunk of tasks, run them, post what happened.
+"""The code that runs on the cluster: pull tasks, run them, post what happened, pull again.
 
 It is embedded verbatim into the job file with the modules it imports (see
 ``jobscript.py``), so it imports only the standard library and those; the
@@ -7,24 +7,33 @@ the worker's parent process, the *supervisor*, and :func:`run` the job file's
 entry point; the connection to the caller is ``client.py``, the process that
 runs the tasks ``runner.py``, and the capture of their output ``output.py``.
 
-One scheduler array task covers one or more arguments (a chunk). The worker
-fetches their arguments over HTTP(S) and says they started; then it forks a
-*runner*, which loads ``f`` and runs ``f(*args)`` for each, while the worker
-stays behind as the *supervisor*. The runner hands each report (the pickled
-result, or the full traceback when ``f`` raised) to the supervisor through a
-socket pair before the next task starts, which costs microseconds; the
-supervisor posts them together every second or 8 MB, and sends the
-heartbeats (none while the runner is stopped, so a frozen task falls
-silent). So a task that kills its process (a segfault, ``os._exit``, the OOM
-killer) costs no other task its result: the supervisor still holds what
-finished before, posts it, reports the crashed task lost with how its process
-ended (retried like any lost task), and forks a new runner for the rest of the
-chunk. Posting each report before the next task starts would be as safe, but
+A job has about as many array tasks as the cluster has slots, and each is a
+*worker* that pulls its tasks from the server: it asks for a batch, runs it,
+posts the reports and asks again, until the server has nothing left for it.
+Batches start at one task and grow or shrink so that a batch takes about
+``BATCH_SECONDS`` (:class:`BatchSize`); the server never hands one worker
+more than its share of what is left. So a scheduler dispatch and a Python
+start are paid once per slot rather than once per task, trivial tasks travel
+in large batches, and long ones are spread over the slots.
+
+For each batch the worker forks a *runner*, which loads ``f`` and runs
+``f(*args)`` for each task, while the worker stays behind as the supervisor.
+The runner hands each report (the pickled result, or the full traceback when
+``f`` raised) to the supervisor through a socket pair before the next task
+starts, which costs microseconds; the supervisor posts them together every
+second or 8 MB, and sends the heartbeats that keep the worker's lease on its
+tasks (none while the runner is stopped, so a frozen task falls silent). So
+a task that kills its process (a segfault, ``os._exit``, the OOM killer)
+costs no other task its result: the supervisor still holds what finished
+before, posts it, reports the crashed task lost with how its process ended
+(retried like any lost task), and forks a new runner for the rest of the
+batch. Posting each report before the next task starts would be as safe, but
 a round trip per task made 100,000 trivial local tasks 11 times slower. When
-the scheduler warns that it will kill the task, the supervisor kills the
+the scheduler warns that it will kill the worker, the supervisor kills the
 runner, posts what it holds and says so (see :func:`report_kill_notices`).
 """
 
+import itertools
 import os
 import select
 import signal
@@ -35,7 +44,7 @@ import time
 from .client import Client, PermanentHTTPError, log, read_key
 from .output import TaskOutput
 from .protocol import (DISK_FULL_STATUS, ERROR, RESULT, index_spec, nbytes, pack_frames,
-                       split_frames, unpack_frames)
+                       split_frames, unpack_frames, worker_name)
 from .runner import (ENDED, POSTED, RUNNER_KINDS, STARTED, Runner, error_bytes, refused_result,
                      run_tasks)
 
@@ -47,18 +56,30 @@ RUNNER_POLL_SECONDS = 0.5
 #: After a small read from the runner, the supervisor lets messages gather this long:
 #: a wake-up per message of many short tasks would cost more than the tasks.
 GATHER_SECONDS = 0.002
+#: How long a batch of tasks should take: long enough that a pull's round trip
+#: is a small part of it, short enough that work stays spread over the workers.
+BATCH_SECONDS = 1.0
+#: How many times larger than the last one a batch may grow.
+BATCH_GROWTH = 8
 
 
-def argument_indices(array_task_id, chunksize, n_arguments, indices=None):
-    """The 1-based argument indices that one array task (1-based) covers.
+class BatchSize:
+    """How many tasks to ask for next: one at first, then about ``BATCH_SECONDS`` of them.
 
-    ``indices`` lists the arguments of a job that runs only some of them (a
-    retry); otherwise the job covers 1..``n_arguments`` in order.
+    A ``fixed`` size (the config's ``chunksize``) is asked for every time.
     """
-    start = (array_task_id - 1) * chunksize
-    if indices is not None:
-        return list(indices[start:start + chunksize])
-    return range(start + 1, min(start + 1 + chunksize, n_arguments + 1))
+
+    def __init__(self, fixed=None):
+        self.fixed = fixed
+        self.size = fixed or 1
+
+    def took(self, count, seconds):
+        """A batch of ``count`` tasks took ``seconds``."""
+        if self.fixed or not count:
+            return
+        per_task = max(seconds, 1e-6) / count
+        wanted = int(BATCH_SECONDS / per_task)
+        self.size = max(1, min(wanted, count * BATCH_GROWTH))
 
 
 def python_mismatch(expected):
@@ -91,16 +112,18 @@ def exit_code(status):
 
 
 class Supervisor:
-    """The worker's side of a chunk: holds reports until posted, beats, replaces crashed runners.
+    """The worker's side of its batches: holds reports until posted, beats, replaces crashed
+    runners.
 
-    ``remaining`` are the chunk's tasks not yet reported, which the heartbeats
-    name; ``started`` those a runner has begun.
+    ``remaining`` are the batch's tasks not yet reported; ``started`` those a
+    runner has begun.
     """
 
-    def __init__(self, client, beater, indices, heartbeat_seconds, output):
+    def __init__(self, client, beater, worker, heartbeat_seconds, output):
         self.client = client
         self.beater = beater  # a connection of its own, whose retries end before the next beat
-        self.remaining = set(indices)
+        self.worker = worker  # its name in paths: "<launch>.<array task>"
+        self.remaining = set()
         self.started = set()
         self.heartbeat_seconds = heartbeat_seconds
         self.output = output
@@ -114,8 +137,9 @@ class Supervisor:
     # -- the runners ------------------------------------------------------
 
     def run(self, start_runner, indices):
-        """Run ``indices`` in runners until each has started once; the exit status."""
+        """Run the batch ``indices`` in runners until each has started once; the exit status."""
         todo, status = list(indices), 0
+        self.remaining, self.started, self.crash_status = set(indices), set(), None
         try:
             while todo:
                 begun = len(self.started)
@@ -192,7 +216,7 @@ class Supervisor:
                   f"{f'; its worker went on with the {left} after it' if left else ''})")
         log(f"task {index} ended without reporting ({describe_end(status)})")
         try:
-            self.client.request("POST", f"/tasks/{index}/lost", error_bytes(reason))
+            self.client.request("lost", error_bytes(reason), task=index)
         except PermanentHTTPError as error:
             log(f"could not report task {index} lost: {error}")
         self.remaining.discard(index)
@@ -221,12 +245,11 @@ class Supervisor:
             self.flush()
         if now >= self.next_beat:
             self.next_beat = now + self.heartbeat_seconds
-            if runner.poll() is None and not runner.stopped and self.remaining:
-                spec = index_spec(sorted(self.remaining))
+            if runner.poll() is None and not runner.stopped:
                 try:
-                    self.beater.request("POST", f"/tasks/{spec}/heartbeat", b"")
+                    self.beater.request("heartbeat", worker=self.worker)
                 except Exception as error:  # a missed beat is not fatal; the next may pass
-                    log(f"heartbeat for tasks {spec} failed: {error}")
+                    log(f"heartbeat failed: {error}")
 
     def flush(self, client=None):
         """Post the reports held; one by one if the server refuses them together."""
@@ -235,7 +258,7 @@ class Supervisor:
             return
         client = client or self.client
         try:
-            client.request("POST", "/results", pack_frames(frames))
+            client.request("results", pack_frames(frames))
         except PermanentHTTPError as error:
             if error.status == DISK_FULL_STATUS:
                 self._post_failed(client, frames, error)
@@ -251,8 +274,8 @@ class Supervisor:
         """Post one report by itself; a result the server refuses becomes an error."""
         route = {RESULT: "result", ERROR: "error"}.get(kind, "output")
         try:
-            client.request("POST", f"/tasks/{index}/{route}",
-                           payload if route != "output" else pack_frames([(index, kind, payload)]))
+            client.request(route, payload if route != "output"
+                           else pack_frames([(index, kind, payload)]), task=index)
         except PermanentHTTPError as error:
             if kind == RESULT and error.status in (413, DISK_FULL_STATUS):
                 self._post_alone(client, index, ERROR,
@@ -267,7 +290,7 @@ class Supervisor:
                     for index, kind, payload in frames if kind in (RESULT, ERROR)]
         if failures:
             try:
-                client.request("POST", "/results", pack_frames(failures))
+                client.request("results", pack_frames(failures))
             except PermanentHTTPError as again:
                 log(f"could not report tasks {index_spec(sorted({f[0] for f in failures}))} "
                     f"failed either: {again}")
@@ -286,11 +309,10 @@ class Supervisor:
             self.flush(client)
         except Exception as error:
             log(f"could not post the reports held: {error}")
-        if self.remaining:
-            try:
-                client.request("POST", f"/tasks/{index_spec(sorted(self.remaining))}/killing", b"")
-            except Exception as error:
-                log(f"could not report the kill notice: {error}")
+        try:
+            client.request("killing", worker=self.worker)
+        except Exception as error:
+            log(f"could not report the kill notice: {error}")
 
 
 def _drain(channel):
@@ -334,13 +356,8 @@ def report_kill_notices(connect, supervisor, numbers):
 
 
 def run(settings, codec):
-    """Run the array task named by the scheduler's environment; return an exit status."""
-    array_task_id = int(os.environ[settings["task_variable"]])
-    indices = list(argument_indices(
-        array_task_id, settings["chunksize"], settings["n_arguments"], settings.get("indices")
-    ))
-    if not indices:
-        return 0
+    """Be worker ``<launch>.<array task>`` of the request until no task is left; an exit status."""
+    worker = worker_name(settings["launch"], os.environ[settings["task_variable"]])
     key = read_key(settings)
 
     def connect(retry_seconds=settings["retry_seconds"]):
@@ -349,32 +366,32 @@ def run(settings, codec):
 
     client = connect()
     output = TaskOutput()
-    supervisor = Supervisor(client, connect(settings["heartbeat_seconds"]), indices,
+    supervisor = Supervisor(client, connect(settings["heartbeat_seconds"]), worker,
                             settings["heartbeat_seconds"], output)
     kill_signals = kill_signal_numbers(settings)
     report_kill_notices(connect, supervisor, kill_signals)
     try:
         problem = python_mismatch(settings["python"])
-        if problem is not None:
-            for index in indices:
-                supervisor.queue(index, ERROR, error_bytes(problem))
-            supervisor.flush()
-            return 1
-        function = client.request("GET", "/function")
-        arguments = {index: payload for index, _kind, payload
-                     in unpack_frames(client.request("GET", f"/tasks/{index_spec(indices)}"))}
-        indices = [index for index in indices if index in arguments]  # the rest were cancelled
-        supervisor.remaining &= set(indices)
-        if not indices:
-            return 0
-        client.request("POST", f"/tasks/{index_spec(indices)}/start", b"")
-
-        def start_runner(todo):
-            return Runner(lambda channel: run_tasks(
+        function = client.request("function") if problem is None else None
+        batch, status = BatchSize(settings.get("batch_size")), 0
+        for seq in itertools.count(1):
+            frames = unpack_frames(client.request("pull", worker=worker, seq=seq,
+                                                  size=batch.size))
+            if not frames:
+                return status
+            arguments = {index: payload for index, _kind, payload in frames}
+            indices = list(arguments)
+            if problem is not None:  # every task fails the same way, and says why
+                for index in indices:
+                    supervisor.queue(index, ERROR, error_bytes(problem))
+                supervisor.flush()
+                status = 1
+                continue
+            started = time.monotonic()
+            status = supervisor.run(lambda todo: Runner(lambda channel: run_tasks(
                 codec, function, arguments, todo, channel, connect, settings, output),
-                kill_signals)
-
-        return supervisor.run(start_runner, indices)
+                kill_signals), indices) or status
+            batch.took(len(indices), time.monotonic() - started)
     finally:
         client.close()
         supervisor.beater.close()

@@ -29,8 +29,8 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("os.kill(os.getpid(), signal.SIGSEGV)", "killed by SIGSEGV"),
     ("os._exit(3)", "exit status 3"),
 ])
-def test_a_task_that_kills_its_process_costs_its_chunk_mates_nothing(local_conf, crash, how):
-    crashes = {5, 8}
+def test_a_task_that_kills_its_process_costs_its_batch_mates_nothing(local_conf, crash, how):
+    crashes = {5, 7}
     source = textwrap.dedent(f"""
         def sometimes_crashes(x):
             import os, signal
@@ -41,26 +41,30 @@ def test_a_task_that_kills_its_process_costs_its_chunk_mates_nothing(local_conf,
         """)
     namespace = {}
     exec(compile(source, "<test>", "exec"), namespace)
-    conf = {**local_conf, "chunksize": 5}
+    conf = {**local_conf, "chunksize": 5, "workers": 1}  # batches 1-5, 6-8 (the fair share), 9-10
     results = sheepdog.map(namespace["sometimes_crashes"], [(x,) for x in range(1, 11)], conf,
                            verbose=False)
     assert results == [None if x in crashes else x * 10 for x in range(1, 11)]
     errors = sheepdog.get_errors(max_request(local_conf), local_conf["dbfile"])
-    assert [args for args, _error in errors] == [(5,), (8,)]
+    assert [args for args, _error in errors] == [(5,), (7,)]
     for (x,), error in errors:
         assert error.startswith(f"the task ended without reporting ({how} while it ran")
         assert f"working on {x}\n" in error  # its output up to the crash
     first, second = (error for _args, error in errors)
-    assert "its worker went on" not in first  # 5 ended its chunk
-    assert "its worker went on with the 2 after it" in second
+    assert "its worker went on" not in first  # 5 ended its batch
+    assert "its worker went on with the 1 after it" in second
 
 
-def test_a_crash_inside_a_chunk_is_reported_at_once_and_only_the_crashed_task_is_retried(
-        local_conf, quick_watch):  # noqa: F811
+def test_a_crash_inside_a_batch_is_reported_at_once_and_only_the_crashed_task_is_retried(
+        local_conf, quick_watch, tmp_path):  # noqa: F811
+    calls = tmp_path / "calls"
+
     def crashes_on_3(x):
         import os
         import signal
 
+        with open(calls, "a") as log:
+            log.write(f"{x}\n")
         if x == 3:
             os.kill(os.getpid(), signal.SIGKILL)
         return x
@@ -72,8 +76,8 @@ def test_a_crash_inside_a_chunk_is_reported_at_once_and_only_the_crashed_task_is
     ((args, error),) = sheepdog.get_errors(request_id, local_conf["dbfile"])
     assert args == (3,) and "without reporting (killed by SIGKILL" in error
     assert "heartbeat" not in error
-    jobs = Storage(local_conf["dbfile"]).jobs(request_id)
-    assert [job.indices for job in jobs] == [None, (3,)]
+    ran = sorted(int(x) for x in calls.read_text().split())
+    assert ran == [1, 2, 3, 3, 4, 5, 6]  # once each, and 3 again: its one retry
 
 
 def test_an_exception_message_that_utf_8_cannot_encode_is_reported_with_its_chunk_mates(
@@ -298,4 +302,5 @@ def test_a_kill_notice_posts_what_finished_and_takes_the_running_task_down_at_on
         os.kill(runner, 0)
     storage = Storage(local_conf["dbfile"])
     assert [row[1:] for row in storage.results(request_id, with_arguments=False)][0][0] == "done"
-    assert storage.kill_noticed(request_id) == {2, 3}
+    assert storage.end_worker(request_id, "1.1", "killed", retryable=True) == [2]
+    assert storage.requeue(request_id, max_attempts=5, failed_too=True) == []  # on purpose

@@ -83,7 +83,8 @@ def test_only_requests_with_open_tasks_are_served_unless_named(storage):
 
 def test_status_prints_how_far_a_request_has_come(storage, dbfile):
     request_id = storage.create_request(b"fn", [b"a"] * 3, "secret", "local")
-    storage.mark_running(request_id, [1, 2])
+    worker = f"{storage.add_workers(request_id, 1)}.1"
+    assert storage.pull(request_id, worker, 1, 2) == [1, 2]
     storage.record_reports(request_id, [(1, False, b"r")])
     status = subprocess.run([sys.executable, "-m", "sheepdog", "status", str(request_id),
                              "--dbfile", dbfile], cwd=REPOSITORY, capture_output=True, text=True,

@@ -51,8 +51,8 @@ def test_job_file_embeds_the_worker_serialisation_and_cloudpickle_code():
     import cloudpickle
 
     sources = jobscript.embedded_sources()
-    assert list(sources) == ["cloudpickle.cloudpickle", "cloudpickle", "sheepdog.serialisation",
-                             "sheepdog.protocol", "sheepdog.client", "sheepdog.output",
+    assert list(sources) == ["cloudpickle.cloudpickle", "cloudpickle", "sheepdog.protocol",
+                             "sheepdog.serialisation", "sheepdog.client", "sheepdog.output",
                              "sheepdog.runner", "sheepdog.worker"]
     assert sources["cloudpickle.cloudpickle"] == Path(cloudpickle.cloudpickle.__file__).read_text()
     text = render()

@@ -89,18 +89,20 @@ def test_large_arguments_and_results_live_in_private_files(storage):
 def test_large_payloads_cross_the_server_whole(storage, engine, use_tls):
     argument = os.urandom(BIG)
     request_id = storage.create_request(b"fn", [argument, b"small"], "right", "local")
+    worker = f"{storage.add_workers(request_id, 1)}.1"
     server = Server(storage, port=0, engine=engine, use_tls=use_tls).start()
     try:
         client = Client([server.url("127.0.0.1")], request_id, b"right", 5,
                         server.certificate.decode() if use_tls else None)
-        ((index, kind, payload),) = protocol.unpack_frames(client.request("GET", "/tasks/1"))
+        ((index, kind, payload),) = protocol.unpack_frames(
+            client.request("pull", worker=worker, seq=1, size=1))
         assert (index, kind, bytes(payload)) == (1, protocol.ARGUMENTS, argument)
         result = [b"r" * 100, os.urandom(BIG)]
-        assert client.request("POST", "/tasks/1/result", result) == b"stored\n"
-        assert client.request("POST", "/tasks/1/result", result) == b"already recorded\n"
-        assert client.request("GET", "/tasks/2") == b"".join(
+        assert client.request("result", result, task=1) == b"stored\n"
+        assert client.request("result", result, task=1) == b"already recorded\n"
+        assert client.request("pull", worker=worker, seq=2, size=1) == b"".join(
             protocol.pack_frames([(2, protocol.ARGUMENTS, b"small")]))  # the connection still works
-        assert client.request("POST", "/tasks/2/result", result[::-1]) == b"stored\n"
+        assert client.request("result", result[::-1], task=2) == b"stored\n"
         client.close()
     finally:
         server.stop()
@@ -115,7 +117,7 @@ def test_an_unauthorised_large_result_is_refused_before_it_is_read(storage):
     try:
         client = Client([server.url("127.0.0.1")], request_id, b"wrong", 5)
         with pytest.raises(PermanentHTTPError) as refused:
-            client.request("POST", "/tasks/1/result", bytes(BIG))
+            client.request("result", bytes(BIG), task=1)
         assert refused.value.status == 401
     finally:
         server.stop()
@@ -139,10 +141,11 @@ def test_map_moves_large_arrays_both_ways(local_conf):
 
 def test_progress_counts_follow_every_transition(storage):
     request_id = storage.create_request(b"fn", [b"a%d" % i for i in range(6)], "s", "local")
-    storage.mark_running(request_id, [1, 2, 3, 4])
+    worker = f"{storage.add_workers(request_id, 1)}.1"
+    assert storage.pull(request_id, worker, 1, 4) == [1, 2, 3]  # its fair share of 6
     storage.record_reports(request_id, [(1, False, b"r"), (2, True, b"boom")])
     storage.record_lost(request_id, 3, "killed", retryable=True)
-    storage.requeue(request_id, [3])
+    storage.requeue(request_id, max_attempts=2, failed_too=False)
     storage.cancel_open(request_id, "cancelled")
     storage.record_reports(request_id, [(5, False, b"late")])
     counted = dict(storage._connection().execute(

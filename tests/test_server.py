@@ -20,12 +20,17 @@ def client(storage):
     return SignedClient(create_app(storage, max_body_bytes=1000).test_client(), b"right")
 
 
-def test_worker_fetches_function_and_arguments(client, request_id):
+def test_worker_fetches_the_function_and_pulls_arguments_until_none_is_left(
+        client, storage, request_id):
     assert client.get(f"/requests/{request_id}/function").data == b"fn"
-    frames = unpack_frames(client.get(f"/requests/{request_id}/tasks/2").data)
-    assert frames == [(2, ARGUMENTS, b"a2")]
-    both = client.get(f"/requests/{request_id}/tasks/1-2").data
-    assert unpack_frames(both) == [(1, ARGUMENTS, b"a1"), (2, ARGUMENTS, b"a2")]
+    storage.add_workers(request_id, 1)
+    pull = f"/requests/{request_id}/workers/1.1/pull"
+    assert unpack_frames(client.post(f"{pull}/1/5").data) == [(1, ARGUMENTS, b"a1")]
+    assert unpack_frames(client.post(f"{pull}/1/5").data) == [(1, ARGUMENTS, b"a1")]  # again
+    assert unpack_frames(client.post(f"{pull}/2/5").data) == [(2, ARGUMENTS, b"a2")]
+    assert client.post(f"{pull}/3/5").data == b""  # nothing left: the worker may go
+    assert client.post(f"/requests/{request_id}/workers/2.1/pull/1/5").status_code == 404
+    assert client.post(f"/requests/{request_id}/workers/1.1/heartbeat").status_code == 200
 
 
 def test_a_batch_of_results_and_errors_is_stored_in_one_post(client, storage, request_id):
@@ -83,13 +88,13 @@ def test_another_requests_key_does_not_open_this_request(client, storage, reques
 
 @pytest.mark.parametrize(
     "path",
-    ["/requests/999/function", "/requests/1/tasks/99", "/requests/1/tasks/-1",
+    ["/requests/999/function", "/requests/1/tasks/99/result", "/requests/1/tasks/-1/result",
      "/requests/99999999999999999999999/function", "/requests/x/function", "/nothing",
-     "/requests/1/tasks/9223372036854775808", "/requests/1/tasks/1,9223372036854775808",
-     "/requests/1/tasks/" + "9" * 5000],
+     "/requests/1/tasks/9223372036854775808/error", "/requests/1/tasks/1,2/result",
+     "/requests/1/tasks/" + "9" * 5000 + "/lost", "/requests/1/workers/9.9/heartbeat"],
 )
-def test_unknown_request_or_task_is_404(client, request_id, path):
-    assert client.get(path).status_code == 404
+def test_unknown_request_task_or_worker_is_404(client, request_id, path):
+    assert client.post(path, data=b"x").status_code == 404
 
 
 def test_result_is_stored_as_bytes_and_counted_once(client, storage, request_id):
@@ -111,7 +116,7 @@ def test_error_text_is_stored(client, storage, request_id):
 @pytest.mark.parametrize(
     "suffix, body, status",
     [("result", b"", 400), ("error", b"\xff\xfe", 400), ("result", b"x" * 1001, 413),
-     ("start", b"", 200)],
+     ("lost", b"", 400)],
 )
 def test_malformed_posts_get_4xx_with_a_reason(client, request_id, suffix, body, status):
     response = client.post(f"/requests/{request_id}/tasks/1/{suffix}", data=body)
@@ -128,9 +133,11 @@ def test_both_hosts_serve_over_a_real_socket_with_keep_alive(storage, request_id
     server = Server(storage, port=0, engine=engine, use_tls=False).start()
     try:
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        storage.add_workers(request_id, 1)
         for index in (1, 2):
-            path = f"/requests/{request_id}/tasks/{index}"
-            connection.request("GET", path, headers=auth_headers(b"right", "GET", path))
+            path = f"/requests/{request_id}/workers/1.1/pull/{index}/1"
+            connection.request("POST", path, body=b"",
+                               headers=auth_headers(b"right", "POST", path, b""))
             response = connection.getresponse()
             assert response.status == 200
             assert unpack_frames(response.read()) == [(index, ARGUMENTS, b"a%d" % index)]
@@ -182,7 +189,7 @@ def test_tls_server_talks_to_a_worker_pinning_its_certificate(storage, request_i
         assert server.url("127.0.0.1").startswith("https://")
         client = Client([server.url("127.0.0.1")], request_id, b"right", retry_seconds=5,
                         certificate=server.certificate.decode())
-        assert client.request("GET", "/function") == b"fn"
+        assert client.request("function") == b"fn"
     finally:
         server.stop()
 
@@ -224,7 +231,7 @@ def test_worker_sends_nothing_to_a_server_with_another_certificate(storage, requ
         client = Client([f"https://127.0.0.1:{listener.getsockname()[1]}"], request_id,
                         b"right", retry_seconds=1.5, certificate=pinned.decode())
         with pytest.raises(ConnectionError, match="certificate"):
-            client.request("POST", "/tasks/1/result", b"\x80secret result")
+            client.request("result", b"\x80secret result", task=1)
     finally:
         listener.close()
     assert len(received) >= 2 and not any(received)  # retried, and never sent a byte
@@ -240,7 +247,7 @@ def test_worker_moves_on_from_an_impostor_to_the_next_route(storage, request_id)
         urls = [f"https://127.0.0.1:{listener.getsockname()[1]}", server.url("127.0.0.1")]
         client = Client(urls, request_id, b"right", retry_seconds=5,
                         certificate=server.certificate.decode())
-        assert client.request("GET", "/function") == b"fn"
+        assert client.request("function") == b"fn"
         assert client.url == server.url("127.0.0.1")
     finally:
         listener.close()
@@ -269,7 +276,7 @@ def test_worker_tries_the_next_route_when_the_first_does_not_answer(storage, req
     try:
         urls = [f"http://127.0.0.1:{black_hole.getsockname()[1]}", server.url("127.0.0.1")]
         client = Client(urls, request_id, b"right", retry_seconds=5)
-        assert client.request("GET", "/function") == b"fn"
+        assert client.request("function") == b"fn"
         assert client.url == server.url("127.0.0.1")
     finally:
         server.stop()

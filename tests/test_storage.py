@@ -10,6 +10,12 @@ def make_request(storage, n=3):
     return storage.create_request(b"function", [b"args%d" % i for i in range(n)], "s3cret", "local")
 
 
+def lease(storage, request_id, size):
+    """A new worker pulls up to ``size`` tasks: (its name, the tasks it holds)."""
+    worker = f"{storage.add_workers(request_id, 1)}.1"
+    return worker, storage.pull(request_id, worker, 1, size)
+
+
 def test_request_and_tasks_are_stored_in_order(storage):
     request_id = make_request(storage)
     assert storage.n_tasks(request_id) == 3
@@ -33,12 +39,11 @@ def test_first_report_wins_and_is_counted_once(storage):
 
 def test_states_move_pending_running_then_finished(storage):
     request_id = make_request(storage)
-    assert storage.mark_running(request_id, [2]) == 1
+    assert storage.record_reports(request_id, [(1, False, b"r")]) == 1
+    assert lease(storage, request_id, 1)[1] == [2]
     assert storage.progress(request_id).running == 1
     assert storage.record_reports(request_id, [(2, True, "boom".encode())]) == 1
-    assert storage.mark_running(request_id, [2]) == 0
     assert storage.record_lost(request_id, 3, "killed")
-    assert storage.record_reports(request_id, [(1, False, b"r")]) == 1
     progress = storage.progress(request_id)
     assert progress.complete and (progress.done, progress.failed, progress.lost) == (1, 1, 1)
     assert storage.errors(request_id) == [(b"args1", "failed", "boom"), (b"args2", "lost", "killed")]
@@ -117,9 +122,10 @@ def test_unknown_request_is_a_key_error(storage):
 
 def test_jobs_are_recorded_per_request(storage):
     request_id = make_request(storage)
-    storage.add_job(request_id, "123", chunksize=2)
-    storage.add_job(request_id, "124", chunksize=1, indices=[3])
-    assert storage.jobs(request_id) == [("123", 2, None), ("124", 1, (3,))]
+    storage.add_job(request_id, "123", launch=storage.add_workers(request_id, 2), n_workers=2)
+    storage.add_job(request_id, "124", launch=storage.add_workers(request_id, 1), n_workers=1)
+    assert storage.jobs(request_id) == [("123", 1, 2), ("124", 2, 1)]
+    assert storage.live_workers(request_id) == [("123", 1, 1), ("123", 1, 2), ("124", 2, 1)]
 
 
 def test_a_late_report_replaces_lost_and_cancelled(storage):
@@ -136,21 +142,22 @@ def test_lost_tasks_are_requeued_for_a_limited_number_of_attempts(storage):
     storage.record_lost(request_id, 1, "crash", retryable=True)
     storage.record_lost(request_id, 2, "qdel", retryable=False)
     storage.record_reports(request_id, [(3, True, "raised".encode())])
-    assert storage.retry_candidates(request_id, max_attempts=2, failed_too=False) == [1]
-    assert storage.retry_candidates(request_id, max_attempts=2, failed_too=True) == [1, 3]
-    storage.requeue(request_id, [1])
+    assert storage.requeue(request_id, max_attempts=2, failed_too=False) == [1]
     assert storage.progress(request_id).pending == 1
     storage.record_lost(request_id, 1, "crash again", retryable=True)
-    assert storage.retry_candidates(request_id, max_attempts=2, failed_too=False) == []
+    assert storage.requeue(request_id, max_attempts=2, failed_too=False) == []
+    assert storage.requeue(request_id, max_attempts=2, failed_too=True) == [3]
 
 
-def test_silent_running_tasks_are_found_by_their_last_heartbeat(storage):
+def test_a_silent_worker_ends_and_loses_the_tasks_it_holds(storage):
     import time
 
-    request_id = make_request(storage)
-    storage.mark_running(request_id, [1, 2])
-    assert storage.stale_running(request_id, time.time() - 60) == []
-    assert sorted(storage.stale_running(request_id, time.time() + 1)) == [1, 2]
+    request_id = make_request(storage, 4)
+    worker, held = lease(storage, request_id, 2)
+    assert storage.lose_silent(request_id, time.time() - 60, "silent") == []
+    assert storage.lose_silent(request_id, time.time() + 1, "silent") == held == [1, 2]
+    assert storage.pull(request_id, worker, 2, 2) == []  # an ended worker gets nothing more
+    assert storage.requeue(request_id, max_attempts=2, failed_too=False) == [1, 2]
 
 
 def test_database_file_is_private(dbfile):
@@ -182,7 +189,7 @@ def test_a_version_2_database_is_upgraded_in_place_with_its_rows_kept(dbfile):
         raw.executescript(VERSION_2_SCHEMA)
     storage = Storage(dbfile)
     with sqlite3.connect(dbfile) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     progress = storage.progress(1)
     assert (progress.done, progress.running, progress.failed) == (1, 1, 1)
     assert storage.errors(1) == [(b"\xa3", "failed", "it raised")]
@@ -191,6 +198,54 @@ def test_a_version_2_database_is_upgraded_in_place_with_its_rows_kept(dbfile):
         ("done", b"\xb1"), ("done", b"r2"), ("failed", None)]
     assert storage.task_logs(1, 2)[0].output == {"stdout": "printed"}
     assert storage.integrity_check() == "ok"
+
+
+VERSION_3_SCHEMA = VERSION_2_SCHEMA.replace("PRAGMA user_version = 2;", """
+CREATE TABLE outputs (request_id INTEGER NOT NULL, idx INTEGER NOT NULL, stream TEXT NOT NULL,
+    data BLOB NOT NULL, PRIMARY KEY (request_id, idx, stream));
+UPDATE tasks SET heartbeat = 1000 WHERE idx = 2;
+INSERT INTO jobs VALUES (1, '77', 0, 2, NULL);
+PRAGMA user_version = 3;
+""")
+
+
+def test_a_version_3_database_of_static_chunks_is_upgraded_and_its_tasks_go_on(dbfile):
+    """A request made before workers pulled: its rows stay, its running task is judged by
+    its own old heartbeat, and what is pending is pulled by the new workers."""
+    import time
+
+    with sqlite3.connect(dbfile) as raw:
+        raw.executescript(VERSION_3_SCHEMA)
+        raw.execute("UPDATE tasks SET state = 'pending', error = NULL WHERE idx = 3")
+    storage = Storage(dbfile)
+    assert storage.jobs(1) == [("77", 0, 0)]
+    assert storage.live_workers(1) == []  # the old job's array tasks are not workers
+    assert storage.lose_silent(1, time.time() - 60, "silent") == [2]  # heartbeat at 1000
+    assert storage.requeue(1, max_attempts=2, failed_too=False) == [2]
+    worker = f"{storage.add_workers(1, 1)}.1"
+    assert storage.pull(1, worker, 1, 10) == [2]  # half of what is pending: its fair share
+    assert storage.pull(1, worker, 1, 10) == [2]  # asked again: the same, not more
+    assert storage.pull(1, worker, 2, 10) == [3]
+    assert storage.record_reports(1, [(2, False, b"r2"), (3, False, b"r3")]) == 2
+    assert storage.progress(1).complete
+    assert storage.integrity_check() == "ok"
+
+
+def test_the_transition_table_moves_only_tasks_in_the_states_it_names(storage):
+    from sheepdog import states
+
+    request_id = make_request(storage, 4)
+    with storage._write() as db:
+        assert sorted(states.apply(db, "cancel", request_id, [1, 2], reason="by user")) == [1, 2]
+        assert states.apply(db, "cancel", request_id, [1], reason="again") == []
+        assert states.apply(db, "finish", request_id, [1]) == [1]  # a report beats cancelled
+        assert states.apply(db, "lose", request_id, [1], reason="x") == []  # never a report
+        assert states.apply(db, "requeue", request_id, where="1") == []  # nothing lost yet
+        assert sorted(states.apply(db, "fail", request_id, {3: "boom", 4: "bang"})) == [3, 4]
+    assert [error for _args, _state, error in storage.errors(request_id)] == [
+        "by user", "boom", "bang"]
+    every_target = {transition.target for transition in states.TRANSITIONS.values()}
+    assert every_target == set(states.STATES)
 
 
 def test_output_that_comes_with_an_accepted_report_is_kept_and_a_duplicate_runs_is_not(storage):
@@ -211,26 +266,26 @@ def test_output_posted_after_its_report_or_for_a_crashed_task_is_kept(storage):
     storage.record_reports(request_id, [], [(1, "stdout", b"out"), (1, "stderr", b"err"),
                                             (99, "stdout", b"no such task")])
     assert storage.task_logs(request_id, 1)[0].output == {"stdout": "out", "stderr": "err"}
-    storage.mark_running(request_id, [2])
+    assert lease(storage, request_id, 1)[1] == [2]
     storage.record_reports(request_id, [], [(2, "stdout and stderr", b"Fatal Python error")])
     assert storage.record_lost(request_id, 2, "killed by SIGSEGV", retryable=None)
     ((_args, state, error),) = storage.errors(request_id)
     assert state == "lost" and "killed by SIGSEGV" in error and "Fatal Python error" in error
-    assert storage.retry_candidates(request_id, max_attempts=2, failed_too=False) == [2]
+    assert storage.requeue(request_id, max_attempts=2, failed_too=False) == [2]
 
 
 def test_a_crash_after_a_kill_notice_is_not_retried(storage):
     request_id = make_request(storage)
-    storage.mark_running(request_id, [1])
-    storage.note_kill_notice(request_id, [1])
-    assert storage.record_lost(request_id, 1, "killed by SIGKILL", retryable=None)
-    assert storage.retry_candidates(request_id, max_attempts=2, failed_too=False) == []
+    worker, held = lease(storage, request_id, 1)
+    assert storage.worker_kill_notice(request_id, worker)
+    assert storage.record_lost(request_id, held[0], "killed by SIGKILL", retryable=None)
+    assert storage.requeue(request_id, max_attempts=2, failed_too=False) == []
 
 
 def test_a_requeued_task_leaves_its_old_output_behind(storage):
     request_id = make_request(storage)
     storage.record_reports(request_id, [(1, True, b"boom")], [(1, "stdout", b"old")])
-    storage.requeue(request_id, [1])
+    storage.requeue(request_id, max_attempts=2, failed_too=True)
     assert storage.task_logs(request_id, 1) == [(1, "pending", None, {})]
 
 

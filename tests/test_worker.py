@@ -9,12 +9,24 @@ from sheepdog.client import Client, PermanentHTTPError
 from sheepdog.server import Server
 
 
-@pytest.mark.parametrize(
-    "task_id, chunksize, n, expected",
-    [(1, 1, 3, [1]), (3, 1, 3, [3]), (1, 4, 10, [1, 2, 3, 4]), (3, 4, 10, [9, 10]), (2, 5, 5, [])],
-)
-def test_array_task_covers_its_chunk_of_arguments(task_id, chunksize, n, expected):
-    assert list(worker.argument_indices(task_id, chunksize, n)) == expected
+def test_batches_start_at_one_task_and_aim_at_a_second_of_work():
+    batch = worker.BatchSize()
+    assert batch.size == 1
+    batch.took(1, 0.001)  # trivial tasks: grow, but at most 8 times at once
+    assert batch.size == 8
+    batch.took(8, 0.008)
+    assert batch.size == 64
+    batch.took(64, 0.064 * 100)  # tasks of 0.1 s each: 10 make a second
+    assert batch.size == 10
+    batch.took(10, 80.0)  # a long task: back to one at a time
+    assert batch.size == 1
+
+
+def test_a_fixed_batch_size_is_kept_whatever_the_tasks_take():
+    batch = worker.BatchSize(fixed=5)
+    batch.took(5, 0.0001)
+    batch.took(5, 100.0)
+    assert batch.size == 5
 
 
 def test_same_python_minor_version_passes_and_another_is_named():
@@ -39,7 +51,7 @@ def test_client_retries_until_the_server_comes_up(storage):
     starter.start()
     try:
         client = Client([f"http://127.0.0.1:{port}"], request_id, b"pw", retry_seconds=30)
-        assert client.request("GET", "/function") == b"fn"
+        assert client.request("function") == b"fn"
     finally:
         starter.join()
         server.stop()
@@ -49,7 +61,7 @@ def test_client_gives_up_after_its_retry_budget():
     client = Client([f"http://127.0.0.1:{free_port()}"], 1, b"pw", retry_seconds=1)
     started = time.monotonic()
     with pytest.raises(ConnectionError, match="gave up"):
-        client.request("GET", "/function")
+        client.request("function")
     assert time.monotonic() - started < 5
 
 
@@ -60,7 +72,7 @@ def test_client_does_not_retry_a_refusal(storage):
         client = Client([server.url("127.0.0.1")], request_id, b"wrong", retry_seconds=60)
         started = time.monotonic()
         with pytest.raises(PermanentHTTPError) as raised:
-            client.request("GET", "/function")
+            client.request("function")
         assert raised.value.status == 401 and time.monotonic() - started < 5
     finally:
         server.stop()

@@ -91,10 +91,10 @@ def routes(request_id, marker):
     frames = b"".join(protocol.pack_frames([(1, protocol.RESULT, poison)]))
     return [
         ("GET", f"{prefix}/function", None),
-        ("GET", f"{prefix}/tasks/1", None),
-        ("POST", f"{prefix}/tasks/1/start", b""),
-        ("POST", f"{prefix}/tasks/1/heartbeat", b""),
-        ("POST", f"{prefix}/tasks/1/killing", b""),
+        ("POST", f"{prefix}/workers/1.1/pull/1/1", b""),
+        ("POST", f"{prefix}/workers/1.1/heartbeat", b""),
+        ("POST", f"{prefix}/workers/1.1/killing", b""),
+        ("POST", f"{prefix}/tasks/1/lost", b"forged loss"),
         ("POST", f"{prefix}/tasks/1/result", poison),
         ("POST", f"{prefix}/tasks/1/error", b"forged error"),
         ("POST", f"{prefix}/results", frames),

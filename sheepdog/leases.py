@@ -1,0 +1,237 @@
+"""Workers and the tasks they hold: pulls, leases, heartbeats, and how workers end.
+
+A request's jobs are numbered (their *launch*), and array task ``t`` of launch
+``L`` is the worker ``L.t``. A row for each worker is written before its job is
+submitted, so that a worker is known from its first pull, and a worker that
+has not ended is alive or about to start: while one is, no new job is needed.
+
+A worker *pulls* tasks: :meth:`Leases.pull` hands it the lowest pending ones,
+which then run under its lease until they report. Pulls are numbered; a pull
+repeated (its answer was lost on the way) gets the same tasks again rather
+than more. A worker never gets more than a fair share of what is pending
+(:func:`fair_share`), so the last tasks are spread over the workers instead
+of queueing behind one of them. A pull that finds nothing left ends the
+worker: it exits. Heartbeats renew the lease; a worker that falls silent, or
+that the scheduler says has ended, loses the tasks it held (see ``states``),
+and those may go back in the queue for the workers still alive.
+
+A mixin of :class:`~sheepdog.storage.Storage`, whose connection and
+transactions it uses.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import sqlite3
+import time
+from contextlib import AbstractContextManager
+from typing import NamedTuple, Optional
+
+from . import states
+
+
+class WorkerEnd(NamedTuple):
+    """How a worker ended: why, whether the tasks it held may run again, and whether it
+    pulled any."""
+
+    reason: str
+    retryable: bool
+    pulled: bool
+
+
+def fair_share(pending: int, live_workers: int) -> int:
+    """The most tasks one pull may take: half of an even split of what is pending.
+
+    Halving as the queue drains (guided self-scheduling) leaves work for the
+    workers that finish next, so no worker ends up with a long tail alone.
+    """
+    return max(1, -(-pending // (2 * max(1, live_workers))))
+
+
+def _launch_and_task(worker: str) -> tuple[int, int]:
+    launch, _, array_task = worker.partition(".")
+    return int(launch), int(array_task)
+
+
+class Leases(abc.ABC):
+    """The workers of each request and the tasks they hold."""
+
+    @abc.abstractmethod
+    def _connection(self) -> sqlite3.Connection: ...
+
+    @abc.abstractmethod
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]: ...
+
+    @abc.abstractmethod
+    def _changed(self) -> None: ...
+
+    def add_workers(self, request_id: int, n_workers: int) -> int:
+        """Record the workers of the request's next job, before it is submitted; its launch."""
+        with self._write() as db:
+            launch = db.execute("SELECT coalesce(max(launch), 0) + 1 FROM workers "
+                                "WHERE request_id = ?", (request_id,)).fetchone()[0]
+            db.executemany(
+                "INSERT INTO workers (request_id, launch, array_task) VALUES (?, ?, ?)",
+                ((request_id, launch, task) for task in range(1, n_workers + 1)))
+        return launch
+
+    def end_launch(self, request_id: int, launch: int, reason: str) -> None:
+        """The launch's job was never submitted: none of its workers will run."""
+        with self._write() as db:
+            db.execute("UPDATE workers SET ended = ?, end_reason = ?, end_retryable = 0 "
+                       "WHERE request_id = ? AND launch = ? AND ended IS NULL",
+                       (time.time(), reason, request_id, launch))
+
+    def pull(self, request_id: int, worker: str, seq: int, size: int) -> Optional[list[int]]:
+        """The tasks that pull number ``seq`` of ``worker`` gets (at most ``size``).
+
+        None for a worker the request does not have. An empty list tells the
+        worker that nothing is left for it, and ends it.
+        """
+        launch, array_task = _launch_and_task(worker)
+        with self._write() as db:
+            row = db.execute("SELECT id, pulls, ended FROM workers WHERE request_id = ? AND "
+                             "launch = ? AND array_task = ?",
+                             (request_id, launch, array_task)).fetchone()
+            if row is None:
+                return None
+            worker_id, pulls, ended = row
+            if ended is not None or seq not in (pulls, pulls + 1):
+                return []
+            if seq == pulls:  # asked again: its answer was lost
+                return [index for (index,) in db.execute(
+                    "SELECT idx FROM tasks WHERE request_id = ? AND worker = ? AND batch = ? "
+                    "AND state = 'running' ORDER BY idx", (request_id, worker_id, seq))]
+            limit = min(size, fair_share(self._pending(db, request_id),
+                                         self._live_count(db, request_id)))
+            indices = sorted(states.apply(
+                db, "assign", request_id,
+                where="idx IN (SELECT idx FROM tasks WHERE request_id = :request_id "
+                      "AND state = 'pending' ORDER BY idx LIMIT :limit)",
+                limit=limit, worker=worker_id, batch=seq))
+            if indices:
+                db.execute("UPDATE workers SET pulls = ?, heartbeat = ? WHERE id = ?",
+                           (seq, time.time(), worker_id))
+            else:
+                db.execute("UPDATE workers SET pulls = ?, ended = ?, end_reason = ?, "
+                           "end_retryable = 1 WHERE id = ?",
+                           (seq, time.time(), "it ran out of tasks", worker_id))
+        if indices:
+            self._changed()
+        return indices
+
+    @staticmethod
+    def _pending(db: sqlite3.Connection, request_id: int) -> int:
+        row = db.execute("SELECT n FROM task_counts WHERE request_id = ? AND state = 'pending'",
+                         (request_id,)).fetchone()
+        return row[0] if row else 0
+
+    @staticmethod
+    def _live_count(db: sqlite3.Connection, request_id: int) -> int:
+        return db.execute("SELECT count(*) FROM workers WHERE request_id = ? AND ended IS NULL",
+                          (request_id,)).fetchone()[0]
+
+    def _worker_update(self, request_id: int, worker: str, assignment: str) -> bool:
+        launch, array_task = _launch_and_task(worker)
+        with self._write() as db:
+            cursor = db.execute(
+                f"UPDATE workers SET {assignment} = ? WHERE request_id = ? AND launch = ? "
+                "AND array_task = ?", (time.time(), request_id, launch, array_task))
+        return cursor.rowcount == 1
+
+    def worker_heartbeat(self, request_id: int, worker: str) -> bool:
+        """The worker is alive: its lease goes on. False for an unknown worker."""
+        return self._worker_update(request_id, worker, "heartbeat")
+
+    def worker_kill_notice(self, request_id: int, worker: str) -> bool:
+        """The scheduler warned the worker it will kill it: its tasks are not to be retried."""
+        return self._worker_update(request_id, worker, "kill_notice")
+
+    def live_workers(self, request_id: int) -> list[tuple[str, int, int]]:
+        """(job id, launch, array task) of the submitted workers that have not ended."""
+        return list(self._connection().execute(
+            "SELECT j.job_id, w.launch, w.array_task FROM workers w JOIN jobs j "
+            "ON j.request_id = w.request_id AND j.launch = w.launch "
+            "WHERE w.request_id = ? AND w.ended IS NULL ORDER BY w.launch, w.array_task",
+            (request_id,)))
+
+    def holder(self, request_id: int, index: int) -> Optional[tuple[str, int]]:
+        """(job id, array task) of the worker that holds running task ``index``, if any."""
+        row = self._connection().execute(
+            "SELECT j.job_id, w.array_task FROM tasks t JOIN workers w ON w.id = t.worker "
+            "JOIN jobs j ON j.request_id = w.request_id AND j.launch = w.launch "
+            "WHERE t.request_id = ? AND t.idx = ? AND t.state = 'running'",
+            (request_id, index)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def batches(self, request_id: int) -> dict[tuple[str, int], list[int]]:
+        """The tasks each pull handed out, by (worker, pull number), of tasks not since
+        handed out again."""
+        held: dict[tuple[str, int], list[int]] = {}
+        for launch, array_task, batch, index in self._connection().execute(
+                "SELECT w.launch, w.array_task, t.batch, t.idx FROM tasks t JOIN workers w "
+                "ON w.id = t.worker WHERE t.request_id = ? ORDER BY t.idx", (request_id,)):
+            held.setdefault((f"{launch}.{array_task}", batch), []).append(index)
+        return held
+
+    def any_worker_alive(self, request_id: int) -> bool:
+        """Whether a worker of the request is alive, or submitted and yet to start."""
+        return bool(self._live_count(self._connection(), request_id))
+
+    def newest_launch_ends(self, request_id: int) -> list[WorkerEnd]:
+        """How the workers of the request's newest job ended (those that did)."""
+        rows = self._connection().execute(
+            "SELECT end_reason, end_retryable, pulls FROM workers WHERE request_id = ? AND "
+            "launch = (SELECT max(launch) FROM workers WHERE request_id = ?) "
+            "AND ended IS NOT NULL ORDER BY array_task", (request_id, request_id))
+        return [WorkerEnd(reason or "", bool(retryable), pulls > 0)
+                for reason, retryable, pulls in rows]
+
+    def end_worker(self, request_id: int, worker: str, reason: str, retryable: bool,
+                   warned: str = "") -> list[int]:
+        """The scheduler says the worker ended: the tasks it held are lost with ``reason``.
+
+        If the scheduler had warned the worker that it would kill it, it was
+        removed on purpose: ``warned`` is added to the reason, and the tasks
+        are not retried, whatever ``retryable`` says. Returns the tasks lost.
+        """
+        launch, array_task = _launch_and_task(worker)
+        with self._write() as db:
+            row = db.execute("SELECT id, kill_notice FROM workers WHERE request_id = ? AND "
+                             "launch = ? AND array_task = ?",
+                             (request_id, launch, array_task)).fetchone()
+            if row is None:
+                return []
+            worker_id, kill_notice = row
+            if kill_notice is not None:
+                reason += warned
+            db.execute("UPDATE workers SET ended = ?, end_reason = ?, end_retryable = ? "
+                       "WHERE id = ? AND ended IS NULL",
+                       (time.time(), reason, int(retryable and kill_notice is None), worker_id))
+            lost = states.apply(db, "lose", request_id, where="worker = :worker_id",
+                                worker_id=worker_id, reason=reason, retryable=int(retryable))
+        if lost:
+            self._changed()
+        return sorted(lost)
+
+    def lose_silent(self, request_id: int, silent_since: float, reason: str) -> list[int]:
+        """Workers with no heartbeat since ``silent_since`` end; the tasks they held are lost.
+
+        Tasks that ran before workers pulled (schema 3 and before) are judged
+        by their own last heartbeat.
+        """
+        with self._write() as db:
+            silent = [worker_id for (worker_id,) in db.execute(
+                "SELECT id FROM workers WHERE request_id = ? AND ended IS NULL AND pulls > 0 "
+                "AND heartbeat < ?", (request_id, silent_since))]
+            db.executemany("UPDATE workers SET ended = ?, end_reason = ?, end_retryable = 1 "
+                           "WHERE id = ?", ((time.time(), reason, i) for i in silent))
+            lost = states.apply(
+                db, "lose", request_id,
+                where="worker IN (SELECT value FROM json_each(:silent)) OR "
+                      "(worker IS NULL AND heartbeat < :silent_since)",
+                silent=json.dumps(silent), silent_since=silent_since, reason=reason, retryable=1)
+        if lost:
+            self._changed()
+        return sorted(lost)
