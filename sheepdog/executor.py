@@ -15,9 +15,9 @@ runs (a script, a Jupyter kernel's event loop) is blocked:
   sleeps until the server thread of this process stores something
   (``Storage.wait_for_change``).
 
-``future.cancel()`` succeeds until the watcher has seen the task start; the
-task is then marked cancelled in the database, and the server no longer
-hands out its arguments, so it never runs. When every task of a request has
+``future.cancel()`` succeeds until the watcher has seen a worker take the
+task; the task is then marked cancelled in the database, and no worker is
+handed it. When every task of a request has
 finished and some were cancelled, its jobs are removed from the scheduler.
 """
 
@@ -137,7 +137,7 @@ class Executor(concurrent.futures.Executor):
         Every call is submitted at once, so they go out as one array job.
         ``timeout`` counts from this call: a result not ready by then raises
         ``TimeoutError``. ``chunksize`` is accepted for compatibility and has
-        no effect: how many arguments each array task runs is the config's
+        no effect: how many tasks a worker takes at a time is the config's
         ``chunksize``.
         """
         return super().map(fn, *iterables, timeout=timeout)
