@@ -23,10 +23,12 @@ from .storage import RUNNING, TaskChange
 if TYPE_CHECKING:
     from .request import Request
 
-#: How far before the newest change it saw a follower reads again. A change is
-#: stamped with ``time.time()`` in its own transaction, so one stamped a moment
-#: earlier may commit after one stamped later.
-OVERLAP_SECONDS = 5.0
+#: How far before the newest change it saw a follower reads again. Changes are
+#: stamped with ``time.time()`` inside their write transaction, so in commit
+#: order, unless the clock is set back; this covers small steps of the clock,
+#: and a follower reads every task once the request has ended, so a larger
+#: step delays a task's future but never loses it.
+OVERLAP_SECONDS = 1.0
 #: The shortest and the longest sleep between looks while nothing changes.
 FIRST_DELAY, LONGEST_DELAY = 0.02, 0.5
 
