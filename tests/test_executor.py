@@ -275,3 +275,11 @@ def test_executor_page_examples_run_on_the_local_backend(local_conf):
     page = (Path(__file__).resolve().parents[1] / "docs" / "executor.rst").read_text()
     results = run_doctest(page, local_conf)
     assert results.failed == 0 and results.attempted == 27
+
+
+def test_a_job_the_scheduler_refuses_is_every_futures_error(local_conf):
+    with sheepdog.Executor({**local_conf, "shell": "/nonexistent/python3"}) as executor:
+        futures = [executor.submit(abs, -x) for x in range(3)]
+        errors = [future.exception(timeout=60) for future in futures]
+    assert all(isinstance(error, sheepdog.SubmissionError) for error in errors)
+    assert "/nonexistent/python3" in str(errors[0])
