@@ -1,15 +1,16 @@
 """End to end on the real test cluster (GridEngine and Slurm), each against its raw array job.
 
-For each scheduler, in one run, alternating, for N trivial tasks (default 200):
-  raw       ssh + the scheduler's own array job of ``python3 -c pass`` (the baseline):
-            ``qsub -sync y -t 1-N``, or ``sbatch --array=1-N`` with squeue polled
-            every 0.2 s until it is gone (``sbatch --wait`` polls too slowly)
-  chunk=1   ``sheepdog.map`` with one argument per array task (like for like)
-  auto      ``sheepdog.map`` with the automatic chunk size, workers calling back directly
+For each scheduler, in one run, alternating rounds (default 3), medians printed:
+  raw       ssh + the scheduler's own array job of N trivial tasks (default 200) of
+            ``python3 -c pass`` (the baseline): ``qsub -sync y -t 1-N``, or
+            ``sbatch --array=1-N`` with squeue polled every 0.2 s until it is gone
+  pull      ``sheepdog.map(abs, ...)`` over the same N tasks, workers calling back directly
   tunnel    the same, workers calling back through the head node (``callback: tunnel``)
-and once, ``sheepdog.map`` over 20,000 trivial tasks with automatic chunking.
-Goals: sheepdog/raw <= 1.1; tunnel/direct <= 1.2; 20,000 tasks <= 60 s on the
-8-slot test cluster.
+  many      ``sheepdog.map`` over 20,000 trivial tasks
+  uneven    800 tasks: 8 adjacent ones sleep 8 s, the other 792 sleep 0.2 s, against the
+            ideal for the cluster's slots: total work / slots, or the longest task if more
+Goals (issue 12): pull/raw <= 0.10 on GridEngine and <= 1.0 on Slurm; tunnel/direct
+<= 1.2; 20,000 tasks <= 5 s (GridEngine) and <= 8 s (Slurm); uneven <= 1.2 x ideal + 3 s.
 
     source /var/lib/sheepdog-test/env
     ip netns exec sheepdog .venv/bin/python benchmarks/cluster.py \\
@@ -60,6 +61,18 @@ def raw_job(connection: ssh.Connection, scheduler: str, tasks: int) -> Callable[
     return slurm
 
 
+def uneven(x: int) -> int:
+    """Tasks 400-407 sleep 8 s, every other one 0.2 s."""
+    import time
+
+    time.sleep(8.0 if 400 <= x < 408 else 0.2)
+    return x
+
+
+#: Per scheduler: (pull/raw, 20,000 tasks in s) goals.
+GOALS = {"gridengine": (0.10, 5.0), "slurm": (1.0, 8.0)}
+
+
 def bench(scheduler: str, options: argparse.Namespace) -> None:
     directory = tempfile.mkdtemp()
     conf = {
@@ -71,34 +84,39 @@ def bench(scheduler: str, options: argparse.Namespace) -> None:
         "dbfile": os.path.join(directory, f"bench-{scheduler}.sqlite"),
     }
     connection = ssh.get(ssh.destination_for(resolve(conf)))
-    args = [(i,) for i in range(options.tasks)]
     raw = raw_job(connection, scheduler, options.tasks)
 
-    def ours(chunksize: int | None, callback: str = "direct") -> Callable[[], None]:
+    def ours(n: int, callback: str = "direct", function: Callable[[int], int] = abs
+             ) -> Callable[[], None]:
+        args = [(i,) for i in range(n)]
+
         def run() -> None:
-            results = sheepdog.map(abs, args, {**conf, "chunksize": chunksize,
-                                               "callback": callback}, verbose=False)
-            assert results == list(range(options.tasks))
+            results = sheepdog.map(function, args, {**conf, "callback": callback},
+                                   verbose=False)
+            assert results == list(range(n))
         return run
 
-    ours(None)()  # warm up: connection, server, certificate
-    ours(None, "tunnel")()  # and the tunnel
+    ours(options.tasks)()  # warm up: connection, server, certificate
+    ours(options.tasks, "tunnel")()  # and the tunnel
+    slots = sheepdog.backends.create(resolve(conf)).capacity()[0] or 1
+    ideal = max((8 * 8.0 + 792 * 0.2) / slots, 8.0)
     rows = []
     for _ in range(options.rounds):
-        rows.append((timed(raw), timed(ours(1)), timed(ours(None)), timed(ours(None, "tunnel"))))
-    print(f"{scheduler}, {options.tasks} tasks")
-    print(f"{'round':<7}{'raw s':>12}{'chunk=1 s':>12}{'auto s':>12}{'tunnel s':>12}")
+        rows.append((timed(raw), timed(ours(options.tasks)), timed(ours(options.tasks, "tunnel")),
+                     timed(ours(options.many)), timed(ours(800, function=uneven))))
+    print(f"{scheduler}, {slots} slots")
+    print(f"{'round':<7}{'raw s':>10}{'pull s':>10}{'tunnel s':>10}{'many s':>10}{'uneven s':>10}")
     for number, row in enumerate(rows, 1):
-        print(f"{number:<7}" + "".join(f"{value:>12.1f}" for value in row))
-    raw_s, one_s, auto_s, tunnel_s = (statistics.median(column) for column in zip(*rows))
-    many_args = [(i,) for i in range(options.many)]
-    many_s = timed(lambda: sheepdog.map(abs, many_args, conf, verbose=False))
-    print(f"{scheduler}: {options.tasks} tasks: sheepdog {one_s:.1f} s (chunk=1) / "
-          f"{auto_s:.1f} s (auto) vs raw {raw_s:.1f} s -> ratio {one_s / raw_s:.2f} / "
-          f"{auto_s / raw_s:.2f} (goal <= 1.1)")
-    print(f"{scheduler}: through the tunnel, {options.tasks} tasks (auto): {tunnel_s:.1f} s vs "
-          f"direct {auto_s:.1f} s -> ratio {tunnel_s / auto_s:.2f} (goal <= 1.2)")
-    print(f"{scheduler}: {options.many} tasks, automatic chunking: {many_s:.1f} s (goal <= 60)")
+        print(f"{number:<7}" + "".join(f"{value:>10.1f}" for value in row))
+    raw_s, pull_s, tunnel_s, many_s, uneven_s = (statistics.median(c) for c in zip(*rows))
+    ratio_goal, many_goal = GOALS[scheduler]
+    print(f"{scheduler}: {options.tasks} trivial tasks: sheepdog {pull_s:.1f} s vs raw "
+          f"{raw_s:.1f} s -> ratio {pull_s / raw_s:.2f} (goal <= {ratio_goal})")
+    print(f"{scheduler}: through the tunnel, {options.tasks} tasks: {tunnel_s:.1f} s vs direct "
+          f"{pull_s:.1f} s -> ratio {tunnel_s / pull_s:.2f} (goal <= 1.2)")
+    print(f"{scheduler}: {options.many} trivial tasks: {many_s:.1f} s (goal <= {many_goal})")
+    print(f"{scheduler}: 800 uneven tasks: {uneven_s:.1f} s vs ideal {ideal:.1f} s -> "
+          f"{uneven_s / ideal:.2f}x the ideal (goal <= 1.2x + 3 s = {1.2 * ideal + 3:.1f} s)")
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from sheepdog import protocol  # noqa: E402
 from sheepdog.protocol import auth_headers  # noqa: E402
 from sheepdog.server import Server  # noqa: E402
 from sheepdog.storage import Storage  # noqa: E402
@@ -112,7 +113,7 @@ def main():
     n_tasks = 200_000
     request_id = storage.create_request(b"f", (b"a" for _ in range(n_tasks)), KEY.decode(),
                                         "local")
-    paths = [f"/requests/{request_id}/tasks/{i}/result" for i in range(1, n_tasks + 1)]
+    paths = [protocol.path(request_id, "result", task=i) for i in range(1, n_tasks + 1)]
 
     port_holder = multiprocessing.Value("i", 0)
     ready = multiprocessing.Event()

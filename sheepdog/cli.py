@@ -1,81 +1,167 @@
-"""The ``sheepdog`` command: serve an earlier request's results, or show its progress.
+"""The ``sheepdog`` command: look at, collect, cancel and serve requests in a database.
 
-``sheepdog serve [RID ...] --dbfile F`` restarts the callback server for
-requests already in ``F`` (after the process that submitted them ended or
-crashed), so that tasks still running can deliver their results. It serves
-the named requests, or else those with tasks still open, over the scheme
-their workers call back with (HTTP or HTTPS, as each request's ``tls`` key
-said) and on the port fixed in their config, unless ``--scheme`` and
-``--port`` say otherwise. One server speaks one scheme: requests that need
-both are served by two commands, one ``--scheme`` each.
-``sheepdog status RID --dbfile F`` prints how far a request has come.
-``sheepdog logs RID [INDEX] --dbfile F`` prints what tasks left behind: the
-error and the tail of the stdout and stderr of task INDEX (1-based, in the
-order of the arguments), or of every task that failed, was lost or was
-cancelled. Reading commands never create a database: a missing dbfile is an
-error that names it.
+Each subcommand is one small function below, ``_<name>(arguments, session)``,
+that returns the exit code; :func:`main` builds the parser, resolves
+``--dbfile`` and turns a :class:`CommandError` into a message and exit code 2.
+The help text is plain text (see :func:`help_epilog`), not the
+reStructuredText of the docs. Reading commands never create a database: a missing dbfile is an
+error that names it. How ``serve`` picks its scheme and port is ``serving.py``'s.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import sys
-from typing import Any, NamedTuple, Optional, Sequence
+import textwrap
+import time
+from typing import Any, Callable, Optional, Sequence
 
-from .callbacks import DEFAULT_MAX_BODY_BYTES
+from . import __version__, serialisation, userconfig
+from .config import Config, resolve_with_sources
+from .payloads import payload_bytes
 from .progress import describe
+from .request import Request
 from .server import Server
+from .serving import CommandError, listing, plan_serving
 from .session import Session
-from .storage import STREAMS, Storage, TaskLog
+from .storage import DONE, STREAMS, Progress, Storage, TaskLog
 
 log = logging.getLogger("sheepdog")
 
-
-class CommandError(Exception):
-    """The command cannot go on; the message says why and what to do instead."""
-
-
-class ServePlan(NamedTuple):
-    """What ``sheepdog serve`` serves: over which scheme, on which port, for whom."""
-
-    scheme: str
-    port: int
-    request_ids: list[int]
-    max_body_bytes: int
+#: Exit codes of the commands about one request: whether it succeeded.
+EXIT_DONE, EXIT_UNSUCCESSFUL, EXIT_USAGE, EXIT_RUNNING = 0, 1, 2, 3
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sheepdog", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve results for requests in a database")
-    serve.add_argument("request_ids", type=int, nargs="*", metavar="RID",
-                       help="the requests to serve (default: those with tasks still open)")
-    serve.add_argument("--dbfile", default="./sheepdog.sqlite")
-    serve.add_argument("--port", type=int,
-                       help="the port the workers call back on (default: the port fixed in "
-                            "the requests' config)")
-    serve.add_argument("--scheme", choices=("http", "https"),
-                       help="serve HTTP or HTTPS (default: what the requests' workers use)")
-    serve.add_argument("--bind", default="0.0.0.0", help="address to listen on")
-    status = commands.add_parser("status", help="show the progress of a request")
-    status.add_argument("request_id", type=int)
-    status.add_argument("--dbfile", default="./sheepdog.sqlite")
-    logs = commands.add_parser("logs", help="show the errors and output of a request's tasks")
-    logs.add_argument("request_id", type=int)
-    logs.add_argument("index", type=int, nargs="?",
-                      help="the task (1-based argument index; default: every task that "
-                           "failed, was lost or was cancelled)")
-    logs.add_argument("--dbfile", default="./sheepdog.sqlite")
-    return parser
+def help_epilog() -> str:
+    """Where the database comes from, and the exit codes: the end of every help text."""
+    return f"""\
+The database is --dbfile, else the 'dbfile' of your config (the config file
+{userconfig.config_file_path()}, its profile --profile or SHEEPDOG_PROFILE,
+or SHEEPDOG_DBFILE), else ./sheepdog.sqlite. 'sheepdog config' shows which.
+
+Exit codes of status, results, errors, logs and cancel (the others exit 0 or 2):
+  {EXIT_DONE}  the request has finished and every task is done
+  {EXIT_UNSUCCESSFUL}  the request has finished, and some tasks failed, were lost or were cancelled
+  {EXIT_USAGE}  the command could not run: a usage error, no such database or request,
+     or a config that does not resolve
+  {EXIT_RUNNING}  the request is still running: some tasks are pending or running
+"""
 
 
-def _existing_storage(dbfile: str) -> Storage:
+RESULTS_JSON_HELP = """\
+print a JSON array, one item per task in argument order: the result itself when
+JSON holds it exactly (null, booleans, numbers, strings, and lists and objects of
+these); {"__repr__": "<its repr>"} for any other result (a tuple, a set, an
+object); null for a task without a result (see 'sheepdog errors')"""
+
+Command = Callable[[argparse.Namespace, Session], int]
+
+
+def outcome(progress: Progress) -> int:
+    """The exit code that says how a request is doing."""
+    if not progress.complete:
+        return EXIT_RUNNING
+    return EXIT_DONE if progress.done == progress.total else EXIT_UNSUCCESSFUL
+
+
+def _existing_storage(session: Session, dbfile: str) -> Storage:
     """The database ``dbfile``, which must exist: reading never creates one."""
     try:
-        return Session().storage(dbfile, create=False)
+        return session.storage(dbfile, create=False)
     except FileNotFoundError as error:
         raise CommandError(str(error)) from None
+
+
+def _progress(storage: Storage, request_id: int) -> Progress:
+    try:
+        return storage.progress(request_id)
+    except KeyError as error:
+        raise CommandError(error.args[0]) from None
+
+
+def age(seconds: float) -> str:
+    """``3 min ago``: how long ago something happened, roughly, as ``list`` shows it."""
+    for unit, size in (("day", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if unit == 'day' and count > 1 else ''} ago"
+    return f"{max(int(seconds), 0)} s ago"
+
+
+def _list(arguments: argparse.Namespace, session: Session) -> int:
+    storage = _existing_storage(session, arguments.dbfile)
+    now = time.time()
+    header = ("ID", "CREATED", "DONE", "FAILED", "LOST", "CANCELLED", "RUNNING", "PENDING",
+              "TOTAL")
+    rows = []
+    for request_id, created in storage.request_times():
+        progress = storage.progress(request_id)
+        rows.append((str(request_id), age(now - created), *(str(count) for count in (
+            progress.done, progress.failed, progress.lost, progress.cancelled, progress.running,
+            progress.pending, progress.total))))
+    if not rows:
+        print(f"no requests in {storage.dbfile}")
+        return EXIT_DONE
+    widths = [max(len(row[column]) for row in (header, *rows)) for column in range(len(header))]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(width) if column == 1 else cell.rjust(width)
+                        for column, (cell, width) in enumerate(zip(row, widths))).rstrip())
+    return EXIT_DONE
+
+
+def _status(arguments: argparse.Namespace, session: Session) -> int:
+    progress = _progress(_existing_storage(session, arguments.dbfile), arguments.request_id)
+    print(describe(progress, elapsed=0))
+    return outcome(progress)
+
+
+def json_value(value: Any) -> Any:
+    """``value`` itself when JSON holds it exactly, else ``{"__repr__": repr(value)}``."""
+    try:
+        if json.loads(json.dumps(value, allow_nan=False)) == value:
+            return value
+    except (TypeError, ValueError):
+        pass
+    return {"__repr__": repr(value)}
+
+
+def _results(arguments: argparse.Namespace, session: Session) -> int:
+    storage = _existing_storage(session, arguments.dbfile)
+    progress = _progress(storage, arguments.request_id)
+    values = []
+    rows = storage.results(arguments.request_id, with_arguments=False)
+    unloadable = 0
+    for index, (_arguments, state, payload) in enumerate(rows, 1):
+        value = None
+        if state == DONE:
+            loaded, value = serialisation.load_or_describe(payload_bytes(payload or b""))
+            if not loaded:
+                print(f"sheepdog: task {index}: its result cannot be loaded in this process: "
+                      f"{value}", file=sys.stderr)
+                value, unloadable = None, unloadable + 1
+        values.append(value)
+    if arguments.json:
+        print(json.dumps([json_value(value) for value in values]))
+    else:
+        for value in values:
+            print(repr(value))
+    without = progress.total - progress.done + unloadable
+    if without:
+        print(f"sheepdog: {without} of {progress.total} tasks have no result here; see "
+              f"'sheepdog errors {arguments.request_id}'", file=sys.stderr)
+    code = outcome(progress)
+    return EXIT_UNSUCCESSFUL if unloadable and code == EXIT_DONE else code
+
+
+def _errors(arguments: argparse.Namespace, session: Session) -> int:
+    request = _request(session, arguments)
+    for task_arguments, error in request.errors():
+        print(f"=== arguments {task_arguments!r} ===")
+        print(error.rstrip())
+    return outcome(request.progress())
 
 
 def format_log(log_entry: TaskLog) -> str:
@@ -92,8 +178,8 @@ def format_log(log_entry: TaskLog) -> str:
     return "\n".join(lines)
 
 
-def _logs(arguments: argparse.Namespace) -> int:
-    storage = _existing_storage(arguments.dbfile)
+def _logs(arguments: argparse.Namespace, session: Session) -> int:
+    storage = _existing_storage(session, arguments.dbfile)
     try:
         entries = storage.task_logs(arguments.request_id, arguments.index)
     except KeyError as error:
@@ -102,97 +188,155 @@ def _logs(arguments: argparse.Namespace) -> int:
         print(f"request {arguments.request_id}: no task failed, was lost or was cancelled")
     for entry in entries:
         print(format_log(entry))
-    return 0
+    return outcome(storage.progress(arguments.request_id))
 
 
-def _listing(request_ids: Sequence[int]) -> str:
-    return ("request " if len(request_ids) == 1 else "requests ") + ", ".join(map(str, request_ids))
-
-
-def plan_serving(storage: Storage, request_ids: Sequence[int], scheme: Optional[str] = None,
-                 port: Optional[int] = None) -> ServePlan:
-    """Choose the scheme and port for serving ``request_ids`` (default: the open ones)."""
-    request_ids = list(request_ids) or storage.open_requests()
-    if not request_ids:
-        raise CommandError(f"no request in {storage.dbfile} has tasks still open; name the "
-                           f"requests to serve them anyway")
+def _request(session: Session, arguments: argparse.Namespace) -> Request:
+    """The handle of the request the command names, in a database that must exist."""
+    _existing_storage(session, arguments.dbfile)
     try:
-        configs: dict[int, dict[str, Any]] = {
-            request_id: storage.request_config(request_id) for request_id in request_ids}
+        return session.request(arguments.request_id, arguments.dbfile)
     except KeyError as error:
         raise CommandError(error.args[0]) from None
-    by_scheme: dict[str, list[int]] = {}
-    for request_id, config in configs.items():
-        by_scheme.setdefault("https" if config.get("tls", True) else "http", []).append(request_id)
-    if scheme is None:
-        if len(by_scheme) > 1:
-            raise CommandError(
-                f"the workers of {_listing(by_scheme['https'])} call back over HTTPS, those of "
-                f"{_listing(by_scheme['http'])} over HTTP, and one server speaks one scheme: "
-                f"run 'sheepdog serve --scheme https' and 'sheepdog serve --scheme http'")
-        scheme = next(iter(by_scheme))
-    for other, left_out in by_scheme.items():
-        if other != scheme:
-            log.warning("not serving %s, whose workers call back over %s: serve them with "
-                        "'sheepdog serve --scheme %s'", _listing(left_out), other.upper(), other)
-    served = by_scheme.get(scheme, [])
-    if port is None:
-        fixed = sorted({configs[request_id].get("port") or 0 for request_id in served} - {0})
-        if not fixed:
-            raise CommandError(
-                f"no port was fixed in the config of {_listing(served or request_ids)}: give "
-                f"the one their workers call back on with --port (it is in the job file's url)")
-        if len(fixed) > 1:
-            raise CommandError(
-                f"the config of {_listing(served)} fixed ports {', '.join(map(str, fixed))}: "
-                f"choose one with --port, and serve the others with another command")
-        port = fixed[0]
-        unfixed = [request_id for request_id in served if configs[request_id].get("port") != port]
-        if unfixed:
-            log.warning("no port was fixed in the config of %s: their workers may call back "
-                        "on another port than %s", _listing(unfixed), port)
-    limits = [configs[request_id]["max_body_bytes"] for request_id in served
-              if isinstance(configs[request_id].get("max_body_bytes"), int)]
-    return ServePlan(scheme, port, served, max(limits, default=DEFAULT_MAX_BODY_BYTES))
 
 
-def _serve(arguments: argparse.Namespace) -> int:
-    storage = Storage(arguments.dbfile)
-    try:
-        plan = plan_serving(storage, arguments.request_ids, arguments.scheme, arguments.port)
-    except CommandError as error:
-        print(f"sheepdog: {error}", file=sys.stderr)
-        return 2
+def _cancel(arguments: argparse.Namespace, session: Session) -> int:
+    request = _request(session, arguments)
+    cancelled = request.cancel()
+    print(f"request {request.id}: {cancelled} unfinished tasks cancelled")
+    return outcome(request.progress())
+
+
+def _serve(arguments: argparse.Namespace, session: Session) -> int:
+    storage = _existing_storage(session, arguments.dbfile)
+    plan = plan_serving(storage, arguments.request_ids, arguments.scheme, arguments.port)
     if plan.request_ids:
-        log.info("serving %s over %s", _listing(plan.request_ids), plan.scheme.upper())
+        log.info("serving %s over %s", listing(plan.request_ids), plan.scheme.upper())
     server = Server(storage, port=plan.port, bind=arguments.bind,
                     max_body_bytes=plan.max_body_bytes, use_tls=plan.scheme == "https")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
-    return 0
+    return EXIT_DONE
 
 
-def _status(arguments: argparse.Namespace) -> int:
+def _config(arguments: argparse.Namespace, session: Session) -> int:
+    conf: dict[str, Any] = {"profile": arguments.profile}
+    if arguments.given_dbfile:
+        conf["dbfile"] = arguments.given_dbfile
+    config, sources = _resolved(conf)
+    path = userconfig.config_file_path()
+    profile, _ = userconfig.chosen_profile(arguments.profile)
+    chosen_by = "--profile" if arguments.profile else userconfig.PROFILE_VARIABLE
+    values = {key: list(value) if isinstance(value, tuple) else value
+              for key, value in dataclasses.asdict(config).items()}
+    if arguments.json:
+        print(json.dumps({"file": str(path), "file_exists": path.exists(), "profile": profile,
+                          "settings": {key: {"value": value, "source": sources[key]}
+                                       for key, value in values.items()}}, indent=2))
+        return EXIT_DONE
+    print(f"config file: {path}{'' if path.exists() else ' (there is none)'}")
+    print(f"profile: {profile} (from {chosen_by})" if profile else "profile: none")
+    shown = {key: "(unset)" if value is None else json.dumps(value)
+             for key, value in values.items()}
+    key_width = max(map(len, shown))
+    source_width = max(map(len, sources.values()))
+    for key, text in shown.items():
+        print(f"{key.ljust(key_width)}  {sources[key].ljust(source_width)}  {text}")
+    return EXIT_DONE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sheepdog", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Look at, collect, cancel and serve sheepdog requests.",
+        epilog=help_epilog())
+    parser.add_argument("--version", action="version", version=f"sheepdog {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dbfile", dest="given_dbfile", metavar="DBFILE",
+                        help="the sheepdog database (default: from your config)")
+    common.add_argument("--profile", help="the profile of your config file to use "
+                                          "(default: SHEEPDOG_PROFILE)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Command, summary: str, description: str = "") -> Any:
+        subparser = commands.add_parser(
+            name, parents=[common], help=summary, description=textwrap.fill(description or summary),
+            epilog=help_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        subparser.set_defaults(run=run)
+        return subparser
+
+    def request_command(name: str, run: Command, summary: str, description: str = "") -> Any:
+        subparser = command(name, run, summary, description)
+        subparser.add_argument("request_id", type=int, metavar="RID", help="the request's id")
+        return subparser
+
+    command("list", _list, "list the requests: their age and how many tasks are in each state")
+    request_command("status", _status, "show how far a request has come")
+    results = request_command(
+        "results", _results, "print a request's results in argument order",
+        "Print a request's results in argument order, one repr() a line; None for a task "
+        "without a result.")
+    results.add_argument("--json", action="store_true", help=RESULTS_JSON_HELP)
+    request_command("errors", _errors, "print the errors of the tasks that failed, were lost or "
+                                       "were cancelled, with their arguments")
+    logs = request_command(
+        "logs", _logs, "show the errors and output of a request's tasks",
+        "Show what tasks left behind: the error and the tail of the stdout and stderr of "
+        "task INDEX, or of every task that failed, was lost or was cancelled.")
+    logs.add_argument("index", type=int, nargs="?", metavar="INDEX",
+                      help="the task (1-based argument index; default: every task that "
+                           "failed, was lost or was cancelled)")
+    request_command("cancel", _cancel, "remove a request's jobs from the scheduler and mark "
+                                       "its unfinished tasks cancelled")
+    serve = command(
+        "serve", _serve, "serve results for requests in a database",
+        "Restart the callback server for requests already in the database (after the "
+        "process that submitted them ended or crashed), so that tasks still running can "
+        "deliver their results. It serves the named requests, or else those with tasks "
+        "still open, over the scheme and on the port their workers call back on, unless "
+        "--scheme and --port say otherwise. One server speaks one scheme: requests that "
+        "need both are served by two commands, one --scheme each.")
+    serve.add_argument("request_ids", type=int, nargs="*", metavar="RID",
+                       help="the requests to serve (default: those with tasks still open)")
+    serve.add_argument("--port", type=int,
+                       help="the port the workers call back on (default: the port fixed in "
+                            "the requests' config)")
+    serve.add_argument("--scheme", choices=("http", "https"),
+                       help="serve HTTP or HTTPS (default: what the requests' workers use)")
+    serve.add_argument("--bind", default="0.0.0.0", help="address to listen on")
+    config = command("config", _config, "print the resolved config and where each value "
+                                        "came from")
+    config.add_argument("--json", action="store_true", help="print it as JSON")
+    return parser
+
+
+def _resolved(conf: dict[str, Any]) -> tuple[Config, dict[str, str]]:
+    """The config and its sources; a config file or variable that is wrong stops the command."""
     try:
-        progress = _existing_storage(arguments.dbfile).progress(arguments.request_id)
-    except KeyError as error:
-        raise CommandError(error.args[0]) from None
-    print(describe(progress, elapsed=0))
-    return 0
+        return resolve_with_sources(conf)
+    except (TypeError, ValueError) as error:
+        raise CommandError(str(error)) from None
+
+
+def _dbfile(arguments: argparse.Namespace) -> str:
+    """``--dbfile``, else the one the config file or environment sets, else the default."""
+    if arguments.given_dbfile:
+        return str(arguments.given_dbfile)
+    return _resolved({"profile": arguments.profile})[0].dbfile
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     arguments = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="sheepdog: %(message)s")
-    if arguments.command == "serve":
-        return _serve(arguments)
     try:
-        return {"status": _status, "logs": _logs}[arguments.command](arguments)
+        arguments.dbfile = _dbfile(arguments)
+        with Session() as session:
+            return int(arguments.run(arguments, session))
     except CommandError as error:
         print(f"sheepdog: {error}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

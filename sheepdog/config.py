@@ -4,6 +4,11 @@ Every key is validated before anything is stored or submitted: an unknown key
 or a value of the wrong type raises at once, naming the key and what is valid.
 Defaults follow the original Sheepdog, modernised where a modern system
 differs (``/usr/bin/python3`` rather than ``/usr/bin/python``).
+
+Below the dict come the settings a person sets once (``userconfig.py``): the
+config file's ``[default]`` and profiles, and ``SHEEPDOG_<KEY>`` variables.
+They are checked like the dict, and their errors say where they were set. A
+stored request is rebuilt with :func:`restore`, which reads neither again.
 """
 
 from __future__ import annotations
@@ -14,10 +19,15 @@ import math
 import os
 import socket
 import sys
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence, cast
+
+from . import userconfig
 
 #: How workers reach the caller's server: see docs/channel.rst.
 CALLBACKS = ("auto", "direct", "tunnel")
+
+#: The source of a value that nobody set, and of one the config dict set.
+DEFAULT, ARGUMENT = "default", "argument"
 
 DEFAULT_GE_OPTS = ("-wd $HOME/.sheepdog/", "-o $HOME/.sheepdog/", "-e $HOME/.sheepdog/")
 
@@ -93,84 +103,147 @@ VALID_KEYS = tuple(field.name for field in dataclasses.fields(Config))
 OPTIONS_KEYS = tuple(key for key in VALID_KEYS if key.endswith("_opts"))
 
 
-def _check_types(conf: Mapping[str, Any]) -> None:
-    for key, value in conf.items():
-        if key not in _TYPES:
-            close = difflib.get_close_matches(str(key), VALID_KEYS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(
-                f"unknown config key {key!r}{hint}; valid keys are: {', '.join(VALID_KEYS)}"
-            )
-        allowed = _TYPES[key]
-        wrong_bool = isinstance(value, bool) and bool not in allowed
-        wrong_int = bool in allowed and not isinstance(value, bool)
-        if not isinstance(value, allowed) or wrong_bool or wrong_int:
-            names = " or ".join("None" if kind is type(None) else kind.__name__ for kind in allowed)
-            raise TypeError(f"config key {key!r} must be {names}, not {type(value).__name__}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"config key {key!r} must be a finite number, not {value}")
-    for key in OPTIONS_KEYS:
-        if key in conf and not all(isinstance(item, str) for item in conf[key]):
-            raise TypeError(f"config key {key!r} must be a list of strings, one option each")
+class InvalidValue(ValueError):
+    """A key's value is out of range; ``key`` says which, for a message that points at it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _check_setting(key: str, value: Any) -> None:
+    if key not in _TYPES:
+        close = difflib.get_close_matches(str(key), VALID_KEYS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"unknown config key {key!r}{hint}; valid keys are: {', '.join(VALID_KEYS)}"
+        )
+    allowed = _TYPES[key]
+    wrong_bool = isinstance(value, bool) and bool not in allowed
+    wrong_int = bool in allowed and not isinstance(value, bool)
+    if not isinstance(value, allowed) or wrong_bool or wrong_int:
+        names = " or ".join("None" if kind is type(None) else kind.__name__ for kind in allowed)
+        raise TypeError(f"config key {key!r} must be {names}, not {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"config key {key!r} must be a finite number, not {value}")
+    if key in OPTIONS_KEYS and not all(isinstance(item, str) for item in cast("list[Any]", value)):
+        raise TypeError(f"config key {key!r} must be a list of strings, one option each")
 
 
 def _check_values(config: Config) -> None:
     from .backends import registered  # the registry knows the schedulers, config does not
 
     if config.scheduler not in registered():
-        raise ValueError(f"config key 'scheduler' is {config.scheduler!r}; choose one of "
-                         f"{', '.join(registered())}")
+        raise InvalidValue("scheduler", f"config key 'scheduler' is {config.scheduler!r}; "
+                                        f"choose one of {', '.join(registered())}")
     if config.callback not in CALLBACKS:
-        raise ValueError(
-            f"config key 'callback' is {config.callback!r}; choose one of {', '.join(CALLBACKS)}"
-        )
+        raise InvalidValue("callback", f"config key 'callback' is {config.callback!r}; "
+                                       f"choose one of {', '.join(CALLBACKS)}")
     if config.callback == "tunnel" and config.scheduler == "local":
-        raise ValueError("config key 'callback' cannot be 'tunnel' with the local scheduler: "
-                         "its tasks run on this machine and reach the server directly")
+        raise InvalidValue("callback", "config key 'callback' cannot be 'tunnel' with the local "
+                                       "scheduler: its tasks run on this machine and reach the "
+                                       "server directly")
     if config.connect_timeout <= 0:
-        raise ValueError("config key 'connect_timeout' must be positive")
+        raise InvalidValue("connect_timeout", "config key 'connect_timeout' must be positive")
     if config.port is not None and not 0 <= config.port <= 65535:
-        raise ValueError(f"config key 'port' must be between 0 and 65535, not {config.port}")
+        raise InvalidValue("port", f"config key 'port' must be between 0 and 65535, "
+                                   f"not {config.port}")
     for key in ("workers", "chunksize", "max_running"):
         value = getattr(config, key)
         if value is not None and value < 1:
-            raise ValueError(f"config key {key!r} must be at least 1, not {value}")
+            raise InvalidValue(key, f"config key {key!r} must be at least 1, not {value}")
     for key in ("retry_seconds", "retries"):
         if getattr(config, key) < 0:
-            raise ValueError(f"config key {key!r} must not be negative")
+            raise InvalidValue(key, f"config key {key!r} must not be negative")
     if config.heartbeat_seconds <= 0 or config.lost_after < 2 * config.heartbeat_seconds:
-        raise ValueError(
-            f"config key 'lost_after' ({config.lost_after}) must be at least twice "
+        raise InvalidValue(
+            "lost_after", f"config key 'lost_after' ({config.lost_after}) must be at least twice "
             f"'heartbeat_seconds' ({config.heartbeat_seconds}), which must be positive"
         )
     for key in ("ssh_config", "ssh_keyfile", "ssh_known_hosts"):
         path = getattr(config, key)
         if path is not None and not os.path.exists(os.path.expanduser(path)):
-            raise ValueError(f"config key {key!r} names {path!r}, which does not exist")
+            raise InvalidValue(key, f"config key {key!r} names {path!r}, which does not exist")
     if config.max_body_bytes < 1:
-        raise ValueError("config key 'max_body_bytes' must be positive")
+        raise InvalidValue("max_body_bytes", "config key 'max_body_bytes' must be positive")
 
 
 def resolve(conf: Optional[Mapping[str, Any]]) -> Config:
-    """Check ``conf`` and fill in every default; raise ValueError/TypeError on bad input."""
+    """Check ``conf`` and fill in every default; raise ValueError/TypeError on bad input.
+
+    The user's own settings come in below ``conf``: see :func:`resolve_with_sources`.
+    """
+    return resolve_with_sources(conf)[0]
+
+
+def resolve_with_sources(conf: Optional[Mapping[str, Any]]) -> tuple[Config, dict[str, str]]:
+    """The config, and where each of its values came from.
+
+    Lowest to highest: the defaults of :class:`Config`; the config file's
+    ``[default]``; the chosen profile (``conf["profile"]``, else
+    ``SHEEPDOG_PROFILE``); the ``SHEEPDOG_<KEY>`` environment variables;
+    ``conf`` itself (source ``argument``). See ``userconfig.py``.
+    """
     if conf is None:
         conf = {}
     if not isinstance(conf, Mapping):
         raise TypeError(f"config must be a dict, not {type(conf).__name__}")
-    _check_types(conf)
-    values = dict(conf)
+    arguments = dict(conf)
+    profile = arguments.pop("profile", None)
+    if profile is not None and not isinstance(profile, str):
+        raise TypeError(f"config key 'profile' must be str or None, not {type(profile).__name__}")
+    profile, asked_by = userconfig.chosen_profile(profile)
+    settings = [
+        *userconfig.read_file().settings(profile, asked_by),
+        *userconfig.environment_settings(_TYPES),
+        *(userconfig.Setting(key, value, ARGUMENT) for key, value in arguments.items()),
+    ]
+    return _build(settings)
+
+
+def restore(stored: Mapping[str, Any]) -> Config:
+    """The config a request was made with, read back from its database.
+
+    The config file and the environment are not read again: what they said
+    when the request was made is in ``stored`` already, and a later change to
+    them must not change an old request (its jobs run with what they were given).
+    """
+    return _build([userconfig.Setting(key, value, ARGUMENT) for key, value in stored.items()])[0]
+
+
+def _build(settings: Sequence[userconfig.Setting]) -> tuple[Config, dict[str, str]]:
+    """Check each setting (later ones win) and fill in the defaults."""
+    values: dict[str, Any] = {}
+    winners: dict[str, userconfig.Setting] = {}
+    for setting in settings:
+        try:
+            _check_setting(setting.key, setting.value)
+        except (TypeError, ValueError) as error:
+            if not setting.location:
+                raise
+            raise type(error)(f"{setting.location}: {error}") from None
+        values[setting.key] = setting.value
+        winners[setting.key] = setting
     for key in OPTIONS_KEYS:
         if key in values:
             values[key] = tuple(values[key])
     if "dbfile" in values:
-        values["dbfile"] = os.fspath(values["dbfile"])
+        values["dbfile"] = os.path.expanduser(os.fspath(values["dbfile"]))
     config = Config(**values)
-    _check_values(config)
+    try:
+        _check_values(config)
+    except InvalidValue as error:
+        winner = winners.get(error.key)
+        if winner is None or not winner.location:
+            raise
+        raise InvalidValue(error.key, f"{winner.location}: {error}") from None
     local = config.scheduler == "local"
-    return dataclasses.replace(
+    config = dataclasses.replace(
         config,
         localhost=config.localhost or ("127.0.0.1" if local else socket.getfqdn()),
         bind=config.bind or ("127.0.0.1" if local else "0.0.0.0"),
         shell=config.shell or (sys.executable if local else "/usr/bin/python3"),
         workers=config.workers or (os.cpu_count() or 1),
     )
+    sources = {key: winners[key].source if key in winners else DEFAULT for key in VALID_KEYS}
+    return config, sources

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from . import backends, jobscript, serialisation, tls
 from .chunking import choose_workers
-from .config import Config, resolve
+from .config import Config, restore
 from .payloads import PayloadFile, payload_bytes
 from .progress import progress_display
 from .server import Server
@@ -58,7 +58,7 @@ class Request:
     def config(self) -> Config:
         """The config the request was made with (read back from the database)."""
         if self._config is None:
-            self._config = resolve(self.storage.request_config(self.id))
+            self._config = restore(self.storage.request_config(self.id))
         return self._config
 
     @functools.cached_property

@@ -720,6 +720,13 @@ class Storage(Leases):
     def integrity_check(self) -> str:
         return self._connection().execute("PRAGMA integrity_check").fetchone()[0]
 
+    # -- read by ``sheepdog list`` (the CLI) ---------------------------------
+
+    def request_times(self) -> list[tuple[int, float]]:
+        """(id, time.time() when it was made) of every request, oldest first."""
+        return [(request_id, created) for request_id, created in self._connection().execute(
+            "SELECT id, created FROM requests ORDER BY id")]
+
     # -- following tasks one by one, and cancelling some (executor.py) ---------
 
     def task_changes(self, request_id: int, since: float, max_attempts: int,

@@ -152,3 +152,18 @@ class SignedClient:
 
     def post(self, path, **kwargs):
         return self.open("POST", path, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def no_user_settings(tmp_path_factory, monkeypatch):
+    """No test reads the real user's config file, nor SHEEPDOG_<KEY> variables of the shell.
+
+    Tests that want a config file write one and point SHEEPDOG_CONFIG_FILE at it.
+    """
+    from sheepdog.config import VALID_KEYS
+    from sheepdog.userconfig import CONFIG_FILE_VARIABLE, ENVIRONMENT_PREFIX, PROFILE_VARIABLE
+
+    absent = tmp_path_factory.getbasetemp() / "no-user-config" / "config.toml"
+    monkeypatch.setenv(CONFIG_FILE_VARIABLE, str(absent))
+    for name in (PROFILE_VARIABLE, *(ENVIRONMENT_PREFIX + key.upper() for key in VALID_KEYS)):
+        monkeypatch.delenv(name, raising=False)

@@ -1,8 +1,12 @@
-"""The ``sheepdog`` command (``serve`` speaks the scheme and port its requests need;
-``status`` prints a request's progress)."""
+"""The ``sheepdog`` command against databases made by real local-backend maps (each
+subcommand, its exit code, its --dbfile from the config), and ``serve`` (the scheme
+and port its requests need)."""
 
+import fractions
 import http.client
+import json
 import os
+import re
 import queue
 import socket
 import subprocess
@@ -11,8 +15,9 @@ import threading
 
 import pytest
 
+import sheepdog
 from sheepdog import cli
-from sheepdog.cli import CommandError, plan_serving
+from sheepdog.serving import CommandError, plan_serving
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,12 +95,12 @@ def test_status_prints_how_far_a_request_has_come(storage, dbfile):
                              "--dbfile", dbfile], cwd=REPOSITORY, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": REPOSITORY}, timeout=60)
     assert (status.returncode, status.stdout) == (
-        0, "sheepdog: [########----------------] 1/3 finished, 1 running\n")
+        cli.EXIT_RUNNING, "sheepdog: [########----------------] 1/3 finished, 1 running\n")
 
 
 def test_status_of_an_unknown_request_names_it(storage, dbfile, capsys):
     storage.create_request(b"fn", [b"a"], "secret", "local")
-    assert cli.main(["status", "7", "--dbfile", dbfile]) == 1
+    assert cli.main(["status", "7", "--dbfile", dbfile]) == cli.EXIT_USAGE
     error = capsys.readouterr().err
     assert error.startswith(f"sheepdog: request 7 is not in {os.path.abspath(dbfile)}")
 
@@ -113,3 +118,202 @@ def test_serve_with_no_open_request_says_how_to_serve_one_anyway(storage, dbfile
     assert cli.main(["serve", "--dbfile", dbfile]) == 2
     assert "has tasks still open; name the requests to serve them anyway" in (
         capsys.readouterr().err)
+
+
+def invert(x):
+    if x == 0:
+        raise ZeroDivisionError("no inverse of zero")
+    return fractions.Fraction(1, x) if x == 3 else 1 / x
+
+
+@pytest.fixture
+def finished(local_conf):
+    """Two finished requests: 1 with a failed task and a Fraction result, 2 all done."""
+    assert sheepdog.map(invert, [(1,), (0,), (3,)], local_conf, verbose=False) == [
+        1.0, None, fractions.Fraction(1, 3)]
+    assert sheepdog.map(invert, [(2,), (4,)], local_conf, verbose=False) == [0.5, 0.25]
+    return local_conf["dbfile"]
+
+
+def run(capsys, *argv):
+    """``sheepdog ARGV``, in this process: (exit code, stdout, stderr)."""
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_list_shows_each_request_with_its_age_and_its_tasks_by_state(finished, capsys):
+    code, out, _ = run(capsys, "list", "--dbfile", finished)
+    header, first, second = out.splitlines()
+    assert header.split() == ["ID", "CREATED", "DONE", "FAILED", "LOST", "CANCELLED", "RUNNING",
+                              "PENDING", "TOTAL"]
+    assert re.fullmatch(r" *1 +\d+ s ago +2 +1 +0 +0 +0 +0 +3", first)
+    assert re.fullmatch(r" *2 +\d+ s ago +2 +0 +0 +0 +0 +0 +2", second)
+    assert code == cli.EXIT_DONE
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (5, "5 s ago"), (180, "3 min ago"), (7300, "2 h ago"), (86400, "1 day ago"),
+    (3 * 86400, "3 days ago"),
+])
+def test_ages_are_given_in_the_largest_whole_unit(seconds, text):
+    assert cli.age(seconds) == text
+
+
+def test_results_prints_each_values_repr_in_order_and_exits_1_when_a_task_failed(finished,
+                                                                                 capsys):
+    code, out, err = run(capsys, "results", "1", "--dbfile", finished)
+    assert out == "1.0\nNone\nFraction(1, 3)\n"
+    assert "1 of 3 tasks have no result here; see 'sheepdog errors 1'" in err
+    assert code == cli.EXIT_UNSUCCESSFUL
+    assert run(capsys, "results", "2", "--dbfile", finished)[:2] == (cli.EXIT_DONE,
+                                                                     "0.5\n0.25\n")
+
+
+def test_results_as_json_give_what_json_cannot_hold_as_its_repr(finished, capsys):
+    code, out, _ = run(capsys, "results", "1", "--json", "--dbfile", finished)
+    assert json.loads(out) == [1.0, None, {"__repr__": "Fraction(1, 3)"}]
+    assert code == cli.EXIT_UNSUCCESSFUL
+
+
+@pytest.mark.parametrize("value, written", [
+    ({"a": [1, 2.5, None, True]}, {"a": [1, 2.5, None, True]}),
+    ((1, 2), {"__repr__": "(1, 2)"}),
+    ({1: "one"}, {"__repr__": "{1: 'one'}"}),
+    (float("nan"), {"__repr__": "nan"}),
+    ({1, 2}, {"__repr__": "{1, 2}"}),
+])
+def test_a_value_is_written_as_json_only_when_json_holds_it_exactly(value, written):
+    assert cli.json_value(value) == written
+
+
+class LoadsBadly:
+    """Pickles fine, but loading it raises (as a result needing a module this process lacks)."""
+
+    def __reduce__(self):
+        return int, ("not a number",)
+
+
+def test_a_result_that_cannot_be_loaded_is_none_and_said_and_the_database_is_untouched(
+        local_conf, capsys):
+    request_id = sheepdog.map_async(lambda x: LoadsBadly() if x == 1 else x, [(1,), (2,)],
+                                    local_conf)
+    sheepdog.wait(request_id, local_conf["dbfile"])
+    code, out, err = run(capsys, "results", str(request_id), "--dbfile", local_conf["dbfile"])
+    assert (code, out) == (cli.EXIT_UNSUCCESSFUL, "None\n2\n")
+    assert "task 1: its result cannot be loaded in this process: ValueError" in err
+    assert sheepdog.Storage(local_conf["dbfile"]).progress(request_id).done == 2
+
+
+def test_errors_prints_each_failed_tasks_arguments_and_traceback(finished, capsys):
+    code, out, _ = run(capsys, "errors", "1", "--dbfile", finished)
+    assert out.startswith("=== arguments (0,) ===\nTraceback (most recent call last):\n")
+    assert "ZeroDivisionError: no inverse of zero\n" in out
+    assert code == cli.EXIT_UNSUCCESSFUL
+    assert run(capsys, "errors", "2", "--dbfile", finished) == (cli.EXIT_DONE, "", "")
+
+
+def test_cancel_marks_the_unfinished_tasks_cancelled_and_exits_1(storage, dbfile, capsys):
+    request_id = add_request(storage, scheduler="local")
+    assert storage.pull(request_id, f"{storage.add_workers(request_id, 1)}.1", 1, 1) == [1]
+    code, out, _ = run(capsys, "cancel", str(request_id), "--dbfile", dbfile)
+    assert out == f"request {request_id}: 1 unfinished tasks cancelled\n"
+    assert code == cli.EXIT_UNSUCCESSFUL
+    assert storage.progress(request_id).cancelled == 1
+
+
+@pytest.mark.parametrize("command", [["list"], ["status", "1"], ["results", "1"],
+                                     ["errors", "1"], ["logs", "1"], ["cancel", "1"],
+                                     ["serve"]])
+def test_no_command_creates_a_missing_database(tmp_path, capsys, command):
+    missing = tmp_path / "typo.sqlite"
+    code, _, err = run(capsys, *command, "--dbfile", str(missing))
+    assert code == cli.EXIT_USAGE and f"no sheepdog database at {missing}" in err
+    assert not missing.exists()
+
+
+@pytest.fixture
+def user_file(tmp_path, monkeypatch):
+    path = tmp_path / "config.toml"
+    monkeypatch.setenv("SHEEPDOG_CONFIG_FILE", str(path))
+    return path
+
+
+def test_the_dbfile_comes_from_the_chosen_profile_when_not_given(finished, user_file, capsys,
+                                                                 tmp_path):
+    user_file.write_text(f'[default]\ndbfile = "{tmp_path}/other.sqlite"\n\n'
+                         f'[profiles.here]\ndbfile = "{finished}"\n')
+    assert run(capsys, "results", "2", "--profile", "here")[:2] == (cli.EXIT_DONE,
+                                                                    "0.5\n0.25\n")
+    code, _, err = run(capsys, "results", "2")
+    assert code == cli.EXIT_USAGE and f"no sheepdog database at {tmp_path}/other.sqlite" in err
+
+
+def test_the_dbfile_comes_from_the_environment_when_not_given(finished, monkeypatch, capsys):
+    monkeypatch.setenv("SHEEPDOG_DBFILE", finished)
+    assert run(capsys, "status", "2")[0] == cli.EXIT_DONE
+
+
+def test_a_broken_config_file_stops_the_command_and_is_pointed_at(user_file, capsys):
+    user_file.write_text('[default]\nhots = "fear"\n')
+    code, _, err = run(capsys, "list")
+    assert code == cli.EXIT_USAGE
+    assert err.startswith(f"sheepdog: {user_file}, line 2: unknown config key 'hots' "
+                          f"(did you mean 'host'?)")
+
+
+def test_config_prints_each_value_and_where_it_came_from(user_file, monkeypatch, capsys):
+    user_file.write_text('[default]\nretries = 1\n\n[profiles.fear]\nhost = "fear"\n'
+                         'ge_opts = ["-l lr=0"]\n')
+    monkeypatch.setenv("SHEEPDOG_PROFILE", "fear")
+    monkeypatch.setenv("SHEEPDOG_PORT", "8123")
+    code, out, _ = run(capsys, "config", "--dbfile", "mine.sqlite")
+    lines = out.splitlines()
+    assert lines[:2] == [f"config file: {user_file}", "profile: fear (from SHEEPDOG_PROFILE)"]
+    shown = {line.split()[0]: line.split(None, 1)[1] for line in lines[2:]}
+    assert re.fullmatch(r"file \[default\] +1", shown["retries"])
+    assert re.fullmatch(r"file \[profiles\.fear\] +\"fear\"", shown["host"])
+    assert re.fullmatch(r"file \[profiles\.fear\] +\[\"-l lr=0\"\]", shown["ge_opts"])
+    assert re.fullmatch(r"env SHEEPDOG_PORT +8123", shown["port"])
+    assert re.fullmatch(r"argument +\"mine.sqlite\"", shown["dbfile"])
+    assert re.fullmatch(r"default +\(unset\)", shown["ssh_user"])
+    assert code == cli.EXIT_DONE
+
+
+def test_config_as_json_names_the_file_the_profile_and_each_source(user_file, capsys):
+    user_file.write_text('[profiles.fear]\nhost = "fear"\n')
+    code, out, _ = run(capsys, "config", "--json", "--profile", "fear")
+    shown = json.loads(out)
+    assert (shown["file"], shown["file_exists"], shown["profile"]) == (str(user_file), True,
+                                                                       "fear")
+    assert shown["settings"]["host"] == {"value": "fear", "source": "file [profiles.fear]"}
+    assert shown["settings"]["ge_opts"]["source"] == "default"
+    assert code == cli.EXIT_DONE
+
+
+def sheepdog_command(*argv):
+    """Run the installed ``sheepdog`` entry point (from this Python's environment)."""
+    script = os.path.join(os.path.dirname(sys.executable), "sheepdog")
+    if not os.path.exists(script):
+        pytest.skip("the sheepdog entry point is not installed beside this Python")
+    return subprocess.run([script, *argv], capture_output=True, text=True, timeout=60)
+
+
+def test_the_entry_point_gives_its_version_and_plain_help_with_the_exit_codes():
+    assert sheepdog_command("--version").stdout == f"sheepdog {sheepdog.__version__}\n"
+    for argv in ([], ["results"]):
+        help_text = sheepdog_command(*argv, "--help").stdout
+        assert "``" not in help_text and ":doc:" not in help_text
+        assert re.search(r"^  3  the request is still running", help_text, re.MULTILINE)
+        assert "--dbfile DBFILE" in help_text or not argv
+    listed = re.findall(r"^    (\w+) ", sheepdog_command("--help").stdout, re.MULTILINE)
+    assert listed == ["list", "status", "results", "errors", "logs", "cancel", "serve", "config"]
+
+
+def test_the_entry_point_reads_results_as_json(finished):
+    listed = sheepdog_command("results", "2", "--json", "--dbfile", finished)
+    assert (listed.returncode, json.loads(listed.stdout)) == (0, [0.5, 0.25])
+
+
+def test_a_usage_error_exits_2():
+    assert sheepdog_command("results", "not-a-number").returncode == cli.EXIT_USAGE

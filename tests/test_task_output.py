@@ -181,20 +181,20 @@ def test_sheepdog_logs_shows_any_tasks_output_and_lists_those_that_failed(local_
 
     sheepdog.map(talks, [(1,), (2,), (3,)], local_conf, verbose=False)
     request_id, dbfile = str(max_request(local_conf)), local_conf["dbfile"]
-    assert cli.main(["logs", request_id, "3", "--dbfile", dbfile]) == 0
+    assert cli.main(["logs", request_id, "3", "--dbfile", dbfile]) == cli.EXIT_UNSUCCESSFUL
     assert capsys.readouterr().out == (
         "=== task 3: done ===\n--- stdout and stderr (the last part) ---\nworking on 3\n")
-    assert cli.main(["logs", request_id, "--dbfile", dbfile]) == 0
+    assert cli.main(["logs", request_id, "--dbfile", dbfile]) == cli.EXIT_UNSUCCESSFUL
     listing = capsys.readouterr().out
     assert listing.startswith("=== task 2: failed ===\nTraceback (most recent call last):")
     assert "ValueError: two\n--- stdout and stderr (the last part) ---\nworking on 2\n" in listing
     assert "task 1" not in listing and "task 3" not in listing
-    assert cli.main(["logs", request_id, "4", "--dbfile", dbfile]) == 1
+    assert cli.main(["logs", request_id, "4", "--dbfile", dbfile]) == cli.EXIT_USAGE
     assert "has no task 4: its tasks are 1 to 3" in capsys.readouterr().err
 
 
 def test_sheepdog_logs_of_a_missing_database_names_it_and_creates_nothing(tmp_path, capsys):
     missing = tmp_path / "typo.sqlite"
-    assert cli.main(["logs", "1", "--dbfile", str(missing)]) == 1
+    assert cli.main(["logs", "1", "--dbfile", str(missing)]) == cli.EXIT_USAGE
     assert f"no sheepdog database at {missing}" in capsys.readouterr().err
     assert not missing.exists()

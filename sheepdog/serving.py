@@ -1,0 +1,83 @@
+"""What ``sheepdog serve`` serves: which requests, over which scheme, on which port.
+
+A later process serves requests whose workers were told, when the request was
+made, a scheme (HTTP or HTTPS, as the request's ``tls`` key said) and a port
+(fixed in the request's config, or chosen then). One server speaks one
+scheme, so requests that need both are served by two commands. This module
+reads the requests' stored config and decides, or says what to pass instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple, Optional, Sequence
+
+from .callbacks import DEFAULT_MAX_BODY_BYTES
+from .storage import Storage
+
+log = logging.getLogger("sheepdog")
+
+
+class CommandError(Exception):
+    """A ``sheepdog`` command cannot go on; the message says why and what to do instead."""
+
+
+class ServePlan(NamedTuple):
+    """What ``sheepdog serve`` serves: over which scheme, on which port, for whom."""
+
+    scheme: str
+    port: int
+    request_ids: list[int]
+    max_body_bytes: int
+
+
+def listing(request_ids: Sequence[int]) -> str:
+    """``request 3`` or ``requests 3, 4``, for messages."""
+    return ("request " if len(request_ids) == 1 else "requests ") + ", ".join(map(str, request_ids))
+
+
+def plan_serving(storage: Storage, request_ids: Sequence[int], scheme: Optional[str] = None,
+                 port: Optional[int] = None) -> ServePlan:
+    """Choose the scheme and port for serving ``request_ids`` (default: the open ones)."""
+    request_ids = list(request_ids) or storage.open_requests()
+    if not request_ids:
+        raise CommandError(f"no request in {storage.dbfile} has tasks still open; name the "
+                           f"requests to serve them anyway")
+    try:
+        configs: dict[int, dict[str, Any]] = {
+            request_id: storage.request_config(request_id) for request_id in request_ids}
+    except KeyError as error:
+        raise CommandError(error.args[0]) from None
+    by_scheme: dict[str, list[int]] = {}
+    for request_id, config in configs.items():
+        by_scheme.setdefault("https" if config.get("tls", True) else "http", []).append(request_id)
+    if scheme is None:
+        if len(by_scheme) > 1:
+            raise CommandError(
+                f"the workers of {listing(by_scheme['https'])} call back over HTTPS, those of "
+                f"{listing(by_scheme['http'])} over HTTP, and one server speaks one scheme: "
+                f"run 'sheepdog serve --scheme https' and 'sheepdog serve --scheme http'")
+        scheme = next(iter(by_scheme))
+    for other, left_out in by_scheme.items():
+        if other != scheme:
+            log.warning("not serving %s, whose workers call back over %s: serve them with "
+                        "'sheepdog serve --scheme %s'", listing(left_out), other.upper(), other)
+    served = by_scheme.get(scheme, [])
+    if port is None:
+        fixed = sorted({configs[request_id].get("port") or 0 for request_id in served} - {0})
+        if not fixed:
+            raise CommandError(
+                f"no port was fixed in the config of {listing(served or request_ids)}: give "
+                f"the one their workers call back on with --port (it is in the job file's url)")
+        if len(fixed) > 1:
+            raise CommandError(
+                f"the config of {listing(served)} fixed ports {', '.join(map(str, fixed))}: "
+                f"choose one with --port, and serve the others with another command")
+        port = fixed[0]
+        unfixed = [request_id for request_id in served if configs[request_id].get("port") != port]
+        if unfixed:
+            log.warning("no port was fixed in the config of %s: their workers may call back "
+                        "on another port than %s", listing(unfixed), port)
+    limits = [configs[request_id]["max_body_bytes"] for request_id in served
+              if isinstance(configs[request_id].get("max_body_bytes"), int)]
+    return ServePlan(scheme, port, served, max(limits, default=DEFAULT_MAX_BODY_BYTES))

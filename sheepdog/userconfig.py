@@ -1,0 +1,256 @@
+"""Settings a person sets once: the per-user config file and ``SHEEPDOG_*`` variables.
+
+A user who always submits to the same head node should not have to repeat
+``{"host": "fear", "ge_opts": [...]}`` in every script. This module knows
+where such settings are kept and how they are written: it finds the file
+(``$XDG_CONFIG_HOME/sheepdog/config.toml``, else ``~/.config/sheepdog/
+config.toml``, or the file ``SHEEPDOG_CONFIG_FILE`` names), reads its
+``[default]`` table and its ``[profiles.NAME]`` tables with the line of each
+key (so that an error can point at it), and reads the ``SHEEPDOG_<KEY>``
+environment variables, turning their text into the type the key needs.
+
+Which keys exist, their types, their defaults and the order in which the
+layers win are ``config.py``'s business: it hands the key types in, and
+checks every :class:`Setting` it gets back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - the same parser, packaged for older Pythons
+    import tomli as tomllib
+
+#: Names another config file than the per-user one (tests use it too).
+CONFIG_FILE_VARIABLE = "SHEEPDOG_CONFIG_FILE"
+#: Names the profile to use when the config dict does not.
+PROFILE_VARIABLE = "SHEEPDOG_PROFILE"
+#: ``SHEEPDOG_HOST`` sets ``host``, and so on for every config key.
+ENVIRONMENT_PREFIX = "SHEEPDOG_"
+
+DEFAULT_TABLE = "default"
+PROFILES_TABLE = "profiles"
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+_TABLE_LINE = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
+_KEY_LINE = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_.-]+)\s*=""")
+_KEY_PART = re.compile(r"""\s*("([^"]*)"|'([^']*)'|([A-Za-z0-9_-]+))\s*""")
+
+
+class UserConfigError(ValueError):
+    """The config file or a ``SHEEPDOG_*`` variable is wrong; the message says where."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One value for one config key, and where it was set."""
+
+    key: str
+    value: Any
+    #: As ``sheepdog config`` shows it: ``file [profiles.fear]``, ``env SHEEPDOG_HOST``.
+    source: str
+    #: Where an error about it points: ``<file>, line 3``; empty for the config dict.
+    location: str = ""
+
+
+def config_file_path() -> Path:
+    """The per-user config file, which need not exist.
+
+    ``SHEEPDOG_CONFIG_FILE`` wins; else the XDG base directory rules:
+    ``$XDG_CONFIG_HOME`` when it is an absolute path, else ``~/.config``.
+    """
+    explicit = os.environ.get(CONFIG_FILE_VARIABLE)
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME", "")
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".config"
+    return root / "sheepdog" / "config.toml"
+
+
+def _dotted(name: str) -> tuple[str, ...]:
+    """``profiles."my host"`` -> ``("profiles", "my host")``, as TOML reads a dotted name."""
+    parts = []
+    for match in _KEY_PART.finditer(name):
+        quoted_double, quoted_single, bare = match.group(2, 3, 4)
+        parts.append(next(part for part in (quoted_double, quoted_single, bare)
+                          if part is not None))
+    return tuple(parts)
+
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """The line of each key, by its full dotted path: ``("profiles", "fear", "host") -> 4``.
+
+    A scan of the lines good enough to point at a key in an error; the values
+    themselves come from ``tomllib``.
+    """
+    lines: dict[tuple[str, ...], int] = {}
+    table: tuple[str, ...] = ()
+    for number, line in enumerate(text.splitlines(), 1):
+        header = _TABLE_LINE.match(line)
+        if header:
+            table = _dotted(header.group(1))
+            lines.setdefault(table, number)
+            continue
+        key = _KEY_LINE.match(line)
+        if key:
+            lines.setdefault(table + _dotted(key.group(1)), number)
+    return lines
+
+
+@dataclasses.dataclass(frozen=True)
+class UserFile:
+    """The settings of one config file: ``[default]`` and each ``[profiles.NAME]``."""
+
+    path: Path
+    exists: bool
+    #: Table name (``default`` or ``profiles.NAME``) -> its settings, in the file's order.
+    tables: dict[str, list[Setting]]
+
+    @property
+    def profiles(self) -> list[str]:
+        prefix = PROFILES_TABLE + "."
+        return [name[len(prefix):] for name in self.tables if name.startswith(prefix)]
+
+    def settings(self, profile: Optional[str], asked_by: str = "") -> list[Setting]:
+        """The ``[default]`` settings, then those of ``profile``, which must exist."""
+        chosen = list(self.tables.get(DEFAULT_TABLE, []))
+        if profile is None:
+            return chosen
+        if profile not in self.profiles:
+            by = f" ({asked_by})" if asked_by else ""
+            if not self.exists:
+                raise UserConfigError(
+                    f"profile {profile!r}{by} needs a config file, and there is none at "
+                    f"{self.path}: create it with a [{PROFILES_TABLE}.{profile}] table")
+            close = difflib.get_close_matches(profile, self.profiles, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            known = ", ".join(self.profiles) or "none"
+            raise UserConfigError(f"profile {profile!r}{by} is not in {self.path}{hint}; "
+                                  f"its profiles are: {known}")
+        return chosen + self.tables[f"{PROFILES_TABLE}.{profile}"]
+
+
+def read_file(path: Optional[Path] = None) -> UserFile:
+    """Read the config file (the per-user one by default); a missing file has no settings.
+
+    Raises :class:`UserConfigError`, naming the file and the line, for a file
+    that is not TOML or whose tables are not ``[default]`` and ``[profiles.NAME]``.
+    """
+    path = config_file_path() if path is None else path
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return UserFile(path, False, {})
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserConfigError(f"cannot read the sheepdog config file {path}: {error}") from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise UserConfigError(f"{path} is not valid TOML: {error}") from None
+    lines = _key_lines(text)
+
+    def where(*dotted: str) -> str:
+        line = lines.get(dotted)
+        return f"{path}, line {line}" if line else str(path)
+
+    tables: dict[str, list[Setting]] = {}
+    for name, table in document.items():
+        if name == DEFAULT_TABLE and isinstance(table, dict):
+            tables[name] = _table_settings(table, (name,), where)
+        elif name == PROFILES_TABLE and isinstance(table, dict):
+            for profile, settings in table.items():
+                if not isinstance(settings, dict):
+                    raise UserConfigError(
+                        f"{where(name, profile)}: key {profile!r} sits directly under "
+                        f"[{PROFILES_TABLE}]; settings belong to a profile: write "
+                        f"[{PROFILES_TABLE}.NAME] above them")
+                tables[f"{name}.{profile}"] = _table_settings(settings, (name, profile), where)
+        elif isinstance(table, dict):
+            close = difflib.get_close_matches(name, (DEFAULT_TABLE, PROFILES_TABLE), n=1)
+            hint = f" (did you mean [{close[0]}]?)" if close else ""
+            raise UserConfigError(f"{where(name)}: unknown table [{name}]{hint}; a sheepdog "
+                                  f"config file holds [{DEFAULT_TABLE}] and "
+                                  f"[{PROFILES_TABLE}.NAME] tables")
+        else:
+            raise UserConfigError(f"{where(name)}: key {name!r} is outside any table; put it "
+                                  f"under [{DEFAULT_TABLE}] or [{PROFILES_TABLE}.NAME]")
+    return UserFile(path, True, tables)
+
+
+def _table_settings(table: Mapping[str, Any], dotted: tuple[str, ...], where: Any
+                    ) -> list[Setting]:
+    source = "file [" + ".".join(dotted) + "]"
+    return [Setting(key, value, source, where(*dotted, key)) for key, value in table.items()]
+
+
+def from_text(text: str, allowed: tuple[type, ...]) -> Any:
+    """The value that ``text`` (from an environment variable) stands for.
+
+    ``allowed`` are the key's types (``config._TYPES``): an empty text is
+    None where None is allowed; booleans are 1/true/yes/on or
+    0/false/no/off; lists are written as arrays, ``["-l h_rt=1:00:00", "-q
+    long"]``, since one option may hold spaces. Raises ValueError saying what
+    was expected.
+    """
+    stripped = text.strip()
+    if type(None) in allowed and not stripped:
+        return None
+    if bool in allowed:
+        if stripped.lower() in _TRUE + _FALSE:
+            return stripped.lower() in _TRUE
+        raise ValueError(f"expected one of {'/'.join(_TRUE)} or {'/'.join(_FALSE)}")
+    if list in allowed:
+        try:
+            value = json.loads(stripped)
+        except ValueError:
+            value = None
+        if not isinstance(value, list):
+            raise ValueError('expected an array of options, such as ["-l h_rt=1:00:00", "-q long"]')
+        return value
+    if int in allowed:
+        try:
+            return int(stripped)
+        except ValueError:
+            if float not in allowed:
+                raise ValueError("expected a whole number") from None
+        try:
+            return float(stripped)
+        except ValueError:
+            raise ValueError("expected a number") from None
+    return text
+
+
+def environment_settings(types: Mapping[str, tuple[type, ...]]) -> list[Setting]:
+    """A setting for each ``SHEEPDOG_<KEY>`` variable set, converted by the key's types."""
+    settings = []
+    for key, allowed in types.items():
+        variable = ENVIRONMENT_PREFIX + key.upper()
+        if variable not in os.environ:
+            continue
+        try:
+            value = from_text(os.environ[variable], allowed)
+        except ValueError as error:
+            raise UserConfigError(f"environment variable {variable} (config key {key!r}) is "
+                                  f"{os.environ[variable]!r}: {error}") from None
+        settings.append(Setting(key, value, f"env {variable}",
+                                f"environment variable {variable}"))
+    return settings
+
+
+def chosen_profile(from_config: Optional[str]) -> tuple[Optional[str], str]:
+    """The profile to use and who chose it: the config dict's ``profile``, else the variable."""
+    if from_config is not None:
+        return from_config, "the config's 'profile'"
+    from_environment = os.environ.get(PROFILE_VARIABLE) or None
+    return from_environment, (f"environment variable {PROFILE_VARIABLE}"
+                              if from_environment else "")

@@ -1,0 +1,36 @@
+"""The examples of the configuration and command pages run as written, on the local
+backend, in a directory of their own and with a config file of their own."""
+
+from sheepdog import cli
+
+from .doc_pages import run_page, toml_example
+
+
+def test_the_configuration_pages_examples_run_with_its_own_config_file(tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SHEEPDOG_CONFIG_FILE")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / ".config"))
+    (tmp_path / ".config" / "sheepdog").mkdir(parents=True)
+    (tmp_path / ".config" / "sheepdog" / "config.toml").write_text(
+        toml_example("configuration.rst"))
+    results = run_page("configuration.rst")
+    assert results.failed == 0 and results.attempted == 7
+    assert (tmp_path / "results.sqlite").exists()  # the [default] table's dbfile
+
+
+def test_the_command_pages_examples_run_against_the_maps_it_shows(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # The page shows requests made minutes ago; ages have a test of their own.
+    monkeypatch.setattr(cli, "age", lambda seconds: "3 min ago")
+    results = run_page("cli.rst")
+    assert results.failed == 0 and results.attempted == 11
+
+
+def test_a_page_that_says_otherwise_than_the_command_fails(tmp_path, monkeypatch):
+    """The runner compares: a page whose promised output is wrong does not pass."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("tests.doc_pages.page",
+                        lambda _name: "    $ sheepdog list --dbfile nowhere.sqlite\n"
+                                      "    ID  CREATED\n")
+    assert run_page("cli.rst") == (1, 1)
