@@ -9,7 +9,7 @@ runs (a script, a Jupyter kernel's event loop) is blocked:
   or ``max_batch`` of them) and sends those of one function out as one
   request, which is one array job;
 - the *watcher* follows every request the executor sent (``completion.py``:
-  scheduler, heartbeats, retries) and settles each future as its task
+  workers, scheduler, retries) and settles each future as its task
   finishes: its value, or :class:`~sheepdog.TaskError`,
   :class:`~sheepdog.TaskLost` or ``CancelledError`` (``outcomes.py``). It
   sleeps until the server thread of this process stores something
