@@ -44,6 +44,15 @@ def test_many_submits_in_a_short_time_go_out_as_one_array_job(local_conf):
     assert list(requests) == [1] and len(requests[1]) == 1
 
 
+def test_submits_from_many_threads_within_the_window_go_out_together(local_conf):
+    with sheepdog.Executor(local_conf, batch_seconds=0.5) as executor:
+        with concurrent.futures.ThreadPoolExecutor(4) as threads:
+            futures = list(threads.map(lambda x: executor.submit(pow, x, 3), range(12)))
+        assert sorted(future.result(timeout=60) for future in futures) == [
+            x ** 3 for x in range(12)]
+    assert [len(jobs) for jobs in stored(local_conf["dbfile"]).values()] == [1]
+
+
 def test_submits_of_two_functions_go_out_as_one_request_each(local_conf):
     with sheepdog.Executor(local_conf) as executor:
         squares = [executor.submit(pow, x, 2) for x in range(3)]
