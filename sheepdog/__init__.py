@@ -6,9 +6,13 @@
 Only the public names are defined here; each lives in a module of its own.
 """
 
-from .api import cancel, get_errors, get_results, map, map_async, map_sync, wait
+from .api import (
+    as_completed, cancel, get_errors, get_results, map, map_async, map_sync, wait,
+)
 from .backends import SubmissionError
 from .config import Config
+from .executor import Executor
+from .outcomes import TaskError, TaskLost
 from .request import Request
 from .serialisation import SerialisationError
 from .server import Server
@@ -24,6 +28,7 @@ __all__ = [
     "CallbackError",
     "Config",
     "DiskFullError",
+    "Executor",
     "Request",
     "SerialisationError",
     "SSHError",
@@ -32,8 +37,11 @@ __all__ = [
     "Storage",
     "StorageError",
     "SubmissionError",
+    "TaskError",
+    "TaskLost",
     "UnsafePathError",
     "__version__",
+    "as_completed",
     "cancel",
     "get_errors",
     "get_results",

@@ -1,4 +1,5 @@
-"""The original Sheepdog functions: map, map_async, get_results, get_errors, wait, cancel.
+"""The original Sheepdog functions (map, map_async, get_results, get_errors, wait,
+cancel), and as_completed.
 
 Each is a thin wrapper over this process's default :class:`~sheepdog.session.Session`
 (see :func:`default_session`), so that scripts written for the original
@@ -10,8 +11,9 @@ function works from any process, not only the one that submitted the request.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
+from . import completion
 from .request import Request
 from .session import Session
 
@@ -65,6 +67,27 @@ def get_results(
     if block:
         request.wait(timeout=timeout, verbose=verbose)
     return request.results()
+
+
+def as_completed(
+    request_id: int,
+    dbfile: str = "./sheepdog.sqlite",
+    timeout: Optional[float] = None,
+    errors: str = "raise",
+) -> Iterator[tuple[int, Any]]:
+    """``(index, result)`` for each task of the request as it finishes, in finishing order.
+
+    ``index`` is the task's 1-based position in ``args`` (as the CLI numbers
+    tasks). A task that raised, was lost or was cancelled raises
+    :class:`~sheepdog.TaskError`, :class:`~sheepdog.TaskLost` or
+    ``concurrent.futures.CancelledError`` when its turn comes, which ends the
+    iteration; with ``errors="yield"`` that exception is yielded as the
+    task's result instead, and the iteration goes on. Each task is yielded
+    once, when its last attempt has ended (see ``retries``). ``timeout``
+    bounds the whole iteration (``TimeoutError``). Works from any process,
+    and watches the scheduler while it waits, as :func:`wait` does.
+    """
+    return completion.as_completed(_request(request_id, dbfile), timeout, errors)
 
 
 def get_errors(request_id: int, dbfile: str = "./sheepdog.sqlite") -> list[tuple[tuple[Any, ...], str]]:

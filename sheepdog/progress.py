@@ -1,19 +1,38 @@
-"""The live progress line that ``map(verbose=True)`` shows while it waits.
+"""The live progress that ``map(verbose=True)`` shows while it waits, in a form that
+suits where it runs.
 
-On a terminal it redraws one line in place; elsewhere (a log file, Jupyter's
-captured stderr) it prints a fresh line at most every ``interval`` seconds, so
-logs stay readable.
+:func:`progress_display` picks one display:
+
+- in a Jupyter notebook (an IPython kernel), one display that updates in
+  place: an ipywidgets progress bar when ipywidgets is installed, otherwise
+  an HTML display updated through its ``display_id``. A stream of stderr
+  lines would pile up in the cell's output;
+- at a terminal, one line on stderr redrawn in place;
+- anywhere else (a log file, a batch job's captured stderr, a service) a
+  fresh line at most every :data:`LOG_INTERVAL` seconds, and the last line
+  always, so logs stay readable. It goes through :mod:`logging` when logging
+  is set up to show it, and to stderr otherwise.
+
+``verbose=False`` shows nothing: no display is made at all.
 """
 
 from __future__ import annotations
 
+import html
+import logging
 import sys
 import time
-from typing import Optional, TextIO
+from typing import Any, Callable, Optional, Protocol, TextIO
 
 from .storage import Progress
 
 BAR_WIDTH = 24
+#: Seconds between lines where progress cannot be redrawn in place.
+LOG_INTERVAL = 30.0
+#: Seconds between updates of a notebook display (each update is a message to the browser).
+NOTEBOOK_INTERVAL = 0.25
+
+log = logging.getLogger(__name__)
 
 
 def _clock(seconds: float) -> str:
@@ -26,7 +45,12 @@ def describe(progress: Progress, elapsed: float) -> str:
     total = max(progress.total, 1)
     filled = BAR_WIDTH * progress.finished // total
     bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-    parts = [f"[{bar}] {progress.finished}/{progress.total} finished"]
+    return f"sheepdog: [{bar}] {_counts(progress, elapsed)}"
+
+
+def _counts(progress: Progress, elapsed: float) -> str:
+    """Counts, rate and time left, without the bar."""
+    parts = [f"{progress.finished}/{progress.total} finished"]
     if progress.running:
         parts.append(f"{progress.running} running")
     if progress.failed:
@@ -35,7 +59,7 @@ def describe(progress: Progress, elapsed: float) -> str:
         parts.append(f"{progress.lost} lost")
     if progress.cancelled:
         parts.append(f"{progress.cancelled} cancelled")
-    text = "sheepdog: " + ", ".join(parts)
+    text = ", ".join(parts)
     if progress.finished and elapsed > 0:
         rate = progress.finished / elapsed
         left = (progress.total - progress.finished) / rate
@@ -45,31 +69,145 @@ def describe(progress: Progress, elapsed: float) -> str:
     return text
 
 
-class ProgressDisplay:
-    """Shows a request's progress on ``stream`` (stderr by default)."""
+class Display(Protocol):
+    """Shows a request's progress as it changes; ``close`` when the wait ends."""
 
-    def __init__(self, stream: Optional[TextIO] = None, interval: float = 10.0) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval = interval
+    def update(self, progress: Progress) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TerminalDisplay:
+    """One line on a terminal, redrawn in place."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
         self.started = time.monotonic()
-        self._last_shown = -float("inf")
         self._last_text = ""
 
     def update(self, progress: Progress) -> None:
-        now = time.monotonic()
-        text = describe(progress, now - self.started)
-        if self.interactive:
-            padding = " " * max(0, len(self._last_text) - len(text))
-            self.stream.write("\r" + text + padding)
-            self.stream.flush()
-        elif progress.complete or now - self._last_shown >= self.interval:
-            self.stream.write(text + "\n")
-            self.stream.flush()
-            self._last_shown = now
+        text = describe(progress, time.monotonic() - self.started)
+        padding = " " * max(0, len(self._last_text) - len(text))
+        self.stream.write("\r" + text + padding)
+        self.stream.flush()
         self._last_text = text
 
     def close(self) -> None:
-        if self.interactive and self._last_text:
+        if self._last_text:
             self.stream.write("\n")
             self.stream.flush()
+
+
+class LineDisplay:
+    """A fresh line at most every ``interval`` seconds, and the last one always.
+
+    ``write`` takes one line of text; :func:`progress_display` gives it a
+    logger's ``info`` or a stream's writer.
+    """
+
+    def __init__(self, write: Callable[[str], None], interval: float = LOG_INTERVAL) -> None:
+        self.write = write
+        self.interval = interval
+        self.started = time.monotonic()
+        self._last_shown = -float("inf")
+        self._shown_complete = False
+
+    def update(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if progress.complete and self._shown_complete:
+            return
+        if progress.complete or now - self._last_shown >= self.interval:
+            self.write(describe(progress, now - self.started))
+            self._last_shown = now
+            self._shown_complete = progress.complete
+
+    def close(self) -> None:
+        pass
+
+
+def stream_writer(stream: TextIO) -> Callable[[str], None]:
+    """Write one line to ``stream`` and flush it, so that a log shows it at once."""
+
+    def write(line: str) -> None:
+        stream.write(line + "\n")
+        stream.flush()
+
+    return write
+
+
+class NotebookDisplay:
+    """One display in a notebook cell that updates in place.
+
+    An ipywidgets bar and label when ipywidgets can be imported; otherwise an
+    HTML ``<progress>`` element, replaced through its ``display_id``.
+    """
+
+    def __init__(self, interval: float = NOTEBOOK_INTERVAL) -> None:
+        from IPython.display import HTML, display
+
+        self._html = HTML
+        self.interval = interval
+        self.started = time.monotonic()
+        self._last_shown = -float("inf")
+        self._widgets: Optional[tuple[Any, Any]] = None
+        self._handle: Any = None
+        try:
+            import ipywidgets
+        except ImportError:
+            self._handle = display(HTML(self._render(Progress(total=0))), display_id=True)
+        else:
+            bar = ipywidgets.IntProgress(value=0, min=0, max=1, description="sheepdog")
+            label = ipywidgets.HTML()
+            self._widgets = (bar, label)
+            display(ipywidgets.HBox([bar, label]))
+
+    @property
+    def uses_widgets(self) -> bool:
+        return self._widgets is not None
+
+    def _render(self, progress: Progress) -> str:
+        counts = html.escape(_counts(progress, time.monotonic() - self.started))
+        return (f'<progress value="{progress.finished}" max="{max(progress.total, 1)}">'
+                f"</progress> <code>sheepdog: {counts}</code>")
+
+    def update(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if not progress.complete and now - self._last_shown < self.interval:
+            return
+        self._last_shown = now
+        if self._widgets is not None:
+            bar, label = self._widgets
+            bar.max = max(progress.total, 1)
+            bar.value = progress.finished
+            label.value = html.escape(_counts(progress, now - self.started))
+        else:
+            self._handle.update(self._html(self._render(progress)))
+
+    def close(self) -> None:
+        if self._widgets is not None:
+            self._widgets[0].bar_style = "success"
+
+
+def in_notebook() -> bool:
+    """Whether this process is an IPython kernel (Jupyter), not a terminal or a script.
+
+    IPython is not imported to find out: a kernel has imported it already.
+    """
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return getattr(shell, "kernel", None) is not None
+
+
+def progress_display(stream: Optional[TextIO] = None) -> Display:
+    """The display that suits where this process runs (see the module's docstring).
+
+    ``stream`` is where terminal and plain lines go (stderr by default).
+    """
+    if in_notebook():
+        return NotebookDisplay()
+    stream = stream if stream is not None else sys.stderr
+    if bool(getattr(stream, "isatty", lambda: False)()):
+        return TerminalDisplay(stream)
+    if log.isEnabledFor(logging.INFO) and log.hasHandlers():
+        return LineDisplay(log.info)
+    return LineDisplay(stream_writer(stream))

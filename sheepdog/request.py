@@ -19,7 +19,7 @@ from . import backends, jobscript, serialisation, tls
 from .chunking import choose_workers
 from .config import Config, restore
 from .payloads import PayloadFile, payload_bytes
-from .progress import ProgressDisplay
+from .progress import progress_display
 from .server import Server
 from .storage import DONE, Progress, Storage
 
@@ -48,6 +48,8 @@ class Request:
         #: When tasks were first seen running with none having called back (supervisor).
         self.unreached_since: Optional[float] = None
         self._ended = False
+        #: When :meth:`follow` next looks at the scheduler and the heartbeats.
+        self._next_watch = time.monotonic() + WATCH_SECONDS
 
     def __repr__(self) -> str:
         return f"<sheepdog.Request {self.id} in {self.storage.dbfile}>"
@@ -199,31 +201,24 @@ class Request:
         """Block until every task has finished (done, failed, lost or cancelled).
 
         While waiting it watches the scheduler and the heartbeats (see
-        ``supervisor.py``), from whichever process waits.
+        :meth:`follow`), from whichever process waits. ``verbose`` shows the
+        progress in the display that suits where it runs (``progress.py``).
         """
-        from . import supervisor
-
         storage = self.storage
-        display = ProgressDisplay() if verbose else None
+        display = progress_display() if verbose else None
         started = time.monotonic()
-        next_watch = started + WATCH_SECONDS
         delay = 0.02
         if not self.progress().complete:
             self.ensure_served()
         try:
             while True:
                 seen = storage.change_count
-                progress = self.progress()
+                progress = self.follow()
                 if display is not None:
                     display.update(progress)
-                if progress.complete and not supervisor.retry(self):
-                    self._end()
+                if progress.complete:
                     return
-                now = time.monotonic()
-                if now >= next_watch:
-                    supervisor.watch(self)
-                    next_watch = time.monotonic() + WATCH_SECONDS
-                if timeout is not None and now - started > timeout:
+                if timeout is not None and time.monotonic() - started > timeout:
                     raise TimeoutError(
                         f"request {self.id}: {progress.finished} of {progress.total} tasks "
                         f"finished after {timeout} s"
@@ -233,6 +228,28 @@ class Request:
         finally:
             if display is not None:
                 display.close()
+
+    def follow(self) -> Progress:
+        """One look at the request by whoever waits for it; the progress seen.
+
+        Every ``WATCH_SECONDS`` it watches the workers and the scheduler
+        (``supervisor.watch``); once every task has finished it puts what may
+        run again back in the queue (``supervisor.retry``), and otherwise ends
+        the request. A complete progress means the request has ended. ``wait``, the Executor and
+        ``as_completed`` all follow a request through this one method.
+        """
+        from . import supervisor
+
+        progress = self.progress()
+        if progress.complete:
+            if not supervisor.retry(self):
+                self._end()
+                return progress
+            progress = self.progress()
+        if time.monotonic() >= self._next_watch:
+            supervisor.watch(self)
+            self._next_watch = time.monotonic() + WATCH_SECONDS
+        return progress
 
     def _end(self) -> None:
         """The request has ended: remove its key file, once."""
@@ -257,18 +274,24 @@ class Request:
         return [(_arguments(args), error) for args, _state, error in self.storage.errors(self.id)]
 
     def _result(self, index: int, payload: Optional[bytes | PayloadFile]) -> Any:
-        """The loaded result; one that cannot be loaded here becomes that task's error.
+        """The loaded result, or None for one that cannot be loaded here (see :meth:`load_result`)."""
+        loaded, value = self.load_result(index, payload)
+        return value if loaded else None
 
-        So a single result that needs, say, a module this process lacks costs
-        that task alone, not every other result of the request.
+    def load_result(self, index: int, payload: Optional[bytes | PayloadFile]) -> tuple[bool, Any]:
+        """``(True, result)``, or ``(False, why)`` for a result that cannot be loaded here.
+
+        Such a result becomes that task's error, so that a single result that
+        needs, say, a module this process lacks costs that task alone, not
+        every other result of the request.
         """
         loaded, value = serialisation.load_or_describe(payload_bytes(payload or b""))
         if loaded:
-            return value
+            return True, value
         reason = f"the result arrived but could not be loaded in this process: {value}"
         log.warning("request %s: task %s: %s", self.id, index, reason)
         self.storage.record_unloadable(self.id, index, reason)
-        return None
+        return False, reason
 
     def cancel(self) -> int:
         """Remove the request's jobs from the scheduler; return how many tasks were cancelled."""

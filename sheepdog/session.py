@@ -22,7 +22,7 @@ import logging
 import os
 import secrets
 import threading
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from . import backends, serialisation
 from .config import Config, resolve
@@ -170,6 +170,16 @@ class Session:
         arguments = _check_arguments(args)
         function_blob = serialisation.dumps_function(f, ns)
         argument_blobs = [serialisation.dumps_argument(i, a) for i, a in enumerate(arguments)]
+        return self.submit_serialised(function_blob, argument_blobs, conf)
+
+    def submit_serialised(self, function_blob: bytes, argument_blobs: Sequence[Any],
+                          conf: Config) -> Request:
+        """:meth:`submit` once the function and arguments are serialised.
+
+        The :class:`~sheepdog.executor.Executor` serialises each argument in
+        its own ``submit`` call, so that one that cannot travel fails there,
+        and hands a batch of them over here as one request.
+        """
         backend = backends.create(conf)
         backend.check()
         storage = self.storage(conf.dbfile)
@@ -185,7 +195,7 @@ class Session:
             log.info("request %s: live dashboard at %s", request_id, link)
         with self._lock:
             self._requests[(storage.dbfile, request_id)] = request
-        if not arguments:
+        if not argument_blobs:
             return request
         try:
             server.start()
@@ -193,7 +203,7 @@ class Session:
             request.deliver_key()
             request.submit_job()
         except Exception as error:
-            for index in range(1, len(arguments) + 1):
+            for index in range(1, len(argument_blobs) + 1):
                 storage.record_lost(request_id, index, f"the job was never submitted: {error}")
             request.withdraw_key()
             raise

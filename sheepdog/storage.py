@@ -222,6 +222,20 @@ def with_output(error: str, output: Mapping[str, str]) -> str:
     return "\n\n".join(sections)
 
 
+class TaskChange(NamedTuple):
+    """A task as :meth:`Storage.task_changes` found it: its state, when it got
+    there, whether it will go back in the queue (``again``), its error text
+    and output (failed, lost, cancelled) or its stored result (done)."""
+
+    task: int
+    state: str
+    updated: float
+    again: bool
+    error: Optional[str]
+    output: dict[str, str]
+    result: bytes | PayloadFile | None
+
+
 @dataclass(frozen=True)
 class Progress:
     """How many of a request's tasks are in each state."""
@@ -559,11 +573,9 @@ class Storage(Leases):
 
         Returns their indices; the output they left goes.
         """
-        retryable = "(state = 'lost' AND retryable = 1" + (" OR state = 'failed')" if failed_too
-                                                           else ")")
         with self._write() as db:
             again = states.apply(db, "requeue", request_id,
-                                 where=f"attempts < :max_attempts AND {retryable}",
+                                 where=f"attempts < :max_attempts AND {_may_run_again(failed_too)}",
                                  max_attempts=max_attempts)
             db.execute("DELETE FROM outputs WHERE request_id = ? AND idx IN "
                        "(SELECT value FROM json_each(?))", (request_id, json.dumps(again)))
@@ -772,6 +784,43 @@ class Storage(Leases):
         return [TaskLog(index, state, error, outputs.get(index, {}))
                 for index, state, error in rows]
 
+    # -- following tasks one by one, and cancelling some (executor.py) ---------
+
+    def task_changes(self, request_id: int, since: float, max_attempts: int,
+                     failed_too: bool) -> list[TaskChange]:
+        """Tasks of the request that moved on from pending at ``since`` or later.
+
+        ``since`` is a ``time.time()``, compared with the time of each task's
+        last change. A follower keeps the newest time it saw and asks again
+        from a little before it, so that no change slips between two looks.
+        ``max_attempts`` and ``failed_too`` are those of :meth:`requeue`: a
+        task that it will put back in the queue is marked ``again``.
+        """
+        in_time = "t.updated >= ? AND t.state != ?"
+        rows = self._connection().execute(
+            f"SELECT t.idx, t.state, t.updated, t.attempts < ? AND {_may_run_again(failed_too)}, "
+            "t.error, r.data, r.in_file FROM tasks t "
+            "LEFT JOIN results r ON r.request_id = t.request_id AND r.idx = t.idx "
+            f"WHERE t.request_id = ? AND {in_time} ORDER BY t.updated, t.idx",
+            (max_attempts, request_id, since, PENDING),
+        ).fetchall()
+        outputs = (self._outputs(request_id, f"{in_time} AND {_UNSUCCESSFUL}",
+                                 (since, PENDING, *_UNSUCCESSFUL_STATES))
+                   if any(row[1] in _UNSUCCESSFUL_STATES for row in rows) else {})
+        return [TaskChange(index, state, updated, bool(again), error, outputs.get(index, {}),
+                           None if data is None else
+                           self.payloads.stored("results", request_id, index, data, in_file))
+                for index, state, updated, again, error, data, in_file in rows]
+
+    def cancel_tasks(self, request_id: int, indices: Sequence[int], reason: str) -> list[int]:
+        """pending -> cancelled for the tasks ``indices``; the ones that moved.
+
+        A cancelled task is never handed to a worker, so it never runs; a task
+        already running is left to finish.
+        """
+        return self._apply("cancel", request_id, indices, where="tasks.state = 'pending'",
+                           reason=reason)
+
 
 class RequestSummary(NamedTuple):
     """A request as the dashboard lists it: ``counts`` maps a state to its number of tasks."""
@@ -791,3 +840,8 @@ class TaskSummary(NamedTuple):
     attempts: int
     started: Optional[float]
     updated: Optional[float]
+
+
+def _may_run_again(failed_too: bool) -> str:
+    """SQL: a task that :meth:`Storage.requeue` puts back in the queue, attempts allowing."""
+    return "(state = 'lost' AND retryable = 1" + (" OR state = 'failed')" if failed_too else ")")

@@ -167,9 +167,10 @@ def test_task_that_dies_without_reporting_is_lost_not_waited_for(local_conf):
 
 def test_public_names_are_pinned():
     assert sorted(sheepdog.__all__) == sorted([
-        "CallbackError", "Config", "DiskFullError", "Request", "SSHError", "SerialisationError",
-        "Server", "Session", "Storage", "StorageError", "SubmissionError", "UnsafePathError",
-        "__version__", "cancel", "get_errors", "get_results", "map", "map_async", "map_sync", "wait",
+        "CallbackError", "Config", "DiskFullError", "Executor", "Request", "SSHError",
+        "SerialisationError", "Server", "Session", "Storage", "StorageError", "SubmissionError",
+        "TaskError", "TaskLost", "UnsafePathError", "__version__", "as_completed", "cancel",
+        "get_errors", "get_results", "map", "map_async", "map_sync", "wait",
     ])
     assert sheepdog.map_sync is sheepdog.map
 

@@ -1,10 +1,9 @@
 """The ``sheepdog`` command against databases made by real local-backend maps (each
-subcommand, its exit code, its --dbfile from the config), ``serve`` (the scheme
-and port its requests need), and the progress display of ``map``."""
+subcommand, its exit code, its --dbfile from the config), and ``serve`` (the scheme
+and port its requests need)."""
 
 import fractions
 import http.client
-import io
 import json
 import os
 import re
@@ -19,8 +18,6 @@ import pytest
 import sheepdog
 from sheepdog import cli
 from sheepdog.serving import CommandError, plan_serving
-from sheepdog.progress import ProgressDisplay, describe
-from sheepdog.storage import Progress
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,51 +118,6 @@ def test_serve_with_no_open_request_says_how_to_serve_one_anyway(storage, dbfile
     assert cli.main(["serve", "--dbfile", dbfile]) == 2
     assert "has tasks still open; name the requests to serve them anyway" in (
         capsys.readouterr().err)
-
-
-def test_progress_line_shows_counts_rate_and_time_left():
-    assert describe(Progress(total=4), elapsed=0) == (
-        "sheepdog: [------------------------] 0/4 finished")
-    line = describe(Progress(total=4, running=1, done=1, failed=1, lost=1), elapsed=30)
-    assert line == ("sheepdog: [##################------] 3/4 finished, 1 running, 1 failed, "
-                    "1 lost | 0.1/s | elapsed 0:00:30, about 0:00:10 left")
-    assert describe(Progress(total=2, done=1, cancelled=1), elapsed=3725) == (
-        "sheepdog: [########################] 2/2 finished, 1 cancelled | 0.0/s | "
-        "elapsed 1:02:05")
-
-
-class Terminal(io.StringIO):
-    def isatty(self):
-        return True
-
-
-def test_progress_on_a_terminal_is_redrawn_in_place_and_ends_its_line():
-    terminal = Terminal()
-    display = ProgressDisplay(terminal)
-    display.update(Progress(total=2, running=2))
-    display.update(Progress(total=2, running=1, done=1))
-    display.update(Progress(total=2, done=2))
-    display.close()
-    first, second, third = terminal.getvalue().split("\r")[1:]
-    assert first == "sheepdog: [------------------------] 0/2 finished, 2 running"
-    assert second.startswith("sheepdog: [############------------] 1/2 finished, 1 running | ")
-    assert third.startswith("sheepdog: [########################] 2/2 finished | ")
-    assert third.endswith("\n") and third.count("\n") == 1
-    assert len(third.rstrip("\n")) >= len(second)  # a shorter line is padded over the longer
-
-
-def test_progress_in_a_log_is_a_line_per_interval_and_the_last_line_always():
-    log = io.StringIO()
-    display = ProgressDisplay(log, interval=3600)
-    for done in range(5):
-        display.update(Progress(total=5, done=done))
-    display.update(Progress(total=5, done=5))
-    display.close()
-    lines = log.getvalue().splitlines()
-    assert len(lines) == 2 and "\r" not in log.getvalue()
-    assert lines[0] == "sheepdog: [------------------------] 0/5 finished"
-    assert lines[1].startswith("sheepdog: [########################] 5/5 finished | ")
-
 
 
 def invert(x):

@@ -1,0 +1,294 @@
+"""sheepdog.Executor and sheepdog.as_completed, end to end on the local backend."""
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import sheepdog
+from sheepdog.storage import CANCELLED, DONE, Storage
+
+from .quickstart import run_doctest
+
+
+def wait_for_file(path, timeout=60):
+    """Used inside tasks: block until ``path`` exists."""
+    import os
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.02)
+    return "released"
+
+
+def stored(dbfile):
+    """(request ids, jobs of each) as the database holds them."""
+    storage = Storage(dbfile)
+    try:
+        return {request_id: storage.jobs(request_id) for request_id in storage.request_ids()}
+    finally:
+        storage.close()
+
+
+def test_many_submits_in_a_short_time_go_out_as_one_array_job(local_conf):
+    with sheepdog.Executor(local_conf) as executor:
+        futures = [executor.submit(pow, x, 2) for x in range(20)]
+        assert [future.result(timeout=60) for future in futures] == [x * x for x in range(20)]
+    requests = stored(local_conf["dbfile"])
+    assert list(requests) == [1] and len(requests[1]) == 1
+
+
+def test_submits_from_many_threads_within_the_window_go_out_together(local_conf):
+    with sheepdog.Executor(local_conf, batch_seconds=0.5) as executor:
+        with concurrent.futures.ThreadPoolExecutor(4) as threads:
+            futures = list(threads.map(lambda x: executor.submit(pow, x, 3), range(12)))
+        assert sorted(future.result(timeout=60) for future in futures) == [
+            x ** 3 for x in range(12)]
+    assert [len(jobs) for jobs in stored(local_conf["dbfile"]).values()] == [1]
+
+
+def test_submits_of_two_functions_go_out_as_one_request_each(local_conf):
+    with sheepdog.Executor(local_conf) as executor:
+        squares = [executor.submit(pow, x, 2) for x in range(3)]
+        absolutes = [executor.submit(abs, -x) for x in range(3)]
+    assert [future.result() for future in squares] == [0, 1, 4]
+    assert [future.result() for future in absolutes] == [0, 1, 2]
+    assert [len(jobs) for jobs in stored(local_conf["dbfile"]).values()] == [1, 1]
+
+
+def test_futures_work_with_the_standard_as_completed_and_wait(local_conf):
+    def slow_identity(x):
+        import time
+        time.sleep(x)
+        return x
+
+    with sheepdog.Executor({**local_conf, "workers": 3}) as executor:
+        futures = [executor.submit(slow_identity, x) for x in (1.5, 0.0, 0.5)]
+        assert all(isinstance(future, concurrent.futures.Future) for future in futures)
+        finished = [future.result() for future in
+                    concurrent.futures.as_completed(futures, timeout=60)]
+        done, not_done = concurrent.futures.wait(futures, timeout=60)
+    assert finished == [0.0, 0.5, 1.5]
+    assert done == set(futures) and not not_done
+
+
+def test_a_raising_task_raises_task_error_with_its_remote_traceback(local_conf):
+    def inverse(x):
+        return 1 / x
+
+    with sheepdog.Executor(local_conf) as executor:
+        future = executor.submit(inverse, 0)
+        with pytest.raises(sheepdog.TaskError) as raised:
+            future.result(timeout=60)
+    error = raised.value
+    assert error.index == 1 and error.exception_type == "ZeroDivisionError"
+    assert isinstance(error.exception, ZeroDivisionError) and error.__cause__ is error.exception
+    assert "in inverse" in error.remote_traceback
+    assert "ZeroDivisionError: division by zero" in str(error)
+
+
+def test_an_exception_class_of_the_users_own_is_named_not_rebuilt(local_conf):
+    def complain():
+        class NotBuiltin(Exception):
+            pass
+
+        print("said before raising")
+        raise NotBuiltin("mine")
+
+    with sheepdog.Executor(local_conf) as executor:
+        error = executor.submit(complain).exception(timeout=60)
+    assert isinstance(error, sheepdog.TaskError) and error.exception is None
+    assert error.exception_type.endswith("NotBuiltin")
+    assert error.output and "said before raising" in "".join(error.output.values())
+    assert "said before raising" in str(error)
+
+
+def test_a_task_that_kills_its_process_group_raises_task_lost(local_conf):
+    def die():
+        import os
+        import signal
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    with sheepdog.Executor({**local_conf, "retries": 0}) as executor:
+        future = executor.submit(die)
+        with pytest.raises(sheepdog.TaskLost) as raised:
+            future.result(timeout=60)
+    assert raised.value.index == 1 and "SIGKILL" in raised.value.reason
+
+
+def blocked_executor(local_conf, tmp_path, n_pending):
+    """An executor on one worker slot whose first task blocks until released.
+
+    Returns (executor, blocker future, the pending futures, their marker
+    files, the release file). Each pending task writes its marker file.
+    """
+    release = str(tmp_path / "release")
+    markers = [str(tmp_path / f"ran-{n}") for n in range(n_pending)]
+
+    def task(marker):
+        if marker is None:
+            return wait_for_file(release)
+        with open(marker, "w") as handle:
+            handle.write("ran")
+        return marker
+
+    executor = sheepdog.Executor({**local_conf, "workers": 1, "chunksize": 1})
+    blocker = executor.submit(task, None)
+    pending = [executor.submit(task, marker) for marker in markers]
+    deadline = time.monotonic() + 60
+    while not blocker.running():
+        assert time.monotonic() < deadline, "the first task never started"
+        time.sleep(0.02)
+    return executor, blocker, pending, markers, release
+
+
+def test_cancelled_pending_futures_never_run(local_conf, tmp_path):
+    executor, blocker, pending, markers, release = blocked_executor(local_conf, tmp_path, 3)
+    assert not blocker.cancel()  # it runs
+    assert [future.cancel() for future in pending[:2]] == [True, True]
+    open(release, "w").close()
+    assert blocker.result(timeout=60) == "released"
+    assert pending[2].result(timeout=60) == markers[2]
+    executor.shutdown()
+    assert all(future.cancelled() for future in pending[:2])
+    assert [marker for marker in markers if (tmp_path / marker).exists()] == [markers[2]]
+    storage = Storage(local_conf["dbfile"])
+    assert [state for _args, state, _result in storage.results(1)] == [
+        DONE, CANCELLED, CANCELLED, DONE]
+
+
+def test_shutdown_with_cancel_futures_cancels_what_has_not_started(local_conf, tmp_path):
+    executor, blocker, pending, markers, release = blocked_executor(local_conf, tmp_path, 2)
+    executor.shutdown(wait=False, cancel_futures=True)
+    with pytest.raises(RuntimeError, match="shut down"):
+        executor.submit(abs, 1)
+    open(release, "w").close()
+    assert blocker.result(timeout=60) == "released"
+    executor.shutdown(wait=True)
+    assert all(future.cancelled() for future in pending)
+    assert not any((tmp_path / marker).exists() for marker in markers)
+
+
+def test_shutdown_waits_for_every_future(local_conf):
+    def nap(x):
+        import time
+        time.sleep(0.5)
+        return x
+
+    executor = sheepdog.Executor(local_conf)
+    futures = [executor.submit(nap, x) for x in range(3)]
+    executor.shutdown(wait=True)
+    assert all(future.done() for future in futures)
+    assert [future.result() for future in futures] == [0, 1, 2]
+
+
+def test_leaving_the_with_block_by_an_exception_cancels_what_has_not_started(local_conf, tmp_path):
+    release = tmp_path / "release"
+    with pytest.raises(KeyboardInterrupt):
+        with sheepdog.Executor({**local_conf, "workers": 1, "chunksize": 1}) as executor:
+            blocker = executor.submit(wait_for_file, str(release))
+            later = executor.submit(wait_for_file, str(tmp_path))  # same function: same job
+            while not blocker.running():
+                time.sleep(0.02)
+            threading.Timer(0.5, release.touch).start()
+            raise KeyboardInterrupt
+    assert later.cancelled() and blocker.result() == "released"
+
+
+def test_map_yields_in_order_and_times_out(local_conf):
+    def nap(seconds):
+        import time
+        time.sleep(seconds)
+        return seconds
+
+    with sheepdog.Executor({**local_conf, "workers": 3}) as executor:
+        assert list(executor.map(nap, [1.0, 0.0, 0.5], chunksize=7)) == [1.0, 0.0, 0.5]
+        assert list(executor.map(pow, [2, 3], [3, 2])) == [8, 9]
+        results = executor.map(nap, [2.5], timeout=0.5)
+        with pytest.raises(concurrent.futures.TimeoutError):
+            next(results)
+        results.close()  # its futures are cancelled, if not running; this one runs on
+
+
+def test_keyword_arguments_and_unserialisable_arguments_fail_at_submit(local_conf):
+    with sheepdog.Executor(local_conf) as executor:
+        with pytest.raises(TypeError, match="keyword arguments"):
+            executor.submit(sorted, [2, 1], reverse=True)
+        with pytest.raises(sheepdog.SerialisationError):
+            executor.submit(id, threading.Lock())
+        assert executor.submit(abs, -3).result(timeout=60) == 3
+
+
+def test_a_future_can_be_awaited_while_the_event_loop_runs_other_coroutines(local_conf):
+    def nap(seconds):
+        import time
+        time.sleep(seconds)
+        return "woke"
+
+    async def main(executor):
+        loop = asyncio.get_running_loop()
+        beats = []
+
+        def beat():
+            beats.append(loop.time())
+            loop.call_later(0.05, beat)
+
+        beat()
+        return await asyncio.wrap_future(executor.submit(nap, 1.0)), len(beats)
+
+    with sheepdog.Executor(local_conf) as executor:
+        result, ticks = asyncio.run(main(executor))
+    assert result == "woke" and ticks >= 10
+
+
+def test_as_completed_yields_in_finishing_order_and_raises_at_a_failed_task(local_conf):
+    def nap_then_invert(seconds):
+        import time
+        time.sleep(seconds)
+        return 1 / seconds
+
+    dbfile = local_conf["dbfile"]
+    config = {**local_conf, "workers": 3}
+    request_id = sheepdog.map_async(nap_then_invert, [(1.0,), (0.5,), (2.0,)], config)
+    assert list(sheepdog.as_completed(request_id, dbfile, timeout=60)) == [
+        (2, 2.0), (1, 1.0), (3, 0.5)]
+    failing = sheepdog.map_async(nap_then_invert, [(0.5,), (0,), (1.5,)], config)
+    finished = []
+    with pytest.raises(sheepdog.TaskError) as raised:
+        for index, result in sheepdog.as_completed(failing, dbfile, timeout=60):
+            finished.append(index)
+    assert raised.value.index == 2 and isinstance(raised.value.exception, ZeroDivisionError)
+    every = dict(sheepdog.as_completed(failing, dbfile, timeout=60, errors="yield"))
+    assert every[1] == 2.0 and every[3] == pytest.approx(1 / 1.5)
+    assert isinstance(every[2], sheepdog.TaskError)
+
+
+def test_as_completed_times_out(local_conf):
+    def nap(seconds):
+        import time
+        time.sleep(seconds)
+
+    request_id = sheepdog.map_async(nap, [(30,)], local_conf)
+    with pytest.raises(TimeoutError, match="0 of 1 tasks finished after 0.5 s"):
+        list(sheepdog.as_completed(request_id, local_conf["dbfile"], timeout=0.5))
+    sheepdog.cancel(request_id, local_conf["dbfile"])
+
+
+def test_executor_page_examples_run_on_the_local_backend(local_conf):
+    page = (Path(__file__).resolve().parents[1] / "docs" / "executor.rst").read_text()
+    results = run_doctest(page, local_conf)
+    assert results.failed == 0 and results.attempted == 27
+
+
+def test_a_job_the_scheduler_refuses_is_every_futures_error(local_conf):
+    with sheepdog.Executor({**local_conf, "shell": "/nonexistent/python3"}) as executor:
+        futures = [executor.submit(abs, -x) for x in range(3)]
+        errors = [future.exception(timeout=60) for future in futures]
+    assert all(isinstance(error, sheepdog.SubmissionError) for error in errors)
+    assert "/nonexistent/python3" in str(errors[0])
