@@ -145,11 +145,8 @@ def map(  # noqa: A001 - the original API's name
     remaining tasks (asking first in an interactive session) and says so.
     """
     request = _default_session.submit(f, args, config, ns)
-    link = _default_session.dashboard_link(request)
-    if verbose and link is not None:
-        print(f"sheepdog: live dashboard: {link}", file=sys.stderr)
     try:
-        request.wait(verbose=verbose)
+        request.wait(verbose=verbose, link=_default_session.dashboard_link(request))
     except KeyboardInterrupt:
         _after_interrupt(request)
         raise

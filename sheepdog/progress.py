@@ -142,10 +142,12 @@ class NotebookDisplay:
     HTML ``<progress>`` element, replaced through its ``display_id``.
     """
 
-    def __init__(self, interval: float = NOTEBOOK_INTERVAL) -> None:
+    def __init__(self, interval: float = NOTEBOOK_INTERVAL, link: Optional[str] = None) -> None:
         from IPython.display import HTML, display
 
         self._html = HTML
+        self._link = (f' <a href="{html.escape(link)}" target="_blank">live dashboard</a>'
+                      if link else "")
         self.interval = interval
         self.started = time.monotonic()
         self._last_shown = -float("inf")
@@ -168,7 +170,7 @@ class NotebookDisplay:
     def _render(self, progress: Progress) -> str:
         counts = html.escape(_counts(progress, time.monotonic() - self.started))
         return (f'<progress value="{progress.finished}" max="{max(progress.total, 1)}">'
-                f"</progress> <code>sheepdog: {counts}</code>")
+                f"</progress> <code>sheepdog: {counts}</code>{self._link}")
 
     def update(self, progress: Progress) -> None:
         now = time.monotonic()
@@ -179,7 +181,7 @@ class NotebookDisplay:
             bar, label = self._widgets
             bar.max = max(progress.total, 1)
             bar.value = progress.finished
-            label.value = html.escape(_counts(progress, now - self.started))
+            label.value = html.escape(_counts(progress, now - self.started)) + self._link
         else:
             self._handle.update(self._html(self._render(progress)))
 
@@ -198,14 +200,18 @@ def in_notebook() -> bool:
     return getattr(shell, "kernel", None) is not None
 
 
-def progress_display(stream: Optional[TextIO] = None) -> Display:
+def progress_display(stream: Optional[TextIO] = None, link: Optional[str] = None) -> Display:
     """The display that suits where this process runs (see the module's docstring).
 
     ``stream`` is where terminal and plain lines go (stderr by default).
+    ``link``, the live dashboard's, is shown with it: a link in a notebook's
+    display, else a line of its own before the progress.
     """
     if in_notebook():
-        return NotebookDisplay()
+        return NotebookDisplay(link=link)
     stream = stream if stream is not None else sys.stderr
+    if link:
+        stream_writer(stream)(f"sheepdog: live dashboard: {link}")
     if bool(getattr(stream, "isatty", lambda: False)()):
         return TerminalDisplay(stream)
     if log.isEnabledFor(logging.INFO) and log.hasHandlers():

@@ -197,15 +197,17 @@ class Request:
     def progress(self) -> Progress:
         return self.storage.progress(self.id)
 
-    def wait(self, timeout: Optional[float] = None, verbose: bool = False) -> None:
+    def wait(self, timeout: Optional[float] = None, verbose: bool = False,
+             link: Optional[str] = None) -> None:
         """Block until every task has finished (done, failed, lost or cancelled).
 
         While waiting it watches the scheduler and the heartbeats (see
         :meth:`follow`), from whichever process waits. ``verbose`` shows the
-        progress in the display that suits where it runs (``progress.py``).
+        progress in the display that suits where it runs (``progress.py``),
+        with ``link`` (the live dashboard's) if given.
         """
         storage = self.storage
-        display = progress_display() if verbose else None
+        display = progress_display(link=link) if verbose else None
         started = time.monotonic()
         delay = 0.02
         if not self.progress().complete:

@@ -252,4 +252,4 @@ def test_sheepdog_dashboard_names_what_is_wrong(tmp_path, arguments, message):
     finished = subprocess.run([sys.executable, "-m", "sheepdog", "dashboard", "--no-browser",
                                *arguments], cwd=tmp_path, capture_output=True, text=True,
                               timeout=60)
-    assert finished.returncode == 1 and message in finished.stderr
+    assert finished.returncode == 2 and message in finished.stderr  # 2: it could not run
