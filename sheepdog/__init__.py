@@ -22,7 +22,7 @@ from .private import UnsafePathError
 from .storage import DiskFullError, Storage, StorageError
 from .supervisor import CallbackError
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "CallbackError",

@@ -26,7 +26,7 @@ import json
 import sqlite3
 import time
 from contextlib import AbstractContextManager
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 from . import states
 
@@ -52,6 +52,14 @@ def fair_share(pending: int, live_workers: int) -> int:
 def _launch_and_task(worker: str) -> tuple[int, int]:
     launch, _, array_task = worker.partition(".")
     return int(launch), int(array_task)
+
+
+def _worker_row(db: sqlite3.Connection, request_id: int, worker: str, columns: str
+                ) -> Optional[tuple[Any, ...]]:
+    """``columns`` of the row of ``worker`` (``"L.T"``), or None when the request has none."""
+    launch, array_task = _launch_and_task(worker)
+    return db.execute(f"SELECT {columns} FROM workers WHERE request_id = ? AND launch = ? "
+                      "AND array_task = ?", (request_id, launch, array_task)).fetchone()
 
 
 class Leases(abc.ABC):
@@ -89,11 +97,8 @@ class Leases(abc.ABC):
         None for a worker the request does not have. An empty list tells the
         worker that nothing is left for it, and ends it.
         """
-        launch, array_task = _launch_and_task(worker)
         with self._write() as db:
-            row = db.execute("SELECT id, pulls, ended FROM workers WHERE request_id = ? AND "
-                             "launch = ? AND array_task = ?",
-                             (request_id, launch, array_task)).fetchone()
+            row = _worker_row(db, request_id, worker, "id, pulls, ended")
             if row is None:
                 return None
             worker_id, pulls, ended = row
@@ -196,11 +201,8 @@ class Leases(abc.ABC):
         removed on purpose: ``warned`` is added to the reason, and the tasks
         are not retried, whatever ``retryable`` says. Returns the tasks lost.
         """
-        launch, array_task = _launch_and_task(worker)
         with self._write() as db:
-            row = db.execute("SELECT id, kill_notice FROM workers WHERE request_id = ? AND "
-                             "launch = ? AND array_task = ?",
-                             (request_id, launch, array_task)).fetchone()
+            row = _worker_row(db, request_id, worker, "id, kill_notice")
             if row is None:
                 return []
             worker_id, kill_notice = row
