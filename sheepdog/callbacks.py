@@ -33,6 +33,7 @@ are named rather than read, so the host streams them.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import sqlite3
 from dataclasses import dataclass, field
@@ -40,9 +41,11 @@ from typing import Any, Mapping, NamedTuple, Optional, Protocol, Sequence, Union
 
 from .payloads import SPILL_BYTES, PayloadFile
 from .storage import DiskFullError, Storage
-from .protocol import (ARGUMENTS, DIGEST_HEADER, DISK_FULL_STATUS, ERROR, FLOOR_ROUTES, OUTPUT,
-                       REPORT_FLOOR_BYTES, RESULT, ROUTES, STDERR, STDOUT, Path, body_digest,
-                       nbytes, pack_frames, parse_path, signed_digest, unpack_frames)
+from .leases import AskAgain
+from .protocol import (ARGUMENTS, DIGEST_HEADER, DISK_FULL_STATUS, ERROR, FLOOR_ROUTES,
+                       MAX_INDEX, OUTPUT, REPORT_FLOOR_BYTES, RESULT, ROUTES, STDERR, STDOUT,
+                       WAIT, Path, body_digest, nbytes, pack_frames, parse_path, signed_digest,
+                       unpack_frames)
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +229,8 @@ class Callbacks:
             return self._results(request_id, body)
         if name == "pull":
             return self._pull(request_id, parsed)
+        if name == "release":
+            return self._release(request_id, parsed.worker, body)
         if name in ("heartbeat", "killing"):
             update = (self.storage.worker_heartbeat if name == "heartbeat"
                       else self.storage.worker_kill_notice)
@@ -239,11 +244,26 @@ class Callbacks:
             return self._lost(request_id, index, body)
         return self._report(request_id, index, name, body)
 
+    def _release(self, request_id: int, worker: str, body: Any) -> Reply:
+        """Tasks a worker gives back unstarted: a JSON list of their indices."""
+        try:
+            indices = json.loads(bytes(body))
+        except ValueError:
+            indices = None
+        if not isinstance(indices, list) or not all(
+                type(index) is int and 1 <= index <= MAX_INDEX for index in indices):
+            return text_reply(400, "a release names the tasks given back as a JSON list of "
+                                   "task indices")
+        released = self.storage.release(request_id, worker, indices)
+        return text_reply(200, f"released {len(released)} of {len(indices)}")
+
     def _pull(self, request_id: int, parsed: Path) -> Reply:
         """The arguments of the tasks the worker now holds, as frames; none: nothing left."""
         indices = self.storage.pull(request_id, parsed.worker, parsed.seq, parsed.size)
         if indices is None:
             return _NO_WORKER
+        if isinstance(indices, AskAgain):
+            return Reply(200, pack_frames([(0, WAIT, b"")]), "application/octet-stream")
         arguments = self.storage.task_arguments(request_id, indices)
         return Reply(200, pack_frames((i, ARGUMENTS, arguments[i]) for i in indices),
                      "application/octet-stream")

@@ -26,9 +26,17 @@ import json
 import sqlite3
 import time
 from contextlib import AbstractContextManager
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Union
 
 from . import states
+
+
+class AskAgain:
+    """The answer to a pull that finds nothing pending while another worker holds tasks
+    that it may give back: the worker asks again shortly instead of leaving."""
+
+
+ASK_AGAIN = AskAgain()
 
 
 class WorkerEnd(NamedTuple):
@@ -91,11 +99,13 @@ class Leases(abc.ABC):
                        "WHERE request_id = ? AND launch = ? AND ended IS NULL",
                        (time.time(), reason, request_id, launch))
 
-    def pull(self, request_id: int, worker: str, seq: int, size: int) -> Optional[list[int]]:
+    def pull(self, request_id: int, worker: str, seq: int, size: int
+             ) -> Union[list[int], AskAgain, None]:
         """The tasks that pull number ``seq`` of ``worker`` gets (at most ``size``).
 
         None for a worker the request does not have. An empty list tells the
-        worker that nothing is left for it, and ends it.
+        worker that nothing is left for it, and ends it; :data:`ASK_AGAIN`, that
+        nothing is pending now but another worker holds tasks it may give back.
         """
         with self._write() as db:
             row = _worker_row(db, request_id, worker, "id, pulls, ended")
@@ -118,6 +128,12 @@ class Leases(abc.ABC):
             if indices:
                 db.execute("UPDATE workers SET pulls = ?, heartbeat = ? WHERE id = ?",
                            (seq, time.time(), worker_id))
+            elif db.execute("SELECT 1 FROM tasks WHERE request_id = ? AND state = 'running' "
+                            "AND worker != ? GROUP BY worker HAVING count(*) > 1 LIMIT 1",
+                            (request_id, worker_id)).fetchone():
+                db.execute("UPDATE workers SET heartbeat = ? WHERE id = ?",
+                           (time.time(), worker_id))
+                return ASK_AGAIN
             else:
                 db.execute("UPDATE workers SET pulls = ?, ended = ?, end_reason = ?, "
                            "end_retryable = 1 WHERE id = ?",
@@ -136,6 +152,18 @@ class Leases(abc.ABC):
     def _live_count(db: sqlite3.Connection, request_id: int) -> int:
         return db.execute("SELECT count(*) FROM workers WHERE request_id = ? AND ended IS NULL",
                           (request_id,)).fetchone()[0]
+
+    def release(self, request_id: int, worker: str, indices: list[int]) -> list[int]:
+        """Tasks that ``worker`` holds and gives back unstarted go back in the queue; those
+        that did."""
+        with self._write() as db:
+            row = _worker_row(db, request_id, worker, "id")
+            released = [] if row is None else states.apply(
+                db, "release", request_id, indices, where="worker = :worker_id",
+                worker_id=row[0])
+        if released:
+            self._changed()
+        return sorted(released)
 
     def _worker_update(self, request_id: int, worker: str, assignment: str) -> bool:
         launch, array_task = _launch_and_task(worker)

@@ -14,6 +14,8 @@ reads it back, so the two sides cannot disagree::
                                                          frames; none left: no frames
     POST /requests/<rid>/workers/<L>.<T>/heartbeat       the worker is alive (renews its lease)
     POST /requests/<rid>/workers/<L>.<T>/killing         the scheduler warned it will kill it
+    POST /requests/<rid>/workers/<L>.<T>/release         body: a JSON list of the tasks it
+                                                         holds but gives back, unstarted
     POST /requests/<rid>/results                         results, errors and output tails
     POST /requests/<rid>/tasks/<i>/result                one pickled result (1 MB or more)
     POST /requests/<rid>/tasks/<i>/error                 one traceback, UTF-8
@@ -21,7 +23,8 @@ reads it back, so the two sides cannot disagree::
     POST /requests/<rid>/tasks/<i>/lost                  how the task's process ended, UTF-8
 
 ``seq`` numbers a worker's pulls from 1, so that a pull repeated after a lost
-answer gets the same tasks again instead of leasing more.
+answer gets the same tasks again instead of leasing more. A pull may also be
+answered with a single ``WAIT`` frame: nothing yet, but ask again soon.
 
 **Signatures.** Every worker request carries an HMAC-SHA256, under the
 request's key, of its method, its path (which names the request, the route
@@ -84,7 +87,9 @@ ARGUMENTS, RESULT, ERROR = 0, 1, 2
 #: Output tails: of stdout, of stderr, and of both when they went to one file.
 STDOUT, STDERR, OUTPUT = 3, 4, 5
 OUTPUT_KINDS = (STDOUT, STDERR, OUTPUT)
-_KINDS = (ARGUMENTS, RESULT, ERROR) + OUTPUT_KINDS
+#: The answer to a pull that finds no task yet, while other workers may give some back.
+WAIT = 6
+_KINDS = (ARGUMENTS, RESULT, ERROR) + OUTPUT_KINDS + (WAIT,)
 
 #: The largest task index a spec may name (SQLite integers are signed 64-bit).
 MAX_INDEX = 2**62
@@ -230,6 +235,7 @@ ROUTES = {
     "pull": "POST",
     "heartbeat": "POST",
     "killing": "POST",
+    "release": "POST",
     "results": "POST",
     "result": "POST",
     "error": "POST",
@@ -237,7 +243,7 @@ ROUTES = {
     "lost": "POST",
 }
 _REQUEST_ROUTES = ("function", "results")
-_WORKER_ROUTES = ("heartbeat", "killing")
+_WORKER_ROUTES = ("heartbeat", "killing", "release")
 _TASK_ROUTES = ("result", "error", "output", "lost")
 #: Routes whose bodies are accepted up to REPORT_FLOOR_BYTES whatever the server's limit.
 FLOOR_ROUTES = ("error", "output", "lost")
@@ -248,7 +254,7 @@ _PATH = re.compile(
     r"/requests/(?P<rid>[0-9]{1,18})/(?:"
     r"(?P<request_route>function|results)"
     r"|workers/(?P<launch>[0-9]{1,9})\.(?P<array_task>[0-9]{1,9})/"
-    r"(?:(?P<worker_route>heartbeat|killing)|pull/(?P<seq>[0-9]{1,9})/(?P<size>[0-9]{1,7}))"
+    r"(?:(?P<worker_route>heartbeat|killing|release)|pull/(?P<seq>[0-9]{1,9})/(?P<size>[0-9]{1,7}))"
     r"|tasks/(?P<task>[0-9]{1,19})/(?P<task_route>result|error|output|lost))"
 )
 

@@ -17,9 +17,12 @@ flushed), but threads it left running are not waited for.
 import atexit
 import faulthandler
 import gc
+import mmap
+import multiprocessing
 import os
 import signal
 import socket
+import struct
 import sys
 import traceback
 
@@ -147,8 +150,51 @@ class RunnerReports:
         self.pending, self.large = [], False
 
 
-def run_tasks(codec, function_blob, arguments, indices, channel, connect, settings, output):
-    """In the runner: load ``f``, then run each task; the runner's exit status."""
+class Claims:
+    """Which of its tasks a runner may still start, shared between it and its supervisor.
+
+    The runner claims each task before it starts it. The supervisor may stop
+    it before its next unclaimed task, to give the rest of the batch back
+    while the runner is stuck in a long task (see ``worker.py``). A lock
+    shared across the fork makes claiming and stopping exclusive, so every
+    task is either started here or given back, never both.
+    """
+
+    _FIELDS = struct.Struct("qq")  # the next position to claim, and the first not allowed
+
+    def __init__(self, count):
+        self._lock = multiprocessing.Lock()
+        self._memory = mmap.mmap(-1, self._FIELDS.size)  # shared with the forked runner
+        self._FIELDS.pack_into(self._memory, 0, 0, count)
+
+    def claim(self, position):
+        """In the runner: whether it may start the task at ``position`` (then it is claimed)."""
+        with self._lock:
+            _next, limit = self._FIELDS.unpack_from(self._memory)
+            if position >= limit:
+                return False
+            self._FIELDS.pack_into(self._memory, 0, position + 1, limit)
+            return True
+
+    def stop(self):
+        """In the supervisor: let the runner start nothing more; the first position it never
+        claimed."""
+        with self._lock:
+            claimed, _limit = self._FIELDS.unpack_from(self._memory)
+            self._FIELDS.pack_into(self._memory, 0, claimed, claimed)
+            return claimed
+
+    def resume(self, limit):
+        """In the supervisor: let the runner go on up to ``limit`` after all (the tasks could
+        not be given back)."""
+        with self._lock:
+            claimed, _limit = self._FIELDS.unpack_from(self._memory)
+            self._FIELDS.pack_into(self._memory, 0, claimed, limit)
+
+
+def run_tasks(codec, function_blob, arguments, indices, channel, connect, settings, output,
+              claims):
+    """In the runner: load ``f``, then run each task it may claim; the runner's exit status."""
     reports = RunnerReports(channel, connect)
     problem = None
     try:
@@ -157,14 +203,18 @@ def run_tasks(codec, function_blob, arguments, indices, channel, connect, settin
         function = codec.loads_function(function_blob)
     except BaseException as error:  # noqa: B902 - report any failure to load
         problem = "the function could not be loaded on this worker:\n" + describe_failure(error)
-    for index in indices:
+    last = None
+    for position, index in enumerate(indices):
+        if not claims.claim(position):
+            break  # the supervisor gave the rest back
         reports.started(index, output.positions())
         if problem is None:
             run_one(codec, function, index, arguments.pop(index), reports)
         else:
             reports.report(index, ERROR, error_bytes(problem))
-    if indices:
-        reports.ended(indices[-1], output.positions())
+        last = index
+    if last is not None:
+        reports.ended(last, output.positions())
     return 0 if problem is None else 1
 
 

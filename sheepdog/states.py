@@ -64,6 +64,9 @@ TRANSITIONS: Mapping[str, Transition] = {
     "lose": Transition(OPEN, LOST, (
         ("error", "coalesce({detail}, :reason)"), ("retryable", _RETRYABLE_UNLESS_WARNED))),
     "cancel": Transition(OPEN, CANCELLED, (("error", ":reason"),)),
+    # Its worker gives it back unstarted (it was stuck in a long task): back in the queue.
+    "release": Transition((RUNNING,), PENDING, (
+        ("worker", "NULL"), ("batch", "NULL"), ("started", "NULL"))),
     # Another attempt: back in the queue, with no lease and no error.
     "requeue": Transition((LOST, FAILED), PENDING, (
         ("error", "NULL"), ("worker", "NULL"), ("batch", "NULL"), ("started", "NULL"),

@@ -33,7 +33,7 @@ the scheduler warns that it will kill the worker, the supervisor kills the
 runner, posts what it holds and says so (see :func:`report_kill_notices`).
 """
 
-import itertools
+import json
 import os
 import select
 import signal
@@ -43,10 +43,10 @@ import time
 
 from .client import Client, PermanentHTTPError, log, read_key
 from .output import TaskOutput
-from .protocol import (DISK_FULL_STATUS, ERROR, RESULT, index_spec, nbytes, pack_frames,
+from .protocol import (DISK_FULL_STATUS, ERROR, RESULT, WAIT, index_spec, nbytes, pack_frames,
                        split_frames, unpack_frames, worker_name)
-from .runner import (ENDED, POSTED, RUNNER_KINDS, STARTED, Runner, error_bytes, refused_result,
-                     run_tasks)
+from .runner import (ENDED, POSTED, RUNNER_KINDS, STARTED, Claims, Runner, error_bytes,
+                     refused_result, run_tasks)
 
 #: Reports are posted together once this many bytes or seconds have gathered.
 FLUSH_BYTES = 8 << 20
@@ -61,6 +61,14 @@ GATHER_SECONDS = 0.002
 BATCH_SECONDS = 1.0
 #: How many times larger than the last one a batch may grow.
 BATCH_GROWTH = 8
+#: A task that runs this many times longer than this worker's tasks took on average
+#: (and at least GIVE_BACK_MIN_SECONDS) holds up the rest of its batch: they are given
+#: back, for idle workers to run.
+GIVE_BACK_FACTOR = 4
+GIVE_BACK_MIN_SECONDS = 0.5
+#: How long a worker waits to ask again when the server has no task for it yet, but
+#: other workers may give some back.
+WAIT_SECONDS = 0.5
 
 
 class BatchSize:
@@ -72,14 +80,21 @@ class BatchSize:
     def __init__(self, fixed=None):
         self.fixed = fixed
         self.size = fixed or 1
+        self.per_task = None  # seconds a task took, in the last batch
 
     def took(self, count, seconds):
         """A batch of ``count`` tasks took ``seconds``."""
-        if self.fixed or not count:
+        if not count:
             return
-        per_task = max(seconds, 1e-6) / count
-        wanted = int(BATCH_SECONDS / per_task)
-        self.size = max(1, min(wanted, count * BATCH_GROWTH))
+        self.per_task = max(seconds, 1e-6) / count
+        if not self.fixed:
+            wanted = int(BATCH_SECONDS / self.per_task)
+            self.size = max(1, min(wanted, count * BATCH_GROWTH))
+
+    @property
+    def give_back_after(self):
+        """How long a task may run before the rest of its batch is given back."""
+        return max(GIVE_BACK_MIN_SECONDS, GIVE_BACK_FACTOR * (self.per_task or BATCH_SECONDS))
 
 
 def python_mismatch(expected):
@@ -116,7 +131,8 @@ class Supervisor:
     runners.
 
     ``remaining`` are the batch's tasks not yet reported; ``started`` those a
-    runner has begun.
+    runner has begun; ``given_back`` those returned to the server for other
+    workers, unstarted, while the runner was stuck in a long task.
     """
 
     def __init__(self, client, beater, worker, heartbeat_seconds, output):
@@ -132,20 +148,28 @@ class Supervisor:
         self.runner = None
         self.buffer = bytearray()  # what the runner sent, up to the end of a whole message
         self.current = None  # (index, positions) of the task the runner is in
+        self.current_since = 0.0  # when it started (time.monotonic())
         self.crash_status = None  # the wait status of the first runner that crashed
+        self.given_back = set()
+        self.give_back_after = float("inf")
+        self.todo, self.claims = [], None  # the runner's tasks, and what it may still start
 
     # -- the runners ------------------------------------------------------
 
-    def run(self, start_runner, indices):
-        """Run the batch ``indices`` in runners until each has started once; the exit status."""
+    def run(self, start_runner, indices, give_back_after=float("inf")):
+        """Run the batch ``indices`` in runners until each has started once, giving back
+        what a task running for ``give_back_after`` seconds holds up; the exit status."""
         todo, status = list(indices), 0
         self.remaining, self.started, self.crash_status = set(indices), set(), None
+        self.given_back, self.give_back_after = set(), give_back_after
         try:
             while todo:
                 begun = len(self.started)
-                self.runner = start_runner(todo)
+                self.todo, self.claims = todo, Claims(len(todo))
+                self.runner = start_runner(todo, self.claims)
                 status = self._follow(self.runner)
-                todo = [index for index in todo if index not in self.started]
+                todo = [index for index in todo
+                        if index not in self.started and index not in self.given_back]
                 if len(self.started) == begun:
                     break  # the runner died before any task: a new one would too
             self.flush()
@@ -192,6 +216,7 @@ class Supervisor:
             if kind == STARTED:
                 self.started.add(index)
                 self.current = (index, bytes(payload))
+                self.current_since = time.monotonic()
             elif kind == POSTED:
                 self.remaining.discard(index)
             elif kind in (RESULT, ERROR):
@@ -238,8 +263,10 @@ class Supervisor:
         return max(0.0, wake - now)
 
     def _tick(self, runner):
-        """Post what is held, and beat, when it is time."""
+        """Post what is held, beat, and give back what a long task holds up, when it is time."""
         now = time.monotonic()
+        if self.current is not None and now - self.current_since >= self.give_back_after:
+            self._give_back()
         if self.size >= FLUSH_BYTES or (self.since is not None
                                          and now - self.since >= FLUSH_SECONDS):
             self.flush()
@@ -250,6 +277,23 @@ class Supervisor:
                     self.beater.request("heartbeat", worker=self.worker)
                 except Exception as error:  # a missed beat is not fatal; the next may pass
                     log(f"heartbeat failed: {error}")
+
+    def _give_back(self):
+        """The runner is stuck in a long task: return the batch's unstarted tasks to the
+        server, so that idle workers run them rather than wait for this one."""
+        first = self.claims.stop()
+        rest = [index for index in self.todo[first:] if index not in self.given_back]
+        if not rest:
+            return
+        try:
+            self.client.request("release", json.dumps(rest).encode(), worker=self.worker)
+        except Exception as error:  # then this runner runs them after all
+            log(f"could not give back tasks {index_spec(rest)}: {error}")
+            self.claims.resume(len(self.todo))
+            self.current_since = float("inf")  # and does not try again for this task
+            return
+        self.given_back.update(rest)
+        self.remaining.difference_update(rest)
 
     def flush(self, client=None):
         """Post the reports held; one by one if the server refuses them together."""
@@ -373,12 +417,16 @@ def run(settings, codec):
     try:
         problem = python_mismatch(settings["python"])
         function = client.request("function") if problem is None else None
-        batch, status = BatchSize(settings.get("batch_size")), 0
-        for seq in itertools.count(1):
+        batch, status, seq = BatchSize(settings.get("batch_size")), 0, 1
+        while True:
             frames = unpack_frames(client.request("pull", worker=worker, seq=seq,
                                                   size=batch.size))
             if not frames:
                 return status
+            if frames[0][1] == WAIT:  # none yet, but other workers may give some back
+                time.sleep(WAIT_SECONDS)
+                continue
+            seq += 1
             arguments = {index: payload for index, _kind, payload in frames}
             indices = list(arguments)
             if problem is not None:  # every task fails the same way, and says why
@@ -388,10 +436,10 @@ def run(settings, codec):
                 status = 1
                 continue
             started = time.monotonic()
-            status = supervisor.run(lambda todo: Runner(lambda channel: run_tasks(
-                codec, function, arguments, todo, channel, connect, settings, output),
-                kill_signals), indices) or status
-            batch.took(len(indices), time.monotonic() - started)
+            status = supervisor.run(lambda todo, claims: Runner(lambda channel: run_tasks(
+                codec, function, arguments, todo, channel, connect, settings, output, claims),
+                kill_signals), indices, batch.give_back_after) or status
+            batch.took(len(supervisor.started), time.monotonic() - started)
     finally:
         client.close()
         supervisor.beater.close()
