@@ -241,7 +241,7 @@ class Callbacks:
         if name == "output":
             return self._output(request_id, index, body)
         if name == "lost":
-            return self._lost(request_id, index, body)
+            return self._lost(request_id, parsed.worker, index, body)
         return self._report(request_id, index, name, body)
 
     def _release(self, request_id: int, worker: str, body: Any) -> Reply:
@@ -281,6 +281,8 @@ class Callbacks:
         if len(reports) + len(outputs) != len(frames) or not frames:
             return text_reply(400, "malformed results: frames other than results, errors "
                                    "and outputs, or none")
+        if not all(1 <= index <= MAX_INDEX for index, _kind, _payload in frames):
+            return text_reply(400, f"malformed results: task indices go from 1 to {MAX_INDEX}")
         return self._malformed(reports) or text_reply(
             200, f"stored {self.storage.record_reports(request_id, reports, outputs)} "
                  f"of {len(reports)}")
@@ -298,15 +300,18 @@ class Callbacks:
         self.storage.record_reports(request_id, [], outputs)
         return _STORED
 
-    def _lost(self, request_id: int, index: int, body: Any) -> Reply:
-        """A task whose process crashed: lost, and retryable unless its kill was announced."""
+    def _lost(self, request_id: int, worker: str, index: int, body: Any) -> Reply:
+        """A task whose process crashed: lost, and retryable unless its kill was announced.
+
+        Only while ``worker`` still holds it: a late or replayed loss never touches
+        a retry that another worker runs."""
         try:
             reason = bytes(body).decode("utf-8")
         except UnicodeDecodeError:
             return text_reply(400, f"the reason why task {index} was lost must be UTF-8")
         if not reason:
             return text_reply(400, f"empty reason for task {index}")
-        recorded = self.storage.record_lost(request_id, index, reason, retryable=None)
+        recorded = self.storage.lose_held(request_id, worker, index, reason)
         return _STORED if recorded else _ALREADY
 
     def _report(self, request_id: int, index: int, action: str, body: Any) -> Reply:

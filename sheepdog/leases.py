@@ -41,11 +41,33 @@ ASK_AGAIN = AskAgain()
 
 class WorkerEnd(NamedTuple):
     """How a worker ended: why, whether the tasks it held may run again, and whether it
-    pulled any."""
+    reached the server (it pulled, whether or not it got any task)."""
 
     reason: str
     retryable: bool
-    pulled: bool
+    reached: bool
+
+
+#: The most bytes of arguments one pull hands out (one task always goes, whatever its
+#: size): what the caller's server holds for one answer, and the worker for one batch.
+PULL_BYTES = 64 << 20
+
+
+def _within_bytes(db: sqlite3.Connection, request_id: int, limit: int) -> list[int]:
+    """The first ``limit`` pending tasks, or fewer, so that their arguments fit in
+    ``PULL_BYTES`` (arguments kept in files count as that much: they go alone)."""
+    chosen: list[int] = []
+    total = 0
+    for index, size in db.execute(
+            "SELECT t.idx, CASE WHEN a.in_file THEN ? ELSE length(a.data) END FROM tasks t "
+            "JOIN arguments a ON a.request_id = t.request_id AND a.idx = t.idx "
+            "WHERE t.request_id = ? AND t.state = 'pending' ORDER BY t.idx LIMIT ?",
+            (PULL_BYTES, request_id, limit)).fetchall():
+        total += size
+        if chosen and total > PULL_BYTES:
+            break
+        chosen.append(index)
+    return chosen
 
 
 def fair_share(pending: int, live_workers: int) -> int:
@@ -120,11 +142,9 @@ class Leases(abc.ABC):
                     "AND state = 'running' ORDER BY idx", (request_id, worker_id, seq))]
             limit = min(size, fair_share(self._pending(db, request_id),
                                          self._live_count(db, request_id)))
-            indices = sorted(states.apply(
-                db, "assign", request_id,
-                where="idx IN (SELECT idx FROM tasks WHERE request_id = :request_id "
-                      "AND state = 'pending' ORDER BY idx LIMIT :limit)",
-                limit=limit, worker=worker_id, batch=seq))
+            indices = sorted(states.apply(db, "assign", request_id,
+                                          _within_bytes(db, request_id, limit),
+                                          worker=worker_id, batch=seq))
             if indices:
                 db.execute("UPDATE workers SET pulls = ?, heartbeat = ? WHERE id = ?",
                            (seq, time.time(), worker_id))
@@ -138,6 +158,11 @@ class Leases(abc.ABC):
                 db.execute("UPDATE workers SET pulls = ?, ended = ?, end_reason = ?, "
                            "end_retryable = 1 WHERE id = ?",
                            (seq, time.time(), "it ran out of tasks", worker_id))
+                lost = states.apply(db, "lose", request_id, where="worker = :worker_id",
+                                    worker_id=worker_id, retryable=1,
+                                    reason="its worker left without reporting it")
+                if lost:  # it should not hold any: keep nothing waiting on a worker that left
+                    self._changed()
         if indices:
             self._changed()
         return indices
@@ -152,6 +177,18 @@ class Leases(abc.ABC):
     def _live_count(db: sqlite3.Connection, request_id: int) -> int:
         return db.execute("SELECT count(*) FROM workers WHERE request_id = ? AND ended IS NULL",
                           (request_id,)).fetchone()[0]
+
+    def lose_held(self, request_id: int, worker: str, index: int, reason: str) -> bool:
+        """Task ``index`` crashed while ``worker`` held it: lost, retryable unless the
+        scheduler warned the worker; True if it was still held."""
+        with self._write() as db:
+            row = _worker_row(db, request_id, worker, "id")
+            lost = [] if row is None else states.apply(
+                db, "lose", request_id, [index], where="worker = :worker_id",
+                worker_id=row[0], reason=reason)
+        if lost:
+            self._changed()
+        return bool(lost)
 
     def release(self, request_id: int, worker: str, indices: list[int]) -> list[int]:
         """Tasks that ``worker`` holds and gives back unstarted go back in the queue; those
@@ -209,8 +246,16 @@ class Leases(abc.ABC):
         return held
 
     def any_worker_alive(self, request_id: int) -> bool:
-        """Whether a worker of the request is alive, or submitted and yet to start."""
-        return bool(self._live_count(self._connection(), request_id))
+        """Whether a worker of a submitted job of the request is alive or yet to start.
+
+        Workers whose job was never recorded (the process that submitted it
+        died in between) do not count: no one would ever learn how they ended.
+        """
+        row = self._connection().execute(
+            "SELECT 1 FROM workers w JOIN jobs j ON j.request_id = w.request_id "
+            "AND j.launch = w.launch WHERE w.request_id = ? AND w.ended IS NULL LIMIT 1",
+            (request_id,)).fetchone()
+        return row is not None
 
     def newest_launch_ends(self, request_id: int) -> list[WorkerEnd]:
         """How the workers of the request's newest job ended (those that did)."""

@@ -16,11 +16,12 @@ reads it back, so the two sides cannot disagree::
     POST /requests/<rid>/workers/<L>.<T>/killing         the scheduler warned it will kill it
     POST /requests/<rid>/workers/<L>.<T>/release         body: a JSON list of the tasks it
                                                          holds but gives back, unstarted
+    POST /requests/<rid>/workers/<L>.<T>/lost/<i>        how task i's process ended, UTF-8:
+                                                         it crashed; its worker went on
     POST /requests/<rid>/results                         results, errors and output tails
     POST /requests/<rid>/tasks/<i>/result                one pickled result (1 MB or more)
     POST /requests/<rid>/tasks/<i>/error                 one traceback, UTF-8
     POST /requests/<rid>/tasks/<i>/output                one task's output tails, as frames
-    POST /requests/<rid>/tasks/<i>/lost                  how the task's process ended, UTF-8
 
 ``seq`` numbers a worker's pulls from 1, so that a pull repeated after a lost
 answer gets the same tasks again instead of leasing more. A pull may also be
@@ -28,12 +29,13 @@ answered with a single ``WAIT`` frame: nothing yet, but ask again soon.
 
 **Signatures.** Every worker request carries an HMAC-SHA256, under the
 request's key, of its method, its path (which names the request, the route
-and the task indices) and the SHA-256 of its body. The key never travels: the
+and the worker or task) and the SHA-256 of its body. The key never travels: the
 worker reads it from a private file (see ``docs/channel.rst``). So a request
 seen in flight cannot be replayed for another task, route or request, nor
 with another body, and the server can check a request from its headers alone,
 before it reads a byte of the body. Replaying the very same request again is
-harmless: reports are first-come and the other routes are idempotent.
+harmless: reports are first-come, a pull repeated gets the same tasks, and a
+loss or a release concerns only the tasks that the worker named still holds.
 
 **Frames.** Many arguments or reports travel in one body as frames: a 32-byte
 header (index, kind, length), the payload, and zero padding to 16 bytes, so
@@ -91,7 +93,7 @@ OUTPUT_KINDS = (STDOUT, STDERR, OUTPUT)
 WAIT = 6
 _KINDS = (ARGUMENTS, RESULT, ERROR) + OUTPUT_KINDS + (WAIT,)
 
-#: The largest task index a spec may name (SQLite integers are signed 64-bit).
+#: The largest task index a path or frame may name (SQLite integers are signed 64-bit).
 MAX_INDEX = 2**62
 
 
@@ -244,7 +246,7 @@ ROUTES = {
 }
 _REQUEST_ROUTES = ("function", "results")
 _WORKER_ROUTES = ("heartbeat", "killing", "release")
-_TASK_ROUTES = ("result", "error", "output", "lost")
+_TASK_ROUTES = ("result", "error", "output")
 #: Routes whose bodies are accepted up to REPORT_FLOOR_BYTES whatever the server's limit.
 FLOOR_ROUTES = ("error", "output", "lost")
 #: The most tasks one pull may ask for.
@@ -254,8 +256,9 @@ _PATH = re.compile(
     r"/requests/(?P<rid>[0-9]{1,18})/(?:"
     r"(?P<request_route>function|results)"
     r"|workers/(?P<launch>[0-9]{1,9})\.(?P<array_task>[0-9]{1,9})/"
-    r"(?:(?P<worker_route>heartbeat|killing|release)|pull/(?P<seq>[0-9]{1,9})/(?P<size>[0-9]{1,7}))"
-    r"|tasks/(?P<task>[0-9]{1,19})/(?P<task_route>result|error|output|lost))"
+    r"(?:(?P<worker_route>heartbeat|killing|release)"
+    r"|pull/(?P<seq>[1-9][0-9]{0,8})/(?P<size>[1-9][0-9]{0,6})|lost/(?P<lost>[0-9]{1,19}))"
+    r"|tasks/(?P<task>[0-9]{1,19})/(?P<task_route>result|error|output))"
 )
 
 #: A parsed path: the route's name, and what it names (None where it names nothing).
@@ -276,6 +279,8 @@ def path(request_id, route, worker=None, task=None, seq=None, size=None):
         return f"{prefix}workers/{worker}/pull/{int(seq)}/{int(size)}"
     if route in _WORKER_ROUTES:
         return f"{prefix}workers/{worker}/{route}"
+    if route == "lost":
+        return f"{prefix}workers/{worker}/lost/{int(task)}"
     if route in _TASK_ROUTES:
         return f"{prefix}tasks/{int(task)}/{route}"
     raise ValueError(f"no route named {route!r}")
@@ -286,7 +291,7 @@ def parse_path(text):
     match = _PATH.fullmatch(text)
     if match is None:
         return None
-    task, size = match["task"], match["size"]
+    task, size = match["task"] or match["lost"], match["size"]
     if task is not None and not 1 <= int(task) <= MAX_INDEX:
         return None
     if size is not None and not 1 <= int(size) <= MAX_PULL:
@@ -294,7 +299,7 @@ def parse_path(text):
     worker = (worker_name(match["launch"], match["array_task"])
               if match["launch"] is not None else None)
     route = (match["request_route"] or match["worker_route"] or match["task_route"]
-             or "pull")
+             or ("lost" if match["lost"] else "pull"))
     return Path(int(match["rid"]), route, worker, None if task is None else int(task),
                 None if match["seq"] is None else int(match["seq"]),
                 None if size is None else int(size))

@@ -158,7 +158,9 @@ CREATE TABLE workers (
     end_retryable INTEGER,
     UNIQUE (request_id, launch, array_task)
 );
-CREATE INDEX tasks_by_worker ON tasks (request_id, worker, batch) WHERE state = 'running'
+CREATE INDEX tasks_by_worker ON tasks (request_id, worker);
+ALTER TABLE jobs DROP COLUMN chunksize;
+ALTER TABLE jobs DROP COLUMN indices
 """
 
 #: The schema as scripts, each bringing it one version up: a database of
@@ -425,8 +427,8 @@ class Storage(Leases):
         """Record the scheduler's id of a launch's job (see :meth:`add_workers`)."""
         with self._write() as db:
             db.execute(
-                "INSERT INTO jobs (request_id, job_id, submitted, chunksize, launch, n_workers) "
-                "VALUES (?, ?, ?, 0, ?, ?)",
+                "INSERT INTO jobs (request_id, job_id, submitted, launch, n_workers) "
+                "VALUES (?, ?, ?, ?, ?)",
                 (request_id, job_id, time.time(), launch, n_workers),
             )
 
@@ -555,14 +557,14 @@ class Storage(Leases):
         return bool(self._apply("unloadable", request_id, [index], reason=reason))
 
     def record_lost(self, request_id: int, index: int, reason: str,
-                    retryable: Optional[bool] = False) -> bool:
+                    retryable: bool = False) -> bool:
         """Mark a task that ended without reporting; True if it was still open.
 
-        ``retryable=None`` means: unless the scheduler warned that it would
-        kill the task's worker (then it was removed on purpose).
+        It is never retryable if the scheduler had warned its worker that it
+        would kill it (then it was removed on purpose).
         """
         return bool(self._apply("lose", request_id, [index], reason=reason,
-                                retryable=None if retryable is None else int(retryable)))
+                                retryable=int(retryable)))
 
     def cancel_open(self, request_id: int, reason: str) -> int:
         """Mark every task not yet finished as cancelled; return how many."""

@@ -101,10 +101,11 @@ def _requeue(request: "Request") -> bool:
 
 
 def _relaunch(request: "Request") -> None:
-    """Tasks wait and no worker is left: a new job, unless no worker of the last one ran a
-    task and ended in a way worth repeating (removed on purpose, or unable to start)."""
+    """Tasks wait and no worker is left: a new job, unless no worker of the last one both
+    reached this process and ended in a way worth repeating (they were all removed on
+    purpose, or none could start or call back)."""
     ends = request.storage.newest_launch_ends(request.id)
-    if ends and not any(end.retryable and end.pulled for end in ends):
+    if ends and not any(end.retryable and end.reached for end in ends):
         reason = f"no worker is left to run it: {ends[0].reason}"
         for index in request.storage.open_indices(request.id):
             request.storage.record_lost(request.id, index, reason)

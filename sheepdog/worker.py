@@ -43,8 +43,8 @@ import time
 
 from .client import Client, PermanentHTTPError, log, read_key
 from .output import TaskOutput
-from .protocol import (DISK_FULL_STATUS, ERROR, RESULT, WAIT, index_spec, nbytes, pack_frames,
-                       split_frames, unpack_frames, worker_name)
+from .protocol import (DISK_FULL_STATUS, ERROR, MAX_PULL, RESULT, WAIT, index_spec, nbytes,
+                       pack_frames, split_frames, unpack_frames, worker_name)
 from .runner import (ENDED, POSTED, RUNNER_KINDS, STARTED, Claims, Runner, error_bytes,
                      refused_result, run_tasks)
 
@@ -78,8 +78,8 @@ class BatchSize:
     """
 
     def __init__(self, fixed=None):
-        self.fixed = fixed
-        self.size = fixed or 1
+        self.fixed = min(fixed, MAX_PULL) if fixed else None
+        self.size = self.fixed or 1
         self.per_task = None  # seconds a task took, in the last batch
 
     def took(self, count, seconds):
@@ -89,7 +89,7 @@ class BatchSize:
         self.per_task = max(seconds, 1e-6) / count
         if not self.fixed:
             wanted = int(BATCH_SECONDS / self.per_task)
-            self.size = max(1, min(wanted, count * BATCH_GROWTH))
+            self.size = max(1, min(wanted, count * BATCH_GROWTH, MAX_PULL))
 
     @property
     def give_back_after(self):
@@ -173,6 +173,8 @@ class Supervisor:
                 if len(self.started) == begun:
                     break  # the runner died before any task: a new one would too
             self.flush()
+            if todo:
+                self._never_started(todo, status)
         finally:
             if self.runner is not None:
                 self.runner.kill()
@@ -241,10 +243,21 @@ class Supervisor:
                   f"{f'; its worker went on with the {left} after it' if left else ''})")
         log(f"task {index} ended without reporting ({describe_end(status)})")
         try:
-            self.client.request("lost", error_bytes(reason), task=index)
+            self.client.request("lost", error_bytes(reason), worker=self.worker, task=index)
         except PermanentHTTPError as error:
             log(f"could not report task {index} lost: {error}")
         self.remaining.discard(index)
+
+    def _never_started(self, todo, status):
+        """The runner died before it started any of ``todo``: they are lost, and say how."""
+        reason = (f"the worker's runner ended before it started the task ({describe_end(status)}"
+                  f" on {socket.gethostname()}); its stderr may say why")
+        for index in todo:
+            try:
+                self.client.request("lost", error_bytes(reason), worker=self.worker, task=index)
+            except PermanentHTTPError as error:
+                log(f"could not report task {index} lost: {error}")
+            self.remaining.discard(index)
 
     # -- reports and heartbeats ----------------------------------------------
 
@@ -429,13 +442,14 @@ def run(settings, codec):
             seq += 1
             arguments = {index: payload for index, _kind, payload in frames}
             indices = list(arguments)
+            started = time.monotonic()
             if problem is not None:  # every task fails the same way, and says why
                 for index in indices:
                     supervisor.queue(index, ERROR, error_bytes(problem))
                 supervisor.flush()
                 status = 1
+                batch.took(len(indices), time.monotonic() - started)
                 continue
-            started = time.monotonic()
             status = supervisor.run(lambda todo, claims: Runner(lambda channel: run_tasks(
                 codec, function, arguments, todo, channel, connect, settings, output, claims),
                 kill_signals), indices, batch.give_back_after) or status

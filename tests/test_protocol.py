@@ -14,7 +14,7 @@ def test_index_specs_name_many_tasks_compactly():
     ("function", {}), ("results", {}), ("pull", {"worker": "2.17", "seq": 3, "size": 500}),
     ("heartbeat", {"worker": "1.1"}), ("killing", {"worker": "1.8"}),
     ("result", {"task": 7}), ("error", {"task": 1}), ("output", {"task": 2**40}),
-    ("lost", {"task": 3}),
+    ("lost", {"worker": "1.2", "task": 3}), ("release", {"worker": "3.1"}),
 ])
 def test_every_route_is_parsed_back_from_the_path_it_builds(route, names):
     parsed = protocol.parse_path(protocol.path(42, route, **names))
@@ -26,9 +26,10 @@ def test_every_route_is_parsed_back_from_the_path_it_builds(route, names):
 @pytest.mark.parametrize("path", [
     "/requests/1/tasks/0/result", "/requests/1/tasks/1-3/result", "/requests/1/tasks/1",
     "/requests/1/workers/1/heartbeat", "/requests/1/workers/1.1/pull/1/0",
-    "/requests/1/workers/1.1/pull/1/9999999", "/requests/1/workers/1.1/start",
-    "/requests/x/function", "/requests/1/function/", "/requests/1/tasks/9223372036854775808/lost",
-    "/requests/1/tasks/" + "9" * 5000 + "/lost", "/requests/1/tasks/\u0661/lost",
+    "/requests/1/workers/1.1/pull/1/9999999", "/requests/1/workers/1.1/pull/0/5",
+    "/requests/1/workers/1.1/start", "/requests/1/tasks/3/lost",
+    "/requests/x/function", "/requests/1/function/", "/requests/1/tasks/9223372036854775808/error",
+    "/requests/1/workers/1.1/lost/" + "9" * 5000, "/requests/1/tasks/\u0661/result",
 ])
 def test_paths_that_name_no_route_are_refused(path):
     """Some of these once made the server answer 500 (OverflowError, ValueError)."""

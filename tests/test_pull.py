@@ -80,3 +80,80 @@ def test_max_running_bounds_the_workers_of_a_job(local_conf):
     assert 1 <= len(set(pids)) <= 2
     (job,) = Storage(local_conf["dbfile"]).jobs(max_request(local_conf))
     assert job.n_workers == 2
+
+
+def lease(storage, request_id, size, seq=1):
+    """A new worker pulls up to ``size`` tasks: (its name, the tasks it holds)."""
+    worker = f"{storage.add_workers(request_id, 1)}.1"
+    return worker, storage.pull(request_id, worker, seq, size)
+
+
+def test_a_late_loss_from_a_worker_that_no_longer_holds_the_task_changes_nothing(storage):
+    """Worker A fell silent; its task went to B. A's crash report, arriving late, must not
+    knock over B's run (it once lost the task's result)."""
+    request_id = storage.create_request(b"f", [b"a"], "k", "local")
+    first, held = lease(storage, request_id, 1)
+    assert storage.lose_silent(request_id, time.time() + 1, "silent") == held == [1]
+    assert storage.requeue(request_id, max_attempts=2, failed_too=False) == [1]
+    _second, again = lease(storage, request_id, 1)
+    assert again == [1]
+    assert not storage.lose_held(request_id, first, 1, "killed by SIGKILL")
+    assert storage.progress(request_id).running == 1
+
+
+def test_a_pull_hands_out_no_more_argument_bytes_than_fit(storage, monkeypatch):
+    from sheepdog import leases
+
+    monkeypatch.setattr(leases, "PULL_BYTES", 1000)
+    request_id = storage.create_request(b"f", [b"x" * 300] * 40, "k", "local")
+    _worker, held = lease(storage, request_id, 40)
+    assert held == [1, 2, 3]  # 900 bytes; a fourth would pass 1000
+    big = storage.create_request(b"f", [b"y" * 5000] * 2, "k", "local")
+    assert lease(storage, big, 2)[1] == [1]  # one always goes, whatever its size
+
+
+def test_workers_whose_job_was_never_recorded_do_not_count_as_alive(storage):
+    request_id = storage.create_request(b"f", [b"a"], "k", "local")
+    launch = storage.add_workers(request_id, 2)
+    assert not storage.any_worker_alive(request_id)  # its submitter died before add_job
+    storage.add_job(request_id, "7", launch, 2)
+    assert storage.any_worker_alive(request_id)
+
+
+def test_a_worker_that_leaves_still_holding_tasks_loses_them(storage):
+    request_id = storage.create_request(b"f", [b"a", b"b"], "k", "local")
+    worker, held = lease(storage, request_id, 1)
+    assert storage.pull(request_id, worker, 2, 1) == [2]
+    assert storage.record_reports(request_id, [(2, False, b"r")]) == 1
+    assert storage.pull(request_id, worker, 3, 1) == []  # nothing left: it leaves
+    assert storage.progress(request_id).lost == len(held) == 1
+
+
+def test_batches_never_ask_for_more_than_a_pull_may_carry():
+    from sheepdog import protocol, worker
+
+    batch = worker.BatchSize()
+    for _ in range(12):
+        batch.took(batch.size, 1e-9 * batch.size)
+    assert batch.size == protocol.MAX_PULL
+    assert worker.BatchSize(fixed=10 ** 9).size == protocol.MAX_PULL
+
+
+def test_a_runner_that_dies_before_its_first_task_reports_the_batch_lost(local_conf):
+    """Loading f (here, its namespace) kills the runner: its tasks are lost and say how,
+    rather than held forever by a worker that went on."""
+    import os as os_module
+
+    class ExitsWhenLoaded:
+        def __reduce__(self):
+            return os_module._exit, (9,)
+
+    conf = {**local_conf, "workers": 1}
+    started = time.monotonic()
+    results = sheepdog.map(lambda x: x, [(1,), (2,), (3,)], conf,
+                           {"poison": ExitsWhenLoaded()}, verbose=False)
+    assert results == [None, None, None] and time.monotonic() - started < 30
+    errors = sheepdog.get_errors(max_request(local_conf), local_conf["dbfile"])
+    assert len(errors) == 3
+    assert all("runner ended before it started the task (exit status 9" in error
+               for _args, error in errors)

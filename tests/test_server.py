@@ -60,6 +60,12 @@ def test_a_request_signed_with_another_key_or_unsigned_is_401(client, request_id
     assert client.get(path, headers=basic).status_code == 401
 
 
+def test_a_report_for_a_task_index_beyond_sqlite_integers_is_refused(client, request_id):
+    body = b"".join(pack_frames([(2**63, RESULT, b"\x80r")]))
+    response = client.post(f"/requests/{request_id}/results", data=body)
+    assert response.status_code == 400 and b"task indices" in response.data
+
+
 def test_a_signature_is_valid_only_for_its_own_route_tasks_and_body(client, storage, request_id):
     """A request seen in flight cannot be replayed for another task, route or body."""
     signed_for_task_1 = auth_headers(b"right", "POST", f"/requests/{request_id}/tasks/1/result",
@@ -116,7 +122,7 @@ def test_error_text_is_stored(client, storage, request_id):
 @pytest.mark.parametrize(
     "suffix, body, status",
     [("result", b"", 400), ("error", b"\xff\xfe", 400), ("result", b"x" * 1001, 413),
-     ("lost", b"", 400)],
+     ("output", b"", 400)],
 )
 def test_malformed_posts_get_4xx_with_a_reason(client, request_id, suffix, body, status):
     response = client.post(f"/requests/{request_id}/tasks/1/{suffix}", data=body)

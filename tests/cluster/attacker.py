@@ -94,7 +94,7 @@ def routes(request_id, marker):
         ("POST", f"{prefix}/workers/1.1/pull/1/1", b""),
         ("POST", f"{prefix}/workers/1.1/heartbeat", b""),
         ("POST", f"{prefix}/workers/1.1/killing", b""),
-        ("POST", f"{prefix}/tasks/1/lost", b"forged loss"),
+        ("POST", f"{prefix}/workers/1.1/lost/1", b"forged loss"),
         ("POST", f"{prefix}/tasks/1/result", poison),
         ("POST", f"{prefix}/tasks/1/error", b"forged error"),
         ("POST", f"{prefix}/results", frames),
