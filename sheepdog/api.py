@@ -14,6 +14,7 @@ import sys
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 from . import completion
+from .config import resolve
 from .request import Request
 from .session import Session
 
@@ -25,8 +26,10 @@ def default_session() -> Session:
     return _default_session
 
 
-def _request(request_id: int, dbfile: str) -> Request:
-    return _default_session.request(request_id, dbfile)
+def _request(request_id: int, dbfile: Optional[str]) -> Request:
+    """The handle of a stored request; without ``dbfile``, in the one your settings name
+    (config file or ``SHEEPDOG_DBFILE``), else ``./sheepdog.sqlite``."""
+    return _default_session.request(request_id, dbfile or resolve(None).dbfile)
 
 
 def map_async(
@@ -44,7 +47,7 @@ def map_async(
 
 def wait(
     request_id: int,
-    dbfile: str = "./sheepdog.sqlite",
+    dbfile: Optional[str] = None,
     verbose: bool = False,
     timeout: Optional[float] = None,
 ) -> None:
@@ -54,7 +57,7 @@ def wait(
 
 def get_results(
     request_id: int,
-    dbfile: str = "./sheepdog.sqlite",
+    dbfile: Optional[str] = None,
     block: bool = True,
     verbose: bool = False,
     timeout: Optional[float] = None,
@@ -71,7 +74,7 @@ def get_results(
 
 def as_completed(
     request_id: int,
-    dbfile: str = "./sheepdog.sqlite",
+    dbfile: Optional[str] = None,
     timeout: Optional[float] = None,
     errors: str = "raise",
 ) -> Iterator[tuple[int, Any]]:
@@ -90,12 +93,12 @@ def as_completed(
     return completion.as_completed(_request(request_id, dbfile), timeout, errors)
 
 
-def get_errors(request_id: int, dbfile: str = "./sheepdog.sqlite") -> list[tuple[tuple[Any, ...], str]]:
+def get_errors(request_id: int, dbfile: Optional[str] = None) -> list[tuple[tuple[Any, ...], str]]:
     """``[(args, error text), ...]`` for tasks that raised, were lost or were cancelled."""
     return _request(request_id, dbfile).errors()
 
 
-def cancel(request_id: int, dbfile: str = "./sheepdog.sqlite") -> int:
+def cancel(request_id: int, dbfile: Optional[str] = None) -> int:
     """Remove the request's jobs from the scheduler; return how many tasks were cancelled.
 
     Works from any process: the request's config is kept in ``dbfile``.

@@ -206,3 +206,10 @@ def test_cancel_from_another_process_ends_the_wait_of_this_one(local_conf):
         assert [error for _args, error in errors] == ["cancelled by the user"] * 2
     finally:
         sheepdog.cancel(request_id, local_conf["dbfile"])  # this process runs the tasks: stop them
+
+
+def test_reading_functions_use_the_dbfile_of_your_settings(local_conf, monkeypatch):
+    monkeypatch.setenv("SHEEPDOG_DBFILE", local_conf["dbfile"])
+    request_id = sheepdog.map_async(abs, [(-3,)], {"scheduler": "local"})
+    assert sheepdog.get_results(request_id, timeout=60) == [((-3,), 3)]
+    assert sheepdog.get_errors(request_id) == []
