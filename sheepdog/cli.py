@@ -29,8 +29,9 @@ from .request import Request
 from .server import Server
 from .serving import CommandError, listing, plan_serving
 from .session import Session
-from .storage import (CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING, STREAMS, Progress,
-                      Storage, TaskLog)
+from .states import CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING
+from .storage import STREAMS, Progress, Storage
+from .summaries import TaskLog
 
 log = logging.getLogger("sheepdog")
 

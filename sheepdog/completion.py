@@ -18,7 +18,8 @@ import time
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from .outcomes import FINISHED_STATES, outcome
-from .storage import RUNNING, TaskChange
+from .states import RUNNING
+from .summaries import TaskChange
 
 if TYPE_CHECKING:
     from .request import Request

@@ -41,8 +41,9 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from flask import Flask, Response, abort, jsonify, request
 
-from .storage import (CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING, RequestSummary, Storage,
-                      TaskSummary)
+from .states import CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING
+from .storage import Storage
+from .summaries import RequestSummary, TaskSummary
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,9 @@ import re
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
-from .storage import CANCELLED, DONE, FAILED, LOST, TaskChange, with_output
+from .states import CANCELLED, DONE, FAILED, LOST
+from .storage import with_output
+from .summaries import TaskChange
 
 if TYPE_CHECKING:
     from .request import Request

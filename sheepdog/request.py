@@ -13,7 +13,7 @@ import functools
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import backends, jobscript, serialisation, tls
 from .chunking import choose_workers
@@ -21,7 +21,8 @@ from .config import Config, restore
 from .payloads import PayloadFile, payload_bytes
 from .progress import progress_display
 from .server import Server
-from .storage import DONE, Progress, Storage
+from .states import DONE
+from .storage import Progress, Storage
 
 if TYPE_CHECKING:
     from .session import Session

@@ -30,6 +30,9 @@ STATES = (PENDING, RUNNING, DONE, FAILED, LOST, CANCELLED)
 REPORTABLE = (PENDING, RUNNING, LOST, CANCELLED)
 #: States in which a task is still to finish.
 OPEN = (PENDING, RUNNING)
+#: States of tasks that finished without a result, and the SQL that picks them from ``t``.
+UNSUCCESSFUL = (FAILED, LOST, CANCELLED)
+UNSUCCESSFUL_SQL = "t.state IN (?, ?, ?)"
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,12 @@ TRANSITIONS: Mapping[str, Transition] = {
     # A result that arrived but cannot be loaded by the caller.
     "unloadable": Transition((DONE,), FAILED, (("error", ":reason"),)),
 }
+
+def may_run_again(failed_too: bool) -> str:
+    """SQL: a task that the ``requeue`` event may put back in the queue (attempts allowing):
+    a retryable lost one, and with ``failed_too`` a failed one."""
+    return "(state = 'lost' AND retryable = 1" + (" OR state = 'failed')" if failed_too else ")")
+
 
 #: Tasks given by index, or by index with a detail (an error text) each.
 Tasks = Union[Iterable[int], Mapping[int, str]]

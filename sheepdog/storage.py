@@ -50,11 +50,10 @@ from .payloads import SPILL_BYTES, PayloadDirectory, PayloadFile
 from .protocol import nbytes
 from .private import UnsafePathError, private_directory, private_file
 from .protocol import OUTPUT_TAIL_BYTES
-from .states import CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING
+from .states import PENDING, RUNNING, UNSUCCESSFUL, UNSUCCESSFUL_SQL
+from .summaries import Summaries, TaskLog
 
 #: The states of tasks that have an error to show, and the SQL that picks them.
-_UNSUCCESSFUL_STATES = (FAILED, LOST, CANCELLED)
-_UNSUCCESSFUL = "t.state IN (?, ?, ?)"
 
 _SCHEMA = """
 CREATE TABLE requests (
@@ -204,15 +203,6 @@ class DiskFullError(StorageError):
     """Nothing more can be written: the disk or quota that holds the database is full."""
 
 
-class TaskLog(NamedTuple):
-    """What one task left behind: its state, its error text, and its output by stream."""
-
-    task: int
-    state: str
-    error: Optional[str]
-    output: dict[str, str]
-
-
 def with_output(error: str, output: Mapping[str, str]) -> str:
     """``error`` followed by each stream of the task's ``output`` in a marked section."""
     sections = [error.rstrip()]
@@ -222,20 +212,6 @@ def with_output(error: str, output: Mapping[str, str]) -> str:
                             f"{OUTPUT_TAIL_BYTES >> 10} KB at most) ---\n"
                             f"{output[stream].rstrip()}\n--- end of the task's {stream} ---")
     return "\n\n".join(sections)
-
-
-class TaskChange(NamedTuple):
-    """A task as :meth:`Storage.task_changes` found it: its state, when it got
-    there, whether it will go back in the queue (``again``), its error text
-    and output (failed, lost, cancelled) or its stored result (done)."""
-
-    task: int
-    state: str
-    updated: float
-    again: bool
-    error: Optional[str]
-    output: dict[str, str]
-    result: bytes | PayloadFile | None
 
 
 @dataclass(frozen=True)
@@ -259,7 +235,7 @@ class Progress:
         return self.finished >= self.total
 
 
-class Storage(Leases):
+class Storage(Leases, Summaries):
     """One SQLite database file; safe to share between threads of one process."""
 
     def __init__(self, dbfile: str | os.PathLike[str]) -> None:
@@ -577,7 +553,7 @@ class Storage(Leases):
         """
         with self._write() as db:
             again = states.apply(db, "requeue", request_id,
-                                 where=f"attempts < :max_attempts AND {_may_run_again(failed_too)}",
+                                 where=f"attempts < :max_attempts AND {states.may_run_again(failed_too)}",
                                  max_attempts=max_attempts)
             db.execute("DELETE FROM outputs WHERE request_id = ? AND idx IN "
                        "(SELECT value FROM json_each(?))", (request_id, json.dumps(again)))
@@ -683,10 +659,10 @@ class Storage(Leases):
         rows = self._connection().execute(
             "SELECT t.idx, a.data, a.in_file, t.state, t.error FROM tasks t "
             "JOIN arguments a ON a.request_id = t.request_id AND a.idx = t.idx "
-            f"WHERE t.request_id = ? AND {_UNSUCCESSFUL} ORDER BY t.idx",
-            (request_id, *_UNSUCCESSFUL_STATES),
+            f"WHERE t.request_id = ? AND {UNSUCCESSFUL_SQL} ORDER BY t.idx",
+            (request_id, *UNSUCCESSFUL),
         ).fetchall()
-        outputs = self._outputs(request_id, _UNSUCCESSFUL, _UNSUCCESSFUL_STATES) if rows else {}
+        outputs = self._outputs(request_id, UNSUCCESSFUL_SQL, UNSUCCESSFUL) if rows else {}
         return [(self.payloads.stored("arguments", request_id, index, data, in_file), state,
                  with_output(error or "", outputs.get(index, {})))
                 for index, data, in_file, state, error in rows]
@@ -697,7 +673,7 @@ class Storage(Leases):
         Raises KeyError for an unknown request or task.
         """
         total = self.n_tasks(request_id)
-        where, parameters = ((_UNSUCCESSFUL, _UNSUCCESSFUL_STATES) if index is None
+        where, parameters = ((UNSUCCESSFUL_SQL, UNSUCCESSFUL) if index is None
                              else ("t.idx = ?", (index,)))
         rows = self._connection().execute(
             f"SELECT t.idx, t.state, t.error FROM tasks t WHERE t.request_id = ? AND {where} "
@@ -722,97 +698,7 @@ class Storage(Leases):
     def integrity_check(self) -> str:
         return self._connection().execute("PRAGMA integrity_check").fetchone()[0]
 
-    # -- reads for the dashboard (dashboard.py) and ``sheepdog list`` -------
-
-    def request_summaries(self) -> list[RequestSummary]:
-        """Every request with its task counts by state, oldest first: two small reads."""
-        connection = self._connection()
-        counts: dict[int, dict[str, int]] = {}
-        for request_id, state, n in connection.execute(
-                "SELECT request_id, state, n FROM task_counts WHERE n > 0"):
-            counts.setdefault(request_id, {})[state] = n
-        rows = connection.execute(
-            "SELECT id, created, backend, n_tasks FROM requests ORDER BY id").fetchall()
-        return [RequestSummary(request_id, created, backend, n_tasks, counts.get(request_id, {}))
-                for request_id, created, backend, n_tasks in rows]
-
-    def dashboard_tasks(self, request_id: int, offset: int = 0, limit: int = 1000
-                        ) -> list[TaskSummary]:
-        """A page of the request's tasks in argument order: state, attempts and times."""
-        self.n_tasks(request_id)
-        rows = self._connection().execute(
-            "SELECT t.idx, t.state, t.attempts, t.started, t.updated "
-            "FROM tasks t WHERE t.request_id = ? ORDER BY t.idx LIMIT ? OFFSET ?",
-            (request_id, limit, offset))
-        return [TaskSummary(*row) for row in rows]
-
-    def dashboard_durations(self, request_id: int) -> list[float]:
-        """Seconds from start to report of every task that reported (done or failed)."""
-        rows = self._connection().execute(
-            "SELECT t.updated - t.started AS seconds FROM tasks t "
-            "WHERE t.request_id = ? AND t.state IN (?, ?) AND seconds IS NOT NULL",
-            (request_id, DONE, FAILED))
-        return [row[0] for row in rows]
-
-    def dashboard_finishes(self, request_id: int, since: float, width: float
-                           ) -> dict[int, int]:
-        """bucket -> how many tasks finished in it; bucket b spans ``since + b * width``
-        onwards for ``width`` seconds (a task's finish is its last state change)."""
-        rows = self._connection().execute(
-            "SELECT CAST((t.updated - ?) / ? AS INTEGER) AS bucket, count(*) FROM tasks t "
-            "WHERE t.request_id = ? AND t.state IN (?, ?, ?, ?) AND t.updated >= ? "
-            "GROUP BY bucket",
-            (since, width, request_id, DONE, *_UNSUCCESSFUL_STATES, since))
-        return dict(rows.fetchall())
-
-    def dashboard_last_finish(self, request_id: int) -> Optional[float]:
-        """When the request's last finished task finished, if any has."""
-        row = self._connection().execute(
-            "SELECT max(t.updated) FROM tasks t WHERE t.request_id = ? AND t.state IN (?, ?, ?, ?)",
-            (request_id, DONE, *_UNSUCCESSFUL_STATES)).fetchone()
-        return row[0]
-
-    def dashboard_failures(self, request_id: int, limit: int) -> list[TaskLog]:
-        """The first ``limit`` failed, lost or cancelled tasks, with their error and output."""
-        self.n_tasks(request_id)
-        rows = self._connection().execute(
-            f"SELECT t.idx, t.state, t.error FROM tasks t WHERE t.request_id = ? AND "
-            f"{_UNSUCCESSFUL} ORDER BY t.idx LIMIT ?",
-            (request_id, *_UNSUCCESSFUL_STATES, limit)).fetchall()
-        if not rows:
-            return []
-        marks = ", ".join("?" for _ in rows)
-        outputs = self._outputs(request_id, f"t.idx IN ({marks})", [row[0] for row in rows])
-        return [TaskLog(index, state, error, outputs.get(index, {}))
-                for index, state, error in rows]
-
-    # -- following tasks one by one, and cancelling some (executor.py) ---------
-
-    def task_changes(self, request_id: int, since: float, max_attempts: int,
-                     failed_too: bool) -> list[TaskChange]:
-        """Tasks of the request that moved on from pending at ``since`` or later.
-
-        ``since`` is a ``time.time()``, compared with the time of each task's
-        last change. A follower keeps the newest time it saw and asks again
-        from a little before it, so that no change slips between two looks.
-        ``max_attempts`` and ``failed_too`` are those of :meth:`requeue`: a
-        task that it will put back in the queue is marked ``again``.
-        """
-        in_time = "t.updated >= ? AND t.state != ?"
-        rows = self._connection().execute(
-            f"SELECT t.idx, t.state, t.updated, t.attempts < ? AND {_may_run_again(failed_too)}, "
-            "t.error, r.data, r.in_file FROM tasks t "
-            "LEFT JOIN results r ON r.request_id = t.request_id AND r.idx = t.idx "
-            f"WHERE t.request_id = ? AND {in_time} ORDER BY t.updated, t.idx",
-            (max_attempts, request_id, since, PENDING),
-        ).fetchall()
-        outputs = (self._outputs(request_id, f"{in_time} AND {_UNSUCCESSFUL}",
-                                 (since, PENDING, *_UNSUCCESSFUL_STATES))
-                   if any(row[1] in _UNSUCCESSFUL_STATES for row in rows) else {})
-        return [TaskChange(index, state, updated, bool(again), error, outputs.get(index, {}),
-                           None if data is None else
-                           self.payloads.stored("results", request_id, index, data, in_file))
-                for index, state, updated, again, error, data, in_file in rows]
+    # -- cancelling some tasks (executor.py) ---------------------------------
 
     def cancel_tasks(self, request_id: int, indices: Sequence[int], reason: str) -> list[int]:
         """pending -> cancelled for the tasks ``indices``; the ones that moved.
@@ -823,27 +709,3 @@ class Storage(Leases):
         return self._apply("cancel", request_id, indices, where="tasks.state = 'pending'",
                            reason=reason)
 
-
-class RequestSummary(NamedTuple):
-    """A request as the dashboard lists it: ``counts`` maps a state to its number of tasks."""
-
-    request_id: int
-    created: float
-    backend: str
-    n_tasks: int
-    counts: dict[str, int]
-
-
-class TaskSummary(NamedTuple):
-    """One task as the dashboard shows it; ``started`` is None before a worker took it."""
-
-    task: int
-    state: str
-    attempts: int
-    started: Optional[float]
-    updated: Optional[float]
-
-
-def _may_run_again(failed_too: bool) -> str:
-    """SQL: a task that :meth:`Storage.requeue` puts back in the queue, attempts allowing."""
-    return "(state = 'lost' AND retryable = 1" + (" OR state = 'failed')" if failed_too else ")")

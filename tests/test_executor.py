@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 import sheepdog
-from sheepdog.storage import CANCELLED, DONE, Storage
+from sheepdog.states import CANCELLED, DONE
+from sheepdog.storage import Storage
 
 from .quickstart import run_doctest
 

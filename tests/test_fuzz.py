@@ -9,7 +9,7 @@ import pytest
 
 from sheepdog.protocol import auth_headers
 from sheepdog.server import Server
-from sheepdog.storage import PENDING
+from sheepdog.states import PENDING
 
 N_REQUESTS = 10_000
 LIMIT = 4096

@@ -6,8 +6,6 @@ import logging
 import sys
 import types
 
-import pytest
-
 import sheepdog
 from sheepdog import progress
 from sheepdog.progress import (
