@@ -101,10 +101,18 @@ def apply(db: sqlite3.Connection, event: str, request_id: int, tasks: Optional[T
     values = {"now": time.time(), "request_id": request_id, "retryable": None, **parameters}
     detail = "NULL"
     if tasks is not None:
-        entries = tasks.items() if isinstance(tasks, Mapping) else ((index, None) for index in tasks)
-        _choose(db, entries)
-        where = f"({where}) AND idx IN (SELECT idx FROM temp.chosen)"
-        detail = "(SELECT detail FROM temp.chosen WHERE chosen.idx = tasks.idx)"
+        entries = list(tasks.items() if isinstance(tasks, Mapping)
+                       else ((index, None) for index in tasks))
+        if not entries:
+            return []
+        if len(entries) == 1:  # the most frequent case (one report), in one statement
+            values["chosen_index"], values["chosen_detail"] = entries[0]
+            where = f"({where}) AND idx = :chosen_index"
+            detail = ":chosen_detail"
+        else:
+            _choose(db, entries)
+            where = f"({where}) AND idx IN (SELECT idx FROM temp.chosen)"
+            detail = "(SELECT detail FROM temp.chosen WHERE chosen.idx = tasks.idx)"
     sets = "".join(f", {column} = {expression.format(detail=detail)}"
                    for column, expression in transition.sets)
     sources = ", ".join(f"'{state}'" for state in transition.sources)
