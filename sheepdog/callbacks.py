@@ -259,7 +259,8 @@ class Callbacks:
 
     def _pull(self, request_id: int, parsed: Path) -> Reply:
         """The arguments of the tasks the worker now holds, as frames; none: nothing left."""
-        indices = self.storage.pull(request_id, parsed.worker, parsed.seq, parsed.size)
+        indices = self.storage.pull(request_id, parsed.worker, parsed.seq, parsed.size,
+                                    parsed.least)
         if indices is None:
             return _NO_WORKER
         if isinstance(indices, AskAgain):

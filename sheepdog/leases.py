@@ -70,14 +70,14 @@ def _within_bytes(db: sqlite3.Connection, request_id: int, limit: int) -> list[i
     return chosen
 
 
-def fair_share(pending: int, working: int) -> int:
+def fair_share(pending: int, live_workers: int) -> int:
     """The most tasks one pull may take: half of an even split of what is pending among
-    the ``working`` workers (at least one: the one asking).
+    the ``live_workers``.
 
     Halving as the queue drains (guided self-scheduling) leaves work for the
     workers that finish next, so no worker ends up with a long tail alone.
     """
-    return max(1, -(-pending // (2 * max(1, working))))
+    return max(1, -(-pending // (2 * max(1, live_workers))))
 
 
 def _launch_and_task(worker: str) -> tuple[int, int]:
@@ -122,9 +122,10 @@ class Leases(abc.ABC):
                        "WHERE request_id = ? AND launch = ? AND ended IS NULL",
                        (time.time(), reason, request_id, launch))
 
-    def pull(self, request_id: int, worker: str, seq: int, size: int
+    def pull(self, request_id: int, worker: str, seq: int, size: int, least: int = 1
              ) -> Union[list[int], AskAgain, None]:
-        """The tasks that pull number ``seq`` of ``worker`` gets (at most ``size``).
+        """The tasks that pull number ``seq`` of ``worker`` gets: at most ``size``, and no
+        fewer than ``least`` (the worker's tasks worth a pull) for the sake of the fair share.
 
         None for a worker the request does not have. An empty list tells the
         worker that nothing is left for it, and ends it; :data:`ASK_AGAIN`, that
@@ -141,8 +142,8 @@ class Leases(abc.ABC):
                 return [index for (index,) in db.execute(
                     "SELECT idx FROM tasks WHERE request_id = ? AND worker = ? AND batch = ? "
                     "AND state = 'running' ORDER BY idx", (request_id, worker_id, seq))]
-            working = self._working_count(db, request_id) + (pulls == 0)  # with this one
-            limit = min(size, fair_share(self._pending(db, request_id), working))
+            share = fair_share(self._pending(db, request_id), self._live_count(db, request_id))
+            limit = min(size, max(least, share))
             indices = sorted(states.apply(db, "assign", request_id,
                                           _within_bytes(db, request_id, limit),
                                           worker=worker_id, batch=seq))
@@ -175,12 +176,11 @@ class Leases(abc.ABC):
         return row[0] if row else 0
 
     @staticmethod
-    def _working_count(db: sqlite3.Connection, request_id: int) -> int:
-        """Workers that have reached the server and not ended: those that share the queue
-        now. (Counting the ones still waiting for the scheduler would keep the first
-        workers on small batches while the last ones are dispatched.)"""
-        return db.execute("SELECT count(*) FROM workers WHERE request_id = ? AND pulls > 0 "
-                          "AND ended IS NULL", (request_id,)).fetchone()[0]
+    def _live_count(db: sqlite3.Connection, request_id: int) -> int:
+        """Workers that have not ended, including those the scheduler has yet to start:
+        the queue is shared with them too."""
+        return db.execute("SELECT count(*) FROM workers WHERE request_id = ? AND ended IS NULL",
+                          (request_id,)).fetchone()[0]
 
     def lose_held(self, request_id: int, worker: str, index: int, reason: str) -> bool:
         """Task ``index`` crashed while ``worker`` held it: lost, retryable unless the

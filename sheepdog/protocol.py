@@ -10,8 +10,10 @@ and about single tasks; :func:`path` builds every path and :func:`parse_path`
 reads it back, so the two sides cannot disagree::
 
     GET  /requests/<rid>/function                        the pickled function and namespace
-    POST /requests/<rid>/workers/<L>.<T>/pull/<seq>/<n>  up to n more tasks' arguments, as
-                                                         frames; none left: no frames
+    POST /requests/<rid>/workers/<L>.<T>/pull/<seq>/<n>/<m>
+                                                         up to n more tasks' arguments, as
+                                                         frames (at least m if that many
+                                                         wait); none left: no frames
     POST /requests/<rid>/workers/<L>.<T>/heartbeat       the worker is alive (renews its lease)
     POST /requests/<rid>/workers/<L>.<T>/killing         the scheduler warned it will kill it
     POST /requests/<rid>/workers/<L>.<T>/release         body: a JSON list of the tasks it
@@ -257,12 +259,13 @@ _PATH = re.compile(
     r"(?P<request_route>function|results)"
     r"|workers/(?P<launch>[0-9]{1,9})\.(?P<array_task>[0-9]{1,9})/"
     r"(?:(?P<worker_route>heartbeat|killing|release)"
-    r"|pull/(?P<seq>[1-9][0-9]{0,8})/(?P<size>[1-9][0-9]{0,6})|lost/(?P<lost>[0-9]{1,19}))"
+    r"|pull/(?P<seq>[1-9][0-9]{0,8})/(?P<size>[1-9][0-9]{0,6})/(?P<least>[1-9][0-9]{0,6})"
+    r"|lost/(?P<lost>[0-9]{1,19}))"
     r"|tasks/(?P<task>[0-9]{1,19})/(?P<task_route>result|error|output))"
 )
 
 #: A parsed path: the route's name, and what it names (None where it names nothing).
-Path = namedtuple("Path", "request_id route worker task seq size")
+Path = namedtuple("Path", "request_id route worker task seq size least")
 
 
 def worker_name(launch, array_task):
@@ -270,13 +273,13 @@ def worker_name(launch, array_task):
     return f"{int(launch)}.{int(array_task)}"
 
 
-def path(request_id, route, worker=None, task=None, seq=None, size=None):
+def path(request_id, route, worker=None, task=None, seq=None, size=None, least=None):
     """The path of ``route`` for a request (and a worker ``L.T`` or a task, where it names one)."""
     prefix = f"/requests/{int(request_id)}/"
     if route in _REQUEST_ROUTES:
         return prefix + route
     if route == "pull":
-        return f"{prefix}workers/{worker}/pull/{int(seq)}/{int(size)}"
+        return f"{prefix}workers/{worker}/pull/{int(seq)}/{int(size)}/{int(least or 1)}"
     if route in _WORKER_ROUTES:
         return f"{prefix}workers/{worker}/{route}"
     if route == "lost":
@@ -294,7 +297,7 @@ def parse_path(text):
     task, size = match["task"] or match["lost"], match["size"]
     if task is not None and not 1 <= int(task) <= MAX_INDEX:
         return None
-    if size is not None and not 1 <= int(size) <= MAX_PULL:
+    if size is not None and not 1 <= int(match["least"]) <= int(size) <= MAX_PULL:
         return None
     worker = (worker_name(match["launch"], match["array_task"])
               if match["launch"] is not None else None)
@@ -302,4 +305,5 @@ def parse_path(text):
              or ("lost" if match["lost"] else "pull"))
     return Path(int(match["rid"]), route, worker, None if task is None else int(task),
                 None if match["seq"] is None else int(match["seq"]),
-                None if size is None else int(size))
+                None if size is None else int(size),
+                None if size is None else int(match["least"]))

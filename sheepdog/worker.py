@@ -61,6 +61,9 @@ GATHER_SECONDS = 0.002
 BATCH_SECONDS = 1.0
 #: How many times larger than the last one a batch may grow.
 BATCH_GROWTH = 8
+#: A batch of at least this much work is asked for even when the queue runs short: a
+#: pull, a runner and a post cost milliseconds, which tiny batches would multiply.
+LEAST_BATCH_SECONDS = 0.05
 #: A task that runs this many times longer than this worker's tasks took on average
 #: (and at least GIVE_BACK_MIN_SECONDS) holds up the rest of its batch: they are given
 #: back, for idle workers to run.
@@ -90,6 +93,13 @@ class BatchSize:
         if not self.fixed:
             wanted = int(BATCH_SECONDS / self.per_task)
             self.size = max(1, min(wanted, count * BATCH_GROWTH, MAX_PULL))
+
+    @property
+    def least(self):
+        """The fewest tasks worth a pull: about ``LEAST_BATCH_SECONDS`` of them."""
+        if self.fixed or self.per_task is None:
+            return 1
+        return max(1, min(self.size, int(LEAST_BATCH_SECONDS / self.per_task)))
 
     @property
     def give_back_after(self):
@@ -433,7 +443,7 @@ def run(settings, codec):
         batch, status, seq = BatchSize(settings.get("batch_size")), 0, 1
         while True:
             frames = unpack_frames(client.request("pull", worker=worker, seq=seq,
-                                                  size=batch.size))
+                                                  size=batch.size, least=batch.least))
             if not frames:
                 return status
             if frames[0][1] == WAIT:  # none yet, but other workers may give some back

@@ -25,8 +25,9 @@ def test_every_route_is_parsed_back_from_the_path_it_builds(route, names):
 
 @pytest.mark.parametrize("path", [
     "/requests/1/tasks/0/result", "/requests/1/tasks/1-3/result", "/requests/1/tasks/1",
-    "/requests/1/workers/1/heartbeat", "/requests/1/workers/1.1/pull/1/0",
-    "/requests/1/workers/1.1/pull/1/9999999", "/requests/1/workers/1.1/pull/0/5",
+    "/requests/1/workers/1/heartbeat", "/requests/1/workers/1.1/pull/1/0/1",
+    "/requests/1/workers/1.1/pull/1/9999999/1", "/requests/1/workers/1.1/pull/0/5/1",
+    "/requests/1/workers/1.1/pull/1/5/6", "/requests/1/workers/1.1/pull/1/5",
     "/requests/1/workers/1.1/start", "/requests/1/tasks/3/lost",
     "/requests/x/function", "/requests/1/function/", "/requests/1/tasks/9223372036854775808/error",
     "/requests/1/workers/1.1/lost/" + "9" * 5000, "/requests/1/tasks/\u0661/result",

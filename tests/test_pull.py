@@ -157,3 +157,12 @@ def test_a_runner_that_dies_before_its_first_task_reports_the_batch_lost(local_c
     assert len(errors) == 3
     assert all("runner ended before it started the task (exit status 9" in error
                for _args, error in errors)
+
+
+def test_a_pull_takes_at_least_the_tasks_its_worker_finds_worth_a_pull(storage):
+    """The fair share would cut a batch of trivial tasks to a sliver at the end of the
+    queue; the worker's ``least`` keeps each pull worth its round trip."""
+    request_id = storage.create_request(b"f", [b"a"] * 100, "k", "local")
+    launch = storage.add_workers(request_id, 10)
+    assert storage.pull(request_id, f"{launch}.1", 1, 100) == list(range(1, 6))  # 100/20
+    assert storage.pull(request_id, f"{launch}.2", 1, 100, least=30) == list(range(6, 36))

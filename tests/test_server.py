@@ -25,11 +25,11 @@ def test_worker_fetches_the_function_and_pulls_arguments_until_none_is_left(
     assert client.get(f"/requests/{request_id}/function").data == b"fn"
     storage.add_workers(request_id, 1)
     pull = f"/requests/{request_id}/workers/1.1/pull"
-    assert unpack_frames(client.post(f"{pull}/1/5").data) == [(1, ARGUMENTS, b"a1")]
-    assert unpack_frames(client.post(f"{pull}/1/5").data) == [(1, ARGUMENTS, b"a1")]  # again
-    assert unpack_frames(client.post(f"{pull}/2/5").data) == [(2, ARGUMENTS, b"a2")]
-    assert client.post(f"{pull}/3/5").data == b""  # nothing left: the worker may go
-    assert client.post(f"/requests/{request_id}/workers/2.1/pull/1/5").status_code == 404
+    assert unpack_frames(client.post(f"{pull}/1/5/1").data) == [(1, ARGUMENTS, b"a1")]
+    assert unpack_frames(client.post(f"{pull}/1/5/1").data) == [(1, ARGUMENTS, b"a1")]  # again
+    assert unpack_frames(client.post(f"{pull}/2/5/1").data) == [(2, ARGUMENTS, b"a2")]
+    assert client.post(f"{pull}/3/5/1").data == b""  # nothing left: the worker may go
+    assert client.post(f"/requests/{request_id}/workers/2.1/pull/1/5/1").status_code == 404
     assert client.post(f"/requests/{request_id}/workers/1.1/heartbeat").status_code == 200
 
 
@@ -141,7 +141,7 @@ def test_both_hosts_serve_over_a_real_socket_with_keep_alive(storage, request_id
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         storage.add_workers(request_id, 1)
         for index in (1, 2):
-            path = f"/requests/{request_id}/workers/1.1/pull/{index}/1"
+            path = f"/requests/{request_id}/workers/1.1/pull/{index}/1/1"
             connection.request("POST", path, body=b"",
                                headers=auth_headers(b"right", "POST", path, b""))
             response = connection.getresponse()

@@ -19,7 +19,17 @@ def test_batches_start_at_one_task_and_aim_at_a_second_of_work():
     batch.took(64, 0.064 * 100)  # tasks of 0.1 s each: 10 make a second
     assert batch.size == 10
     batch.took(10, 80.0)  # a long task: back to one at a time
-    assert batch.size == 1
+    assert batch.size == 1 and batch.least == 1
+
+
+def test_a_worker_of_trivial_tasks_never_asks_for_fewer_than_a_pull_is_worth():
+    batch = worker.BatchSize()
+    assert batch.least == 1
+    batch.took(1, 0.0001)
+    batch.took(8, 0.0008)
+    assert batch.least == 64  # all it asks for: 64 tasks take less than 50 ms
+    batch.took(64, 0.0064)
+    assert batch.size == 512 and batch.least == 500
 
 
 def test_a_fixed_batch_size_is_kept_whatever_the_tasks_take():

@@ -91,7 +91,7 @@ def routes(request_id, marker):
     frames = b"".join(protocol.pack_frames([(1, protocol.RESULT, poison)]))
     return [
         ("GET", f"{prefix}/function", None),
-        ("POST", f"{prefix}/workers/1.1/pull/1/1", b""),
+        ("POST", f"{prefix}/workers/1.1/pull/1/1/1", b""),
         ("POST", f"{prefix}/workers/1.1/heartbeat", b""),
         ("POST", f"{prefix}/workers/1.1/killing", b""),
         ("POST", f"{prefix}/workers/1.1/lost/1", b"forged loss"),
