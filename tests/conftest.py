@@ -167,3 +167,15 @@ def no_user_settings(tmp_path_factory, monkeypatch):
     monkeypatch.setenv(CONFIG_FILE_VARIABLE, str(absent))
     for name in (PROFILE_VARIABLE, *(ENVIRONMENT_PREFIX + key.upper() for key in VALID_KEYS)):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def a_fresh_default_session():
+    """Each test starts and ends with the default session holding nothing: its servers,
+    dashboards and databases, one set per database a test used, would otherwise live as
+    long as the process and hold more than a thousand file descriptors by the end of a
+    run (and select() refuses descriptors past 1023)."""
+    yield
+    from sheepdog import api
+
+    api.default_session().close()
