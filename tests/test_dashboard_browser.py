@@ -78,6 +78,7 @@ def open_gates(gates, indices):
 
 
 def test_dashboard_follows_a_running_map_live_and_shows_failures_as_text(browser, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -89,10 +90,21 @@ def test_dashboard_follows_a_running_map_live_and_shows_failures_as_text(browser
         link = session.dashboard_link(request)
         try:
             browser.get(link)
-            wait = WebDriverWait(browser, 30, poll_frequency=0.1)
+            # The page redraws itself every second: an element found may be replaced
+            # before it is read, so every read is retried until it is consistent.
+            wait = WebDriverWait(browser, 30, poll_frequency=0.1,
+                                 ignored_exceptions=(StaleElementReferenceException,))
+
+            def read(what):
+                """``what()`` once it ran without the page redrawing under it."""
+                return wait.until(lambda _: (what(),))[0]
 
             def text(selector):
                 return browser.find_element(By.CSS_SELECTOR, selector).text
+
+            def state_of(index):
+                return read(lambda: browser.find_element(
+                    By.CSS_SELECTOR, f'.task[data-index="{index}"]').get_attribute("data-state"))
 
             def shows(selector, expected):
                 wait.until(lambda _: expected in text(selector),
@@ -103,33 +115,32 @@ def test_dashboard_follows_a_running_map_live_and_shows_failures_as_text(browser
             open_gates(gates, [1, 2, 4, 5])
             shows("#progress-text", f"4 / {N_TASKS} finished")
             shows("#count-done", "done 4")
-            assert browser.find_element(By.CSS_SELECTOR, '.task[data-index="2"]'
-                                        ).get_attribute("data-state") == "done"
-            assert browser.find_element(By.CSS_SELECTOR, '.task[data-index="3"]'
-                                        ).get_attribute("data-state") in ("pending", "running")
+            assert state_of(2) == "done"
+            assert state_of(3) in ("pending", "running")
 
             open_gates(gates, [3])
             shows("#count-failed", "failed 1")
-            failure = browser.find_element(By.CSS_SELECTOR, '.failure[data-task="3"]')
-            assert "ValueError" in failure.text and "Traceback" in failure.text
-            assert INJECTION in failure.text  # shown as text...
-            assert "about to fail: <b>not bold</b>" in failure.text  # ...and so is its output
+            failure = read(lambda: text('.failure[data-task="3"]'))
+            assert "ValueError" in failure and "Traceback" in failure
+            assert INJECTION in failure  # shown as text...
+            assert "about to fail: <b>not bold</b>" in failure  # ...and so is its output
             assert not browser.find_elements(By.CSS_SELECTOR, "#failures img, #failures b")
             assert browser.execute_script("return window.injected") is None  # ...never run
 
             open_gates(gates, range(6, N_TASKS + 1))
             shows("#progress-text", f"{N_TASKS} / {N_TASKS} finished (100%)")
             shows("#count-done", f"done {N_TASKS - 1}")
-            states = {cell.get_attribute("data-index"): cell.get_attribute("data-state")
-                      for cell in browser.find_elements(By.CSS_SELECTOR, "#tasks .task")}
+            states = read(lambda: {
+                cell.get_attribute("data-index"): cell.get_attribute("data-state")
+                for cell in browser.find_elements(By.CSS_SELECTOR, "#tasks .task")})
             assert states == {str(i): "failed" if i == 3 else "done"
                               for i in range(1, N_TASKS + 1)}
             shows("#histogram-note", f"{N_TASKS} tasks, 0 to")  # every task's duration
-            drawn = [float(bar.get_attribute("height"))
-                     for bar in browser.find_elements(By.CSS_SELECTOR, "#histogram rect")]
+            drawn = read(lambda: [float(bar.get_attribute("height")) for bar in
+                                  browser.find_elements(By.CSS_SELECTOR, "#histogram rect")])
             assert len(drawn) == 20 and sum(height > 0 for height in drawn) >= 2
-            row = browser.find_element(By.CSS_SELECTOR, f'tr[data-request="{request.id}"]')
-            assert f"{N_TASKS - 1} done, 1 failed" in row.text
+            row = read(lambda: text(f'tr[data-request="{request.id}"]'))
+            assert f"{N_TASKS - 1} done, 1 failed" in row
             assert browser.execute_script("return window.notReloaded") is True
             assert browser.save_screenshot(str(screenshot_path(tmp_path)))
         finally:
