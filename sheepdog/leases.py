@@ -70,6 +70,16 @@ def _within_bytes(db: sqlite3.Connection, request_id: int, limit: int) -> list[i
     return chosen
 
 
+def _end(db: sqlite3.Connection, request_id: int, worker_id: int, reason: str,
+         retryable: bool, lost_reason: str, lost_retryable: bool = True) -> list[int]:
+    """Inside a transaction: the worker has ended (``retryable``: in a way worth starting
+    another for); the tasks it still held are lost with ``lost_reason``."""
+    db.execute("UPDATE workers SET ended = ?, end_reason = ?, end_retryable = ? "
+               "WHERE id = ? AND ended IS NULL", (time.time(), reason, int(retryable), worker_id))
+    return states.apply(db, "lose", request_id, where="worker = :worker_id",
+                        worker_id=worker_id, reason=lost_reason, retryable=int(lost_retryable))
+
+
 def fair_share(pending: int, live_workers: int) -> int:
     """The most tasks one pull may take: half of an even split of what is pending among
     the ``live_workers``.
@@ -136,6 +146,7 @@ class Leases(abc.ABC):
             if row is None:
                 return None
             worker_id, pulls, ended = row
+            left_held: list[int] = []
             if ended is not None or seq not in (pulls, pulls + 1):
                 return []
             if seq == pulls:  # asked again: its answer was lost
@@ -156,16 +167,11 @@ class Leases(abc.ABC):
                 db.execute("UPDATE workers SET heartbeat = ? WHERE id = ?",
                            (time.time(), worker_id))
                 return ASK_AGAIN
-            else:
-                db.execute("UPDATE workers SET pulls = ?, ended = ?, end_reason = ?, "
-                           "end_retryable = 1 WHERE id = ?",
-                           (seq, time.time(), "it ran out of tasks", worker_id))
-                lost = states.apply(db, "lose", request_id, where="worker = :worker_id",
-                                    worker_id=worker_id, retryable=1,
-                                    reason="its worker left without reporting it")
-                if lost:  # it should not hold any: keep nothing waiting on a worker that left
-                    self._changed()
-        if indices:
+            else:  # it leaves; it should hold nothing, but nothing may wait on it
+                db.execute("UPDATE workers SET pulls = ? WHERE id = ?", (seq, worker_id))
+                left_held = _end(db, request_id, worker_id, "it ran out of tasks", True,
+                                 "its worker left without reporting it")
+        if indices or left_held:
             self._changed()
         return indices
 
@@ -185,26 +191,25 @@ class Leases(abc.ABC):
     def lose_held(self, request_id: int, worker: str, index: int, reason: str) -> bool:
         """Task ``index`` crashed while ``worker`` held it: lost, retryable unless the
         scheduler warned the worker; True if it was still held."""
-        with self._write() as db:
-            row = _worker_row(db, request_id, worker, "id")
-            lost = [] if row is None else states.apply(
-                db, "lose", request_id, [index], where="worker = :worker_id",
-                worker_id=row[0], reason=reason)
-        if lost:
-            self._changed()
-        return bool(lost)
+        return bool(self._apply_held("lose", request_id, worker, [index], reason=reason))
 
     def release(self, request_id: int, worker: str, indices: list[int]) -> list[int]:
         """Tasks that ``worker`` holds and gives back unstarted go back in the queue; those
         that did."""
+        return self._apply_held("release", request_id, worker, indices)
+
+    def _apply_held(self, event: str, request_id: int, worker: str, indices: list[int],
+                    **parameters: Any) -> list[int]:
+        """``event`` for those of ``indices`` that ``worker`` still holds (a late or replayed
+        report from a worker never touches a task another one now runs); those that moved."""
         with self._write() as db:
             row = _worker_row(db, request_id, worker, "id")
-            released = [] if row is None else states.apply(
-                db, "release", request_id, indices, where="worker = :worker_id",
-                worker_id=row[0])
-        if released:
+            moved = [] if row is None else states.apply(
+                db, event, request_id, indices, where="worker = :worker_id",
+                worker_id=row[0], **parameters)
+        if moved:
             self._changed()
-        return sorted(released)
+        return sorted(moved)
 
     def _worker_update(self, request_id: int, worker: str, assignment: str) -> bool:
         launch, array_task = _launch_and_task(worker)
@@ -285,11 +290,8 @@ class Leases(abc.ABC):
             worker_id, kill_notice = row
             if kill_notice is not None:
                 reason += warned
-            db.execute("UPDATE workers SET ended = ?, end_reason = ?, end_retryable = ? "
-                       "WHERE id = ? AND ended IS NULL",
-                       (time.time(), reason, int(retryable and kill_notice is None), worker_id))
-            lost = states.apply(db, "lose", request_id, where="worker = :worker_id",
-                                worker_id=worker_id, reason=reason, retryable=int(retryable))
+            lost = _end(db, request_id, worker_id, reason, retryable and kill_notice is None,
+                        reason, retryable)
         if lost:
             self._changed()
         return sorted(lost)

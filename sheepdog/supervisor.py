@@ -66,7 +66,7 @@ def watch(request: "Request") -> None:
             if end.exit_status == EXIT_NO_KEY:
                 raise _abandon(request, _no_key_message(request, job_id, array_task))
             _worker_ended(request, job_id, worker_name(launches[job_id], array_task), end)
-    _requeue(request)
+    retry(request)
     _check_reached(request)
 
 
@@ -86,10 +86,6 @@ def _worker_ended(request: "Request", job_id: str, worker: str, end: "TaskEnd") 
 def retry(request: "Request") -> bool:
     """Put tasks that may run again back in the queue, and start workers for them if none
     is alive; True if any went back."""
-    return _requeue(request)
-
-
-def _requeue(request: "Request") -> bool:
     config, storage = request.config, request.storage
     again = (storage.requeue(request.id, config.retries + 1, config.retry_failed)
              if config.retries else [])

@@ -252,22 +252,22 @@ class Supervisor:
                   f"on {socket.gethostname()}{f', job {job}' if job else ''}"
                   f"{f'; its worker went on with the {left} after it' if left else ''})")
         log(f"task {index} ended without reporting ({describe_end(status)})")
-        try:
-            self.client.request("lost", error_bytes(reason), worker=self.worker, task=index)
-        except PermanentHTTPError as error:
-            log(f"could not report task {index} lost: {error}")
-        self.remaining.discard(index)
+        self._report_lost(index, reason)
 
     def _never_started(self, todo, status):
         """The runner died before it started any of ``todo``: they are lost, and say how."""
         reason = (f"the worker's runner ended before it started the task ({describe_end(status)}"
                   f" on {socket.gethostname()}); its stderr may say why")
         for index in todo:
-            try:
-                self.client.request("lost", error_bytes(reason), worker=self.worker, task=index)
-            except PermanentHTTPError as error:
-                log(f"could not report task {index} lost: {error}")
-            self.remaining.discard(index)
+            self._report_lost(index, reason)
+
+    def _report_lost(self, index, reason):
+        """Tell the server that task ``index`` of this worker's batch will not report."""
+        try:
+            self.client.request("lost", error_bytes(reason), worker=self.worker, task=index)
+        except PermanentHTTPError as error:
+            log(f"could not report task {index} lost: {error}")
+        self.remaining.discard(index)
 
     # -- reports and heartbeats ----------------------------------------------
 
