@@ -30,7 +30,7 @@ from typing import Callable
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import sheepdog  # noqa: E402
-from sheepdog import ssh  # noqa: E402
+from sheepdog.remote import ssh  # noqa: E402
 from sheepdog.config import resolve  # noqa: E402
 
 

@@ -23,10 +23,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from sheepdog import protocol  # noqa: E402
-from sheepdog.protocol import auth_headers  # noqa: E402
-from sheepdog.server import Server  # noqa: E402
-from sheepdog.storage import Storage  # noqa: E402
+from sheepdog.wire import protocol  # noqa: E402
+from sheepdog.wire.protocol import auth_headers  # noqa: E402
+from sheepdog.server.host import Server  # noqa: E402
+from sheepdog.storage.store import Storage  # noqa: E402
 
 PROCESSES = 4
 

@@ -28,8 +28,8 @@ from typing import Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from sheepdog import ssh  # noqa: E402
-from sheepdog.tunnel import Tunnel  # noqa: E402
+from sheepdog.remote import ssh  # noqa: E402
+from sheepdog.remote.tunnel import Tunnel  # noqa: E402
 
 Address = tuple[str, int]
 MESSAGE = b"x" * 100

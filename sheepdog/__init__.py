@@ -6,21 +6,19 @@
 Only the public names are defined here; each lives in a module of its own.
 """
 
-from .api import (
-    as_completed, cancel, get_errors, get_results, map, map_async, map_sync, wait,
-)
+from .api import as_completed, cancel, get_errors, get_results, map, map_async, map_sync, wait
 from .backends import SubmissionError
 from .config import Config
 from .executor import Executor
-from .outcomes import TaskError, TaskLost
-from .request import Request
-from .serialisation import SerialisationError
-from .server import Server
-from .session import Session
-from .ssh import SSHError
-from .private import UnsafePathError
-from .storage import DiskFullError, Storage, StorageError
-from .supervisor import CallbackError
+from .caller.outcomes import TaskError, TaskLost
+from .caller.request import Request
+from .wire.serialisation import SerialisationError
+from .server.host import Server
+from .caller.session import Session
+from .remote.ssh import SSHError
+from .storage.file_safety import UnsafePathError
+from .storage.store import DiskFullError, Storage, StorageError
+from .caller.watcher import CallbackError
 
 __version__ = "0.4.0"
 

@@ -1,7 +1,7 @@
 """The original Sheepdog functions (map, map_async, get_results, get_errors, wait,
 cancel), and as_completed.
 
-Each is a thin wrapper over this process's default :class:`~sheepdog.session.Session`
+Each is a thin wrapper over this process's default :class:`~sheepdog.caller.session.Session`
 (see :func:`default_session`), so that scripts written for the original
 library run as they are; new code may hold a ``Session`` and ``Request``
 handles instead. Requests are named by id and database file, and every
@@ -13,10 +13,10 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
-from . import completion
+from .caller import completion
 from .config import resolve
-from .request import Request
-from .session import Session
+from .caller.request import Request
+from .caller.session import Session
 
 _default_session = Session()
 

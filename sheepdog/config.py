@@ -173,7 +173,7 @@ def _check_values(config: Config) -> None:
     if config.max_body_bytes < 1:
         raise InvalidValue("max_body_bytes", "config key 'max_body_bytes' must be positive")
     if isinstance(config.dashboard, str):
-        from .dashboard import parse_address  # the dashboard knows its address format
+        from .dashboard.app import parse_address  # the dashboard knows its address format
 
         parse_address(config.dashboard)
 

@@ -31,12 +31,12 @@ from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Optional
 
-from . import serialisation
-from .completion import FIRST_DELAY, LONGEST_DELAY, TaskFollower
+from .wire import serialisation
+from .caller.completion import FIRST_DELAY, LONGEST_DELAY, TaskFollower
 from .config import resolve
-from .outcomes import outcome
-from .request import Request
-from .session import Session
+from .caller.outcomes import outcome
+from .caller.request import Request
+from .caller.session import Session
 
 log = logging.getLogger(__name__)
 

@@ -109,7 +109,7 @@ class ClusterTestsMustRun:
         for problem in self.problems:
             terminalreporter.write_line(f"SHEEPDOG_REQUIRE_CLUSTER: {problem}", red=True)
 
-from sheepdog.storage import Storage
+from sheepdog.storage.store import Storage
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ class SignedClient:
         self.key = key
 
     def open(self, method, path, data=b"", headers=None):
-        from sheepdog.protocol import auth_headers
+        from sheepdog.wire.protocol import auth_headers
 
         if headers is None:
             headers = auth_headers(self.key, method, path, data)

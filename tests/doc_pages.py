@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from sheepdog import cli
+from sheepdog.cli import commands as cli
 
 from .quickstart import run_doctest
 

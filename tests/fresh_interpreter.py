@@ -11,14 +11,15 @@ import struct
 import subprocess
 import sys
 
-from sheepdog import jobscript
-from sheepdog.serialisation import dumps, dumps_function, loads
+from sheepdog.caller import jobscript
+from sheepdog.wire.settings import WorkerSettings
+from sheepdog.wire.serialisation import dumps, dumps_function, loads
 
 _PROGRAM = """
 import importlib.util, runpy, struct, sys
 assert not importlib.util.find_spec("sheepdog") and not importlib.util.find_spec("cloudpickle")
 runpy.run_path(sys.argv[1])
-from sheepdog import serialisation
+from sheepdog.wire import serialisation
 data = sys.stdin.buffer.read()
 (size,) = struct.unpack_from("!Q", data)
 function = serialisation.loads_function(data[8:8 + size])
@@ -31,7 +32,7 @@ def call_in_fresh_interpreter(directory, function, args=(), ns=None,
                               python=(sys.executable, "-I", "-S")):
     """``function(*args)`` run in ``python``, with ``directory`` as its working directory."""
     job = directory / "job.py"
-    text = jobscript.render(python[0], [], {"request_id": 0})
+    text = jobscript.render(python[0], [], WorkerSettings(request_id=0))
     job.write_text(text.replace('if __name__ == "__main__":', "if False:"))
     function_blob = dumps_function(function, ns)
     completed = subprocess.run(

@@ -15,7 +15,7 @@ import difflib
 import sys
 from pathlib import Path
 
-from sheepdog import jobscript
+from sheepdog.caller import jobscript
 
 from .test_jobscript import GOLDEN, render
 
@@ -23,7 +23,7 @@ from .test_jobscript import GOLDEN, render
 def golden_text() -> str:
     """The rendered job file with each embedded source replaced by its name, as pinned."""
     text = render()
-    for name, source in jobscript.embedded_sources().items():
+    for name, (_is_package, source) in jobscript.embedded_sources().items():
         text = text.replace(repr(source), f"<source of {name}>")
     return text
 

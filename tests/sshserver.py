@@ -4,7 +4,7 @@ It accepts one user's key, runs exec requests with ``/bin/sh -c`` in a home
 directory of its own, serves SFTP inside that directory, forwards
 ``direct-tcpip`` channels (so it can be a ProxyJump host), and can drop every
 connection at once, as a network outage or a restarted sshd would. That is
-enough to test ``sheepdog.ssh`` (connecting, host key checks, errors, run
+enough to test ``sheepdog.remote.ssh`` (connecting, host key checks, errors, run
 timeouts, reconnecting, uploads, jumps) without a cluster.
 """
 

@@ -16,7 +16,7 @@ import pytest
 from sheepdog.backends import SubmissionError, create
 from sheepdog.backends.batch import PENDING, RUNNING
 from sheepdog.config import resolve
-from sheepdog.ssh import CommandResult
+from sheepdog.remote.ssh import CommandResult
 
 RECORDED = Path(__file__).parent / "recorded"
 GOLDEN = Path(__file__).parent / "golden"
@@ -299,7 +299,7 @@ def test_a_tasks_output_is_read_from_its_own_log_when_job_ids_come_round_again(t
     import os
     import time
 
-    from sheepdog.shells import LocalShell
+    from sheepdog.remote.shells import LocalShell
 
     config = resolve({"scheduler": "gridengine", "ge_opts": [f"-e {tmp_path}/"]})
     backend = create(config)

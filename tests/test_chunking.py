@@ -2,8 +2,12 @@
 
 import pytest
 
-from sheepdog.backends.gridengine import GridEngineBackend, parse_max_array_tasks, parse_total_slots
-from sheepdog.chunking import UNKNOWN_SLOTS, choose_workers
+from sheepdog.backends.gridengine import (
+    GridEngineBackend,
+    parse_max_array_tasks,
+    parse_total_slots,
+)
+from sheepdog.caller.chunking import UNKNOWN_SLOTS, choose_workers
 from sheepdog.config import resolve
 
 

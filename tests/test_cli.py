@@ -16,8 +16,8 @@ import threading
 import pytest
 
 import sheepdog
-from sheepdog import cli
-from sheepdog.serving import CommandError, plan_serving
+from sheepdog.cli import commands as cli
+from sheepdog.cli.serving import CommandError, plan_serving
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 import sheepdog
-from sheepdog.outcomes import TaskError, TaskLost
+from sheepdog.caller.outcomes import TaskError, TaskLost
 
 ZERO_DIVISION = ('Traceback (most recent call last):\n  File "<dynamic-code>", line 2, in f\n'
                  'ZeroDivisionError: division by zero\n')

@@ -52,7 +52,7 @@ def test_wrong_type_names_the_key(conf, key):
 def test_a_cluster_scheduler_without_a_host_runs_its_commands_on_this_machine():
     """For a caller on the head node itself: no SSH."""
     from sheepdog.backends import create
-    from sheepdog.shells import LocalShell
+    from sheepdog.remote.shells import LocalShell
 
     assert isinstance(create(resolve({"scheduler": "gridengine"})).shell, LocalShell)
 

@@ -19,9 +19,15 @@ import pytest
 import sheepdog
 from sheepdog import api
 from sheepdog.config import resolve
-from sheepdog.dashboard import DashboardServer, create_app, histogram, new_token, parse_address
-from sheepdog.protocol import auth_headers
-from sheepdog.session import Session
+from sheepdog.dashboard.app import (
+    DashboardServer,
+    create_app,
+    histogram,
+    new_token,
+    parse_address,
+)
+from sheepdog.wire.protocol import auth_headers
+from sheepdog.caller.session import Session
 
 from .quickstart import run_doctest
 

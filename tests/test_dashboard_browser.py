@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sheepdog.session import Session
+from sheepdog.caller.session import Session
 
 from .conftest import cluster_required
 

@@ -1,7 +1,7 @@
 """The examples of the configuration and command pages run as written, on the local
 backend, in a directory of their own and with a config file of their own."""
 
-from sheepdog import cli
+from sheepdog.cli import commands as cli
 
 from .doc_pages import run_page, toml_example
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import sheepdog
-from sheepdog.states import CANCELLED, DONE
-from sheepdog.storage import Storage
+from sheepdog.storage.states import CANCELLED, DONE
+from sheepdog.storage.store import Storage
 
 from .quickstart import run_doctest
 

@@ -13,8 +13,8 @@ import pytest
 from pathlib import Path
 
 import sheepdog
-from sheepdog import worker
-from sheepdog.server import Server
+from sheepdog.worker import loop as worker
+from sheepdog.server.host import Server
 
 from .test_api import max_request
 
@@ -40,7 +40,7 @@ def test_task_that_falls_silent_is_lost_after_lost_after(local_conf):
 @pytest.fixture
 def quick_watch(monkeypatch):
     """Look at the heartbeats and the scheduler every 0.2 s rather than every 2 s."""
-    from sheepdog import request
+    from sheepdog.caller import request
 
     monkeypatch.setattr(request, "WATCH_SECONDS", 0.2)
 
@@ -258,12 +258,12 @@ def test_worker_on_another_python_version_reports_both_versions(storage, monkeyp
     server = Server(storage, port=0, use_tls=False).start()
     monkeypatch.setenv("SGE_TASK_ID", "1")
     try:
-        from sheepdog import serialisation
+        from sheepdog.wire import serialisation
 
         settings = {"urls": [server.url("127.0.0.1")], "request_id": request_id, "key": "pw",
                     "launch": launch, "task_variable": "SGE_TASK_ID",
                     "python": [3, 99], "retry_seconds": 5, "heartbeat_seconds": 10}
-        assert worker.run(settings, serialisation) == 1
+        assert worker.run(settings) == 1
     finally:
         server.stop()
     ((_args, state, error),) = storage.errors(request_id)

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from sheepdog.storage import Storage, StorageError
+from sheepdog.storage.store import Storage, StorageError
 
 OTHER_UID = 1501  # a user that is not the one running the tests
 

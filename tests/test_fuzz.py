@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
-from sheepdog.protocol import auth_headers
-from sheepdog.server import Server
-from sheepdog.states import PENDING
+from sheepdog.wire.protocol import auth_headers
+from sheepdog.server.host import Server
+from sheepdog.storage.states import PENDING
 
 N_REQUESTS = 10_000
 LIMIT = 4096

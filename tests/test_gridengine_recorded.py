@@ -15,11 +15,18 @@ import pytest
 
 from sheepdog.backends import SubmissionError, TaskEnd
 from sheepdog.backends.gridengine import (
-    GridEngineBackend, _expand_task_range, describe_accounting,
-    parse_job_id, parse_max_array_tasks, parse_qacct, parse_qstat_tasks, parse_total_slots)
+    GridEngineBackend,
+    _expand_task_range,
+    describe_accounting,
+    parse_job_id,
+    parse_max_array_tasks,
+    parse_qacct,
+    parse_qstat_tasks,
+    parse_total_slots,
+)
 from sheepdog.config import resolve
-from sheepdog.shells import Shell
-from sheepdog.ssh import CommandResult
+from sheepdog.remote.shells import Shell
+from sheepdog.remote.ssh import CommandResult
 
 RECORDED = Path(__file__).parent / "recorded" / "gridengine"
 

@@ -95,7 +95,7 @@ def test_a_rendered_job_file_runs_its_chunk_in_a_bare_interpreter_and_reports_ba
 
 def test_a_job_file_whose_key_file_is_unreadable_says_so_and_exits_with_its_own_status(
         local_conf, scheduler, tmp_path):
-    from sheepdog.protocol import EXIT_NO_KEY
+    from sheepdog.wire.protocol import EXIT_NO_KEY
 
     sheepdog.map_async(abs, [(-1,)], local_conf)
     (keeper,) = scheduler

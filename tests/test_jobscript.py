@@ -3,26 +3,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sheepdog import jobscript
+from sheepdog.caller import jobscript
+from sheepdog.wire.settings import WorkerSettings
 
 from .fresh_interpreter import call_in_fresh_interpreter
 
 GOLDEN = Path(__file__).parent / "golden" / "jobscript.txt"
 
-SETTINGS = {
-    "urls": ["https://laptop.example:5000", "https://head.example:41234"],
-    "certificate": "-----BEGIN CERTIFICATE-----\n(pinned)\n-----END CERTIFICATE-----\n",
-    "request_id": 7,
-    "key_file": "/home/user/.sheepdog/sheepdog_7_0123456789abcdef.key",
-    "indices": None,
-    "heartbeat_seconds": 10.0,
-    "n_arguments": 3,
-    "chunksize": 1,
-    "task_variable": "SGE_TASK_ID",
-    "python": [3, 11],
-    "memory_limit": None,
-    "retry_seconds": 600.0,
-}
+SETTINGS = WorkerSettings(
+    request_id=7,
+    urls=("https://laptop.example:5000", "https://head.example:41234"),
+    certificate="-----BEGIN CERTIFICATE-----\n(pinned)\n-----END CERTIFICATE-----\n",
+    key_file="/home/user/.sheepdog/sheepdog_7_0123456789abcdef.key",
+    chunksize=1,
+    task_variable="SGE_TASK_ID",
+    python=(3, 11),
+    retry_seconds=600.0,
+)
 
 
 def render():
@@ -44,19 +41,21 @@ def test_rendered_job_file_matches_the_golden_file():
 def test_job_file_holds_no_credential():
     """Schedulers show job files to every user: the key stays in its private file."""
     text = render()
-    assert "key_file" in text and "'key'" not in text and "secret" not in text.lower()
+    assert "key_file" in text and "'key': None" in text and "secret" not in text.lower()
 
 
 def test_job_file_embeds_the_worker_serialisation_and_cloudpickle_code():
     import cloudpickle
 
     sources = jobscript.embedded_sources()
-    assert list(sources) == ["cloudpickle.cloudpickle", "cloudpickle", "sheepdog.protocol",
-                             "sheepdog.serialisation", "sheepdog.client", "sheepdog.output",
-                             "sheepdog.runner", "sheepdog.worker"]
-    assert sources["cloudpickle.cloudpickle"] == Path(cloudpickle.cloudpickle.__file__).read_text()
+    modules = {f"sheepdog.{path.parent.name}.{path.stem}".replace(".__init__", "")
+               for folder in ("wire", "worker")
+               for path in (Path(jobscript.__file__).parent.parent / folder).glob("*.py")}
+    assert set(sources) == {"cloudpickle", "cloudpickle.cloudpickle", "sheepdog"} | modules
+    assert "sheepdog.worker.loop" in modules and "sheepdog.wire.settings" in modules
+    assert sources["cloudpickle.cloudpickle"][1] == Path(cloudpickle.cloudpickle.__file__).read_text()
     text = render()
-    for source in sources.values():
+    for _is_package, source in sources.values():
         assert repr(source) in text
 
 

@@ -72,7 +72,7 @@ def test_the_system_numpy_in_dist_packages_travels_by_name(tmp_path, system_pyth
     def pickled_array():
         import numpy
 
-        from sheepdog.serialisation import dumps
+        from sheepdog.wire.serialisation import dumps
 
         return dumps(numpy.ones(10, dtype=numpy.uint8))
 

@@ -6,11 +6,12 @@ import stat
 import pytest
 
 import sheepdog
-from sheepdog import payloads, protocol, serialisation
-from sheepdog.client import Client, PermanentHTTPError
-from sheepdog.payloads import SPILL_BYTES, PayloadFile, payload_bytes
-from sheepdog.server import Server
-from sheepdog.storage import Storage
+from sheepdog.storage import payloads
+from sheepdog.wire import protocol, serialisation
+from sheepdog.worker.client import Client, PermanentHTTPError
+from sheepdog.storage.payloads import SPILL_BYTES, PayloadFile, payload_bytes
+from sheepdog.server.host import Server
+from sheepdog.storage.store import Storage
 
 np = pytest.importorskip("numpy")
 

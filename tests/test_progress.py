@@ -7,11 +7,16 @@ import sys
 import types
 
 import sheepdog
-from sheepdog import progress
-from sheepdog.progress import (
-    LineDisplay, NotebookDisplay, TerminalDisplay, describe, progress_display, stream_writer,
+from sheepdog.caller import progress
+from sheepdog.caller.progress import (
+    LineDisplay,
+    NotebookDisplay,
+    TerminalDisplay,
+    describe,
+    progress_display,
+    stream_writer,
 )
-from sheepdog.storage import Progress
+from sheepdog.storage.store import Progress
 
 def test_progress_line_shows_counts_rate_and_time_left():
     assert describe(Progress(total=4), elapsed=0) == (
@@ -76,7 +81,7 @@ def test_elsewhere_a_line_goes_to_the_stream_every_30_seconds_at_most():
 
 
 def test_elsewhere_with_logging_set_up_the_lines_go_to_the_log(caplog):
-    caplog.set_level(logging.INFO, logger="sheepdog.progress")
+    caplog.set_level(logging.INFO, logger="sheepdog.caller.progress")
     stream = io.StringIO()
     display = progress_display(stream)
     display.update(Progress(total=2, done=2))
@@ -161,6 +166,6 @@ def test_map_without_verbose_shows_nothing(local_conf, capsys, monkeypatch):
     def no_display(*args):
         raise AssertionError("verbose=False made a progress display")
 
-    monkeypatch.setattr("sheepdog.request.progress_display", no_display)
+    monkeypatch.setattr("sheepdog.caller.request.progress_display", no_display)
     assert sheepdog.map(abs, [(-1,), (-2,)], local_conf, verbose=False) == [1, 2]
     assert capsys.readouterr().err == ""

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sheepdog import protocol
+from sheepdog.wire import protocol
 
 
 def test_index_specs_name_many_tasks_compactly():

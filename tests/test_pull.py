@@ -102,7 +102,7 @@ def test_a_late_loss_from_a_worker_that_no_longer_holds_the_task_changes_nothing
 
 
 def test_a_pull_hands_out_no_more_argument_bytes_than_fit(storage, monkeypatch):
-    from sheepdog import leases
+    from sheepdog.storage import leases
 
     monkeypatch.setattr(leases, "PULL_BYTES", 1000)
     request_id = storage.create_request(b"f", [b"x" * 300] * 40, "k", "local")
@@ -130,13 +130,14 @@ def test_a_worker_that_leaves_still_holding_tasks_loses_them(storage):
 
 
 def test_batches_never_ask_for_more_than_a_pull_may_carry():
-    from sheepdog import protocol, worker
+    from sheepdog.wire import protocol
+    from sheepdog.worker import loop as worker
 
     batch = worker.BatchSize()
     for _ in range(12):
         batch.took(batch.size, 1e-9 * batch.size)
     assert batch.size == protocol.MAX_PULL
-    assert worker.BatchSize(fixed=10 ** 9).size == protocol.MAX_PULL
+    assert worker.BatchSize(chunksize=10 ** 9).size == protocol.MAX_PULL
 
 
 def test_a_runner_that_dies_before_its_first_task_reports_the_batch_lost(local_conf):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from sheepdog import relay
+from sheepdog.remote import relay
 
 from .echo import cut_off, echo_server, exchange
 

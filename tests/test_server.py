@@ -3,8 +3,15 @@ import threading
 
 import pytest
 
-from sheepdog.protocol import ARGUMENTS, ERROR, RESULT, auth_headers, pack_frames, unpack_frames
-from sheepdog.server import Server, create_app
+from sheepdog.wire.protocol import (
+    ARGUMENTS,
+    ERROR,
+    RESULT,
+    auth_headers,
+    pack_frames,
+    unpack_frames,
+)
+from sheepdog.server.host import Server, create_app
 
 from .conftest import SignedClient
 
@@ -188,7 +195,7 @@ def test_server_handles_concurrent_posts(storage):
 
 @pytest.mark.parametrize("engine", ["tornado", "werkzeug"])
 def test_tls_server_talks_to_a_worker_pinning_its_certificate(storage, request_id, engine):
-    from sheepdog.client import Client
+    from sheepdog.worker.client import Client
 
     server = Server(storage, port=0, engine=engine).start()
     try:
@@ -205,7 +212,7 @@ def _impostor(certificate_and_key):
     import socket
     import ssl
 
-    from sheepdog import tls
+    from sheepdog.server import tls
 
     context = tls.server_context(*certificate_and_key)
     listener = socket.create_server(("127.0.0.1", 0))
@@ -228,8 +235,8 @@ def _impostor(certificate_and_key):
 
 
 def test_worker_sends_nothing_to_a_server_with_another_certificate(storage, request_id):
-    from sheepdog import tls
-    from sheepdog.client import Client
+    from sheepdog.server import tls
+    from sheepdog.worker.client import Client
 
     listener, received = _impostor(tls.generate_identity())
     pinned, _key = tls.generate_identity()
@@ -244,8 +251,8 @@ def test_worker_sends_nothing_to_a_server_with_another_certificate(storage, requ
 
 
 def test_worker_moves_on_from_an_impostor_to_the_next_route(storage, request_id):
-    from sheepdog import tls
-    from sheepdog.client import Client
+    from sheepdog.server import tls
+    from sheepdog.worker.client import Client
 
     listener, received = _impostor(tls.generate_identity())
     server = Server(storage, port=0).start()
@@ -266,9 +273,9 @@ def test_worker_tries_the_next_route_when_the_first_does_not_answer(storage, req
     """A route whose connects vanish, as to a caller behind NAT, is left after CONNECT_SECONDS."""
     import socket
 
-    from sheepdog.client import Client
+    from sheepdog.worker.client import Client
 
-    monkeypatch.setattr("sheepdog.client.CONNECT_SECONDS", 0.5)
+    monkeypatch.setattr("sheepdog.worker.client.CONNECT_SECONDS", 0.5)
     # A listener that never accepts, with its backlog filled: Linux drops further
     # SYNs, so a connect to it times out instead of being refused.
     black_hole = socket.create_server(("127.0.0.1", 0), backlog=0)

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from sheepdog.server import Server
+from sheepdog.server.host import Server
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,7 +123,7 @@ def test_a_body_that_trickles_in_is_cut_off_after_the_time_its_size_allows(stora
 
 _SERVE_WITH_FEW_DESCRIPTORS = textwrap.dedent("""
     import logging, resource, sys
-    from sheepdog.server import Server
+    from sheepdog.server.host import Server
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
     server = Server(sys.argv[1], port=0, use_tls=False).start()

@@ -158,7 +158,7 @@ def test_ctrl_c_at_a_terminal_reaches_the_caller_not_its_local_tasks(dbfile, tmp
 
 
 def test_status_shows_cancelled_tasks_as_cancelled(local_conf):
-    from sheepdog import cli
+    from sheepdog.cli import commands as cli
 
     def slow(x):
         import time

@@ -14,9 +14,9 @@ import time
 import paramiko
 import pytest
 
-from sheepdog import ssh
+from sheepdog.remote import ssh
 from sheepdog.config import resolve
-from sheepdog.ssh import SSHError
+from sheepdog.remote.ssh import SSHError
 
 from .sshserver import SSHServer, new_key
 

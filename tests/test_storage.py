@@ -3,7 +3,7 @@ import sqlite3
 
 import pytest
 
-from sheepdog.storage import SCHEMA_VERSION, Storage, StorageError
+from sheepdog.storage.store import SCHEMA_VERSION, Storage, StorageError
 
 
 def make_request(storage, n=3):
@@ -232,7 +232,7 @@ def test_a_version_3_database_of_static_chunks_is_upgraded_and_its_tasks_go_on(d
 
 
 def test_the_transition_table_moves_only_tasks_in_the_states_it_names(storage):
-    from sheepdog import states
+    from sheepdog.storage import states
 
     request_id = make_request(storage, 4)
     with storage._write() as db:
@@ -303,8 +303,8 @@ def test_task_logs_name_the_failed_tasks_or_the_one_asked_for(storage):
 def test_a_full_disk_is_named_and_what_was_stored_stays(storage, monkeypatch):
     import errno
 
-    from sheepdog import payloads
-    from sheepdog.storage import DiskFullError
+    from sheepdog.storage import payloads
+    from sheepdog.storage.store import DiskFullError
 
     request_id = make_request(storage)
     storage.record_reports(request_id, [(1, False, b"kept")])
@@ -321,7 +321,7 @@ def test_a_full_disk_is_named_and_what_was_stored_stays(storage, monkeypatch):
 
 
 def test_sqlite_finding_the_database_full_is_a_disk_full_error(storage):
-    from sheepdog.storage import DiskFullError, StorageError
+    from sheepdog.storage.store import DiskFullError, StorageError
 
     request_id = make_request(storage)
     connection = storage._connection()

@@ -10,9 +10,10 @@ import sys
 import pytest
 
 import sheepdog
-from sheepdog import backends, cli
+from sheepdog import backends
+from sheepdog.cli import commands as cli
 from sheepdog.backends.local import LocalBackend
-from sheepdog.protocol import OUTPUT_TAIL_BYTES
+from sheepdog.wire.protocol import OUTPUT_TAIL_BYTES
 
 from .test_api import max_request
 

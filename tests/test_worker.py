@@ -4,9 +4,10 @@ import time
 
 import pytest
 
-from sheepdog import protocol, runner, worker
-from sheepdog.client import Client, PermanentHTTPError
-from sheepdog.server import Server
+from sheepdog.wire import protocol
+from sheepdog.worker import runner, loop as worker
+from sheepdog.worker.client import Client, PermanentHTTPError
+from sheepdog.server.host import Server
 
 
 def test_batches_start_at_one_task_and_aim_at_a_second_of_work():
@@ -33,7 +34,7 @@ def test_a_worker_of_trivial_tasks_never_asks_for_fewer_than_a_pull_is_worth():
 
 
 def test_a_fixed_batch_size_is_kept_whatever_the_tasks_take():
-    batch = worker.BatchSize(fixed=5)
+    batch = worker.BatchSize(chunksize=5)
     batch.took(5, 0.0001)
     batch.took(5, 100.0)
     assert batch.size == 5

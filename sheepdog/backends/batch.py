@@ -27,8 +27,8 @@ import time
 from typing import ClassVar, Optional, Sequence
 
 from ..config import OPTIONS_KEYS, Config
-from ..shells import LocalShell, Shell, SSHShell
-from ..ssh import CommandResult, SSHError, destination_for, get
+from ..remote.shells import LocalShell, Shell, SSHShell
+from ..remote.ssh import CommandResult, SSHError, destination_for, get
 from . import Backend, SubmissionError, TaskEnd
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def shell_for(config: Config) -> Shell:
 
 
 class BatchBackend(Backend):
-    """A batch scheduler reached through a :class:`~sheepdog.shells.Shell`."""
+    """A batch scheduler reached through a :class:`~sheepdog.remote.shells.Shell`."""
 
     #: Starts each header line, as in ``#$`` or ``#SBATCH``.
     header_prefix: ClassVar[str]

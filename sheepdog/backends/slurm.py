@@ -23,8 +23,8 @@ import re
 from typing import Optional, Sequence
 
 from ..config import Config
-from ..protocol import index_spec
-from ..shells import Shell
+from ..wire.protocol import index_spec
+from ..remote.shells import Shell
 from . import SubmissionError, TaskEnd
 from .batch import HELD, PENDING, RUNNING, BatchBackend, SchedulerQueryFailed, option_value
 

@@ -8,9 +8,10 @@ import pytest
 from .test_gridengine import last_request
 
 import sheepdog
-from sheepdog import api, ssh
+from sheepdog import api
+from sheepdog.remote import ssh
 from sheepdog.config import resolve
-from sheepdog.storage import Storage
+from sheepdog.storage.store import Storage
 
 pytestmark = pytest.mark.cluster
 

@@ -7,8 +7,9 @@ import time
 import pytest
 
 import sheepdog
-from sheepdog import SubmissionError, ssh
-from sheepdog.ssh import SSHError
+from sheepdog import SubmissionError
+from sheepdog.remote import ssh
+from sheepdog.remote.ssh import SSHError
 
 pytestmark = pytest.mark.cluster
 

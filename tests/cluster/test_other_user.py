@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 import sheepdog
-from sheepdog import jobscript
-from sheepdog.storage import Storage
+from sheepdog.caller import jobscript
+from sheepdog.storage.store import Storage
 
 pytestmark = pytest.mark.cluster
 

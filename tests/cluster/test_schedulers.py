@@ -14,7 +14,7 @@ import pytest
 import sheepdog
 from sheepdog import SubmissionError
 from sheepdog.config import DEFAULT_GE_OPTS
-from sheepdog.storage import Storage
+from sheepdog.storage.store import Storage
 
 from ..quickstart import QUICKSTART, run_doctest
 from .test_faults import run_as_test_user, wait_until

@@ -17,7 +17,7 @@ import paramiko
 import pytest
 
 import sheepdog
-from sheepdog import ssh
+from sheepdog.remote import ssh
 
 pytestmark = pytest.mark.cluster
 

@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from sheepdog import ssh
+from sheepdog.remote import ssh
 from sheepdog.config import resolve
-from sheepdog.ssh import SSHError
-from sheepdog.tunnel import Tunnel
+from sheepdog.remote.ssh import SSHError
+from sheepdog.remote.tunnel import Tunnel
 
 from ..echo import echo_server, exchange
 

@@ -20,9 +20,9 @@ import re
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
-from .states import CANCELLED, DONE, FAILED, LOST
-from .storage import with_output
-from .summaries import TaskChange
+from ..storage.states import CANCELLED, DONE, FAILED, LOST
+from ..storage.store import with_output
+from ..storage.summaries import TaskChange
 
 if TYPE_CHECKING:
     from .request import Request

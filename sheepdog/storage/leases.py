@@ -15,7 +15,7 @@ worker: it exits. Heartbeats renew the lease; a worker that falls silent, or
 that the scheduler says has ended, loses the tasks it held (see ``states``),
 and those may go back in the queue for the workers still alive.
 
-A mixin of :class:`~sheepdog.storage.Storage`, whose connection and
+A mixin of :class:`~sheepdog.storage.store.Storage`, whose connection and
 transactions it uses.
 """
 

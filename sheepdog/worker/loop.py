@@ -2,7 +2,7 @@
 
 It is embedded verbatim into the job file with the modules it imports (see
 ``jobscript.py``), so it imports only the standard library and those; the
-serialisation module is handed in by the job file as ``codec``. This module is
+settings come from the job file as a :class:`WorkerSettings`. This module is
 the worker's parent process, the *supervisor*, and :func:`run` the job file's
 entry point; the connection to the caller is ``client.py``, the process that
 runs the tasks ``runner.py``, and the capture of their output ``output.py``.
@@ -43,10 +43,31 @@ import time
 
 from .client import Client, PermanentHTTPError, log, read_key
 from .output import TaskOutput
-from .protocol import (DISK_FULL_STATUS, ERROR, MAX_PULL, RESULT, WAIT, index_spec, nbytes,
-                       pack_frames, split_frames, unpack_frames, worker_name)
-from .runner import (ENDED, POSTED, RUNNER_KINDS, STARTED, Claims, Runner, error_bytes,
-                     refused_result, run_tasks)
+from ..wire.settings import WorkerSettings
+from ..wire.protocol import (
+    DISK_FULL_STATUS,
+    ERROR,
+    MAX_PULL,
+    RESULT,
+    WAIT,
+    index_spec,
+    nbytes,
+    pack_frames,
+    split_frames,
+    unpack_frames,
+    worker_name,
+)
+from .runner import (
+    ENDED,
+    POSTED,
+    RUNNER_KINDS,
+    STARTED,
+    Claims,
+    Runner,
+    error_bytes,
+    refused_result,
+    run_tasks,
+)
 
 #: Reports are posted together once this many bytes or seconds have gathered.
 FLUSH_BYTES = 8 << 20
@@ -77,12 +98,12 @@ WAIT_SECONDS = 0.5
 class BatchSize:
     """How many tasks to ask for next: one at first, then about ``BATCH_SECONDS`` of them.
 
-    A ``fixed`` size (the config's ``chunksize``) is asked for every time.
+    A fixed ``chunksize`` (the config key of that name) is asked for every time.
     """
 
-    def __init__(self, fixed=None):
-        self.fixed = min(fixed, MAX_PULL) if fixed else None
-        self.size = self.fixed or 1
+    def __init__(self, chunksize=None):
+        self.chunksize = min(chunksize, MAX_PULL) if chunksize else None
+        self.size = self.chunksize or 1
         self.per_task = None  # seconds a task took, in the last batch
 
     def took(self, count, seconds):
@@ -90,14 +111,14 @@ class BatchSize:
         if not count:
             return
         self.per_task = max(seconds, 1e-6) / count
-        if not self.fixed:
+        if not self.chunksize:
             wanted = int(BATCH_SECONDS / self.per_task)
             self.size = max(1, min(wanted, count * BATCH_GROWTH, MAX_PULL))
 
     @property
     def least(self):
         """The fewest tasks worth a pull: about ``LEAST_BATCH_SECONDS`` of them."""
-        if self.fixed or self.per_task is None:
+        if self.chunksize or self.per_task is None:
             return 1
         return max(1, min(self.size, int(LEAST_BATCH_SECONDS / self.per_task)))
 
@@ -396,7 +417,7 @@ def _drain(channel):
 
 def kill_signal_numbers(settings):
     """The signals by which the scheduler warns that it will kill the task (see below)."""
-    names = settings.get("kill_signals", ("SIGUSR2",))
+    names = settings.kill_signals
     return [getattr(signal, name) for name in names if hasattr(signal, name)]
 
 
@@ -422,25 +443,29 @@ def report_kill_notices(connect, supervisor, numbers):
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
-def run(settings, codec):
-    """Be worker ``<launch>.<array task>`` of the request until no task is left; an exit status."""
-    worker = worker_name(settings["launch"], os.environ[settings["task_variable"]])
+def run(job_settings):
+    """Be worker ``<launch>.<array task>`` of the request until no task is left; an exit status.
+
+    ``job_settings`` is the job file's ``SETTINGS`` literal (:class:`WorkerSettings`).
+    """
+    settings = WorkerSettings.from_dict(job_settings)
+    worker = worker_name(settings.launch, os.environ[settings.task_variable])
     key = read_key(settings)
 
-    def connect(retry_seconds=settings["retry_seconds"]):
-        return Client(settings["urls"], settings["request_id"], key, retry_seconds,
-                      settings.get("certificate"), settings.get("disk_full_seconds"))
+    def connect(retry_seconds=settings.retry_seconds):
+        return Client(settings.urls, settings.request_id, key, retry_seconds,
+                      settings.certificate, settings.disk_full_seconds)
 
     client = connect()
     output = TaskOutput()
-    supervisor = Supervisor(client, connect(settings["heartbeat_seconds"]), worker,
-                            settings["heartbeat_seconds"], output)
+    supervisor = Supervisor(client, connect(settings.heartbeat_seconds), worker,
+                            settings.heartbeat_seconds, output)
     kill_signals = kill_signal_numbers(settings)
     report_kill_notices(connect, supervisor, kill_signals)
     try:
-        problem = python_mismatch(settings["python"])
+        problem = python_mismatch(settings.python)
         function = client.request("function") if problem is None else None
-        batch, status, seq = BatchSize(settings.get("batch_size")), 0, 1
+        batch, status, seq = BatchSize(settings.chunksize), 0, 1
         while True:
             frames = unpack_frames(client.request("pull", worker=worker, seq=seq,
                                                   size=batch.size, least=batch.least))
@@ -461,7 +486,7 @@ def run(settings, codec):
                 batch.took(len(indices), time.monotonic() - started)
                 continue
             status = supervisor.run(lambda todo, claims: Runner(lambda channel: run_tasks(
-                codec, function, arguments, todo, channel, connect, settings, output, claims),
+                function, arguments, todo, channel, connect, settings, output, claims),
                 kill_signals), indices, batch.give_back_after) or status
             batch.took(len(supervisor.started), time.monotonic() - started)
     finally:

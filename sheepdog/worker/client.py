@@ -20,8 +20,8 @@ import sys
 import time
 import urllib.parse
 
-from . import protocol
-from .protocol import DISK_FULL_STATUS
+from ..wire import protocol
+from ..wire.protocol import DISK_FULL_STATUS
 
 #: Seconds to wait for a connection to one route before trying the next.
 CONNECT_SECONDS = 5.0
@@ -159,9 +159,9 @@ def read_key(settings):
     A worker that cannot read the file leaves at once with ``EXIT_NO_KEY``
     and says why on stderr, which the caller reads back.
     """
-    if settings.get("key"):
-        return settings["key"].encode()
-    path = settings["key_file"]
+    if settings.key:
+        return settings.key.encode()
+    path = settings.key_file
     try:
         with open(path, "rb") as handle:
             return handle.read().strip()

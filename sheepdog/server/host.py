@@ -31,11 +31,12 @@ from typing import Any, Callable, Iterator, Optional, Union
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import diskspace, tls
+from ..storage import diskspace
+from . import tls
 from .callbacks import DEFAULT_MAX_BODY_BYTES, Callbacks, Reply, text_reply
-from .payloads import CHUNK_BYTES, SPILL_BYTES, PayloadFile, write_all
-from .storage import Storage
-from .protocol import DISK_FULL_STATUS, coalesce
+from ..storage.payloads import CHUNK_BYTES, SPILL_BYTES, PayloadFile, write_all
+from ..storage.store import Storage
+from ..wire.protocol import DISK_FULL_STATUS, coalesce
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ _METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 def create_app(storage: Storage, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Flask:
     """The Flask app answering the callback protocol for ``storage``."""
     callbacks = Callbacks(storage, max_body_bytes)
-    app = Flask("sheepdog.server")
+    app = Flask("sheepdog.server.host")
     app.config["MAX_CONTENT_LENGTH"] = callbacks.largest_body_bytes  # admit() checks each route
     app.url_map.merge_slashes = False  # odd paths get a 404, not a redirect
 

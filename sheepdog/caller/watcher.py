@@ -26,10 +26,10 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from .protocol import EXIT_NO_KEY, index_spec, worker_name
+from ..wire.protocol import EXIT_NO_KEY, index_spec, worker_name
 
 if TYPE_CHECKING:
-    from .backends import TaskEnd
+    from ..backends import TaskEnd
     from .request import Request
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The handle of one request: submit its jobs, wait for it, read it, cancel it.
 
-A :class:`Request` belongs to a :class:`~sheepdog.session.Session`, which
+A :class:`Request` belongs to a :class:`~sheepdog.caller.session.Session`, which
 holds the resources it uses. What a later process needs to carry on (the
 config, the key file's path, the server's scheme and port) is kept in the
 database, so a handle made in any process can wait for the request, watch its
@@ -15,14 +15,18 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
-from . import backends, jobscript, serialisation, tls
+from .. import backends
+from . import jobscript
+from ..wire import serialisation
+from ..wire.settings import WorkerSettings
+from ..server import tls
 from .chunking import choose_workers
-from .config import Config, restore
-from .payloads import PayloadFile, payload_bytes
+from ..config import Config, restore
+from ..storage.payloads import PayloadFile, payload_bytes
 from .progress import progress_display
-from .server import Server
-from .states import DONE
-from .storage import Progress, Storage
+from ..server.host import Server
+from ..storage.states import DONE
+from ..storage.store import Progress, Storage
 
 if TYPE_CHECKING:
     from .session import Session
@@ -165,23 +169,22 @@ class Request:
         pending = self.progress().pending
         n_workers = choose_workers(pending, *backend.capacity(), config.max_running)
         self.urls = self.routes(port)
-        key = ({"key": storage.request_secret(self.id) or ""} if config.key_in_job_file
-               else {"key_file": self.key_file or ""})
         launch = storage.add_workers(self.id, n_workers)
-        settings = {
-            "urls": self.urls,
-            "certificate": certificate.decode() if certificate else None,
-            "request_id": self.id,
-            **key,
-            "launch": launch,
-            "batch_size": config.chunksize,
-            "task_variable": backend.task_variable,
-            "python": list(sys.version_info[:2]),
-            "memory_limit": backend.memory_limit(),
-            "kill_signals": list(backend.kill_signals),
-            "retry_seconds": config.retry_seconds,
-            "heartbeat_seconds": config.heartbeat_seconds,
-        }
+        settings = WorkerSettings(
+            request_id=self.id,
+            urls=tuple(self.urls),
+            certificate=certificate.decode() if certificate else None,
+            key=(storage.request_secret(self.id) or "") if config.key_in_job_file else None,
+            key_file=None if config.key_in_job_file else (self.key_file or ""),
+            launch=launch,
+            chunksize=config.chunksize,
+            task_variable=backend.task_variable,
+            python=(sys.version_info[0], sys.version_info[1]),
+            memory_limit=backend.memory_limit(),
+            kill_signals=tuple(backend.kill_signals),
+            retry_seconds=config.retry_seconds,
+            heartbeat_seconds=config.heartbeat_seconds,
+        )
         script = jobscript.render(config.shell or "python3", backend.header(n_workers), settings)
         try:
             job_id = backend.submit(script, self.id, n_workers)
@@ -241,7 +244,7 @@ class Request:
         the request. A complete progress means the request has ended. ``wait``, the Executor and
         ``as_completed`` all follow a request through this one method.
         """
-        from . import supervisor
+        from . import watcher as supervisor
 
         progress = self.progress()
         if progress.complete:

@@ -30,8 +30,8 @@ import tempfile
 import time
 from typing import Any, Iterator, Optional, Sequence
 
-from .private import private_directory
-from .protocol import ALONE_BYTES
+from .file_safety import private_directory
+from ..wire.protocol import ALONE_BYTES
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any, NamedTuple, Optional, Sequence
 
-from .callbacks import DEFAULT_MAX_BODY_BYTES
-from .storage import Storage
+from ..server.callbacks import DEFAULT_MAX_BODY_BYTES
+from ..storage.store import Storage
 
 log = logging.getLogger("sheepdog")
 

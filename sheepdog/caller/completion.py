@@ -18,8 +18,8 @@ import time
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from .outcomes import FINISHED_STATES, outcome
-from .states import RUNNING
-from .summaries import TaskChange
+from ..storage.states import RUNNING
+from ..storage.summaries import TaskChange
 
 if TYPE_CHECKING:
     from .request import Request

@@ -26,7 +26,7 @@ while, then reports the task failed with that message.
 
 Large payloads are not copied on the way through: a request body arrives as
 one buffer and its frames are views of it, and a reply's body is a list of
-parts in which arguments kept in files (:class:`~sheepdog.payloads.PayloadFile`)
+parts in which arguments kept in files (:class:`~sheepdog.storage.payloads.PayloadFile`)
 are named rather than read, so the host streams them.
 """
 
@@ -39,13 +39,31 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple, Optional, Protocol, Sequence, Union
 
-from .payloads import SPILL_BYTES, PayloadFile
-from .storage import DiskFullError, Storage
-from .leases import AskAgain
-from .protocol import (ARGUMENTS, DIGEST_HEADER, DISK_FULL_STATUS, ERROR, FLOOR_ROUTES,
-                       MAX_INDEX, OUTPUT, REPORT_FLOOR_BYTES, RESULT, ROUTES, STDERR, STDOUT,
-                       WAIT, Path, body_digest, nbytes, pack_frames, parse_path, signed_digest,
-                       unpack_frames)
+from ..storage.payloads import SPILL_BYTES, PayloadFile
+from ..storage.store import DiskFullError, Storage
+from ..storage.leases import AskAgain
+from ..wire.protocol import (
+    ARGUMENTS,
+    DIGEST_HEADER,
+    DISK_FULL_STATUS,
+    ERROR,
+    FLOOR_ROUTES,
+    MAX_INDEX,
+    OUTPUT,
+    REPORT_FLOOR_BYTES,
+    RESULT,
+    ROUTES,
+    STDERR,
+    STDOUT,
+    WAIT,
+    Path,
+    body_digest,
+    nbytes,
+    pack_frames,
+    parse_path,
+    signed_digest,
+    unpack_frames,
+)
 
 log = logging.getLogger(__name__)
 

@@ -20,18 +20,19 @@ import textwrap
 import time
 from typing import Any, Callable, Optional, Sequence
 
-from . import __version__, serialisation, userconfig
-from .config import DEFAULT_DASHBOARD, Config, resolve_with_sources
-from .payloads import payload_bytes
-from .dashboard import parse_address, run_dashboard
-from .progress import describe
-from .request import Request
-from .server import Server
+from .. import __version__, userconfig
+from ..wire import serialisation
+from ..config import DEFAULT_DASHBOARD, Config, resolve_with_sources
+from ..storage.payloads import payload_bytes
+from ..dashboard.app import parse_address, run_dashboard
+from ..caller.progress import describe
+from ..caller.request import Request
+from ..server.host import Server
 from .serving import CommandError, listing, plan_serving
-from .session import Session
-from .states import CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING
-from .storage import STREAMS, Progress, Storage
-from .summaries import TaskLog
+from ..caller.session import Session
+from ..storage.states import CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING
+from ..storage.store import STREAMS, Progress, Storage
+from ..storage.summaries import TaskLog
 
 log = logging.getLogger("sheepdog")
 

@@ -47,9 +47,9 @@ from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Seque
 from . import diskspace, states
 from .leases import Leases
 from .payloads import SPILL_BYTES, PayloadDirectory, PayloadFile
-from .protocol import nbytes
-from .private import UnsafePathError, private_directory, private_file
-from .protocol import OUTPUT_TAIL_BYTES
+from ..wire.protocol import nbytes
+from .file_safety import UnsafePathError, private_directory, private_file
+from ..wire.protocol import OUTPUT_TAIL_BYTES
 from .states import PENDING, RUNNING, UNSUCCESSFUL, UNSUCCESSFUL_SQL
 from .summaries import Summaries, TaskLog
 

@@ -5,7 +5,7 @@ the servers that workers call back, the request handles) and releases it in
 :meth:`Session.close`. SSH connections and their tunnels are not its own:
 one per head node serves the whole process (``ssh.py``, ``shells.py``), since
 workers of any session may still call back through a tunnel. A
-:class:`~sheepdog.request.Request` (``request.py``) is the handle of one
+:class:`~sheepdog.caller.request.Request` (``request.py``) is the handle of one
 request: submit, wait, read results and errors, cancel. The original
 functions of ``api.py`` are thin wrappers over a default session.
 
@@ -24,12 +24,13 @@ import secrets
 import threading
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
-from . import backends, serialisation
-from .config import Config, resolve
-from .dashboard import DashboardServer, new_token
+from .. import backends
+from ..wire import serialisation
+from ..config import Config, resolve
+from ..dashboard.app import DashboardServer, new_token
 from .request import Request
-from .server import Server
-from .storage import Storage
+from ..server.host import Server
+from ..storage.store import Storage
 
 log = logging.getLogger(__name__)
 

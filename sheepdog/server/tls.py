@@ -14,7 +14,7 @@ import os
 import ssl
 import tempfile
 
-from .storage import Storage
+from ..storage.store import Storage
 
 _META_KEY = "tls_identity"
 _SEPARATOR = b"\n-----SHEEPDOG KEY-----\n"

@@ -28,8 +28,18 @@ import traceback
 
 from .client import PermanentHTTPError
 from .output import unbuffer_output
-from .protocol import (ALONE_BYTES, DISK_FULL_STATUS, ERROR, MAX_ERROR_BYTES, RESULT, coalesce,
-                       frame_bytes, nbytes, pack_frames)
+from ..wire import serialisation
+from ..wire.protocol import (
+    ALONE_BYTES,
+    DISK_FULL_STATUS,
+    ERROR,
+    MAX_ERROR_BYTES,
+    RESULT,
+    coalesce,
+    frame_bytes,
+    nbytes,
+    pack_frames,
+)
 
 # What the runner tells the supervisor besides reports (never sent to the server):
 # a task starts (and so the one before it ended), the last task ended (both with
@@ -79,16 +89,16 @@ def refused_result(size, error):
     return f"the result ({size} bytes) was refused: {error}"
 
 
-def run_one(codec, function, index, arguments, reports):
+def run_one(function, index, arguments, reports):
     """Run ``f`` on one task's arguments and hand over its report; never raises for ``f``'s faults."""
     try:
-        result = function(*codec.loads(arguments))
+        result = function(*serialisation.loads(arguments))
     except BaseException as error:  # noqa: B902 - SystemExit from f is the user's error too
         # Start the traceback at the user's function, not at this frame.
         reports.report(index, ERROR, error_bytes(describe_failure(error, skip_frames=1)))
         return
     try:
-        payload = codec.dumps_parts(result)
+        payload = serialisation.dumps_parts(result)
     except BaseException as error:  # noqa: B902
         reports.report(index, ERROR, error_bytes(
             "the result could not be serialised:\n" + describe_failure(error)))
@@ -192,15 +202,15 @@ class Claims:
             self._FIELDS.pack_into(self._memory, 0, claimed, limit)
 
 
-def run_tasks(codec, function_blob, arguments, indices, channel, connect, settings, output,
+def run_tasks(function_blob, arguments, indices, channel, connect, settings, output,
               claims):
     """In the runner: load ``f``, then run each task it may claim; the runner's exit status."""
     reports = RunnerReports(channel, connect)
     problem = None
     try:
-        if settings.get("memory_limit"):
-            limit_memory(settings["memory_limit"])
-        function = codec.loads_function(function_blob)
+        if settings.memory_limit:
+            limit_memory(settings.memory_limit)
+        function = serialisation.loads_function(function_blob)
     except BaseException as error:  # noqa: B902 - report any failure to load
         problem = "the function could not be loaded on this worker:\n" + describe_failure(error)
     last = None
@@ -209,7 +219,7 @@ def run_tasks(codec, function_blob, arguments, indices, channel, connect, settin
             break  # the supervisor gave the rest back
         reports.started(index, output.positions())
         if problem is None:
-            run_one(codec, function, index, arguments.pop(index), reports)
+            run_one(function, index, arguments.pop(index), reports)
         else:
             reports.report(index, ERROR, error_bytes(problem))
         last = index

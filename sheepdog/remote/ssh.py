@@ -26,7 +26,7 @@ from typing import Callable, Optional, TypeVar
 
 import paramiko
 
-from .config import Config
+from ..config import Config
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

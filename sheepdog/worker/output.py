@@ -17,7 +17,7 @@ import stat
 import struct
 import sys
 
-from .protocol import OUTPUT, OUTPUT_TAIL_BYTES, STDERR, STDOUT
+from ..wire.protocol import OUTPUT, OUTPUT_TAIL_BYTES, STDERR, STDOUT
 
 #: The sizes of the stdout and stderr files (-1: not read back), when a task starts or ends.
 _POSITIONS = struct.Struct("!qq")

@@ -2,7 +2,7 @@
 
 ``map`` and ``map_async`` start it beside the callback server (see
 ``Session.dashboard``) and log its link; ``sheepdog dashboard`` serves it for
-an existing database (:func:`run_dashboard`). The page (``dashboard.html``)
+an existing database (:func:`run_dashboard`). The page (``page.html``)
 polls the JSON API and redraws itself, so it stays live without a reload.
 
 Who may read it: the database holds every task's arguments, errors and
@@ -41,9 +41,9 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from flask import Flask, Response, abort, jsonify, request
 
-from .states import CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING
-from .storage import Storage
-from .summaries import RequestSummary, TaskSummary
+from ..storage.states import CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING
+from ..storage.store import Storage
+from ..storage.summaries import RequestSummary, TaskSummary
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,8 @@ def create_app(storage: Union[Storage, str, os.PathLike[str]], token: str) -> Fl
         raise ValueError("the dashboard token must be at least 16 characters: use new_token()")
     store = storage if isinstance(storage, Storage) else Storage(storage)
     expected = token.encode()
-    page = importlib.resources.files(__package__).joinpath("dashboard.html").read_text("utf-8")
-    app = Flask("sheepdog.dashboard")
+    page = importlib.resources.files(__package__).joinpath("page.html").read_text("utf-8")
+    app = Flask("sheepdog.dashboard.app")
 
     @app.before_request
     def require_token() -> Optional[Response]:

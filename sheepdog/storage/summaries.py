@@ -3,7 +3,7 @@
 The dashboard's page and ``sheepdog list`` (how far each request has come,
 each task's state and times, durations, throughput, failures) and the
 executor's follower (which tasks moved on since it last looked). A mixin of
-:class:`~sheepdog.storage.Storage`, whose connection, payloads and output
+:class:`~sheepdog.storage.store.Storage`, whose connection, payloads and output
 reads it uses; nothing here writes.
 """
 

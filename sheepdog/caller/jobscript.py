@@ -1,0 +1,109 @@
+"""Render the job file: one self-contained Python script per request.
+
+The file starts with a shebang and the scheduler's header lines, embeds the
+source of the installed cloudpickle and of every module of sheepdog's
+``wire`` and ``worker`` packages (found by walking those folders, so a new
+module there travels without a list to keep), and ends with the call that
+runs one array task. The embedded modules are loaded through an import hook
+under their real names, so pickles and relative imports find them, and the
+worker needs nothing but a stock Python.
+
+Schedulers show job files to every user of the cluster (GridEngine keeps a
+world-readable copy in its spool), so the file holds no credential: only the
+path of the private file that holds the request's key, unless the user opted
+in to ``key_in_job_file``.
+"""
+
+from __future__ import annotations
+
+import pprint
+from pathlib import Path
+from typing import Iterable
+
+from ..wire.settings import WorkerSettings
+
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+#: The packages whose every module runs on the workers.
+EMBEDDED_PACKAGES = ("wire", "worker")
+
+_BOOTSTRAP = '''
+import importlib.abc
+import importlib.util
+import sys
+
+
+class _Embedded(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds the modules embedded below by their real names, before anything installed."""
+
+    def __init__(self, sources):
+        self.sources = sources  # name -> (is a package, source text)
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.sources:
+            return None
+        is_package = self.sources[name][0]
+        return importlib.util.spec_from_loader(name, self, is_package=is_package)
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        source = self.sources[module.__name__][1]
+        exec(compile(source, "<" + module.__name__ + ">", "exec"), module.__dict__)
+
+
+_SOURCES = {}
+'''
+
+_START = '''
+sys.meta_path.insert(0, _Embedded(_SOURCES))
+
+if __name__ == "__main__":
+    from sheepdog.worker.loop import run
+
+    sys.exit(run(SETTINGS))
+'''
+
+
+def embedded_sources() -> dict[str, tuple[bool, str]]:
+    """Every module that the job file embeds: its real name, whether it is a package,
+    and its source.
+
+    First the installed cloudpickle, which rebuilds on the worker the functions
+    and classes that travelled by value, then sheepdog's own ``wire`` and
+    ``worker`` packages, module by module.
+    """
+    import cloudpickle  # the caller's own copy travels; imported only to render
+
+    cloudpickle_dir = Path(cloudpickle.__file__).resolve().parent
+    sources = {
+        "cloudpickle": (True, _read(cloudpickle_dir / "__init__.py")),
+        "cloudpickle.cloudpickle": (False, _read(cloudpickle_dir / "cloudpickle.py")),
+        "sheepdog": (True, '"""The parts of sheepdog that run on a worker."""\n'),
+    }
+    for package in EMBEDDED_PACKAGES:
+        folder = _PACKAGE_DIR / package
+        sources[f"sheepdog.{package}"] = (True, _read(folder / "__init__.py"))
+        for path in sorted(folder.glob("*.py")):
+            if path.name != "__init__.py":
+                sources[f"sheepdog.{package}.{path.stem}"] = (False, _read(path))
+    return sources
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def render(shell: str, header: Iterable[str], settings: WorkerSettings) -> str:
+    """The job file text; ``header`` holds the scheduler's lines, such as ``#$ -t 1-10``."""
+    lines = [f"#!{shell}"]
+    lines += list(header)
+    lines.append(f'"""Sheepdog job file for request {settings.request_id}: '
+                 'runs f(*args) for the arguments of one array task."""')
+    lines.append(_BOOTSTRAP)
+    for name, (is_package, source) in embedded_sources().items():
+        lines.append(f"_SOURCES[{name!r}] = ({is_package!r}, {source!r})")
+    lines.append("")
+    lines.append(f"SETTINGS = {pprint.pformat(settings.to_dict(), width=88, sort_dicts=True)}")
+    lines.append(_START)
+    return "\n".join(lines)

@@ -1,0 +1,11 @@
+"""Everything one database holds, and the only SQL in sheepdog.
+
+A request's rows, its tasks and their moves between states, the workers that
+hold them, the summaries people read, the payload files kept beside the
+database, and the checks that keep those files the caller's own. Other parts
+of sheepdog import :class:`Storage` from here.
+"""
+
+from .store import SCHEMA_VERSION, STREAMS, DiskFullError, Progress, Storage, StorageError
+
+__all__ = ["DiskFullError", "Progress", "SCHEMA_VERSION", "STREAMS", "Storage", "StorageError"]
