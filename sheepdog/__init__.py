@@ -15,7 +15,7 @@ from .caller.request import Request
 from .wire.serialisation import SerialisationError
 from .server.host import Server
 from .caller.session import Session
-from .remote.ssh import SSHError
+from .remote.errors import SSHError
 from .storage.file_safety import UnsafePathError
 from .storage.store import DiskFullError, Storage, StorageError
 from .caller.watcher import CallbackError

@@ -22,6 +22,7 @@ import sys
 from typing import Any, Mapping, Optional, Sequence, Union, cast
 
 from . import userconfig
+from .backends.registry import registered
 
 #: How workers reach the caller's server: see docs/channel.rst.
 CALLBACKS = ("auto", "direct", "tunnel")
@@ -137,8 +138,6 @@ def _check_setting(key: str, value: Any) -> None:
 
 
 def _check_values(config: Config) -> None:
-    from .backends import registered  # the registry knows the schedulers, config does not
-
     if config.scheduler not in registered():
         raise InvalidValue("scheduler", f"config key 'scheduler' is {config.scheduler!r}; "
                                         f"choose one of {', '.join(registered())}")
@@ -173,9 +172,20 @@ def _check_values(config: Config) -> None:
     if config.max_body_bytes < 1:
         raise InvalidValue("max_body_bytes", "config key 'max_body_bytes' must be positive")
     if isinstance(config.dashboard, str):
-        from .dashboard.app import parse_address  # the dashboard knows its address format
-
         parse_address(config.dashboard)
+
+
+def parse_address(address: str, name: str = "config key 'dashboard'") -> tuple[str, int]:
+    """``"HOST:PORT"`` (``"[::1]:0"`` for IPv6) as (host, port); port 0 picks a free one.
+
+    ``name`` says where the address came from, for the error.
+    """
+    host, separator, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not separator or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{name} is {address!r}; write HOST:PORT, such as "
+                         f"'127.0.0.1:0' (port 0 picks a free port)")
+    return host, int(port)
 
 
 def resolve(conf: Optional[Mapping[str, Any]]) -> Config:

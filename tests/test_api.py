@@ -131,12 +131,12 @@ def test_function_typed_into_python_stdin_runs(local_conf, tmp_path):
 
 def test_two_calls_in_one_session_share_the_server(local_conf, tmp_path):
     sheepdog.map(abs, [(-1,)], local_conf)
-    server = api.default_session().servers[(os.path.abspath(local_conf["dbfile"]), "https")]
+    server = api.default_session().server_of(local_conf["dbfile"], "https")
     sheepdog.map(abs, [(-2,)], local_conf)
-    assert api.default_session().servers[(os.path.abspath(local_conf["dbfile"]), "https")] is server
+    assert api.default_session().server_of(local_conf["dbfile"], "https") is server
     other = {**local_conf, "dbfile": str(tmp_path / "other.sqlite")}
     assert sheepdog.map(abs, [(-3,)], other) == [3]
-    assert api.default_session().servers[(os.path.abspath(other["dbfile"]), "https")] is not server
+    assert api.default_session().server_of(other["dbfile"], "https") is not server
 
 
 def max_request(conf):
@@ -178,9 +178,9 @@ def test_public_names_are_pinned():
 def test_a_call_needing_another_scheme_leaves_the_earlier_server_running(local_conf):
     """Workers of earlier requests may still call the first server back."""
     sheepdog.map(abs, [(-1,)], local_conf, verbose=False)
-    first = api.default_session().servers[(os.path.abspath(local_conf["dbfile"]), "https")]
+    first = api.default_session().server_of(local_conf["dbfile"], "https")
     assert sheepdog.map(abs, [(-2,)], {**local_conf, "tls": False}, verbose=False) == [2]
-    plain = api.default_session().servers[(os.path.abspath(local_conf["dbfile"]), "http")]
+    plain = api.default_session().server_of(local_conf["dbfile"], "http")
     assert first.running and plain.running and plain is not first
 
 

@@ -40,9 +40,9 @@ def test_task_that_falls_silent_is_lost_after_lost_after(local_conf):
 @pytest.fixture
 def quick_watch(monkeypatch):
     """Look at the heartbeats and the scheduler every 0.2 s rather than every 2 s."""
-    from sheepdog.caller import request
+    from sheepdog.caller import watcher
 
-    monkeypatch.setattr(request, "WATCH_SECONDS", 0.2)
+    monkeypatch.setattr(watcher, "WATCH_SECONDS", 0.2)
 
 
 def test_a_task_running_longer_than_lost_after_is_kept_alive_by_its_heartbeats(
@@ -287,7 +287,7 @@ def test_sheepdog_serve_in_another_process_collects_an_earlier_request(local_con
     conf = {**local_conf, "port": port}
     request_id = sheepdog.map_async(slow, [(1,), (2,)], conf)
     storage = sheepdog.Storage(local_conf["dbfile"])
-    api.default_session().servers[(storage.dbfile, "https")].stop()
+    api.default_session().server_of(storage.dbfile).stop()
     serve = subprocess.Popen(
         [sys.executable, "-m", "sheepdog", "serve", "--dbfile", local_conf["dbfile"],
          "--port", str(port), "--bind", "127.0.0.1"],

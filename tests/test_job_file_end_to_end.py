@@ -16,7 +16,7 @@ import sys
 import pytest
 
 import sheepdog
-from sheepdog import backends
+from sheepdog.caller import session
 from sheepdog.backends.local import LocalBackend
 
 BARE = (sys.executable, "-I", "-S")
@@ -51,7 +51,7 @@ def scheduler(monkeypatch):
         kept.append(JobFileKeeper(config))
         return kept[-1]
 
-    monkeypatch.setattr(backends, "create", create)
+    monkeypatch.setattr(session, "create_backend", create)
     return kept
 
 

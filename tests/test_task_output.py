@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import sheepdog
-from sheepdog import backends
+from sheepdog.caller import session
 from sheepdog.cli import commands as cli
 from sheepdog.backends.local import LocalBackend
 from sheepdog.wire.protocol import OUTPUT_TAIL_BYTES
@@ -45,7 +45,7 @@ def kept_scripts(monkeypatch):
         keepers.append(JobFileKeeper(config))
         return keepers[-1]
 
-    monkeypatch.setattr(backends, "create", create)
+    monkeypatch.setattr(session, "create_backend", create)
     return lambda: [script for keeper in keepers for script in keeper.scripts]
 
 

@@ -1,138 +1,22 @@
-"""Schedulers that run job files: what every backend offers, and how to pick one.
+"""Schedulers that run job files: one small declarative module per scheduler.
 
-A backend submits a rendered job file as an array job of ``n`` tasks, reports
-which array tasks have ended (so that tasks which ended without reporting can
-be marked lost), and cancels. Each scheduler lives in its own small module:
-batch schedulers declare what differs over the shared core in ``batch.py``.
-
-Backends are found by name (``config["scheduler"]``): the built-in ones, and
-any that another package registers under the entry point group
-``sheepdog.backends`` (``name = "package.module:BackendClass"``).
+``base.py`` holds the contract (:class:`~sheepdog.backends.base.Backend`) and
+:func:`~sheepdog.backends.base.create`; ``registry.py`` the names;
+``batch.py`` the core that batch schedulers share. The names below stay
+importable from here for plugins written against ``sheepdog.backends``; they
+are loaded on first use, so that the registry can be read without them.
 """
 
 from __future__ import annotations
 
-import abc
-import functools
-import importlib
-from importlib.metadata import entry_points
-from typing import ClassVar, NamedTuple, Optional
+from typing import Any
 
-from ..config import Config
+_CONTRACT = ("Backend", "SubmissionError", "TaskEnd", "create")
 
 
-class SubmissionError(RuntimeError):
-    """The scheduler refused the job; the message carries the scheduler's own words."""
+def __getattr__(name: str) -> Any:
+    if name in _CONTRACT:
+        from . import base
 
-
-class TaskEnd(NamedTuple):
-    """How an array task ended, and whether running it again could help."""
-
-    reason: str
-    retryable: bool
-    #: The worker's exit status, where the scheduler tells it.
-    exit_status: Optional[int] = None
-
-
-class Backend(abc.ABC):
-    """How to run a job file as an array job on one kind of scheduler."""
-
-    name: ClassVar[str]
-    #: The environment variable that holds the 1-based array task id.
-    task_variable: ClassVar[str]
-    #: What a task removed on purpose was, in the scheduler's words ("deleted (qdel)").
-    kill_word: ClassVar[str] = "deleted"
-    #: Whether the tasks go on running when the calling process exits.
-    outlives_caller: ClassVar[bool] = True
-    #: Signals the scheduler sends a task it is about to kill on purpose (``qdel``,
-    #: ``scancel``, a time limit): the worker reports them, so the task is not retried.
-    kill_signals: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-
-    def check(self) -> None:
-        """Raise for a config that cannot work with this scheduler, before anything is stored."""
-
-    def header(self, n_array_tasks: int) -> list[str]:
-        """The job file's header lines for the scheduler (prefix included)."""
-        return []
-
-    def memory_limit(self) -> Optional[int]:
-        """Bytes of address space each worker may use, from the scheduler's options."""
-        return None
-
-    def capacity(self) -> tuple[Optional[int], Optional[int]]:
-        """(slots that can run tasks at once, largest array allowed); None where unknown."""
-        return None, None
-
-    @abc.abstractmethod
-    def submit(self, script: str, request_id: int, n_array_tasks: int) -> str:
-        """Start the job; return the scheduler's job id."""
-
-    @abc.abstractmethod
-    def ended_tasks(self, job_id: str, candidates: set[int]) -> dict[int, TaskEnd]:
-        """Which of the array tasks ``candidates`` of ``job_id`` have ended, and how."""
-
-    @abc.abstractmethod
-    def cancel(self, job_id: str) -> None:
-        """Remove the job's tasks that have not ended."""
-
-    @abc.abstractmethod
-    def deliver_key(self, request_id: int, key: str) -> str:
-        """Write the request's key where its workers, and nobody else, can read it; the path."""
-
-    @abc.abstractmethod
-    def withdraw_key(self, path: str) -> None:
-        """Remove a key file that :meth:`deliver_key` wrote (the request has ended)."""
-
-    @abc.abstractmethod
-    def running_tasks(self, job_id: str) -> set[int]:
-        """The array tasks of ``job_id`` that the scheduler says are running."""
-
-    @abc.abstractmethod
-    def task_output(self, job_id: str, task_id: int) -> str:
-        """The last few KB of what an array task wrote to stderr, or "" if none is found."""
-
-    def log_location(self, job_id: str, task_id: int) -> Optional[str]:
-        """Where the task's own log is, for messages about a task that ended silently."""
-        return None
-
-    def reverse_route(self, local_port: int) -> Optional[tuple[str, int]]:
-        """(host, port) on the cluster side that leads back to ``local_port`` here, if any."""
-        return None
-
-    def close(self) -> None:
-        """Release connections; the backend may be used again afterwards."""
-
-
-#: The built-in backends, by name.
-BUILT_IN = {
-    "gridengine": "sheepdog.backends.gridengine:GridEngineBackend",
-    "slurm": "sheepdog.backends.slurm:SlurmBackend",
-    "local": "sheepdog.backends.local:LocalBackend",
-}
-ENTRY_POINT_GROUP = "sheepdog.backends"
-
-
-@functools.cache
-def registered() -> dict[str, str]:
-    """Every backend that can be named: built-in ones, then those of entry points.
-
-    Read once per process: installed packages do not change while it runs.
-    """
-    found = dict(BUILT_IN)
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        found.setdefault(entry.name, entry.value)
-    return found
-
-
-def create(config: Config) -> Backend:
-    """The backend that ``config.scheduler`` names."""
-    target = registered().get(config.scheduler)
-    if target is None:
-        raise ValueError(f"no scheduler backend named {config.scheduler!r}; choose one of "
-                         f"{', '.join(registered())}")
-    module, _, name = target.partition(":")
-    backend: type[Backend] = getattr(importlib.import_module(module), name)
-    return backend(config)
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,7 +29,7 @@ from typing import ClassVar, Optional, Sequence
 from ..config import OPTIONS_KEYS, Config
 from ..remote.shells import LocalShell, Shell, SSHShell
 from ..remote.ssh import CommandResult, SSHError, destination_for, get
-from . import Backend, SubmissionError, TaskEnd
+from .base import Backend, SubmissionError, TaskEnd
 
 log = logging.getLogger(__name__)
 

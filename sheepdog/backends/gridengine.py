@@ -18,7 +18,7 @@ import re
 import xml.etree.ElementTree as ElementTree
 from typing import Optional, Sequence
 
-from . import SubmissionError, TaskEnd
+from .base import SubmissionError, TaskEnd
 from .batch import HELD, PENDING, RUNNING, BatchBackend, SchedulerQueryFailed, option_value
 
 

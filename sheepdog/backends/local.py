@@ -21,7 +21,7 @@ import weakref
 from pathlib import Path
 
 from ..config import Config
-from . import Backend, SubmissionError, TaskEnd
+from .base import Backend, SubmissionError, TaskEnd
 
 _job_numbers = itertools.count(1)
 _live_jobs: "weakref.WeakSet[LocalJob]" = weakref.WeakSet()

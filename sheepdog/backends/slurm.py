@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 from ..config import Config
 from ..wire.protocol import index_spec
 from ..remote.shells import Shell
-from . import SubmissionError, TaskEnd
+from .base import SubmissionError, TaskEnd
 from .batch import HELD, PENDING, RUNNING, BatchBackend, SchedulerQueryFailed, option_value
 
 #: squeue's compact states, translated; anything not listed is pending.

@@ -1,10 +1,12 @@
 """The handle of one request: submit its jobs, wait for it, read it, cancel it.
 
-A :class:`Request` belongs to a :class:`~sheepdog.caller.session.Session`, which
-holds the resources it uses. What a later process needs to carry on (the
-config, the key file's path, the server's scheme and port) is kept in the
-database, so a handle made in any process can wait for the request, watch its
-jobs (``supervisor.py``), serve its workers and resubmit what may be retried.
+A :class:`Request` is handed the :class:`~sheepdog.caller.owner.DatabaseOwner`
+of its database, which holds its storage and serves its workers. What a
+later process needs to carry on (the config, the key file's path, the
+server's scheme and port) is kept in the database, so a handle made in any
+process can wait for the request, watch its jobs (its
+:class:`~sheepdog.caller.watcher.Watcher`), serve its workers and resubmit
+what may be retried.
 """
 
 from __future__ import annotations
@@ -13,48 +15,40 @@ import functools
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
-from .. import backends
-from . import jobscript
+from ..backends.base import Backend, create
+from ..config import Config, restore
+from ..server import Server, tls
+from ..storage import Progress
+from ..storage.payloads import PayloadFile, payload_bytes
+from ..storage.states import DONE
 from ..wire import serialisation
 from ..wire.settings import WorkerSettings
-from ..server import tls
+from . import jobscript
 from .chunking import choose_workers
-from ..config import Config, restore
-from ..storage.payloads import PayloadFile, payload_bytes
+from .owner import DatabaseOwner
 from .progress import progress_display
-from ..server.host import Server
-from ..storage.states import DONE
-from ..storage.store import Progress, Storage
-
-if TYPE_CHECKING:
-    from .session import Session
+from .watcher import Watcher
 
 log = logging.getLogger(__name__)
-
-#: Seconds between looks at the scheduler and the heartbeats while waiting.
-WATCH_SECONDS = 2.0
 
 
 class Request:
     """One request in one database; made by :meth:`Session.submit` or :meth:`Session.request`."""
 
-    def __init__(self, session: "Session", storage: Storage, request_id: int,
-                 config: Optional[Config] = None,
-                 backend: Optional[backends.Backend] = None) -> None:
-        self.session = session
-        self.storage = storage
+    def __init__(self, database: DatabaseOwner, request_id: int,
+                 config: Optional[Config] = None, backend: Optional[Backend] = None) -> None:
+        self._database = database
+        self.storage = database.storage
         self.id = request_id
         self._config = config
         self._backend = backend
         #: The URLs the workers of the newest job were given.
         self.urls: list[str] = []
-        #: When tasks were first seen running with none having called back (supervisor).
-        self.unreached_since: Optional[float] = None
         self._ended = False
-        #: When :meth:`follow` next looks at the scheduler and the heartbeats.
-        self._next_watch = time.monotonic() + WATCH_SECONDS
+        #: Follows the request's workers and scheduler while somebody waits for it.
+        self.watcher = Watcher(self)
 
     def __repr__(self) -> str:
         return f"<sheepdog.Request {self.id} in {self.storage.dbfile}>"
@@ -72,10 +66,10 @@ class Request:
         return tls.identity_for(self.storage)[0]
 
     @property
-    def backend(self) -> backends.Backend:
+    def backend(self) -> Backend:
         """The scheduler's backend, rebuilt from the stored config in a later process."""
         if self._backend is None:
-            self._backend = backends.create(self.config)
+            self._backend = create(self.config)
         return self._backend
 
     # -- what the database keeps for later processes -----------------------
@@ -123,14 +117,14 @@ class Request:
     # -- jobs ----------------------------------------------------------------
 
     def ensure_served(self) -> Optional[Server]:
-        """A server of this session on the request's port, started if none is running.
+        """A server of this process on the request's port, started if none is running.
 
         If another process already listens there (the one that submitted the
         request, or ``sheepdog serve``), the workers are served; this process
         then only watches, and None is returned.
         """
         try:
-            return self.session.server(self.config, self.storage, port=self.port)
+            return self._database.server(self.config, port=self.port)
         except OSError as error:
             log.info("request %s: not serving port %s here (%s); another process does",
                      self.id, self.port, error)
@@ -238,26 +232,12 @@ class Request:
     def follow(self) -> Progress:
         """One look at the request by whoever waits for it; the progress seen.
 
-        Every ``WATCH_SECONDS`` it watches the workers and the scheduler
-        (``supervisor.watch``); once every task has finished it puts what may
-        run again back in the queue (``supervisor.retry``), and otherwise ends
-        the request. A complete progress means the request has ended. ``wait``, the Executor and
-        ``as_completed`` all follow a request through this one method.
+        ``wait``, the Executor and ``as_completed`` all follow a request
+        through this one method; what it does is the :class:`Watcher`'s.
         """
-        from . import watcher as supervisor
+        return self.watcher.follow()
 
-        progress = self.progress()
-        if progress.complete:
-            if not supervisor.retry(self):
-                self._end()
-                return progress
-            progress = self.progress()
-        if time.monotonic() >= self._next_watch:
-            supervisor.watch(self)
-            self._next_watch = time.monotonic() + WATCH_SECONDS
-        return progress
-
-    def _end(self) -> None:
+    def end(self) -> None:
         """The request has ended: remove its key file, once."""
         if not self._ended:
             self._ended = True

@@ -24,31 +24,39 @@ import secrets
 import threading
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
-from .. import backends
-from ..wire import serialisation
+from ..backends.base import create as create_backend
 from ..config import Config, resolve
-from ..dashboard.app import DashboardServer, new_token
+from ..server import Server
+from ..storage import Storage
+from ..wire import serialisation
+from .owner import DatabaseOwner, acquire, release
 from .request import Request
-from ..server.host import Server
-from ..storage.store import Storage
 
 log = logging.getLogger(__name__)
 
 
 class Session:
-    """Databases, servers and backends of this process, shared by its requests."""
+    """The databases, servers and request handles this code uses, released by :meth:`close`.
+
+    Sessions of one process share one :class:`~sheepdog.caller.owner.DatabaseOwner`
+    per database file (its storage, servers and dashboard): each session holds
+    the owners it used until it closes, and the last holder closes them.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._storages: dict[str, Storage] = {}
-        #: (dbfile, scheme) -> the server that new requests on that database use.
-        self.servers: dict[tuple[str, str], Server] = {}
+        self._owners: dict[str, DatabaseOwner] = {}
         self._requests: dict[tuple[str, int], Request] = {}
-        #: dbfile -> its live dashboard; every one opens with this session's token.
-        self.dashboards: dict[str, DashboardServer] = {}
-        self._dashboard_token = new_token()
 
     # -- resources --------------------------------------------------------
+
+    def owner(self, dbfile: str, create: bool = True) -> DatabaseOwner:
+        """This process's owner of ``dbfile``, held by this session until it closes."""
+        path = os.path.abspath(dbfile)
+        with self._lock:
+            if path not in self._owners:
+                self._owners[path] = acquire(path, create=create)
+            return self._owners[path]
 
     def storage(self, dbfile: str, create: bool = True) -> Storage:
         """The open database ``dbfile``; without ``create``, a missing file is an error.
@@ -57,63 +65,24 @@ class Session:
         default read from another directory, would otherwise look like an
         empty database.
         """
-        path = os.path.abspath(dbfile)
-        with self._lock:
-            if path not in self._storages:
-                if not create and not os.path.exists(path):
-                    raise FileNotFoundError(_missing_database(path))
-                self._storages[path] = Storage(path)
-            return self._storages[path]
+        return self.owner(dbfile, create).storage
 
-    def server(self, config: Config, storage: Storage, port: Optional[int] = None,
-               wait: bool = True) -> Server:
-        """This session's server for ``storage``, started on first use and then reused.
-
-        A running server is never stopped here: workers of earlier requests
-        may still call it back. A call that needs another port or scheme gets
-        a server of its own beside it. Without ``wait`` it may still be
-        starting.
-        """
-        port = port if port is not None else config.port
-        key = (storage.dbfile, "https" if config.tls else "http")
-        with self._lock:
-            server = self.servers.get(key)
-            if server is None or not server.running or port not in (None, server.port):
-                server = Server(storage, port=port, bind=config.bind or "127.0.0.1",
-                                max_body_bytes=config.max_body_bytes, use_tls=config.tls)
-                self.servers[key] = server
-        return server.start(wait)
-
-    def dashboard(self, config: Config, storage: Storage) -> Optional[DashboardServer]:
-        """This session's dashboard of ``storage``, started on first use; None when the
-        ``dashboard`` config key is False, or when its address cannot be had (a warning
-        says so: the page is a convenience, never a reason to fail a request)."""
-        if config.dashboard is False:
-            return None
-        with self._lock:
-            dashboard = self.dashboards.get(storage.dbfile)
-            if dashboard is None or not dashboard.running:
-                dashboard = DashboardServer(storage, self._dashboard_token, str(config.dashboard))
-                try:
-                    dashboard.start()
-                except OSError as error:
-                    log.warning("no dashboard: it cannot listen on %s (config key 'dashboard'): "
-                                "%s", config.dashboard, error)
-                    return None
-                self.dashboards[storage.dbfile] = dashboard
-        return dashboard
+    def server_of(self, dbfile: str, scheme: str = "https") -> Optional[Server]:
+        """The callback server that new requests on ``dbfile`` use, if one was started."""
+        return self.owner(dbfile).running_server(scheme)
 
     def dashboard_link(self, request: Request) -> Optional[str]:
-        """The link that opens this session's dashboard on ``request``, if it has one.
+        """The link that opens this process's dashboard on ``request``, if it has one.
 
-        The link holds the session's token: whoever has it can read the page.
+        The link holds the process's token: whoever has it can read the page.
         """
-        dashboard = self.dashboards.get(request.storage.dbfile)
+        dashboard = self.owner(request.storage.dbfile).running_dashboard()
         return None if dashboard is None else f"{dashboard.url}#request-{request.id}"
 
     def request(self, request_id: int, dbfile: str, create: bool = False) -> Request:
         """The handle of request ``request_id`` in ``dbfile``, the same one each time."""
-        storage = self.storage(dbfile, create=create)
+        database = self.owner(dbfile, create=create)
+        storage = database.storage
         key = (storage.dbfile, request_id)
         with self._lock:
             if key not in self._requests:
@@ -125,22 +94,19 @@ class Session:
                         f"request {request_id} is not in {storage.dbfile}; it holds "
                         + (f"requests {known[0]} to {known[-1]}" if known else "no requests")
                     ) from None
-                self._requests[key] = Request(self, storage, request_id)
+                self._requests[key] = Request(database, request_id)
             return self._requests[key]
 
     def close(self) -> None:
-        """Stop the servers and close the databases; the requests' handles go."""
+        """Let go of the databases, servers and dashboards; the requests' handles go.
+
+        What another session of this process still uses stays open for it.
+        """
         with self._lock:
             self._requests = {}
-            servers, self.servers = list(self.servers.values()), {}
-            dashboards, self.dashboards = list(self.dashboards.values()), {}
-            storages, self._storages = list(self._storages.values()), {}
-        for server in servers:
-            server.stop()
-        for dashboard in dashboards:
-            dashboard.stop()
-        for storage in storages:
-            storage.close()
+            owners, self._owners = list(self._owners.values()), {}
+        for held in owners:
+            release(held)
 
     def __enter__(self) -> "Session":
         return self
@@ -181,16 +147,17 @@ class Session:
         its own ``submit`` call, so that one that cannot travel fails there,
         and hands a batch of them over here as one request.
         """
-        backend = backends.create(conf)
+        backend = create_backend(conf)
         backend.check()
-        storage = self.storage(conf.dbfile)
-        server = self.server(conf, storage, wait=False)  # starts while the arguments are stored
+        database = self.owner(conf.dbfile)
+        storage = database.storage
+        server = database.server(conf, wait=False)  # starts while the arguments are stored
         request_id = storage.create_request(
             function_blob, argument_blobs, secrets.token_urlsafe(32), backend.name,
             _stored_config(conf),
         )
-        request = Request(self, storage, request_id, conf, backend)
-        self.dashboard(conf, storage)
+        request = Request(database, request_id, conf, backend)
+        database.dashboard(conf)
         link = self.dashboard_link(request)
         if link is not None:  # the one log line that holds the token
             log.info("request %s: live dashboard at %s", request_id, link)
@@ -227,18 +194,3 @@ def _stored_config(config: Config) -> dict[str, Any]:
     """The config as JSON-able values, for a later process to reach the jobs."""
     return {key: list(value) if isinstance(value, tuple) else value
             for key, value in dataclasses.asdict(config).items()}
-
-
-def _missing_database(path: str) -> str:
-    """Why ``path`` cannot be read, naming the sheepdog databases that do exist nearby."""
-    directory = os.path.dirname(path)
-    try:
-        nearby = sorted(name for name in os.listdir(directory) if name.endswith(".sqlite"))
-    except OSError:
-        nearby = []
-    hint = (f"; databases in {directory}: {', '.join(nearby)}" if nearby
-            else f"; there is no .sqlite file in {directory}")
-    return (f"no sheepdog database at {path}{hint}. Pass the dbfile the request was made "
-            f"with (a relative dbfile, like the default ./sheepdog.sqlite, is relative to "
-            f"the directory the request was made from)")
-

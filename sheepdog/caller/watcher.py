@@ -1,7 +1,10 @@
 """Watching a request while it runs: lost tasks, retries, and workers that never call.
 
-Whichever process waits for a request calls :func:`watch` every few seconds
-and :func:`retry` when every task has finished. The rules live here once,
+Whichever process waits for a request follows it through its :class:`Watcher`,
+which owns the watch state (when it next looks, since when no worker has
+called back) in the way submitit's ``InfoWatcher`` does: it looks at the
+workers and the scheduler every ``WATCH_SECONDS``, and puts what may run again
+back in the queue once every task has finished. The rules live here once,
 whatever the scheduler; each backend only says how its array tasks (the
 workers) ended (``Backend.ended_tasks``) and which are running.
 
@@ -24,15 +27,17 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Optional, Protocol
 
+from ..backends.base import Backend, TaskEnd
+from ..config import Config
+from ..storage import Progress, Storage
 from ..wire.protocol import EXIT_NO_KEY, index_spec, worker_name
 
-if TYPE_CHECKING:
-    from ..backends import TaskEnd
-    from .request import Request
-
 log = logging.getLogger(__name__)
+
+#: Seconds between looks at the scheduler and the heartbeats while waiting.
+WATCH_SECONDS = 2.0
 
 
 class CallbackError(RuntimeError):
@@ -46,31 +51,141 @@ class CallbackError(RuntimeError):
     """
 
 
-def watch(request: "Request") -> None:
-    """Conclude what the workers' silence and the scheduler say; raise CallbackError for
-    workers that cannot reach this process."""
-    storage, config = request.storage, request.config
-    lost = storage.lose_silent(request.id, time.time() - config.lost_after,
-                               f"its worker sent no heartbeat for {config.lost_after:.0f} s")
-    if lost:
-        log.warning("request %s: tasks %s lost: their worker fell silent", request.id,
-                    index_spec(lost))
-    backend = request.backend
-    by_job: dict[str, set[int]] = {}
-    launches: dict[str, int] = {}
-    for job_id, launch, array_task in storage.live_workers(request.id):
-        by_job.setdefault(job_id, set()).add(array_task)
-        launches[job_id] = launch
-    for job_id, array_tasks in by_job.items():
-        for array_task, end in sorted(backend.ended_tasks(job_id, array_tasks).items()):
-            if end.exit_status == EXIT_NO_KEY:
-                raise _abandon(request, _no_key_message(request, job_id, array_task))
-            _worker_ended(request, job_id, worker_name(launches[job_id], array_task), end)
-    retry(request)
-    _check_reached(request)
+class Watched(Protocol):
+    """What the watcher needs of a request (``request.Request`` is one)."""
+
+    id: int
+    storage: Storage
+    urls: list[str]
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def backend(self) -> Backend: ...
+
+    @property
+    def key_file(self) -> Optional[str]: ...
+
+    def progress(self) -> Progress: ...
+
+    def submit_job(self) -> str: ...
+
+    def withdraw_key(self) -> None: ...
+
+    def end(self) -> None: ...
 
 
-def _worker_ended(request: "Request", job_id: str, worker: str, end: "TaskEnd") -> None:
+class Watcher:
+    """The watch state of one request, and the looks that act on it."""
+
+    def __init__(self, request: Watched) -> None:
+        self.request = request
+        #: When tasks were first seen running with none having called back.
+        self.unreached_since: Optional[float] = None
+        #: When :meth:`follow` next looks at the scheduler and the heartbeats.
+        self.next_watch = time.monotonic() + WATCH_SECONDS
+
+    def follow(self) -> Progress:
+        """One look at the request; the progress seen.
+
+        Every ``WATCH_SECONDS`` it watches the workers and the scheduler
+        (:meth:`watch`); once every task has finished it puts what may run
+        again back in the queue (:meth:`retry`), and otherwise ends the
+        request. A complete progress means the request has ended.
+        """
+        request = self.request
+        progress = request.progress()
+        if progress.complete:
+            if not self.retry():
+                request.end()
+                return progress
+            progress = request.progress()
+        if time.monotonic() >= self.next_watch:
+            self.watch()
+            self.next_watch = time.monotonic() + WATCH_SECONDS
+        return progress
+
+    def watch(self) -> None:
+        """Conclude what the workers' silence and the scheduler say; raise CallbackError
+        for workers that cannot reach this process."""
+        request = self.request
+        storage, config = request.storage, request.config
+        lost = storage.lose_silent(request.id, time.time() - config.lost_after,
+                                   f"its worker sent no heartbeat for {config.lost_after:.0f} s")
+        if lost:
+            log.warning("request %s: tasks %s lost: their worker fell silent", request.id,
+                        index_spec(lost))
+        by_job: dict[str, set[int]] = {}
+        launches: dict[str, int] = {}
+        for job_id, launch, array_task in storage.live_workers(request.id):
+            by_job.setdefault(job_id, set()).add(array_task)
+            launches[job_id] = launch
+        for job_id, array_tasks in by_job.items():
+            for array_task, end in sorted(request.backend.ended_tasks(job_id, array_tasks).items()):
+                if end.exit_status == EXIT_NO_KEY:
+                    raise self._abandon(_no_key_message(request, job_id, array_task))
+                _worker_ended(request, job_id, worker_name(launches[job_id], array_task), end)
+        self.retry()
+        self._check_reached()
+
+    def retry(self) -> bool:
+        """Put tasks that may run again back in the queue, and start workers for them if
+        none is alive; True if any went back."""
+        request = self.request
+        config, storage = request.config, request.storage
+        again = (storage.requeue(request.id, config.retries + 1, config.retry_failed)
+                 if config.retries else [])
+        if again:
+            log.info("request %s: tasks %s go back in the queue", request.id, index_spec(again))
+        if request.progress().pending and not storage.any_worker_alive(request.id):
+            _relaunch(request)
+        return bool(again)
+
+    def _abandon(self, message: str) -> CallbackError:
+        """Cancel the request's jobs and mark its open tasks lost with ``message``."""
+        request = self.request
+        for job in request.storage.jobs(request.id):
+            try:
+                request.backend.cancel(job.job_id)
+            except Exception as error:  # the error below matters more
+                log.warning("request %s: could not cancel job %s: %s", request.id, job.job_id,
+                            error)
+        for index in request.storage.open_indices(request.id):
+            request.storage.record_lost(request.id, index, message)
+        request.withdraw_key()
+        self.unreached_since = None
+        return CallbackError(message)
+
+    def _check_reached(self) -> None:
+        """Raise CallbackError when tasks run but none has called back for ``connect_timeout``."""
+        request = self.request
+        progress = request.progress()
+        jobs = request.storage.jobs(request.id)
+        if progress.running or progress.done or progress.failed or not jobs:
+            self.unreached_since = None
+            return
+        running = request.backend.running_tasks(jobs[-1].job_id)
+        if not running:
+            return
+        if self.unreached_since is None:
+            self.unreached_since = time.monotonic()
+        waited = time.monotonic() - self.unreached_since
+        if waited < request.config.connect_timeout:
+            return
+        job_id, task_id = jobs[-1].job_id, min(running)
+        urls = " and ".join(request.urls or ["the URLs in its job file"])
+        raise self._abandon((
+            f"request {request.id}: {len(running)} tasks of job {job_id} have run for "
+            f"{waited:.0f} s and none has called back on {urls}. Task {task_id}'s stderr "
+            f"ends with:\n{_output_tail(request, job_id, task_id)}\nIf this machine is behind "
+            f"NAT or a firewall, use {{'callback': 'tunnel'}}; if the workers know it by "
+            f"another name or address, set 'localhost'; or let the workers through the "
+            f"firewall to the port in those URLs. See 'How workers reach you' in the docs"
+        ))
+
+
+def _worker_ended(request: Watched, job_id: str, worker: str, end: TaskEnd) -> None:
     """Record that the scheduler says ``worker`` ended; the tasks it held are lost."""
     array_task = int(worker.partition(".")[2])
     location = request.backend.log_location(job_id, array_task)
@@ -83,20 +198,7 @@ def _worker_ended(request: "Request", job_id: str, worker: str, end: "TaskEnd") 
         log.warning("request %s: tasks %s lost: %s", request.id, index_spec(lost), reason)
 
 
-def retry(request: "Request") -> bool:
-    """Put tasks that may run again back in the queue, and start workers for them if none
-    is alive; True if any went back."""
-    config, storage = request.config, request.storage
-    again = (storage.requeue(request.id, config.retries + 1, config.retry_failed)
-             if config.retries else [])
-    if again:
-        log.info("request %s: tasks %s go back in the queue", request.id, index_spec(again))
-    if request.progress().pending and not storage.any_worker_alive(request.id):
-        _relaunch(request)
-    return bool(again)
-
-
-def _relaunch(request: "Request") -> None:
+def _relaunch(request: Watched) -> None:
     """Tasks wait and no worker is left: a new job, unless no worker of the last one both
     reached this process and ended in a way worth repeating (they were all removed on
     purpose, or none could start or call back)."""
@@ -109,21 +211,7 @@ def _relaunch(request: "Request") -> None:
     request.submit_job()
 
 
-def _abandon(request: "Request", message: str) -> CallbackError:
-    """Cancel the request's jobs and mark its open tasks lost with ``message``."""
-    for job in request.storage.jobs(request.id):
-        try:
-            request.backend.cancel(job.job_id)
-        except Exception as error:  # the error below matters more
-            log.warning("request %s: could not cancel job %s: %s", request.id, job.job_id, error)
-    for index in request.storage.open_indices(request.id):
-        request.storage.record_lost(request.id, index, message)
-    request.withdraw_key()
-    request.unreached_since = None
-    return CallbackError(message)
-
-
-def _output_tail(request: "Request", job_id: str, task_id: int) -> str:
+def _output_tail(request: Watched, job_id: str, task_id: int) -> str:
     try:
         output = request.backend.task_output(job_id, task_id).strip()
     except Exception as error:  # a diagnosis without the log is still a diagnosis
@@ -132,7 +220,7 @@ def _output_tail(request: "Request", job_id: str, task_id: int) -> str:
     return "\n".join("    " + line for line in lines)
 
 
-def _no_key_message(request: "Request", job_id: str, task_id: int) -> str:
+def _no_key_message(request: Watched, job_id: str, task_id: int) -> str:
     return (
         f"request {request.id}: the workers cannot read the request's key file "
         f"{request.key_file}, which sheepdog wrote on the head node: the compute nodes do "
@@ -141,30 +229,3 @@ def _no_key_message(request: "Request", job_id: str, task_id: int) -> str:
         f"compute nodes, or, on a cluster whose users you trust, set "
         f"{{'key_in_job_file': True}} (see 'How workers reach you' in the docs)"
     )
-
-
-def _check_reached(request: "Request") -> None:
-    """Raise CallbackError when tasks run but none has called back for ``connect_timeout``."""
-    progress = request.progress()
-    jobs = request.storage.jobs(request.id)
-    if progress.running or progress.done or progress.failed or not jobs:
-        request.unreached_since = None
-        return
-    running = request.backend.running_tasks(jobs[-1].job_id)
-    if not running:
-        return
-    if request.unreached_since is None:
-        request.unreached_since = time.monotonic()
-    waited = time.monotonic() - request.unreached_since
-    if waited < request.config.connect_timeout:
-        return
-    job_id, task_id = jobs[-1].job_id, min(running)
-    urls = " and ".join(request.urls or ["the URLs in its job file"])
-    raise _abandon(request, (
-        f"request {request.id}: {len(running)} tasks of job {job_id} have run for "
-        f"{waited:.0f} s and none has called back on {urls}. Task {task_id}'s stderr "
-        f"ends with:\n{_output_tail(request, job_id, task_id)}\nIf this machine is behind "
-        f"NAT or a firewall, use {{'callback': 'tunnel'}}; if the workers know it by "
-        f"another name or address, set 'localhost'; or let the workers through the "
-        f"firewall to the port in those URLs. See 'How workers reach you' in the docs"
-    ))

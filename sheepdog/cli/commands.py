@@ -21,18 +21,17 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 from .. import __version__, userconfig
-from ..wire import serialisation
-from ..config import DEFAULT_DASHBOARD, Config, resolve_with_sources
-from ..storage.payloads import payload_bytes
-from ..dashboard.app import parse_address, run_dashboard
 from ..caller.progress import describe
 from ..caller.request import Request
-from ..server.host import Server
-from .serving import CommandError, listing, plan_serving
 from ..caller.session import Session
+from ..config import DEFAULT_DASHBOARD, Config, parse_address, resolve_with_sources
+from ..server import Server
+from ..storage import STREAMS, Progress, Storage
+from ..storage.payloads import payload_bytes
 from ..storage.states import CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING
-from ..storage.store import STREAMS, Progress, Storage
 from ..storage.summaries import TaskLog
+from ..wire import serialisation
+from .serving import CommandError, listing, plan_serving
 
 log = logging.getLogger("sheepdog")
 
@@ -257,6 +256,8 @@ def _dashboard(arguments: argparse.Namespace, session: Session) -> int:
         parse_address(arguments.address, "--address")
     except ValueError as error:
         raise CommandError(str(error)) from None
+    from ..dashboard import run_dashboard  # Flask, only for this command
+
     run_dashboard(_existing_storage(session, arguments.dbfile),
                   open_browser=not arguments.no_browser, address=arguments.address)
     return EXIT_DONE

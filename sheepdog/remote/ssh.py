@@ -26,6 +26,8 @@ from typing import Callable, Optional, TypeVar
 
 import paramiko
 
+from .errors import SSHError
+
 from ..config import Config
 
 log = logging.getLogger(__name__)
@@ -34,10 +36,6 @@ T = TypeVar("T")
 CONNECT_TIMEOUT = 30.0
 #: Seconds between keepalive messages on an idle connection.
 KEEPALIVE_SECONDS = 30
-
-
-class SSHError(RuntimeError):
-    """The head node cannot be reached or refused us; the message says what to fix."""
 
 
 @dataclasses.dataclass(frozen=True)

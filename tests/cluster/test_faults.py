@@ -46,7 +46,7 @@ def test_server_down_for_twenty_seconds_loses_no_result(cluster_conf):
     storage = Storage(conf["dbfile"])
     request_id = sheepdog.map_async(slow_square, [(x,) for x in range(20)], conf)
     wait_until(lambda: storage.progress(request_id).running >= 4)
-    server = api.default_session().servers[(storage.dbfile, "https")]
+    server = api.default_session().server_of(storage.dbfile)
     server.stop()
     assert not server.running
     time.sleep(20)
