@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 GOAL_MS = 100.0
@@ -96,7 +97,8 @@ def own_self_us(entry: Entry) -> int:
                                if child.package == entry.package)
 
 
-def ms(values: list[float]) -> float:
+def ms(values: Sequence[float]) -> float:
+    """The median of ``values`` in microseconds, in milliseconds."""
     return statistics.median(values) / 1000
 
 
@@ -132,12 +134,14 @@ def main() -> None:
                            ("baseline: python -c pass (wall)", start_s)):
         print(f"{label:<44}{statistics.median(seconds) * 1000:>10.1f}")
 
-    _, stdout, _ = python(f"import sys, sheepdog; print(*[m for m in {HEAVY!r} if m in sys.modules])")
+    _, stdout, _ = python("import sys, sheepdog; "
+                          f"print(*[name for name in {HEAVY!r} if name in sys.modules])")
     loaded = stdout.split()
     print(f"\nafter import sheepdog, in sys.modules: {', '.join(loaded) or 'none'} "
           f"(of {', '.join(HEAVY)})")
 
-    print(f"\n{SLOWEST} slowest packages imported under sheepdog (median cumulative ms, first importer):")
+    print(f"\n{SLOWEST} slowest packages imported under sheepdog "
+          "(median cumulative ms, first importer):")
     slowest = sorted(entered, key=lambda name: -statistics.median(entered[name]))[:SLOWEST]
     for name in slowest:
         print(f"  {name:<28}{ms(entered[name]):>8.1f}   from {importers[name]}")
