@@ -32,7 +32,7 @@ def pytest_configure(config):
             raise pytest.UsageError(
                 f"{name} is set, but a test never rewrites the file it compares with: "
                 f"regenerate the golden files as a step of their own, "
-                f"'python -m tests.regenerate_golden', review the diff, and run the tests "
+                f"'python -m tests.support.regenerate_golden', review the diff, and run the tests "
                 f"without {name}")
     if cluster_required():
         config.pluginmanager.register(ClusterTestsMustRun(config.rootpath),

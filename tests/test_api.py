@@ -13,7 +13,7 @@ import pytest
 import sheepdog
 from sheepdog import api
 
-from .quickstart import QUICKSTART, run_doctest
+from .support.quickstart import QUICKSTART, run_doctest
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 """The contract every batch scheduler backend keeps, fed its scheduler's recorded output.
 
 A :class:`RecordedShell` stands in for the head node: it answers each command
-with what the real scheduler printed (``tests/recorded/<scheduler>/``, whose
+with what the real scheduler printed (``tests/support/recorded/<scheduler>/``, whose
 README says how each file was made). Every backend passes the same tests in
 :class:`Contract`; each scheduler's subclass only says, as data, which
 recording shows what. The golden header files pin each backend's own
@@ -18,8 +18,8 @@ from sheepdog.backends.batch import PENDING, RUNNING
 from sheepdog.config import resolve
 from sheepdog.remote.ssh import CommandResult
 
-RECORDED = Path(__file__).parent / "recorded"
-GOLDEN = Path(__file__).parent / "golden"
+RECORDED = Path(__file__).parent / "support" / "recorded"
+GOLDEN = Path(__file__).parent / "support" / "golden"
 
 
 def recorded(name):
@@ -166,7 +166,7 @@ class Contract:
             backend.check()
 
     def test_the_header_matches_the_golden_file(self):
-        """Regenerate after an intended change with ``python -m tests.regenerate_golden``."""
+        """Regenerate after an intended change with ``python -m tests.support.regenerate_golden``."""
         header = "\n".join(self.backend(max_running=4).header(250)) + "\n"
         assert header == (GOLDEN / f"header-{self.scheduler}.txt").read_text()
 

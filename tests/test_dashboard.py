@@ -29,7 +29,7 @@ from sheepdog.dashboard.app import (
 from sheepdog.wire.protocol import auth_headers
 from sheepdog.caller.session import Session
 
-from .quickstart import run_doctest
+from .support.quickstart import run_doctest
 
 #: The docs' page: its example is run as a doctest.
 DASHBOARD_DOC = (Path(__file__).resolve().parents[1] / "docs" / "dashboard.rst").read_text()

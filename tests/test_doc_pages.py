@@ -3,7 +3,7 @@ backend, in a directory of their own and with a config file of their own."""
 
 from sheepdog.cli import commands as cli
 
-from .doc_pages import run_page, toml_example
+from .support.doc_pages import run_page, toml_example
 
 
 def test_the_configuration_pages_examples_run_with_its_own_config_file(tmp_path,
@@ -30,7 +30,7 @@ def test_the_command_pages_examples_run_against_the_maps_it_shows(tmp_path, monk
 def test_a_page_that_says_otherwise_than_the_command_fails(tmp_path, monkeypatch):
     """The runner compares: a page whose promised output is wrong does not pass."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("tests.doc_pages.page",
+    monkeypatch.setattr("tests.support.doc_pages.page",
                         lambda _name: "    $ sheepdog list --dbfile nowhere.sqlite\n"
                                       "    ID  CREATED\n")
     assert run_page("cli.rst") == (1, 1)

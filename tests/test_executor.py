@@ -12,7 +12,7 @@ import sheepdog
 from sheepdog.storage.states import CANCELLED, DONE
 from sheepdog.storage.store import Storage
 
-from .quickstart import run_doctest
+from .support.quickstart import run_doctest
 
 
 def wait_for_file(path, timeout=60):

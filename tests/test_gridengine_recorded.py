@@ -1,6 +1,6 @@
 """The GridEngine backend fed real, recorded qsub, qstat and qacct output.
 
-The recordings in ``tests/recorded/gridengine`` (its README says how each was
+The recordings in ``tests/support/recorded/gridengine`` (its README says how each was
 made) come from the test cluster; here a head node that answers commands with
 them stands in for the SSH shell, so the parsers and ``ended_tasks`` (error
 states, the accounting grace period) are pinned without a cluster.
@@ -28,7 +28,7 @@ from sheepdog.config import resolve
 from sheepdog.remote.shells import Shell
 from sheepdog.remote.ssh import CommandResult
 
-RECORDED = Path(__file__).parent / "recorded" / "gridengine"
+RECORDED = Path(__file__).parent / "support" / "recorded" / "gridengine"
 
 
 def recorded(name):

@@ -6,9 +6,9 @@ from pathlib import Path
 from sheepdog.caller import jobscript
 from sheepdog.wire.settings import WorkerSettings
 
-from .fresh_interpreter import call_in_fresh_interpreter
+from .support.fresh_interpreter import call_in_fresh_interpreter
 
-GOLDEN = Path(__file__).parent / "golden" / "jobscript.txt"
+GOLDEN = Path(__file__).parent / "support" / "golden" / "jobscript.txt"
 
 SETTINGS = WorkerSettings(
     request_id=7,
@@ -31,9 +31,9 @@ def render():
 def test_rendered_job_file_matches_the_golden_file():
     """The file's shape is pinned; the embedded sources are checked separately.
 
-    Regenerate after an intended change with ``python -m tests.regenerate_golden``.
+    Regenerate after an intended change with ``python -m tests.support.regenerate_golden``.
     """
-    from .regenerate_golden import golden_text
+    from .support.regenerate_golden import golden_text
 
     assert golden_text() == GOLDEN.read_text()
 

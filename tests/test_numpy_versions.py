@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from .fresh_interpreter import call_in_fresh_interpreter
-from .numpy_cases import describe, numpy_cases
+from .support.fresh_interpreter import call_in_fresh_interpreter
+from .support.numpy_cases import describe, numpy_cases
 
 np = pytest.importorskip("numpy")
 

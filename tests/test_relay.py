@@ -15,7 +15,7 @@ import pytest
 
 from sheepdog.remote import relay
 
-from .echo import cut_off, echo_server, exchange
+from .support.echo import cut_off, echo_server, exchange
 
 
 def _oldest_python():

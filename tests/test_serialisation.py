@@ -21,8 +21,8 @@ from sheepdog.wire.serialisation import (
     module_is_installed,
 )
 
-from .fresh_interpreter import call_in_fresh_interpreter
-from .main_script import SCRIPT, run_as_main
+from .support.fresh_interpreter import call_in_fresh_interpreter
+from .support.main_script import SCRIPT, run_as_main
 
 OFFSET = 100
 

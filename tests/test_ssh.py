@@ -18,7 +18,7 @@ from sheepdog.remote import ssh
 from sheepdog.config import resolve
 from sheepdog.remote.ssh import SSHError
 
-from .sshserver import SSHServer, new_key
+from .support.sshserver import SSHServer, new_key
 
 
 @pytest.fixture

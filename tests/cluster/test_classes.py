@@ -7,7 +7,7 @@ import pytest
 
 import sheepdog
 
-from ..main_script import SCRIPT, run_as_main
+from ..support.main_script import SCRIPT, run_as_main
 
 pytestmark = pytest.mark.cluster
 

@@ -5,7 +5,7 @@ import pytest
 
 import sheepdog
 
-from ..numpy_cases import describe, numpy_cases
+from ..support.numpy_cases import describe, numpy_cases
 
 #: numpy 2 warns when a pickle names numpy 1's ``numpy.core``: that must not happen.
 pytestmark = [pytest.mark.cluster, pytest.mark.filterwarnings("error:numpy.core:DeprecationWarning")]

@@ -16,7 +16,7 @@ from sheepdog import SubmissionError
 from sheepdog.config import DEFAULT_GE_OPTS
 from sheepdog.storage.store import Storage
 
-from ..quickstart import QUICKSTART, run_doctest
+from ..support.quickstart import QUICKSTART, run_doctest
 from .test_faults import run_as_test_user, wait_until
 
 pytestmark = pytest.mark.cluster

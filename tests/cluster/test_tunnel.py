@@ -18,7 +18,7 @@ from sheepdog.config import resolve
 from sheepdog.remote.ssh import SSHError
 from sheepdog.remote.tunnel import Tunnel
 
-from ..echo import echo_server, exchange
+from ..support.echo import echo_server, exchange
 
 pytestmark = pytest.mark.cluster
 

@@ -3,9 +3,9 @@
 #
 # Run as the test cluster's unprivileged user, inside its namespace:
 #   source /var/lib/sheepdog-test/env
-#   cp tests/recorded/gridengine/record.sh /tmp/ && chmod 755 /tmp/record.sh
+#   cp tests/support/recorded/gridengine/record.sh /tmp/ && chmod 755 /tmp/record.sh
 #   ip netns exec "$SHEEPDOG_NETNS" su - "$SHEEPDOG_TEST_USER" -c 'bash /tmp/record.sh /tmp/recorded'
-#   cp /tmp/recorded/* tests/recorded/gridengine/
+#   cp /tmp/recorded/* tests/support/recorded/gridengine/
 # It submits a few small jobs (about two minutes in all) and writes what
 # qsub -terse, qstat -xml -g d, qstat -j and qacct -j print about them, as
 # README.rst in this directory lists. Job ids differ between recordings; the

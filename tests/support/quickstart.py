@@ -4,7 +4,7 @@ import doctest
 from pathlib import Path
 
 #: The quickstart page of the docs: its examples are the contract.
-QUICKSTART = (Path(__file__).resolve().parents[1] / "docs" / "quickstart.rst").read_text()
+QUICKSTART = (Path(__file__).resolve().parents[2] / "docs" / "quickstart.rst").read_text()
 
 
 def run_doctest(text, conf, extra_globals=None):

@@ -4,8 +4,8 @@
 #
 # Run as root, outside the namespace, with the test cluster up
 # (ci/gridengine-up.sh, then ci/slurm-up.sh):
-#   bash tests/recorded/slurm/record.sh /tmp/recorded
-#   cp /tmp/recorded/* tests/recorded/slurm/
+#   bash tests/support/recorded/slurm/record.sh /tmp/recorded
+#   cp /tmp/recorded/* tests/support/recorded/slurm/
 # Every Slurm command runs inside the namespace as the test user, except the
 # two that need root: marking the node DOWN and killing slurmd (the node
 # failures at the end). It takes about six minutes; the node is busy and goes

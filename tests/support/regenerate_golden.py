@@ -1,4 +1,4 @@
-"""Rewrite the golden files in tests/golden/ from what sheepdog renders now.
+"""Rewrite the golden files in tests/support/golden/ from what sheepdog renders now.
 
 ``jobscript.txt`` pins the job file's shape; ``header-<scheduler>.txt`` each
 batch backend's job header. Regenerating them is a step of its own, never
@@ -7,8 +7,8 @@ variable set), so that a golden test cannot pass by rewriting what it
 compares with. Run it after an intended change, then review the diff before
 committing it::
 
-    .venv/bin/python -m tests.regenerate_golden
-    git diff tests/golden/
+    .venv/bin/python -m tests.support.regenerate_golden
+    git diff tests/support/golden/
 """
 
 import difflib
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sheepdog.caller import jobscript
 
-from .test_jobscript import GOLDEN, render
+from ..test_jobscript import GOLDEN, render
 
 
 def golden_text() -> str:
@@ -30,7 +30,7 @@ def golden_text() -> str:
 
 def golden_headers() -> dict[Path, str]:
     """Each batch backend's header, as ``test_the_header_matches_the_golden_file`` renders it."""
-    from .test_backends import GOLDEN as HEADERS, Contract
+    from ..test_backends import GOLDEN as HEADERS, Contract
 
     return {HEADERS / f"header-{contract.scheduler}.txt":
             "\n".join(contract().backend(max_running=4).header(250)) + "\n"

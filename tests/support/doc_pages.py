@@ -14,7 +14,7 @@ from sheepdog.cli import commands as cli
 
 from .quickstart import run_doctest
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 _CONSOLE_LINE = re.compile(r"^( *)\$ (.*)$", re.MULTILINE)
 _TOML_BLOCK = re.compile(r"^\.\. code-block:: toml\n\n((?:(?: {4}.*)?\n)+)", re.MULTILINE)
 _ECHO_STATUS = "; echo $?"
