@@ -165,6 +165,20 @@ def test_the_host_serves_over_a_real_socket_with_keep_alive(storage, request_id)
     assert not server.running
 
 
+def test_importing_sheepdog_imports_no_web_framework():
+    """Tornado (and Flask, for the dashboard) are imported only when a server starts."""
+    import os
+    import subprocess
+    import sys
+
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    probe = ("import sys, sheepdog, sheepdog.server, sheepdog.dashboard; print(sorted({name for "
+             "name in sys.modules if name.split('.')[0] in ('flask', 'werkzeug', 'tornado')}))")
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONPATH": repository})
+    assert found.stdout.strip() == "[]"
+
+
 def test_a_stopped_server_starts_again(storage, request_id):
     server = Server(storage, port=0, use_tls=False).start(wait=False)
     server.stop()  # before it listened: it still stops

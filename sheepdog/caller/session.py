@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 from .. import backends
 from ..wire import serialisation
 from ..config import Config, resolve
-from ..dashboard.app import DashboardServer, new_token
+from ..dashboard.server import DashboardServer, new_token
 from .request import Request
 from ..server.host import Server
 from ..storage.store import Storage

@@ -24,7 +24,7 @@ from .. import __version__, userconfig
 from ..wire import serialisation
 from ..config import DEFAULT_DASHBOARD, Config, resolve_with_sources
 from ..storage.payloads import payload_bytes
-from ..dashboard.app import parse_address, run_dashboard
+from ..dashboard.server import parse_address, run_dashboard
 from ..caller.progress import describe
 from ..caller.request import Request
 from ..server.host import Server
