@@ -11,6 +11,7 @@ only skips them where there is no cluster; this one turns that into a failure.
 
 import os
 from pathlib import Path
+from typing import Mapping, NamedTuple
 
 import pytest
 
@@ -130,22 +131,45 @@ def storage(dbfile):
     store.close()
 
 
-class SignedClient:
-    """Flask's test client, signing each request under ``key`` as a worker does.
+class Answer(NamedTuple):
+    """What a request got: its status, headers and whole body."""
 
-    Pass ``headers=`` to send other headers instead (an attacker's, say).
+    status_code: int
+    headers: Mapping[str, str]
+    data: bytes
+
+
+class SignedClient:
+    """Sends requests to the callback protocol's framework-free core, in-process, as the
+    Tornado host hands them over: ``Callbacks.admit``, then (for an admitted request)
+    ``Callbacks.respond`` with the body. Each request is signed under ``key`` as a
+    worker signs it; pass ``headers=`` to send other headers instead (an attacker's, say).
     """
 
-    def __init__(self, test_client, key):
-        self.test_client = test_client
+    def __init__(self, callbacks, key):
+        self.callbacks = callbacks
         self.key = key
 
     def open(self, method, path, data=b"", headers=None):
+        from email.message import Message
+
+        from sheepdog.server.callbacks import Reply
+        from sheepdog.storage.payloads import PayloadFile
         from sheepdog.wire.protocol import auth_headers
 
         if headers is None:
             headers = auth_headers(self.key, method, path, data)
-        return self.test_client.open(path, method=method, data=data, headers=headers)
+        sent = Message()  # headers looked up regardless of case, as in Tornado
+        for name, value in headers.items():
+            sent[name] = value
+        if method == "POST" or data:
+            sent["Content-Length"] = str(len(data))
+        admitted = self.callbacks.admit(method, path, sent)
+        reply = admitted if isinstance(admitted, Reply) else self.callbacks.respond(
+            method, path, sent, data if method == "POST" else b"", route=admitted)
+        body = b"".join(b"".join(part.chunks()) if isinstance(part, PayloadFile) else bytes(part)
+                        for part in reply.parts)
+        return Answer(reply.status, {"Content-Type": reply.content_type, **reply.headers}, body)
 
     def get(self, path, **kwargs):
         return self.open("GET", path, **kwargs)

@@ -13,9 +13,9 @@ import pytest
 
 import sheepdog
 from sheepdog.storage import payloads
-from sheepdog.server import host as server
+from sheepdog.server import tornado_handler
 from sheepdog.wire.protocol import ERROR, OUTPUT, REPORT_FLOOR_BYTES, RESULT, pack_frames
-from sheepdog.server.host import create_app
+from sheepdog.server.callbacks import Callbacks
 from sheepdog.storage.store import DiskFullError, Storage
 
 from .conftest import SignedClient
@@ -108,8 +108,7 @@ def test_a_result_refused_under_a_tiny_max_body_bytes_is_recorded_as_an_error(lo
 @pytest.fixture
 def tiny_limit_client(storage):
     request_id = storage.create_request(b"fn", [b"a1", b"a2"], "right", "local")
-    app = create_app(storage, max_body_bytes=100)
-    return SignedClient(app.test_client(), b"right"), request_id
+    return SignedClient(Callbacks(storage, max_body_bytes=100), b"right"), request_id
 
 
 def test_errors_and_output_fit_whatever_max_body_bytes_and_results_do_not(
@@ -136,7 +135,7 @@ def test_a_report_that_the_disk_cannot_hold_is_answered_507_naming_the_disk(
 
     monkeypatch.setattr(payloads, "write_all", full)
     big = b"".join(pack_frames([(1, RESULT, b"r" * (2 << 20))]))
-    response = SignedClient(create_app(storage).test_client(), b"right").post(
+    response = SignedClient(Callbacks(storage), b"right").post(
         f"/requests/{request_id}/results", data=big)
     assert response.status_code == 507
     assert f"the disk that holds {storage.payloads.root}" in response.data.decode()
@@ -163,7 +162,7 @@ def test_a_result_that_the_callers_disk_cannot_hold_fails_its_task_naming_the_di
         return real_write_all(descriptor, data)
 
     real_write_all = payloads.write_all
-    monkeypatch.setattr(server, "write_all", write_unless_large)  # a result received into a file
+    monkeypatch.setattr(tornado_handler, "write_all", write_unless_large)  # into its file
     monkeypatch.setattr(payloads, "write_all", write_unless_large)
 
     def sized(size):

@@ -18,14 +18,9 @@ import pytest
 
 import sheepdog
 from sheepdog import api
-from sheepdog.config import resolve
-from sheepdog.dashboard.app import (
-    DashboardServer,
-    create_app,
-    histogram,
-    new_token,
-    parse_address,
-)
+from sheepdog.config import parse_address, resolve
+from sheepdog.dashboard.app import create_app, histogram
+from sheepdog.dashboard.server import DashboardServer, new_token
 from sheepdog.wire.protocol import auth_headers
 from sheepdog.caller.session import Session
 
@@ -189,6 +184,35 @@ def test_dashboard_server_listens_on_loopback_and_wants_the_token(storage, reque
     finally:
         server.stop()
     assert not server.running
+
+
+def test_dashboard_on_a_taken_port_raises_oserror_and_the_first_keeps_serving(storage):
+    first = DashboardServer(storage).start()
+    try:
+        with pytest.raises(OSError):
+            DashboardServer(storage, address=f"127.0.0.1:{first.port}").start()
+        with urllib.request.urlopen(first.url) as response:
+            assert response.status == 200
+    finally:
+        first.stop()
+
+
+def test_dashboard_closes_connections_past_its_cap_per_peer(storage, monkeypatch):
+    import socket
+
+    monkeypatch.setattr("sheepdog.dashboard.server.MAX_CONNECTIONS_PER_PEER", 2)
+    server = DashboardServer(storage).start()
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(3)]
+    try:
+        held[2].settimeout(10)
+        assert held[2].recv(1) == b""  # closed as soon as it was accepted
+        held[0].sendall(f"GET /dashboard?token={server.token} HTTP/1.1\r\nHost: x\r\n\r\n"
+                        .encode())
+        assert held[0].recv(64).startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
 
 
 def test_map_async_logs_the_dashboard_link_once_and_the_link_opens_it(local_conf, caplog):

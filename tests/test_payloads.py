@@ -85,13 +85,12 @@ def test_large_arguments_and_results_live_in_private_files(storage):
             assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) == 0o600
 
 
-@pytest.mark.parametrize("engine", ["tornado", "werkzeug"])
 @pytest.mark.parametrize("use_tls", [True, False])
-def test_large_payloads_cross_the_server_whole(storage, engine, use_tls):
+def test_large_payloads_cross_the_server_whole(storage, use_tls):
     argument = os.urandom(BIG)
     request_id = storage.create_request(b"fn", [argument, b"small"], "right", "local")
     worker = f"{storage.add_workers(request_id, 1)}.1"
-    server = Server(storage, port=0, engine=engine, use_tls=use_tls).start()
+    server = Server(storage, port=0, use_tls=use_tls).start()
     try:
         client = Client([server.url("127.0.0.1")], request_id, b"right", 5,
                         server.certificate.decode() if use_tls else None)

@@ -11,7 +11,8 @@ from sheepdog.wire.protocol import (
     pack_frames,
     unpack_frames,
 )
-from sheepdog.server.host import Server, create_app
+from sheepdog.server.callbacks import Callbacks
+from sheepdog.server.host import Server
 
 from .conftest import SignedClient
 
@@ -23,8 +24,9 @@ def request_id(storage):
 
 @pytest.fixture
 def client(storage):
-    """Flask's test client, signing each request with the key "right" as a worker would."""
-    return SignedClient(create_app(storage, max_body_bytes=1000).test_client(), b"right")
+    """The callback protocol's core in-process, each request signed with the key "right"
+    as a worker would."""
+    return SignedClient(Callbacks(storage, max_body_bytes=1000), b"right")
 
 
 def test_worker_fetches_the_function_and_pulls_arguments_until_none_is_left(
@@ -141,9 +143,8 @@ def test_wrong_method_is_405(client, request_id):
     assert client.get(f"/requests/{request_id}/tasks/1/result").status_code == 405
 
 
-@pytest.mark.parametrize("engine", ["tornado", "werkzeug"])
-def test_both_hosts_serve_over_a_real_socket_with_keep_alive(storage, request_id, engine):
-    server = Server(storage, port=0, engine=engine, use_tls=False).start()
+def test_the_host_serves_over_a_real_socket_with_keep_alive(storage, request_id):
+    server = Server(storage, port=0, use_tls=False).start()
     try:
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         storage.add_workers(request_id, 1)
@@ -158,6 +159,35 @@ def test_both_hosts_serve_over_a_real_socket_with_keep_alive(storage, request_id
         connection.request("POST", path, body=b"r",
                            headers=auth_headers(b"right", "POST", path, b"r"))
         assert connection.getresponse().read() == b"stored\n"
+        connection.close()
+    finally:
+        server.stop()
+    assert not server.running
+
+
+def test_importing_sheepdog_imports_no_web_framework():
+    """Tornado (and Flask, for the dashboard) are imported only when a server starts."""
+    import os
+    import subprocess
+    import sys
+
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    probe = ("import sys, sheepdog, sheepdog.server, sheepdog.dashboard; print(sorted({name for "
+             "name in sys.modules if name.split('.')[0] in ('flask', 'werkzeug', 'tornado')}))")
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONPATH": repository})
+    assert found.stdout.strip() == "[]"
+
+
+def test_a_stopped_server_starts_again(storage, request_id):
+    server = Server(storage, port=0, use_tls=False).start(wait=False)
+    server.stop()  # before it listened: it still stops
+    assert not server.running
+    server.start()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.request("GET", "/")
+        assert connection.getresponse().read() == b"sheepdog server\n"
         connection.close()
     finally:
         server.stop()
@@ -193,11 +223,10 @@ def test_server_handles_concurrent_posts(storage):
     assert storage.progress(request_id).done == 50
 
 
-@pytest.mark.parametrize("engine", ["tornado", "werkzeug"])
-def test_tls_server_talks_to_a_worker_pinning_its_certificate(storage, request_id, engine):
+def test_tls_server_talks_to_a_worker_pinning_its_certificate(storage, request_id):
     from sheepdog.worker.client import Client
 
-    server = Server(storage, port=0, engine=engine).start()
+    server = Server(storage, port=0).start()
     try:
         assert server.url("127.0.0.1").startswith("https://")
         client = Client([server.url("127.0.0.1")], request_id, b"right", retry_seconds=5,
@@ -321,13 +350,11 @@ def test_unsigned_chunked_body_is_refused_before_it_is_read(storage, request_id)
     assert answer.startswith(b"HTTP/1.1 401")
 
 
-@pytest.mark.parametrize("engine", ["tornado", "werkzeug"])
-def test_unsigned_body_of_announced_length_is_refused_before_it_is_read(storage, request_id,
-                                                                        engine):
+def test_unsigned_body_of_announced_length_is_refused_before_it_is_read(storage, request_id):
     """Within the size limit, but unsigned: refused from its headers, its bytes left unread."""
     import socket
 
-    server = Server(storage, port=0, engine=engine, use_tls=False).start()
+    server = Server(storage, port=0, use_tls=False).start()
     sent, length = 0, 200 << 20
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:

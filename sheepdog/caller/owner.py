@@ -29,7 +29,7 @@ from ..server import Server
 from ..storage import Storage
 
 if TYPE_CHECKING:  # the dashboard (and Flask) is imported only when it is served
-    from ..dashboard.app import DashboardServer
+    from ..dashboard.server import DashboardServer
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class DatabaseOwner:
         says so: the page is a convenience, never a reason to fail a request)."""
         if config.dashboard is False:
             return None
-        from ..dashboard.app import DashboardServer
+        from ..dashboard.server import DashboardServer
 
         with self._lock:
             if self._dashboard is None or not self._dashboard.running:

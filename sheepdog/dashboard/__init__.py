@@ -1,5 +1,8 @@
-"""The live dashboard: a page and a JSON API over one database, for the caller alone."""
+"""The live dashboard: a page and a JSON API over one database, for the caller alone.
 
-from .app import DashboardServer, run_dashboard
+``app.py`` is the Flask app; ``server.py`` serves it (and imports Flask only then).
+"""
+
+from .server import DashboardServer, run_dashboard
 
 __all__ = ["DashboardServer", "run_dashboard"]

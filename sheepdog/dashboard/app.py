@@ -1,9 +1,10 @@
-"""The live dashboard: one page and a JSON API over one database, for the caller alone.
+"""The live dashboard's Flask app: one page and a JSON API over one database, for the caller alone.
 
 ``map`` and ``map_async`` start it beside the callback server (see
 ``Session.dashboard``) and log its link; ``sheepdog dashboard`` serves it for
-an existing database (:func:`run_dashboard`). The page (``page.html``)
-polls the JSON API and redraws itself, so it stays live without a reload.
+an existing database (:func:`~sheepdog.dashboard.server.run_dashboard`). The
+page (``page.html``) polls the JSON API and redraws itself, so it stays live
+without a reload.
 
 Who may read it: the database holds every task's arguments, errors and
 output, so the page is the caller's alone. It listens on a socket of its own
@@ -19,33 +20,26 @@ own script (a nonce in its ``Content-Security-Policy``) and puts text from
 the database into the page as text, never as markup, since a task's error is
 whatever the task raised.
 
-It is a Flask app hosted by Tornado's ``WSGIContainer`` on its own I/O loop
-thread, with a few threads for the reads, so the workers' callback loop never
-waits for it.
+``server.py`` hosts it on Tornado's ``WSGIContainer``, on an I/O loop thread
+of its own with a few threads for the reads, so the workers' callback loop
+never waits for it.
 """
 
 from __future__ import annotations
 
 import hmac
 import importlib.resources
-import ipaddress
-import logging
 import math
 import os
 import secrets
-import threading
 import time
-import webbrowser
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 from flask import Flask, Response, abort, jsonify, request
 
 from ..storage.states import CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING
 from ..storage.store import Storage
 from ..storage.summaries import RequestSummary, TaskSummary
-
-log = logging.getLogger(__name__)
 
 #: The states in the order the page shows them.
 STATES = (PENDING, RUNNING, DONE, FAILED, LOST, CANCELLED)
@@ -58,26 +52,6 @@ MIN_BUCKET_SECONDS = 0.1
 MAX_FAILURES = 50
 #: The most tasks one page of ``/tasks`` holds.
 MAX_TASKS_PAGE = 5000
-#: Threads that answer the page's reads.
-READ_THREADS = 4
-
-
-def new_token() -> str:
-    """A fresh per-session token: 256 random bits, safe in a URL."""
-    return secrets.token_urlsafe(32)
-
-
-def parse_address(address: str, name: str = "config key 'dashboard'") -> tuple[str, int]:
-    """``"HOST:PORT"`` (``"[::1]:0"`` for IPv6) as (host, port); port 0 picks a free one.
-
-    ``name`` says where the address came from, for the error.
-    """
-    host, separator, port = address.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not separator or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{name} is {address!r}; write HOST:PORT, such as "
-                         f"'127.0.0.1:0' (port 0 picks a free port)")
-    return host, int(port)
 
 
 def histogram(values: Sequence[float], bins: int = HISTOGRAM_BINS) -> dict[str, Any]:
@@ -195,114 +169,3 @@ def _summary(storage: Storage, request_id: int) -> RequestSummary:
         if summary.request_id == request_id:
             return summary
     abort(404)
-
-
-class DashboardServer:
-    """Serves the dashboard of one database on its own socket, in a daemon thread.
-
-    ``url`` is the tokenised link, once started.
-    """
-
-    def __init__(self, storage: Union[Storage, str, os.PathLike[str]], token: Optional[str] = None,
-                 address: str = "127.0.0.1:0") -> None:
-        self.storage = storage if isinstance(storage, Storage) else Storage(storage)
-        self.token = token or new_token()
-        self.host, self.port = parse_address(address)
-        self._thread: Optional[threading.Thread] = None
-        self._stop: Optional[Callable[[], None]] = None
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def url(self) -> str:
-        """The link that opens the page: it carries the token, so it is the key to the page."""
-        host = self.host
-        if host in ("0.0.0.0", "::"):
-            host = "127.0.0.1"  # listening everywhere, reached here through loopback
-        elif ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}/dashboard?token={self.token}"
-
-    def start(self) -> "DashboardServer":
-        """Listen, then serve in a daemon thread; raises OSError if the address is taken."""
-        if self.running:
-            return self
-        import tornado.httpserver
-        import tornado.ioloop
-        import tornado.netutil
-        import tornado.wsgi
-
-        sockets = tornado.netutil.bind_sockets(self.port, address=self.host)
-        self.port = sockets[0].getsockname()[1]
-        if not _is_loopback(self.host):
-            log.warning("the sheepdog dashboard listens on %s:%s, beyond this machine: anyone "
-                        "who sees its link (plain HTTP) can read the page", self.host, self.port)
-        app = create_app(self.storage, self.token)
-        ready = threading.Event()
-
-        def serve() -> None:
-            import asyncio
-
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            io_loop = tornado.ioloop.IOLoop.current()
-            with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="sheepdog-dashboard") as pool:
-                container = tornado.wsgi.WSGIContainer(app, executor=pool)
-                http_server = tornado.httpserver.HTTPServer(container)
-                http_server.add_sockets(sockets)
-                self._stop = lambda: io_loop.add_callback(io_loop.stop)
-                ready.set()
-                try:
-                    io_loop.start()
-                finally:
-                    http_server.stop()
-                    io_loop.close(all_fds=True)
-
-        self._thread = threading.Thread(target=serve, name="sheepdog-dashboard", daemon=True)
-        self._thread.start()
-        ready.wait()
-        return self
-
-    def join(self) -> None:
-        """Wait until the server stops (Ctrl-C interrupts the wait)."""
-        if self._thread is not None:
-            self._thread.join()
-
-    def stop(self) -> None:
-        if self._stop is not None:
-            self._stop()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._thread = self._stop = None
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def run_dashboard(storage: Union[Storage, str, os.PathLike[str]], open_browser: bool = True,
-                  address: str = "127.0.0.1:0") -> None:
-    """Serve the dashboard of an existing database in the foreground, until Ctrl-C.
-
-    Prints the link (which holds the token) and, with ``open_browser``, opens it.
-    """
-    if not isinstance(storage, Storage) and not os.path.exists(storage):
-        raise FileNotFoundError(f"no sheepdog database at {os.path.abspath(storage)}: "
-                                f"pass the dbfile your requests were made with")
-    server = DashboardServer(storage, address=address).start()
-    print(f"sheepdog dashboard: {server.url}  (Ctrl-C stops it)", flush=True)
-    if open_browser:
-        webbrowser.open(server.url)
-    try:
-        server.join()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()

@@ -1,9 +1,10 @@
 """The callback protocol: what each worker request means and how it is answered.
 
-Kept apart from any web framework so that the Flask app and the native
-Tornado handler (``server.py``) answer every request identically, and so that
-the fast path costs no more than parsing a path, one HMAC over a few header
-values (checked once, in :meth:`Callbacks.admit`) and one SQLite statement.
+Kept apart from any web framework, so that it is tested in-process without
+one and the Tornado handler (``tornado_handler.py``) is only its host, and so
+that the fast path costs no more than parsing a path, one HMAC over a few
+header values (checked once, in :meth:`Callbacks.admit`) and one SQLite
+statement.
 
 Routes are built and parsed in ``protocol`` (see its docstring for the list),
 and each request is signed by the worker under the request's own key. A
@@ -75,7 +76,7 @@ _STREAMS = {OUTPUT: "stdout and stderr", STDOUT: "stdout", STDERR: "stderr"}
 
 
 class Headers(Protocol):
-    """A request's headers, looked up by name (Tornado's and Werkzeug's both do)."""
+    """A request's headers, looked up by name regardless of case (as Tornado's are)."""
 
     def get(self, key: str, /) -> Optional[str]: ...
 
