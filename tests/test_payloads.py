@@ -149,7 +149,7 @@ def test_progress_counts_follow_every_transition(storage):
     storage.requeue(request_id, max_attempts=2, failed_too=False)
     storage.cancel_open(request_id, "cancelled")
     storage.record_reports(request_id, [(5, False, b"late")])
-    counted = dict(storage._connection().execute(
+    counted = dict(storage.database.connection().execute(
         "SELECT state, count(*) FROM tasks WHERE request_id = ? GROUP BY state", (request_id,)))
     progress = storage.progress(request_id)
     assert {state: getattr(progress, state) for state in counted} == counted
