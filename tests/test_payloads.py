@@ -9,13 +9,13 @@ import sheepdog
 from sheepdog.storage import payloads
 from sheepdog.wire import protocol, serialisation
 from sheepdog.worker.client import Client, PermanentHTTPError
-from sheepdog.storage.payloads import SPILL_BYTES, PayloadFile, payload_bytes
+from sheepdog.storage.payloads import PayloadFile, payload_bytes
 from sheepdog.server.host import Server
 from sheepdog.storage.store import Storage
 
 np = pytest.importorskip("numpy")
 
-BIG = SPILL_BYTES * 3  # bytes: well over the size that goes to a file
+BIG = protocol.ALONE_BYTES * 3  # bytes: well over the size that goes to a file
 
 
 def big_array(seed=0):

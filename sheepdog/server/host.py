@@ -34,9 +34,9 @@ from werkzeug.exceptions import HTTPException
 from ..storage import diskspace
 from . import tls
 from .callbacks import DEFAULT_MAX_BODY_BYTES, Callbacks, Reply, text_reply
-from ..storage.payloads import CHUNK_BYTES, SPILL_BYTES, PayloadFile, write_all
+from ..storage.payloads import CHUNK_BYTES, PayloadFile, write_all
 from ..storage.store import Storage
-from ..wire.protocol import DISK_FULL_STATUS, coalesce
+from ..wire.protocol import ALONE_BYTES, DISK_FULL_STATUS, coalesce
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _tornado_application(callbacks: Callbacks) -> Any:
                 await self._reply(refusal)
                 return
             length = headers.get("Content-Length") or "0"
-            if int(length) < SPILL_BYTES or self._route is None:
+            if int(length) < ALONE_BYTES or self._route is None:
                 return  # gathered as it comes
             upload = callbacks.result_upload(method, self._route, headers)
             if upload is not None:
