@@ -17,7 +17,7 @@ from .server.host import Server
 from .caller.session import Session
 from .remote.errors import SSHError
 from .storage.file_safety import UnsafePathError
-from .storage.store import DiskFullError, Storage, StorageError
+from .storage import DiskFullError, Storage, StorageError
 from .caller.watcher import CallbackError
 
 __version__ = "0.4.0"

@@ -9,13 +9,13 @@ import sheepdog
 from sheepdog.storage import payloads
 from sheepdog.wire import protocol, serialisation
 from sheepdog.worker.client import Client, PermanentHTTPError
-from sheepdog.storage.payloads import SPILL_BYTES, PayloadFile, payload_bytes
+from sheepdog.storage.payloads import PayloadFile, payload_bytes
 from sheepdog.server.host import Server
 from sheepdog.storage.store import Storage
 
 np = pytest.importorskip("numpy")
 
-BIG = SPILL_BYTES * 3  # bytes: well over the size that goes to a file
+BIG = protocol.ALONE_BYTES * 3  # bytes: well over the size that goes to a file
 
 
 def big_array(seed=0):
@@ -148,7 +148,7 @@ def test_progress_counts_follow_every_transition(storage):
     storage.requeue(request_id, max_attempts=2, failed_too=False)
     storage.cancel_open(request_id, "cancelled")
     storage.record_reports(request_id, [(5, False, b"late")])
-    counted = dict(storage._connection().execute(
+    counted = dict(storage.database.connection().execute(
         "SELECT state, count(*) FROM tasks WHERE request_id = ? GROUP BY state", (request_id,)))
     progress = storage.progress(request_id)
     assert {state: getattr(progress, state) for state in counted} == counted

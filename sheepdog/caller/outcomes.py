@@ -21,7 +21,7 @@ from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from ..storage.states import CANCELLED, DONE, FAILED, LOST
-from ..storage.store import with_output
+from ..storage.outputs import with_output
 from ..storage.summaries import TaskChange
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any, Callable, Optional, Protocol, TextIO
 
-from ..storage.store import Progress
+from ..storage import Progress
 
 BAR_WIDTH = 24
 #: Seconds between lines where progress cannot be redrawn in place.

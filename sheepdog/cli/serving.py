@@ -13,7 +13,7 @@ import logging
 from typing import Any, NamedTuple, Optional, Sequence
 
 from ..server.callbacks import DEFAULT_MAX_BODY_BYTES
-from ..storage.store import Storage
+from ..storage import Storage
 
 log = logging.getLogger("sheepdog")
 

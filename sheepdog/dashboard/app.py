@@ -38,7 +38,7 @@ from typing import Any, Optional, Sequence, Union
 from flask import Flask, Response, abort, jsonify, request
 
 from ..storage.states import CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING
-from ..storage.store import Storage
+from ..storage import Storage
 from ..storage.summaries import RequestSummary, TaskSummary
 
 #: The states in the order the page shows them.

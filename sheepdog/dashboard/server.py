@@ -19,7 +19,7 @@ from typing import Optional, Union
 
 from ..config import parse_address
 from ..server.thread import Close, ServerThread
-from ..storage.store import Storage
+from ..storage import Storage
 
 log = logging.getLogger(__name__)
 

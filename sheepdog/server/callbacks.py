@@ -40,10 +40,11 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple, Optional, Protocol, Sequence, Union
 
-from ..storage.payloads import SPILL_BYTES, PayloadFile
-from ..storage.store import DiskFullError, Storage
+from ..storage.payloads import PayloadFile
+from ..storage import DiskFullError, Storage
 from ..storage.leases import AskAgain
 from ..wire.protocol import (
+    ALONE_BYTES,
     ARGUMENTS,
     DIGEST_HEADER,
     DISK_FULL_STATUS,
@@ -203,7 +204,7 @@ class Callbacks:
         body, the digest and the route.
         """
         length = headers.get("Content-Length") or ""
-        if method != "POST" or not length.isdigit() or int(length) < SPILL_BYTES:
+        if method != "POST" or not length.isdigit() or int(length) < ALONE_BYTES:
             return None
         request_id, index = route.path.request_id, route.path.task
         if route.path.route != "result" or not self.storage.task_exists(request_id, index):
@@ -358,7 +359,7 @@ def _digest_of(body: Any) -> str:
     """The hex SHA-256 of a received body: bytes-like, or a file of a large result."""
     if isinstance(body, PayloadFile):
         digest = hashlib.sha256()
-        for piece in body.chunks(SPILL_BYTES):
+        for piece in body.chunks(ALONE_BYTES):
             digest.update(piece)
         return digest.hexdigest()
     return body_digest(body)

@@ -15,7 +15,7 @@ import os
 import ssl
 from typing import Optional, Union
 
-from ..storage.store import Storage
+from ..storage import Storage
 from . import tls
 from .callbacks import DEFAULT_MAX_BODY_BYTES, Callbacks
 from .thread import Close, ServerThread

@@ -14,7 +14,7 @@ import os
 import ssl
 import tempfile
 
-from ..storage.store import Storage
+from ..storage import Storage
 
 _META_KEY = "tls_identity"
 _SEPARATOR = b"\n-----SHEEPDOG KEY-----\n"

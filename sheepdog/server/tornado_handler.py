@@ -27,8 +27,8 @@ import tornado.iostream
 import tornado.web
 
 from ..storage import diskspace
-from ..storage.payloads import CHUNK_BYTES, SPILL_BYTES, PayloadFile, write_all
-from ..wire.protocol import DISK_FULL_STATUS, coalesce
+from ..storage.payloads import CHUNK_BYTES, PayloadFile, write_all
+from ..wire.protocol import ALONE_BYTES, DISK_FULL_STATUS, coalesce
 from .callbacks import Callbacks, Reply, text_reply
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class CallbackHandler(tornado.web.RequestHandler):
             await self._reply(refusal)
             return
         length = headers.get("Content-Length") or "0"
-        if int(length) < SPILL_BYTES or self._route is None:
+        if int(length) < ALONE_BYTES or self._route is None:
             return  # gathered as it comes
         upload = self.callbacks.result_upload(method, self._route, headers)
         if upload is not None:

@@ -6,6 +6,10 @@ database, and the checks that keep those files the caller's own. Other parts
 of sheepdog import :class:`Storage` from here.
 """
 
-from .store import SCHEMA_VERSION, STREAMS, DiskFullError, Progress, Storage, StorageError
+from .connection import DiskFullError, StorageError
+from .outputs import STREAMS
+from .schema import SCHEMA_VERSION
+from .store import Storage
+from .tasks import Progress
 
 __all__ = ["DiskFullError", "Progress", "SCHEMA_VERSION", "STREAMS", "Storage", "StorageError"]

@@ -14,21 +14,17 @@ of queueing behind one of them. A pull that finds nothing left ends the
 worker: it exits. Heartbeats renew the lease; a worker that falls silent, or
 that the scheduler says has ended, loses the tasks it held (see ``states``),
 and those may go back in the queue for the workers still alive.
-
-A mixin of :class:`~sheepdog.storage.store.Storage`, whose connection and
-transactions it uses.
 """
 
 from __future__ import annotations
 
-import abc
 import json
 import sqlite3
 import time
-from contextlib import AbstractContextManager
 from typing import Any, NamedTuple, Optional, Union
 
 from . import states
+from .connection import Database
 
 
 class AskAgain:
@@ -103,21 +99,15 @@ def _worker_row(db: sqlite3.Connection, request_id: int, worker: str, columns: s
                       "AND array_task = ?", (request_id, launch, array_task)).fetchone()
 
 
-class Leases(abc.ABC):
+class Leases:
     """The workers of each request and the tasks they hold."""
 
-    @abc.abstractmethod
-    def _connection(self) -> sqlite3.Connection: ...
-
-    @abc.abstractmethod
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]: ...
-
-    @abc.abstractmethod
-    def _changed(self) -> None: ...
+    def __init__(self, database: Database) -> None:
+        self._database = database
 
     def add_workers(self, request_id: int, n_workers: int) -> int:
         """Record the workers of the request's next job, before it is submitted; its launch."""
-        with self._write() as db:
+        with self._database.write() as db:
             launch = db.execute("SELECT coalesce(max(launch), 0) + 1 FROM workers "
                                 "WHERE request_id = ?", (request_id,)).fetchone()[0]
             db.executemany(
@@ -127,7 +117,7 @@ class Leases(abc.ABC):
 
     def end_launch(self, request_id: int, launch: int, reason: str) -> None:
         """The launch's job was never submitted: none of its workers will run."""
-        with self._write() as db:
+        with self._database.write() as db:
             db.execute("UPDATE workers SET ended = ?, end_reason = ?, end_retryable = 0 "
                        "WHERE request_id = ? AND launch = ? AND ended IS NULL",
                        (time.time(), reason, request_id, launch))
@@ -141,7 +131,7 @@ class Leases(abc.ABC):
         worker that nothing is left for it, and ends it; :data:`ASK_AGAIN`, that
         nothing is pending now but another worker holds tasks it may give back.
         """
-        with self._write() as db:
+        with self._database.write() as db:
             row = _worker_row(db, request_id, worker, "id, pulls, ended")
             if row is None:
                 return None
@@ -172,7 +162,7 @@ class Leases(abc.ABC):
                 left_held = _end(db, request_id, worker_id, "it ran out of tasks", True,
                                  "its worker left without reporting it")
         if indices or left_held:
-            self._changed()
+            self._database.changed()
         return indices
 
     @staticmethod
@@ -202,18 +192,18 @@ class Leases(abc.ABC):
                     **parameters: Any) -> list[int]:
         """``event`` for those of ``indices`` that ``worker`` still holds (a late or replayed
         report from a worker never touches a task another one now runs); those that moved."""
-        with self._write() as db:
+        with self._database.write() as db:
             row = _worker_row(db, request_id, worker, "id")
             moved = [] if row is None else states.apply(
                 db, event, request_id, indices, where="worker = :worker_id",
                 worker_id=row[0], **parameters)
         if moved:
-            self._changed()
+            self._database.changed()
         return sorted(moved)
 
     def _worker_update(self, request_id: int, worker: str, assignment: str) -> bool:
         launch, array_task = _launch_and_task(worker)
-        with self._write() as db:
+        with self._database.write() as db:
             cursor = db.execute(
                 f"UPDATE workers SET {assignment} = ? WHERE request_id = ? AND launch = ? "
                 "AND array_task = ?", (time.time(), request_id, launch, array_task))
@@ -229,30 +219,11 @@ class Leases(abc.ABC):
 
     def live_workers(self, request_id: int) -> list[tuple[str, int, int]]:
         """(job id, launch, array task) of the submitted workers that have not ended."""
-        return list(self._connection().execute(
+        return list(self._database.connection().execute(
             "SELECT j.job_id, w.launch, w.array_task FROM workers w JOIN jobs j "
             "ON j.request_id = w.request_id AND j.launch = w.launch "
             "WHERE w.request_id = ? AND w.ended IS NULL ORDER BY w.launch, w.array_task",
             (request_id,)))
-
-    def holder(self, request_id: int, index: int) -> Optional[tuple[str, int]]:
-        """(job id, array task) of the worker that holds running task ``index``, if any."""
-        row = self._connection().execute(
-            "SELECT j.job_id, w.array_task FROM tasks t JOIN workers w ON w.id = t.worker "
-            "JOIN jobs j ON j.request_id = w.request_id AND j.launch = w.launch "
-            "WHERE t.request_id = ? AND t.idx = ? AND t.state = 'running'",
-            (request_id, index)).fetchone()
-        return None if row is None else (row[0], row[1])
-
-    def batches(self, request_id: int) -> dict[tuple[str, int], list[int]]:
-        """The tasks each pull handed out, by (worker, pull number), of tasks not since
-        handed out again."""
-        held: dict[tuple[str, int], list[int]] = {}
-        for launch, array_task, batch, index in self._connection().execute(
-                "SELECT w.launch, w.array_task, t.batch, t.idx FROM tasks t JOIN workers w "
-                "ON w.id = t.worker WHERE t.request_id = ? ORDER BY t.idx", (request_id,)):
-            held.setdefault((f"{launch}.{array_task}", batch), []).append(index)
-        return held
 
     def any_worker_alive(self, request_id: int) -> bool:
         """Whether a worker of a submitted job of the request is alive or yet to start.
@@ -260,7 +231,7 @@ class Leases(abc.ABC):
         Workers whose job was never recorded (the process that submitted it
         died in between) do not count: no one would ever learn how they ended.
         """
-        row = self._connection().execute(
+        row = self._database.connection().execute(
             "SELECT 1 FROM workers w JOIN jobs j ON j.request_id = w.request_id "
             "AND j.launch = w.launch WHERE w.request_id = ? AND w.ended IS NULL LIMIT 1",
             (request_id,)).fetchone()
@@ -268,7 +239,7 @@ class Leases(abc.ABC):
 
     def newest_launch_ends(self, request_id: int) -> list[WorkerEnd]:
         """How the workers of the request's newest job ended (those that did)."""
-        rows = self._connection().execute(
+        rows = self._database.connection().execute(
             "SELECT end_reason, end_retryable, pulls FROM workers WHERE request_id = ? AND "
             "launch = (SELECT max(launch) FROM workers WHERE request_id = ?) "
             "AND ended IS NOT NULL ORDER BY array_task", (request_id, request_id))
@@ -283,7 +254,7 @@ class Leases(abc.ABC):
         removed on purpose: ``warned`` is added to the reason, and the tasks
         are not retried, whatever ``retryable`` says. Returns the tasks lost.
         """
-        with self._write() as db:
+        with self._database.write() as db:
             row = _worker_row(db, request_id, worker, "id, kill_notice")
             if row is None:
                 return []
@@ -293,7 +264,7 @@ class Leases(abc.ABC):
             lost = _end(db, request_id, worker_id, reason, retryable and kill_notice is None,
                         reason, retryable)
         if lost:
-            self._changed()
+            self._database.changed()
         return sorted(lost)
 
     def lose_silent(self, request_id: int, silent_since: float, reason: str) -> list[int]:
@@ -302,7 +273,7 @@ class Leases(abc.ABC):
         Tasks that ran before workers pulled (schema 3 and before) are judged
         by their own last heartbeat.
         """
-        with self._write() as db:
+        with self._database.write() as db:
             silent = [worker_id for (worker_id,) in db.execute(
                 "SELECT id FROM workers WHERE request_id = ? AND ended IS NULL AND pulls > 0 "
                 "AND heartbeat < ?", (request_id, silent_since))]
@@ -314,5 +285,5 @@ class Leases(abc.ABC):
                       "(worker IS NULL AND heartbeat < :silent_since)",
                 silent=json.dumps(silent), silent_since=silent_since, reason=reason, retryable=1)
         if lost:
-            self._changed()
+            self._database.changed()
         return sorted(lost)

@@ -2,13 +2,14 @@
 
 SQLite moves a large BLOB through its page cache and journal several times,
 while a file is written once and can be streamed or mapped, so pickled
-arguments and results of :data:`SPILL_BYTES` or more live in files under
-``<dbfile>.payloads/<request id>/`` (directories 0700, files 0600; a root
-directory that another user owns or can write to is refused). Which
-payloads are in files is recorded in the database (``storage.py``); this
-module only knows the files. New files are written under a unique staging
-name (``*.part``) and renamed into place, so a file with a final name is
-always whole.
+arguments and results of ``ALONE_BYTES`` or more (the size at which workers
+post a result alone, so the server can receive it straight into its file;
+see ``wire/protocol.py``) live in files under ``<dbfile>.payloads/<request
+id>/`` (directories 0700, files 0600; a root directory that another user owns
+or can write to is refused). Which payloads are in files is recorded in the
+database (``requests.py``, ``tasks.py``); this module only knows the files.
+New files are written under a unique staging name (``*.part``) and renamed
+into place, so a file with a final name is always whole.
 
 A process killed while it wrote a staging file (a large upload, say) leaves
 it behind, so opening the database removes staging files that nobody is
@@ -31,14 +32,9 @@ import time
 from typing import Any, Iterator, Optional, Sequence
 
 from .file_safety import private_directory
-from ..wire.protocol import ALONE_BYTES
 
 log = logging.getLogger(__name__)
 
-#: Payloads (pickled arguments or results) this large are kept in files: the
-#: size at which workers post a result alone, so the server can receive it
-#: straight into its file.
-SPILL_BYTES = ALONE_BYTES
 #: Bytes moved at a time when a payload file is written or streamed.
 CHUNK_BYTES = 4 << 20
 #: Payload files this large are loaded as memory maps rather than read.

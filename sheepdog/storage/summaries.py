@@ -2,18 +2,18 @@
 
 The dashboard's page and ``sheepdog list`` (how far each request has come,
 each task's state and times, durations, throughput, failures) and the
-executor's follower (which tasks moved on since it last looked). A mixin of
-:class:`~sheepdog.storage.store.Storage`, whose connection, payloads and output
-reads it uses; nothing here writes.
+executor's follower (which tasks moved on since it last looked). Nothing
+here writes.
 """
 
 from __future__ import annotations
 
-import abc
-import sqlite3
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional
 
-from .payloads import PayloadDirectory, PayloadFile
+from .connection import Database
+from .outputs import read_outputs
+from .payloads import PayloadFile
+from .requests import Requests
 from .states import DONE, FAILED, PENDING, UNSUCCESSFUL, UNSUCCESSFUL_SQL, may_run_again
 
 
@@ -60,24 +60,16 @@ class TaskSummary(NamedTuple):
     updated: Optional[float]
 
 
-class Summaries(abc.ABC):
+class Summaries:
     """Reads over one database that sum up its requests and tasks."""
 
-    payloads: PayloadDirectory
-
-    @abc.abstractmethod
-    def _connection(self) -> sqlite3.Connection: ...
-
-    @abc.abstractmethod
-    def n_tasks(self, request_id: int) -> int: ...
-
-    @abc.abstractmethod
-    def _outputs(self, request_id: int, where: str, parameters: Sequence[Any]
-                 ) -> dict[int, dict[str, str]]: ...
+    def __init__(self, database: Database, requests: Requests) -> None:
+        self._database = database
+        self._requests = requests
 
     def request_summaries(self) -> list[RequestSummary]:
         """Every request with its task counts by state, oldest first: two small reads."""
-        connection = self._connection()
+        connection = self._database.connection()
         counts: dict[int, dict[str, int]] = {}
         for request_id, state, n in connection.execute(
                 "SELECT request_id, state, n FROM task_counts WHERE n > 0"):
@@ -90,8 +82,8 @@ class Summaries(abc.ABC):
     def dashboard_tasks(self, request_id: int, offset: int = 0, limit: int = 1000
                         ) -> list[TaskSummary]:
         """A page of the request's tasks in argument order: state, attempts and times."""
-        self.n_tasks(request_id)
-        rows = self._connection().execute(
+        self._requests.n_tasks(request_id)
+        rows = self._database.connection().execute(
             "SELECT t.idx, t.state, t.attempts, t.started, t.updated "
             "FROM tasks t WHERE t.request_id = ? ORDER BY t.idx LIMIT ? OFFSET ?",
             (request_id, limit, offset))
@@ -99,7 +91,7 @@ class Summaries(abc.ABC):
 
     def dashboard_durations(self, request_id: int) -> list[float]:
         """Seconds from start to report of every task that reported (done or failed)."""
-        rows = self._connection().execute(
+        rows = self._database.connection().execute(
             "SELECT t.updated - t.started AS seconds FROM tasks t "
             "WHERE t.request_id = ? AND t.state IN (?, ?) AND seconds IS NOT NULL",
             (request_id, DONE, FAILED))
@@ -109,7 +101,7 @@ class Summaries(abc.ABC):
                            ) -> dict[int, int]:
         """bucket -> how many tasks finished in it; bucket b spans ``since + b * width``
         onwards for ``width`` seconds (a task's finish is its last state change)."""
-        rows = self._connection().execute(
+        rows = self._database.connection().execute(
             "SELECT CAST((t.updated - ?) / ? AS INTEGER) AS bucket, count(*) FROM tasks t "
             "WHERE t.request_id = ? AND t.state IN (?, ?, ?, ?) AND t.updated >= ? "
             "GROUP BY bucket",
@@ -118,22 +110,23 @@ class Summaries(abc.ABC):
 
     def dashboard_last_finish(self, request_id: int) -> Optional[float]:
         """When the request's last finished task finished, if any has."""
-        row = self._connection().execute(
+        row = self._database.connection().execute(
             "SELECT max(t.updated) FROM tasks t WHERE t.request_id = ? AND t.state IN (?, ?, ?, ?)",
             (request_id, DONE, *UNSUCCESSFUL)).fetchone()
         return row[0]
 
     def dashboard_failures(self, request_id: int, limit: int) -> list[TaskLog]:
         """The first ``limit`` failed, lost or cancelled tasks, with their error and output."""
-        self.n_tasks(request_id)
-        rows = self._connection().execute(
+        self._requests.n_tasks(request_id)
+        rows = self._database.connection().execute(
             f"SELECT t.idx, t.state, t.error FROM tasks t WHERE t.request_id = ? AND "
             f"{UNSUCCESSFUL_SQL} ORDER BY t.idx LIMIT ?",
             (request_id, *UNSUCCESSFUL, limit)).fetchall()
         if not rows:
             return []
         marks = ", ".join("?" for _ in rows)
-        outputs = self._outputs(request_id, f"t.idx IN ({marks})", [row[0] for row in rows])
+        outputs = read_outputs(self._database, request_id, f"t.idx IN ({marks})",
+                               [row[0] for row in rows])
         return [TaskLog(index, state, error, outputs.get(index, {}))
                 for index, state, error in rows]
 
@@ -144,21 +137,22 @@ class Summaries(abc.ABC):
         ``since`` is a ``time.time()``, compared with the time of each task's
         last change. A follower keeps the newest time it saw and asks again
         from a little before it, so that no change slips between two looks.
-        ``max_attempts`` and ``failed_too`` are those of :meth:`requeue`: a
+        ``max_attempts`` and ``failed_too`` are those of :meth:`Tasks.requeue`: a
         task that it will put back in the queue is marked ``again``.
         """
         in_time = "t.updated >= ? AND t.state != ?"
-        rows = self._connection().execute(
+        rows = self._database.connection().execute(
             f"SELECT t.idx, t.state, t.updated, t.attempts < ? AND {may_run_again(failed_too)}, "
             "t.error, r.data, r.in_file FROM tasks t "
             "LEFT JOIN results r ON r.request_id = t.request_id AND r.idx = t.idx "
             f"WHERE t.request_id = ? AND {in_time} ORDER BY t.updated, t.idx",
             (max_attempts, request_id, since, PENDING),
         ).fetchall()
-        outputs = (self._outputs(request_id, f"{in_time} AND {UNSUCCESSFUL_SQL}",
-                                 (since, PENDING, *UNSUCCESSFUL))
+        outputs = (read_outputs(self._database, request_id, f"{in_time} AND {UNSUCCESSFUL_SQL}",
+                                (since, PENDING, *UNSUCCESSFUL))
                    if any(row[1] in UNSUCCESSFUL for row in rows) else {})
+        stored = self._database.payloads.stored
         return [TaskChange(index, state, updated, bool(again), error, outputs.get(index, {}),
                            None if data is None else
-                           self.payloads.stored("results", request_id, index, data, in_file))
+                           stored("results", request_id, index, data, in_file))
                 for index, state, updated, again, error, data, in_file in rows]

@@ -73,6 +73,18 @@ def last_request(conf):
         return raw.execute("SELECT max(id) FROM requests").fetchone()[0]
 
 
+def holder(dbfile, request_id, index):
+    """(job id, array task) of the worker that holds running task ``index``, if any."""
+    import sqlite3
+
+    with sqlite3.connect(dbfile) as raw:
+        return raw.execute(
+            "SELECT j.job_id, w.array_task FROM tasks t JOIN workers w ON w.id = t.worker "
+            "JOIN jobs j ON j.request_id = w.request_id AND j.launch = w.launch "
+            "WHERE t.request_id = ? AND t.idx = ? AND t.state = 'running'",
+            (request_id, index)).fetchone()
+
+
 def sleepy(x):
     import time
 
@@ -108,8 +120,8 @@ def test_a_worker_removed_by_hand_loses_its_batch_not_retried_and_map_returns(sc
     conf, spec = scheduler
     storage = Storage(conf["dbfile"])
     request_id = sheepdog.map_async(sleepy, [(x,) for x in range(1, 21)], {**conf, "retries": 1})
-    wait_until(lambda: storage.holder(request_id, 7) is not None)
-    job_id, array_task = storage.holder(request_id, 7)
+    wait_until(lambda: holder(conf["dbfile"], request_id, 7) is not None)
+    job_id, array_task = holder(conf["dbfile"], request_id, 7)
     command = spec["remove_one"].format(job=job_id, task=array_task)
     assert run_as_test_user(conf, command).status == 0
     results = sheepdog.get_results(request_id, conf["dbfile"], timeout=90)

@@ -1,0 +1,162 @@
+"""The tables of a sheepdog database, and how an older file is brought up to date.
+
+Each version of the schema is a script that brings the one before it up a
+version; opening a file of version N runs the scripts from N on in one
+transaction, and a file of a newer version than this sheepdog knows is
+refused rather than misread. Arguments and results live in tables of their
+own, so that the small, frequent state updates never rewrite a large payload,
+and how many tasks are in each state is kept in a table that a trigger
+updates in the same transaction as each change, so reading progress does not
+scan tasks.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Iterator
+
+from .connection import Database, StorageError
+
+_SCHEMA = """
+CREATE TABLE requests (
+    id INTEGER PRIMARY KEY,
+    created REAL NOT NULL,
+    secret TEXT NOT NULL,
+    function BLOB NOT NULL,
+    n_tasks INTEGER NOT NULL,
+    backend TEXT NOT NULL,
+    config TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE tasks (
+    request_id INTEGER NOT NULL REFERENCES requests(id),
+    idx INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    error TEXT,
+    updated REAL,
+    heartbeat REAL,
+    kill_notice REAL,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    retryable INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (request_id, idx)
+) WITHOUT ROWID;
+CREATE INDEX tasks_by_state ON tasks (request_id, state);
+CREATE TABLE arguments (
+    request_id INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (request_id, idx)
+);
+CREATE TABLE results (
+    request_id INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (request_id, idx)
+);
+CREATE TABLE jobs (
+    request_id INTEGER NOT NULL REFERENCES requests(id),
+    job_id TEXT NOT NULL,
+    submitted REAL NOT NULL,
+    chunksize INTEGER NOT NULL,
+    indices TEXT
+);
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+)
+"""
+
+#: From version 1: payload files, and task counts kept per state.
+_UPGRADE_TO_2 = """
+ALTER TABLE arguments ADD COLUMN in_file INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE results ADD COLUMN in_file INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE task_counts (
+    request_id INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (request_id, state)
+) WITHOUT ROWID;
+INSERT INTO task_counts SELECT request_id, state, count(*) FROM tasks GROUP BY request_id, state;
+CREATE TRIGGER count_task_states AFTER UPDATE OF state ON tasks
+WHEN OLD.state != NEW.state
+BEGIN
+    UPDATE task_counts SET n = n - 1 WHERE request_id = OLD.request_id AND state = OLD.state;
+    INSERT INTO task_counts VALUES (NEW.request_id, NEW.state, 1)
+        ON CONFLICT (request_id, state) DO UPDATE SET n = n + 1;
+END
+"""
+
+#: From version 2: the tail of each task's stdout and stderr.
+_UPGRADE_TO_3 = """
+CREATE TABLE outputs (
+    request_id INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (request_id, idx, stream)
+)
+"""
+
+#: From version 3: workers that pull their tasks, and hold them on a lease.
+#: Jobs are numbered per request (their ``launch``) and run ``n_workers``
+#: workers; a task names the worker that holds it and the pull (``batch``)
+#: that gave it, and when it was handed out.
+_UPGRADE_TO_4 = """
+ALTER TABLE tasks ADD COLUMN worker INTEGER;
+ALTER TABLE tasks ADD COLUMN batch INTEGER;
+ALTER TABLE tasks ADD COLUMN started REAL;
+ALTER TABLE jobs ADD COLUMN launch INTEGER;
+ALTER TABLE jobs ADD COLUMN n_workers INTEGER;
+CREATE TABLE workers (
+    id INTEGER PRIMARY KEY,
+    request_id INTEGER NOT NULL,
+    launch INTEGER NOT NULL,
+    array_task INTEGER NOT NULL,
+    pulls INTEGER NOT NULL DEFAULT 0,
+    heartbeat REAL,
+    kill_notice REAL,
+    ended REAL,
+    end_reason TEXT,
+    end_retryable INTEGER,
+    UNIQUE (request_id, launch, array_task)
+);
+CREATE INDEX tasks_by_worker ON tasks (request_id, worker);
+ALTER TABLE jobs DROP COLUMN chunksize;
+ALTER TABLE jobs DROP COLUMN indices
+"""
+
+#: The schema as scripts, each bringing it one version up: a database of
+#: version N runs the scripts from N on, in one transaction.
+_MIGRATIONS = (_SCHEMA, _UPGRADE_TO_2, _UPGRADE_TO_3, _UPGRADE_TO_4)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The SQL statements of ``script`` one by one (trigger bodies hold semicolons too)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
+    if statement.strip():
+        yield statement
+
+
+def migrate(database: Database) -> None:
+    """Create the tables of a new file, or bring an older one up to :data:`SCHEMA_VERSION`."""
+    try:
+        with database.write() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if not 0 <= version <= SCHEMA_VERSION:
+                raise StorageError(
+                    f"{database.dbfile} has sheepdog schema version {version}; this "
+                    f"sheepdog reads version {SCHEMA_VERSION}: use another dbfile"
+                )
+            for script in _MIGRATIONS[version:]:
+                for statement in _statements(script):
+                    db.execute(statement)
+            if version != SCHEMA_VERSION:
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except sqlite3.DatabaseError as error:
+        raise StorageError(
+            f"{database.dbfile} is not a usable sheepdog database: {error}") from error

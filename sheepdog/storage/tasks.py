@@ -1,0 +1,280 @@
+"""Tasks: their arguments, the outcomes they report or sheepdog concludes, and what they left.
+
+Every change of a task's state goes through :func:`states.apply` (a task's
+own report wins over sheepdog's conclusions, and the first report over any
+later one); this module chooses the tasks and stores what comes with a
+report. A large result is written to a staging file first, outside the
+transaction, and moved beside the database (see ``payloads.py``) only when
+its report is accepted. The reads return the stored arguments, results and
+error texts, each with the output its task left (see ``outputs.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+from . import states
+from .connection import Database
+from .outputs import read_outputs, store_outputs, with_output
+from .payloads import PayloadFile
+from .requests import Requests
+from .states import PENDING, RUNNING, UNSUCCESSFUL, UNSUCCESSFUL_SQL
+from .summaries import TaskLog
+from ..wire.protocol import ALONE_BYTES, nbytes
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How many of a request's tasks are in each state."""
+
+    total: int
+    pending: int = 0
+    running: int = 0
+    done: int = 0
+    failed: int = 0
+    lost: int = 0
+    cancelled: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed + self.lost + self.cancelled
+
+    @property
+    def complete(self) -> bool:
+        return self.finished >= self.total
+
+
+class Tasks:
+    """The tasks of one database's requests."""
+
+    def __init__(self, database: Database, requests: Requests) -> None:
+        self._database = database
+        self._payloads = database.payloads
+        self._requests = requests
+
+    # -- what a task runs on ---------------------------------------------
+
+    def task_arguments(
+        self, request_id: int, indices: Sequence[int]
+    ) -> dict[int, bytes | PayloadFile]:
+        """The stored arguments of the tasks ``indices`` (unknown ones are left out)."""
+        connection = self._database.connection()
+        if len(indices) > 1 and list(indices) == list(range(indices[0], indices[-1] + 1)):
+            rows = connection.execute(
+                "SELECT idx, data, in_file FROM arguments "
+                "WHERE request_id = ? AND idx BETWEEN ? AND ?",
+                (request_id, indices[0], indices[-1]),
+            ).fetchall()
+        else:
+            rows = connection.execute(
+                "SELECT idx, data, in_file FROM arguments WHERE request_id = ? AND idx IN "
+                "(SELECT value FROM json_each(?))", (request_id, json.dumps(list(indices)))
+            ).fetchall()
+        return {index: self._payloads.stored("arguments", request_id, index, data, in_file)
+                for index, data, in_file in rows}
+
+    def task_exists(self, request_id: int, index: int) -> bool:
+        row = self._database.connection().execute(
+            "SELECT 1 FROM tasks WHERE request_id = ? AND idx = ?", (request_id, index)
+        ).fetchone()
+        return row is not None
+
+    # -- outcomes --------------------------------------------------------
+
+    def new_staging_file(self, request_id: int, index: int) -> tuple[int, str]:
+        """(descriptor, path) of a new file to receive a task's result into.
+
+        Hand the path to :meth:`record_reports` as a :class:`PayloadFile`; it
+        becomes the stored result if the report is accepted and is removed
+        otherwise.
+        """
+        return self._payloads.staging_file(f"results-{request_id}", index)
+
+    def record_reports(self, request_id: int, reports: Sequence[tuple[int, bool, Any]],
+                       outputs: Sequence[tuple[int, str, Any]] = ()) -> int:
+        """Store many (index, failed, payload) reports in one transaction; returns how many.
+
+        A payload is the pickled result (bytes-like, or a :class:`PayloadFile`
+        from :meth:`new_staging_file`), or the UTF-8 error text when ``failed``.
+        A large result is written to a staging file first, outside the
+        transaction, and moved into place only if its report is accepted.
+
+        ``outputs`` are (index, stream, bytes) tails of the tasks' output (a
+        stream of :data:`~sheepdog.storage.outputs.STREAMS`), kept by the rule
+        of :func:`~sheepdog.storage.outputs.store_outputs`.
+        """
+        staged = {}
+        try:
+            with self._database.disk_guard(self._payloads.root):
+                for index, failed, payload in reports:
+                    if isinstance(payload, PayloadFile):
+                        staged[index] = payload.path
+                    elif not failed and nbytes([payload]) >= ALONE_BYTES:
+                        staged[index] = self._payloads.stage(
+                            f"results-{request_id}", index, [payload])
+            with self._database.write() as db:
+                accepted = self._store_reports(db, request_id, reports, staged)
+                store_outputs(db, request_id, outputs, accepted)
+        finally:
+            for path in staged.values():
+                if os.path.exists(path):
+                    os.remove(path)
+        self._database.changed()
+        return len(accepted)
+
+    def _store_reports(self, db: sqlite3.Connection, request_id: int,
+                       reports: Sequence[tuple[int, bool, Any]], staged: Mapping[int, str]
+                       ) -> set[int]:
+        """Inside a transaction: the tasks' own reports, except where one was already stored."""
+        done = states.apply(db, "finish", request_id,
+                            [index for index, failed, _payload in reports if not failed])
+        failed = states.apply(db, "fail", request_id, {
+            index: bytes(payload).decode("utf-8") for index, failed, payload in reports if failed})
+        accepted = set(done)
+        rows = []
+        for index, failed_report, payload in reports:
+            if failed_report or index not in accepted:
+                continue
+            accepted.discard(index)  # a second result for the task in this body is not stored
+            staged_file = staged.get(index)
+            if staged_file is not None:
+                os.replace(staged_file, self._payloads.new_path("results", request_id, index))
+            rows.append((request_id, index, b"" if staged_file else payload,
+                         int(staged_file is not None)))
+        db.executemany("INSERT OR REPLACE INTO results (request_id, idx, data, in_file) "
+                       "VALUES (?, ?, ?, ?)", rows)
+        return set(done) | set(failed)
+
+    def record_unloadable(self, request_id: int, index: int, reason: str) -> bool:
+        """A done task whose result cannot be loaded here becomes failed, with ``reason``."""
+        return bool(self._apply("unloadable", request_id, [index], reason=reason))
+
+    def record_lost(self, request_id: int, index: int, reason: str,
+                    retryable: bool = False) -> bool:
+        """Mark a task that ended without reporting; True if it was still open.
+
+        It is never retryable if the scheduler had warned its worker that it
+        would kill it (then it was removed on purpose).
+        """
+        return bool(self._apply("lose", request_id, [index], reason=reason,
+                                retryable=int(retryable)))
+
+    def cancel_open(self, request_id: int, reason: str) -> int:
+        """Mark every task not yet finished as cancelled; return how many."""
+        return len(self._apply("cancel", request_id, reason=reason))
+
+    def cancel_tasks(self, request_id: int, indices: Sequence[int], reason: str) -> list[int]:
+        """pending -> cancelled for the tasks ``indices``; the ones that moved.
+
+        A cancelled task is never handed to a worker, so it never runs; a task
+        already running is left to finish.
+        """
+        return self._apply("cancel", request_id, indices, where="tasks.state = 'pending'",
+                           reason=reason)
+
+    def requeue(self, request_id: int, max_attempts: int, failed_too: bool) -> list[int]:
+        """Put lost (and, if asked, failed) tasks with attempts left back in the queue.
+
+        Returns their indices; the output they left goes.
+        """
+        with self._database.write() as db:
+            again = states.apply(
+                db, "requeue", request_id, max_attempts=max_attempts,
+                where=f"attempts < :max_attempts AND {states.may_run_again(failed_too)}")
+            db.execute("DELETE FROM outputs WHERE request_id = ? AND idx IN "
+                       "(SELECT value FROM json_each(?))", (request_id, json.dumps(again)))
+        if again:
+            self._database.changed()
+        return sorted(again)
+
+    def _apply(self, event: str, request_id: int, tasks: Optional[states.Tasks] = None,
+               **parameters: Any) -> list[int]:
+        """:func:`states.apply` in a transaction of its own; wakes waiters if anything moved."""
+        with self._database.write() as db:
+            moved = states.apply(db, event, request_id, tasks, **parameters)
+        if moved:
+            self._database.changed()
+        return moved
+
+    # -- reads -----------------------------------------------------------
+
+    def progress(self, request_id: int) -> Progress:
+        """How many tasks are in each state: one small read, however many tasks there are."""
+        rows = self._database.connection().execute(
+            "SELECT state, n FROM task_counts WHERE request_id = ? AND n > 0", (request_id,)
+        ).fetchall()
+        return Progress(total=self._requests.n_tasks(request_id), **dict(rows))
+
+    def open_indices(self, request_id: int) -> list[int]:
+        """Indices of tasks that have not finished (pending or running)."""
+        rows = self._database.connection().execute(
+            "SELECT idx FROM tasks WHERE request_id = ? AND state IN (?, ?) ORDER BY idx",
+            (request_id, PENDING, RUNNING),
+        )
+        return [row[0] for row in rows]
+
+    def results(
+        self, request_id: int, with_arguments: bool = True
+    ) -> list[tuple[bytes | PayloadFile | None, str, bytes | PayloadFile | None]]:
+        """(arguments, state, result) of every task, in argument order.
+
+        Without ``with_arguments`` the arguments are not read, and are None.
+        """
+        self._requests.n_tasks(request_id)
+        arguments = ("a.data, a.in_file" if with_arguments else "NULL, 0")
+        join = ("JOIN arguments a ON a.request_id = t.request_id AND a.idx = t.idx "
+                if with_arguments else "")
+        rows = self._database.connection().execute(
+            f"SELECT t.idx, {arguments}, t.state, r.data, r.in_file FROM tasks t {join}"
+            "LEFT JOIN results r ON r.request_id = t.request_id AND r.idx = t.idx "
+            "WHERE t.request_id = ? ORDER BY t.idx",
+            (request_id,),
+        )
+        stored = self._payloads.stored
+        return [
+            (None if argument is None else
+             stored("arguments", request_id, index, argument, argument_in_file),
+             state,
+             None if result is None else
+             stored("results", request_id, index, result, result_in_file))
+            for index, argument, argument_in_file, state, result, result_in_file in rows
+        ]
+
+    def errors(self, request_id: int) -> list[tuple[bytes | PayloadFile, str, str]]:
+        """(arguments, state, error text) of failed, lost and cancelled tasks, in order.
+
+        The error text ends with the task's output, when any was kept (see
+        :func:`~sheepdog.storage.outputs.with_output`).
+        """
+        self._requests.n_tasks(request_id)
+        rows = self._database.connection().execute(
+            "SELECT t.idx, a.data, a.in_file, t.state, t.error FROM tasks t "
+            "JOIN arguments a ON a.request_id = t.request_id AND a.idx = t.idx "
+            f"WHERE t.request_id = ? AND {UNSUCCESSFUL_SQL} ORDER BY t.idx",
+            (request_id, *UNSUCCESSFUL),
+        ).fetchall()
+        kept = (read_outputs(self._database, request_id, UNSUCCESSFUL_SQL, UNSUCCESSFUL)
+                if rows else {})
+        return [(self._payloads.stored("arguments", request_id, index, data, in_file), state,
+                 with_output(error or "", kept.get(index, {})))
+                for index, data, in_file, state, error in rows]
+
+    def task_logs(self, request_id: int, index: Optional[int] = None) -> list[TaskLog]:
+        """What task ``index`` left behind, or else every failed, lost or cancelled task.
+
+        Raises KeyError for an unknown request or task.
+        """
+        total = self._requests.n_tasks(request_id)
+        where, parameters = ((UNSUCCESSFUL_SQL, UNSUCCESSFUL) if index is None
+                             else ("t.idx = ?", (index,)))
+        rows = self._database.connection().execute(
+            f"SELECT t.idx, t.state, t.error FROM tasks t WHERE t.request_id = ? AND {where} "
+            "ORDER BY t.idx", (request_id, *parameters)).fetchall()
+        if index is not None and not rows:
+            raise KeyError(f"request {request_id} has no task {index}: its tasks are 1 to {total}")
+        kept = read_outputs(self._database, request_id, where, parameters) if rows else {}
+        return [TaskLog(idx, state, error, kept.get(idx, {})) for idx, state, error in rows]
