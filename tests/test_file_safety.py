@@ -4,6 +4,7 @@ existed before: another local user can neither read nor change them."""
 import os
 import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -130,3 +131,87 @@ def test_a_payload_directory_owned_by_another_user_is_refused(dbfile):
     os.chown(dbfile + ".payloads", OTHER_UID, OTHER_UID)
     with pytest.raises(StorageError, match=rf"{dbfile}.payloads belongs to .*uid {OTHER_UID}"):
         Storage(dbfile)
+
+
+def _hot_journal_of_another_database(tmp_path, journal):
+    """A real hot rollback journal, made by a process that died inside a write."""
+    victim = tmp_path / "hers.sqlite"
+    program = (
+        "import os, sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('PRAGMA journal_mode=DELETE')\n"
+        "c.execute('CREATE TABLE t (x)'); c.execute('INSERT INTO t VALUES (1)')\n"
+        "c.execute('BEGIN'); c.execute('UPDATE t SET x = 2')\n"
+        "c.execute('PRAGMA cache_size=1'); c.execute('INSERT INTO t SELECT 3')\n"
+        "os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", program, str(victim)], check=True)
+    os.replace(str(victim) + "-journal", journal)
+
+
+@needs_root
+@pytest.mark.parametrize("folder_mode", [0o1777, 0o2775])
+def test_a_journal_planted_by_another_user_is_refused_before_any_connection(
+        tmp_path, folder_mode):
+    """In a sticky /tmp-like folder, or a group folder: her hot journal is never rolled in."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    dbfile = str(folder / "mine.sqlite")
+    storage = Storage(dbfile)
+    request_id = storage.create_request(b"fn", [b"a"], "secret", "local")
+    storage.close()
+    before = open(dbfile, "rb").read()
+    folder.chmod(folder_mode)
+    journal = dbfile + "-journal"
+    _hot_journal_of_another_database(tmp_path, journal)
+    os.chown(journal, OTHER_UID, OTHER_UID)
+    with pytest.raises(StorageError) as refused:
+        Storage(dbfile)
+    sticky = bool(folder_mode & stat.S_ISVTX)
+    why = "belongs to" if sticky else "without the sticky bit"  # her file, or the folder
+    assert why in str(refused.value) and "journal" in str(refused.value)
+    assert open(dbfile, "rb").read() == before  # nothing of hers was rolled in
+    os.remove(journal)
+    if sticky:
+        assert Storage(dbfile).n_tasks(request_id) == 1
+
+
+def test_a_journal_that_appears_after_opening_is_refused_at_the_next_connection(dbfile):
+    storage = Storage(dbfile)
+    journal = dbfile + "-journal"
+    with open(journal, "wb") as planted:
+        planted.write(b"\0" * 512)
+    os.chmod(journal, 0o666)
+    try:
+        with pytest.raises(StorageError, match="journal"):
+            threading_result(storage.request_ids)
+    finally:
+        os.remove(journal)
+        storage.close()
+
+
+def threading_result(call):
+    """``call()`` in a new thread (which opens a connection of its own); its error raised."""
+    import threading
+
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(call())
+        except BaseException as error:  # handed to the test's thread
+            outcome.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=60)
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def test_a_database_in_a_folder_others_can_write_without_the_sticky_bit_is_refused(tmp_path):
+    folder = tmp_path / "open"
+    folder.mkdir()
+    folder.chmod(0o777)
+    with pytest.raises(StorageError, match="sticky"):
+        Storage(str(folder / "mine.sqlite"))

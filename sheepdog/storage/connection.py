@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from . import diskspace
+from .file_safety import UnsafePathError, check_journal
 from .payloads import PayloadDirectory
 
 
@@ -44,6 +45,10 @@ class Database:
         """This thread's connection, opened on first use."""
         connection = getattr(self._local, "connection", None)
         if connection is None:
+            try:
+                check_journal(self.dbfile)  # connections open later than Storage's checks
+            except UnsafePathError as error:
+                raise StorageError(str(error)) from error
             connection = sqlite3.connect(self.dbfile, timeout=60, isolation_level=None)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")

@@ -16,6 +16,20 @@ that already exists is checked before any secret goes in:
 
 The checks run on an open descriptor (``fstat``, ``fchmod``), which opening
 with ``O_NOFOLLOW`` ties to the path's final file.
+
+A database the process already has open is checked without any descriptor
+(:func:`check_database_files`): POSIX drops every lock a process holds on a
+file when *any* of its descriptors of that file closes, and SQLite relies on
+those locks to know that the file is in use, so opening and closing the
+database by hand beside an open connection lets another process remove the
+write-ahead log under it, and committed results with it.
+
+The rollback journal (``<dbfile>-journal``) is checked before every
+connection: a "hot" journal that another user planted would be rolled into
+the database on the next open, and her pages would then be loaded (and
+unpickled) as the caller's results. A database in a directory that others
+can write is refused unless the directory is sticky (as /tmp is), where
+others cannot rename or remove the caller's files.
 """
 
 from __future__ import annotations
@@ -120,6 +134,66 @@ def _make_private(path: str, create: bool, is_directory: bool) -> None:
         _check(descriptor, target, shown, is_directory)
     finally:
         os.close(descriptor)
+
+
+def _refuse_unsafe_status(status: os.stat_result, shown: str, is_directory: bool) -> None:
+    """Refuse a file (or directory) that is not the caller's alone, from its ``lstat``."""
+    if stat.S_ISLNK(status.st_mode):
+        raise UnsafePathError(f"{shown} has become a symbolic link: remove it, or choose "
+                              f"another path")
+    if not (stat.S_ISDIR if is_directory else stat.S_ISREG)(status.st_mode):
+        raise _not_a("directory" if is_directory else "file", shown)
+    if status.st_uid != os.geteuid():
+        raise _refuse_foreign(shown, status.st_uid)
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & _WRITABLE_BY_GROUP_OR_OTHERS:
+        raise UnsafePathError(
+            f"{shown} can be written by others than you (mode {mode:o}): what it holds may "
+            f"have been changed, and sheepdog loads it. Remove it if you do not trust it")
+
+
+def check_journal(dbfile: str) -> None:
+    """Refuse a rollback journal beside ``dbfile`` that is not the caller's alone.
+
+    Runs before every connection, with ``lstat`` only: SQLite would roll a
+    hot journal into the database on open.
+    """
+    journal = dbfile + "-journal"
+    try:
+        status = os.lstat(journal)
+    except FileNotFoundError:
+        return
+    _refuse_unsafe_status(status, f"{journal} (the rollback journal of {dbfile})",
+                          is_directory=False)
+
+
+def check_directory(dbfile: str) -> None:
+    """Refuse a database in a directory that others can write, unless it is sticky."""
+    directory = os.path.dirname(os.path.abspath(dbfile)) or "."
+    status = os.stat(directory)
+    if stat.S_IMODE(status.st_mode) & _WRITABLE_BY_GROUP_OR_OTHERS and not (
+            status.st_mode & stat.S_ISVTX):
+        raise UnsafePathError(
+            f"{dbfile} is in {directory}, which others than you can write without the sticky "
+            f"bit: they could replace the database or plant a journal beside it, which "
+            f"sheepdog would load. Use a directory of your own (or one with the sticky bit, "
+            f"as /tmp has)")
+
+
+def check_database_files(dbfile: str, suffixes: tuple[str, ...], directories: tuple[str, ...]
+                         ) -> None:
+    """Check a database that this process may already have open, without a descriptor.
+
+    The same rules as :func:`private_file`, but nothing is opened (so no lock
+    of an open connection is dropped) and nothing is tightened.
+    """
+    for path, is_directory in [(dbfile, False)] + [(dbfile + s, False) for s in suffixes] + [
+            (d, True) for d in directories]:
+        try:
+            status = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        _refuse_unsafe_status(status, path, is_directory)
 
 
 def private_file(path: str, create: bool = True) -> None:

@@ -11,10 +11,18 @@ part holds which rows.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from .connection import Database, DiskFullError, StorageError
-from .file_safety import UnsafePathError, private_directory, private_file
+from .file_safety import (
+    UnsafePathError,
+    check_database_files,
+    check_directory,
+    check_journal,
+    private_directory,
+    private_file,
+)
 from .leases import AskAgain, Leases, WorkerEnd
 from .outputs import STREAMS
 from .payloads import PayloadDirectory, PayloadFile
@@ -25,6 +33,29 @@ from .tasks import Progress, Tasks
 
 #: What callers import from here (their classes live in the parts).
 __all__ = ["DiskFullError", "Progress", "SCHEMA_VERSION", "STREAMS", "Storage", "StorageError"]
+
+
+#: Database files this process has opened: from then on they are checked without a
+#: descriptor of their own (see ``file_safety.py``), since closing one would drop the
+#: locks of the connections open on them.
+_opened: set[str] = set()
+_opened_lock = threading.Lock()
+
+
+def _check_files(dbfile: str, payload_root: str) -> None:
+    """Check (and on first open, create or tighten) the files of ``dbfile``."""
+    check_directory(dbfile)
+    check_journal(dbfile)
+    with _opened_lock:
+        first = dbfile not in _opened
+        _opened.add(dbfile)
+    if not first:
+        check_database_files(dbfile, ("-wal", "-shm"), (payload_root,))
+        return
+    private_file(dbfile)
+    for suffix in ("-wal", "-shm"):
+        private_file(dbfile + suffix, create=False)
+    private_directory(payload_root, create=False)
 
 
 class Storage:
@@ -39,10 +70,7 @@ class Storage:
         #: Large payloads live here, one directory per request.
         self.payloads = PayloadDirectory(self.dbfile + ".payloads")
         try:
-            private_file(self.dbfile)
-            for suffix in ("-wal", "-shm"):
-                private_file(self.dbfile + suffix, create=False)
-            private_directory(self.payloads.root, create=False)
+            _check_files(self.dbfile, self.payloads.root)
         except UnsafePathError as error:
             raise StorageError(str(error)) from error
         self.database = Database(self.dbfile, self.payloads)
