@@ -110,7 +110,7 @@ class ClusterTestsMustRun:
         for problem in self.problems:
             terminalreporter.write_line(f"SHEEPDOG_REQUIRE_CLUSTER: {problem}", red=True)
 
-from sheepdog.storage.store import Storage
+from sheepdog.storage import Storage
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from sheepdog.storage import payloads
 from sheepdog.server import tornado_handler
 from sheepdog.wire.protocol import ERROR, OUTPUT, REPORT_FLOOR_BYTES, RESULT, pack_frames
 from sheepdog.server.callbacks import Callbacks
-from sheepdog.storage.store import DiskFullError, Storage
+from sheepdog.storage import DiskFullError, Storage
 
 from .conftest import SignedClient
 from .test_api import max_request
@@ -229,7 +229,7 @@ def test_on_a_really_full_disk_results_stored_stay_and_the_rest_name_the_disk(
 KILLED_WHILE_STAGING = """
 import os, sys
 sys.path.insert(0, {repository!r})
-from sheepdog.storage.store import Storage
+from sheepdog.storage import Storage
 
 storage = Storage({dbfile!r})
 descriptor, path = storage.new_staging_file(1, 1)

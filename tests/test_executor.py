@@ -10,7 +10,7 @@ import pytest
 
 import sheepdog
 from sheepdog.storage.states import CANCELLED, DONE
-from sheepdog.storage.store import Storage
+from sheepdog.storage import Storage
 
 from .support.quickstart import run_doctest
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sheepdog.storage.store import Storage, StorageError
+from sheepdog.storage import Storage, StorageError
 
 OTHER_UID = 1501  # a user that is not the one running the tests
 

@@ -11,7 +11,7 @@ from sheepdog.wire import protocol, serialisation
 from sheepdog.worker.client import Client, PermanentHTTPError
 from sheepdog.storage.payloads import PayloadFile, payload_bytes
 from sheepdog.server.host import Server
-from sheepdog.storage.store import Storage
+from sheepdog.storage import Storage
 
 np = pytest.importorskip("numpy")
 

@@ -16,7 +16,7 @@ from sheepdog.caller.progress import (
     progress_display,
     stream_writer,
 )
-from sheepdog.storage.store import Progress
+from sheepdog.storage import Progress
 
 def test_progress_line_shows_counts_rate_and_time_left():
     assert describe(Progress(total=4), elapsed=0) == (

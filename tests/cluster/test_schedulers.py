@@ -14,10 +14,10 @@ import pytest
 import sheepdog
 from sheepdog import SubmissionError
 from sheepdog.config import DEFAULT_GE_OPTS
-from sheepdog.storage.store import Storage
+from sheepdog.storage import Storage
 
 from ..support.quickstart import QUICKSTART, run_doctest
-from .test_faults import run_as_test_user, wait_until
+from .test_faults import JOB_GONE_SECONDS, run_as_test_user, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -203,7 +203,8 @@ def test_a_worker_interpreter_that_does_not_exist_ends_in_a_clear_error(schedule
     errors = sheepdog.get_errors(last_request(conf), conf["dbfile"])
     assert len(errors) == 2
     job_id = Storage(conf["dbfile"]).jobs(last_request(conf))[0].job_id
-    wait_until(lambda: job_id not in run_as_test_user(conf, spec["listed"]).stdout, 30)
+    wait_until(lambda: job_id not in run_as_test_user(conf, spec["listed"]).stdout,
+               JOB_GONE_SECONDS)
 
 
 def test_cancel_removes_the_job_and_marks_its_tasks_cancelled(scheduler):
@@ -219,7 +220,8 @@ def test_cancel_removes_the_job_and_marks_its_tasks_cancelled(scheduler):
     wait_until(lambda: storage.progress(request_id).running >= 1)
     assert sheepdog.cancel(request_id, conf["dbfile"]) == 3
     job_id = storage.jobs(request_id)[0].job_id
-    wait_until(lambda: job_id not in run_as_test_user(conf, spec["listed"]).stdout, 30)
+    wait_until(lambda: job_id not in run_as_test_user(conf, spec["listed"]).stdout,
+               JOB_GONE_SECONDS)
     assert storage.progress(request_id).cancelled == 3
 
 

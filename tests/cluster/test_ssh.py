@@ -54,7 +54,7 @@ def test_proxy_jump_through_the_loopback_sshd_reaches_the_other_and_runs_a_map(
 
 CALLER = textwrap.dedent("""
     import json, socket, sys
-    from sheepdog import ssh
+    from sheepdog.remote import ssh
 
     config, known_hosts = sys.argv[1:3]
     try:
