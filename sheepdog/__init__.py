@@ -1,50 +1,75 @@
-"""Sheepdog: map a Python function over many arguments on a GridEngine cluster.
+"""Sheepdog: map a Python function over many arguments on a GridEngine or Slurm cluster.
 
     >>> import sheepdog
     >>> sheepdog.map(f, [(1, 1), (1, 2)], {"host": "headnode"})
 
-Only the public names are defined here; each lives in a module of its own.
+Only the public names are defined here; each lives in a module of its own and
+is imported on first use (PEP 562), so that ``import sheepdog`` costs almost
+nothing and a script pays only for the parts it uses: a local map never loads
+paramiko, and only the dashboard loads Flask.
 """
 
-from .api import as_completed, cancel, get_errors, get_results, map, map_async, map_sync, wait
-from .backends import SubmissionError
-from .config import Config
-from .executor import Executor
-from .caller.outcomes import TaskError, TaskLost
-from .caller.request import Request
-from .wire.serialisation import SerialisationError
-from .server.host import Server
-from .caller.session import Session
-from .remote.errors import SSHError
-from .storage.file_safety import UnsafePathError
-from .storage import DiskFullError, Storage, StorageError
-from .caller.watcher import CallbackError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.4.0"
 
-__all__ = [
-    "CallbackError",
-    "Config",
-    "DiskFullError",
-    "Executor",
-    "Request",
-    "SerialisationError",
-    "SSHError",
-    "Server",
-    "Session",
-    "Storage",
-    "StorageError",
-    "SubmissionError",
-    "TaskError",
-    "TaskLost",
-    "UnsafePathError",
-    "__version__",
-    "as_completed",
-    "cancel",
-    "get_errors",
-    "get_results",
-    "map",
-    "map_async",
-    "map_sync",
-    "wait",
-]
+#: Each public name, and the module that defines it.
+_HOMES = {
+    "as_completed": "api", "cancel": "api", "get_errors": "api", "get_results": "api",
+    "map": "api", "map_async": "api", "map_sync": "api", "wait": "api",
+    "CallbackError": "caller.watcher",
+    "Config": "config",
+    "DiskFullError": "storage",
+    "Executor": "executor",
+    "Request": "caller.request",
+    "SerialisationError": "wire.serialisation",
+    "SSHError": "remote.errors",
+    "Server": "server",
+    "Session": "caller.session",
+    "Storage": "storage",
+    "StorageError": "storage",
+    "SubmissionError": "backends.base",
+    "TaskError": "caller.outcomes",
+    "TaskLost": "caller.outcomes",
+    "UnsafePathError": "storage.file_safety",
+}
+#: Modules reachable under the names they had before the package had folders, so that
+#: ``sheepdog.serialisation.pickle_protocol = 4`` still reaches the module in use.
+_MOVED_MODULES = {"serialisation": "wire.serialisation", "protocol": "wire.protocol"}
+
+__all__ = sorted([*_HOMES, "__version__"])
+
+if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr__ below
+    from .api import (
+        as_completed, cancel, get_errors, get_results, map, map_async, map_sync, wait,
+    )
+    from .backends.base import SubmissionError
+    from .caller.outcomes import TaskError, TaskLost
+    from .caller.request import Request
+    from .caller.session import Session
+    from .caller.watcher import CallbackError
+    from .config import Config
+    from .executor import Executor
+    from .remote.errors import SSHError
+    from .server import Server
+    from .storage import DiskFullError, Storage, StorageError
+    from .storage.file_safety import UnsafePathError
+    from .wire.serialisation import SerialisationError
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    elif name in _MOVED_MODULES:
+        value = importlib.import_module(f".{_MOVED_MODULES[name]}", __name__)
+    else:
+        raise AttributeError(f"module 'sheepdog' has no attribute {name!r}")
+    globals()[name] = value  # found once; later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -117,10 +117,22 @@ def test_worker_side_modules_import_only_the_standard_library_cloudpickle_and_ea
                 assert target.split(".")[0] in allowed, (name, target)
 
 
-def test_import_sheepdog_loads_no_web_framework_and_no_ssh():
-    probe = ("import sys, sheepdog; print(' '.join(sorted(name for name in "
+def heavy_modules_after(code):
+    probe = (f"import sys; {code}; print(' '.join(sorted(name for name in "
              "('flask', 'werkzeug', 'paramiko', 'cryptography', 'tornado') "
              "if name in sys.modules)))")
-    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            check=True).stdout.split()
-    assert loaded == []
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
+def test_import_sheepdog_and_its_public_names_load_no_web_framework_and_no_ssh():
+    assert heavy_modules_after("import sheepdog") == []
+    assert heavy_modules_after("import sheepdog; [getattr(sheepdog, name) "
+                               "for name in sheepdog.__all__]") == []
+
+
+def test_a_local_map_without_the_dashboard_loads_no_flask_and_no_ssh(tmp_path):
+    code = (f"import sheepdog; assert sheepdog.map(abs, [(-1,)], {{'scheduler': 'local', "
+            f"'dashboard': False, 'dbfile': {str(tmp_path / 'db.sqlite')!r}}}) == [1]")
+    # the callback server and its TLS certificate, and no more
+    assert heavy_modules_after(code) == ["cryptography", "tornado"]

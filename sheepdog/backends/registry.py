@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-from importlib.metadata import entry_points
 from typing import Any
 
 #: The built-in backends, by name.
@@ -30,6 +29,8 @@ def registered() -> dict[str, str]:
     Read once per process: installed packages do not change while it runs.
     """
     found = dict(BUILT_IN)
+    from importlib.metadata import entry_points  # costs ~20 ms: read only when asked
+
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(entry.name, entry.value)
     return found

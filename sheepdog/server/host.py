@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import logging
 import os
-import ssl
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from ..storage import Storage
 from . import tls
 from .callbacks import DEFAULT_MAX_BODY_BYTES, Callbacks
 from .thread import Close, ServerThread
+
+if TYPE_CHECKING:  # ssl is loaded with the server's TLS context
+    import ssl
 
 log = logging.getLogger(__name__)
 

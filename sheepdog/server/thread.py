@@ -14,7 +14,6 @@ sheepdog costs no web framework.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from typing import Awaitable, Callable, Optional
 
@@ -59,6 +58,8 @@ class ServerThread:
     def run(self) -> None:
         """Listen and serve in this thread until :meth:`stop` (from another thread)."""
         import tornado.ioloop
+
+        import asyncio  # with Tornado, only once a server starts
 
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
