@@ -103,8 +103,9 @@ MAX_INDEX = 2**62
 
 #: A bytes-like object: what frames, payloads and bodies are made of.
 Buffer = Union[bytes, bytearray, memoryview]
-#: A body or a payload: one bytes-like object, or parts to send one after another.
-Body = Union[Buffer, list[Buffer]]
+#: A body or a payload: one bytes-like object, or parts to send one after another
+#: (a list of bytes is named apart, since a list[bytes] is no list[Buffer] to mypy).
+Body = Union[Buffer, list[bytes], list[Buffer]]
 #: One frame read from a body: (task index, kind, payload as a view of the body).
 Frame = tuple[int, int, memoryview]
 #: A part of what is sent: bytes-like on the worker; the server also sends files
