@@ -2,7 +2,8 @@
 # Set up and run sheepdog's whole test suite.
 #
 # Installs the package with its test and docs extras into .venv, builds the
-# docs with warnings as errors, type-checks the package with mypy, and runs
+# docs with warnings as errors, type-checks the package with mypy (and the
+# modules embedded in job files with mypy --strict), and runs
 # pytest (extra arguments go to pytest). As root on Debian/Ubuntu it first brings up the GridEngine + sshd
 # of ci/gridengine-up.sh, then the caller and second execution host of
 # ci/nat-up.sh, Slurm, and the browser of ci/browser-up.sh, and runs the tests
@@ -19,6 +20,7 @@ fi
 
 .venv/bin/sphinx-build -W -q -b html docs docs/_build/html
 .venv/bin/mypy sheepdog
+.venv/bin/mypy --strict sheepdog/wire sheepdog/worker
 
 runner=()
 if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then

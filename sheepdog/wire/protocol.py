@@ -53,11 +53,14 @@ error text within ``MAX_ERROR_BYTES`` and an output tail within
 ``OUTPUT_TAIL_BYTES`` per stream.
 """
 
+from __future__ import annotations
+
 import hashlib
 import hmac
 import re
 import struct
 from collections import namedtuple
+from typing import Container, Iterable, Optional, Sized, TypeVar, Union
 
 #: The authorisation scheme: ``Authorization: Sheepdog <hex HMAC>``.
 AUTH_SCHEME = "Sheepdog"
@@ -98,15 +101,30 @@ _KINDS = (ARGUMENTS, RESULT, ERROR) + OUTPUT_KINDS + (WAIT,)
 #: The largest task index a path or frame may name (SQLite integers are signed 64-bit).
 MAX_INDEX = 2**62
 
+#: A bytes-like object: what frames, payloads and bodies are made of.
+Buffer = Union[bytes, bytearray, memoryview]
+#: A body or a payload: one bytes-like object, or parts to send one after another
+#: (a list of bytes is named apart, since a list[bytes] is no list[Buffer] to mypy).
+Body = Union[Buffer, list[bytes], list[Buffer]]
+#: One frame read from a body: (task index, kind, payload as a view of the body).
+Frame = tuple[int, int, memoryview]
+#: A part of what is sent: bytes-like on the worker; the server also sends files
+#: (anything with a length in bytes), which pass through unjoined.
+_Part = TypeVar("_Part", bound=Sized)
+_Named = TypeVar("_Named")
 
-def nbytes(payload):
-    """The length in bytes of a payload given as one bytes-like object or a list of parts."""
+
+def nbytes(payload: Sized) -> int:
+    """The length in bytes of a payload given as one bytes-like object or a list of parts.
+
+    Typed as any sized object: the server also measures files by their ``len()``.
+    """
     if isinstance(payload, list):
         return sum(nbytes(part) for part in payload)
     return payload.nbytes if isinstance(payload, memoryview) else len(payload)
 
 
-def body_digest(body):
+def body_digest(body: Optional[Body]) -> str:
     """The hex SHA-256 of a body given as bytes-like, a list of parts, or None."""
     digest = hashlib.sha256()
     for part in body if isinstance(body, list) else [body or b""]:
@@ -114,13 +132,14 @@ def body_digest(body):
     return digest.hexdigest()
 
 
-def signature(key, method, path, digest):
+def signature(key: bytes, method: str, path: str, digest: str) -> str:
     """The hex HMAC of one request under ``key`` (bytes)."""
     message = f"{method}\n{path}\n{digest}".encode("utf-8")
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-def auth_headers(key, method, path, body=None):
+def auth_headers(key: bytes, method: str, path: str, body: Optional[Body] = None
+                 ) -> dict[str, str]:
     """The headers that authorise ``method path`` with ``body``."""
     digest = body_digest(body)
     return {
@@ -129,7 +148,8 @@ def auth_headers(key, method, path, body=None):
     }
 
 
-def signed_digest(key, method, path, authorization, digest):
+def signed_digest(key: bytes, method: str, path: str, authorization: Optional[str],
+                  digest: Optional[str]) -> Optional[str]:
     """The body digest the request claims, if its signature under ``key`` is right; else None.
 
     Compares in constant time. The caller must still check that the body it
@@ -144,12 +164,13 @@ def signed_digest(key, method, path, authorization, digest):
     return digest if hmac.compare_digest(claimed.strip().encode(), expected.encode()) else None
 
 
-def pack_frames(frames):
+def pack_frames(frames: Iterable[tuple[int, int, Union[_Part, list[_Part]]]]
+                ) -> list[Union[bytes, _Part]]:
     """(index, kind, payload) triples as a list of parts to send one after another.
 
     A payload is bytes-like or a list of parts, which are not copied.
     """
-    parts = []
+    parts: list[Union[bytes, _Part]] = []
     for index, kind, payload in frames:
         length = nbytes(payload)
         parts.append(_FRAME_HEADER.pack(index, kind, length))
@@ -159,13 +180,13 @@ def pack_frames(frames):
     return parts
 
 
-def frame_bytes(index, kind, data):
+def frame_bytes(index: int, kind: int, data: Buffer) -> bytes:
     """One frame of a bytes-like ``data``, as one bytes object: quicker for a small payload."""
     length = len(data) if not isinstance(data, memoryview) else data.nbytes
     return b"".join((_FRAME_HEADER.pack(index, kind, length), data, bytes(-length % ALIGNMENT)))
 
 
-def unpack_frames(data):
+def unpack_frames(data: Buffer) -> list[Frame]:
     """The inverse of :func:`pack_frames` for the whole body; ValueError when not frames.
 
     Payloads are memoryviews of ``data``, not copies.
@@ -177,14 +198,15 @@ def unpack_frames(data):
     return frames
 
 
-def split_frames(data, kinds=_KINDS):
+def split_frames(data: Buffer, kinds: Container[int] = _KINDS) -> tuple[list[Frame], int]:
     """(frames, bytes they take) of the whole frames at the start of ``data``.
 
     For reading frames as they arrive: the bytes after ``used`` are the start
     of a frame still to come. A frame of a kind not in ``kinds`` is a ValueError.
     """
     view = memoryview(data).cast("B")
-    frames, offset = [], 0
+    frames: list[Frame] = []
+    offset = 0
     while offset + _FRAME_HEADER.size <= len(view):
         index, kind, length = _FRAME_HEADER.unpack_from(view, offset)
         if kind not in kinds:
@@ -198,33 +220,36 @@ def split_frames(data, kinds=_KINDS):
     return frames, offset
 
 
-def coalesce(parts, limit=1 << 20):
+def coalesce(parts: Iterable[_Part], limit: int = 1 << 20) -> list[Union[bytes, _Part]]:
     """``parts`` with runs of small bytes-like ones joined into pieces of about ``limit``.
 
     Each part sent becomes at least one TLS record, so thousands of small
     frames sent one by one cost a record (and a read on the server) each.
     Large parts, and parts that are not bytes-like, pass through unjoined.
     """
-    pieces, pending, size = [], [], 0
+    pieces: list[Union[bytes, _Part]] = []
+    pending: list[Buffer] = []
+    size = 0
     for part in parts:
-        length = nbytes(part) if isinstance(part, (bytes, bytearray, memoryview)) else limit
-        small = length < limit
-        if small:
+        if isinstance(part, (bytes, bytearray, memoryview)) and nbytes(part) < limit:
             pending.append(part)
-            size += length
-        if pending and (not small or size >= limit):
+            size += nbytes(part)
+            if size >= limit:
+                pieces.append(b"".join(pending))
+                pending, size = [], 0
+            continue
+        if pending:
             pieces.append(b"".join(pending))
             pending, size = [], 0
-        if not small:
-            pieces.append(part)
+        pieces.append(part)
     if pending:
         pieces.append(b"".join(pending))
     return pieces
 
 
-def index_spec(indices):
+def index_spec(indices: Iterable[int]) -> str:
     """``[1, 2, 3, 7]`` -> ``"1-3,7"``: task indices in few words, for messages and schedulers."""
-    runs = []  # [first, last] of each stretch of consecutive indices
+    runs: list[list[int]] = []  # [first, last] of each stretch of consecutive indices
     for index in indices:
         if runs and index == runs[-1][1] + 1:
             runs[-1][1] = index
@@ -265,31 +290,45 @@ _PATH = re.compile(
 )
 
 #: A parsed path: the route's name, and what it names (None where it names nothing).
+#: Its fields are untyped: the server reads ``seq`` or ``task`` only on the routes
+#: that name them.
 Path = namedtuple("Path", "request_id route worker task seq size least")
 
 
-def worker_name(launch, array_task):
+def worker_name(launch: Union[int, str], array_task: Union[int, str]) -> str:
     """How paths name array task ``array_task`` of a request's ``launch``-th job."""
     return f"{int(launch)}.{int(array_task)}"
 
 
-def path(request_id, route, worker=None, task=None, seq=None, size=None, least=None):
+def path(request_id: int, route: str, worker: Optional[str] = None, task: Optional[int] = None,
+         seq: Optional[int] = None, size: Optional[int] = None, least: Optional[int] = None
+         ) -> str:
     """The path of ``route`` for a request (and a worker ``L.T`` or a task, where it names one)."""
     prefix = f"/requests/{int(request_id)}/"
     if route in _REQUEST_ROUTES:
         return prefix + route
     if route == "pull":
-        return f"{prefix}workers/{worker}/pull/{int(seq)}/{int(size)}/{int(least or 1)}"
+        return (f"{prefix}workers/{_named(route, 'worker', worker)}/pull/"
+                f"{int(_named(route, 'seq', seq))}/{int(_named(route, 'size', size))}/"
+                f"{int(least or 1)}")
     if route in _WORKER_ROUTES:
-        return f"{prefix}workers/{worker}/{route}"
+        return f"{prefix}workers/{_named(route, 'worker', worker)}/{route}"
     if route == "lost":
-        return f"{prefix}workers/{worker}/lost/{int(task)}"
+        return (f"{prefix}workers/{_named(route, 'worker', worker)}/lost/"
+                f"{int(_named(route, 'task', task))}")
     if route in _TASK_ROUTES:
-        return f"{prefix}tasks/{int(task)}/{route}"
+        return f"{prefix}tasks/{int(_named(route, 'task', task))}/{route}"
     raise ValueError(f"no route named {route!r}")
 
 
-def parse_path(text):
+def _named(route: str, what: str, value: Optional[_Named]) -> _Named:
+    """``value``, which the path of ``route`` names: a ValueError if it is missing."""
+    if value is None:
+        raise ValueError(f"the path of the {route!r} route names its {what}")
+    return value
+
+
+def parse_path(text: str) -> Optional[Path]:
     """The :data:`Path` that ``text`` names, or None when it names no route."""
     match = _PATH.fullmatch(text)
     if match is None:

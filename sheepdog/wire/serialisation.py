@@ -42,7 +42,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import cloudpickle
 
-from .protocol import ALIGNMENT
+from .protocol import ALIGNMENT, Buffer
 
 #: Pickle protocol for every payload; override to talk to older workers.
 pickle_protocol = pickle.HIGHEST_PROTOCOL
@@ -130,7 +130,9 @@ def _file_is_installed(package: str, filename: str) -> bool:
     return project is not None and filename.startswith(project)
 
 
-class _Pickler(cloudpickle.Pickler):
+# cloudpickle ships no type hints, so to mypy its Pickler is Any, which --strict
+# does not let a class subclass.
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     """cloudpickle's pickler, which also ships by value the functions and classes
     of modules that are imported in the caller but not installed.
 
@@ -153,7 +155,7 @@ class _Pickler(cloudpickle.Pickler):
         return reduced
 
 
-def _keep_slots(cls: type, reduced: tuple) -> None:
+def _keep_slots(cls: type, reduced: tuple[Any, ...]) -> None:
     """Make a class shipped by value get its slots when it is rebuilt.
 
     cloudpickle creates the class first and sets ``__slots__`` afterwards, as
@@ -190,14 +192,14 @@ def _padding(length: int) -> bytes:
     return b"\0" * (-length % ALIGNMENT)
 
 
-def dumps_parts(obj: Any) -> list[Any]:
+def dumps_parts(obj: Any) -> list[Buffer]:
     """Serialise ``obj`` to a list of bytes-like parts; the payload is their concatenation.
 
     Large contiguous buffers (with pickle protocol 5 or later) are not copied:
     the parts include memoryviews of them, after a header that says where each
     starts. Small objects give a single part, a plain pickle.
     """
-    buffers = []
+    buffers: list[memoryview] = []
 
     def keep_out_of_band(buffer: pickle.PickleBuffer) -> bool:
         raw = buffer.raw()
@@ -214,7 +216,7 @@ def dumps_parts(obj: Any) -> list[Any]:
         return [pickled]
     header = b"".join([_OUT_OF_BAND_MAGIC, _COUNT.pack(len(buffers), len(pickled))]
                       + [_LENGTH.pack(buffer.nbytes) for buffer in buffers])
-    parts: list[Any] = [header, pickled]
+    parts: list[Buffer] = [header, pickled]
     offset = len(header) + len(pickled)
     for buffer in buffers:
         parts += [_padding(offset), buffer]
@@ -227,7 +229,7 @@ def dumps(obj: Any) -> bytes:
     return b"".join(dumps_parts(obj))
 
 
-def loads(data: Any) -> Any:
+def loads(data: Buffer) -> Any:
     """Load a payload made by :func:`dumps_parts` from any bytes-like object.
 
     Out-of-band buffers are loaded in place, as views of ``data``: an array
@@ -256,7 +258,7 @@ def loads(data: Any) -> Any:
     return _Unpickler(io.BytesIO(pickled), buffers=buffers).load()
 
 
-def load_or_describe(payload: Any) -> tuple[bool, Any]:
+def load_or_describe(payload: Buffer) -> tuple[bool, Any]:
     """``(True, object)`` for a payload that loads, ``(False, reason)`` for one that
     does not, without raising.
 
@@ -286,7 +288,7 @@ def dumps_function(function: Any, namespace: Optional[Mapping[str, Any]] = None)
         raise SerialisationError(_explain_function_failure(function, namespace, error)) from error
 
 
-def loads_function(data: Any) -> Any:
+def loads_function(data: Buffer) -> Any:
     """Worker side: the inverse of :func:`dumps_function`; returns the function.
 
     The namespace goes into the globals of a function that travelled by value,
@@ -300,7 +302,7 @@ def loads_function(data: Any) -> Any:
     return function
 
 
-def dumps_argument(position: int, arguments: Sequence[Any]) -> list[Any]:
+def dumps_argument(position: int, arguments: Sequence[Any]) -> list[Buffer]:
     """Serialise one tuple of arguments to parts (see :func:`dumps_parts`), naming
     its position if it cannot be."""
     try:

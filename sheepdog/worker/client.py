@@ -13,15 +13,21 @@ request with the request's key, which it reads from a private file: nothing in
 the job file lets anyone else act as the worker.
 """
 
+from __future__ import annotations
+
 import http.client
 import socket
 import ssl
 import sys
 import time
 import urllib.parse
+from typing import TYPE_CHECKING, NoReturn, Optional, Sequence
 
 from ..wire import protocol
-from ..wire.protocol import DISK_FULL_STATUS
+from ..wire.protocol import DISK_FULL_STATUS, Body
+
+if TYPE_CHECKING:
+    from ..wire.settings import WorkerSettings
 
 #: Seconds to wait for a connection to one route before trying the next.
 CONNECT_SECONDS = 5.0
@@ -34,7 +40,7 @@ DISK_FULL_SECONDS = 120.0
 class PermanentHTTPError(Exception):
     """The server answered with a 4xx status (or 507 for too long): retrying cannot help."""
 
-    def __init__(self, status, reason):
+    def __init__(self, status: int, reason: str) -> None:
         super().__init__(f"HTTP {status}: {reason}")
         self.status = status
 
@@ -51,26 +57,30 @@ class Client:
     again for ``disk_full_seconds``, then the answer is final.
     """
 
-    def __init__(self, urls, request_id, key, retry_seconds, certificate=None,
-                 disk_full_seconds=None):
+    def __init__(self, urls: Sequence[str], request_id: int, key: bytes, retry_seconds: float,
+                 certificate: Optional[str] = None,
+                 disk_full_seconds: Optional[float] = None) -> None:
         self.routes = [urllib.parse.urlsplit(url) for url in urls]
         self.route = 0
         self.request_id = request_id
         self.key = key
         self.retry_seconds = retry_seconds
         self.disk_full_seconds = DISK_FULL_SECONDS if disk_full_seconds is None else disk_full_seconds
-        self.ssl_context = None
+        self.ssl_context: Optional[ssl.SSLContext] = None
         if any(route.scheme == "https" for route in self.routes):
             self.ssl_context = ssl.create_default_context(cadata=certificate)
             self.ssl_context.check_hostname = False  # the pinned certificate is the identity
-        self.connection = None
+        self.connection: Optional[http.client.HTTPConnection] = None
 
     @property
-    def url(self):
+    def url(self) -> str:
         return self.routes[self.route].geturl()
 
-    def _connect(self):
+    def _connect(self) -> http.client.HTTPConnection:
         route = self.routes[self.route]
+        if route.hostname is None:
+            raise ValueError(f"the caller's URL {route.geturl()!r} names no host")
+        connection: http.client.HTTPConnection
         if route.scheme == "https":
             connection = http.client.HTTPSConnection(
                 route.hostname, route.port, timeout=CONNECT_SECONDS, context=self.ssl_context)
@@ -85,16 +95,19 @@ class Client:
         connection.sock.settimeout(READ_SECONDS)
         return connection
 
-    def request(self, route, body=None, **names):
+    def request(self, route: str, body: Optional[Body] = None, *, worker: Optional[str] = None,
+                task: Optional[int] = None, seq: Optional[int] = None,
+                size: Optional[int] = None, least: Optional[int] = None) -> bytearray:
         """Send one request on ``route`` (a name in ``protocol.ROUTES``), retrying transient
         failures; return the answer's body as a bytearray.
 
-        ``names`` are what the route names (``worker``, ``task``, ``seq``,
-        ``size``; see ``protocol.path``). ``body`` is bytes-like or a list of
+        ``worker``, ``task``, ``seq``, ``size`` and ``least`` are what the
+        route names (see ``protocol.path``). ``body`` is bytes-like or a list of
         parts; large parts are sent as they are, never joined into one copy.
         """
         method = protocol.ROUTES[route]
-        full_path = protocol.path(self.request_id, route, **names)
+        full_path = protocol.path(self.request_id, route, worker=worker, task=task, seq=seq,
+                                  size=size, least=least)
         if body is None and method == "POST":
             body = b""
         headers = protocol.auth_headers(self.key, method, full_path, body)
@@ -103,7 +116,7 @@ class Client:
             headers["Content-Length"] = str(protocol.nbytes(body))
             body = protocol.coalesce(body) if isinstance(body, list) else body
         deadline = time.monotonic() + self.retry_seconds
-        disk_deadline = None  # set by the first 507
+        disk_deadline: Optional[float] = None  # set by the first 507
         delay, tried = 0.25, 0
         while True:
             connected = self.connection is not None
@@ -147,13 +160,13 @@ class Client:
             time.sleep(delay)
             delay = min(delay * 2, 15.0)
 
-    def close(self):
+    def close(self) -> None:
         if self.connection is not None:
             self.connection.close()
             self.connection = None
 
 
-def read_key(settings):
+def read_key(settings: WorkerSettings) -> bytes:
     """The request's key: from its private file, or from the settings if put there.
 
     A worker that cannot read the file leaves at once with ``EXIT_NO_KEY``
@@ -162,17 +175,25 @@ def read_key(settings):
     if settings.key:
         return settings.key.encode()
     path = settings.key_file
+    if path is None:
+        _leave_without_key("the job file names neither the request's key nor its key file")
     try:
         with open(path, "rb") as handle:
             return handle.read().strip()
     except OSError as error:
-        log(f"cannot read the request's key file {path} on {socket.gethostname()}: {error}. "
+        _leave_without_key(
+            f"cannot read the request's key file {path} on {socket.gethostname()}: {error}. "
             f"The key is written on the head node; compute nodes must see the same home "
             f"directory (see 'How workers reach you' in sheepdog's docs)")
-        sys.exit(protocol.EXIT_NO_KEY)
 
 
-def _read_body(response):
+def _leave_without_key(reason: str) -> NoReturn:
+    """Say why on stderr, which the caller reads back, and leave with ``EXIT_NO_KEY``."""
+    log(reason)
+    sys.exit(protocol.EXIT_NO_KEY)
+
+
+def _read_body(response: http.client.HTTPResponse) -> bytearray:
     """The whole response body, read straight into one writable buffer when its length is known."""
     if response.length is None:
         return bytearray(response.read())
@@ -186,5 +207,5 @@ def _read_body(response):
     return data
 
 
-def log(message):
+def log(message: str) -> None:
     print(f"sheepdog worker: {message}", file=sys.stderr, flush=True)

@@ -33,6 +33,8 @@ the scheduler warns that it will kill the worker, the supervisor kills the
 runner, posts what it holds and says so (see :func:`report_kill_notices`).
 """
 
+from __future__ import annotations
+
 import json
 import os
 import select
@@ -40,6 +42,8 @@ import signal
 import socket
 import sys
 import time
+from types import FrameType
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from .client import Client, PermanentHTTPError, log, read_key
 from .output import TaskOutput
@@ -50,6 +54,8 @@ from ..wire.protocol import (
     MAX_PULL,
     RESULT,
     WAIT,
+    Buffer,
+    Frame,
     index_spec,
     nbytes,
     pack_frames,
@@ -94,6 +100,9 @@ GIVE_BACK_MIN_SECONDS = 0.5
 #: other workers may give some back.
 WAIT_SECONDS = 0.5
 
+#: A report or an output tail held for the server: (task index, kind, payload).
+Report = tuple[int, int, bytes]
+
 
 class BatchSize:
     """How many tasks to ask for next: one at first, then about ``BATCH_SECONDS`` of them.
@@ -101,12 +110,12 @@ class BatchSize:
     A fixed ``chunksize`` (the config key of that name) is asked for every time.
     """
 
-    def __init__(self, chunksize=None):
+    def __init__(self, chunksize: Optional[int] = None) -> None:
         self.chunksize = min(chunksize, MAX_PULL) if chunksize else None
         self.size = self.chunksize or 1
-        self.per_task = None  # seconds a task took, in the last batch
+        self.per_task: Optional[float] = None  # seconds a task took, in the last batch
 
-    def took(self, count, seconds):
+    def took(self, count: int, seconds: float) -> None:
         """A batch of ``count`` tasks took ``seconds``."""
         if not count:
             return
@@ -116,19 +125,19 @@ class BatchSize:
             self.size = max(1, min(wanted, count * BATCH_GROWTH, MAX_PULL))
 
     @property
-    def least(self):
+    def least(self) -> int:
         """The fewest tasks worth a pull: about ``LEAST_BATCH_SECONDS`` of them."""
         if self.chunksize or self.per_task is None:
             return 1
         return max(1, min(self.size, int(LEAST_BATCH_SECONDS / self.per_task)))
 
     @property
-    def give_back_after(self):
+    def give_back_after(self) -> float:
         """How long a task may run before the rest of its batch is given back."""
         return max(GIVE_BACK_MIN_SECONDS, GIVE_BACK_FACTOR * (self.per_task or BATCH_SECONDS))
 
 
-def python_mismatch(expected):
+def python_mismatch(expected: Sequence[int]) -> Optional[str]:
     """A message when this Python cannot load code made by ``expected`` (major, minor)."""
     here = tuple(sys.version_info[:2])
     if here == tuple(expected):
@@ -141,7 +150,7 @@ def python_mismatch(expected):
     )
 
 
-def describe_end(status):
+def describe_end(status: int) -> str:
     """Words for how a process ended, from its wait status."""
     if os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
@@ -152,7 +161,7 @@ def describe_end(status):
     return f"exit status {os.WEXITSTATUS(status)}"
 
 
-def exit_code(status):
+def exit_code(status: int) -> int:
     """The exit status a shell would give for a process's wait status."""
     return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
@@ -166,28 +175,33 @@ class Supervisor:
     workers, unstarted, while the runner was stuck in a long task.
     """
 
-    def __init__(self, client, beater, worker, heartbeat_seconds, output):
+    def __init__(self, client: Client, beater: Client, worker: str, heartbeat_seconds: float,
+                 output: TaskOutput) -> None:
         self.client = client
         self.beater = beater  # a connection of its own, whose retries end before the next beat
         self.worker = worker  # its name in paths: "<launch>.<array task>"
-        self.remaining = set()
-        self.started = set()
+        self.remaining: set[int] = set()
+        self.started: set[int] = set()
         self.heartbeat_seconds = heartbeat_seconds
         self.output = output
-        self.frames, self.size, self.since = [], 0, None
+        self.frames: list[Report] = []
+        self.size = 0
+        self.since: Optional[float] = None
         self.next_beat = time.monotonic() + heartbeat_seconds
-        self.runner = None
+        self.runner: Optional[Runner] = None
         self.buffer = bytearray()  # what the runner sent, up to the end of a whole message
-        self.current = None  # (index, positions) of the task the runner is in
+        self.current: Optional[tuple[int, bytes]] = None  # (index, positions) of its task
         self.current_since = 0.0  # when it started (time.monotonic())
-        self.crash_status = None  # the wait status of the first runner that crashed
-        self.given_back = set()
+        self.crash_status: Optional[int] = None  # the first crashed runner's wait status
+        self.given_back: set[int] = set()
         self.give_back_after = float("inf")
-        self.todo, self.claims = [], None  # the runner's tasks, and what it may still start
+        self.todo: list[int] = []  # the runner's tasks
+        self.claims: Optional[Claims] = None  # what it may still start
 
     # -- the runners ------------------------------------------------------
 
-    def run(self, start_runner, indices, give_back_after=float("inf")):
+    def run(self, start_runner: Callable[[list[int], Claims], Runner], indices: Iterable[int],
+            give_back_after: float = float("inf")) -> int:
         """Run the batch ``indices`` in runners until each has started once, giving back
         what a task running for ``give_back_after`` seconds holds up; the exit status."""
         todo, status = list(indices), 0
@@ -213,7 +227,7 @@ class Supervisor:
             return exit_code(self.crash_status)
         return exit_code(status)
 
-    def _follow(self, runner):
+    def _follow(self, runner: Runner) -> int:
         """Take the runner's messages until it ends; its wait status."""
         self.buffer = bytearray()
         while True:
@@ -232,15 +246,22 @@ class Supervisor:
             self._tick(runner)
         status = runner.wait()
         if self.current is not None:
-            self._crashed(status)
+            self._crashed(status, *self.current)
         return status
 
-    def _take(self, data):
+    def _take(self, data: Buffer) -> bool:
         """Handle the whole messages that ``data`` completes, keeping the rest for later;
         True if the runner's last task ended."""
         self.buffer += data
         frames, used = split_frames(self.buffer, RUNNER_KINDS)
         last = bool(frames) and frames[-1][1] == ENDED
+        self._handle(frames)
+        del frames  # views of the buffer, which is cut next
+        del self.buffer[:used]
+        return last
+
+    def _handle(self, frames: list[Frame]) -> None:
+        """Act on the runner's messages: task boundaries, reports, results it posted."""
         for index, kind, payload in frames:
             if kind in (STARTED, ENDED) and self.current is not None:
                 for stream, tail in self.output.tails(self.current[1], payload):
@@ -254,13 +275,10 @@ class Supervisor:
                 self.remaining.discard(index)
             elif kind in (RESULT, ERROR):
                 self.queue(index, kind, bytes(payload))
-        frames = payload = None  # views of the buffer, which is cut next
-        del self.buffer[:used]
-        return last
 
-    def _crashed(self, status):
-        """The runner died in a task: post what it left, and report that task lost."""
-        index, start = self.current
+    def _crashed(self, status: int, index: int, start: bytes) -> None:
+        """The runner died in task ``index``, begun at output positions ``start``: post
+        what it left, and report that task lost."""
         self.current = None
         if self.crash_status is None:
             self.crash_status = status
@@ -275,14 +293,14 @@ class Supervisor:
         log(f"task {index} ended without reporting ({describe_end(status)})")
         self._report_lost(index, reason)
 
-    def _never_started(self, todo, status):
+    def _never_started(self, todo: list[int], status: int) -> None:
         """The runner died before it started any of ``todo``: they are lost, and say how."""
         reason = (f"the worker's runner ended before it started the task ({describe_end(status)}"
                   f" on {socket.gethostname()}); its stderr may say why")
         for index in todo:
             self._report_lost(index, reason)
 
-    def _report_lost(self, index, reason):
+    def _report_lost(self, index: int, reason: str) -> None:
         """Tell the server that task ``index`` of this worker's batch will not report."""
         try:
             self.client.request("lost", error_bytes(reason), worker=self.worker, task=index)
@@ -292,21 +310,21 @@ class Supervisor:
 
     # -- reports and heartbeats ----------------------------------------------
 
-    def queue(self, index, kind, payload):
+    def queue(self, index: int, kind: int, payload: bytes) -> None:
         """Hold a report or an output tail (bytes) until the next :meth:`flush`."""
         self.frames.append((index, kind, payload))
         self.size += len(payload)
         if self.since is None:
             self.since = time.monotonic()
 
-    def _timeout(self):
+    def _timeout(self) -> float:
         now = time.monotonic()
         wake = min(self.next_beat, now + RUNNER_POLL_SECONDS)
         if self.since is not None:
             wake = min(wake, self.since + FLUSH_SECONDS)
         return max(0.0, wake - now)
 
-    def _tick(self, runner):
+    def _tick(self, runner: Runner) -> None:
         """Post what is held, beat, and give back what a long task holds up, when it is time."""
         now = time.monotonic()
         if self.current is not None and now - self.current_since >= self.give_back_after:
@@ -322,9 +340,11 @@ class Supervisor:
                 except Exception as error:  # a missed beat is not fatal; the next may pass
                     log(f"heartbeat failed: {error}")
 
-    def _give_back(self):
+    def _give_back(self) -> None:
         """The runner is stuck in a long task: return the batch's unstarted tasks to the
         server, so that idle workers run them rather than wait for this one."""
+        if self.claims is None:
+            return  # no batch has started: there is nothing to give back
         first = self.claims.stop()
         rest = [index for index in self.todo[first:] if index not in self.given_back]
         if not rest:
@@ -339,7 +359,7 @@ class Supervisor:
         self.given_back.update(rest)
         self.remaining.difference_update(rest)
 
-    def flush(self, client=None):
+    def flush(self, client: Optional[Client] = None) -> None:
         """Post the reports held; one by one if the server refuses them together."""
         frames, self.frames, self.size, self.since = self.frames, [], 0, None
         if not frames:
@@ -358,7 +378,7 @@ class Supervisor:
         self.remaining.difference_update(
             index for index, kind, _payload in frames if kind in (RESULT, ERROR))
 
-    def _post_alone(self, client, index, kind, payload):
+    def _post_alone(self, client: Client, index: int, kind: int, payload: bytes) -> None:
         """Post one report by itself; a result the server refuses becomes an error."""
         route = {RESULT: "result", ERROR: "error"}.get(kind, "output")
         try:
@@ -371,7 +391,8 @@ class Supervisor:
             else:
                 log(f"the server refused the {route} of task {index}: {error}")
 
-    def _post_failed(self, client, frames, error):
+    def _post_failed(self, client: Client, frames: list[Report],
+                     error: PermanentHTTPError) -> None:
         """The server's disk is full: report the held results as errors that say so."""
         failures = [(index, ERROR, payload if kind == ERROR else
                      error_bytes(refused_result(nbytes(payload), error)))
@@ -383,7 +404,7 @@ class Supervisor:
                 log(f"could not report tasks {index_spec(sorted({f[0] for f in failures}))} "
                     f"failed either: {again}")
 
-    def on_kill_notice(self, connect):
+    def on_kill_notice(self, connect: Callable[[float], Client]) -> None:
         """The scheduler will kill this task: stop the runner, post what is held, say so."""
         if self.runner is not None:
             self.runner.kill()
@@ -403,7 +424,7 @@ class Supervisor:
             log(f"could not report the kill notice: {error}")
 
 
-def _drain(channel):
+def _drain(channel: socket.socket) -> bytearray:
     """Whatever can be read from ``channel`` without waiting."""
     channel.setblocking(False)
     data = bytearray()
@@ -415,13 +436,14 @@ def _drain(channel):
     return data
 
 
-def kill_signal_numbers(settings):
+def kill_signal_numbers(settings: WorkerSettings) -> list[int]:
     """The signals by which the scheduler warns that it will kill the task (see below)."""
     names = settings.kill_signals
     return [getattr(signal, name) for name in names if hasattr(signal, name)]
 
 
-def report_kill_notices(connect, supervisor, numbers):
+def report_kill_notices(connect: Callable[[float], Client], supervisor: Supervisor,
+                        numbers: list[int]) -> None:
     """Tell the server when the scheduler warns that it is about to kill this task.
 
     The backend names the warning signals (``kill_signals`` in the settings):
@@ -433,7 +455,7 @@ def report_kill_notices(connect, supervisor, numbers):
     rather than make the scheduler wait out its notice period.
     """
 
-    def on_kill_notice(signum, frame):
+    def on_kill_notice(signum: int, frame: Optional[FrameType]) -> None:
         supervisor.on_kill_notice(connect)
         os._exit(128 + signum)
 
@@ -443,7 +465,7 @@ def report_kill_notices(connect, supervisor, numbers):
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
-def run(job_settings):
+def run(job_settings: Mapping[str, Any]) -> int:
     """Be worker ``<launch>.<array task>`` of the request until no task is left; an exit status.
 
     ``job_settings`` is the job file's ``SETTINGS`` literal (:class:`WorkerSettings`).
@@ -452,7 +474,7 @@ def run(job_settings):
     worker = worker_name(settings.launch, os.environ[settings.task_variable])
     key = read_key(settings)
 
-    def connect(retry_seconds=settings.retry_seconds):
+    def connect(retry_seconds: float = settings.retry_seconds) -> Client:
         return Client(settings.urls, settings.request_id, key, retry_seconds,
                       settings.certificate, settings.disk_full_seconds)
 
@@ -485,6 +507,7 @@ def run(job_settings):
                 status = 1
                 batch.took(len(indices), time.monotonic() - started)
                 continue
+            assert function is not None, "fetched above whenever this Python can load it"
             status = supervisor.run(lambda todo, claims: Runner(lambda channel: run_tasks(
                 function, arguments, todo, channel, connect, settings, output, claims),
                 kill_signals), indices, batch.give_back_after) or status

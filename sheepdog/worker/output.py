@@ -11,13 +11,16 @@ files. The runner notes the files' :meth:`~TaskOutput.positions` as each task
 starts and ends; the supervisor reads the :meth:`~TaskOutput.tails` between them.
 """
 
+from __future__ import annotations
+
 import io
 import os
 import stat
 import struct
 import sys
+from typing import Optional
 
-from ..wire.protocol import OUTPUT, OUTPUT_TAIL_BYTES, STDERR, STDOUT
+from ..wire.protocol import OUTPUT, OUTPUT_TAIL_BYTES, STDERR, STDOUT, Buffer
 
 #: The sizes of the stdout and stderr files (-1: not read back), when a task starts or ends.
 _POSITIONS = struct.Struct("!qq")
@@ -36,9 +39,9 @@ class TaskOutput:
     array tasks that append to the same file would show in it too.
     """
 
-    def __init__(self):
-        self.files = []  # [kind, descriptor written to, descriptor to read from]
-        seen = {}
+    def __init__(self) -> None:
+        self.files: list[list[int]] = []  # [kind, descriptor written to, descriptor to read from]
+        seen: dict[tuple[int, int], list[int]] = {}
         for descriptor, kind in ((1, STDOUT), (2, STDERR)):
             try:
                 status = os.fstat(descriptor)
@@ -55,7 +58,7 @@ class TaskOutput:
                 seen[identity] = [kind, descriptor, reader]
                 self.files.append(seen[identity])
 
-    def positions(self):
+    def positions(self) -> bytes:
         """The files' sizes now, packed; what Python buffered for them is written first."""
         if not self.files:
             return _NO_POSITIONS
@@ -71,9 +74,9 @@ class TaskOutput:
             return _NO_POSITIONS
         return _POSITIONS.pack(*(sizes + [-1, -1])[:2])
 
-    def tails(self, start, end):
+    def tails(self, start: Buffer, end: Buffer) -> list[tuple[int, bytes]]:
         """(kind, bytes) of each stream written between two :meth:`positions`."""
-        tails = []
+        tails: list[tuple[int, bytes]] = []
         if start == end:
             return tails
         starts, ends = _POSITIONS.unpack(start), _POSITIONS.unpack(end)
@@ -91,7 +94,7 @@ class TaskOutput:
         return tails
 
 
-def _open_for_reading(descriptor):
+def _open_for_reading(descriptor: int) -> Optional[int]:
     """A new read-only descriptor of the file that ``descriptor`` writes, or None."""
     try:
         return os.open(f"/proc/self/fd/{descriptor}", os.O_RDONLY | os.O_CLOEXEC)
@@ -100,13 +103,16 @@ def _open_for_reading(descriptor):
     try:  # macOS has no /proc, but can name the file
         import fcntl
 
-        path = fcntl.fcntl(descriptor, fcntl.F_GETPATH, bytes(1024)).rstrip(b"\0")
+        # By name: typeshed declares F_GETPATH on macOS only; elsewhere this is the
+        # AttributeError below.
+        get_path = getattr(fcntl, "F_GETPATH")  # noqa: B009
+        path = fcntl.fcntl(descriptor, get_path, bytes(1024)).rstrip(b"\0")
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except (ImportError, AttributeError, OSError):
         return None
 
 
-def unbuffer_output():
+def unbuffer_output() -> None:
     """Send what tasks print straight to the output files, as ``python -u`` would."""
     for name, descriptor in (("stdout", 1), ("stderr", 2)):
         stream = getattr(sys, name)

@@ -14,6 +14,8 @@ exit would (its ``atexit`` handlers run, Python's and C's output buffers are
 flushed), but threads it left running are not waited for.
 """
 
+from __future__ import annotations
+
 import atexit
 import faulthandler
 import gc
@@ -25,9 +27,10 @@ import socket
 import struct
 import sys
 import traceback
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NoReturn, Optional, Union
 
-from .client import PermanentHTTPError
-from .output import unbuffer_output
+from .client import Client, PermanentHTTPError
+from .output import TaskOutput, unbuffer_output
 from ..wire import serialisation
 from ..wire.protocol import (
     ALONE_BYTES,
@@ -35,11 +38,15 @@ from ..wire.protocol import (
     ERROR,
     MAX_ERROR_BYTES,
     RESULT,
+    Buffer,
     coalesce,
     frame_bytes,
     nbytes,
     pack_frames,
 )
+
+if TYPE_CHECKING:
+    from ..wire.settings import WorkerSettings
 
 # What the runner tells the supervisor besides reports (never sent to the server):
 # a task starts (and so the one before it ended), the last task ended (both with
@@ -48,14 +55,14 @@ STARTED, ENDED, POSTED = 100, 101, 102
 RUNNER_KINDS = (RESULT, ERROR, STARTED, ENDED, POSTED)
 
 
-def limit_memory(limit_bytes):
+def limit_memory(limit_bytes: int) -> None:
     """Apply ``-l mem_grab=...`` as an address-space limit, as the original did."""
     import resource
 
     resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
 
 
-def error_bytes(text):
+def error_bytes(text: str) -> bytes:
     """``text`` as UTF-8 of at most ``MAX_ERROR_BYTES``, whatever characters it holds.
 
     Characters that UTF-8 cannot encode (lone surrogates, as in a file name
@@ -70,7 +77,7 @@ def error_bytes(text):
             + data[-half:].decode("utf-8", "ignore").encode())
 
 
-def describe_failure(error, skip_frames=0):
+def describe_failure(error: BaseException, skip_frames: int = 0) -> str:
     """The traceback of ``error`` as text, from its ``skip_frames``-th frame on."""
     frames = error.__traceback__
     for _ in range(skip_frames):
@@ -82,14 +89,15 @@ def describe_failure(error, skip_frames=0):
                 f"traceback could not be formatted ({type(failure).__name__})")
 
 
-def refused_result(size, error):
+def refused_result(size: int, error: PermanentHTTPError) -> str:
     """The error text of a task whose result the server would not take."""
     if error.status == DISK_FULL_STATUS:
         return f"the caller could not store the result ({size} bytes): {error}"
     return f"the result ({size} bytes) was refused: {error}"
 
 
-def run_one(function, index, arguments, reports):
+def run_one(function: Callable[..., Any], index: int, arguments: Buffer,
+            reports: RunnerReports) -> None:
     """Run ``f`` on one task's arguments and hand over its report; never raises for ``f``'s faults."""
     try:
         result = function(*serialisation.loads(arguments))
@@ -115,14 +123,14 @@ class RunnerReports:
     posted to the server here and now instead.
     """
 
-    def __init__(self, channel, connect):
+    def __init__(self, channel: socket.socket, connect: Callable[[], Client]) -> None:
         self.channel = channel
         self.connect = connect
-        self.client = None
-        self.pending = []  # the bytes of the frames to send
+        self.client: Optional[Client] = None
+        self.pending: list[Buffer] = []  # the bytes of the frames to send
         self.large = False  # whether a large payload is pending, to be sent as it is
 
-    def report(self, index, kind, payload):
+    def report(self, index: int, kind: int, payload: Union[Buffer, list[Buffer]]) -> None:
         if isinstance(payload, list) and len(payload) == 1:
             payload = payload[0]  # a small result: one part
         size = nbytes(payload)
@@ -141,17 +149,17 @@ class RunnerReports:
         else:
             self.pending.append(frame_bytes(index, kind, payload))
 
-    def started(self, index, positions):
+    def started(self, index: int, positions: bytes) -> None:
         """Task ``index`` starts, and the one before it ended, at ``positions``: sent now."""
         self.pending.append(frame_bytes(index, STARTED, positions))
         self.send()
 
-    def ended(self, index, positions):
+    def ended(self, index: int, positions: bytes) -> None:
         """The runner's last task ended at ``positions``."""
         self.pending.append(frame_bytes(index, ENDED, positions))
         self.send()
 
-    def send(self):
+    def send(self) -> None:
         if self.large:
             for part in coalesce(self.pending):
                 self.channel.sendall(part)
@@ -172,48 +180,54 @@ class Claims:
 
     _FIELDS = struct.Struct("qq")  # the next position to claim, and the first not allowed
 
-    def __init__(self, count):
+    def __init__(self, count: int) -> None:
         self._lock = multiprocessing.Lock()
         self._memory = mmap.mmap(-1, self._FIELDS.size)  # shared with the forked runner
         self._FIELDS.pack_into(self._memory, 0, 0, count)
 
-    def claim(self, position):
+    def claim(self, position: int) -> bool:
         """In the runner: whether it may start the task at ``position`` (then it is claimed)."""
         with self._lock:
-            _next, limit = self._FIELDS.unpack_from(self._memory)
+            _next, limit = self._fields()
             if position >= limit:
                 return False
             self._FIELDS.pack_into(self._memory, 0, position + 1, limit)
             return True
 
-    def stop(self):
+    def stop(self) -> int:
         """In the supervisor: let the runner start nothing more; the first position it never
         claimed."""
         with self._lock:
-            claimed, _limit = self._FIELDS.unpack_from(self._memory)
+            claimed, _limit = self._fields()
             self._FIELDS.pack_into(self._memory, 0, claimed, claimed)
             return claimed
 
-    def resume(self, limit):
+    def resume(self, limit: int) -> None:
         """In the supervisor: let the runner go on up to ``limit`` after all (the tasks could
         not be given back)."""
         with self._lock:
-            claimed, _limit = self._FIELDS.unpack_from(self._memory)
+            claimed, _limit = self._fields()
             self._FIELDS.pack_into(self._memory, 0, claimed, limit)
 
+    def _fields(self) -> tuple[int, int]:
+        """The next position to claim, and the first not allowed; the caller holds the lock."""
+        fields: tuple[int, int] = self._FIELDS.unpack_from(self._memory)
+        return fields
 
-def run_tasks(function_blob, arguments, indices, channel, connect, settings, output,
-              claims):
+
+def run_tasks(function_blob: Buffer, arguments: dict[int, memoryview], indices: list[int],
+              channel: socket.socket, connect: Callable[[], Client], settings: WorkerSettings,
+              output: TaskOutput, claims: Claims) -> int:
     """In the runner: load ``f``, then run each task it may claim; the runner's exit status."""
     reports = RunnerReports(channel, connect)
-    problem = None
+    problem: Optional[str] = None
     try:
         if settings.memory_limit:
             limit_memory(settings.memory_limit)
         function = serialisation.loads_function(function_blob)
     except BaseException as error:  # noqa: B902 - report any failure to load
         problem = "the function could not be loaded on this worker:\n" + describe_failure(error)
-    last = None
+    last: Optional[int] = None
     for position, index in enumerate(indices):
         if not claims.claim(position):
             break  # the supervisor gave the rest back
@@ -234,9 +248,10 @@ class Runner:
     It leaves the scheduler's ``kill_signals`` (numbers) to the supervisor.
     """
 
-    def __init__(self, target, kill_signals=()):
+    def __init__(self, target: Callable[[socket.socket], int],
+                 kill_signals: Iterable[int] = ()) -> None:
         self.channel, child_end = socket.socketpair()
-        self.status = None  # the wait status, once it ended
+        self.status: Optional[int] = None  # the wait status, once it ended
         self.stopped = False
         # What exists now is never collected in the runner, so that its garbage
         # collections do not write to (and so copy) every page it shares with us.
@@ -247,7 +262,7 @@ class Runner:
             _runner_main(target, child_end, kill_signals)
         child_end.close()
 
-    def poll(self):
+    def poll(self) -> Optional[int]:
         """The wait status if the runner ended, else None; notes whether it is stopped."""
         if self.status is None:
             pid, status = os.waitpid(self.pid, os.WNOHANG | os.WUNTRACED | os.WCONTINUED)
@@ -259,7 +274,7 @@ class Runner:
                 self.status = status
         return self.status
 
-    def wait(self):
+    def wait(self) -> int:
         while self.status is None:
             pid, status = os.waitpid(self.pid, 0)
             if pid and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
@@ -267,7 +282,7 @@ class Runner:
         self.channel.close()
         return self.status
 
-    def kill(self):
+    def kill(self) -> None:
         if self.status is None:
             try:
                 os.kill(self.pid, signal.SIGKILL)
@@ -275,7 +290,8 @@ class Runner:
                 pass
 
 
-def _runner_main(target, channel, kill_signals):
+def _runner_main(target: Callable[[socket.socket], int], channel: socket.socket,
+                 kill_signals: Iterable[int]) -> NoReturn:
     """The whole life of a runner process: it never returns into the supervisor's code."""
     status = 1
     try:
@@ -300,7 +316,7 @@ def _runner_main(target, channel, kill_signals):
         os._exit(status)
 
 
-def _flush_c_stdio():
+def _flush_c_stdio() -> None:
     """Flush what C code buffered in stdio, which ``os._exit`` would drop."""
     try:
         import ctypes
