@@ -145,13 +145,13 @@ def test_a_worker_that_leaves_still_holding_tasks_loses_them(storage):
 
 def test_batches_never_ask_for_more_than_a_pull_may_carry():
     from sheepdog.wire import protocol
-    from sheepdog.worker import loop as worker
+    from sheepdog.worker.batching import BatchSize
 
-    batch = worker.BatchSize()
+    batch = BatchSize()
     for _ in range(12):
         batch.took(batch.size, 1e-9 * batch.size)
     assert batch.size == protocol.MAX_PULL
-    assert worker.BatchSize(chunksize=10 ** 9).size == protocol.MAX_PULL
+    assert BatchSize(chunksize=10 ** 9).size == protocol.MAX_PULL
 
 
 def test_a_runner_that_dies_before_its_first_task_reports_the_batch_lost(local_conf):

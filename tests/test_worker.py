@@ -5,13 +5,15 @@ import time
 import pytest
 
 from sheepdog.wire import protocol
-from sheepdog.worker import runner, loop as worker
+from sheepdog.worker import loop as worker
+from sheepdog.worker import runner
+from sheepdog.worker.batching import BatchSize
 from sheepdog.worker.client import Client, PermanentHTTPError
 from sheepdog.server.host import Server
 
 
 def test_batches_start_at_one_task_and_aim_at_a_second_of_work():
-    batch = worker.BatchSize()
+    batch = BatchSize()
     assert batch.size == 1
     batch.took(1, 0.001)  # trivial tasks: grow, but at most 8 times at once
     assert batch.size == 8
@@ -24,7 +26,7 @@ def test_batches_start_at_one_task_and_aim_at_a_second_of_work():
 
 
 def test_a_worker_of_trivial_tasks_never_asks_for_fewer_than_a_pull_is_worth():
-    batch = worker.BatchSize()
+    batch = BatchSize()
     assert batch.least == 1
     batch.took(1, 0.0001)
     batch.took(8, 0.0008)
@@ -34,7 +36,7 @@ def test_a_worker_of_trivial_tasks_never_asks_for_fewer_than_a_pull_is_worth():
 
 
 def test_a_fixed_batch_size_is_kept_whatever_the_tasks_take():
-    batch = worker.BatchSize(chunksize=5)
+    batch = BatchSize(chunksize=5)
     batch.took(5, 0.0001)
     batch.took(5, 100.0)
     assert batch.size == 5

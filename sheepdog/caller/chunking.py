@@ -1,7 +1,7 @@
 """How many workers a job starts: about one per slot, never more than there is work for.
 
 Each array task of a job is a worker that pulls tasks until none is left
-(see ``worker.py``), so a job needs no more array tasks than can run at once:
+(see ``worker/loop.py``), so a job needs no more array tasks than can run at once:
 the cluster's slots, within ``max_running`` and the scheduler's array limit,
 and never more than there are tasks waiting. A scheduler that does not say
 how many slots it has is assumed to have ``UNKNOWN_SLOTS``.

@@ -6,7 +6,7 @@ that returns the exit code; :func:`main` builds the parser, resolves
 The help text is plain text (see :func:`help_epilog`), not the
 reStructuredText of the docs. Reading commands never create a database: a missing dbfile is an
 error that names it. How ``serve`` picks its scheme and port is ``serving.py``'s;
-``dashboard`` serves ``dashboard.py``'s page.
+``dashboard`` serves the live dashboard's page (``dashboard/``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Both sides import this one module, so that nothing here has to be kept equal
 by hand: the worker's modules (embedded in the job file beside this one, see
-``jobscript.EMBEDDED_MODULES``, so stdlib only) and ``callbacks.py``.
+``caller/jobscript.py``, so stdlib only) and ``server/callbacks.py``.
 
 **Routes.** A worker talks to the server about its request, about itself (the
 worker ``<launch>.<array task>``: array task t of the request's launch-th job)

@@ -22,7 +22,7 @@ caller, so the quickstart's ``import numpy as np; global np`` idiom makes
 request's ``ns`` entries are injected into the function's globals.
 
 Code objects only load into the same Python minor version that made them; the
-worker checks this before loading anything (see ``worker.py``).
+worker checks this before loading anything (see ``worker/loop.py``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The worker's line to the caller: signed HTTP(S) requests, with their routes and retries.
 
-Embedded verbatim in the job file beside ``protocol`` (see ``worker.py``), so
+Embedded in the job file with the rest of ``wire`` and ``worker`` (see ``loop.py``), so
 it imports only the standard library and ``protocol``. Both the supervisor
 and the runner post through it, each on a connection of its own.
 

@@ -1,6 +1,6 @@
 """What each task wrote to stdout and stderr: sent straight to its files, its tail read back.
 
-Embedded verbatim in the job file beside ``protocol`` (see ``worker.py``), so
+Embedded in the job file with the rest of ``wire`` and ``worker`` (see ``loop.py``), so
 it imports only the standard library and ``protocol``.
 
 The tail of what each task wrote to stdout and stderr travels with its report

@@ -1,7 +1,7 @@
 """The runner: a forked process that runs a batch of tasks and hands over each report at once.
 
 Embedded verbatim in the job file beside ``protocol``, ``client`` and
-``output`` (see ``worker.py``), so it imports only the standard library and
+``output`` (see ``loop.py``), so it imports only the standard library and
 those. The worker forks it and stays behind as its supervisor.
 
 The runner loads ``f`` and runs ``f(*args)`` for each task. It hands each
@@ -173,7 +173,7 @@ class Claims:
 
     The runner claims each task before it starts it. The supervisor may stop
     it before its next unclaimed task, to give the rest of the batch back
-    while the runner is stuck in a long task (see ``worker.py``). A lock
+    while the runner is stuck in a long task (see ``loop.py``). A lock
     shared across the fork makes claiming and stopping exclusive, so every
     task is either started here or given back, never both.
     """
