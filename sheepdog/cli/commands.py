@@ -264,6 +264,8 @@ def _dashboard(arguments: argparse.Namespace, session: Session) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    """The command line, declared in one place: long, as argparse declarations are, so
+    that every subcommand's options can be read together."""
     parser = argparse.ArgumentParser(
         prog="sheepdog", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Look at, collect, cancel and serve sheepdog requests.",

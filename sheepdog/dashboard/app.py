@@ -79,7 +79,11 @@ def throughput(storage: Storage, request_id: int, created: float, now: float,
 
 
 def create_app(storage: Union[Storage, str, os.PathLike[str]], token: str) -> Flask:
-    """The dashboard's Flask app over ``storage``, open to holders of ``token`` only."""
+    """The dashboard's Flask app over ``storage``, open to holders of ``token`` only.
+
+    Long because Flask's routes are closures over the app, the storage and the
+    token: each route below is short, and reads best beside the others.
+    """
     if len(token) < 16:
         raise ValueError("the dashboard token must be at least 16 characters: use new_token()")
     store = storage if isinstance(storage, Storage) else Storage(storage)

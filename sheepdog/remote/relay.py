@@ -53,7 +53,8 @@ def relay() -> None:
 
     One thread, this one, reads the commands and accepts connections, so that
     a listener is only ever closed by the thread that accepts on it; each
-    connection is piped by two threads of its own.
+    connection is piped by two threads of its own. Long because the program
+    ships as this one function's source, with its helpers nested inside it.
     """
     import os
     import selectors

@@ -87,7 +87,9 @@ class CallbackHandler(tornado.web.RequestHandler):
 
         The connection is taken over from Tornado's HTTP code, so that the
         body is read in large pieces into one reused buffer (Tornado's own
-        body reader hands over at most one TLS record at a time).
+        body reader hands over at most one TLS record at a time). Long because
+        the read, the digest, the full disk and the answer share one buffer and
+        one file descriptor, which a split would have to pass around.
         """
         descriptor, path = self.callbacks.storage.new_staging_file(request_id, index)
         digest = hashlib.sha256()

@@ -104,6 +104,7 @@ class Client:
         ``worker``, ``task``, ``seq``, ``size`` and ``least`` are what the
         route names (see ``protocol.path``). ``body`` is bytes-like or a list of
         parts; large parts are sent as they are, never joined into one copy.
+        One retry loop with its outcomes side by side: hence its length.
         """
         method = protocol.ROUTES[route]
         full_path = protocol.path(self.request_id, route, worker=worker, task=task, seq=seq,
