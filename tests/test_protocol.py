@@ -14,7 +14,7 @@ def test_index_specs_name_many_tasks_compactly():
     ("function", {}), ("results", {}), ("pull", {"worker": "2.17", "seq": 3, "size": 500}),
     ("heartbeat", {"worker": "1.1"}), ("killing", {"worker": "1.8"}),
     ("result", {"task": 7}), ("error", {"task": 1}), ("output", {"task": 2**40}),
-    ("lost", {"worker": "1.2", "task": 3}), ("release", {"worker": "3.1"}),
+    ("lost", {"worker": "1.2", "task": 3, "seq": 4}), ("release", {"worker": "3.1", "seq": 2}),
 ])
 def test_every_route_is_parsed_back_from_the_path_it_builds(route, names):
     parsed = protocol.parse_path(protocol.path(42, route, **names))
@@ -30,7 +30,9 @@ def test_every_route_is_parsed_back_from_the_path_it_builds(route, names):
     "/requests/1/workers/1.1/pull/1/5/6", "/requests/1/workers/1.1/pull/1/5",
     "/requests/1/workers/1.1/start", "/requests/1/tasks/3/lost",
     "/requests/x/function", "/requests/1/function/", "/requests/1/tasks/9223372036854775808/error",
-    "/requests/1/workers/1.1/lost/" + "9" * 5000, "/requests/1/tasks/\u0661/result",
+    "/requests/1/workers/1.1/lost/" + "9" * 5000 + "/1", "/requests/1/tasks/\u0661/result",
+    "/requests/1/workers/1.1/lost/3", "/requests/1/workers/1.1/release",
+    "/requests/1/workers/1.1/release/0", "/requests/1/workers/1.1/lost/3/0",
 ])
 def test_paths_that_name_no_route_are_refused(path):
     """Some of these once made the server answer 500 (OverflowError, ValueError)."""

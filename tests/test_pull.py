@@ -8,6 +8,10 @@ from contextlib import closing
 import sheepdog
 from sheepdog import Storage
 
+from sheepdog.server.callbacks import Callbacks
+from sheepdog.wire import protocol
+
+from .conftest import SignedClient
 from .test_api import max_request
 from .test_faults import quick_watch  # noqa: F401 - a fixture
 
@@ -111,7 +115,34 @@ def test_a_late_loss_from_a_worker_that_no_longer_holds_the_task_changes_nothing
     assert storage.requeue(request_id, max_attempts=2, failed_too=False) == [1]
     _second, again = lease(storage, request_id, 1)
     assert again == [1]
-    assert not storage.lose_held(request_id, first, 1, "killed by SIGKILL")
+    assert not storage.lose_held(request_id, first, 1, 1, "killed by SIGKILL")
+    assert storage.progress(request_id).running == 1
+
+
+def test_a_replayed_release_or_loss_of_an_earlier_batch_moves_nothing(storage):
+    """A worker gave task 1 back (pull 1), then took it again (pull 2): a captured release
+    or loss of pull 1, replayed now, must neither run it twice nor burn a retry."""
+    request_id = storage.create_request(b"f", [b"a"], "k", "local")
+    worker, held = lease(storage, request_id, 1)
+    assert storage.release(request_id, worker, 1, held) == [1]
+    assert storage.pull(request_id, worker, 2, 1) == [1]
+    assert storage.release(request_id, worker, 1, [1]) == []
+    assert not storage.lose_held(request_id, worker, 1, 1, "killed by SIGKILL")
+    assert storage.progress(request_id).running == 1
+    assert storage.lose_held(request_id, worker, 2, 1, "killed by SIGKILL")  # its own batch
+
+
+def test_a_replayed_release_is_refused_by_the_server_too(storage):
+    """The same through the signed routes: the path names the batch, so the replay is
+    signed for pull 1 and cannot be moved to pull 2."""
+    request_id = storage.create_request(b"f", [b"a"], "k", "local")
+    worker, held = lease(storage, request_id, 1)
+    client = SignedClient(Callbacks(storage), b"k")
+    release = protocol.path(request_id, "release", worker=worker, seq=1)
+    assert client.post(release, data=b"[1]").status_code == 200
+    assert storage.pull(request_id, worker, 2, 1) == [1]
+    replayed = client.post(release, data=b"[1]")
+    assert replayed.status_code == 200 and replayed.data.strip() == b"released 0 of 1"
     assert storage.progress(request_id).running == 1
 
 

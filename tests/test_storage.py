@@ -277,7 +277,7 @@ def test_output_posted_after_its_report_or_for_a_crashed_task_is_kept(storage):
     worker, held = lease(storage, request_id, 1)
     assert held == [2]
     storage.record_reports(request_id, [], [(2, "stdout and stderr", b"Fatal Python error")])
-    assert storage.lose_held(request_id, worker, 2, "killed by SIGSEGV")
+    assert storage.lose_held(request_id, worker, 1, 2, "killed by SIGSEGV")
     ((_args, state, error),) = storage.errors(request_id)
     assert state == "lost" and "killed by SIGSEGV" in error and "Fatal Python error" in error
     assert storage.requeue(request_id, max_attempts=2, failed_too=False) == [2]
@@ -287,7 +287,7 @@ def test_a_crash_after_a_kill_notice_is_not_retried(storage):
     request_id = make_request(storage)
     worker, held = lease(storage, request_id, 1)
     assert storage.worker_kill_notice(request_id, worker)
-    assert storage.lose_held(request_id, worker, held[0], "killed by SIGKILL")
+    assert storage.lose_held(request_id, worker, 1, held[0], "killed by SIGKILL")
     assert storage.requeue(request_id, max_attempts=2, failed_too=False) == []
 
 

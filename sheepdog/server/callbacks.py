@@ -250,7 +250,7 @@ class Callbacks:
         if name == "pull":
             return self._pull(request_id, parsed)
         if name == "release":
-            return self._release(request_id, parsed.worker, body)
+            return self._release(request_id, parsed.worker, parsed.seq, body)
         if name in ("heartbeat", "killing"):
             update = (self.storage.worker_heartbeat if name == "heartbeat"
                       else self.storage.worker_kill_notice)
@@ -261,11 +261,12 @@ class Callbacks:
         if name == "output":
             return self._output(request_id, index, body)
         if name == "lost":
-            return self._lost(request_id, parsed.worker, index, body)
+            return self._lost(request_id, parsed.worker, index, parsed.seq, body)
         return self._report(request_id, index, name, body)
 
-    def _release(self, request_id: int, worker: str, body: Any) -> Reply:
-        """Tasks a worker gives back unstarted: a JSON list of their indices."""
+    def _release(self, request_id: int, worker: str, batch: int, body: Any) -> Reply:
+        """Tasks of pull ``batch`` that a worker gives back unstarted: a JSON list of their
+        indices."""
         try:
             indices = json.loads(bytes(body))
         except ValueError:
@@ -274,7 +275,7 @@ class Callbacks:
                 type(index) is int and 1 <= index <= MAX_INDEX for index in indices):
             return text_reply(400, "a release names the tasks given back as a JSON list of "
                                    "task indices")
-        released = self.storage.release(request_id, worker, indices)
+        released = self.storage.release(request_id, worker, batch, indices)
         return text_reply(200, f"released {len(released)} of {len(indices)}")
 
     def _pull(self, request_id: int, parsed: Path) -> Reply:
@@ -321,18 +322,18 @@ class Callbacks:
         self.storage.record_reports(request_id, [], outputs)
         return _STORED
 
-    def _lost(self, request_id: int, worker: str, index: int, body: Any) -> Reply:
+    def _lost(self, request_id: int, worker: str, index: int, batch: int, body: Any) -> Reply:
         """A task whose process crashed: lost, and retryable unless its kill was announced.
 
-        Only while ``worker`` still holds it: a late or replayed loss never touches
-        a retry that another worker runs."""
+        Only while ``worker`` still holds it from pull ``batch``: a late or replayed
+        loss never touches a retry that another worker, or this one, runs now."""
         try:
             reason = bytes(body).decode("utf-8")
         except UnicodeDecodeError:
             return text_reply(400, f"the reason why task {index} was lost must be UTF-8")
         if not reason:
             return text_reply(400, f"empty reason for task {index}")
-        recorded = self.storage.lose_held(request_id, worker, index, reason)
+        recorded = self.storage.lose_held(request_id, worker, batch, index, reason)
         return _STORED if recorded else _ALREADY
 
     def _report(self, request_id: int, index: int, action: str, body: Any) -> Reply:

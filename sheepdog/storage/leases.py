@@ -178,25 +178,28 @@ class Leases:
         return db.execute("SELECT count(*) FROM workers WHERE request_id = ? AND ended IS NULL",
                           (request_id,)).fetchone()[0]
 
-    def lose_held(self, request_id: int, worker: str, index: int, reason: str) -> bool:
-        """Task ``index`` crashed while ``worker`` held it: lost, retryable unless the
-        scheduler warned the worker; True if it was still held."""
-        return bool(self._apply_held("lose", request_id, worker, [index], reason=reason))
+    def lose_held(self, request_id: int, worker: str, batch: int, index: int,
+                  reason: str) -> bool:
+        """Task ``index`` of pull ``batch`` crashed while ``worker`` held it: lost, retryable
+        unless the scheduler warned the worker; True if it was still held."""
+        return bool(self._apply_held("lose", request_id, worker, batch, [index], reason=reason))
 
-    def release(self, request_id: int, worker: str, indices: list[int]) -> list[int]:
-        """Tasks that ``worker`` holds and gives back unstarted go back in the queue; those
-        that did."""
-        return self._apply_held("release", request_id, worker, indices)
+    def release(self, request_id: int, worker: str, batch: int, indices: list[int]
+                ) -> list[int]:
+        """Tasks of pull ``batch`` that ``worker`` holds and gives back unstarted go back in
+        the queue; those that did."""
+        return self._apply_held("release", request_id, worker, batch, indices)
 
-    def _apply_held(self, event: str, request_id: int, worker: str, indices: list[int],
-                    **parameters: Any) -> list[int]:
-        """``event`` for those of ``indices`` that ``worker`` still holds (a late or replayed
-        report from a worker never touches a task another one now runs); those that moved."""
+    def _apply_held(self, event: str, request_id: int, worker: str, batch: int,
+                    indices: list[int], **parameters: Any) -> list[int]:
+        """``event`` for those of ``indices`` that ``worker`` still holds from pull ``batch``
+        (a late or replayed report never touches a task that another worker, or this one
+        in a later pull, now runs); those that moved."""
         with self._database.write() as db:
             row = _worker_row(db, request_id, worker, "id")
             moved = [] if row is None else states.apply(
-                db, event, request_id, indices, where="worker = :worker_id",
-                worker_id=row[0], **parameters)
+                db, event, request_id, indices, where="worker = :worker_id AND batch = :batch",
+                worker_id=row[0], batch=batch, **parameters)
         if moved:
             self._database.changed()
         return sorted(moved)

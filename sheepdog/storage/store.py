@@ -191,11 +191,13 @@ class Storage:
              ) -> Union[list[int], AskAgain, None]:
         return self.leases.pull(request_id, worker, seq, size, least)
 
-    def lose_held(self, request_id: int, worker: str, index: int, reason: str) -> bool:
-        return self.leases.lose_held(request_id, worker, index, reason)
+    def lose_held(self, request_id: int, worker: str, batch: int, index: int,
+                  reason: str) -> bool:
+        return self.leases.lose_held(request_id, worker, batch, index, reason)
 
-    def release(self, request_id: int, worker: str, indices: list[int]) -> list[int]:
-        return self.leases.release(request_id, worker, indices)
+    def release(self, request_id: int, worker: str, batch: int, indices: list[int]
+                ) -> list[int]:
+        return self.leases.release(request_id, worker, batch, indices)
 
     def worker_heartbeat(self, request_id: int, worker: str) -> bool:
         return self.leases.worker_heartbeat(request_id, worker)

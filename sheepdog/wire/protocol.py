@@ -16,17 +16,19 @@ reads it back, so the two sides cannot disagree::
                                                          wait); none left: no frames
     POST /requests/<rid>/workers/<L>.<T>/heartbeat       the worker is alive (renews its lease)
     POST /requests/<rid>/workers/<L>.<T>/killing         the scheduler warned it will kill it
-    POST /requests/<rid>/workers/<L>.<T>/release         body: a JSON list of the tasks it
-                                                         holds but gives back, unstarted
-    POST /requests/<rid>/workers/<L>.<T>/lost/<i>        how task i's process ended, UTF-8:
-                                                         it crashed; its worker went on
+    POST /requests/<rid>/workers/<L>.<T>/release/<seq>   body: a JSON list of the tasks of
+                                                         pull seq that it gives back, unstarted
+    POST /requests/<rid>/workers/<L>.<T>/lost/<i>/<seq>  how task i (of pull seq)'s process
+                                                         ended, UTF-8: it crashed; its worker
+                                                         went on
     POST /requests/<rid>/results                         results, errors and output tails
     POST /requests/<rid>/tasks/<i>/result                one pickled result (1 MB or more)
     POST /requests/<rid>/tasks/<i>/error                 one traceback, UTF-8
     POST /requests/<rid>/tasks/<i>/output                one task's output tails, as frames
 
 ``seq`` numbers a worker's pulls from 1, so that a pull repeated after a lost
-answer gets the same tasks again instead of leasing more. A pull may also be
+answer gets the same tasks again instead of leasing more, and a release or a
+loss names the pull (the batch) it concerns. A pull may also be
 answered with a single ``WAIT`` frame: nothing yet, but ask again soon.
 
 **Signatures.** Every worker request carries an HMAC-SHA256, under the
@@ -37,7 +39,9 @@ seen in flight cannot be replayed for another task, route or request, nor
 with another body, and the server can check a request from its headers alone,
 before it reads a byte of the body. Replaying the very same request again is
 harmless: reports are first-come, a pull repeated gets the same tasks, and a
-loss or a release concerns only the tasks that the worker named still holds.
+loss or a release concerns only the tasks that the worker named still holds
+from the pull it names, so one replayed after the worker took the same task
+again in a later pull moves nothing.
 
 **Frames.** Many arguments or reports travel in one body as frames: a 32-byte
 header (index, kind, length), the payload, and zero padding to 16 bytes, so
@@ -272,7 +276,7 @@ ROUTES = {
     "lost": "POST",
 }
 _REQUEST_ROUTES = ("function", "results")
-_WORKER_ROUTES = ("heartbeat", "killing", "release")
+_WORKER_ROUTES = ("heartbeat", "killing")
 _TASK_ROUTES = ("result", "error", "output")
 #: Routes whose bodies are accepted up to REPORT_FLOOR_BYTES whatever the server's limit.
 FLOOR_ROUTES = ("error", "output", "lost")
@@ -283,9 +287,10 @@ _PATH = re.compile(
     r"/requests/(?P<rid>[0-9]{1,18})/(?:"
     r"(?P<request_route>function|results)"
     r"|workers/(?P<launch>[0-9]{1,9})\.(?P<array_task>[0-9]{1,9})/"
-    r"(?:(?P<worker_route>heartbeat|killing|release)"
+    r"(?:(?P<worker_route>heartbeat|killing)"
     r"|pull/(?P<seq>[1-9][0-9]{0,8})/(?P<size>[1-9][0-9]{0,6})/(?P<least>[1-9][0-9]{0,6})"
-    r"|lost/(?P<lost>[0-9]{1,19}))"
+    r"|release/(?P<release_seq>[1-9][0-9]{0,8})"
+    r"|lost/(?P<lost>[0-9]{1,19})/(?P<lost_seq>[1-9][0-9]{0,8}))"
     r"|tasks/(?P<task>[0-9]{1,19})/(?P<task_route>result|error|output))"
 )
 
@@ -313,9 +318,12 @@ def path(request_id: int, route: str, worker: Optional[str] = None, task: Option
                 f"{int(least or 1)}")
     if route in _WORKER_ROUTES:
         return f"{prefix}workers/{_named(route, 'worker', worker)}/{route}"
+    if route == "release":
+        return (f"{prefix}workers/{_named(route, 'worker', worker)}/release/"
+                f"{int(_named(route, 'seq', seq))}")
     if route == "lost":
         return (f"{prefix}workers/{_named(route, 'worker', worker)}/lost/"
-                f"{int(_named(route, 'task', task))}")
+                f"{int(_named(route, 'task', task))}/{int(_named(route, 'seq', seq))}")
     if route in _TASK_ROUTES:
         return f"{prefix}tasks/{int(_named(route, 'task', task))}/{route}"
     raise ValueError(f"no route named {route!r}")
@@ -341,8 +349,9 @@ def parse_path(text: str) -> Optional[Path]:
     worker = (worker_name(match["launch"], match["array_task"])
               if match["launch"] is not None else None)
     route = (match["request_route"] or match["worker_route"] or match["task_route"]
-             or ("lost" if match["lost"] else "pull"))
+             or ("lost" if match["lost"] else "release" if match["release_seq"] else "pull"))
+    seq = match["seq"] or match["release_seq"] or match["lost_seq"]
     return Path(int(match["rid"]), route, worker, None if task is None else int(task),
-                None if match["seq"] is None else int(match["seq"]),
+                None if seq is None else int(seq),
                 None if size is None else int(size),
                 None if size is None else int(match["least"]))

@@ -128,7 +128,7 @@ def run(job_settings: Mapping[str, Any]) -> int:
             assert function is not None, "fetched above whenever this Python can load it"
             status = supervisor.run(lambda todo, claims: Runner(lambda channel: run_tasks(
                 function, arguments, todo, channel, connect, settings, output, claims),
-                kill_signals), indices, batch.give_back_after) or status
+                kill_signals), indices, seq - 1, batch.give_back_after) or status
             batch.took(len(supervisor.started), time.monotonic() - started)
     finally:
         client.close()

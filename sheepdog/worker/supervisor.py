@@ -107,15 +107,17 @@ class Supervisor:
         self.given_back: set[int] = set()
         self.give_back_after = float("inf")
         self.todo: list[int] = []  # the runner's tasks
+        self.batch = 0  # the pull (its seq) that the batch came from
         self.claims: Optional[Claims] = None  # what it may still start
 
     # -- the runners ------------------------------------------------------
 
     def run(self, start_runner: Callable[[list[int], Claims], Runner], indices: Iterable[int],
-            give_back_after: float = float("inf")) -> int:
-        """Run the batch ``indices`` in runners until each has started once, giving back
-        what a task running for ``give_back_after`` seconds holds up; the exit status."""
-        todo, status = list(indices), 0
+            batch: int, give_back_after: float = float("inf")) -> int:
+        """Run the batch ``indices`` of pull ``batch`` in runners until each has started
+        once, giving back what a task running for ``give_back_after`` seconds holds up;
+        the exit status."""
+        todo, status, self.batch = list(indices), 0, batch
         self.remaining, self.started, self.crash_status = set(indices), set(), None
         self.given_back, self.give_back_after = set(), give_back_after
         try:
@@ -214,7 +216,8 @@ class Supervisor:
     def _report_lost(self, index: int, reason: str) -> None:
         """Tell the server that task ``index`` of this worker's batch will not report."""
         try:
-            self.client.request("lost", error_bytes(reason), worker=self.worker, task=index)
+            self.client.request("lost", error_bytes(reason), worker=self.worker, task=index,
+                                seq=self.batch)
         except PermanentHTTPError as error:
             log(f"could not report task {index} lost: {error}")
         self.remaining.discard(index)
@@ -261,7 +264,8 @@ class Supervisor:
         if not rest:
             return
         try:
-            self.client.request("release", json.dumps(rest).encode(), worker=self.worker)
+            self.client.request("release", json.dumps(rest).encode(), worker=self.worker,
+                                seq=self.batch)
         except Exception as error:  # then this runner runs them after all
             log(f"could not give back tasks {index_spec(rest)}: {error}")
             self.claims.resume(len(self.todo))
