@@ -82,6 +82,34 @@ def test_a_failed_tasks_prints_and_logging_come_with_its_error(local_conf):
     assert section.endswith("--- end of the task's stdout and stderr ---")
 
 
+def test_a_task_that_closes_or_replaces_its_streams_costs_the_next_task_nothing(local_conf):
+    """One batch of five in one runner: the odd tasks close sys.stdout, replace
+    sys.stderr or close descriptor 1; the task after each still prints and succeeds,
+    and its output is kept."""
+    def rude(x):
+        import io
+        import os
+        import sys
+
+        print(f"task {x} here")
+        print(f"task {x} on stderr", file=sys.stderr)
+        if x == 1:
+            sys.stdout.close()
+        elif x == 3:
+            sys.stderr = io.StringIO()
+        elif x == 5:
+            os.close(1)
+        return x
+
+    conf = {**local_conf, "chunksize": 6, "workers": 1}
+    assert sheepdog.map(rude, [(x,) for x in range(6)], conf, verbose=False) == list(range(6))
+    request_id = max_request(local_conf)
+    storage = sheepdog.api.default_session().storage(local_conf["dbfile"])
+    for index in (3, 5):  # the tasks after a close and after a replacement (x = index - 1)
+        shown = "".join(storage.task_logs(request_id, index)[0].output.values())
+        assert f"task {index - 1} here" in shown and f"task {index - 1} on stderr" in shown
+
+
 def test_output_written_right_before_a_crash_reaches_the_output_file_and_the_database(
         local_conf, kept_scripts, tmp_path):
     def crashes_mid_line(x):

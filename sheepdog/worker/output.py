@@ -112,18 +112,56 @@ def _open_for_reading(descriptor: int) -> Optional[int]:
         return None
 
 
+#: The runner's own streams and copies of descriptors 1 and 2, which
+#: :func:`restore_output` puts back before each task.
+_STREAMS: dict[str, _Unbuffered] = {}
+_COPIES: dict[int, int] = {}
+
+
 def unbuffer_output() -> None:
-    """Send what tasks print straight to the output files, as ``python -u`` would."""
+    """Send what tasks print straight to the output files, as ``python -u`` would.
+
+    Called once in each runner; it keeps the streams, and copies of the
+    descriptors, that :func:`restore_output` puts back.
+    """
     for name, descriptor in (("stdout", 1), ("stderr", 2)):
         stream = getattr(sys, name)
         try:
             stream.flush()
-            raw = io.FileIO(descriptor, "w", closefd=False)
+            _COPIES[descriptor] = os.dup(descriptor)  # not inherited by what tasks start
+            _STREAMS[name] = _unbuffered(descriptor, stream)
         except (OSError, ValueError, AttributeError):
             continue
-        setattr(sys, name, _Unbuffered(
-            raw, encoding=getattr(stream, "encoding", None) or "utf-8",
-            errors=getattr(stream, "errors", None) or "backslashreplace", write_through=True))
+        setattr(sys, name, _STREAMS[name])
+
+
+def restore_output() -> None:
+    """Give the next task the runner's stdout and stderr, whatever the last one did.
+
+    A task may close or replace ``sys.stdout`` or ``sys.stderr``, or close
+    descriptor 1 or 2; the next task of its batch must neither fail for it
+    (under its own name) nor write where the last one pointed them.
+    """
+    for descriptor, copy in _COPIES.items():
+        try:
+            same = os.path.sameopenfile(copy, descriptor)
+        except OSError:
+            same = False
+        if not same:
+            os.dup2(copy, descriptor)
+    for name, stream in _STREAMS.items():
+        if stream.closed:
+            stream = _STREAMS[name] = _unbuffered(1 if name == "stdout" else 2, stream)
+        if getattr(sys, name) is not stream:
+            setattr(sys, name, stream)
+
+
+def _unbuffered(descriptor: int, like: io.TextIOBase) -> _Unbuffered:
+    """A text stream that writes straight to ``descriptor``, encoded as ``like`` was."""
+    return _Unbuffered(
+        io.FileIO(descriptor, "w", closefd=False),
+        encoding=getattr(like, "encoding", None) or "utf-8",
+        errors=getattr(like, "errors", None) or "backslashreplace", write_through=True)
 
 
 class _Unbuffered(io.TextIOWrapper):

@@ -30,7 +30,7 @@ import traceback
 from typing import TYPE_CHECKING, Any, Callable, Iterable, NoReturn, Optional, Union
 
 from .client import Client, PermanentHTTPError
-from .output import TaskOutput, unbuffer_output
+from .output import TaskOutput, restore_output, unbuffer_output
 from ..wire import serialisation
 from ..wire.protocol import (
     ALONE_BYTES,
@@ -231,6 +231,7 @@ def run_tasks(function_blob: Buffer, arguments: dict[int, memoryview], indices: 
     for position, index in enumerate(indices):
         if not claims.claim(position):
             break  # the supervisor gave the rest back
+        restore_output()
         reports.started(index, output.positions())
         if problem is None:
             run_one(function, index, arguments.pop(index), reports)
