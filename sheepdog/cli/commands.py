@@ -2,11 +2,15 @@
 
 Each subcommand is one small function below, ``_<name>(arguments, session)``,
 that returns the exit code; :func:`main` builds the parser, resolves
-``--dbfile`` and turns a :class:`CommandError` into a message and exit code 2.
+``--dbfile`` and turns a :class:`CommandError` (or a database it cannot use, a
+:class:`~sheepdog.storage.StorageError`) into a message and exit code 2.
 The help text is plain text (see :func:`help_epilog`), not the
-reStructuredText of the docs. Reading commands never create a database: a missing dbfile is an
-error that names it. How ``serve`` picks its scheme and port is ``serving.py``'s;
-``dashboard`` serves ``dashboard.py``'s page.
+reStructuredText of the docs. No command creates a database: a missing
+dbfile is an error that names it. The reading commands (all but ``cancel``,
+``serve`` and ``config``) open it read-only and change nothing, not even an
+older schema, which only a writer brings up to date. How ``serve`` picks its
+scheme and port is ``serving.py``'s; ``dashboard`` serves ``dashboard.py``'s
+page.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from ..caller.request import Request
 from ..caller.session import Session
 from ..config import DEFAULT_DASHBOARD, Config, parse_address, resolve_with_sources
 from ..server import Server
-from ..storage import STREAMS, Progress, Storage
+from ..storage import STREAMS, Progress, Storage, StorageError
 from ..storage.payloads import payload_bytes
 from ..storage.states import CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING
 from ..storage.summaries import TaskLog
@@ -71,10 +75,10 @@ def outcome(progress: Progress) -> int:
     return EXIT_DONE if progress.done == progress.total else EXIT_UNSUCCESSFUL
 
 
-def _existing_storage(session: Session, dbfile: str) -> Storage:
-    """The database ``dbfile``, which must exist: reading never creates one."""
+def _existing_storage(session: Session, dbfile: str, read_only: bool = True) -> Storage:
+    """The database ``dbfile``, which must exist: reading never creates one, nor changes it."""
     try:
-        return session.storage(dbfile, create=False)
+        return session.storage(dbfile, create=False, read_only=read_only)
     except FileNotFoundError as error:
         raise CommandError(str(error)) from None
 
@@ -195,24 +199,25 @@ def _logs(arguments: argparse.Namespace, session: Session) -> int:
     return outcome(storage.progress(arguments.request_id))
 
 
-def _request(session: Session, arguments: argparse.Namespace) -> Request:
+def _request(session: Session, arguments: argparse.Namespace, read_only: bool = True
+             ) -> Request:
     """The handle of the request the command names, in a database that must exist."""
-    _existing_storage(session, arguments.dbfile)
+    _existing_storage(session, arguments.dbfile, read_only)
     try:
-        return session.request(arguments.request_id, arguments.dbfile)
+        return session.request(arguments.request_id, arguments.dbfile, read_only=read_only)
     except KeyError as error:
         raise CommandError(error.args[0]) from None
 
 
 def _cancel(arguments: argparse.Namespace, session: Session) -> int:
-    request = _request(session, arguments)
+    request = _request(session, arguments, read_only=False)
     cancelled = request.cancel()
     print(f"request {request.id}: {cancelled} unfinished tasks cancelled")
     return outcome(request.progress())
 
 
 def _serve(arguments: argparse.Namespace, session: Session) -> int:
-    storage = _existing_storage(session, arguments.dbfile)
+    storage = _existing_storage(session, arguments.dbfile, read_only=False)
     plan = plan_serving(storage, arguments.request_ids, arguments.scheme, arguments.port)
     if plan.request_ids:
         log.info("serving %s over %s", listing(plan.request_ids), plan.scheme.upper())
@@ -359,7 +364,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         arguments.dbfile = _dbfile(arguments)
         with Session() as session:
             return int(arguments.run(arguments, session))
-    except CommandError as error:
+    except (CommandError, StorageError) as error:
         print(f"sheepdog: {error}", file=sys.stderr)
         return EXIT_USAGE
 
