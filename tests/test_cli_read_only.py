@@ -143,6 +143,15 @@ def test_a_directory_as_the_database_is_refused_with_exit_2(tmp_path, command, c
     refused(capsys, command, tmp_path, f"{tmp_path} is not a file")
 
 
+def test_an_empty_dbfile_from_the_environment_is_refused_with_exit_2(monkeypatch, capsys):
+    monkeypatch.setenv("SHEEPDOG_DBFILE", "")
+    code, _, err = run(capsys, "list")
+    assert code == cli.EXIT_USAGE
+    assert err == ("sheepdog: the dbfile is empty (from env SHEEPDOG_DBFILE): name a sheepdog "
+                   "database, or leave it unset for ./sheepdog.sqlite\n")
+    assert run(capsys, "config")[0] == cli.EXIT_DONE  # which still shows where it comes from
+
+
 @needs_root
 @pytest.mark.parametrize("command", READING + WRITING, ids=lambda argv: argv[0])
 def test_a_database_of_another_user_is_refused_with_exit_2_and_left_unchanged(
@@ -161,6 +170,15 @@ def test_a_world_writable_database_is_refused_with_exit_2_and_left_unchanged(
     before = snapshot(closed_database)
     refused(capsys, command, closed_database, "can be written by others than you (mode 666)")
     assert snapshot(closed_database) == before
+
+
+@pytest.mark.parametrize("command", [["status"], ["results"], ["errors"], ["logs"], ["cancel"],
+                                     ["logs", "1"]], ids=" ".join)
+def test_an_id_beyond_sqlite_integers_names_nothing_and_exits_2(closed_database, command,
+                                                                 capsys):
+    huge = "99999999999999999999"
+    what = "has no task" if command == ["logs", "1"] else f"request {huge} is not in"
+    refused(capsys, [*command, huge], closed_database, what)
 
 
 AS_OTHER_USER = ["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups"]

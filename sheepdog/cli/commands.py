@@ -352,16 +352,23 @@ def _resolved(conf: dict[str, Any]) -> tuple[Config, dict[str, str]]:
 
 def _dbfile(arguments: argparse.Namespace) -> str:
     """``--dbfile``, else the one the config file or environment sets, else the default."""
-    if arguments.given_dbfile:
-        return str(arguments.given_dbfile)
-    return _resolved({"profile": arguments.profile})[0].dbfile
+    if arguments.given_dbfile is not None:
+        dbfile, source = str(arguments.given_dbfile), "--dbfile"
+    else:
+        config, sources = _resolved({"profile": arguments.profile})
+        dbfile, source = config.dbfile, sources["dbfile"]
+    if not dbfile.strip():
+        raise CommandError(f"the dbfile is empty (from {source}): name a sheepdog database, "
+                           f"or leave it unset for ./sheepdog.sqlite")
+    return dbfile
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     arguments = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="sheepdog: %(message)s")
     try:
-        arguments.dbfile = _dbfile(arguments)
+        if arguments.run is not _config:  # config shows the dbfile, even an empty one
+            arguments.dbfile = _dbfile(arguments)
         with Session() as session:
             return int(arguments.run(arguments, session))
     except (CommandError, StorageError) as error:

@@ -34,6 +34,10 @@ class DiskFullError(StorageError):
     """Nothing more can be written: the disk or quota that holds the database is full."""
 
 
+#: The largest integer SQLite stores; a larger id or offset names nothing in a database.
+MAX_INTEGER = 2**63 - 1
+
+
 def sqlite_uri(path: str, **parameters: str) -> str:
     """The URI that opens the file ``path`` with SQLite's URI ``parameters``."""
     return f"file:{urllib.parse.quote(path)}?{urllib.parse.urlencode(parameters)}"
