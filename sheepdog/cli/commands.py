@@ -322,8 +322,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("request_ids", type=int, nargs="*", metavar="RID",
                        help="the requests to serve (default: those with tasks still open)")
     serve.add_argument("--port", type=int,
-                       help="the port the workers call back on (default: the port fixed in "
-                            "the requests' config)")
+                       help="the port the workers call back on (default: the one the database "
+                            "recorded for the requests)")
     serve.add_argument("--scheme", choices=("http", "https"),
                        help="serve HTTP or HTTPS (default: what the requests' workers use)")
     serve.add_argument("--bind", default="0.0.0.0", help="address to listen on")
