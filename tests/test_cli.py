@@ -33,9 +33,8 @@ def add_request(storage, **config):
                                                                       **config})
 
 
-def test_serve_without_a_port_serves_plain_http_for_a_request_made_without_tls(storage, dbfile):
-    port = free_port()
-    add_request(storage, tls=False, port=port)
+def answers_on(port, dbfile):
+    """Whether ``sheepdog serve --dbfile DBFILE`` (no --port) answers plain HTTP on ``port``."""
     child = subprocess.Popen(
         [sys.executable, "-m", "sheepdog", "serve", "--dbfile", dbfile, "--bind", "127.0.0.1"],
         cwd=REPOSITORY, env={**os.environ, "PYTHONPATH": REPOSITORY},
@@ -52,11 +51,44 @@ def test_serve_without_a_port_serves_plain_http_for_a_request_made_without_tls(s
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         connection.request("GET", "/")
         response = connection.getresponse()
-        assert (response.status, response.read()) == (200, b"sheepdog server\n")
+        answer = (response.status, response.read())
         connection.close()
+        return answer == (200, b"sheepdog server\n")
     finally:
         child.kill()
         child.wait()
+
+
+def test_serve_without_a_port_serves_plain_http_for_a_request_made_without_tls(storage, dbfile):
+    port = free_port()
+    add_request(storage, tls=False, port=port)
+    assert answers_on(port, dbfile)
+
+
+def record_port(storage, request_id, port, scheme="https"):
+    """Record the port the request's workers were given, as ``Request.remember_server`` does."""
+    storage.set_meta_once(f"server:{request_id}", f"{scheme} {port}".encode())
+
+
+def test_serve_without_a_port_uses_the_port_the_database_recorded(storage, dbfile):
+    port = free_port()
+    record_port(storage, add_request(storage, tls=False, port=None), port, "http")
+    assert answers_on(port, dbfile)
+
+
+def test_serve_without_a_port_for_requests_on_different_ports_asks_for_one(storage, dbfile,
+                                                                         capsys):
+    first, second, third = (add_request(storage) for _ in range(3))
+    record_port(storage, first, 7001)
+    record_port(storage, second, 7002)
+    record_port(storage, third, 7001)
+    code, _, err = run(capsys, "serve", "--dbfile", dbfile)
+    assert code == cli.EXIT_USAGE
+    assert err == (f"sheepdog: the workers of requests {first}, {third} call back on port 7001, "
+                   f"those of request {second} call back on port 7002, and one server listens "
+                   f"on one port: choose one with --port, as in 'sheepdog serve {first} {third} "
+                   f"--port 7001' and 'sheepdog serve {second} --port 7002'\n")
+    assert plan_serving(storage, [first, third]).port == 7001
 
 
 def test_requests_that_need_both_schemes_are_named_and_served_one_scheme_at_a_time(storage):
@@ -69,9 +101,10 @@ def test_requests_that_need_both_schemes_are_named_and_served_one_scheme_at_a_ti
     assert plan_serving(storage, [], scheme="https")[:3] == ("https", 7001, [secure])
 
 
-def test_a_request_on_a_port_chosen_at_the_time_needs_the_port_given(storage):
+def test_a_request_with_no_port_recorded_or_fixed_needs_the_port_given(storage):
     request_id = add_request(storage)
-    with pytest.raises(CommandError, match=rf"no port was fixed .*request {request_id}.*--port"):
+    with pytest.raises(CommandError,
+                       match=rf"no port is recorded for request {request_id}.*--port"):
         plan_serving(storage, [])
     assert plan_serving(storage, [], port=8123)[:3] == ("https", 8123, [request_id])
 

@@ -147,6 +147,18 @@ def test_tasks_api_pages_the_tasks_in_argument_order(client, request_id):
         (2, "done"), (3, "failed"), (4, "running")]
 
 
+def test_a_tasks_offset_beyond_sqlite_integers_is_a_400_that_says_so(client, request_id):
+    response = client.get(f"/dashboard/api/requests/{request_id}/tasks"
+                          f"?offset=99999999999999999999", headers=bearer())
+    assert response.status_code == 400
+    assert response.get_data(as_text=True) == (
+        "400 Bad Request: offset 99999999999999999999 is beyond any task: offsets go up to "
+        "9223372036854775807\n")
+    last = client.get(f"/dashboard/api/requests/{request_id}/tasks?offset=9223372036854775807",
+                      headers=bearer())
+    assert (last.status_code, last.get_json()["tasks"]) == (200, [])
+
+
 def test_histogram_puts_each_value_in_its_bar():
     assert histogram([0.0, 1.0, 2.5, 10.0], bins=4) == {
         "width": 2.5, "counts": [2, 1, 0, 1], "total": 4}

@@ -13,7 +13,11 @@ through the one :class:`DatabaseOwner` of that file, which opens it once.
 
 Owners are shared and counted: each session that uses a file holds it until
 the session closes, and the last one to let go stops the servers and the
-dashboard and closes the database.
+dashboard and closes the database. A reader (the reading ``sheepdog``
+commands) may ask for the file read-only: a new owner then opens it
+read-only (see ``storage/read_only.py``), and an owner that can write serves
+the reader as it is. A file this process holds read-only cannot be written
+until its readers let go: a second, writing handle is what this module avoids.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import TYPE_CHECKING, Optional
 
 from ..config import Config
 from ..server import Server
-from ..storage import Storage
+from ..storage import Storage, StorageError
 
 if TYPE_CHECKING:  # the dashboard (and Flask) is imported only when it is served
     from ..dashboard.server import DashboardServer
@@ -37,9 +41,9 @@ log = logging.getLogger(__name__)
 class DatabaseOwner:
     """This process's storage, callback servers and dashboard of one database file."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, read_only: bool = False) -> None:
         self.path = path
-        self.storage = Storage(path)
+        self.storage = Storage(path, read_only=read_only)
         self._lock = threading.RLock()
         self._servers: dict[str, Server] = {}  # scheme -> the server new requests use
         self._dashboard: Optional[DashboardServer] = None
@@ -114,19 +118,24 @@ def process_token() -> str:
     return _TOKEN
 
 
-def acquire(dbfile: str, create: bool = True) -> DatabaseOwner:
+def acquire(dbfile: str, create: bool = True, read_only: bool = False) -> DatabaseOwner:
     """The owner of ``dbfile`` (opened on first use), held until :func:`release`.
 
     Without ``create``, a missing file is an error: reading never creates a
-    database.
+    database. With ``read_only``, a file not yet open here is opened
+    read-only; one that is open here read-only cannot be had to write.
     """
     path = os.path.abspath(dbfile)
     with _owners_lock:
         owner = _owners.get(path)
         if owner is None:
-            if not create and not os.path.exists(path):
+            if (read_only or not create) and not os.path.exists(path):
                 raise FileNotFoundError(missing_database(path))
-            owner = _owners[path] = DatabaseOwner(path)
+            owner = _owners[path] = DatabaseOwner(path, read_only)
+        elif owner.storage.read_only and not read_only:
+            raise StorageError(
+                f"{path} is open read-only in this process (a reading command or dashboard "
+                f"still uses it): close what reads it before writing to it")
         owner._holders += 1
         return owner
 

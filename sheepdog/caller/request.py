@@ -20,7 +20,7 @@ from typing import Any, Optional
 from ..backends.base import Backend, create
 from ..config import Config, restore
 from ..server import Server, tls
-from ..storage import Progress
+from ..storage import Progress, Storage
 from ..storage.payloads import PayloadFile, payload_bytes
 from ..storage.states import DONE
 from ..wire import serialisation
@@ -85,8 +85,7 @@ class Request:
     @property
     def port(self) -> Optional[int]:
         """The port the request's workers call back on."""
-        stored = self._meta("server")
-        return int(stored.split()[1]) if stored else None
+        return recorded_port(self.storage, self.id)
 
     @property
     def key_file(self) -> Optional[str]:
@@ -289,6 +288,12 @@ class Request:
         self.withdraw_key()
         return self.storage.cancel_open(self.id, "cancelled by the user")
 
+
+def recorded_port(storage: Storage, request_id: int) -> Optional[int]:
+    """The port the workers of request ``request_id`` were given, if one was (as
+    :meth:`Request.remember_server` keeps it)."""
+    stored = storage.meta(f"server:{request_id}")
+    return int(stored.split()[1]) if stored else None
 
 
 def _arguments(payload: Optional[bytes | PayloadFile]) -> Any:

@@ -50,22 +50,31 @@ class Session:
 
     # -- resources --------------------------------------------------------
 
-    def owner(self, dbfile: str, create: bool = True) -> DatabaseOwner:
-        """This process's owner of ``dbfile``, held by this session until it closes."""
+    def owner(self, dbfile: str, create: bool = True, read_only: bool = False
+              ) -> DatabaseOwner:
+        """This process's owner of ``dbfile``, held by this session until it closes.
+
+        With ``read_only``, a file not yet open in this process is opened
+        read-only (see :func:`~sheepdog.caller.owner.acquire`).
+        """
         path = os.path.abspath(dbfile)
         with self._lock:
-            if path not in self._owners:
-                self._owners[path] = acquire(path, create=create)
+            owner = acquire(path, create=create, read_only=read_only)  # refuses what it must
+            if path in self._owners:
+                release(owner)  # this session holds it already
+            else:
+                self._owners[path] = owner
             return self._owners[path]
 
-    def storage(self, dbfile: str, create: bool = True) -> Storage:
+    def storage(self, dbfile: str, create: bool = True, read_only: bool = False) -> Storage:
         """The open database ``dbfile``; without ``create``, a missing file is an error.
 
         Reading never creates a database: a typo in a path, or a relative
         default read from another directory, would otherwise look like an
-        empty database.
+        empty database. With ``read_only`` it is not changed at all: see
+        ``storage/read_only.py``.
         """
-        return self.owner(dbfile, create).storage
+        return self.owner(dbfile, create, read_only).storage
 
     def server_of(self, dbfile: str, scheme: str = "https") -> Optional[Server]:
         """The callback server that new requests on ``dbfile`` use, if one was started."""
@@ -79,9 +88,10 @@ class Session:
         dashboard = self.owner(request.storage.dbfile).running_dashboard()
         return None if dashboard is None else f"{dashboard.url}#request-{request.id}"
 
-    def request(self, request_id: int, dbfile: str, create: bool = False) -> Request:
+    def request(self, request_id: int, dbfile: str, create: bool = False,
+                read_only: bool = False) -> Request:
         """The handle of request ``request_id`` in ``dbfile``, the same one each time."""
-        database = self.owner(dbfile, create=create)
+        database = self.owner(dbfile, create=create, read_only=read_only)
         storage = database.storage
         key = (storage.dbfile, request_id)
         with self._lock:

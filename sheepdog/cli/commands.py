@@ -2,11 +2,15 @@
 
 Each subcommand is one small function below, ``_<name>(arguments, session)``,
 that returns the exit code; :func:`main` builds the parser, resolves
-``--dbfile`` and turns a :class:`CommandError` into a message and exit code 2.
+``--dbfile`` and turns a :class:`CommandError` (or a database it cannot use, a
+:class:`~sheepdog.storage.StorageError`) into a message and exit code 2.
 The help text is plain text (see :func:`help_epilog`), not the
-reStructuredText of the docs. Reading commands never create a database: a missing dbfile is an
-error that names it. How ``serve`` picks its scheme and port is ``serving.py``'s;
-``dashboard`` serves the live dashboard's page (``dashboard/``).
+reStructuredText of the docs. No command creates a database: a missing
+dbfile is an error that names it. The reading commands (all but ``cancel``,
+``serve`` and ``config``) open it read-only and change nothing, not even an
+older schema, which only a writer brings up to date. How ``serve`` picks its
+scheme and port is ``serving.py``'s; ``dashboard`` serves the live dashboard's
+page (``dashboard/``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from ..caller.request import Request
 from ..caller.session import Session
 from ..config import DEFAULT_DASHBOARD, Config, parse_address, resolve_with_sources
 from ..server import Server
-from ..storage import STREAMS, Progress, Storage
+from ..storage import STREAMS, Progress, Storage, StorageError
 from ..storage.payloads import payload_bytes
 from ..storage.states import CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING
 from ..storage.summaries import TaskLog
@@ -71,10 +75,10 @@ def outcome(progress: Progress) -> int:
     return EXIT_DONE if progress.done == progress.total else EXIT_UNSUCCESSFUL
 
 
-def _existing_storage(session: Session, dbfile: str) -> Storage:
-    """The database ``dbfile``, which must exist: reading never creates one."""
+def _existing_storage(session: Session, dbfile: str, read_only: bool = True) -> Storage:
+    """The database ``dbfile``, which must exist: reading never creates one, nor changes it."""
     try:
-        return session.storage(dbfile, create=False)
+        return session.storage(dbfile, create=False, read_only=read_only)
     except FileNotFoundError as error:
         raise CommandError(str(error)) from None
 
@@ -195,24 +199,25 @@ def _logs(arguments: argparse.Namespace, session: Session) -> int:
     return outcome(storage.progress(arguments.request_id))
 
 
-def _request(session: Session, arguments: argparse.Namespace) -> Request:
+def _request(session: Session, arguments: argparse.Namespace, read_only: bool = True
+             ) -> Request:
     """The handle of the request the command names, in a database that must exist."""
-    _existing_storage(session, arguments.dbfile)
+    _existing_storage(session, arguments.dbfile, read_only)
     try:
-        return session.request(arguments.request_id, arguments.dbfile)
+        return session.request(arguments.request_id, arguments.dbfile, read_only=read_only)
     except KeyError as error:
         raise CommandError(error.args[0]) from None
 
 
 def _cancel(arguments: argparse.Namespace, session: Session) -> int:
-    request = _request(session, arguments)
+    request = _request(session, arguments, read_only=False)
     cancelled = request.cancel()
     print(f"request {request.id}: {cancelled} unfinished tasks cancelled")
     return outcome(request.progress())
 
 
 def _serve(arguments: argparse.Namespace, session: Session) -> int:
-    storage = _existing_storage(session, arguments.dbfile)
+    storage = _existing_storage(session, arguments.dbfile, read_only=False)
     plan = plan_serving(storage, arguments.request_ids, arguments.scheme, arguments.port)
     if plan.request_ids:
         log.info("serving %s over %s", listing(plan.request_ids), plan.scheme.upper())
@@ -319,8 +324,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("request_ids", type=int, nargs="*", metavar="RID",
                        help="the requests to serve (default: those with tasks still open)")
     serve.add_argument("--port", type=int,
-                       help="the port the workers call back on (default: the port fixed in "
-                            "the requests' config)")
+                       help="the port the workers call back on (default: the one the database "
+                            "recorded for the requests)")
     serve.add_argument("--scheme", choices=("http", "https"),
                        help="serve HTTP or HTTPS (default: what the requests' workers use)")
     serve.add_argument("--bind", default="0.0.0.0", help="address to listen on")
@@ -349,19 +354,26 @@ def _resolved(conf: dict[str, Any]) -> tuple[Config, dict[str, str]]:
 
 def _dbfile(arguments: argparse.Namespace) -> str:
     """``--dbfile``, else the one the config file or environment sets, else the default."""
-    if arguments.given_dbfile:
-        return str(arguments.given_dbfile)
-    return _resolved({"profile": arguments.profile})[0].dbfile
+    if arguments.given_dbfile is not None:
+        dbfile, source = str(arguments.given_dbfile), "--dbfile"
+    else:
+        config, sources = _resolved({"profile": arguments.profile})
+        dbfile, source = config.dbfile, sources["dbfile"]
+    if not dbfile.strip():
+        raise CommandError(f"the dbfile is empty (from {source}): name a sheepdog database, "
+                           f"or leave it unset for ./sheepdog.sqlite")
+    return dbfile
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     arguments = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="sheepdog: %(message)s")
     try:
-        arguments.dbfile = _dbfile(arguments)
+        if arguments.run is not _config:  # config shows the dbfile, even an empty one
+            arguments.dbfile = _dbfile(arguments)
         with Session() as session:
             return int(arguments.run(arguments, session))
-    except CommandError as error:
+    except (CommandError, StorageError) as error:
         print(f"sheepdog: {error}", file=sys.stderr)
         return EXIT_USAGE
 

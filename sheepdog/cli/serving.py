@@ -2,8 +2,9 @@
 
 A later process serves requests whose workers were told, when the request was
 made, a scheme (HTTP or HTTPS, as the request's ``tls`` key said) and a port
-(fixed in the request's config, or chosen then). One server speaks one
-scheme, so requests that need both are served by two commands. This module
+(fixed in the request's config, or chosen then; the database records it
+either way). One server speaks one scheme and listens on one port, so
+requests that need two are served by two commands. This module
 reads the requests' stored config and decides, or says what to pass instead.
 """
 
@@ -13,6 +14,7 @@ import logging
 from typing import Any, NamedTuple, Optional, Sequence
 
 from ..server.callbacks import DEFAULT_MAX_BODY_BYTES
+from ..caller.request import recorded_port
 from ..storage import Storage
 
 log = logging.getLogger("sheepdog")
@@ -64,20 +66,38 @@ def plan_serving(storage: Storage, request_ids: Sequence[int], scheme: Optional[
                         "'sheepdog serve --scheme %s'", listing(left_out), other.upper(), other)
     served = by_scheme.get(scheme, [])
     if port is None:
-        fixed = sorted({configs[request_id].get("port") or 0 for request_id in served} - {0})
-        if not fixed:
-            raise CommandError(
-                f"no port was fixed in the config of {listing(served or request_ids)}: give "
-                f"the one their workers call back on with --port (it is in the job file's url)")
-        if len(fixed) > 1:
-            raise CommandError(
-                f"the config of {listing(served)} fixed ports {', '.join(map(str, fixed))}: "
-                f"choose one with --port, and serve the others with another command")
-        port = fixed[0]
-        unfixed = [request_id for request_id in served if configs[request_id].get("port") != port]
-        if unfixed:
-            log.warning("no port was fixed in the config of %s: their workers may call back "
-                        "on another port than %s", listing(unfixed), port)
+        port = _workers_port(storage, served or request_ids, configs)
     limits = [configs[request_id]["max_body_bytes"] for request_id in served
               if isinstance(configs[request_id].get("max_body_bytes"), int)]
     return ServePlan(scheme, port, served, max(limits, default=DEFAULT_MAX_BODY_BYTES))
+
+
+def _workers_port(storage: Storage, request_ids: Sequence[int],
+                  configs: dict[int, dict[str, Any]]) -> int:
+    """The one port the workers of ``request_ids`` call back on: the one the database
+    recorded for each, else the one its config fixed."""
+    by_port: dict[int, list[int]] = {}
+    unknown = []
+    for request_id in request_ids:
+        port = recorded_port(storage, request_id) or configs[request_id].get("port")
+        if port:
+            by_port.setdefault(port, []).append(request_id)
+        else:
+            unknown.append(request_id)
+    if not by_port:
+        raise CommandError(
+            f"no port is recorded for {listing(unknown)}: give the one their workers call back "
+            f"on with --port (it is in the job file's url)")
+    if len(by_port) > 1:
+        ports = sorted(by_port.items())
+        raise CommandError(
+            "the workers of " + ", those of ".join(
+                f"{listing(ids)} call back on port {port}" for port, ids in ports)
+            + ", and one server listens on one port: choose one with --port, as in "
+            + " and ".join(f"'sheepdog serve {' '.join(map(str, ids))} --port {port}'"
+                           for port, ids in ports))
+    (port, _), = by_port.items()
+    if unknown:
+        log.warning("no port is recorded for %s: their workers may call back on another port "
+                    "than %s", listing(unknown), port)
+    return port

@@ -39,6 +39,7 @@ from flask import Flask, Response, abort, jsonify, request
 
 from ..storage.states import CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING
 from ..storage import Storage
+from ..storage.connection import MAX_INTEGER
 from ..storage.summaries import RequestSummary, TaskSummary
 
 #: The states in the order the page shows them.
@@ -147,6 +148,10 @@ def create_app(storage: Union[Storage, str, os.PathLike[str]], token: str) -> Fl
     def request_tasks(request_id: int) -> Response:
         summary = _summary(store, request_id)
         offset = max(request.args.get("offset", 0, type=int) or 0, 0)
+        if offset > MAX_INTEGER:
+            return Response(f"400 Bad Request: offset {offset} is beyond any task: offsets go up "
+                            f"to {MAX_INTEGER}\n", 400,
+                            {"Content-Type": "text/plain; charset=utf-8"})
         limit = min(max(request.args.get("limit", 1000, type=int) or 1000, 1), MAX_TASKS_PAGE)
         return jsonify(id=request_id, total=summary.n_tasks, offset=offset, limit=limit, tasks=[
             {"index": task.task, "state": task.state, "attempts": task.attempts,

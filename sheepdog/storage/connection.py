@@ -4,7 +4,9 @@ Each thread gets a connection of its own, opened in WAL mode with a busy
 timeout, so the server thread can write results while the caller polls
 progress. Every write runs in an explicit ``BEGIN IMMEDIATE`` transaction,
 and a write that fails because the disk is full raises :class:`DiskFullError`,
-which names the disk; what was stored before stays. The large payloads kept
+which names the disk; what was stored before stays. A database opened
+read-only (``read_only.py``) connects with SQLite's ``mode=ro``, changes no
+setting of the file, and refuses every write. The large payloads kept
 in files beside the database (see ``payloads.py``) are reached through it
 too. Writers that move tasks
 say so (:meth:`Database.changed`), which wakes whoever waits for a change in
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import urllib.parse
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -31,12 +34,22 @@ class DiskFullError(StorageError):
     """Nothing more can be written: the disk or quota that holds the database is full."""
 
 
+#: The largest integer SQLite stores; a larger id or offset names nothing in a database.
+MAX_INTEGER = 2**63 - 1
+
+
+def sqlite_uri(path: str, **parameters: str) -> str:
+    """The URI that opens the file ``path`` with SQLite's URI ``parameters``."""
+    return f"file:{urllib.parse.quote(path)}?{urllib.parse.urlencode(parameters)}"
+
+
 class Database:
     """The database file ``dbfile`` and its ``payloads``: safe to share between threads."""
 
-    def __init__(self, dbfile: str, payloads: PayloadDirectory) -> None:
+    def __init__(self, dbfile: str, payloads: PayloadDirectory, read_only: bool = False) -> None:
         self.dbfile = dbfile
         self.payloads = payloads
+        self.read_only = read_only
         self._local = threading.local()
         self._changes = threading.Condition()
         self._change_count = 0
@@ -49,15 +62,22 @@ class Database:
                 check_journal(self.dbfile)  # connections open later than Storage's checks
             except UnsafePathError as error:
                 raise StorageError(str(error)) from error
-            connection = sqlite3.connect(self.dbfile, timeout=60, isolation_level=None)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
+            if self.read_only:
+                connection = sqlite3.connect(sqlite_uri(self.dbfile, mode="ro"), uri=True,
+                                             timeout=60, isolation_level=None)
+            else:
+                connection = sqlite3.connect(self.dbfile, timeout=60, isolation_level=None)
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=NORMAL")
             self._local.connection = connection
         return connection
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """This thread's connection in a transaction, committed unless the block raises."""
+        if self.read_only:
+            raise StorageError(f"{self.dbfile} is open read-only here: nothing can be written "
+                               f"to it through this handle")
         connection = self.connection()
         with self.disk_guard(self.dbfile):
             connection.execute("BEGIN IMMEDIATE")

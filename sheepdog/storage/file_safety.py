@@ -180,14 +180,17 @@ def check_directory(dbfile: str) -> None:
             f"as /tmp has)")
 
 
-def check_database_files(dbfile: str, suffixes: tuple[str, ...], directories: tuple[str, ...]
-                         ) -> None:
+def check_database_files(dbfile: str, suffixes: tuple[str, ...], directories: tuple[str, ...],
+                         follow_own_link: bool = False) -> None:
     """Check a database that this process may already have open, without a descriptor.
 
     The same rules as :func:`private_file`, but nothing is opened (so no lock
-    of an open connection is dropped) and nothing is tightened.
+    of an open connection is dropped) and nothing is tightened. With
+    ``follow_own_link``, ``dbfile`` may be a symbolic link of the caller's own
+    to a file of the caller's own (as on a first open).
     """
-    for path, is_directory in [(dbfile, False)] + [(dbfile + s, False) for s in suffixes] + [
+    first = _followed(dbfile) if follow_own_link else dbfile
+    for path, is_directory in [(first, False)] + [(dbfile + s, False) for s in suffixes] + [
             (d, True) for d in directories]:
         try:
             status = os.lstat(path)

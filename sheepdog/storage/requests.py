@@ -16,7 +16,7 @@ import os
 import time
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
-from .connection import Database
+from .connection import MAX_INTEGER, Database
 from .states import PENDING, RUNNING
 from ..wire.protocol import ALONE_BYTES, nbytes
 
@@ -102,6 +102,8 @@ class Requests:
 
     def _column(self, request_id: int, column: str) -> Any:
         """``column`` of the request's row, or None when there is no such request."""
+        if not -MAX_INTEGER <= request_id <= MAX_INTEGER:  # no row has an id SQLite cannot hold
+            return None
         row = self._database.connection().execute(
             f"SELECT {column} FROM requests WHERE id = ?", (request_id,)).fetchone()
         return None if row is None else row[0]

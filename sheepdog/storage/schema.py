@@ -3,11 +3,12 @@
 Each version of the schema is a script that brings the one before it up a
 version; opening a file of version N runs the scripts from N on in one
 transaction, and a file of a newer version than this sheepdog knows is
-refused rather than misread. Arguments and results live in tables of their
-own, so that the small, frequent state updates never rewrite a large payload,
-and how many tasks are in each state is kept in a table that a trigger
-updates in the same transaction as each change, so reading progress does not
-scan tasks.
+refused rather than misread. A file opened to be read (:func:`check_readable`)
+is never migrated: one that is not of this version is refused. Arguments and
+results live in tables of their own, so that the small, frequent state
+updates never rewrite a large payload, and how many tasks are in each state
+is kept in a table that a trigger updates in the same transaction as each
+change, so reading progress does not scan tasks.
 """
 
 from __future__ import annotations
@@ -142,16 +143,20 @@ def _statements(script: str) -> Iterator[str]:
         yield statement
 
 
+def _refuse_unknown_version(dbfile: str, version: int) -> None:
+    if not 0 <= version <= SCHEMA_VERSION:
+        raise StorageError(
+            f"{dbfile} has sheepdog schema version {version}; this sheepdog reads version "
+            f"{SCHEMA_VERSION}: use another dbfile, or a newer sheepdog"
+        )
+
+
 def migrate(database: Database) -> None:
     """Create the tables of a new file, or bring an older one up to :data:`SCHEMA_VERSION`."""
     try:
         with database.write() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if not 0 <= version <= SCHEMA_VERSION:
-                raise StorageError(
-                    f"{database.dbfile} has sheepdog schema version {version}; this "
-                    f"sheepdog reads version {SCHEMA_VERSION}: use another dbfile"
-                )
+            _refuse_unknown_version(database.dbfile, version)
             for script in _MIGRATIONS[version:]:
                 for statement in _statements(script):
                     db.execute(statement)
@@ -160,3 +165,30 @@ def migrate(database: Database) -> None:
     except sqlite3.DatabaseError as error:
         raise StorageError(
             f"{database.dbfile} is not a usable sheepdog database: {error}") from error
+
+
+def check_readable(connection: sqlite3.Connection, dbfile: str) -> None:
+    """Refuse ``dbfile`` (read through ``connection``) unless it is a sheepdog database
+    of :data:`SCHEMA_VERSION`, changing nothing: reading never migrates.
+
+    An older schema is refused too, since this sheepdog's reads need the
+    current one; the message says how to bring the file up to date.
+    """
+    try:
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        has_requests = connection.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'requests'"
+        ).fetchone()[0]
+    except sqlite3.DatabaseError as error:
+        raise StorageError(f"{dbfile} is not a usable sheepdog database: {error}") from error
+    if version == 0 or not has_requests:
+        raise StorageError(
+            f"{dbfile} is not a sheepdog database (it holds no sheepdog tables): pass the "
+            f"dbfile your requests were made with")
+    _refuse_unknown_version(dbfile, version)
+    if version < SCHEMA_VERSION:
+        raise StorageError(
+            f"{dbfile} has sheepdog schema version {version}, older than the version "
+            f"{SCHEMA_VERSION} this sheepdog reads, and reading never changes a database: "
+            f"bring it up to date (its requests are kept) with "
+            f"python -c 'import sheepdog; sheepdog.Storage(\"{dbfile}\")', then read it")

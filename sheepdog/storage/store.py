@@ -2,7 +2,8 @@
 
 Storage opens a database file (checking that it and the files beside it are
 the caller's alone, see ``file_safety.py``, and bringing its schema up to
-date, see ``schema.py``) and builds the parts that read and write it over one
+date, see ``schema.py``; or, read-only, changing nothing, see
+``read_only.py``) and builds the parts that read and write it over one
 shared :class:`~sheepdog.storage.connection.Database`: requests, tasks,
 leases and summaries. Its methods are theirs: callers need not know which
 part holds which rows.
@@ -14,6 +15,7 @@ import os
 import threading
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
+from . import read_only as reading
 from .connection import Database, DiskFullError, StorageError
 from .file_safety import (
     UnsafePathError,
@@ -42,14 +44,19 @@ _opened: set[str] = set()
 _opened_lock = threading.Lock()
 
 
+def _first_open(dbfile: str) -> bool:
+    """Whether no connection of this process has opened ``dbfile``; from now on, one may."""
+    with _opened_lock:
+        first = dbfile not in _opened
+        _opened.add(dbfile)
+    return first
+
+
 def _check_files(dbfile: str, payload_root: str) -> None:
     """Check (and on first open, create or tighten) the files of ``dbfile``."""
     check_directory(dbfile)
     check_journal(dbfile)
-    with _opened_lock:
-        first = dbfile not in _opened
-        _opened.add(dbfile)
-    if not first:
+    if not _first_open(dbfile):
         check_database_files(dbfile, ("-wal", "-shm"), (payload_root,))
         return
     private_file(dbfile)
@@ -65,21 +72,40 @@ class Storage:
     :attr:`tasks`, :attr:`leases`, :attr:`summaries`), where it is documented.
     """
 
-    def __init__(self, dbfile: str | os.PathLike[str]) -> None:
+    def __init__(self, dbfile: str | os.PathLike[str], read_only: bool = False) -> None:
         self.dbfile = os.path.abspath(os.fspath(dbfile))
+        #: Whether this handle only reads (see ``read_only.py``): nothing is created,
+        #: tightened or migrated, and a file that is not a sheepdog database is refused.
+        self.read_only = read_only
         #: Large payloads live here, one directory per request.
         self.payloads = PayloadDirectory(self.dbfile + ".payloads")
-        try:
-            _check_files(self.dbfile, self.payloads.root)
-        except UnsafePathError as error:
-            raise StorageError(str(error)) from error
-        self.database = Database(self.dbfile, self.payloads)
-        migrate(self.database)
-        self.payloads.remove_leftovers()
+        self.database = Database(self.dbfile, self.payloads, read_only)
+        if read_only:
+            self._open_to_read()
+        else:
+            try:
+                _check_files(self.dbfile, self.payloads.root)
+            except UnsafePathError as error:
+                raise StorageError(str(error)) from error
+            migrate(self.database)
+            self.payloads.remove_leftovers()
         self.requests = Requests(self.database)
         self.tasks = Tasks(self.database, self.requests)
         self.leases = Leases(self.database)
         self.summaries = Summaries(self.database, self.requests)
+
+    def _open_to_read(self) -> None:
+        """Check the files and the schema, changing nothing (see ``read_only.py``)."""
+        first = _first_open(self.dbfile)
+        try:
+            reading.check_files(self.dbfile, self.payloads.root, opened_here=not first)
+            reading.check_connection(self.database)
+        except StorageError:
+            self.database.close()
+            if first:  # nothing of this process has it open: the next try checks it afresh
+                with _opened_lock:
+                    _opened.discard(self.dbfile)
+            raise
 
     def close(self) -> None:
         """Close this thread's connection (other threads close theirs on exit)."""

@@ -204,10 +204,11 @@ class Tasks:
 
     def progress(self, request_id: int) -> Progress:
         """How many tasks are in each state: one small read, however many tasks there are."""
+        total = self._requests.n_tasks(request_id)
         rows = self._database.connection().execute(
             "SELECT state, n FROM task_counts WHERE request_id = ? AND n > 0", (request_id,)
         ).fetchall()
-        return Progress(total=self._requests.n_tasks(request_id), **dict(rows))
+        return Progress(total=total, **dict(rows))
 
     def open_indices(self, request_id: int) -> list[int]:
         """Indices of tasks that have not finished (pending or running)."""
@@ -269,12 +270,12 @@ class Tasks:
         Raises KeyError for an unknown request or task.
         """
         total = self._requests.n_tasks(request_id)
+        if index is not None and not 1 <= index <= total:
+            raise KeyError(f"request {request_id} has no task {index}: its tasks are 1 to {total}")
         where, parameters = ((UNSUCCESSFUL_SQL, UNSUCCESSFUL) if index is None
                              else ("t.idx = ?", (index,)))
         rows = self._database.connection().execute(
             f"SELECT t.idx, t.state, t.error FROM tasks t WHERE t.request_id = ? AND {where} "
             "ORDER BY t.idx", (request_id, *parameters)).fetchall()
-        if index is not None and not rows:
-            raise KeyError(f"request {request_id} has no task {index}: its tasks are 1 to {total}")
         kept = read_outputs(self._database, request_id, where, parameters) if rows else {}
         return [TaskLog(idx, state, error, kept.get(idx, {})) for idx, state, error in rows]
