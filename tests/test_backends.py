@@ -103,6 +103,30 @@ class Contract:
         with pytest.raises(SubmissionError, match="refused the job: no such queue"):
             backend.submit("#!/usr/bin/python3\n", 7, 3)
 
+    def test_options_are_blamed_only_when_the_scheduler_refused_one(self):
+        for said, blamed in ((self.refused_option_words, True), ("disk quota exceeded", False)):
+            backend = self.backend({backend_submit(self): CommandResult(1, "", said)})
+            with pytest.raises(SubmissionError) as refused:
+                backend.submit("#!/usr/bin/python3\n", 7, 3)
+            assert (f"check {backend.options_key}" in str(refused.value)) is blamed, said
+
+    def test_a_scheduler_that_cannot_be_reached_is_named_and_the_options_are_not_blamed(self):
+        backend = self.backend({backend_submit(self): CommandResult(1, "", self.down_words)})
+        with pytest.raises(SubmissionError) as refused:
+            backend.submit("#!/usr/bin/python3\n", 7, 3)
+        message = str(refused.value)
+        assert f"could not reach {backend.controller} from headnode" in message
+        assert "check" not in message and self.down_words in message
+
+    def test_no_host_and_no_scheduler_commands_here_says_no_cluster_is_configured(self):
+        missing = CommandResult(127, "", "qsub: command not found")
+        backend = self.backend({backend_submit(self): missing}, host=None)
+        with pytest.raises(SubmissionError) as refused:
+            backend.submit("#!/usr/bin/python3\n", 7, 3)
+        message = str(refused.value)
+        assert message.startswith("no cluster is configured") and "bashrc" not in message
+        assert all(way in message for way in ("'host'", "'scheduler': 'local'", "profile"))
+
     def test_a_scheduler_command_missing_from_a_non_interactive_shell_is_explained(self):
         missing = CommandResult(127, "", "bash: line 1: command not found")
         backend = self.backend({backend_submit(self): missing})
@@ -183,6 +207,11 @@ GE_H_RT = recorded(GE + "qsub-terse-h_rt.txt").strip()
 
 class TestGridEngine(Contract):
     scheduler = "gridengine"
+    #: What Debian's qsub 8.1.9 printed for a missing resource, and with its qmaster down.
+    refused_option_words = 'Unable to run job: unknown resource "no_such_resource".'
+    down_words = ("error: commlib error: got select error (Connection refused)\nUnable to "
+                  'run job: unable to send message to qmaster using port 6444 on host "vm": '
+                  "got send error")
     options = {"ge_opts": ["-wd $HOME/.sheepdog/", "-l h_rt=1:00:00"]}
     submit_output = recorded(GE + "qsub-terse-array.txt")
     job_id = GE_JOBS["split"]
@@ -233,6 +262,12 @@ NOT_FOUND = CommandResult(1, "", recorded(SL + "squeue-not-found.txt"))
 
 class TestSlurm(Contract):
     scheduler = "slurm"
+    #: What Debian's sbatch 22.05 prints for a missing partition, and with slurmctld down.
+    refused_option_words = ("sbatch: error: invalid partition specified: no_such_partition\n"
+                            "sbatch: error: Batch job submission failed: Invalid partition "
+                            "name specified")
+    down_words = ("sbatch: error: Batch job submission failed: Unable to contact slurm "
+                  "controller (connect failure)")
     options = {"slurm_opts": ["--time=1:00:00", "--partition=debug"]}
     submit_output = recorded(SL + "sbatch-parsable-array.txt")
     job_id = SL_JOBS["split"]

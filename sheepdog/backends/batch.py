@@ -27,6 +27,7 @@ import time
 from typing import ClassVar, Optional, Sequence
 
 from ..config import OPTIONS_KEYS, Config
+from ..userconfig import config_file_path
 from ..remote.shells import LocalShell, Shell, SSHShell
 from ..remote.ssh import CommandResult, SSHError, destination_for, get
 from .base import Backend, SubmissionError, TaskEnd
@@ -63,6 +64,12 @@ class BatchBackend(Backend):
     no_record: ClassVar[TaskEnd]
     #: The scheduler's commands, for messages ("qsub was not found ...").
     submit_program: ClassVar[str]
+    #: The daemon that takes submissions, for messages when it cannot be reached.
+    controller: ClassVar[str]
+    #: What the submit command says when it cannot reach ``controller``.
+    unreachable: ClassVar["re.Pattern[str]"]
+    #: What it says when it refuses one of the user's options (a queue, a resource...).
+    refused_option: ClassVar["re.Pattern[str]"]
 
     def __init__(self, config: Config, shell: Optional[Shell] = None) -> None:
         super().__init__(config)
@@ -137,14 +144,21 @@ class BatchBackend(Backend):
     def run(self, argv: Sequence[str]) -> CommandResult:
         """Run a scheduler command; a missing program is explained, not just reported."""
         result = self.shell.run(argv)
-        if result.status == 127 or "command not found" in result.stderr:
+        if result.status != 127 and "command not found" not in result.stderr:
+            return result
+        if self.config.host is None:
             raise SubmissionError(
-                f"{argv[0]} was not found on {self.shell.where} by a non-interactive command "
-                f"({result.stderr.strip()}). Make the scheduler's environment load for such "
-                f"commands, e.g. in ~/.bashrc on the head node, above any line that returns "
-                f"early for non-interactive shells (see the SSH page of the docs)"
-            )
-        return result
+                f"no cluster is configured: {argv[0]} is not on this machine and the config "
+                f"names no 'host'. Choose one: {{'host': 'HEADNODE'}} to submit over SSH "
+                f"from here; {{'scheduler': 'local'}} to run the tasks as processes of this "
+                f"machine; or a profile with either in {config_file_path()} (see the "
+                f"configuration page of the docs)")
+        raise SubmissionError(
+            f"{argv[0]} was not found on {self.shell.where} by a non-interactive command "
+            f"({result.stderr.strip()}). Make the scheduler's environment load for such "
+            f"commands, e.g. in ~/.bashrc on the head node, above any line that returns "
+            f"early for non-interactive shells (see the SSH page of the docs)"
+        )
 
     def submit(self, script: str, request_id: int, n_array_tasks: int) -> str:
         """Upload the job file (private), submit it, and remove it: the scheduler keeps a copy."""
@@ -155,12 +169,21 @@ class BatchBackend(Backend):
         finally:
             self.shell.run(["rm", "-f", path])
         if result.status != 0:
-            said = result.stderr.strip() or result.stdout.strip()
-            raise SubmissionError(f"{self.submit_program} refused the job: {said}; check "
-                                  f"{self.options_key} {list(self.options)}")
+            raise SubmissionError(self.refusal(result.stderr.strip() or result.stdout.strip()))
         job_id = self.parse_job_id(result.stdout)
         self.job_names[job_id] = name
         return job_id
+
+    def refusal(self, said: str) -> str:
+        """Why the submit command failed, pointing at the options only when they are why."""
+        if self.unreachable.search(said):
+            return (f"{self.submit_program} could not reach {self.controller} from "
+                    f"{self.shell.where}: {said}. The scheduler is down, or cannot be reached "
+                    f"from there; nothing was submitted, and your options were not looked at")
+        if self.refused_option.search(said):
+            return (f"{self.submit_program} refused the job: {said}; check "
+                    f"{self.options_key} {list(self.options)}")
+        return f"{self.submit_program} refused the job: {said}"
 
     def _live(self, job_id: str) -> Optional[dict[int, str]]:
         try:

@@ -141,6 +141,12 @@ class GridEngineBackend(BatchBackend):
     header_prefix = "#$"
     options_key = "ge_opts"
     submit_program = "qsub"
+    controller = "the GridEngine master (sge_qmaster)"
+    unreachable = re.compile(r"unable to (?:contact|send message to) qmaster|commlib error|"
+                             r"cannot reach qmaster", re.IGNORECASE)
+    refused_option = re.compile(r"unknown (?:resource|queue|option|parallel environment|"
+                                r"project)|invalid option|-l option|job was rejected|"
+                                r"not a valid|denied", re.IGNORECASE)
     no_record = TaskEnd("deleted from GridEngine before it ran (no accounting record)",
                         retryable=False)
 

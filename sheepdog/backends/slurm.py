@@ -160,6 +160,13 @@ class SlurmBackend(BatchBackend):
     header_prefix = "#SBATCH"
     options_key = "slurm_opts"
     submit_program = "sbatch"
+    controller = "the Slurm controller (slurmctld)"
+    unreachable = re.compile(r"unable to contact slurm controller|slurm_load_ctl_conf|"
+                             r"socket timed out|connection refused", re.IGNORECASE)
+    refused_option = re.compile(r"invalid (?:partition|account|qos|generic resource|gres|"
+                                r"option|feature|time limit|memory)|unrecognized option|"
+                                r"requested node configuration is not available|"
+                                r"memory specification|access denied", re.IGNORECASE)
     no_record = TaskEnd("removed from Slurm before it ran (no accounting record)",
                         retryable=False)
 
