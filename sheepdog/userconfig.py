@@ -21,6 +21,7 @@ import difflib
 import json
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -36,6 +37,9 @@ CONFIG_FILE_VARIABLE = "SHEEPDOG_CONFIG_FILE"
 PROFILE_VARIABLE = "SHEEPDOG_PROFILE"
 #: ``SHEEPDOG_HOST`` sets ``host``, and so on for every config key.
 ENVIRONMENT_PREFIX = "SHEEPDOG_"
+
+#: The largest config file read (a settings file is a few hundred bytes).
+MAX_FILE_BYTES = 1 << 20
 
 DEFAULT_TABLE = "default"
 PROFILES_TABLE = "profiles"
@@ -148,7 +152,7 @@ def read_file(path: Optional[Path] = None) -> UserFile:
     """
     path = config_file_path() if path is None else path
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_text(path)
     except FileNotFoundError:
         return UserFile(path, False, {})
     except (OSError, UnicodeDecodeError) as error:
@@ -185,6 +189,33 @@ def read_file(path: Optional[Path] = None) -> UserFile:
             raise UserConfigError(f"{where(name)}: key {name!r} is outside any table; put it "
                                   f"under [{DEFAULT_TABLE}] or [{PROFILES_TABLE}.NAME]")
     return UserFile(path, True, tables)
+
+
+def _read_text(path: Path) -> str:
+    """The text of the regular file ``path``, of at most :data:`MAX_FILE_BYTES`.
+
+    Anything else is refused before it is read: ``/dev/zero`` would be read
+    without end, and a FIFO would block (it is opened without blocking, then
+    refused by its type).
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise UserConfigError(f"the sheepdog config file {path} is not a regular file; "
+                                  f"sheepdog reads its settings from a TOML file")
+        data = b""
+        while len(data) <= MAX_FILE_BYTES:
+            chunk = os.read(descriptor, MAX_FILE_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(descriptor)
+    if len(data) > MAX_FILE_BYTES:
+        raise UserConfigError(f"the sheepdog config file {path} is larger than "
+                              f"{MAX_FILE_BYTES} bytes, the most sheepdog reads: a config "
+                              f"file holds a few settings")
+    return data.decode("utf-8")
 
 
 def _table_settings(table: Mapping[str, Any], dotted: tuple[str, ...], where: Any

@@ -1,13 +1,14 @@
 """Settings a person sets once: the config file's [default] and profiles, SHEEPDOG_*
 variables, and the order in which they, the defaults and the config dict win."""
 
+import os
 import textwrap
 
 import pytest
 
 import sheepdog
 from sheepdog.config import restore, resolve, resolve_with_sources
-from sheepdog.userconfig import UserConfigError, config_file_path
+from sheepdog.userconfig import MAX_FILE_BYTES, UserConfigError, config_file_path
 
 FEAR = """\
 [default]
@@ -210,3 +211,25 @@ def test_restore_reads_neither_the_file_nor_the_environment(user_file, monkeypat
     user_file("[default]\nretries = 4\n")
     monkeypatch.setenv("SHEEPDOG_HOST", "elsewhere")
     assert (restore({"scheduler": "local"}).retries, restore({}).host) == (0, None)
+
+
+@pytest.mark.parametrize("kind", ["character device", "fifo", "directory"])
+def test_a_config_file_that_is_not_a_regular_file_is_refused_unread(tmp_path, monkeypatch, kind):
+    """/dev/zero would be read without end, and a FIFO without a writer would block."""
+    path = {"character device": lambda: "/dev/zero",
+            "fifo": lambda: os.mkfifo(tmp_path / "fifo") or tmp_path / "fifo",
+            "directory": lambda: tmp_path}[kind]()
+    monkeypatch.setenv("SHEEPDOG_CONFIG_FILE", str(path))
+    with pytest.raises(UserConfigError, match=rf"^the sheepdog config file {path} is not a "
+                                              rf"regular file"):
+        resolve({})
+
+
+def test_a_config_file_over_the_size_limit_is_refused_naming_the_limit(user_file):
+    padding = "# " + "x" * 98 + "\n"
+    path = user_file("[default]\n" + padding * (MAX_FILE_BYTES // len(padding)))
+    assert resolve({}).scheduler == "gridengine"  # just under the limit: read
+    user_file(path.read_text() + padding)
+    with pytest.raises(UserConfigError, match=rf"^the sheepdog config file {path} is larger than "
+                                              rf"1048576 bytes"):
+        resolve({})
