@@ -172,7 +172,10 @@ def _check_values(config: Config) -> None:
     if config.max_body_bytes < 1:
         raise InvalidValue("max_body_bytes", "config key 'max_body_bytes' must be positive")
     if isinstance(config.dashboard, str):
-        parse_address(config.dashboard)
+        try:
+            parse_address(config.dashboard)
+        except ValueError as error:  # an InvalidValue, to say where it was set
+            raise InvalidValue("dashboard", str(error)) from None
 
 
 def parse_address(address: str, name: str = "config key 'dashboard'") -> tuple[str, int]:

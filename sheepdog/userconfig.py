@@ -229,7 +229,8 @@ def from_text(text: str, allowed: tuple[type, ...]) -> Any:
 
     ``allowed`` are the key's types (``config._TYPES``): an empty text is
     None where None is allowed; booleans are 1/true/yes/on or
-    0/false/no/off; lists are written as arrays, ``["-l h_rt=1:00:00", "-q
+    0/false/no/off, and a key that is text or a boolean (``dashboard``: an
+    address, or true/false) takes either; lists are written as arrays, ``["-l h_rt=1:00:00", "-q
     long"]``, since one option may hold spaces. Raises ValueError saying what
     was expected.
     """
@@ -239,6 +240,8 @@ def from_text(text: str, allowed: tuple[type, ...]) -> Any:
     if bool in allowed:
         if stripped.lower() in _TRUE + _FALSE:
             return stripped.lower() in _TRUE
+        if str in allowed:  # ``dashboard``: an address, or true/false
+            return stripped
         raise ValueError(f"expected one of {'/'.join(_TRUE)} or {'/'.join(_FALSE)}")
     if list in allowed:
         try:

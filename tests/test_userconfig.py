@@ -233,3 +233,20 @@ def test_a_config_file_over_the_size_limit_is_refused_naming_the_limit(user_file
     with pytest.raises(UserConfigError, match=rf"^the sheepdog config file {path} is larger than "
                                               rf"1048576 bytes"):
         resolve({})
+
+
+@pytest.mark.parametrize("text, value", [
+    ("127.0.0.1:8765", "127.0.0.1:8765"), ("[::1]:0", "[::1]:0"), ("off", False),
+    ("true", "127.0.0.1:0"),
+])
+def test_sheepdog_dashboard_takes_an_address_or_true_or_false(monkeypatch, text, value):
+    monkeypatch.setenv("SHEEPDOG_DASHBOARD", text)
+    config, sources = resolve_with_sources({"scheduler": "local"})
+    assert (config.dashboard, sources["dashboard"]) == (value, "env SHEEPDOG_DASHBOARD")
+
+
+def test_a_sheepdog_dashboard_that_is_no_address_is_named(monkeypatch):
+    monkeypatch.setenv("SHEEPDOG_DASHBOARD", "nowhere")
+    with pytest.raises(ValueError, match="^environment variable SHEEPDOG_DASHBOARD: config key "
+                                         "'dashboard' is 'nowhere'; write HOST:PORT"):
+        resolve({"scheduler": "local"})
