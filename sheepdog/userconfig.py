@@ -65,6 +65,11 @@ class Setting:
     source: str
     #: Where an error about it points: ``<file>, line 3``; empty for the config dict.
     location: str = ""
+    #: Where it was set, in words for a warning: ``environment variable SHEEPDOG_TLS``,
+    #: ``[profiles.fear] in the config file <file>, line 3``.
+    origin: str = "the config dict"
+    #: The ``SHEEPDOG_<KEY>`` variable that set it, if one did.
+    variable: Optional[str] = None
 
 
 def config_file_path() -> Path:
@@ -220,8 +225,10 @@ def _read_text(path: Path) -> str:
 
 def _table_settings(table: Mapping[str, Any], dotted: tuple[str, ...], where: Any
                     ) -> list[Setting]:
-    source = "file [" + ".".join(dotted) + "]"
-    return [Setting(key, value, source, where(*dotted, key)) for key, value in table.items()]
+    name = "[" + ".".join(dotted) + "]"
+    return [Setting(key, value, f"file {name}", where(*dotted, key),
+                    f"{name} in the config file {where(*dotted, key)}")
+            for key, value in table.items()]
 
 
 def from_text(text: str, allowed: tuple[type, ...]) -> Any:
@@ -276,8 +283,8 @@ def environment_settings(types: Mapping[str, tuple[type, ...]]) -> list[Setting]
         except ValueError as error:
             raise UserConfigError(f"environment variable {variable} (config key {key!r}) is "
                                   f"{os.environ[variable]!r}: {error}") from None
-        settings.append(Setting(key, value, f"env {variable}",
-                                f"environment variable {variable}"))
+        settings.append(Setting(key, value, f"env {variable}", f"environment variable {variable}",
+                                f"environment variable {variable}", variable))
     return settings
 
 

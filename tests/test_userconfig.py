@@ -90,7 +90,7 @@ def test_a_profile_without_a_config_file_says_where_to_create_it(tmp_path, monke
     ("SHEEPDOG_PORT", "", "port", None),
     ("SHEEPDOG_LOST_AFTER", "90.5", "lost_after", 90.5),
     ("SHEEPDOG_RETRY_SECONDS", "30", "retry_seconds", 30),
-    ("SHEEPDOG_TLS", "no", "tls", False),
+    ("SHEEPDOG_TLS", "yes", "tls", True),
     ("SHEEPDOG_RETRY_FAILED", "On", "retry_failed", True),
     ("SHEEPDOG_GE_OPTS", '["-l h_rt=1:00:00", "-q long"]', "ge_opts",
      ("-l h_rt=1:00:00", "-q long")),
@@ -250,3 +250,30 @@ def test_a_sheepdog_dashboard_that_is_no_address_is_named(monkeypatch):
     with pytest.raises(ValueError, match="^environment variable SHEEPDOG_DASHBOARD: config key "
                                          "'dashboard' is 'nowhere'; write HOST:PORT"):
         resolve({"scheduler": "local"})
+
+
+@pytest.mark.parametrize("variables, file, key", [
+    ({"SHEEPDOG_TLS": "0"}, "", "tls"),
+    ({"SHEEPDOG_KEY_IN_JOB_FILE": "yes"}, "", "key_in_job_file"),
+    ({"SHEEPDOG_DASHBOARD": "0.0.0.0:8765"}, "", "dashboard"),
+    ({"SHEEPDOG_BIND": "0.0.0.0"}, "tls = false\n", "bind"),
+])
+def test_a_variable_that_would_lower_security_is_refused_naming_it(user_file, monkeypatch,
+                                                                  variables, file, key):
+    user_file(f'[default]\nscheduler = "local"\n{file}')
+    for variable, text in variables.items():
+        monkeypatch.setenv(variable, text)
+    (variable,) = variables
+    with pytest.raises(UserConfigError, match=rf"^environment variable {variable} sets '{key}' "
+                                              rf"to .*, which lowers security: .* put '{key}' in "
+                                              rf"the config dict or the config file instead$"):
+        resolve({})
+
+
+def test_the_config_dict_or_file_may_lower_security_where_a_variable_may_not(user_file,
+                                                                            monkeypatch):
+    user_file('[default]\nscheduler = "local"\ntls = false\n')
+    monkeypatch.setenv("SHEEPDOG_BIND", "127.0.0.1")  # loopback: lowers nothing
+    assert resolve({}).tls is False
+    monkeypatch.setenv("SHEEPDOG_TLS", "0")  # the dict wins over the variable: it is not used
+    assert resolve({"tls": True, "key_in_job_file": True}).key_in_job_file is True
