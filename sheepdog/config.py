@@ -9,12 +9,19 @@ Below the dict come the settings a person sets once (``userconfig.py``): the
 config file's ``[default]`` and profiles, and ``SHEEPDOG_<KEY>`` variables.
 They are checked like the dict, and their errors say where they were set. A
 stored request is rebuilt with :func:`restore`, which reads neither again.
+
+Some settings lower security (:func:`lowerings`): plain HTTP, a plain-HTTP
+server beyond loopback, the key in the job file, a dashboard beyond loopback.
+Each submission warns about them, naming where they were set
+(:func:`security_warnings`), and no ``SHEEPDOG_<KEY>`` variable may make them:
+a variable in a shared module file or a job wrapper applies to every map, unseen.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import socket
@@ -172,7 +179,69 @@ def _check_values(config: Config) -> None:
     if config.max_body_bytes < 1:
         raise InvalidValue("max_body_bytes", "config key 'max_body_bytes' must be positive")
     if isinstance(config.dashboard, str):
-        parse_address(config.dashboard)
+        try:
+            parse_address(config.dashboard)
+        except ValueError as error:  # an InvalidValue, to say where it was set
+            raise InvalidValue("dashboard", str(error)) from None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine's loopback: ``localhost``, 127.0.0.0/8 or ``::1``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # another name: it may stand for any address
+        return False
+
+
+@dataclasses.dataclass(frozen=True)
+class Lowering:
+    """A setting that lowers security: the keys that make it, and what it costs."""
+
+    keys: tuple[str, ...]
+    cost: str
+
+
+def lowerings(config: Config) -> list[Lowering]:
+    """The settings of a resolved ``config`` that lower security; none by default."""
+    found = []
+    if not config.tls:
+        beyond = not is_loopback(config.bind or "0.0.0.0")
+        found.append(Lowering(
+            ("tls", "bind") if beyond else ("tls",),
+            "workers call back over plain HTTP"
+            + (", to a server that listens beyond this machine" if beyond else "")
+            + ": anyone on the network between them and this machine can read the tasks and "
+              "their results, and hand the workers code to run as you"))
+    if config.key_in_job_file:
+        found.append(Lowering(
+            ("key_in_job_file",),
+            "the request's key goes into the job file, which the scheduler shows to every "
+            "user of the cluster: any of them can then post results as your workers, and make "
+            "this process load them. Use it only on a cluster whose users you trust"))
+    if isinstance(config.dashboard, str) and not is_loopback(parse_address(config.dashboard)[0]):
+        found.append(Lowering(
+            ("dashboard",),
+            "the dashboard listens beyond this machine, over plain HTTP: anyone who sees its "
+            "link can read every task's arguments, errors and output"))
+    return found
+
+
+def security_warnings(config: Config, origins: Optional[Mapping[str, str]] = None) -> list[str]:
+    """A warning for each setting of ``config`` that lowers security.
+
+    ``origins`` (from :func:`resolve_with_origins`) says where each value was
+    set; each warning names that place.
+    """
+    warnings = []
+    for lowering in lowerings(config):
+        settings = " and ".join(
+            f"{key!r} is {getattr(config, key)!r}"
+            + (f" (set by {origins[key]})" if origins and key in origins else "")
+            for key in lowering.keys)
+        warnings.append(f"{settings}: {lowering.cost}")
+    return warnings
 
 
 def parse_address(address: str, name: str = "config key 'dashboard'") -> tuple[str, int]:
@@ -204,6 +273,25 @@ def resolve_with_sources(conf: Optional[Mapping[str, Any]]) -> tuple[Config, dic
     ``SHEEPDOG_PROFILE``); the ``SHEEPDOG_<KEY>`` environment variables;
     ``conf`` itself (source ``argument``). See ``userconfig.py``.
     """
+    config, winners = _resolve(conf)
+    return config, {key: winners[key].source if key in winners else DEFAULT
+                    for key in VALID_KEYS}
+
+
+def resolve_with_origins(conf: Optional[Mapping[str, Any]]) -> tuple[Config, dict[str, str]]:
+    """The config, and where each of its values came from, in words for a warning.
+
+    ``the config dict``, ``environment variable SHEEPDOG_HOST``,
+    ``[profiles.fear] in the config file <file>, line 3`` or ``the default``;
+    :func:`security_warnings` quotes them.
+    """
+    config, winners = _resolve(conf)
+    return config, {key: winners[key].origin if key in winners else "the default"
+                    for key in VALID_KEYS}
+
+
+def _resolve(conf: Optional[Mapping[str, Any]]) -> tuple[Config, dict[str, userconfig.Setting]]:
+    """The config, and the setting that won for each key set anywhere."""
     if conf is None:
         conf = {}
     if not isinstance(conf, Mapping):
@@ -218,7 +306,24 @@ def resolve_with_sources(conf: Optional[Mapping[str, Any]]) -> tuple[Config, dic
         *userconfig.environment_settings(_TYPES),
         *(userconfig.Setting(key, value, ARGUMENT) for key, value in arguments.items()),
     ]
-    return _build(settings)
+    config, winners = _build(settings)
+    _refuse_lowering_by_variables(config, winners)
+    return config, winners
+
+
+def _refuse_lowering_by_variables(config: Config, winners: Mapping[str, userconfig.Setting]
+                                  ) -> None:
+    """Raise if a ``SHEEPDOG_<KEY>`` variable makes a setting that lowers security."""
+    for lowering in lowerings(config):
+        for key in lowering.keys:
+            setting = winners.get(key)
+            if setting is not None and setting.variable is not None:
+                raise userconfig.UserConfigError(
+                    f"environment variable {setting.variable} sets {key!r} to "
+                    f"{getattr(config, key)!r}, which lowers security: {lowering.cost}. A "
+                    f"variable may not do that, since one in a shared module file or a job "
+                    f"wrapper would do it to every map unseen: put {key!r} in the config dict "
+                    f"or the config file instead")
 
 
 def restore(stored: Mapping[str, Any]) -> Config:
@@ -231,7 +336,8 @@ def restore(stored: Mapping[str, Any]) -> Config:
     return _build([userconfig.Setting(key, value, ARGUMENT) for key, value in stored.items()])[0]
 
 
-def _build(settings: Sequence[userconfig.Setting]) -> tuple[Config, dict[str, str]]:
+def _build(settings: Sequence[userconfig.Setting]
+           ) -> tuple[Config, dict[str, userconfig.Setting]]:
     """Check each setting (later ones win) and fill in the defaults."""
     values: dict[str, Any] = {}
     winners: dict[str, userconfig.Setting] = {}
@@ -266,5 +372,4 @@ def _build(settings: Sequence[userconfig.Setting]) -> tuple[Config, dict[str, st
         workers=config.workers or (os.cpu_count() or 1),
         dashboard=DEFAULT_DASHBOARD if config.dashboard is True else config.dashboard,
     )
-    sources = {key: winners[key].source if key in winners else DEFAULT for key in VALID_KEYS}
-    return config, sources
+    return config, winners

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Optio
 
 from .wire import serialisation
 from .caller.completion import FIRST_DELAY, LONGEST_DELAY, TaskFollower
-from .config import resolve
+from .config import resolve_with_origins
 from .caller.outcomes import outcome
 from .caller.request import Request
 from .caller.session import Session
@@ -76,7 +76,7 @@ class Executor(concurrent.futures.Executor):
     def __init__(self, config: Optional[Mapping[str, Any]] = None,
                  ns: Optional[Mapping[str, Any]] = None, *, session: Optional[Session] = None,
                  batch_seconds: float = BATCH_SECONDS, max_batch: int = MAX_BATCH) -> None:
-        self.config = resolve(config)
+        self.config, self._origins = resolve_with_origins(config)
         self.ns = ns
         self.batch_seconds = batch_seconds
         self.max_batch = max_batch
@@ -191,7 +191,8 @@ class Executor(concurrent.futures.Executor):
                 continue
             try:
                 request = self._session.submit_serialised(
-                    wanted[0].function_blob, [s.arguments for s in wanted], self.config)
+                    wanted[0].function_blob, [s.arguments for s in wanted], self.config,
+                    self._origins)
             except Exception as error:  # the scheduler's refusal is each future's error
                 for submission in wanted:
                     _settle(submission.future, None, error)

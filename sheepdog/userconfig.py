@@ -21,6 +21,7 @@ import difflib
 import json
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -36,6 +37,9 @@ CONFIG_FILE_VARIABLE = "SHEEPDOG_CONFIG_FILE"
 PROFILE_VARIABLE = "SHEEPDOG_PROFILE"
 #: ``SHEEPDOG_HOST`` sets ``host``, and so on for every config key.
 ENVIRONMENT_PREFIX = "SHEEPDOG_"
+
+#: The largest config file read (a settings file is a few hundred bytes).
+MAX_FILE_BYTES = 1 << 20
 
 DEFAULT_TABLE = "default"
 PROFILES_TABLE = "profiles"
@@ -61,6 +65,11 @@ class Setting:
     source: str
     #: Where an error about it points: ``<file>, line 3``; empty for the config dict.
     location: str = ""
+    #: Where it was set, in words for a warning: ``environment variable SHEEPDOG_TLS``,
+    #: ``[profiles.fear] in the config file <file>, line 3``.
+    origin: str = "the config dict"
+    #: The ``SHEEPDOG_<KEY>`` variable that set it, if one did.
+    variable: Optional[str] = None
 
 
 def config_file_path() -> Path:
@@ -148,7 +157,7 @@ def read_file(path: Optional[Path] = None) -> UserFile:
     """
     path = config_file_path() if path is None else path
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_text(path)
     except FileNotFoundError:
         return UserFile(path, False, {})
     except (OSError, UnicodeDecodeError) as error:
@@ -187,10 +196,39 @@ def read_file(path: Optional[Path] = None) -> UserFile:
     return UserFile(path, True, tables)
 
 
+def _read_text(path: Path) -> str:
+    """The text of the regular file ``path``, of at most :data:`MAX_FILE_BYTES`.
+
+    Anything else is refused before it is read: ``/dev/zero`` would be read
+    without end, and a FIFO would block (it is opened without blocking, then
+    refused by its type).
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise UserConfigError(f"the sheepdog config file {path} is not a regular file; "
+                                  f"sheepdog reads its settings from a TOML file")
+        data = b""
+        while len(data) <= MAX_FILE_BYTES:
+            chunk = os.read(descriptor, MAX_FILE_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(descriptor)
+    if len(data) > MAX_FILE_BYTES:
+        raise UserConfigError(f"the sheepdog config file {path} is larger than "
+                              f"{MAX_FILE_BYTES} bytes, the most sheepdog reads: a config "
+                              f"file holds a few settings")
+    return data.decode("utf-8")
+
+
 def _table_settings(table: Mapping[str, Any], dotted: tuple[str, ...], where: Any
                     ) -> list[Setting]:
-    source = "file [" + ".".join(dotted) + "]"
-    return [Setting(key, value, source, where(*dotted, key)) for key, value in table.items()]
+    name = "[" + ".".join(dotted) + "]"
+    return [Setting(key, value, f"file {name}", where(*dotted, key),
+                    f"{name} in the config file {where(*dotted, key)}")
+            for key, value in table.items()]
 
 
 def from_text(text: str, allowed: tuple[type, ...]) -> Any:
@@ -198,7 +236,8 @@ def from_text(text: str, allowed: tuple[type, ...]) -> Any:
 
     ``allowed`` are the key's types (``config._TYPES``): an empty text is
     None where None is allowed; booleans are 1/true/yes/on or
-    0/false/no/off; lists are written as arrays, ``["-l h_rt=1:00:00", "-q
+    0/false/no/off, and a key that is text or a boolean (``dashboard``: an
+    address, or true/false) takes either; lists are written as arrays, ``["-l h_rt=1:00:00", "-q
     long"]``, since one option may hold spaces. Raises ValueError saying what
     was expected.
     """
@@ -208,6 +247,8 @@ def from_text(text: str, allowed: tuple[type, ...]) -> Any:
     if bool in allowed:
         if stripped.lower() in _TRUE + _FALSE:
             return stripped.lower() in _TRUE
+        if str in allowed:  # ``dashboard``: an address, or true/false
+            return stripped
         raise ValueError(f"expected one of {'/'.join(_TRUE)} or {'/'.join(_FALSE)}")
     if list in allowed:
         try:
@@ -242,8 +283,8 @@ def environment_settings(types: Mapping[str, tuple[type, ...]]) -> list[Setting]
         except ValueError as error:
             raise UserConfigError(f"environment variable {variable} (config key {key!r}) is "
                                   f"{os.environ[variable]!r}: {error}") from None
-        settings.append(Setting(key, value, f"env {variable}",
-                                f"environment variable {variable}"))
+        settings.append(Setting(key, value, f"env {variable}", f"environment variable {variable}",
+                                f"environment variable {variable}", variable))
     return settings
 
 

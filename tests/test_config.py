@@ -1,9 +1,13 @@
+import logging
 import sys
 
 import pytest
 
+from sheepdog import Executor
 from sheepdog.backends.gridengine import parse_memory
-from sheepdog.config import DEFAULT_GE_OPTS, VALID_KEYS, resolve
+from sheepdog.caller.session import Session
+from sheepdog.config import (DEFAULT_GE_OPTS, VALID_KEYS, lowerings, resolve,
+                             resolve_with_origins, security_warnings)
 
 
 def test_gridengine_defaults_follow_the_original():
@@ -79,3 +83,65 @@ def test_a_path_given_explicitly_must_exist(key, tmp_path):
     missing = str(tmp_path / "nothing-here")
     with pytest.raises(ValueError, match=f"config key '{key}' names .*nothing-here.*does not exist"):
         resolve({"host": "headnode", key: missing})
+
+
+def test_the_defaults_lower_no_security():
+    assert lowerings(resolve({"host": "fear"})) == [] == lowerings(resolve({"scheduler": "local"}))
+
+
+@pytest.mark.parametrize("conf, expected", [
+    ({"scheduler": "local", "tls": False},
+     "'tls' is False (set by the config dict): workers call back over plain HTTP: anyone"),
+    ({"host": "fear", "tls": False},
+     "'tls' is False (set by the config dict) and 'bind' is '0.0.0.0' (set by the default): "
+     "workers call back over plain HTTP, to a server that listens beyond this machine"),
+    ({"scheduler": "local", "tls": False, "bind": "10.0.0.5"},
+     "'bind' is '10.0.0.5' (set by the config dict): workers call back over plain HTTP, to a"),
+    ({"scheduler": "local", "key_in_job_file": True},
+     "'key_in_job_file' is True (set by the config dict): the request's key goes into the job "
+     "file, which the scheduler shows to every user of the cluster"),
+    ({"scheduler": "local", "dashboard": "0.0.0.0:8765"},
+     "'dashboard' is '0.0.0.0:8765' (set by the config dict): the dashboard listens beyond "
+     "this machine, over plain HTTP"),
+])
+def test_each_setting_that_lowers_security_is_warned_naming_where_it_was_set(conf, expected):
+    (warning,) = security_warnings(*resolve_with_origins(conf))
+    assert expected in warning
+
+
+def test_a_setting_from_the_config_file_is_warned_with_its_path_line_and_profile(
+        tmp_path, monkeypatch):
+    path = tmp_path / "config.toml"
+    path.write_text('[default]\nscheduler = "local"\n\n[profiles.trusted]\nkey_in_job_file = true\n')
+    monkeypatch.setenv("SHEEPDOG_CONFIG_FILE", str(path))
+    (warning,) = security_warnings(*resolve_with_origins({"profile": "trusted"}))
+    assert warning.startswith(f"'key_in_job_file' is True (set by [profiles.trusted] in the "
+                              f"config file {path}, line 5): the request's key goes into")
+
+
+def test_every_submission_warns_that_tls_is_off_naming_the_config_dict(local_conf, caplog):
+    with Session() as session, caplog.at_level(logging.WARNING, logger="sheepdog"):
+        requests = [session.submit(abs, [(-1,)], {**local_conf, "tls": False}) for _ in range(2)]
+        for request in requests:
+            request.wait(timeout=60)
+    warnings = [record.getMessage() for record in caplog.records
+                if record.levelno == logging.WARNING and "plain HTTP" in record.getMessage()]
+    assert warnings == [f"request {request.id}: 'tls' is False (set by the config dict): workers "
+                        f"call back over plain HTTP: anyone on the network between them and "
+                        f"this machine can read the tasks and their results, and hand the "
+                        f"workers code to run as you" for request in requests]
+
+
+def test_the_executor_warns_at_each_submission_naming_the_config_file(local_conf, tmp_path,
+                                                                      monkeypatch, caplog):
+    path = tmp_path / "config.toml"
+    path.write_text("[default]\ntls = false\n")
+    monkeypatch.setenv("SHEEPDOG_CONFIG_FILE", str(path))
+    with caplog.at_level(logging.WARNING, logger="sheepdog"), Executor(local_conf) as executor:
+        assert executor.submit(abs, -2).result(timeout=60) == 2
+    assert [record.getMessage() for record in caplog.records if "plain HTTP" in
+            record.getMessage()] == [f"request 1: 'tls' is False (set by [default] in the config "
+                                     f"file {path}, line 2): workers call back over plain HTTP: "
+                                     f"anyone on the network between them and this machine can "
+                                     f"read the tasks and their results, and hand the workers "
+                                     f"code to run as you"]

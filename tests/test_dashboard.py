@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -298,3 +299,48 @@ def test_sheepdog_dashboard_names_what_is_wrong(tmp_path, arguments, message):
                                *arguments], cwd=tmp_path, capture_output=True, text=True,
                               timeout=60)
     assert finished.returncode == 2 and message in finished.stderr  # 2: it could not run
+
+
+class AccessLines(logging.Handler):
+    """Collects access log lines (``403 GET /favicon.ico ...``) from any logger; ``enough``
+    is set once ``wanted`` have come (they are logged after the answer is sent)."""
+
+    def __init__(self, wanted):
+        super().__init__(logging.DEBUG)
+        self.wanted = wanted
+        self.lines = []
+        self.enough = threading.Event()
+
+    def emit(self, record):
+        if re.match(r"\d{3} GET /", record.getMessage()):
+            self.lines.append(record.getMessage())
+            if len(self.lines) >= self.wanted:
+                self.enough.set()
+
+
+def test_the_token_is_logged_once_and_no_page_load_reaches_stderr(local_conf, caplog):
+    """Only the link at submission holds the token; a favicon or a wrong token logs no warning."""
+    access = AccessLines(wanted=4)
+    logging.getLogger().addHandler(access)
+    try:
+        with Session() as session, caplog.at_level(logging.DEBUG):
+            request = session.submit(len, [("abc",)], local_conf)
+            page = session.dashboard_link(request).split("#")[0]
+            token = page.split("token=")[1]
+            origin = page.split("/dashboard")[0]
+            for url in (page, page.replace("/dashboard?", "/dashboard/api/requests?"),
+                        f"{origin}/favicon.ico", f"{origin}/dashboard?token={'x' * len(token)}"):
+                try:
+                    urllib.request.urlopen(url).close()
+                except urllib.error.HTTPError as refused:
+                    assert refused.code == 403
+            assert access.enough.wait(timeout=30), access.lines
+            request.wait(timeout=60)
+    finally:
+        logging.getLogger().removeHandler(access)
+    holding = [record for record in caplog.records if token in record.getMessage()]
+    assert [record.name for record in holding] == ["sheepdog.caller.session"]
+    assert [record.getMessage() for record in caplog.records
+            if record.levelno >= logging.WARNING] == []
+    assert not any("?" in line for line in access.lines)  # paths without their query
+    assert any(line.startswith("403 GET /favicon.ico ") for line in access.lines)

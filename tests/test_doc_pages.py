@@ -15,7 +15,7 @@ def test_the_configuration_pages_examples_run_with_its_own_config_file(tmp_path,
     (tmp_path / ".config" / "sheepdog" / "config.toml").write_text(
         toml_example("configuration.rst"))
     results = run_page("configuration.rst")
-    assert results.failed == 0 and results.attempted == 7
+    assert results.failed == 0 and results.attempted == 8
     assert (tmp_path / "results.sqlite").exists()  # the [default] table's dbfile
 
 

@@ -1,13 +1,14 @@
 """Settings a person sets once: the config file's [default] and profiles, SHEEPDOG_*
 variables, and the order in which they, the defaults and the config dict win."""
 
+import os
 import textwrap
 
 import pytest
 
 import sheepdog
 from sheepdog.config import restore, resolve, resolve_with_sources
-from sheepdog.userconfig import UserConfigError, config_file_path
+from sheepdog.userconfig import MAX_FILE_BYTES, UserConfigError, config_file_path
 
 FEAR = """\
 [default]
@@ -89,7 +90,7 @@ def test_a_profile_without_a_config_file_says_where_to_create_it(tmp_path, monke
     ("SHEEPDOG_PORT", "", "port", None),
     ("SHEEPDOG_LOST_AFTER", "90.5", "lost_after", 90.5),
     ("SHEEPDOG_RETRY_SECONDS", "30", "retry_seconds", 30),
-    ("SHEEPDOG_TLS", "no", "tls", False),
+    ("SHEEPDOG_TLS", "yes", "tls", True),
     ("SHEEPDOG_RETRY_FAILED", "On", "retry_failed", True),
     ("SHEEPDOG_GE_OPTS", '["-l h_rt=1:00:00", "-q long"]', "ge_opts",
      ("-l h_rt=1:00:00", "-q long")),
@@ -210,3 +211,69 @@ def test_restore_reads_neither_the_file_nor_the_environment(user_file, monkeypat
     user_file("[default]\nretries = 4\n")
     monkeypatch.setenv("SHEEPDOG_HOST", "elsewhere")
     assert (restore({"scheduler": "local"}).retries, restore({}).host) == (0, None)
+
+
+@pytest.mark.parametrize("kind", ["character device", "fifo", "directory"])
+def test_a_config_file_that_is_not_a_regular_file_is_refused_unread(tmp_path, monkeypatch, kind):
+    """/dev/zero would be read without end, and a FIFO without a writer would block."""
+    path = {"character device": lambda: "/dev/zero",
+            "fifo": lambda: os.mkfifo(tmp_path / "fifo") or tmp_path / "fifo",
+            "directory": lambda: tmp_path}[kind]()
+    monkeypatch.setenv("SHEEPDOG_CONFIG_FILE", str(path))
+    with pytest.raises(UserConfigError, match=rf"^the sheepdog config file {path} is not a "
+                                              rf"regular file"):
+        resolve({})
+
+
+def test_a_config_file_over_the_size_limit_is_refused_naming_the_limit(user_file):
+    padding = "# " + "x" * 98 + "\n"
+    path = user_file("[default]\n" + padding * (MAX_FILE_BYTES // len(padding)))
+    assert resolve({}).scheduler == "gridengine"  # just under the limit: read
+    user_file(path.read_text() + padding)
+    with pytest.raises(UserConfigError, match=rf"^the sheepdog config file {path} is larger than "
+                                              rf"1048576 bytes"):
+        resolve({})
+
+
+@pytest.mark.parametrize("text, value", [
+    ("127.0.0.1:8765", "127.0.0.1:8765"), ("[::1]:0", "[::1]:0"), ("off", False),
+    ("true", "127.0.0.1:0"),
+])
+def test_sheepdog_dashboard_takes_an_address_or_true_or_false(monkeypatch, text, value):
+    monkeypatch.setenv("SHEEPDOG_DASHBOARD", text)
+    config, sources = resolve_with_sources({"scheduler": "local"})
+    assert (config.dashboard, sources["dashboard"]) == (value, "env SHEEPDOG_DASHBOARD")
+
+
+def test_a_sheepdog_dashboard_that_is_no_address_is_named(monkeypatch):
+    monkeypatch.setenv("SHEEPDOG_DASHBOARD", "nowhere")
+    with pytest.raises(ValueError, match="^environment variable SHEEPDOG_DASHBOARD: config key "
+                                         "'dashboard' is 'nowhere'; write HOST:PORT"):
+        resolve({"scheduler": "local"})
+
+
+@pytest.mark.parametrize("variables, file, key", [
+    ({"SHEEPDOG_TLS": "0"}, "", "tls"),
+    ({"SHEEPDOG_KEY_IN_JOB_FILE": "yes"}, "", "key_in_job_file"),
+    ({"SHEEPDOG_DASHBOARD": "0.0.0.0:8765"}, "", "dashboard"),
+    ({"SHEEPDOG_BIND": "0.0.0.0"}, "tls = false\n", "bind"),
+])
+def test_a_variable_that_would_lower_security_is_refused_naming_it(user_file, monkeypatch,
+                                                                  variables, file, key):
+    user_file(f'[default]\nscheduler = "local"\n{file}')
+    for variable, text in variables.items():
+        monkeypatch.setenv(variable, text)
+    (variable,) = variables
+    with pytest.raises(UserConfigError, match=rf"^environment variable {variable} sets '{key}' "
+                                              rf"to .*, which lowers security: .* put '{key}' in "
+                                              rf"the config dict or the config file instead$"):
+        resolve({})
+
+
+def test_the_config_dict_or_file_may_lower_security_where_a_variable_may_not(user_file,
+                                                                            monkeypatch):
+    user_file('[default]\nscheduler = "local"\ntls = false\n')
+    monkeypatch.setenv("SHEEPDOG_BIND", "127.0.0.1")  # loopback: lowers nothing
+    assert resolve({}).tls is False
+    monkeypatch.setenv("SHEEPDOG_TLS", "0")  # the dict wins over the variable: it is not used
+    assert resolve({"tls": True, "key_in_job_file": True}).key_in_job_file is True

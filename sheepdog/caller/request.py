@@ -93,12 +93,7 @@ class Request:
 
     def deliver_key(self) -> None:
         """Put the request's key where only its workers can read it, before a job is submitted."""
-        if self.config.key_in_job_file:
-            log.warning(
-                "request %s: 'key_in_job_file' puts the request's key in the job file, which "
-                "the scheduler shows to every user of the cluster: any of them can then post "
-                "results as your workers, and make this process load them. Use it only on a "
-                "cluster whose users you trust", self.id)
+        if self.config.key_in_job_file:  # warned at submission (config.security_warnings)
             return
         path = self.backend.deliver_key(self.id, self.storage.request_secret(self.id) or "")
         self.storage.set_meta_once(f"key_file:{self.id}", path.encode())

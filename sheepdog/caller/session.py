@@ -25,7 +25,7 @@ import threading
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from ..backends.base import create as create_backend
-from ..config import Config, resolve
+from ..config import Config, resolve_with_origins, security_warnings
 from ..server import Server
 from ..storage import Storage
 from ..wire import serialisation
@@ -143,19 +143,21 @@ class Session:
         """
         if not callable(f):
             raise TypeError(f"f must be callable, not {type(f).__name__}")
-        conf = resolve(config)
+        conf, origins = resolve_with_origins(config)
         arguments = _check_arguments(args)
         function_blob = serialisation.dumps_function(f, ns)
         argument_blobs = [serialisation.dumps_argument(i, a) for i, a in enumerate(arguments)]
-        return self.submit_serialised(function_blob, argument_blobs, conf)
+        return self.submit_serialised(function_blob, argument_blobs, conf, origins)
 
     def submit_serialised(self, function_blob: bytes, argument_blobs: Sequence[Any],
-                          conf: Config) -> Request:
+                          conf: Config, origins: Optional[Mapping[str, str]] = None) -> Request:
         """:meth:`submit` once the function and arguments are serialised.
 
         The :class:`~sheepdog.executor.Executor` serialises each argument in
         its own ``submit`` call, so that one that cannot travel fails there,
-        and hands a batch of them over here as one request.
+        and hands a batch of them over here as one request. Each setting of
+        ``conf`` that lowers security is warned about, naming where it was set
+        (``origins``, from :func:`~sheepdog.config.resolve_with_origins`).
         """
         backend = create_backend(conf)
         backend.check()
@@ -167,6 +169,8 @@ class Session:
             _stored_config(conf),
         )
         request = Request(database, request_id, conf, backend)
+        for warning in security_warnings(conf, origins):
+            log.warning("request %s: %s", request_id, warning)
         database.dashboard(conf)
         link = self.dashboard_link(request)
         if link is not None:  # the one log line that holds the token

@@ -6,18 +6,23 @@ callback loop never waits for it. Its connections are guarded as the
 callback server's are (``server/connections.py``): idle ones are closed, and
 one peer may hold only so many. Neither Flask nor Tornado is imported until
 the dashboard starts.
+
+Its access log never holds the token: Tornado's WSGI container logs each
+request's whole URL, query and token included, at INFO (WARNING for a 403,
+which reaches stderr where logging is not set up). Here each request is
+logged at DEBUG, by its path alone. The token is logged once, in the link
+that ``map`` logs.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import secrets
 import webbrowser
 from typing import Optional, Union
 
-from ..config import parse_address
+from ..config import is_loopback, parse_address
 from ..server.thread import Close, ServerThread
 from ..storage import Storage
 
@@ -83,21 +88,33 @@ class DashboardServer:
         """Bind the socket and serve the app on it (on the server's loop); return what closes it."""
         from concurrent.futures import ThreadPoolExecutor
 
+        import tornado.httputil
         import tornado.netutil
         import tornado.wsgi
 
         from ..server.connections import GuardedHTTPServer
         from .app import create_app
 
+        class Container(tornado.wsgi.WSGIContainer):
+            """Tornado's WSGI container, with an access log that leaves out the query.
+
+            ``_log`` is the container's own access log (a test pins that it is replaced).
+            """
+
+            def _log(self, status_code: int, request: tornado.httputil.HTTPServerRequest
+                     ) -> None:
+                log.debug("%d %s %s (%s) %.2fms", status_code, request.method, request.path,
+                          request.remote_ip, 1000.0 * request.request_time())
+
         app = create_app(self.storage, self.token)
         sockets = tornado.netutil.bind_sockets(self.port, address=self.host)
         self.port = sockets[0].getsockname()[1]
-        if not _is_loopback(self.host):
+        if not is_loopback(self.host):
             log.warning("the sheepdog dashboard listens on %s:%s, beyond this machine: anyone "
                         "who sees its link (plain HTTP) can read the page", self.host, self.port)
         pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="sheepdog-dashboard")
         http_server = GuardedHTTPServer(
-            tornado.wsgi.WSGIContainer(app, executor=pool),
+            Container(app, executor=pool),
             max_body_size=MAX_BODY_BYTES,
             idle_connection_timeout=IDLE_TIMEOUT_SECONDS,
             body_timeout=BODY_TIMEOUT_SECONDS,
@@ -111,15 +128,6 @@ class DashboardServer:
             pool.shutdown()
 
         return close
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def run_dashboard(storage: Union[Storage, str, os.PathLike[str]], open_browser: bool = True,
