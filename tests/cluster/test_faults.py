@@ -57,7 +57,7 @@ def test_server_down_for_twenty_seconds_loses_no_result(cluster_conf):
     server.stop()
     assert not server.running
     time.sleep(20)
-    api.default_session().server(resolve(conf), api.default_session().storage(conf["dbfile"]))
+    api.default_session().owner(conf["dbfile"]).server(resolve(conf))  # on the same port
     results = sheepdog.get_results(request_id, conf["dbfile"], timeout=180)
     assert [r for _a, r in results] == [x * x for x in range(20)]
     progress = storage.progress(request_id)
