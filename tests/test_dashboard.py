@@ -11,7 +11,9 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -219,8 +221,8 @@ def test_dashboard_closes_connections_past_its_cap_per_peer(storage, monkeypatch
     try:
         held[2].settimeout(10)
         assert held[2].recv(1) == b""  # closed as soon as it was accepted
-        held[0].sendall(f"GET /dashboard?token={server.token} HTTP/1.1\r\nHost: x\r\n\r\n"
-                        .encode())
+        held[0].sendall(f"GET /dashboard?token={server.token} HTTP/1.1\r\n"
+                        f"Host: 127.0.0.1\r\n\r\n".encode())
         assert held[0].recv(64).startswith(b"HTTP/1.1 200")
     finally:
         for sock in held:
@@ -344,3 +346,35 @@ def test_the_token_is_logged_once_and_no_page_load_reaches_stderr(local_conf, ca
             if record.levelno >= logging.WARNING] == []
     assert not any("?" in line for line in access.lines)  # paths without their query
     assert any(line.startswith("403 GET /favicon.ico ") for line in access.lines)
+
+
+@pytest.mark.parametrize("host, status", [
+    ("localhost", 200), ("127.0.0.1:8765", 200), ("[::1]:8765", 200),
+    ("evil.example", 403), ("evil.example:8765", 403), ("127.0.0.1.evil.example", 403),
+])
+def test_the_dashboard_answers_only_to_its_own_names_against_dns_rebinding(
+        client, host, status):
+    response = client.get(f"/dashboard?token={TOKEN}", headers={"Host": host})
+    assert response.status_code == status
+
+
+def test_sheepdog_dashboard_opens_the_browser_on_a_private_file_not_on_the_tokenised_link(
+        storage, monkeypatch):
+    """A browser's command line is every local user's to read: the token stays out of it."""
+    from sheepdog.dashboard import server as dashboard_server
+
+    opened = []
+
+    def browser(uri):
+        path = urllib.parse.urlparse(uri).path
+        opened.append((uri, os.stat(path).st_mode & 0o777, open(path).read()))
+        return True
+
+    monkeypatch.setattr(dashboard_server.webbrowser, "open", browser)
+    monkeypatch.setattr(dashboard_server.DashboardServer, "join",
+                        lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+    dashboard_server.run_dashboard(storage, open_browser=True)
+    ((uri, mode, page),) = opened
+    token = re.search(r"token=([\w-]+)", page).group(1)
+    assert uri.startswith("file://") and token not in uri and mode == 0o600
+    assert not os.path.exists(urllib.parse.urlparse(uri).path)  # gone with the dashboard

@@ -15,7 +15,10 @@ worker's signature opens nothing. The token travels in the link's query
 (``?token=``) or an ``Authorization: Bearer`` header, and is compared in
 constant time. No cookie is set, so there is no ambient credential for
 another page to ride on, and nothing is sent to other ports of the same
-host. Every answer says ``Cache-Control: no-store``; the page runs only its
+host. A request whose ``Host`` header names none of the dashboard's own
+addresses is refused before the token is looked at, so that a page that
+rebinds its own name to this machine's address (DNS rebinding) reaches
+nothing. Every answer says ``Cache-Control: no-store``; the page runs only its
 own script (a nonce in its ``Content-Security-Policy``) and puts text from
 the database into the page as text, never as markup, since a task's error is
 whatever the task raised.
@@ -79,7 +82,19 @@ def throughput(storage: Storage, request_id: int, created: float, now: float,
     return {"start": created, "width": width, "counts": counts}
 
 
-def create_app(storage: Union[Storage, str, os.PathLike[str]], token: str) -> Flask:
+#: The names by which a browser on this machine reaches a loopback dashboard.
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _host_name(host_header: str) -> str:
+    """The name in a ``Host`` header, without its port or IPv6 brackets."""
+    if host_header.startswith("["):
+        return host_header[1:].partition("]")[0]
+    return host_header.rpartition(":")[0] if host_header.count(":") == 1 else host_header
+
+
+def create_app(storage: Union[Storage, str, os.PathLike[str]], token: str,
+               host_names: frozenset[str] = LOOPBACK_NAMES) -> Flask:
     """The dashboard's Flask app over ``storage``, open to holders of ``token`` only.
 
     Long because Flask's routes are closures over the app, the storage and the
@@ -94,7 +109,11 @@ def create_app(storage: Union[Storage, str, os.PathLike[str]], token: str) -> Fl
 
     @app.before_request
     def require_token() -> Optional[Response]:
-        """Every route, unknown ones too, is refused without the token."""
+        """Every route, unknown ones too, is refused without the token, or when the
+        request's ``Host`` is not one of the dashboard's own names."""
+        if _host_name(request.headers.get("Host", "")).lower() not in host_names:
+            return Response("403 Forbidden: this sheepdog dashboard answers only to its own "
+                            "address\n", 403, {"Content-Type": "text/plain; charset=utf-8"})
         scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer":
             offered = request.args.get("token", "")

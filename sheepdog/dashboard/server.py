@@ -16,10 +16,14 @@ that ``map`` logs.
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 import secrets
+import socket
+import tempfile
 import webbrowser
+from pathlib import Path
 from typing import Optional, Union
 
 from ..config import is_loopback, parse_address
@@ -72,6 +76,16 @@ class DashboardServer:
             host = f"[{host}]"
         return f"http://{host}:{self.port}/dashboard?token={self.token}"
 
+    def host_names(self) -> frozenset[str]:
+        """The names a browser may reach this dashboard by: loopback ones, and where it
+        listens beyond loopback, the address and this machine's own names."""
+        from .app import LOOPBACK_NAMES
+
+        if is_loopback(self.host):
+            return LOOPBACK_NAMES
+        names = {self.host, socket.gethostname(), socket.getfqdn()}
+        return LOOPBACK_NAMES | {name.lower() for name in names if name not in ("0.0.0.0", "::")}
+
     def start(self) -> "DashboardServer":
         """Listen, then serve in a daemon thread; raises OSError if the address is taken."""
         self._thread.start()
@@ -106,7 +120,7 @@ class DashboardServer:
                 log.debug("%d %s %s (%s) %.2fms", status_code, request.method, request.path,
                           request.remote_ip, 1000.0 * request.request_time())
 
-        app = create_app(self.storage, self.token)
+        app = create_app(self.storage, self.token, self.host_names())
         sockets = tornado.netutil.bind_sockets(self.port, address=self.host)
         self.port = sockets[0].getsockname()[1]
         if not is_loopback(self.host):
@@ -141,11 +155,29 @@ def run_dashboard(storage: Union[Storage, str, os.PathLike[str]], open_browser: 
                                 f"pass the dbfile your requests were made with")
     server = DashboardServer(storage, address=address).start()
     print(f"sheepdog dashboard: {server.url}  (Ctrl-C stops it)", flush=True)
-    if open_browser:
-        webbrowser.open(server.url)
-    try:
-        server.join()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    with tempfile.TemporaryDirectory(prefix="sheepdog-dashboard-") as private:
+        if open_browser:
+            webbrowser.open(Path(redirect_file(private, server.url)).as_uri())
+        try:
+            server.join()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.stop()
+
+
+def redirect_file(directory: str, url: str) -> str:
+    """A file (0600, in the private ``directory``) that sends a browser on to ``url``.
+
+    The browser is opened on this file, not on the link: a browser's command
+    line is visible to every user of the machine (``/proc/PID/cmdline``), and
+    the link holds the token, which the file's name does not.
+    """
+    path = os.path.join(directory, "open-dashboard.html")
+    target = html.escape(url, quote=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as page:
+        page.write(f'<!doctype html><meta charset="utf-8"><meta name="referrer" '
+                   f'content="no-referrer"><meta http-equiv="refresh" content="0; url={target}">'
+                   f'<title>sheepdog dashboard</title><a href="{target}">open the dashboard</a>\n')
+    return path
