@@ -17,9 +17,9 @@ from sheepdog import SubmissionError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(source, *args, **kwargs):
+def run_script(source, *args, env=None, **kwargs):
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(source), *args],
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                            env=env or dict(os.environ, PYTHONPATH=str(ROOT)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
@@ -192,3 +192,54 @@ def test_a_result_that_cannot_be_loaded_here_becomes_its_tasks_error_alone(local
     assert args == (1,) and "could not be loaded in this process" in error
     assert "ValueError" in error and "not a number" in error
     assert sheepdog.Storage(local_conf["dbfile"]).progress(1).failed == 1
+
+
+STARTS_AND_DIES = '''
+    import os, sys, time
+    import sheepdog
+
+    def stays(pids):
+        import os, time
+        with open(pids, "a") as out:
+            out.write(f"{os.getpid()}\\n")
+        time.sleep(120)
+
+    conf = {"scheduler": "local", "dbfile": sys.argv[1], "workers": 2, "dashboard": False}
+    request_id = sheepdog.map_async(stays, [(sys.argv[2],), (sys.argv[2],)], conf)
+    while len(open(sys.argv[2]).read().split()) < 2 if os.path.exists(sys.argv[2]) else True:
+        time.sleep(0.05)
+    print("running", flush=True)
+    if sys.argv[3] == "kill":
+        os.kill(os.getpid(), 9)
+'''
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie has ended too
+        return stat.read().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal")
+@pytest.mark.parametrize("ending", ["kill", "exit"])
+def test_local_tasks_and_their_job_folder_end_with_the_caller(dbfile, tmp_path, monkeypatch,
+                                                             ending):
+    """Killed (SIGKILL) or exiting, the caller leaves no task running: none retries a
+    vanished server for retry_seconds; an exit also removes the job's folder."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    pids = tmp_path / "pids"
+    caller = run_script(STARTS_AND_DIES, dbfile, str(pids), ending,
+                        env=dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(scratch)))
+    assert caller.stdout.readline() == "running\n"
+    caller.wait(60)
+    tasks = [int(pid) for pid in pids.read_text().split()]
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in tasks) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in tasks)
+    if ending == "exit":
+        assert not [path for path in scratch.iterdir() if "-key-" not in path.name]

@@ -134,6 +134,11 @@ class LocalJob:
         with self._lock:
             return list(self._running)
 
+    def close(self) -> None:
+        """Cancel the job and remove its folder (job file and logs): the caller exits."""
+        self.cancel()
+        shutil.rmtree(self.script.parent, ignore_errors=True)
+
     def cancel(self) -> None:
         with self._lock:
             self._cancelled = True
@@ -147,9 +152,10 @@ class LocalJob:
 
 @atexit.register
 def _kill_live_jobs() -> None:
-    """Leave no task process behind when the caller exits."""
+    """Leave no task process, and no job folder, behind when the caller exits."""
     for job in list(_live_jobs):
-        job.cancel()
+        job.close()
+
 
 
 class LocalBackend(Backend):

@@ -29,8 +29,6 @@ import sys
 import traceback
 from typing import TYPE_CHECKING, Any, Callable, Iterable, NoReturn, Optional, Union
 
-from .client import Client, PermanentHTTPError
-from .output import TaskOutput, restore_output, unbuffer_output
 from ..wire import serialisation
 from ..wire.protocol import (
     ALONE_BYTES,
@@ -44,6 +42,9 @@ from ..wire.protocol import (
     nbytes,
     pack_frames,
 )
+from .client import Client, PermanentHTTPError
+from .lifeline import die_with_parent
+from .output import TaskOutput, restore_output, unbuffer_output
 
 if TYPE_CHECKING:
     from ..wire.settings import WorkerSettings
@@ -296,6 +297,7 @@ def _runner_main(target: Callable[[socket.socket], int], channel: socket.socket,
     """The whole life of a runner process: it never returns into the supervisor's code."""
     status = 1
     try:
+        die_with_parent()  # a runner whose worker is gone has nobody to report to
         run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
         getattr(atexit, "_clear", lambda: None)()  # the supervisor's handlers are its own
         for number in kill_signals:  # the supervisor answers the scheduler's kill notice

@@ -15,6 +15,10 @@ import textwrap
 
 import pytest
 
+from sheepdog.storage import Storage
+
+from .test_faults import JOB_GONE_SECONDS, run_as_test_user, wait_until
+
 pytestmark = pytest.mark.cluster
 
 CALLER = textwrap.dedent('''
@@ -75,10 +79,15 @@ def test_default_config_returns_results_through_the_tunnel_from_behind_nat(nat, 
     assert outcome.get("results") == [[nat["SHEEPDOG_NODE1"], 2 * x] for x in range(1, 9)], outcome
 
 
-def test_direct_callbacks_from_behind_nat_fail_fast_with_the_fix(nat, cluster, tmp_path):
+def test_direct_callbacks_from_behind_nat_fail_fast_with_the_fix(
+        nat, cluster, cluster_conf, tmp_path):
     outcome = run_as_caller(nat, cluster, tmp_path, callback="direct", connect_timeout=20)
     error = outcome.get("error", "")
     assert "none has called back on https://laptop:" in error, outcome
     assert "{'callback': 'tunnel'}" in error
     assert "cannot connect" in error or "timed out" in error  # the worker's stderr, read over SSH
     assert outcome["seconds"] < 120
+    # The request gave up: its job no longer holds slots on the cluster.
+    (job,) = Storage(str(tmp_path / "sheepdog.sqlite"), read_only=True).jobs(1)
+    wait_until(lambda: job.job_id not in run_as_test_user(cluster_conf, "qstat").stdout,
+               JOB_GONE_SECONDS)

@@ -1,0 +1,31 @@
+"""A worker's processes end with the process that started them, even when it is killed.
+
+A local worker's parent is the caller's process; a cluster worker's is the
+scheduler's shepherd; a runner's is its worker. When that parent dies, by
+SIGKILL too, nothing is left for the child to report to: without this, a
+local worker whose caller was killed would go on retrying the vanished
+server for ``retry_seconds``, holding its slot. On Linux the kernel sends
+the signal (``prctl(PR_SET_PDEATHSIG)``); elsewhere nothing changes, and the
+caller's exit handler and the scheduler still end their workers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+#: prctl(2)'s option that names the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Be killed when the parent process dies; at once if it already has."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() != parent:  # it died before the kernel was asked to tell us
+        os.kill(os.getpid(), signal.SIGKILL)
