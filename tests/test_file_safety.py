@@ -21,10 +21,11 @@ def mode(path):
 
 @pytest.fixture
 def shared_directory(tmp_path):
-    """A directory every local user may create files in, as /tmp is."""
+    """The caller's own directory, where files of another user's appear (root makes them
+    and gives them away: a folder that others may write is refused as a whole)."""
     directory = tmp_path / "shared"
     directory.mkdir()
-    directory.chmod(0o1777)
+    directory.chmod(0o700)
     return directory
 
 
@@ -62,7 +63,8 @@ def test_a_wal_file_planted_by_another_user_is_refused(shared_directory):
     wal = dbfile + "-wal"
     os.close(os.open(wal, os.O_CREAT | os.O_WRONLY, 0o666))
     os.chown(wal, OTHER_UID, OTHER_UID)
-    with pytest.raises(StorageError, match=rf"{wal} belongs to .*uid {OTHER_UID}"):
+    with pytest.raises(StorageError,
+                       match=rf"{wal} \(the write-ahead log .*belongs to .*uid {OTHER_UID}"):
         Storage(dbfile)
 
 
@@ -149,30 +151,97 @@ def _hot_journal_of_another_database(tmp_path, journal):
 
 
 @needs_root
-@pytest.mark.parametrize("folder_mode", [0o1777, 0o2775])
 def test_a_journal_planted_by_another_user_is_refused_before_any_connection(
-        tmp_path, folder_mode):
-    """In a sticky /tmp-like folder, or a group folder: her hot journal is never rolled in."""
-    folder = tmp_path / "shared"
-    folder.mkdir()
-    dbfile = str(folder / "mine.sqlite")
+        shared_directory, tmp_path):
+    """Her hot journal is never rolled in: the database keeps its bytes, the error says why."""
+    dbfile = str(shared_directory / "mine.sqlite")
     storage = Storage(dbfile)
     request_id = storage.create_request(b"fn", [b"a"], "secret", "local")
     storage.close()
     before = open(dbfile, "rb").read()
-    folder.chmod(folder_mode)
     journal = dbfile + "-journal"
     _hot_journal_of_another_database(tmp_path, journal)
     os.chown(journal, OTHER_UID, OTHER_UID)
-    with pytest.raises(StorageError) as refused:
+    with pytest.raises(StorageError, match=rf"{journal} \(the rollback journal .*belongs to"):
         Storage(dbfile)
-    sticky = bool(folder_mode & stat.S_ISVTX)
-    why = "belongs to" if sticky else "without the sticky bit"  # her file, or the folder
-    assert why in str(refused.value) and "journal" in str(refused.value)
     assert open(dbfile, "rb").read() == before  # nothing of hers was rolled in
     os.remove(journal)
-    if sticky:
-        assert Storage(dbfile).n_tasks(request_id) == 1
+    assert Storage(dbfile).n_tasks(request_id) == 1
+
+
+@pytest.mark.parametrize("folder_mode", [0o1777, 0o2775, 0o777])
+def test_a_database_in_a_folder_others_can_write_is_refused_sticky_or_not(tmp_path,
+                                                                         folder_mode):
+    """In /tmp anybody may create the names SQLite uses beside a database before SQLite
+    does: a journal or a write-ahead log of theirs, planted in the moment between a check
+    and a connection."""
+    folder = tmp_path / "open"
+    folder.mkdir()
+    folder.chmod(folder_mode)
+    with pytest.raises(StorageError, match="can be written by others than you"):
+        Storage(str(folder / "mine.sqlite"))
+    assert not (folder / "mine.sqlite").exists()
+
+
+@needs_root
+def test_a_database_in_a_folder_of_another_user_is_refused(tmp_path):
+    folder = tmp_path / "hers"
+    folder.mkdir(mode=0o755)
+    os.chown(folder, OTHER_UID, OTHER_UID)
+    with pytest.raises(StorageError, match=f"belongs to .*uid {OTHER_UID}"):
+        Storage(str(folder / "mine.sqlite"))
+
+
+def test_a_database_below_a_folder_anyone_may_rename_in_is_refused(tmp_path):
+    """A world-writable folder above, not sticky: another user could swap ours for hers."""
+    above = tmp_path / "above"
+    (above / "mine").mkdir(parents=True)
+    above.chmod(0o777)
+    (above / "mine").chmod(0o700)
+    with pytest.raises(StorageError, match="a directory above"):
+        Storage(str(above / "mine" / "db.sqlite"))
+
+
+def test_one_database_reached_by_two_spellings_keeps_every_result(tmp_path):
+    """A link to the database's folder, or a doubled slash, is the same file: the second
+    handle must not open and close it by hand beside the first one's connections."""
+    import sqlite3
+    from sheepdog.caller.session import Session
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    conf = {"scheduler": "local", "dashboard": False}
+    with Session() as first, Session() as second:
+        first.submit(len, [("a",)], {**conf, "dbfile": str(tmp_path / "real" / "db.sqlite")}
+                     ).wait(timeout=120)
+        second.submit(len, [("bb",)], {**conf, "dbfile": str(tmp_path / "alias" / "db.sqlite")}
+                      ).wait(timeout=120)
+        subprocess.run([sys.executable, "-c", "import sqlite3, sys; sqlite3.connect(sys.argv[1])"
+                        ".execute('SELECT count(*) FROM requests').fetchall()",
+                        str(tmp_path / "real" / "db.sqlite")], check=True, timeout=60)
+        third = first.submit(len, [("ccc",)], {**conf, "dbfile": "/" + str(tmp_path / "real" /
+                                                                         "db.sqlite")})
+        third.wait(timeout=120)
+        assert third.values() == [3]
+    with sqlite3.connect(str(tmp_path / "real" / "db.sqlite")) as connection:
+        assert connection.execute("SELECT count(*) FROM requests").fetchone()[0] == 3
+
+
+def test_a_database_deleted_and_made_again_in_one_process_is_private_again(tmp_path):
+    dbfile = str(tmp_path / "db.sqlite")
+    Storage(dbfile).close()
+    for path in tmp_path.glob("db.sqlite*"):
+        os.remove(path)
+    Storage(dbfile).close()
+    assert mode(dbfile) == 0o600
+
+
+def test_a_database_with_a_second_name_is_refused(tmp_path):
+    dbfile = str(tmp_path / "db.sqlite")
+    Storage(dbfile).close()
+    os.link(dbfile, str(tmp_path / "other-name.sqlite"))
+    with pytest.raises(StorageError, match="2 names"):
+        Storage(str(tmp_path / "other-name.sqlite"))
 
 
 def test_a_journal_that_appears_after_opening_is_refused_at_the_next_connection(dbfile):
@@ -207,11 +276,3 @@ def threading_result(call):
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     return outcome[0]
-
-
-def test_a_database_in_a_folder_others_can_write_without_the_sticky_bit_is_refused(tmp_path):
-    folder = tmp_path / "open"
-    folder.mkdir()
-    folder.chmod(0o777)
-    with pytest.raises(StorageError, match="sticky"):
-        Storage(str(folder / "mine.sqlite"))

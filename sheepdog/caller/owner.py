@@ -125,7 +125,7 @@ def acquire(dbfile: str, create: bool = True, read_only: bool = False) -> Databa
     database. With ``read_only``, a file not yet open here is opened
     read-only; one that is open here read-only cannot be had to write.
     """
-    path = os.path.abspath(dbfile)
+    path = os.path.realpath(dbfile)  # one owner however the path is spelt
     with _owners_lock:
         owner = _owners.get(path)
         if owner is None:

@@ -57,7 +57,7 @@ class Session:
         With ``read_only``, a file not yet open in this process is opened
         read-only (see :func:`~sheepdog.caller.owner.acquire`).
         """
-        path = os.path.abspath(dbfile)
+        path = os.path.realpath(dbfile)
         with self._lock:
             owner = acquire(path, create=create, read_only=read_only)  # refuses what it must
             if path in self._owners:

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from . import diskspace
-from .file_safety import UnsafePathError, check_journal
+from .file_safety import UnsafePathError, check_companions
 from .payloads import PayloadDirectory
 
 
@@ -59,7 +59,7 @@ class Database:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             try:
-                check_journal(self.dbfile)  # connections open later than Storage's checks
+                check_companions(self.dbfile)  # connections open later than Storage's checks
             except UnsafePathError as error:
                 raise StorageError(str(error)) from error
             if self.read_only:

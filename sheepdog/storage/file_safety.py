@@ -24,12 +24,18 @@ those locks to know that the file is in use, so opening and closing the
 database by hand beside an open connection lets another process remove the
 write-ahead log under it, and committed results with it.
 
-The rollback journal (``<dbfile>-journal``) is checked before every
-connection: a "hot" journal that another user planted would be rolled into
-the database on the next open, and her pages would then be loaded (and
-unpickled) as the caller's results. A database in a directory that others
-can write is refused unless the directory is sticky (as /tmp is), where
-others cannot rename or remove the caller's files.
+The files SQLite keeps beside the database (the rollback journal
+``<dbfile>-journal``, ``-wal`` and ``-shm``) are checked before every
+connection: a "hot" journal or a write-ahead log that another user planted
+would be rolled into the database on the next open, and her pages would
+then be loaded (and unpickled) as the caller's results. A check cannot close
+that race by itself, so the database's directory must be the caller's (or
+root's) and writable by nobody else, sticky or not: in /tmp anybody may
+create the names SQLite uses beside a database before SQLite does. Every
+directory above it must belong to the caller or root and be writable by
+nobody else unless it is sticky (as ssh's ``StrictModes`` asks), so that
+nobody can swap the database's directory for one of their own. A database
+file with more than one name (a hard link) is refused too.
 """
 
 from __future__ import annotations
@@ -90,6 +96,10 @@ def _check(descriptor: int, path: str, shown: str, is_directory: bool) -> None:
     if status.st_uid != os.geteuid():
         raise _refuse_foreign(shown, status.st_uid)
     mode = stat.S_IMODE(status.st_mode)
+    if not is_directory and status.st_nlink > 1:
+        raise UnsafePathError(
+            f"{shown} has {status.st_nlink} names (hard links): sheepdog could not tell "
+            f"them apart and keep its locks. Remove the other names, or copy the file")
     if mode & _WRITABLE_BY_GROUP_OR_OTHERS:
         private = 0o700 if is_directory else 0o600
         raise UnsafePathError(
@@ -150,34 +160,71 @@ def _refuse_unsafe_status(status: os.stat_result, shown: str, is_directory: bool
         raise UnsafePathError(
             f"{shown} can be written by others than you (mode {mode:o}): what it holds may "
             f"have been changed, and sheepdog loads it. Remove it if you do not trust it")
+    if not is_directory and status.st_nlink > 1:
+        raise UnsafePathError(
+            f"{shown} has {status.st_nlink} names (hard links): sheepdog could not tell "
+            f"them apart and keep its locks. Remove the other names, or copy the file")
 
 
-def check_journal(dbfile: str) -> None:
-    """Refuse a rollback journal beside ``dbfile`` that is not the caller's alone.
+#: The files SQLite may keep beside a database, and what each is.
+COMPANIONS = {"-journal": "rollback journal", "-wal": "write-ahead log", "-shm": "shared memory"}
 
-    Runs before every connection, with ``lstat`` only: SQLite would roll a
-    hot journal into the database on open.
+
+def check_companions(dbfile: str) -> None:
+    """Refuse a journal, write-ahead log or shared-memory file beside ``dbfile`` that is
+    not the caller's alone.
+
+    Runs before every connection, with ``lstat`` only (no descriptor of a
+    database the process may have open): SQLite would roll a hot journal or
+    a write-ahead log into the database on open.
     """
-    journal = dbfile + "-journal"
-    try:
-        status = os.lstat(journal)
-    except FileNotFoundError:
-        return
-    _refuse_unsafe_status(status, f"{journal} (the rollback journal of {dbfile})",
-                          is_directory=False)
+    for suffix, kind in COMPANIONS.items():
+        try:
+            status = os.lstat(dbfile + suffix)
+        except FileNotFoundError:
+            continue
+        _refuse_unsafe_status(status, f"{dbfile}{suffix} (the {kind} of {dbfile})",
+                              is_directory=False)
 
 
 def check_directory(dbfile: str) -> None:
-    """Refuse a database in a directory that others can write, unless it is sticky."""
-    directory = os.path.dirname(os.path.abspath(dbfile)) or "."
-    status = os.stat(directory)
-    if stat.S_IMODE(status.st_mode) & _WRITABLE_BY_GROUP_OR_OTHERS and not (
-            status.st_mode & stat.S_ISVTX):
+    """Refuse a database whose directory, or any directory above it, others could change.
+
+    The database's own directory must belong to the caller or root and be
+    writable by nobody else; the directories above it likewise, except that a
+    sticky one (as /tmp) may be writable by all.
+    """
+    directory = os.path.realpath(os.path.dirname(os.path.abspath(dbfile)) or ".")
+    try:
+        status = os.stat(directory)
+    except FileNotFoundError:
+        raise UnsafePathError(f"{dbfile} is in {directory}, which does not exist: create it "
+                              f"(mode 0700), or choose another path") from None
+    _refuse_changeable(directory, status, dbfile, sticky_allowed=False)
+    parent = os.path.dirname(directory)
+    while parent != directory:
+        directory, status = parent, os.stat(parent)
+        _refuse_changeable(directory, status, dbfile, sticky_allowed=True)
+        parent = os.path.dirname(directory)
+
+
+def _refuse_changeable(directory: str, status: os.stat_result, dbfile: str,
+                       sticky_allowed: bool) -> None:
+    """Refuse ``directory`` (on the way to ``dbfile``) if someone else could change it."""
+    if status.st_uid not in (0, os.geteuid()):
         raise UnsafePathError(
-            f"{dbfile} is in {directory}, which others than you can write without the sticky "
-            f"bit: they could replace the database or plant a journal beside it, which "
-            f"sheepdog would load. Use a directory of your own (or one with the sticky bit, "
-            f"as /tmp has)")
+            f"{dbfile} is in {directory}, which belongs to {_owner(status.st_uid)}: they "
+            f"could replace the database, or what SQLite keeps beside it, and sheepdog would "
+            f"load it. Use a directory of your own")
+    writable = stat.S_IMODE(status.st_mode) & _WRITABLE_BY_GROUP_OR_OTHERS
+    if writable and not (sticky_allowed and status.st_mode & stat.S_ISVTX):
+        where = "the directory of" if not sticky_allowed else "a directory above"
+        raise UnsafePathError(
+            f"{directory}, {where} {dbfile}, can be written by others than you "
+            f"(mode {stat.S_IMODE(status.st_mode):o}): they could plant a journal or a "
+            f"write-ahead log beside the database, or swap its directory, and sheepdog would "
+            f"load what they put there. Keep the database in a directory of your own "
+            f"(mode 0700), such as a subdirectory of this one")
 
 
 def check_database_files(dbfile: str, suffixes: tuple[str, ...], directories: tuple[str, ...],

@@ -28,7 +28,12 @@ import os
 import sqlite3
 
 from .connection import Database, StorageError, sqlite_uri
-from .file_safety import UnsafePathError, check_database_files, check_directory, check_journal
+from .file_safety import (
+    UnsafePathError,
+    check_companions,
+    check_database_files,
+    check_directory,
+)
 from .schema import check_readable
 
 
@@ -41,7 +46,7 @@ def check_files(dbfile: str, payload_root: str, opened_here: bool) -> None:
     """
     try:
         check_directory(dbfile)
-        check_journal(dbfile)
+        check_companions(dbfile)
         check_database_files(dbfile, ("-wal", "-shm"), (payload_root,), follow_own_link=True)
     except UnsafePathError as error:
         raise StorageError(str(error)) from error

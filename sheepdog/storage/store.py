@@ -21,7 +21,7 @@ from .file_safety import (
     UnsafePathError,
     check_database_files,
     check_directory,
-    check_journal,
+    check_companions,
     private_directory,
     private_file,
 )
@@ -37,32 +37,49 @@ from .tasks import Progress, Tasks
 __all__ = ["DiskFullError", "Progress", "SCHEMA_VERSION", "STREAMS", "Storage", "StorageError"]
 
 
-#: Database files this process has opened: from then on they are checked without a
-#: descriptor of their own (see ``file_safety.py``), since closing one would drop the
-#: locks of the connections open on them.
-_opened: set[str] = set()
+#: Database files this process has opened, by (device, inode), however their paths
+#: are spelt: from then on they are checked without a descriptor of their own (see
+#: ``file_safety.py``), since closing one would drop the locks of the connections open
+#: on them. A file deleted and made again is a new inode, and so a first open again.
+_opened: set[tuple[int, int]] = set()
 _opened_lock = threading.Lock()
 
 
-def _first_open(dbfile: str) -> bool:
-    """Whether no connection of this process has opened ``dbfile``; from now on, one may."""
+def _identity(dbfile: str) -> Optional[tuple[int, int]]:
+    try:
+        status = os.stat(dbfile)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _opened_here(dbfile: str) -> bool:
+    """Whether a connection of this process may have ``dbfile`` open."""
+    identity = _identity(dbfile)
     with _opened_lock:
-        first = dbfile not in _opened
-        _opened.add(dbfile)
-    return first
+        return identity is not None and identity in _opened
+
+
+def _note_opened(dbfile: str) -> None:
+    """From now on, connections of this process may have ``dbfile`` open."""
+    identity = _identity(dbfile)
+    if identity is not None:
+        with _opened_lock:
+            _opened.add(identity)
 
 
 def _check_files(dbfile: str, payload_root: str) -> None:
     """Check (and on first open, create or tighten) the files of ``dbfile``."""
     check_directory(dbfile)
-    check_journal(dbfile)
-    if not _first_open(dbfile):
-        check_database_files(dbfile, ("-wal", "-shm"), (payload_root,))
+    check_companions(dbfile)
+    if _opened_here(dbfile):
+        check_database_files(dbfile, (), (payload_root,), follow_own_link=True)
         return
     private_file(dbfile)
     for suffix in ("-wal", "-shm"):
         private_file(dbfile + suffix, create=False)
     private_directory(payload_root, create=False)
+    _note_opened(dbfile)
 
 
 class Storage:
@@ -96,16 +113,14 @@ class Storage:
 
     def _open_to_read(self) -> None:
         """Check the files and the schema, changing nothing (see ``read_only.py``)."""
-        first = _first_open(self.dbfile)
         try:
-            reading.check_files(self.dbfile, self.payloads.root, opened_here=not first)
+            reading.check_files(self.dbfile, self.payloads.root,
+                                opened_here=_opened_here(self.dbfile))
             reading.check_connection(self.database)
         except StorageError:
             self.database.close()
-            if first:  # nothing of this process has it open: the next try checks it afresh
-                with _opened_lock:
-                    _opened.discard(self.dbfile)
             raise
+        _note_opened(self.dbfile)
 
     def close(self) -> None:
         """Close this thread's connection (other threads close theirs on exit)."""
