@@ -164,6 +164,28 @@ def test_cancelled_pending_futures_never_run(local_conf, tmp_path):
         DONE, CANCELLED, CANCELLED, DONE]
 
 
+def test_a_cancelled_future_reaches_the_standard_waiters(local_conf, tmp_path):
+    """concurrent.futures.wait counts a cancelled future as done, and as_completed yields
+    it: whether its task was already sent out, or it was cancelled before it was."""
+    executor, blocker, pending, _markers, release = blocked_executor(local_conf, tmp_path, 1)
+    unsent = sheepdog.Executor(local_conf, batch_seconds=600)  # holds what is submitted
+    try:
+        queued = unsent.submit(abs, -1)
+        for future in (pending[0], queued):
+            assert future.cancel()
+            done, not_done = concurrent.futures.wait([future], timeout=5)
+            assert (done, not_done) == ({future}, set())
+            assert list(concurrent.futures.as_completed([future], timeout=5)) == [future]
+            first = concurrent.futures.wait([blocker, future], timeout=5,
+                                            return_when=concurrent.futures.FIRST_COMPLETED)
+            assert first.done == {future}
+    finally:
+        open(release, "w").close()
+        unsent.shutdown()
+        executor.shutdown()
+    assert blocker.result() == "released" and pending[0].cancelled() and queued.cancelled()
+
+
 def test_shutdown_with_cancel_futures_cancels_what_has_not_started(local_conf, tmp_path):
     executor, blocker, pending, markers, release = blocked_executor(local_conf, tmp_path, 2)
     executor.shutdown(wait=False, cancel_futures=True)

@@ -13,6 +13,8 @@ import pytest
 from pathlib import Path
 
 import sheepdog
+from sheepdog.storage import Storage
+from sheepdog.storage.states import FAILED
 from sheepdog.worker import loop as worker
 from sheepdog.server.host import Server
 
@@ -176,6 +178,47 @@ def test_function_that_raised_is_retried_only_when_asked(local_conf, tmp_path):
     os.remove(marker)
     conf = {**local_conf, "retries": 1, "retry_failed": True}
     assert sheepdog.map(raises_once, [()], conf, verbose=False) == ["second time"]
+
+
+def test_retry_failed_stops_after_retries(local_conf, tmp_path, quick_watch):
+    """A task that always raises, with retries 1 and retry_failed: two runs, then failed."""
+    runs = tmp_path / "runs"
+
+    def always_raises():
+        with open(runs, "a") as log:
+            log.write("ran\n")
+        raise ValueError("every time")
+
+    conf = {**local_conf, "retries": 1, "retry_failed": True}
+    request_id = sheepdog.map_async(always_raises, [()], conf)
+    try:  # a retry without end would otherwise never return
+        sheepdog.wait(request_id, local_conf["dbfile"], timeout=30)
+    finally:
+        sheepdog.cancel(request_id, local_conf["dbfile"])
+    assert runs.read_text().splitlines() == ["ran"] * 2
+    (error,) = sheepdog.get_errors(request_id, local_conf["dbfile"])
+    assert "ValueError: every time" in error[1]
+    (_args, state, _result), = Storage(local_conf["dbfile"]).results(request_id)
+    assert state == FAILED
+
+
+def test_no_resubmission_when_no_worker_reached_the_caller(local_conf, quick_watch):
+    """Every worker exits before its first pull (its interpreter is /bin/false): one job
+    and a clear "no worker is left to run it" within seconds, not a new job at every
+    watch."""
+    conf = {**local_conf, "shell": "/bin/false", "workers": 2}
+    started = time.monotonic()
+    request_id = sheepdog.map_async(abs, [(-1,), (-2,)], conf)
+    try:
+        sheepdog.wait(request_id, local_conf["dbfile"], timeout=15)
+    finally:
+        jobs = Storage(local_conf["dbfile"]).jobs(request_id)
+        sheepdog.cancel(request_id, local_conf["dbfile"])
+    assert time.monotonic() - started < 15
+    assert len(jobs) == 1
+    errors = sheepdog.get_errors(request_id, local_conf["dbfile"])
+    assert len(errors) == 2
+    assert all("no worker is left to run it" in text for _args, text in errors)
 
 
 FOREVER_SCRIPT = textwrap.dedent("""

@@ -55,6 +55,16 @@ def test_a_database_file_anyone_could_write_is_refused_not_tightened(dbfile):
     assert mode(dbfile) == 0o666
 
 
+@pytest.mark.parametrize("group_writable", [0o660, 0o620], ids=["0660", "0620"])
+def test_a_group_writable_database_file_is_refused_not_tightened(dbfile, group_writable):
+    # Anyone in the group may have planted results in it, as anyone at all could at 0666.
+    os.close(os.open(dbfile, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(dbfile, group_writable)
+    with pytest.raises(StorageError, match=rf"{dbfile} can be written by others.*chmod 600"):
+        Storage(dbfile)
+    assert mode(dbfile) == group_writable
+
+
 @needs_root
 def test_a_wal_file_planted_by_another_user_is_refused(shared_directory):
     # SQLite would replay its frames into the database on opening it.
@@ -109,6 +119,14 @@ def test_a_payload_directory_others_can_write_is_refused(dbfile):
     os.chmod(dbfile + ".payloads", 0o777)
     with pytest.raises(StorageError, match=rf"{dbfile}.payloads can be written by others"):
         Storage(dbfile)
+
+
+def test_a_group_writable_payload_directory_is_refused_not_tightened(dbfile):
+    os.mkdir(dbfile + ".payloads")
+    os.chmod(dbfile + ".payloads", 0o770)
+    with pytest.raises(StorageError, match=rf"{dbfile}.payloads can be written by others"):
+        Storage(dbfile)
+    assert mode(dbfile + ".payloads") == 0o770
 
 
 def test_a_payload_directory_made_after_the_database_was_opened_is_checked_before_use(dbfile):

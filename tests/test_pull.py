@@ -7,9 +7,10 @@ from contextlib import closing
 
 import sheepdog
 from sheepdog import Storage
-
 from sheepdog.server.callbacks import Callbacks
+from sheepdog.storage.payloads import PayloadFile
 from sheepdog.wire import protocol
+from sheepdog.wire.protocol import ALONE_BYTES, ARGUMENTS, WAIT, unpack_frames
 
 from .conftest import SignedClient
 from .test_api import max_request
@@ -155,6 +156,98 @@ def test_a_pull_hands_out_no_more_argument_bytes_than_fit(storage, monkeypatch):
     assert held == [1, 2, 3]  # 900 bytes; a fourth would pass 1000
     big = storage.create_request(b"f", [b"y" * 5000] * 2, "k", "local")
     assert lease(storage, big, 2)[1] == [1]  # one always goes, whatever its size
+
+
+def test_arguments_kept_in_files_count_toward_a_pulls_byte_cap_with_their_real_size(
+        storage, monkeypatch):
+    """Arguments of ALONE_BYTES and more are kept in files, with an empty row in the
+    database: a pull must count them as what they weigh, not as that empty row."""
+    from sheepdog.storage import leases
+
+    monkeypatch.setattr(leases, "PULL_BYTES", 3 * ALONE_BYTES + ALONE_BYTES // 2)
+    arguments = [b"s" * 300, *[bytes([n]) * ALONE_BYTES for n in range(8)], b"t" * 300]
+    request_id = storage.create_request(b"f", arguments, "k", "local")
+    kept = storage.task_arguments(request_id, list(range(1, 11)))
+    assert all(isinstance(kept[index], PayloadFile) for index in range(2, 10))  # in files
+    worker = f"{storage.add_workers(request_id, 1)}.1"
+    seen = []
+    for seq in range(1, 11):
+        held = storage.pull(request_id, worker, seq, 10)
+        if not held:
+            break
+        sizes = [len(payload) for payload in storage.task_arguments(request_id, held).values()]
+        assert len(held) == 1 or sum(sizes) <= leases.PULL_BYTES, (held, sizes)
+        seen += held
+        storage.record_reports(request_id, [(index, False, b"r") for index in held])
+    assert sorted(seen) == list(range(1, 11))  # and every task went out in the end
+
+
+def test_a_worker_can_give_back_only_what_it_holds(storage):
+    """Two workers each hold tasks; one releasing the other's tasks moves nothing."""
+    request_id = storage.create_request(b"f", [b"a", b"b", b"c", b"d"], "k", "local")
+    launch = storage.add_workers(request_id, 2)
+    first, second = f"{launch}.1", f"{launch}.2"
+    assert storage.pull(request_id, first, 1, 2, least=2) == [1, 2]
+    assert storage.pull(request_id, second, 1, 2, least=2) == [3, 4]
+    client = SignedClient(Callbacks(storage), b"k")
+    release = f"/requests/{request_id}/workers/{first}/release/1"
+    assert client.post(release, data=b"[3, 4]").data == b"released 0 of 2\n"
+    assert storage.release(request_id, second, 1, [1]) == []
+    assert storage.progress(request_id).running == 4
+    assert storage.pull(request_id, first, 1, 2) == [1, 2]  # asked again: each holds its own
+    assert storage.pull(request_id, second, 1, 2) == [3, 4]
+    assert client.post(release, data=b"[2, 3]").data == b"released 1 of 2\n"  # its own only
+    assert storage.progress(request_id).pending == 1
+    assert storage.pull(request_id, second, 1, 2) == [3, 4]
+
+
+def test_an_idle_worker_asks_again_and_runs_what_a_busy_worker_gives_back(storage):
+    """Nothing pending while another worker holds several tasks: WAIT, not "leave"; the
+    tasks given back then go to the worker that asked again."""
+    request_id = storage.create_request(b"f", [b"a", b"b", b"c"], "k", "local")
+    launch = storage.add_workers(request_id, 2)
+    busy, idle = f"{launch}.1", f"{launch}.2"
+    assert storage.pull(request_id, busy, 1, 3, least=3) == [1, 2, 3]
+    client = SignedClient(Callbacks(storage), b"k")
+    pull = f"/requests/{request_id}/workers/{idle}/pull"
+    assert unpack_frames(client.post(f"{pull}/1/3/1").data) == [(0, WAIT, b"")]
+    assert unpack_frames(client.post(f"{pull}/1/3/1").data) == [(0, WAIT, b"")]  # still
+    released = client.post(f"/requests/{request_id}/workers/{busy}/release/1", data=b"[2, 3]")
+    assert released.data == b"released 2 of 2\n"
+    assert unpack_frames(client.post(f"{pull}/1/3/1").data) == [(2, ARGUMENTS, b"b")]
+    assert unpack_frames(client.post(f"{pull}/2/3/1").data) == [(3, ARGUMENTS, b"c")]
+    storage.record_reports(request_id, [(1, False, b"r"), (2, False, b"r"), (3, False, b"r")])
+    assert client.post(f"{pull}/3/3/1").data == b""  # nothing left, nothing held: it leaves
+    assert storage.progress(request_id).done == 3
+
+
+def test_a_task_that_holds_up_its_batch_gives_the_rest_to_an_idle_worker(local_conf, tmp_path):
+    """End to end: the supervisor of the worker stuck in task 1 gives task 2 back, and the
+    other worker, which was told to wait, runs it long before task 1 ends."""
+    runs = tmp_path / "runs"
+
+    def recorded(x):
+        import os
+        import time
+
+        with open(runs, "a") as log:
+            log.write(f"{x} {os.getppid()} {time.time()}\n")  # the runner's parent: its worker
+        if x == 1:
+            time.sleep(7)  # past the give-back time of a fixed chunksize (4 s)
+        return x
+
+    conf = {**local_conf, "workers": 2, "chunksize": 2}
+    assert sheepdog.map(recorded, [(x,) for x in range(1, 9)], conf, verbose=False) == \
+        list(range(1, 9))
+    runs_of = {int(x): (worker, float(when)) for x, worker, when in
+               (line.split() for line in runs.read_text().splitlines())}
+    assert sorted(runs_of) == list(range(1, 9)) and len(runs.read_text().splitlines()) == 8
+    batches = handed_out_by_pull(local_conf["dbfile"], max_request(local_conf))
+    (stuck,) = [worker for (worker, _pull), batch in batches.items() if 1 in batch]
+    (took_over,) = [worker for (worker, _pull), batch in batches.items() if 2 in batch]
+    assert took_over != stuck  # given back, and run by the other worker
+    assert runs_of[2][0] != runs_of[1][0]
+    assert runs_of[2][1] < runs_of[1][1] + 7  # while task 1 still ran
 
 
 def test_workers_whose_job_was_never_recorded_do_not_count_as_alive(storage):

@@ -61,6 +61,62 @@ def test_modules_installed_anywhere_travel_by_name():
     assert not module_is_installed("a_module_never_imported")
 
 
+@pytest.fixture
+def debian_system_python(monkeypatch):
+    """The directories a Debian or Ubuntu system Python reports, whatever this machine is:
+    its stdlib, /usr/local's dist-packages (sysconfig's purelib), the distro's packages in
+    /usr/lib/python3/dist-packages (only ``site.getsitepackages`` names them) and the user
+    site; no editable install. The caches of what counts as installed are emptied before
+    and after."""
+    paths = {"stdlib": "/usr/lib/python3.11", "platstdlib": "/usr/lib/python3.11",
+             "purelib": "/usr/local/lib/python3.11/dist-packages",
+             "platlib": "/usr/local/lib/python3.11/dist-packages",
+             "include": "/usr/include/python3.11", "scripts": "/usr/local/bin"}
+    monkeypatch.setattr(serialisation.sysconfig, "get_paths", lambda *args, **kwargs: paths)
+    monkeypatch.setattr(serialisation.site, "getsitepackages", lambda *args: [
+        "/usr/local/lib/python3.11/dist-packages", "/usr/lib/python3/dist-packages",
+        "/usr/lib/python3.11/dist-packages"])
+    monkeypatch.setattr(serialisation.site, "getusersitepackages",
+                        lambda: "/home/user/.local/lib/python3.11/site-packages")
+    monkeypatch.setattr(serialisation, "_editable_packages", lambda: {})
+    caches = (serialisation._library_directories, serialisation._file_is_installed)
+    for cache in caches:
+        cache.cache_clear()
+    yield
+    for cache in caches:
+        cache.cache_clear()
+
+
+def test_which_directories_count_as_installed_does_not_depend_on_the_machine(
+        monkeypatch, debian_system_python):
+    """What tests/test_numpy_versions.py needs from a real system Python, pinned here: a
+    distro package in /usr/lib/python3/dist-packages travels by name, as does anything in
+    the stdlib, the site directories and the user site; a sibling directory whose name only
+    starts like one of them, and the user's own folders, do not."""
+    files = {
+        "/usr/lib/python3/dist-packages/distro_numpy/linalg.py": True,
+        "/usr/local/lib/python3.11/dist-packages/pip_installed.py": True,
+        "/usr/lib/python3.11/dist-packages/versioned_distro.py": True,
+        "/usr/lib/python3.11/a_stdlib_module.py": True,
+        "/home/user/.local/lib/python3.11/site-packages/pip_user.py": True,
+        "/usr/lib/python3/dist-packages-old/sibling.py": False,
+        "/usr/lib/python3/beside_dist_packages.py": False,
+        "/home/user/project/analysis.py": False,
+    }
+    for number, (filename, installed) in enumerate(files.items()):
+        module = types.ModuleType(f"pinned_layout_module_{number}")
+        module.__file__ = filename
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+        assert module_is_installed(module.__name__) is installed, filename
+
+    distro = types.ModuleType("pinned_distro_package")
+    distro.__file__ = "/usr/lib/python3/dist-packages/pinned_distro_package/__init__.py"
+    exec("def distro_function(x):\n    return x\n", vars(distro))
+    monkeypatch.setitem(sys.modules, distro.__name__, distro)
+    payload = dumps(distro.distro_function)
+    assert b"_make_function" not in payload and b"pinned_distro_package" in payload
+
+
 def test_modules_in_the_user_site_travel_by_name(monkeypatch):
     import site
 

@@ -69,6 +69,35 @@ def test_a_request_signed_with_another_key_or_unsigned_is_401(client, request_id
     assert client.get(path, headers=basic).status_code == 401
 
 
+#: Every route a worker may call, by method and path (of request 1, worker 1.1, task 1).
+EVERY_ROUTE = [("GET", "/requests/1/function"), ("POST", "/requests/1/results"),
+               ("POST", "/requests/1/workers/1.1/heartbeat"),
+               ("POST", "/requests/1/workers/1.1/killing"),
+               ("POST", "/requests/1/workers/1.1/release"),
+               ("POST", "/requests/1/workers/1.1/pull/1/5/1"),
+               ("POST", "/requests/1/workers/1.1/lost/1"), ("POST", "/requests/1/tasks/1/result"),
+               ("POST", "/requests/1/tasks/1/error"), ("POST", "/requests/1/tasks/1/output")]
+
+
+@pytest.mark.parametrize("method, path", EVERY_ROUTE)
+def test_a_signature_is_compared_whole(client, storage, request_id, method, path):
+    """An empty or one-character claim, or one that shares only a prefix with the right
+    signature, is refused on every route, and nothing is stored or handed out."""
+    assert request_id == 1
+    storage.add_workers(request_id, 1)
+    body = b"" if method == "GET" else b"[1]"
+    right = auth_headers(b"right", method, path, body)
+    digest, signed = right["X-Sheepdog-Digest"], right["Authorization"].split(" ", 1)[1]
+    claims = ["", "a", signed[:1], signed[:32], signed[:-1],
+              signed[:-1] + ("0" if signed[-1] != "0" else "1")]
+    for claim in claims:
+        forged = {"Authorization": f"Sheepdog {claim}", "X-Sheepdog-Digest": digest}
+        answer = client.open(method, path, data=body, headers=forged)
+        assert answer.status_code == 401, (claim, answer)
+    assert storage.progress(request_id).pending == 2
+    assert client.open(method, path, data=body).status_code != 401  # signed whole, it passes
+
+
 def test_a_report_for_a_task_index_beyond_sqlite_integers_is_refused(client, request_id):
     body = b"".join(pack_frames([(2**63, RESULT, b"\x80r")]))
     response = client.post(f"/requests/{request_id}/results", data=body)

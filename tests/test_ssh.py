@@ -193,6 +193,53 @@ def test_a_dropped_connection_is_opened_again_for_the_next_command(server, conne
     assert connection.client() is not client and server.connections == 2
 
 
+def test_a_connection_that_drops_between_opening_a_channel_and_running_the_command_is_reopened(
+        server, connection, monkeypatch):
+    """The window that once made the test above fail with paramiko's "Channel closed": the
+    channel opened, then the connection dropped before the command was sent. The command
+    runs once, on a new connection."""
+    assert connection.run("echo one").stdout == "one\n"
+    first = connection.client()
+    open_session = paramiko.Transport.open_session
+    dropped = []
+
+    def drop_once_opened(transport, *args, **kwargs):
+        channel = open_session(transport, *args, **kwargs)
+        if not dropped:
+            dropped.append(channel)
+            server.drop_connections()
+            deadline = time.monotonic() + 10
+            while transport.is_active() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return channel
+
+    monkeypatch.setattr(paramiko.Transport, "open_session", drop_once_opened)
+    assert connection.run("echo two").stdout == "two\n"
+    assert len(dropped) == 1 and server.commands == ["echo one", "echo two"]
+    assert connection.client() is not first and server.connections == 2
+
+
+def test_a_command_whose_start_was_not_confirmed_is_an_ssh_error_and_not_sent_again(
+        server, connection, monkeypatch):
+    """The connection drops once the command was sent, before the server confirmed its
+    start: it may have started (a job submitted), so it is an SSHError, not a second run."""
+    exec_command = paramiko.Channel.exec_command
+    sent = []
+
+    def sent_then_dropped(channel, command):
+        sent.append(command)
+        raise paramiko.SSHException("Channel closed.")
+
+    monkeypatch.setattr(paramiko.Channel, "exec_command", sent_then_dropped)
+    with pytest.raises(SSHError, match=r"dropped as 'qsub job.sh' was sent: it may have "
+                                       r"started, so it is not sent again \(SSHException: "
+                                       r"Channel closed.\)"):
+        connection.run("qsub job.sh")
+    assert sent == ["qsub job.sh"]
+    monkeypatch.setattr(paramiko.Channel, "exec_command", exec_command)
+    assert connection.run("echo after").stdout == "after\n"
+
+
 def test_a_connection_dropped_while_a_command_runs_is_an_error_not_a_short_answer(server,
                                                                                   connection):
     outcome = []
@@ -211,7 +258,9 @@ def test_a_connection_dropped_while_a_command_runs_is_an_error_not_a_short_answe
     server.drop_connections()
     runner.join(10)
     (error,) = outcome
-    assert isinstance(error, SSHError) and "dropped while 'echo partial" in str(error)
+    assert isinstance(error, SSHError)  # dropped before or after the server confirmed the start
+    assert ("dropped while 'echo partial" in str(error)
+            or "dropped as 'echo partial; sleep 5; echo rest' was sent" in str(error))
     assert connection.run("echo after").stdout == "after\n"
 
 

@@ -217,7 +217,8 @@ class Connection:
         return transport
 
     def _on_live_connection(self, open_channel: Callable[[paramiko.Transport], T]) -> T:
-        """``open_channel(transport)``, reconnecting once if the connection died unnoticed."""
+        """``open_channel(transport)``, reconnecting once if the connection died unnoticed
+        (``open_channel`` must not have started anything when it raises)."""
         try:
             return open_channel(self._transport())
         except (paramiko.SSHException, EOFError, OSError) as error:
@@ -233,12 +234,20 @@ class Connection:
         """Run ``command`` on the head node; its output is read fully, both streams at once.
 
         A command that has not ended within ``timeout`` seconds, or whose
-        connection drops before it ends, raises SSHError: it is not run again,
-        since it may have done its work. A connection found dead before the
-        command starts is reopened first.
+        connection drops once it was sent, raises SSHError: it is not run again,
+        since it may have done its work (the server may have started it before
+        its confirmation was lost). A connection found dead before the command
+        is sent, even after its channel opened, is reopened first.
         """
-        channel = self._on_live_connection(lambda transport: transport.open_session(
-            timeout=CONNECT_TIMEOUT))
+
+        def open_session(transport: paramiko.Transport) -> paramiko.Channel:
+            channel = transport.open_session(timeout=CONNECT_TIMEOUT)
+            if channel.closed or not transport.is_active():  # nothing sent yet: try again
+                channel.close()
+                raise EOFError("the connection closed as the channel opened")
+            return channel
+
+        channel = self._on_live_connection(open_session)
         deadline = time.monotonic() + timeout
         output: list[bytes] = []
         errors: list[bytes] = []
@@ -246,7 +255,12 @@ class Connection:
                    for stream, into in ((channel.makefile("rb"), output),
                                         (channel.makefile_stderr("rb"), errors))]
         try:
-            channel.exec_command(command)
+            try:
+                channel.exec_command(command)
+            except (paramiko.SSHException, EOFError, OSError) as error:
+                raise SSHError(f"the connection to {self.target} dropped as {command!r} was "
+                               f"sent: it may have started, so it is not sent again "
+                               f"({type(error).__name__}: {error})") from error
             for reader in readers:
                 reader.start()
             for reader in readers:

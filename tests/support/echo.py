@@ -14,19 +14,24 @@ def echo_server(greeting=b""):
     """The port of a server on 127.0.0.1 that sends back what it receives.
 
     It sends ``greeting`` first, which tells servers apart, and ends each
-    connection when its client has ended its side.
+    connection when its client has ended its side. A client that goes away
+    first (a reset, or a socket no longer connected when the server ends its
+    side) ends its connection quietly.
     """
     listener = socket.create_server(("127.0.0.1", 0))
 
     def echo(connection):
         with connection:
-            connection.sendall(greeting)
-            while True:
-                data = connection.recv(1 << 18)
-                if not data:
-                    connection.shutdown(socket.SHUT_WR)
-                    return
-                connection.sendall(data)
+            try:
+                connection.sendall(greeting)
+                while True:
+                    data = connection.recv(1 << 18)
+                    if not data:
+                        connection.shutdown(socket.SHUT_WR)
+                        return
+                    connection.sendall(data)
+            except OSError:  # the client went first (ENOTCONN, a reset): nothing to echo to
+                return
 
     def accept():
         while True:
