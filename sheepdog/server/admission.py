@@ -8,10 +8,12 @@ worker that signs its requests is never refused for want of room, however
 many connections others hold.
 
 When a newcomer would exceed a cap, the server closes the oldest unproven
-connection in its way rather than the newcomer, preferring connections that
-already sent a request which did not authenticate (a health check, or a
-request with a wrong signature) to those still in their TLS handshake or
-first headers. So idle connections, however many and however often renewed,
+connection in its way rather than the newcomer, preferring idle connections
+whose requests did not authenticate (a health check, a request with a wrong
+signature, a dashboard reader's) to those still in their TLS handshake or
+first headers. A connection whose request is being answered is neither
+counted nor closed until the answer is sent (the body deadline of
+``connections.py`` bounds how long that takes). So idle connections, however many and however often renewed,
 never keep a new worker out: to close a worker's connection before it
 authenticates, others would have to open as many connections as the cap
 while its TLS handshake and first request are under way (a few
@@ -60,8 +62,8 @@ def mark_authenticated(connection: Optional[tornado.httputil.HTTPConnection]) ->
 
 
 class _Queue:
-    """Unproven streams oldest first: those heard from (a request that did not
-    authenticate) apart from those still silent."""
+    """Unproven streams oldest first: idle ones whose requests did not authenticate
+    apart from those still silent."""
 
     def __init__(self) -> None:
         self.silent: collections.OrderedDict[tornado.iostream.IOStream, None] = (
@@ -90,6 +92,7 @@ class Ledger:
         self._all = _Queue()
         self._by_peer: dict[str, _Queue] = {}
         self._peer_of: dict[tornado.iostream.IOStream, str] = {}
+        self._answering: set[tornado.iostream.IOStream] = set()
 
     def __len__(self) -> int:
         return len(self._all)
@@ -98,13 +101,16 @@ class Ledger:
         queue = self._by_peer.get(peer)
         return len(queue) if queue is not None else 0
 
-    def in_the_way(self, peer: str) -> Optional[tornado.iostream.IOStream]:
-        """The connection to close so that one more from ``peer`` fits, if any."""
-        if self.count(peer) >= self.per_peer:
+    def in_the_way(self, peer: str, newcomers: int = 1) -> Optional[tornado.iostream.IOStream]:
+        """The connection to close so that ``newcomers`` more from ``peer`` fit, if any."""
+        if self.count(peer) + newcomers > self.per_peer:
             return self._by_peer[peer].first_to_close()
-        if len(self._all) >= self.total:
+        if len(self._all) + newcomers > self.total:
             return self._all.first_to_close()
         return None
+
+    def peer_of(self, stream: tornado.iostream.IOStream) -> Optional[str]:
+        return self._peer_of.get(stream)
 
     def add(self, stream: tornado.iostream.IOStream, peer: str) -> None:
         """Count a new connection as unproven and silent."""
@@ -118,14 +124,27 @@ class Ledger:
         """True while ``stream`` is unproven and has sent no request's headers."""
         return stream in self._all.silent
 
-    def heard(self, stream: tornado.iostream.IOStream) -> None:
-        """``stream`` sent a request's headers; it stays unproven until one authenticates."""
+    def answering(self, stream: tornado.iostream.IOStream) -> None:
+        """``stream`` sent a request's headers: neither count nor close it until it is
+        answered (:meth:`idle`), unless the request proves it."""
         peer = self._peer_of.get(stream)
-        if peer is None or stream not in self._all.silent:
+        if peer is None or stream in self._answering:
             return
-        for queue in (self._all, self._by_peer[peer]):
-            del queue.silent[stream]
-            queue.heard[stream] = None
+        self._all.discard(stream)
+        self._by_peer[peer].discard(stream)
+        if not self._by_peer[peer]:
+            del self._by_peer[peer]
+        self._answering.add(stream)
+
+    def idle(self, stream: tornado.iostream.IOStream) -> None:
+        """``stream``'s request was answered and it did not prove itself: count it again,
+        as the newest of those heard from (the caller then makes room for it)."""
+        peer = self._peer_of.get(stream)
+        if peer is None or stream not in self._answering:
+            return
+        self._answering.discard(stream)
+        self._all.heard[stream] = None
+        self._by_peer.setdefault(peer, _Queue()).heard[stream] = None
 
     def discard(self, stream: tornado.iostream.IOStream) -> None:
         """Count ``stream`` no more: it authenticated, or it closed."""
@@ -134,8 +153,10 @@ class Ledger:
         peer = self._peer_of.pop(stream, None)
         if peer is None:
             return
+        self._answering.discard(stream)
         self._all.discard(stream)
-        queue = self._by_peer[peer]
-        queue.discard(stream)
-        if not queue:
-            del self._by_peer[peer]
+        queue = self._by_peer.get(peer)
+        if queue is not None:
+            queue.discard(stream)
+            if not queue:
+                del self._by_peer[peer]

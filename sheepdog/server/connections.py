@@ -218,17 +218,23 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
 
     def handle_stream(self, stream: tornado.iostream.IOStream, address: tuple[Any, ...]) -> None:
         peer = str(address[0])
-        in_the_way = self.unproven.in_the_way(peer)
-        if in_the_way is not None:
-            if self._crowding_warning.due():
-                log.warning("%d connections that have not authenticated are open (%d from %s); "
-                            "closing the oldest to let more in", len(self.unproven),
-                            self.unproven.count(peer), peer)
-            self.unproven.discard(in_the_way)
-            in_the_way.close()
+        self._make_room(peer, newcomers=1)
         self.unproven.add(stream, peer)
         tornado.ioloop.IOLoop.current().call_later(self.handshake_timeout, self._deadline, stream)
         super().handle_stream(stream, address)
+
+    def _make_room(self, peer: str, newcomers: int) -> None:
+        """Close the unproven connection, if any, that keeps ``newcomers`` from ``peer``
+        within the caps."""
+        in_the_way = self.unproven.in_the_way(peer, newcomers)
+        if in_the_way is None:
+            return
+        if self._crowding_warning.due():
+            log.warning("%d connections that have not authenticated are open (%d from %s); "
+                        "closing the oldest to let more in", len(self.unproven),
+                        self.unproven.count(peer), peer)
+        self.unproven.discard(in_the_way)
+        in_the_way.close()
 
     def _deadline(self, stream: tornado.iostream.IOStream) -> None:
         """Close ``stream`` if it is unproven and sent no request's headers in time."""
@@ -248,5 +254,9 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
         body_seconds = self.conn_params.body_timeout or 0.0
         assert isinstance(server_conn, tornado.http1connection.HTTP1ServerConnection)
         stream = server_conn.stream
+        self.unproven.idle(stream)  # the request before this one, if any, was answered
+        peer = self.unproven.peer_of(stream)
+        if peer is not None:
+            self._make_room(peer, newcomers=0)
         return _BodyDeadline(delegate, request_conn, body_seconds, self.min_body_rate,
-                             lambda: self.unproven.heard(stream))
+                             lambda: self.unproven.answering(stream))
