@@ -2,6 +2,7 @@
 crowding peers are closed, a worker that signs its requests is never crowded
 out, and running out of descriptors does not spin."""
 
+import contextlib
 import http.client
 import os
 import queue
@@ -139,9 +140,15 @@ def _signed(connection, request_id, key=b"right"):
     return response.status, response.read()
 
 
+@contextlib.contextmanager
 def _crowd(port, count):
     """``count`` idle connections to ``port`` from 127.0.0.1, as one peer with the workers."""
-    return [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+    crowd = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+    try:
+        yield crowd
+    finally:
+        for sock in crowd:
+            sock.close()
 
 
 def test_a_signed_worker_is_served_while_idle_connections_fill_the_caps(storage):
@@ -151,16 +158,14 @@ def test_a_signed_worker_is_served_while_idle_connections_fill_the_caps(storage)
     # no deadline to speak of: only making room for newcomers can let the worker in
     server = Server(storage, port=0, handshake_timeout=60, max_unproven_per_peer=20,
                     max_unproven=30).start()
-    crowd = _crowd(server.port, 100)
     try:
-        client = Client([server.url("127.0.0.1")], request_id, b"right", retry_seconds=5,
-                        certificate=server.certificate.decode())
-        asked = time.monotonic()
-        assert client.request("function") == b"fn"
-        assert time.monotonic() - asked < 2.0
+        with _crowd(server.port, 100):
+            client = Client([server.url("127.0.0.1")], request_id, b"right", retry_seconds=5,
+                            certificate=server.certificate.decode())
+            asked = time.monotonic()
+            assert client.request("function") == b"fn"
+            assert time.monotonic() - asked < 2.0
     finally:
-        for sock in crowd:
-            sock.close()
         server.stop()
 
 
@@ -169,18 +174,15 @@ def test_a_connection_that_signed_a_request_no_longer_counts_and_stays_open(stor
     server = Server(storage, port=0, use_tls=False, max_unproven_per_peer=10,
                     max_unproven=10).start()
     worker = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
-    crowd = []
     try:
         assert _signed(worker, request_id) == (200, b"fn")
-        crowd = _crowd(server.port, 100)
-        assert get_root(server.port) == (200, b"sheepdog server\n")
-        kept = worker.sock
-        assert _signed(worker, request_id) == (200, b"fn")
-        assert worker.sock is kept, "the proven connection was closed"
+        with _crowd(server.port, 100):
+            assert get_root(server.port) == (200, b"sheepdog server\n")
+            kept = worker.sock
+            assert _signed(worker, request_id) == (200, b"fn")
+            assert worker.sock is kept, "the proven connection was closed"
     finally:
         worker.close()
-        for sock in crowd:
-            sock.close()
         server.stop()
 
 
@@ -189,18 +191,15 @@ def test_a_connection_whose_request_did_not_authenticate_is_closed_before_silent
     server = Server(storage, port=0, use_tls=False, handshake_timeout=60,
                     max_unproven_per_peer=10, max_unproven=10).start()
     wrong = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
-    crowd = []
     try:
         assert _signed(wrong, request_id, key=b"wrong")[0] == 401
-        crowd = {sock: time.monotonic() for sock in _crowd(server.port, 9)}  # the cap is full
-        newcomer = socket.create_connection(("127.0.0.1", server.port))
-        assert closed_by_peer(wrong.sock)
-        assert seconds_until_closed(crowd, deadline=time.monotonic() + 0.5) == {}
-        newcomer.close()
+        with _crowd(server.port, 9) as crowd:  # the cap is full
+            with socket.create_connection(("127.0.0.1", server.port)):  # one more
+                assert closed_by_peer(wrong.sock)
+                opened = dict.fromkeys(crowd, time.monotonic())
+                assert seconds_until_closed(opened, deadline=time.monotonic() + 0.5) == {}
     finally:
         wrong.close()
-        for sock in crowd:
-            sock.close()
         server.stop()
 
 
