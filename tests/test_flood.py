@@ -82,7 +82,7 @@ def test_idle_connections_neither_spin_the_dashboard_nor_keep_out_its_reader(sto
               f"{max(seconds for _, seconds in answers):.3f} s; this process busy "
               f"{busy:.0%} of a core; flood {stats}")
         assert all(status == 200 for status, _ in answers)
-        assert max(seconds for _, seconds in answers) < 2.0
+        assert max(seconds for _, seconds in answers) < 3.0
         assert busy < 0.6, "the dashboard's loop spins"
     finally:
         dashboard.stop()
