@@ -212,18 +212,18 @@ def test_dashboard_on_a_taken_port_raises_oserror_and_the_first_keeps_serving(st
         first.stop()
 
 
-def test_dashboard_closes_connections_past_its_cap_per_peer(storage, monkeypatch):
+def test_dashboard_closes_the_oldest_idle_connection_past_its_cap_per_peer(storage, monkeypatch):
     import socket
 
     monkeypatch.setattr("sheepdog.dashboard.server.MAX_CONNECTIONS_PER_PEER", 2)
     server = DashboardServer(storage).start()
     held = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(3)]
     try:
-        held[2].settimeout(10)
-        assert held[2].recv(1) == b""  # closed as soon as it was accepted
-        held[0].sendall(f"GET /dashboard?token={server.token} HTTP/1.1\r\n"
+        held[0].settimeout(10)
+        assert held[0].recv(1) == b""  # closed to make room for the newest
+        held[2].sendall(f"GET /dashboard?token={server.token} HTTP/1.1\r\n"
                         f"Host: 127.0.0.1\r\n\r\n".encode())
-        assert held[0].recv(64).startswith(b"HTTP/1.1 200")
+        assert held[2].recv(64).startswith(b"HTTP/1.1 200")
     finally:
         for sock in held:
             sock.close()

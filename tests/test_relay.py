@@ -70,9 +70,9 @@ class _Relay:
         self.process.stdin.write(line)
         self.process.stdin.flush()
 
-    def forward(self, forward_port, preferred_port=0):
+    def forward(self, forward_port, preferred_port=0, address=None):
         """Ask for a listener for ``forward_port``; its ``(host, port)``."""
-        self.send(relay.forward_command(forward_port, preferred_port))
+        self.send(relay.forward_command(forward_port, preferred_port, address))
         answer = self.answer()
         assert answer.forward_port == forward_port and answer.address is not None, answer
         return answer.address
@@ -87,8 +87,10 @@ class _Relay:
         return self.process.wait(seconds)
 
 
-def _launch(python=sys.executable):
-    return _Relay([python, "-c", relay.SOURCE])
+def _launch(python=sys.executable, **limits):
+    """A relay; ``limits`` override its constants (``MAX_PER_PEER=2``, say)."""
+    overrides = "".join(f"{name} = {value!r}\n" for name, value in limits.items())
+    return _Relay([python, "-c", relay.SOURCE.replace("\nrelay()\n", f"\n{overrides}relay()\n")])
 
 
 @pytest.fixture
@@ -114,9 +116,9 @@ def _exchange(port, payload):
     return exchange("127.0.0.1", port, payload)
 
 
-def _refused(port):
+def _refused(port, host="127.0.0.1"):
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        socket.create_connection((host, port), timeout=5).close()
     except ConnectionRefusedError:
         return True
     return False
@@ -284,5 +286,96 @@ def test_the_command_starts_the_relay_from_any_login_shell(echo_port, shell):
     try:
         _, port = launched.forward(echo_port)
         assert _exchange(port, b"through " + shell.encode()) == b"through " + shell.encode()
+    finally:
+        assert launched.end() == 0
+
+
+def test_relay_listens_only_on_the_address_it_is_given(running_relay, echo_port):
+    host, port = running_relay.forward(echo_port, address="127.0.0.2")
+    assert host == "127.0.0.2"
+    assert exchange("127.0.0.2", port, b"there") == b"there"
+    assert _refused(port, "127.0.0.1")
+
+
+def test_relay_listens_on_the_address_of_the_head_nodes_name_unless_it_is_loopback(
+        monkeypatch):
+    resolved = {"head.example.org": ["10.1.2.3"], "loopback.example.org": ["127.0.1.1"],
+                "both.example.org": ["127.0.1.1", "10.9.8.7"]}
+
+    def getaddrinfo(host, port, family=0, type=0, *args):
+        if host not in resolved:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, 0))
+                for address in resolved[host]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    assert relay.listening_address("head.example.org") == "10.1.2.3"
+    assert relay.listening_address("both.example.org") == "10.9.8.7"
+    assert relay.listening_address("loopback.example.org") == "0.0.0.0"
+    assert relay.listening_address("unknown.example.org") == "0.0.0.0"
+
+
+def test_a_forward_to_an_address_that_is_not_ipv4_is_refused(running_relay, echo_port):
+    running_relay.send(f"forward {echo_port} 0 head.example.org\n".encode())
+    answer = running_relay.answer()
+    assert answer == relay.Answer(echo_port, error="not an IPv4 address: head.example.org")
+
+
+def _connect(port, source):
+    return socket.create_connection(("127.0.0.1", port), timeout=5,
+                                    source_address=(source, 0))
+
+
+def _piped_soon(port, source, seconds=5.0):
+    """True once a connection from ``source`` is piped, trying again for ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with _connect(port, source) as connection:
+            connection.sendall(b"piped?")
+            try:
+                if connection.recv(100) == b"piped?":
+                    return True
+            except ConnectionResetError:
+                pass
+        time.sleep(0.1)  # the relay's count drops when the pipe of an ended one ends
+    return False
+
+
+def test_relay_closes_connections_beyond_its_caps_per_address_and_in_all(echo_port):
+    launched = _launch(MAX_PER_PEER=3, MAX_CONNECTIONS=5, FIRST_BYTE_SECONDS=60.0)
+    held = []
+    try:
+        _, port = launched.forward(echo_port, address="127.0.0.1")
+        held += [_connect(port, "127.0.0.1") for _ in range(3)]
+        with _connect(port, "127.0.0.1") as fourth:
+            fourth.settimeout(1.0)
+            assert cut_off(fourth)  # beyond the cap of its address
+        held += [_connect(port, "127.0.0.2") for _ in range(2)]
+        with _connect(port, "127.0.0.3") as sixth:
+            sixth.settimeout(1.0)
+            assert cut_off(sixth)  # beyond the cap in all
+        for connection in held:  # those within the caps are piped
+            connection.sendall(b"held")
+            assert connection.recv(100) == b"held"
+        held.pop(0).close()
+        assert _piped_soon(port, "127.0.0.1")  # an ended one makes room
+    finally:
+        for connection in held:
+            connection.close()
+        assert launched.end() == 0
+
+
+def test_relay_closes_a_connection_that_stays_silent(echo_port):
+    launched = _launch(FIRST_BYTE_SECONDS=1.0)
+    try:
+        _, port = launched.forward(echo_port, address="127.0.0.1")
+        with _connect(port, "127.0.0.1") as silent, _connect(port, "127.0.0.1") as talker:
+            opened = time.monotonic()
+            talker.sendall(b"first")
+            assert talker.recv(100) == b"first"
+            assert cut_off(silent)
+            assert 0.9 < time.monotonic() - opened < 3.0
+            talker.sendall(b"later")  # once it spoke, it may pause as long as it likes
+            assert talker.recv(100) == b"later"
     finally:
         assert launched.end() == 0

@@ -73,9 +73,10 @@ def test_a_request_signed_with_another_key_or_unsigned_is_401(client, request_id
 EVERY_ROUTE = [("GET", "/requests/1/function"), ("POST", "/requests/1/results"),
                ("POST", "/requests/1/workers/1.1/heartbeat"),
                ("POST", "/requests/1/workers/1.1/killing"),
-               ("POST", "/requests/1/workers/1.1/release"),
+               ("POST", "/requests/1/workers/1.1/release/1"),
                ("POST", "/requests/1/workers/1.1/pull/1/5/1"),
-               ("POST", "/requests/1/workers/1.1/lost/1"), ("POST", "/requests/1/tasks/1/result"),
+               ("POST", "/requests/1/workers/1.1/lost/1/1"),
+               ("POST", "/requests/1/tasks/1/result"),
                ("POST", "/requests/1/tasks/1/error"), ("POST", "/requests/1/tasks/1/output")]
 
 

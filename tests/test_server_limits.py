@@ -1,6 +1,8 @@
 """The server's connection limits, over real loopback sockets: idle, slow and
-crowding peers are closed, and running out of descriptors does not spin."""
+crowding peers are closed, a worker that signs its requests is never crowded
+out, and running out of descriptors does not spin."""
 
+import contextlib
 import http.client
 import os
 import queue
@@ -17,6 +19,7 @@ import time
 import pytest
 
 from sheepdog.server.host import Server
+from sheepdog.wire.protocol import auth_headers
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,10 +65,10 @@ def seconds_until_closed(opened, deadline):
 
 
 @pytest.mark.parametrize("use_tls", [False, True], ids=["http", "https"])
-def test_connections_beyond_the_per_peer_cap_are_closed_at_once_and_idle_ones_after_timeout(
+def test_unproven_connections_beyond_the_per_peer_cap_close_the_oldest_and_the_rest_at_the_deadline(
         storage, use_tls):
-    server = Server(storage, port=0, use_tls=use_tls, idle_timeout=1.5,
-                    max_connections_per_peer=50).start()
+    server = Server(storage, port=0, use_tls=use_tls, idle_timeout=30, handshake_timeout=1.5,
+                    max_unproven_per_peer=50).start()
     crowd = {}
     try:
         for _ in range(200):  # from 127.0.0.2, so that 127.0.0.1 is another peer
@@ -77,11 +80,126 @@ def test_connections_beyond_the_per_peer_cap_are_closed_at_once_and_idle_ones_af
         assert time.monotonic() - asked < 1.0
         lifetimes = sorted(seconds_until_closed(crowd, deadline=time.monotonic() + 10).values())
         assert len(lifetimes) == 200, "some idle connections were never closed"
-        assert lifetimes[149] < 1.0  # the 150 beyond the cap, as soon as accepted
-        assert lifetimes[150] > 1.4  # the 50 within it, once idle for the timeout
+        assert lifetimes[149] < 1.0  # the 150 oldest, each as a newer one came
+        assert 1.4 < lifetimes[150] and lifetimes[-1] < 3.0  # the 50 newest, at the deadline
     finally:
         for sock in crowd:
             sock.close()
+        server.stop()
+
+
+def _client_hello():
+    """The first flight of a TLS client: its ClientHello, as bytes."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = context.wrap_bio(incoming, outgoing)
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
+
+
+def test_half_open_tls_handshakes_and_silent_connections_are_closed_at_the_deadline(storage):
+    server = Server(storage, port=0, idle_timeout=30, handshake_timeout=1.0).start()
+    hello = _client_hello()
+    opened = {}
+    try:
+        for sent in [b""] * 5 + [hello[:20]] * 5 + [hello] * 5:  # silent, partial, whole hello
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(sent)
+            opened[sock] = time.monotonic()
+        for _ in range(5):  # handshake finished, but no request
+            context = ssl.create_default_context(cadata=server.certificate.decode())
+            context.check_hostname = False
+            sock = context.wrap_socket(socket.create_connection(("127.0.0.1", server.port)))
+            opened[sock] = time.monotonic()
+        lifetimes = {}
+        deadline = time.monotonic() + 10
+        for sock in opened:  # a whole hello is answered: read until the server closes
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                while sock.recv(65536):
+                    pass
+            except (ConnectionResetError, ssl.SSLError):
+                pass
+            lifetimes[sock] = time.monotonic() - opened[sock]
+        assert all(0.9 < lifetime < 2.5 for lifetime in lifetimes.values()), sorted(
+            lifetimes.values())
+    finally:
+        for sock in opened:
+            sock.close()
+        server.stop()
+
+
+def _signed(connection, request_id, key=b"right"):
+    """Send one signed request on ``connection``; its status and body."""
+    path = f"/requests/{request_id}/function"
+    connection.request("GET", path, headers=auth_headers(key, "GET", path))
+    response = connection.getresponse()
+    return response.status, response.read()
+
+
+@contextlib.contextmanager
+def _crowd(port, count):
+    """``count`` idle connections to ``port`` from 127.0.0.1, as one peer with the workers."""
+    crowd = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+    try:
+        yield crowd
+    finally:
+        for sock in crowd:
+            sock.close()
+
+
+def test_a_signed_worker_is_served_while_idle_connections_fill_the_caps(storage):
+    from sheepdog.worker.client import Client
+
+    request_id = storage.create_request(b"fn", [b"a"], "right", "local")
+    # no deadline to speak of: only making room for newcomers can let the worker in
+    server = Server(storage, port=0, handshake_timeout=60, max_unproven_per_peer=20,
+                    max_unproven=30).start()
+    try:
+        with _crowd(server.port, 100):
+            client = Client([server.url("127.0.0.1")], request_id, b"right", retry_seconds=5,
+                            certificate=server.certificate.decode())
+            asked = time.monotonic()
+            assert client.request("function") == b"fn"
+            assert time.monotonic() - asked < 2.0
+    finally:
+        server.stop()
+
+
+def test_a_connection_that_signed_a_request_no_longer_counts_and_stays_open(storage):
+    request_id = storage.create_request(b"fn", [b"a"], "right", "local")
+    server = Server(storage, port=0, use_tls=False, max_unproven_per_peer=10,
+                    max_unproven=10).start()
+    worker = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        assert _signed(worker, request_id) == (200, b"fn")
+        with _crowd(server.port, 100):
+            assert get_root(server.port) == (200, b"sheepdog server\n")
+            kept = worker.sock
+            assert _signed(worker, request_id) == (200, b"fn")
+            assert worker.sock is kept, "the proven connection was closed"
+    finally:
+        worker.close()
+        server.stop()
+
+
+def test_a_connection_whose_request_did_not_authenticate_is_closed_before_silent_ones(storage):
+    request_id = storage.create_request(b"fn", [b"a"], "right", "local")
+    server = Server(storage, port=0, use_tls=False, handshake_timeout=60,
+                    max_unproven_per_peer=10, max_unproven=10).start()
+    wrong = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        assert _signed(wrong, request_id, key=b"wrong")[0] == 401
+        with _crowd(server.port, 9) as crowd:  # the cap is full
+            with socket.create_connection(("127.0.0.1", server.port)):  # one more
+                assert closed_by_peer(wrong.sock)
+                opened = dict.fromkeys(crowd, time.monotonic())
+                assert seconds_until_closed(opened, deadline=time.monotonic() + 0.5) == {}
+    finally:
+        wrong.close()
         server.stop()
 
 

@@ -5,25 +5,46 @@ they can reach the head node, and the caller already holds an SSH connection
 to it. ``tunnel.py`` asks that sshd for a reverse port forward back to the
 caller's server; sshd binds it on the head node's loopback only (its default
 ``GatewayPorts no``), where compute nodes cannot reach it. This relay listens
-on every address of the head node and pipes each connection it accepts to that
+where workers reach the head node and pipes each connection it accepts to that
 loopback port.
+
+Where workers reach it: the address the caller names, else the head node's
+own address, the one its fully qualified name resolves to there
+(:func:`listening_address`). Only when that name resolves to a loopback
+address (``127.0.1.1`` in many ``/etc/hosts``), which says nothing of the
+way in, does it listen on every address.
+
+It cannot tell a worker from anyone else who reaches that port (the bytes
+are TLS, end to end), so it bounds what anyone can hold: at most
+``MAX_PER_PEER`` connections from one address and ``MAX_CONNECTIONS`` in all
+(more are closed as soon as they are accepted), and a connection that sends
+nothing within ``FIRST_BYTE_SECONDS`` is closed before the relay opens the
+forward for it. A worker's TLS client speaks first, at once. Beyond that,
+the caller's server closes any piped connection that does not sign a
+request within a few seconds (``server/admission.py``), which ends its pipe
+here too.
 
 One relay serves every tunnel of an SSH connection, because each relay takes
 one session of the connection and sshd allows only a few (``MaxSessions``, 10
 by default) that qsub, qstat and SFTP need too. It reads one command a line
 on stdin and answers each on stdout::
 
-    forward FORWARD_PORT [PREFERRED_PORT]   ->  sheepdog-relay HOST PORT FORWARD_PORT
-                                            or  sheepdog-relay-error FORWARD_PORT MESSAGE
-    close FORWARD_PORT                      ->  sheepdog-relay-closed FORWARD_PORT
+    forward FORWARD_PORT [PREFERRED_PORT [ADDRESS]]
+                            ->  sheepdog-relay HOST PORT FORWARD_PORT
+                            or  sheepdog-relay-error FORWARD_PORT MESSAGE
+    close FORWARD_PORT      ->  sheepdog-relay-closed FORWARD_PORT
 
-``forward`` opens a listener on every address, on PREFERRED_PORT when it is
+``forward`` opens a listener on ADDRESS (an IPv4 address; without one, or
+``-``, the head node's own, as above), on PREFERRED_PORT when it is
 free within a few seconds (so that a relay restarted after the SSH connection
 dropped keeps the address that running workers know), else on any free port.
+HOST is the head node's name, or ADDRESS when the caller gave one. The third
+word is new in 0.5; the relay is shipped by the caller that speaks to it, so
+both ends always speak the same version.
 ``close`` stops that listener and cuts its connections. The caller's end of
 this protocol is ``relay_client.py``.
 
-The program is :func:`relay`, shipped as source (:data:`SOURCE`) in a one-line
+The program is :func:`relay` and :func:`listening_address`, shipped as source (:data:`SOURCE`) in a one-line
 ``python3 -c`` command (:func:`command`) over the SSH connection itself, so it
 must stay standard library only, run on Python 3.6, and import what it needs
 inside itself. It exits as soon as its stdin reaches EOF, which happens when
@@ -46,6 +67,28 @@ REFUSED = "sheepdog-relay-error"
 CLOSED = "sheepdog-relay-closed"
 #: How long the relay tries for the port it was asked for before it takes any.
 PREFERRED_PORT_SECONDS = 3.0
+#: Connections one address may hold through the relay (a compute node runs many workers).
+MAX_PER_PEER = 256
+#: Connections all addresses together may hold (two threads of the relay each).
+MAX_CONNECTIONS = 2048
+#: Seconds a connection may stay silent before the relay closes it; a TLS client speaks first.
+FIRST_BYTE_SECONDS = 5.0
+
+
+def listening_address(host: str) -> str:
+    """Where the relay listens unless told: the address ``host`` resolves to, if it
+    is not a loopback one, else every address (``0.0.0.0``)."""
+    import socket
+
+    try:
+        found = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError:
+        return "0.0.0.0"
+    for _family, _type, _protocol, _name, sockaddr in found:
+        address = str(sockaddr[0])
+        if not address.startswith("127."):
+            return address
+    return "0.0.0.0"
 
 
 def relay() -> None:
@@ -53,8 +96,9 @@ def relay() -> None:
 
     One thread, this one, reads the commands and accepts connections, so that
     a listener is only ever closed by the thread that accepts on it; each
-    connection is piped by two threads of its own. Long because the program
-    ships as this one function's source, with its helpers nested inside it.
+    connection waits for its first bytes, and is then piped, in two threads
+    of its own. Long because the program ships as this one function's source,
+    with its helpers nested inside it.
     """
     import os
     import selectors
@@ -64,20 +108,23 @@ def relay() -> None:
 
     chunk_bytes = 256 * 1024
     host = socket.getfqdn()
+    own_address = listening_address(host)
     selector = selectors.DefaultSelector()
     listeners = {}  # type: dict[int, socket.socket]  # by forward port
-    pending = {}  # type: dict[int, tuple[int, float]]  # forward port: preferred port, deadline
+    names = {}  # type: dict[int, str]  # the HOST of each listener's answer, by forward port
+    pending = {}  # type: dict[int, tuple[int, str, float]]  # preferred port, address, deadline
     connections = {}  # type: dict[int, set[socket.socket]]  # both ends, by forward port
-    connections_lock = threading.Lock()
+    held = {}  # type: dict[str, int]  # connections accepted and not yet ended, by address
+    connections_lock = threading.Lock()  # guards connections and held
 
     def say(*words: object) -> None:
         os.write(1, (" ".join(str(word) for word in words) + "\n").encode())
 
-    def listen(port: int) -> socket.socket:
+    def listen(address: str, port: int) -> socket.socket:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            listener.bind(("0.0.0.0", port))
+            listener.bind((address, port))
             listener.listen(128)
         except OSError:
             listener.close()
@@ -105,11 +152,32 @@ def relay() -> None:
             except OSError:
                 pass
 
-    def serve(worker: socket.socket, forward_port: int) -> None:
+    def serve(worker: socket.socket, peer: str, forward_port: int) -> None:
+        try:
+            worker.settimeout(FIRST_BYTE_SECONDS)
+            try:
+                first = worker.recv(chunk_bytes)
+            except OSError:  # silent for too long (socket.timeout), or reset
+                first = b""
+            if first:
+                worker.settimeout(None)
+                relay_to_caller(worker, first, forward_port)
+        finally:
+            worker.close()
+            with connections_lock:
+                held[peer] -= 1
+                if not held[peer]:
+                    del held[peer]
+
+    def relay_to_caller(worker: socket.socket, first: bytes, forward_port: int) -> None:
         try:
             caller = socket.create_connection(("127.0.0.1", forward_port))
         except OSError:
-            worker.close()
+            return
+        try:
+            caller.sendall(first)
+        except OSError:
+            caller.close()
             return
         with connections_lock:
             ends = connections.get(forward_port)
@@ -124,29 +192,35 @@ def relay() -> None:
             upstream.join()
             with connections_lock:
                 ends.difference_update((worker, caller))
-        worker.close()
         caller.close()
 
     def accept(forward_port: int) -> None:
         try:
-            worker, _ = listeners[forward_port].accept()
+            worker, (peer, _) = listeners[forward_port].accept()
         except BlockingIOError:  # the connection was reset before we took it
             return
         except OSError:  # no file descriptors left: let some connections end
             time.sleep(0.05)
             return
+        with connections_lock:
+            room = held.get(peer, 0) < MAX_PER_PEER and sum(held.values()) < MAX_CONNECTIONS
+            if room:
+                held[peer] = held.get(peer, 0) + 1
+        if not room:
+            worker.close()
+            return
         worker.setblocking(True)
-        threading.Thread(target=serve, args=(worker, forward_port), daemon=True).start()
+        threading.Thread(target=serve, args=(worker, peer, forward_port), daemon=True).start()
 
     def open_pending() -> None:
-        for forward_port, (preferred_port, deadline) in list(pending.items()):
+        for forward_port, (preferred_port, address, deadline) in list(pending.items()):
             try:
-                listener = listen(preferred_port)
+                listener = listen(address, preferred_port)
             except OSError:
                 if time.monotonic() < deadline:
                     continue  # the relay before this one may be on its way out
                 try:
-                    listener = listen(0)
+                    listener = listen(address, 0)
                 except OSError as error:
                     del pending[forward_port]
                     say(REFUSED, forward_port, error)
@@ -156,11 +230,13 @@ def relay() -> None:
             with connections_lock:
                 connections[forward_port] = set()
             selector.register(listener, selectors.EVENT_READ, forward_port)
-            say(LISTENING, host, listener.getsockname()[1], forward_port)
+            names[forward_port] = host if address == own_address else address
+            say(LISTENING, names[forward_port], listener.getsockname()[1], forward_port)
 
     def close(forward_port: int) -> None:
         pending.pop(forward_port, None)
         listener = listeners.pop(forward_port, None)
+        names.pop(forward_port, None)
         if listener is not None:
             selector.unregister(listener)
             listener.close()
@@ -171,20 +247,31 @@ def relay() -> None:
 
     def obey(line: str) -> None:
         words = line.split()
+        address = words.pop() if len(words) == 4 else "-"
         if len(words) not in (2, 3) or not all(word.isdigit() for word in words[1:]):
             say(REFUSED, "-", "cannot read the command", repr(line))
             return
         verb, forward_port = words[0], int(words[1])
-        if verb == "close":
+        if address != "-" and not is_ipv4(address):
+            say(REFUSED, forward_port, "not an IPv4 address:", address)
+        elif verb == "close":
             close(forward_port)
         elif verb != "forward":
             say(REFUSED, forward_port, "no such command:", verb)
         elif forward_port in listeners:  # asked again: the same listener
-            say(LISTENING, host, listeners[forward_port].getsockname()[1], forward_port)
+            say(LISTENING, names[forward_port], listeners[forward_port].getsockname()[1],
+                forward_port)
         elif forward_port not in pending:
             preferred_port = int(words[2]) if len(words) == 3 else 0
             waits = PREFERRED_PORT_SECONDS if preferred_port else 0.0
-            pending[forward_port] = (preferred_port, time.monotonic() + waits)
+            pending[forward_port] = (preferred_port, own_address if address == "-" else address,
+                                     time.monotonic() + waits)
+
+    def is_ipv4(address: str) -> bool:
+        try:
+            return socket.inet_aton(address) is not None and address.count(".") == 3
+        except OSError:
+            return False
 
     selector.register(0, selectors.EVENT_READ, None)
     unread = b""
@@ -210,7 +297,11 @@ SOURCE = (
     f"LISTENING = {LISTENING!r}\n"
     f"REFUSED = {REFUSED!r}\n"
     f"CLOSED = {CLOSED!r}\n"
-    f"PREFERRED_PORT_SECONDS = {PREFERRED_PORT_SECONDS!r}\n\n"
+    f"PREFERRED_PORT_SECONDS = {PREFERRED_PORT_SECONDS!r}\n"
+    f"MAX_PER_PEER = {MAX_PER_PEER!r}\n"
+    f"MAX_CONNECTIONS = {MAX_CONNECTIONS!r}\n"
+    f"FIRST_BYTE_SECONDS = {FIRST_BYTE_SECONDS!r}\n\n"
+    f"{inspect.getsource(listening_address)}\n"
     f"{inspect.getsource(relay)}\n"
     "relay()\n"
 )
@@ -229,9 +320,11 @@ def command(python: str) -> str:
     return f"{python} -c '{program}'"
 
 
-def forward_command(forward_port: int, preferred_port: int = 0) -> bytes:
-    """The line that asks the relay to listen for ``127.0.0.1:forward_port``."""
-    return f"forward {forward_port:d} {preferred_port:d}\n".encode()
+def forward_command(forward_port: int, preferred_port: int = 0,
+                    address: Optional[str] = None) -> bytes:
+    """The line that asks the relay to listen for ``127.0.0.1:forward_port``, on
+    ``address`` (an IPv4 address), by default the head node's own."""
+    return f"forward {forward_port:d} {preferred_port:d} {address or '-'}\n".encode()
 
 
 def close_command(forward_port: int) -> bytes:

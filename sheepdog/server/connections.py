@@ -3,6 +3,18 @@
 Every worker holds a connection, and the server runs in the caller's own
 process, so connections are a resource to guard:
 
+- A connection counts as *unproven* until a request on it carries a valid
+  signature (``admission.py`` keeps the ledger; the handler marks its
+  connection proven). An unproven connection that has not finished its TLS
+  handshake and sent a request's headers within ``handshake_timeout`` is
+  closed.
+- At most ``max_per_peer`` unproven connections are open per peer address,
+  and ``max_unproven`` in all. A newcomer beyond a cap is not refused: the
+  oldest unproven connection in its way is closed instead (one that sent an
+  unauthenticated request first), so that idle connections cannot keep a new
+  worker out. Workers reached through the SSH tunnel, and local ones, all
+  arrive from 127.0.0.1; a proven connection counts against no cap, so a
+  worker that signs its requests is never refused.
 - A connection that has not sent a request's headers within ``idle_timeout``
   is closed (Tornado's ``idle_connection_timeout`` covers both the wait for a
   first request and the pause between kept-alive ones). That is safe for
@@ -10,9 +22,6 @@ process, so connections are a resource to guard:
   kept-alive connection closed.
 - A body gets ``body_timeout`` seconds plus one second per ``min_body_rate``
   bytes it announces, so a large upload is not cut off while a trickle is.
-- At most ``max_per_peer`` connections are open per peer address; more are
-  closed as soon as they are accepted. Workers reached through an SSH tunnel
-  all arrive from 127.0.0.1, so the default limit is generous.
 - When ``accept()`` fails for want of descriptors or memory, Tornado's own
   accept handler leaves the listening socket registered and readable: the
   loop spins at full CPU, logging a traceback per turn. Here the listening
@@ -22,7 +31,6 @@ process, so connections are a resource to guard:
 
 from __future__ import annotations
 
-import collections
 import errno
 import logging
 import resource
@@ -35,6 +43,8 @@ import tornado.httpserver
 import tornado.httputil
 import tornado.ioloop
 import tornado.iostream
+
+from .admission import HANDSHAKE_SECONDS, MAX_UNPROVEN, MAX_UNPROVEN_PER_PEER, Ledger
 
 log = logging.getLogger(__name__)
 
@@ -141,21 +151,24 @@ class _Acceptor:
 
 
 class _BodyDeadline(tornado.httputil.HTTPMessageDelegate):
-    """Passes a request on, giving its body time in proportion to its announced size."""
+    """Passes a request on, giving its body time in proportion to its announced size;
+    calls ``on_headers`` when the request's headers have arrived."""
 
     def __init__(self, delegate: tornado.httputil.HTTPMessageDelegate,
                  connection: tornado.httputil.HTTPConnection, seconds: float,
-                 bytes_per_second: float) -> None:
+                 bytes_per_second: float, on_headers: Callable[[], None]) -> None:
         self.delegate = delegate
         self.connection = connection
         self.seconds = seconds
         self.bytes_per_second = bytes_per_second
+        self.on_headers = on_headers
 
     def headers_received(
         self, start_line: Union[tornado.httputil.RequestStartLine,
                                 tornado.httputil.ResponseStartLine],
         headers: tornado.httputil.HTTPHeaders,
     ) -> Optional[Awaitable[None]]:
+        self.on_headers()
         if isinstance(self.connection, tornado.http1connection.HTTP1Connection):
             length = headers.get("Content-Length", "")
             size = int(length) if length.isdigit() else 0  # a bad one is Tornado's to refuse
@@ -177,16 +190,22 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
 
     Takes HTTPServer's arguments (``idle_connection_timeout`` is the idle
     timeout; ``body_timeout`` the seconds every body gets), plus
-    ``max_per_peer`` and ``min_body_rate`` (bytes per second).
+    ``max_per_peer`` and ``max_unproven`` (unproven connections per peer
+    address, and in all), ``handshake_timeout`` and ``min_body_rate`` (bytes
+    per second). A handler proves its connection with
+    ``admission.mark_authenticated``; one that never does (the dashboard's)
+    leaves every connection unproven, within the caps.
     """
 
-    def initialize(self, *args: Any, max_per_peer: int = 256, min_body_rate: float = 65536,
-                   **kwargs: Any) -> None:
+    def initialize(self, *args: Any, max_per_peer: int = MAX_UNPROVEN_PER_PEER,
+                   max_unproven: int = MAX_UNPROVEN,
+                   handshake_timeout: float = HANDSHAKE_SECONDS,
+                   min_body_rate: float = 65536, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
-        self.max_per_peer = max_per_peer
+        self.handshake_timeout = handshake_timeout
         self.min_body_rate = min_body_rate
-        self._per_peer: collections.Counter[str] = collections.Counter()
-        self._refusal_warning = _Every(WARN_EVERY_SECONDS)
+        self.unproven = Ledger(max_per_peer, max_unproven)
+        self._crowding_warning = _Every(WARN_EVERY_SECONDS)
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         # TCPServer.add_sockets, with an accept handler that pauses rather than
@@ -195,30 +214,49 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
         for sock in sockets:
             self._sockets[sock.fileno()] = sock
             self._handlers[sock.fileno()] = _Acceptor(
-                sock, self._handle_connection, lambda: sum(self._per_peer.values())).remove
+                sock, self._handle_connection, lambda: len(self._connections)).remove
 
     def handle_stream(self, stream: tornado.iostream.IOStream, address: tuple[Any, ...]) -> None:
         peer = str(address[0])
-        if self._per_peer[peer] >= self.max_per_peer:
-            if self._refusal_warning.due():
-                log.warning("%s has %d connections open, the most allowed; closing more",
-                            peer, self._per_peer[peer])
-            stream.close()
-            return
-        self._per_peer[peer] += 1
+        self._make_room(peer, newcomers=1)
+        self.unproven.add(stream, peer)
+        tornado.ioloop.IOLoop.current().call_later(self.handshake_timeout, self._deadline, stream)
         super().handle_stream(stream, address)
+
+    def _make_room(self, peer: str, newcomers: int) -> None:
+        """Close the unproven connection, if any, that keeps ``newcomers`` from ``peer``
+        within the caps."""
+        in_the_way = self.unproven.in_the_way(peer, newcomers)
+        if in_the_way is None:
+            return
+        if self._crowding_warning.due():
+            log.warning("%d connections that have not authenticated are open (%d from %s); "
+                        "closing the oldest to let more in", len(self.unproven),
+                        self.unproven.count(peer), peer)
+        self.unproven.discard(in_the_way)
+        in_the_way.close()
+
+    def _deadline(self, stream: tornado.iostream.IOStream) -> None:
+        """Close ``stream`` if it is unproven and sent no request's headers in time."""
+        if self.unproven.is_silent(stream):
+            self.unproven.discard(stream)
+            stream.close()
 
     def on_close(self, server_conn: object) -> None:
         super().on_close(server_conn)
         assert isinstance(server_conn, tornado.http1connection.HTTP1ServerConnection)
-        peer = str(server_conn.context.address[0])  # type: ignore[attr-defined]
-        self._per_peer[peer] -= 1
-        if not self._per_peer[peer]:
-            del self._per_peer[peer]
+        self.unproven.discard(server_conn.stream)
 
     def start_request(self, server_conn: object,
                       request_conn: tornado.httputil.HTTPConnection
                       ) -> tornado.httputil.HTTPMessageDelegate:
         delegate = super().start_request(server_conn, request_conn)
         body_seconds = self.conn_params.body_timeout or 0.0
-        return _BodyDeadline(delegate, request_conn, body_seconds, self.min_body_rate)
+        assert isinstance(server_conn, tornado.http1connection.HTTP1ServerConnection)
+        stream = server_conn.stream
+        self.unproven.idle(stream)  # the request before this one, if any, was answered
+        peer = self.unproven.peer_of(stream)
+        if peer is not None:
+            self._make_room(peer, newcomers=0)
+        return _BodyDeadline(delegate, request_conn, body_seconds, self.min_body_rate,
+                             lambda: self.unproven.answering(stream))

@@ -15,7 +15,7 @@ import os
 from typing import TYPE_CHECKING, Optional, Union
 
 from ..storage import Storage
-from . import tls
+from . import admission, tls
 from .callbacks import DEFAULT_MAX_BODY_BYTES, Callbacks
 from .thread import Close, ServerThread
 
@@ -38,8 +38,11 @@ class Server:
     ``idle_timeout`` seconds (longer, by default, than the 10 s between a
     worker's heartbeats, so that the connection it keeps between them stays
     open), or when a body takes longer than ``body_timeout`` seconds plus its
-    size at ``min_body_rate`` bytes per second; one peer address may hold
-    ``max_connections_per_peer``.
+    size at ``min_body_rate`` bytes per second. Until a request on it is
+    signed, a connection is unproven: it gets ``handshake_timeout`` seconds
+    for its TLS handshake and first request's headers, and one peer address
+    may hold ``max_unproven_per_peer`` such connections, all peers together
+    ``max_unproven`` (the oldest is closed to make room for a newcomer).
     """
 
     def __init__(
@@ -52,7 +55,9 @@ class Server:
         idle_timeout: float = 30.0,
         body_timeout: float = 60.0,
         min_body_rate: float = 64 << 10,
-        max_connections_per_peer: int = 256,
+        max_unproven_per_peer: int = admission.MAX_UNPROVEN_PER_PEER,
+        max_unproven: int = admission.MAX_UNPROVEN,
+        handshake_timeout: float = admission.HANDSHAKE_SECONDS,
     ) -> None:
         self.storage = storage if isinstance(storage, Storage) else Storage(storage)
         self.port = port or 0
@@ -62,7 +67,9 @@ class Server:
         self.idle_timeout = idle_timeout
         self.body_timeout = body_timeout
         self.min_body_rate = min_body_rate
-        self.max_connections_per_peer = max_connections_per_peer
+        self.max_unproven_per_peer = max_unproven_per_peer
+        self.max_unproven = max_unproven
+        self.handshake_timeout = handshake_timeout
         #: The certificate workers pin; set once the server has started.
         self.certificate: Optional[bytes] = None
         self._ssl_context: Optional[ssl.SSLContext] = None
@@ -122,7 +129,9 @@ class Server:
             idle_connection_timeout=self.idle_timeout,
             body_timeout=self.body_timeout,
             min_body_rate=self.min_body_rate,
-            max_per_peer=self.max_connections_per_peer,
+            max_per_peer=self.max_unproven_per_peer,
+            max_unproven=self.max_unproven,
+            handshake_timeout=self.handshake_timeout,
         )
         http_server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]

@@ -3,7 +3,9 @@
 A request's body is read only after its headers passed ``Callbacks.admit``
 (its size, and the signature that proves the sender holds the request's key),
 so an oversized or unauthorised body is refused before any of it is read,
-whatever its framing.
+whatever its framing. A request that passes marks its connection proven
+(``admission.py``), so that it no longer counts against the caps on
+connections that have not authenticated.
 
 A large result is received straight into its file; when the disk fills up
 meanwhile, the rest of the body is still read (and dropped), so that the
@@ -29,6 +31,7 @@ import tornado.web
 from ..storage import diskspace
 from ..storage.payloads import CHUNK_BYTES, PayloadFile, write_all
 from ..wire.protocol import ALONE_BYTES, DISK_FULL_STATUS, coalesce
+from . import admission
 from .callbacks import Callbacks, Reply, text_reply
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,8 @@ class CallbackHandler(tornado.web.RequestHandler):
         admitted = self.callbacks.admit(method, path, headers)
         refusal = admitted if isinstance(admitted, Reply) else None
         self._route = None if isinstance(admitted, Reply) else admitted
+        if self._route is not None:  # signed: the connection no longer counts as unproven
+            admission.mark_authenticated(self.request.connection)
         length = headers.get("Content-Length", "0")
         small = "Transfer-Encoding" not in headers and length.isdigit() and (
             int(length) <= UNAUTHORISED_READ_BYTES)
