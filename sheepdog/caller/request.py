@@ -49,6 +49,8 @@ class Request:
         self._ended = False
         #: Follows the request's workers and scheduler while somebody waits for it.
         self.watcher = Watcher(self)
+        #: The live exceptions of tasks that the inline scheduler ran in this process.
+        self.caught: dict[int, BaseException] = {}
 
     def __repr__(self) -> str:
         return f"<sheepdog.Request {self.id} in {self.storage.dbfile}>"
