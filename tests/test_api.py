@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_quickstart_examples_run_verbatim_on_the_local_backend(local_conf):
     results = run_doctest(QUICKSTART, {**local_conf, "scheduler": "local"})
-    assert results.failed == 0 and results.attempted == 15
+    assert results.failed == 0 and results.attempted == 17
 
 
 def test_quickstart_import_idiom_with_numpy(local_conf):
