@@ -127,10 +127,9 @@ def test_a_raising_task_raises_its_own_exception_with_the_remote_traceback(local
 
 def test_an_exception_class_of_the_users_own_is_rebuilt_and_caught_by_its_class(local_conf):
     with sheepdog.Executor(local_conf) as executor:
-        future = executor.submit(raise_my_error, 7)
         try:
-            future.result(timeout=60)
-        except MyError as error:
+            executor.submit(raise_my_error, 7).result(timeout=60)
+        except MyError as error:  # the class of this module, shipped by value both ways
             raised = error
     assert type(raised) is MyError and raised.args == ("mine: 7",)
     assert "in raise_my_error" in raised.__cause__.traceback
