@@ -24,6 +24,7 @@ _HOMES = {
     "Config": "config",
     "DiskFullError": "storage",
     "Executor": "executor",
+    "RemoteTraceback": "caller.outcomes",
     "Request": "caller.request",
     "SerialisationError": "wire.serialisation",
     "SSHError": "remote.errors",
@@ -47,7 +48,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr_
         as_completed, cancel, get_errors, get_results, map, map_async, map_sync, wait,
     )
     from .backends.base import SubmissionError
-    from .caller.outcomes import TaskError, TaskLost
+    from .caller.outcomes import RemoteTraceback, TaskError, TaskLost
     from .caller.request import Request
     from .caller.session import Session
     from .caller.watcher import CallbackError

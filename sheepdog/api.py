@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
-from .caller import completion
+from .caller import completion, outcomes
 from .config import resolve
 from .caller.request import Request
 from .caller.session import Session
@@ -141,12 +141,22 @@ def map(  # noqa: A001 - the original API's name
     config: Optional[Mapping[str, Any]] = None,
     ns: Optional[Mapping[str, Any]] = None,
     verbose: bool = True,
+    errors: str = "none",
 ) -> list[Any]:
     """``[f(*a) for a in args]``, run on the cluster; ``None`` where a task failed.
 
-    Returns once every task has finished. Ctrl-C cancels the request's
-    remaining tasks (asking first in an interactive session) and says so.
+    Returns once every task has finished. With ``errors="raise"`` a failed
+    task raises instead, as the built-in ``map`` would: the exception of the
+    first task in argument order that has no result (the task's own
+    exception rebuilt here, or :class:`~sheepdog.TaskError`,
+    :class:`~sheepdog.TaskLost`, ``CancelledError``), with a note that names
+    the request, whose other results ``get_results`` still reads. The
+    default, ``errors="none"``, gives ``None`` for such a task, as the
+    original library did. Ctrl-C cancels the request's remaining tasks
+    (asking first in an interactive session) and says so.
     """
+    if errors not in ("none", "raise"):
+        raise ValueError(f"errors must be 'none' or 'raise', not {errors!r}")
     request = _default_session.submit(f, args, config, ns)
     try:
         request.wait(verbose=verbose, link=_default_session.dashboard_link(request))
@@ -154,6 +164,10 @@ def map(  # noqa: A001 - the original API's name
         _after_interrupt(request)
         raise
     results = request.values()
+    if errors == "raise":
+        failure = outcomes.first_failure(request)
+        if failure is not None:
+            raise failure
     progress = request.progress()
     failures = progress.total - progress.done
     if verbose and failures:

@@ -28,12 +28,13 @@ import logging
 import threading
 import time
 from concurrent.futures import CancelledError, Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Optional
 
 from .wire import serialisation
+from .backends.registry import backend_class
 from .caller.completion import FIRST_DELAY, LONGEST_DELAY, TaskFollower
-from .config import resolve_with_origins
+from .config import Config, resolve_with_origins
 from .caller.outcomes import outcome
 from .caller.request import Request
 from .caller.session import Session
@@ -49,8 +50,9 @@ MAX_BATCH = 10_000
 class _Submission(NamedTuple):
     function: Callable[..., Any]
     function_blob: bytes
-    arguments: Any  # serialised, see serialisation.dumps_argument
+    arguments: Any  # serialised, see serialisation.dumps_call
     future: "Future[Any]"
+    chunksize: Optional[int]  # Executor.map's, for its request; None: the config's
 
 
 @dataclass
@@ -80,6 +82,8 @@ class Executor(concurrent.futures.Executor):
         self.ns = ns
         self.batch_seconds = batch_seconds
         self.max_batch = max_batch
+        #: The scheduler runs tasks in this thread (``inline``): each submit runs at once.
+        self._inline: bool = backend_class(self.config.scheduler).runs_in_caller
         self._session = session if session is not None else Session()
         self._owns_session = session is None
         self._lock = threading.Condition()
@@ -100,35 +104,13 @@ class Executor(concurrent.futures.Executor):
     # -- submitting ---------------------------------------------------------
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> "Future[Any]":
-        """Schedule ``fn(*args)``; its future, at once.
+        """Schedule ``fn(*args, **kwargs)``; its future, at once.
 
         The function and the arguments are serialised here, so that what
         cannot travel raises here (:class:`~sheepdog.SerialisationError`).
-        Keyword arguments are refused: a task is ``f(*args)``.
+        Keyword arguments travel with the positional ones, task by task.
         """
-        if kwargs:
-            raise TypeError(
-                f"sheepdog runs fn(*args); keyword arguments ({', '.join(kwargs)}) cannot be "
-                f"given to submit. Bind them in a lambda: submit(lambda x: fn(x, key=...), x)")
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, not {type(fn).__name__}")
-        with self._lock:
-            self._refuse_after_shutdown()
-            position = self._submitted
-            self._submitted += 1
-            function_blob = self._function_blobs.get(id(fn))
-        arguments = serialisation.dumps_argument(position, args)
-        if function_blob is None:
-            function_blob = serialisation.dumps_function(fn, self.ns)
-        future: "Future[Any]" = Future()
-        with self._lock:
-            self._refuse_after_shutdown()
-            function_blob = self._function_blobs.setdefault(id(fn), function_blob)
-            self._queue.append(_Submission(fn, function_blob, arguments, future))
-            self._start_threads()
-            self._lock.notify_all()
-        future.add_done_callback(self._on_done)
-        return future
+        return self._submit(fn, [(args, kwargs)], None)[0]
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
             timeout: Optional[float] = None, chunksize: int = 1) -> Iterator[Any]:
@@ -136,11 +118,62 @@ class Executor(concurrent.futures.Executor):
 
         Every call is submitted at once, so they go out as one array job.
         ``timeout`` counts from this call: a result not ready by then raises
-        ``TimeoutError``. ``chunksize`` is accepted for compatibility and has
-        no effect: how many tasks a worker takes at a time is the config's
-        ``chunksize``.
+        ``TimeoutError``. ``chunksize`` above 1 is how many of these tasks a
+        worker takes at a time (the config's ``chunksize``, for this map's
+        request alone); 1, the default, leaves that to the config (by default
+        sheepdog sizes each worker's batches itself). Less than 1 is a
+        ``ValueError``.
         """
-        return super().map(fn, *iterables, timeout=timeout)
+        if chunksize < 1:
+            raise ValueError(f"chunksize must be at least 1, not {chunksize}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        futures = self._submit(fn, [(args, {}) for args in zip(*iterables)],
+                               chunksize if chunksize > 1 else None)
+        return _results_in_order(futures, deadline)
+
+    def _submit(self, fn: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+                chunksize: Optional[int]) -> "list[Future[Any]]":
+        """Serialise the ``(args, kwargs)`` of each call of ``fn`` and queue it; their futures."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__name__}")
+        with self._lock:
+            self._refuse_after_shutdown()
+            first = self._submitted
+            self._submitted += len(calls)
+            function_blob = self._function_blobs.get(id(fn))
+        arguments = [serialisation.dumps_call(position, args, kwargs)
+                     for position, (args, kwargs) in enumerate(calls, first)]
+        if function_blob is None:
+            function_blob = serialisation.dumps_function(fn, self.ns)
+        futures: "list[Future[Any]]" = [Future() for _ in calls]
+        if self._inline:
+            self._run_inline(function_blob, arguments, futures, chunksize)
+            return futures
+        with self._lock:
+            self._refuse_after_shutdown()
+            function_blob = self._function_blobs.setdefault(id(fn), function_blob)
+            self._queue += [_Submission(fn, function_blob, blob, future, chunksize)
+                            for blob, future in zip(arguments, futures)]
+            self._start_threads()
+            self._lock.notify_all()
+        for future in futures:
+            future.add_done_callback(self._on_done)
+        return futures
+
+    def _run_inline(self, function_blob: bytes, arguments: list[Any],
+                    futures: "list[Future[Any]]", chunksize: Optional[int]) -> None:
+        """The inline scheduler: run the calls here and now, in order, as one request."""
+        request = self._session.submit_serialised(function_blob, arguments,
+                                                  self._config_for(chunksize))
+        changes = request.storage.task_changes(request.id, 0.0, 1, False)
+        for change in sorted(changes, key=lambda change: change.task):
+            future = futures[change.task - 1]
+            if future.set_running_or_notify_cancel():
+                _settle(future, *outcome(request, change))
+
+    def _config_for(self, chunksize: Optional[int]) -> Config:
+        """The executor's config, with ``Executor.map``'s chunksize if it gave one."""
+        return self.config if chunksize is None else replace(self.config, chunksize=chunksize)
 
     def _refuse_after_shutdown(self) -> None:
         if self._shut_down:
@@ -180,19 +213,21 @@ class Executor(concurrent.futures.Executor):
                     self._lock.notify_all()
 
     def _send(self, batch: list[_Submission]) -> None:
-        """One request per function in ``batch``; their futures go to the watcher."""
-        by_function: dict[int, list[_Submission]] = {}
+        """One request per function (and ``Executor.map`` chunksize) in ``batch``; their
+        futures go to the watcher."""
+        by_function: dict[tuple[int, Optional[int]], list[_Submission]] = {}
         for submission in batch:
-            by_function.setdefault(id(submission.function), []).append(submission)
-        for submissions in by_function.values():
+            by_function.setdefault((id(submission.function), submission.chunksize),
+                                   []).append(submission)
+        for (_function, chunksize), submissions in by_function.items():
             wanted = [submission for submission in submissions
                       if not submission.future.cancelled()]
             if not wanted:
                 continue
             try:
                 request = self._session.submit_serialised(
-                    wanted[0].function_blob, [s.arguments for s in wanted], self.config,
-                    self._origins)
+                    wanted[0].function_blob, [s.arguments for s in wanted],
+                    self._config_for(chunksize), self._origins)
             except Exception as error:  # the scheduler's refusal is each future's error
                 for submission in wanted:
                     _settle(submission.future, None, error)
@@ -344,3 +379,23 @@ def _settle(future: "Future[Any]", value: Any, error: Optional[BaseException]) -
             future.set_exception(error)  # a running future cannot be cancelled: it raises
     except concurrent.futures.InvalidStateError:
         pass  # the caller cancelled it between the check and now
+
+
+def _results_in_order(futures: "list[Future[Any]]", deadline: Optional[float]) -> Iterator[Any]:
+    """Each future's result in turn, by ``deadline`` (a ``time.monotonic()``) if given; the
+    futures not yet reached are cancelled when the iterator is closed or raises, as
+    ``concurrent.futures.Executor.map`` does."""
+    pending = list(reversed(futures))
+    try:
+        while pending:
+            future = pending.pop()
+            try:
+                if deadline is None:
+                    yield future.result()
+                else:
+                    yield future.result(max(0.0, deadline - time.monotonic()))
+            finally:
+                future.cancel()  # settled: a no-op; else (timed out, closed) it must not run
+    finally:
+        for future in pending:
+            future.cancel()

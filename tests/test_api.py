@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_quickstart_examples_run_verbatim_on_the_local_backend(local_conf):
     results = run_doctest(QUICKSTART, {**local_conf, "scheduler": "local"})
-    assert results.failed == 0 and results.attempted == 15
+    assert results.failed == 0 and results.attempted == 17
 
 
 def test_quickstart_import_idiom_with_numpy(local_conf):
@@ -59,6 +59,28 @@ def test_raising_task_gives_none_and_its_traceback(local_conf, capsys):
     assert "ZeroDivisionError: division by zero" in errors[0][1]
     assert "in inverse" in errors[0][1] and "run_one" not in errors[0][1]
     assert f"get_errors({request_id}, " in capsys.readouterr().err
+
+
+def test_errors_raise_raises_the_first_failure_in_argument_order_naming_the_request(local_conf):
+    def slow_inverse(x, seconds):
+        import time
+        time.sleep(seconds)
+        return 1 / x
+
+    # Task 3 fails first in time; task 2 comes first in argument order.
+    args = [(2, 0), (0, 1.5), ("x", 0), (4, 0)]
+    with pytest.raises(ZeroDivisionError) as raised:
+        sheepdog.map(slow_inverse, args, {**local_conf, "workers": 4}, errors="raise",
+                     verbose=False)
+    note = "\n".join(raised.value.__notes__)
+    request_id = int(note.split("of request ")[1].split()[0])
+    assert f"task 2 of request {request_id}" in note and f"get_results({request_id}, " in note
+    assert "in slow_inverse" in raised.value.__cause__.traceback
+    results = sheepdog.get_results(request_id, local_conf["dbfile"])
+    assert [result for _args, result in results] == [0.5, None, None, 0.25]
+    assert sheepdog.map(slow_inverse, [(4, 0)], local_conf, errors="raise") == [0.25]
+    with pytest.raises(ValueError, match="errors must be 'none' or 'raise'"):
+        sheepdog.map(slow_inverse, [(4, 0)], local_conf, errors="ignore")
 
 
 def test_unpicklable_argument_is_refused_before_anything_is_stored(local_conf):
@@ -167,8 +189,9 @@ def test_task_that_dies_without_reporting_is_lost_not_waited_for(local_conf):
 
 def test_public_names_are_pinned():
     assert sorted(sheepdog.__all__) == sorted([
-        "CallbackError", "Config", "DiskFullError", "Executor", "Request", "SSHError",
-        "SerialisationError", "Server", "Session", "Storage", "StorageError", "SubmissionError",
+        "CallbackError", "Config", "DiskFullError", "Executor", "RemoteTraceback", "Request",
+        "SSHError", "SerialisationError", "Server", "Session", "Storage", "StorageError",
+        "SubmissionError",
         "TaskError", "TaskLost", "UnsafePathError", "__version__", "as_completed", "cancel",
         "get_errors", "get_results", "map", "map_async", "map_sync", "wait",
     ])

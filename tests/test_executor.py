@@ -4,6 +4,7 @@ import asyncio
 import concurrent.futures
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -79,35 +80,84 @@ def test_futures_work_with_the_standard_as_completed_and_wait(local_conf):
     assert done == set(futures) and not not_done
 
 
-def test_a_raising_task_raises_task_error_with_its_remote_traceback(local_conf):
+class MyError(Exception):
+    """An exception class of the user's own: it travels by value, both ways."""
+
+
+class NeedsTwoArguments(Exception):
+    """Pickles, but its pickle cannot be loaded: ``__init__`` takes other arguments than
+    the ``args`` it leaves."""
+
+    def __init__(self, name, code):
+        super().__init__(f"{name} failed with {code}")
+
+
+class HoldsALock(Exception):
+    """Cannot be pickled at all."""
+
+    def __init__(self):
+        import threading
+
+        super().__init__("holds a lock")
+        self.lock = threading.Lock()
+
+
+def raise_my_error(x):
+    print("said before raising")
+    raise MyError(f"mine: {x}")
+
+
+def test_a_raising_task_raises_its_own_exception_with_the_remote_traceback(local_conf):
     def inverse(x):
         return 1 / x
 
     with sheepdog.Executor(local_conf) as executor:
         future = executor.submit(inverse, 0)
-        with pytest.raises(sheepdog.TaskError) as raised:
+        try:
             future.result(timeout=60)
-    error = raised.value
-    assert error.index == 1 and error.exception_type == "ZeroDivisionError"
-    assert isinstance(error.exception, ZeroDivisionError) and error.__cause__ is error.exception
-    assert "in inverse" in error.remote_traceback
-    assert "ZeroDivisionError: division by zero" in str(error)
+        except ZeroDivisionError as error:
+            raised = error
+    remote = raised.__cause__
+    assert isinstance(remote, sheepdog.RemoteTraceback) and remote.index == 1
+    assert "in inverse" in remote.traceback
+    assert remote.traceback.rstrip().endswith("ZeroDivisionError: division by zero")
+    printed = "".join(traceback.format_exception(raised))
+    assert "in inverse" in printed and "direct cause of the following exception" in printed
 
 
-def test_an_exception_class_of_the_users_own_is_named_not_rebuilt(local_conf):
-    def complain():
-        class NotBuiltin(Exception):
-            pass
+def test_an_exception_class_of_the_users_own_is_rebuilt_and_caught_by_its_class(local_conf):
+    with sheepdog.Executor(local_conf) as executor:
+        try:
+            executor.submit(raise_my_error, 7).result(timeout=60)
+        except MyError as error:  # the class of this module, shipped by value both ways
+            raised = error
+    assert type(raised) is MyError and raised.args == ("mine: 7",)
+    assert "in raise_my_error" in raised.__cause__.traceback
+    assert "said before raising" in "".join(raised.__cause__.output.values())
+    assert "said before raising" in str(raised.__cause__)
 
-        print("said before raising")
-        raise NotBuiltin("mine")
+
+@pytest.mark.parametrize("kind, arguments, why", [
+    (NeedsTwoArguments, ("x", 3), "could not be rebuilt in this process (TypeError"),
+    (HoldsALock, (), "could not be pickled on the worker (TypeError"),
+])
+def test_an_exception_that_cannot_be_rebuilt_gives_task_error_saying_why(local_conf, kind,
+                                                                         arguments, why):
+    def fail(kind, *arguments):
+        raise kind(*arguments)
 
     with sheepdog.Executor(local_conf) as executor:
-        error = executor.submit(complain).exception(timeout=60)
-    assert isinstance(error, sheepdog.TaskError) and error.exception is None
-    assert error.exception_type.endswith("NotBuiltin")
-    assert error.output and "said before raising" in "".join(error.output.values())
-    assert "said before raising" in str(error)
+        error = executor.submit(fail, kind, *arguments).exception(timeout=60)
+    assert isinstance(error, sheepdog.TaskError) and why in error.why and why in str(error)
+    assert error.exception_type.endswith(kind.__name__)
+    assert "in fail" in error.remote_traceback
+
+
+def test_a_task_that_fails_otherwise_gives_task_error_as_before(local_conf):
+    with sheepdog.Executor(local_conf) as executor:
+        error = executor.submit(threading.Lock).exception(timeout=60)
+    assert isinstance(error, sheepdog.TaskError) and error.why is None
+    assert "the result could not be serialised" in error.remote_traceback
 
 
 def test_a_task_that_kills_its_process_group_raises_task_lost(local_conf):
@@ -231,7 +281,7 @@ def test_map_yields_in_order_and_times_out(local_conf):
         return seconds
 
     with sheepdog.Executor({**local_conf, "workers": 3}) as executor:
-        assert list(executor.map(nap, [1.0, 0.0, 0.5], chunksize=7)) == [1.0, 0.0, 0.5]
+        assert list(executor.map(nap, [1.0, 0.0, 0.5])) == [1.0, 0.0, 0.5]
         assert list(executor.map(pow, [2, 3], [3, 2])) == [8, 9]
         results = executor.map(nap, [2.5], timeout=0.5)
         with pytest.raises(concurrent.futures.TimeoutError):
@@ -239,12 +289,42 @@ def test_map_yields_in_order_and_times_out(local_conf):
         results.close()  # its futures are cancelled, if not running; this one runs on
 
 
-def test_keyword_arguments_and_unserialisable_arguments_fail_at_submit(local_conf):
+def test_keyword_arguments_travel_with_submit_and_map_takes_its_own_by_keyword(local_conf):
+    def describe(x, /, fn=None, *, scale=1):
+        return (x * scale, fn)
+
     with sheepdog.Executor(local_conf) as executor:
-        with pytest.raises(TypeError, match="keyword arguments"):
-            executor.submit(sorted, [2, 1], reverse=True)
+        mixed = [executor.submit(describe, 2, scale=10), executor.submit(describe, 3),
+                 executor.submit(describe, 4, fn="named fn")]  # fn is submit's positional-only
+        assert executor.submit(sorted, [2, 1, 3], reverse=True).result(timeout=60) == [3, 2, 1]
+        assert [future.result(timeout=60) for future in mixed] == [
+            (20, None), (3, None), (4, "named fn")]
+        assert list(executor.map(describe, [1, 2], timeout=60, chunksize=2)) == [
+            (1, None), (2, None)]
+    function_requests = [jobs for jobs in stored(local_conf["dbfile"]).values()]
+    assert len(function_requests) == 3  # describe's mixed submits went out as one request
+
+
+def test_executor_map_honours_chunksize_as_the_tasks_a_worker_takes_at_a_time(local_conf):
+    with sheepdog.Executor(local_conf) as executor:
+        assert list(executor.map(abs, [-1, -2, -3], chunksize=3)) == [1, 2, 3]
+        assert list(executor.map(abs, [-4])) == [4]
+        with pytest.raises(ValueError, match="chunksize must be at least 1"):
+            executor.map(abs, [-1], chunksize=0)
+    storage = Storage(local_conf["dbfile"])
+    try:
+        assert [storage.request_config(request_id)["chunksize"]
+                for request_id in storage.request_ids()] == [3, None]
+    finally:
+        storage.close()
+
+
+def test_unserialisable_arguments_fail_at_submit(local_conf):
+    with sheepdog.Executor(local_conf) as executor:
         with pytest.raises(sheepdog.SerialisationError):
             executor.submit(id, threading.Lock())
+        with pytest.raises(sheepdog.SerialisationError):
+            executor.submit(id, 1, lock=threading.Lock())
         assert executor.submit(abs, -3).result(timeout=60) == 3
 
 
@@ -283,13 +363,13 @@ def test_as_completed_yields_in_finishing_order_and_raises_at_a_failed_task(loca
         (2, 2.0), (1, 1.0), (3, 0.5)]
     failing = sheepdog.map_async(nap_then_invert, [(0.5,), (0,), (1.5,)], config)
     finished = []
-    with pytest.raises(sheepdog.TaskError) as raised:
+    with pytest.raises(ZeroDivisionError) as raised:
         for index, result in sheepdog.as_completed(failing, dbfile, timeout=60):
             finished.append(index)
-    assert raised.value.index == 2 and isinstance(raised.value.exception, ZeroDivisionError)
+    assert raised.value.__cause__.index == 2
     every = dict(sheepdog.as_completed(failing, dbfile, timeout=60, errors="yield"))
     assert every[1] == 2.0 and every[3] == pytest.approx(1 / 1.5)
-    assert isinstance(every[2], sheepdog.TaskError)
+    assert isinstance(every[2], ZeroDivisionError)
 
 
 def test_as_completed_times_out(local_conf):
@@ -306,7 +386,7 @@ def test_as_completed_times_out(local_conf):
 def test_executor_page_examples_run_on_the_local_backend(local_conf):
     page = (Path(__file__).resolve().parents[1] / "docs" / "executor.rst").read_text()
     results = run_doctest(page, local_conf)
-    assert results.failed == 0 and results.attempted == 27
+    assert results.failed == 0 and results.attempted == 30
 
 
 def test_a_job_the_scheduler_refuses_is_every_futures_error(local_conf):

@@ -197,7 +197,7 @@ def test_a_version_2_database_is_upgraded_in_place_with_its_rows_kept(dbfile):
         raw.executescript(VERSION_2_SCHEMA)
     storage = Storage(dbfile)
     with sqlite3.connect(dbfile) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     progress = storage.progress(1)
     assert (progress.done, progress.running, progress.failed) == (1, 1, 1)
     assert storage.errors(1) == [(b"\xa3", "failed", "it raised")]
@@ -236,6 +236,28 @@ def test_a_version_3_database_of_static_chunks_is_upgraded_and_its_tasks_go_on(d
     assert storage.pull(1, worker, 2, 10) == [3]
     assert storage.record_reports(1, [(2, False, b"r2"), (3, False, b"r3")]) == 2
     assert storage.progress(1).complete
+    assert integrity_check(storage) == "ok"
+
+
+def test_a_version_4_database_is_upgraded_and_keeps_the_exception_of_a_failed_task(dbfile):
+    """Version 5 keeps beside a failed task's error text the exception it raised, pickled;
+    a later report does not replace it, and a retry takes it away with the error."""
+    from sheepdog.storage import schema
+
+    version_4 = VERSION_3_SCHEMA.replace(
+        "PRAGMA user_version = 3;", schema._UPGRADE_TO_4 + ";\nPRAGMA user_version = 4;")
+    with sqlite3.connect(dbfile) as raw:
+        raw.executescript(version_4)
+    storage = Storage(dbfile)
+    with sqlite3.connect(dbfile) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert storage.tasks.task_exception(1, 3) is None  # failed before exceptions were kept
+    assert storage.tasks.record_reports(1, [(2, True, b"it raised")], (), [(2, b"pickled")]) == 1
+    assert storage.tasks.record_reports(1, [(2, True, b"again")], (), [(2, b"later")]) == 0
+    assert storage.tasks.task_exception(1, 2) == b"pickled"
+    assert storage.errors(1)[0][2] == "it raised"  # the error text is kept as it came
+    assert storage.requeue(1, max_attempts=2, failed_too=True) == [2, 3]
+    assert storage.tasks.task_exception(1, 2) is None
     assert integrity_check(storage) == "ok"
 
 

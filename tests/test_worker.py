@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from sheepdog.wire import protocol
+from sheepdog.wire import failures, protocol
 from sheepdog.worker import loop as worker
 from sheepdog.worker import runner
 from sheepdog.worker.batching import BatchSize
@@ -93,11 +93,11 @@ def test_client_does_not_retry_a_refusal(storage):
 
 def test_long_error_text_keeps_head_and_tail_within_the_limit_in_bytes():
     text = "head" + "\u00e9" * protocol.MAX_ERROR_BYTES + "tail"
-    clipped = runner.error_bytes(text)
+    clipped = failures.error_bytes(text)
     assert len(clipped) <= protocol.MAX_ERROR_BYTES
     assert clipped.startswith(b"head") and clipped.endswith(b"tail")
     clipped.decode("utf-8")  # not cut inside a character
 
 
 def test_an_error_text_that_utf_8_cannot_encode_is_escaped():
-    assert runner.error_bytes("bad \udcff byte") == b"bad \\udcff byte"
+    assert failures.error_bytes("bad \udcff byte") == b"bad \\udcff byte"

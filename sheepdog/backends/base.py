@@ -42,6 +42,9 @@ class Backend(abc.ABC):
     #: Signals the scheduler sends a task it is about to kill on purpose (``qdel``,
     #: ``scancel``, a time limit): the worker reports them, so the task is not retried.
     kill_signals: ClassVar[tuple[str, ...]] = ()
+    #: Whether the tasks run in the caller's own thread (``inline.py``): then no job
+    #: file, server or key is made, and ``caller/inline.py`` runs them instead of a job.
+    runs_in_caller: ClassVar[bool] = False
 
     def __init__(self, config: Config) -> None:
         self.config = config

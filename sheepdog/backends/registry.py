@@ -18,6 +18,7 @@ BUILT_IN = {
     "gridengine": "sheepdog.backends.gridengine:GridEngineBackend",
     "slurm": "sheepdog.backends.slurm:SlurmBackend",
     "local": "sheepdog.backends.local:LocalBackend",
+    "inline": "sheepdog.backends.inline:InlineBackend",
 }
 ENTRY_POINT_GROUP = "sheepdog.backends"
 

@@ -25,7 +25,7 @@ from ..storage.payloads import PayloadFile, payload_bytes
 from ..storage.states import DONE
 from ..wire import serialisation
 from ..wire.settings import WorkerSettings
-from . import jobscript
+from . import inline, jobscript
 from .chunking import choose_workers
 from .owner import DatabaseOwner
 from .progress import progress_display
@@ -49,6 +49,8 @@ class Request:
         self._ended = False
         #: Follows the request's workers and scheduler while somebody waits for it.
         self.watcher = Watcher(self)
+        #: The live exceptions of tasks that the inline scheduler ran in this process.
+        self.caught: dict[int, BaseException] = {}
 
     def __repr__(self) -> str:
         return f"<sheepdog.Request {self.id} in {self.storage.dbfile}>"
@@ -147,9 +149,13 @@ class Request:
 
         The workers are recorded before the job is submitted, so that each is
         known from its first pull; if the scheduler refuses the job, they are
-        recorded as never started.
+        recorded as never started. A backend that runs in the caller (``inline``)
+        has the pending tasks run here and now instead, and no job is recorded.
         """
         config, backend, storage = self.config, self.backend, self.storage
+        if backend.runs_in_caller:  # the inline scheduler: the "job" is this thread
+            self.caught.update(inline.run_pending(storage, self.id))
+            return "inline"
         port = self.port
         if port is None:
             raise RuntimeError(f"request {self.id} has no server port recorded")

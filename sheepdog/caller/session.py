@@ -163,7 +163,8 @@ class Session:
         backend.check()
         database = self.owner(conf.dbfile)
         storage = database.storage
-        server = database.server(conf, wait=False)  # starts while the arguments are stored
+        # Started while the arguments are stored; the inline scheduler's tasks call no server.
+        server = None if backend.runs_in_caller else database.server(conf, wait=False)
         request_id = storage.create_request(
             function_blob, argument_blobs, secrets.token_urlsafe(32), backend.name,
             _stored_config(conf),
@@ -180,9 +181,10 @@ class Session:
         if not argument_blobs:
             return request
         try:
-            server.start()
-            request.remember_server(server)
-            request.deliver_key()
+            if server is not None:
+                server.start()
+                request.remember_server(server)
+                request.deliver_key()
             request.submit_job()
         except Exception as error:
             for index in range(1, len(argument_blobs) + 1):

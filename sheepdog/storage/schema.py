@@ -125,9 +125,20 @@ ALTER TABLE jobs DROP COLUMN chunksize;
 ALTER TABLE jobs DROP COLUMN indices
 """
 
+#: From version 4: the exception a failed task raised, pickled by its worker
+#: (or a pickled ``str`` saying why it could not be), beside its error text.
+_UPGRADE_TO_5 = """
+CREATE TABLE exceptions (
+    request_id INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (request_id, idx)
+)
+"""
+
 #: The schema as scripts, each bringing it one version up: a database of
 #: version N runs the scripts from N on, in one transaction.
-_MIGRATIONS = (_SCHEMA, _UPGRADE_TO_2, _UPGRADE_TO_3, _UPGRADE_TO_4)
+_MIGRATIONS = (_SCHEMA, _UPGRADE_TO_2, _UPGRADE_TO_3, _UPGRADE_TO_4, _UPGRADE_TO_5)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 

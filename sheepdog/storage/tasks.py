@@ -6,7 +6,8 @@ later one); this module chooses the tasks and stores what comes with a
 report. A large result is written to a staging file first, outside the
 transaction, and moved beside the database (see ``payloads.py``) only when
 its report is accepted. The reads return the stored arguments, results and
-error texts, each with the output its task left (see ``outputs.py``).
+error texts, each with the output its task left (see ``outputs.py``), and
+the exception a failed task raised, as its worker pickled it.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ class Tasks:
         return self._payloads.staging_file(f"results-{request_id}", index)
 
     def record_reports(self, request_id: int, reports: Sequence[tuple[int, bool, Any]],
-                       outputs: Sequence[tuple[int, str, Any]] = ()) -> int:
+                       outputs: Sequence[tuple[int, str, Any]] = (),
+                       exceptions: Sequence[tuple[int, Any]] = ()) -> int:
         """Store many (index, failed, payload) reports in one transaction; returns how many.
 
         A payload is the pickled result (bytes-like, or a :class:`PayloadFile`
@@ -105,7 +107,9 @@ class Tasks:
 
         ``outputs`` are (index, stream, bytes) tails of the tasks' output (a
         stream of :data:`~sheepdog.storage.outputs.STREAMS`), kept by the rule
-        of :func:`~sheepdog.storage.outputs.store_outputs`.
+        of :func:`~sheepdog.storage.outputs.store_outputs`. ``exceptions`` are
+        (index, bytes) pickled exceptions of failed reports, kept only with an
+        error report that is accepted (see ``wire/failures.py``).
         """
         staged = {}
         try:
@@ -117,7 +121,7 @@ class Tasks:
                         staged[index] = self._payloads.stage(
                             f"results-{request_id}", index, [payload])
             with self._database.write() as db:
-                accepted = self._store_reports(db, request_id, reports, staged)
+                accepted = self._store_reports(db, request_id, reports, staged, exceptions)
                 store_outputs(db, request_id, outputs, accepted)
         finally:
             for path in staged.values():
@@ -127,8 +131,8 @@ class Tasks:
         return len(accepted)
 
     def _store_reports(self, db: sqlite3.Connection, request_id: int,
-                       reports: Sequence[tuple[int, bool, Any]], staged: Mapping[int, str]
-                       ) -> set[int]:
+                       reports: Sequence[tuple[int, bool, Any]], staged: Mapping[int, str],
+                       exceptions: Sequence[tuple[int, Any]]) -> set[int]:
         """Inside a transaction: the tasks' own reports, except where one was already stored."""
         done = states.apply(db, "finish", request_id,
                             [index for index, failed, _payload in reports if not failed])
@@ -147,6 +151,10 @@ class Tasks:
                          int(staged_file is not None)))
         db.executemany("INSERT OR REPLACE INTO results (request_id, idx, data, in_file) "
                        "VALUES (?, ?, ?, ?)", rows)
+        failed_now = set(failed)
+        kept = {index: bytes(data) for index, data in exceptions if index in failed_now}
+        db.executemany("INSERT OR REPLACE INTO exceptions (request_id, idx, data) "
+                       "VALUES (?, ?, ?)", [(request_id, *row) for row in kept.items()])
         return set(done) | set(failed)
 
     def record_unloadable(self, request_id: int, index: int, reason: str) -> bool:
@@ -179,14 +187,15 @@ class Tasks:
     def requeue(self, request_id: int, max_attempts: int, failed_too: bool) -> list[int]:
         """Put lost (and, if asked, failed) tasks with attempts left back in the queue.
 
-        Returns their indices; the output they left goes.
+        Returns their indices; the output and the exception they left go.
         """
         with self._database.write() as db:
             again = states.apply(
                 db, "requeue", request_id, max_attempts=max_attempts,
                 where=f"attempts < :max_attempts AND {states.may_run_again(failed_too)}")
-            db.execute("DELETE FROM outputs WHERE request_id = ? AND idx IN "
-                       "(SELECT value FROM json_each(?))", (request_id, json.dumps(again)))
+            for table in ("outputs", "exceptions"):
+                db.execute(f"DELETE FROM {table} WHERE request_id = ? AND idx IN "
+                           "(SELECT value FROM json_each(?))", (request_id, json.dumps(again)))
         if again:
             self._database.changed()
         return sorted(again)
@@ -263,6 +272,13 @@ class Tasks:
         return [(self._payloads.stored("arguments", request_id, index, data, in_file), state,
                  with_output(error or "", kept.get(index, {})))
                 for index, data, in_file, state, error in rows]
+
+    def task_exception(self, request_id: int, index: int) -> Optional[bytes]:
+        """The pickled exception that failed task ``index`` raised, if its worker sent one."""
+        row = self._database.connection().execute(
+            "SELECT data FROM exceptions WHERE request_id = ? AND idx = ?", (request_id, index)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
 
     def task_logs(self, request_id: int, index: Optional[int] = None) -> list[TaskLog]:
         """What task ``index`` left behind, or else every failed, lost or cancelled task.

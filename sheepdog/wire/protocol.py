@@ -21,7 +21,8 @@ reads it back, so the two sides cannot disagree::
     POST /requests/<rid>/workers/<L>.<T>/lost/<i>/<seq>  how task i (of pull seq)'s process
                                                          ended, UTF-8: it crashed; its worker
                                                          went on
-    POST /requests/<rid>/results                         results, errors and output tails
+    POST /requests/<rid>/results                         results, errors (and their exceptions),
+                                                         output tails
     POST /requests/<rid>/tasks/<i>/result                one pickled result (1 MB or more)
     POST /requests/<rid>/tasks/<i>/error                 one traceback, UTF-8
     POST /requests/<rid>/tasks/<i>/output                one task's output tails, as frames
@@ -48,7 +49,9 @@ header (index, kind, length), the payload, and zero padding to 16 bytes, so
 that every payload starts aligned within the body. A task's report is its
 pickled result or its error text; beside it may travel the tail of what the
 task wrote to stdout and stderr (``STDOUT``, ``STDERR``, or ``OUTPUT`` when both
-went to one file).
+went to one file), and beside an error the exception itself, pickled
+(``EXCEPTION``, within ``failures.MAX_EXCEPTION_BYTES``), which travels only in
+a ``results`` body.
 
 **Sizes.** An error report must always fit, or a task that failed would be
 lost instead: the server accepts error and output bodies of up to
@@ -100,7 +103,9 @@ STDOUT, STDERR, OUTPUT = 3, 4, 5
 OUTPUT_KINDS = (STDOUT, STDERR, OUTPUT)
 #: The answer to a pull that finds no task yet, while other workers may give some back.
 WAIT = 6
-_KINDS = (ARGUMENTS, RESULT, ERROR) + OUTPUT_KINDS + (WAIT,)
+#: The exception a task raised, pickled, beside its ``ERROR`` text (see ``failures.py``).
+EXCEPTION = 7
+_KINDS = (ARGUMENTS, RESULT, ERROR) + OUTPUT_KINDS + (WAIT, EXCEPTION)
 
 #: The largest task index a path or frame may name (SQLite integers are signed 64-bit).
 MAX_INDEX = 2**62

@@ -142,6 +142,8 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     """
 
     def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, types.CodeType):
+            return _code_reduce_keeping_its_file(obj)
         if isinstance(obj, types.FunctionType) and not module_is_installed(obj.__module__):
             return self._dynamic_function_reduce(obj)
         if not isinstance(obj, type):
@@ -153,6 +155,24 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         if reduced is not NotImplemented and "__slots__" in vars(obj):
             _keep_slots(obj, reduced)
         return reduced
+
+
+def _code_reduce_keeping_its_file(code: types.CodeType) -> Any:
+    """cloudpickle's reduction of a code object, with its real file name.
+
+    cloudpickle names the file of all code it ships ``<dynamic-code>``; keeping
+    the real one lets a traceback of a task name the user's own file and
+    line, and a debugger (the ``inline`` scheduler) show its source.
+    """
+    rebuild, arguments = cloudpickle.cloudpickle._code_reduce(code)
+    arguments = tuple(code.co_filename if argument == _CLOUDPICKLE_FILE_NAME else argument
+                      for argument in arguments)
+    return rebuild, arguments
+
+
+#: The file name cloudpickle gives the code it ships (no identifier or constant tuple
+#: among a code object's other reduced arguments can equal it).
+_CLOUDPICKLE_FILE_NAME = "<dynamic-code>"
 
 
 def _keep_slots(cls: type, reduced: tuple[Any, ...]) -> None:
@@ -312,6 +332,33 @@ def dumps_argument(position: int, arguments: Sequence[Any]) -> list[Buffer]:
             f"argument {position} ({_short_repr(arguments)}) cannot be serialised: "
             f"{type(error).__name__}: {error}"
         ) from error
+
+
+def dumps_call(position: int, arguments: Sequence[Any], keywords: Mapping[str, Any]
+               ) -> list[Buffer]:
+    """Serialise one call's positional and keyword arguments (see :func:`call_arguments`).
+
+    Without keywords this is :func:`dumps_argument`. With them the payload is
+    the dict ``{"args": arguments, "kwargs": keywords}``: a task's positional
+    arguments always travel as a tuple, so the two cannot be mistaken.
+    """
+    if not keywords:
+        return dumps_argument(position, arguments)
+    try:
+        return dumps_parts({"args": tuple(arguments), "kwargs": dict(keywords)})
+    except Exception as error:
+        raise SerialisationError(
+            f"argument {position} ({_short_repr((tuple(arguments), dict(keywords)))}) cannot "
+            f"be serialised: {type(error).__name__}: {error}"
+        ) from error
+
+
+def call_arguments(loaded: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``(args, kwargs)`` of a loaded task payload: a tuple of positional arguments, or
+    the dict that :func:`dumps_call` made for a call with keyword arguments."""
+    if isinstance(loaded, dict):
+        return tuple(loaded["args"]), dict(loaded["kwargs"])
+    return tuple(loaded), {}
 
 
 def referenced_global_names(code: types.CodeType) -> set[str]:

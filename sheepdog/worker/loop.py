@@ -27,13 +27,14 @@ import time
 from types import FrameType
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+from ..wire.failures import error_bytes
 from ..wire.protocol import ERROR, WAIT, unpack_frames, worker_name
 from ..wire.settings import WorkerSettings
 from .batching import BatchSize
 from .client import Client, read_key
 from .lifeline import die_with_parent
 from .output import TaskOutput
-from .runner import Runner, error_bytes, run_tasks
+from .runner import Runner, run_tasks
 from .supervisor import Supervisor
 
 #: How long a worker waits to ask again when the server has no task for it yet, but

@@ -4,8 +4,9 @@ Embedded verbatim in the job file beside ``protocol``, ``client`` and
 ``output`` (see ``loop.py``), so it imports only the standard library and
 those. The worker forks it and stays behind as its supervisor.
 
-The runner loads ``f`` and runs ``f(*args)`` for each task. It hands each
-report (the pickled result, or the full traceback when ``f`` raised) to the
+The runner loads ``f`` and runs ``f(*args, **kwargs)`` for each task. It hands each
+report (the pickled result, or when ``f`` raised the full traceback and the
+pickled exception, see ``wire/failures.py``) to the
 supervisor through a socket pair before the next task starts, which costs
 microseconds, so that a task that kills its process costs no other task its
 result. A result of 1 MB or more is posted by the runner itself before its
@@ -30,11 +31,12 @@ import traceback
 from typing import TYPE_CHECKING, Any, Callable, Iterable, NoReturn, Optional, Union
 
 from ..wire import serialisation
+from ..wire.failures import describe_failure, dumps_exception, error_bytes
 from ..wire.protocol import (
     ALONE_BYTES,
     DISK_FULL_STATUS,
     ERROR,
-    MAX_ERROR_BYTES,
+    EXCEPTION,
     RESULT,
     Buffer,
     coalesce,
@@ -53,7 +55,7 @@ if TYPE_CHECKING:
 # a task starts (and so the one before it ended), the last task ended (both with
 # the output files' positions then), a task's result was posted by the runner itself.
 STARTED, ENDED, POSTED = 100, 101, 102
-RUNNER_KINDS = (RESULT, ERROR, STARTED, ENDED, POSTED)
+RUNNER_KINDS = (RESULT, ERROR, EXCEPTION, STARTED, ENDED, POSTED)
 
 
 def limit_memory(limit_bytes: int) -> None:
@@ -61,33 +63,6 @@ def limit_memory(limit_bytes: int) -> None:
     import resource
 
     resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
-
-
-def error_bytes(text: str) -> bytes:
-    """``text`` as UTF-8 of at most ``MAX_ERROR_BYTES``, whatever characters it holds.
-
-    Characters that UTF-8 cannot encode (lone surrogates, as in a file name
-    that was not UTF-8) are escaped; a long text keeps its head and its tail.
-    """
-    data = text.encode("utf-8", "backslashreplace")
-    if len(data) <= MAX_ERROR_BYTES:
-        return data
-    note = b"\n... (traceback shortened) ...\n"
-    half = (MAX_ERROR_BYTES - len(note)) // 2
-    return (data[:half].decode("utf-8", "ignore").encode() + note
-            + data[-half:].decode("utf-8", "ignore").encode())
-
-
-def describe_failure(error: BaseException, skip_frames: int = 0) -> str:
-    """The traceback of ``error`` as text, from its ``skip_frames``-th frame on."""
-    frames = error.__traceback__
-    for _ in range(skip_frames):
-        frames = frames.tb_next if frames is not None else None
-    try:
-        return "".join(traceback.format_exception(type(error), error, frames))
-    except BaseException as failure:  # noqa: B902 - a text must come out of this
-        return (f"{type(error).__module__}.{type(error).__qualname__} was raised, and its "
-                f"traceback could not be formatted ({type(failure).__name__})")
 
 
 def refused_result(size: int, error: PermanentHTTPError) -> str:
@@ -101,10 +76,17 @@ def run_one(function: Callable[..., Any], index: int, arguments: Buffer,
             reports: RunnerReports) -> None:
     """Run ``f`` on one task's arguments and hand over its report; never raises for ``f``'s faults."""
     try:
-        result = function(*serialisation.loads(arguments))
+        args, kwargs = serialisation.call_arguments(serialisation.loads(arguments))
+    except BaseException as error:  # noqa: B902 - a class or module missing here, say
+        reports.report(index, ERROR, error_bytes(
+            "the arguments could not be loaded on this worker:\n" + describe_failure(error)))
+        return
+    try:
+        result = function(*args, **kwargs)
     except BaseException as error:  # noqa: B902 - SystemExit from f is the user's error too
         # Start the traceback at the user's function, not at this frame.
         reports.report(index, ERROR, error_bytes(describe_failure(error, skip_frames=1)))
+        reports.report(index, EXCEPTION, dumps_exception(error))
         return
     try:
         payload = serialisation.dumps_parts(result)

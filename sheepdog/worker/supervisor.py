@@ -23,9 +23,11 @@ import socket
 import time
 from typing import Callable, Iterable, Optional
 
+from ..wire.failures import error_bytes
 from ..wire.protocol import (
     DISK_FULL_STATUS,
     ERROR,
+    EXCEPTION,
     RESULT,
     Buffer,
     Frame,
@@ -36,16 +38,7 @@ from ..wire.protocol import (
 )
 from .client import Client, PermanentHTTPError, log
 from .output import TaskOutput
-from .runner import (
-    ENDED,
-    POSTED,
-    RUNNER_KINDS,
-    STARTED,
-    Claims,
-    Runner,
-    error_bytes,
-    refused_result,
-)
+from .runner import ENDED, POSTED, RUNNER_KINDS, STARTED, Claims, Runner, refused_result
 
 #: Reports are posted together once this many bytes or seconds have gathered.
 FLUSH_BYTES = 8 << 20
@@ -186,7 +179,7 @@ class Supervisor:
                 self.current_since = time.monotonic()
             elif kind == POSTED:
                 self.remaining.discard(index)
-            elif kind in (RESULT, ERROR):
+            elif kind in (RESULT, ERROR, EXCEPTION):
                 self.queue(index, kind, bytes(payload))
 
     def _crashed(self, status: int, index: int, start: bytes) -> None:
@@ -294,7 +287,14 @@ class Supervisor:
             index for index, kind, _payload in frames if kind in (RESULT, ERROR))
 
     def _post_alone(self, client: Client, index: int, kind: int, payload: bytes) -> None:
-        """Post one report by itself; a result the server refuses becomes an error."""
+        """Post one report by itself; a result the server refuses becomes an error.
+
+        A pickled exception is left out: only a ``results`` body carries it, and
+        its error text says what the task raised (the caller then raises
+        ``TaskError``).
+        """
+        if kind == EXCEPTION:
+            return
         route = {RESULT: "result", ERROR: "error"}.get(kind, "output")
         try:
             client.request(route, payload if route != "output"
