@@ -136,6 +136,7 @@ def test_results_returned_to_any_caller_survive_other_handles_readers_and_kills(
             stored = sheepdog.get_results(request_id, dbfile, block=False)
             assert stored[index - 1][1] == value, (kind, request_id, index)
         checked += 1
+    print(f"\n{checked} returned results checked; {len(victims)} of {WRITERS} writers killed")
     assert checked >= len(survivors) * ROUNDS // 4  # the writers did return results
     with sqlite3.connect(dbfile) as connection:
         assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -95,7 +95,7 @@ def sleepy(x):
 def test_quickstart_examples_return_what_the_quickstart_shows(scheduler):
     conf, _spec = scheduler
     results = run_doctest(QUICKSTART, conf)
-    assert results.failed == 0 and results.attempted == 15
+    assert results.failed == 0 and results.attempted == 17
 
 
 def test_two_hundred_tasks(scheduler):
