@@ -83,7 +83,7 @@ def test_a_failed_tasks_prints_and_logging_come_with_its_error(local_conf):
 
 
 def test_a_task_that_closes_or_replaces_its_streams_costs_the_next_task_nothing(local_conf):
-    """One batch of five in one runner: the odd tasks close sys.stdout, replace
+    """One batch of seven in one runner: tasks 1, 3 and 5 close sys.stdout, replace
     sys.stderr or close descriptor 1; the task after each still prints and succeeds,
     and its output is kept."""
     def rude(x):
@@ -101,11 +101,11 @@ def test_a_task_that_closes_or_replaces_its_streams_costs_the_next_task_nothing(
             os.close(1)
         return x
 
-    conf = {**local_conf, "chunksize": 6, "workers": 1}
-    assert sheepdog.map(rude, [(x,) for x in range(6)], conf, verbose=False) == list(range(6))
+    conf = {**local_conf, "chunksize": 7, "workers": 1}
+    assert sheepdog.map(rude, [(x,) for x in range(7)], conf, verbose=False) == list(range(7))
     request_id = max_request(local_conf)
     storage = sheepdog.api.default_session().storage(local_conf["dbfile"])
-    for index in (3, 5):  # the tasks after a close and after a replacement (x = index - 1)
+    for index in (3, 5, 7):  # the tasks after each (x = index - 1)
         shown = "".join(storage.task_logs(request_id, index)[0].output.values())
         assert f"task {index - 1} here" in shown and f"task {index - 1} on stderr" in shown
 

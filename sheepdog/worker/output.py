@@ -41,6 +41,8 @@ class TaskOutput:
 
     def __init__(self) -> None:
         self.files: list[list[int]] = []  # [kind, descriptor written to, descriptor to read from]
+        #: (device, inode) of each file: a task that closed or replaced a descriptor shows.
+        self.identities: list[tuple[int, int]] = []
         seen: dict[tuple[int, int], list[int]] = {}
         for descriptor, kind in ((1, STDOUT), (2, STDERR)):
             try:
@@ -57,6 +59,7 @@ class TaskOutput:
             if reader is not None:
                 seen[identity] = [kind, descriptor, reader]
                 self.files.append(seen[identity])
+                self.identities.append(identity)
 
     def positions(self) -> bytes:
         """The files' sizes now, packed; what Python buffered for them is written first."""
@@ -68,11 +71,21 @@ class TaskOutput:
                     stream.flush()
                 except Exception:  # noqa: S110 - a closed stream has nothing to add
                     pass
+        sizes = self._sizes()
+        if sizes is None:  # the last task closed or replaced a descriptor: put ours back
+            restore_descriptors()
+            sizes = self._sizes()
+        return _NO_POSITIONS if sizes is None else _POSITIONS.pack(*(sizes + [-1, -1])[:2])
+
+    def _sizes(self) -> Optional[list[int]]:
+        """The files' sizes, or None when a descriptor no longer writes to its file."""
         try:
-            sizes = [os.fstat(descriptor).st_size for _kind, descriptor, _reader in self.files]
-        except OSError:  # the task closed its stdout
-            return _NO_POSITIONS
-        return _POSITIONS.pack(*(sizes + [-1, -1])[:2])
+            statuses = [os.fstat(descriptor) for _kind, descriptor, _reader in self.files]
+        except OSError:
+            return None
+        if [(status.st_dev, status.st_ino) for status in statuses] != self.identities:
+            return None
+        return [status.st_size for status in statuses]
 
     def tails(self, start: Buffer, end: Buffer) -> list[tuple[int, bytes]]:
         """(kind, bytes) of each stream written between two :meth:`positions`."""
@@ -136,12 +149,24 @@ def unbuffer_output() -> None:
 
 
 def restore_output() -> None:
-    """Give the next task the runner's stdout and stderr, whatever the last one did.
+    """Give the next task the runner's ``sys.stdout`` and ``sys.stderr``, whatever the
+    last one did with them.
 
-    A task may close or replace ``sys.stdout`` or ``sys.stderr``, or close
-    descriptor 1 or 2; the next task of its batch must neither fail for it
-    (under its own name) nor write where the last one pointed them.
+    A task may close or replace them; the next task of its batch must neither
+    fail for it (under its own name) nor write where the last one pointed
+    them. This runs before every task, so it only compares objects: the
+    descriptors behind them are checked when :meth:`TaskOutput.positions`
+    finds one gone (see :func:`restore_descriptors`).
     """
+    for name, stream in _STREAMS.items():
+        if stream.closed:
+            stream = _STREAMS[name] = _unbuffered(1 if name == "stdout" else 2, stream)
+        if getattr(sys, name) is not stream:
+            setattr(sys, name, stream)
+
+
+def restore_descriptors() -> None:
+    """Put back descriptors 1 and 2 if a task closed or replaced them."""
     for descriptor, copy in _COPIES.items():
         try:
             same = os.path.sameopenfile(copy, descriptor)
@@ -149,11 +174,6 @@ def restore_output() -> None:
             same = False
         if not same:
             os.dup2(copy, descriptor)
-    for name, stream in _STREAMS.items():
-        if stream.closed:
-            stream = _STREAMS[name] = _unbuffered(1 if name == "stdout" else 2, stream)
-        if getattr(sys, name) is not stream:
-            setattr(sys, name, stream)
 
 
 def _unbuffered(descriptor: int, like: io.TextIOBase) -> _Unbuffered:
