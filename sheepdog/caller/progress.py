@@ -51,8 +51,10 @@ def describe(progress: Progress, elapsed: float) -> str:
 def _counts(progress: Progress, elapsed: float) -> str:
     """Counts, rate and time left, without the bar."""
     parts = [f"{progress.finished}/{progress.total} finished"]
-    if progress.running:
-        parts.append(f"{progress.running} running")
+    if progress.executing:
+        parts.append(f"{progress.executing} running")
+    if progress.queued:
+        parts.append(f"{progress.queued} queued at workers")
     if progress.failed:
         parts.append(f"{progress.failed} failed")
     if progress.lost:

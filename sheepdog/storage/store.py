@@ -285,6 +285,9 @@ class Storage:
     def dashboard_failures(self, request_id: int, limit: int) -> list[TaskLog]:
         return self.summaries.dashboard_failures(request_id, limit)
 
+    def argument_reprs(self, request_id: int, indices: Sequence[int]) -> dict[int, str]:
+        return self.summaries.argument_reprs(request_id, indices)
+
     def error_tails(self, request_id: int, limit: int) -> list[tuple[int, str]]:
         return self.summaries.error_tails(request_id, limit)
 

@@ -8,14 +8,20 @@ here writes.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+import json
+from typing import NamedTuple, Optional, Sequence
 
 from .connection import Database
 from .outputs import read_outputs
 from .payloads import PayloadFile
 from .requests import Requests
+from ..wire import serialisation
 from .states import (DONE, FAILED, PENDING, RUNNING, UNSUCCESSFUL, UNSUCCESSFUL_SQL,
                      may_run_again)
+
+
+#: How much of a task's arguments the dashboard and ``sheepdog errors --json`` show.
+REPR_CHARS = 200
 
 
 class TaskLog(NamedTuple):
@@ -132,6 +138,33 @@ class Summaries:
             "WHERE t.request_id = ? AND t.state IN (?, ?) AND ran IS NOT NULL",
             (request_id, DONE, FAILED))
         return [row[0] for row in rows]
+
+    def argument_reprs(self, request_id: int, indices: Sequence[int],
+                       limit: int = REPR_CHARS) -> dict[int, str]:
+        """index -> the task's arguments as ``f(...)`` saw them, a repr cut to ``limit``
+        characters; arguments kept in a file (1 MB or more) are not loaded, only sized."""
+        reprs = {}
+        for index, payload in self._tasks_arguments(request_id, indices).items():
+            if isinstance(payload, PayloadFile):
+                reprs[index] = f"(arguments of {len(payload)} bytes, kept in a file)"
+                continue
+            loaded, value = serialisation.load_or_describe(payload)
+            if not loaded:
+                reprs[index] = f"(arguments that cannot be loaded here: {value})"
+                continue
+            args, kwargs = serialisation.call_arguments(value)
+            text = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+            reprs[index] = text if len(text) <= limit else text[:limit - 1] + "…"
+        return reprs
+
+    def _tasks_arguments(self, request_id: int, indices: Sequence[int]
+                         ) -> dict[int, bytes | PayloadFile]:
+        rows = self._database.connection().execute(
+            "SELECT idx, data, in_file FROM arguments WHERE request_id = ? AND idx IN "
+            "(SELECT value FROM json_each(?))", (request_id, json.dumps(list(indices))))
+        stored = self._database.payloads.stored
+        return {index: stored("arguments", request_id, index, data, in_file)
+                for index, data, in_file in rows}
 
     def error_tails(self, request_id: int, limit: int, chars: int = 400) -> list[tuple[int, str]]:
         """(index, the last ``chars`` characters of its error) of the first ``limit``
