@@ -41,10 +41,9 @@ def elapsed(summary: RequestSummary, now: float) -> float:
 
 def task_counts(summary: RequestSummary) -> dict[str, int]:
     """The request's tasks by state, with held tasks split into running and queued."""
-    counts = {state: summary.counts.get(state, 0) for state in COUNTS if state != "queued"}
-    counts[RUNNING] = summary.executing
-    counts["queued"] = summary.counts.get(RUNNING, 0) - summary.executing
-    return counts
+    held = summary.counts.get(RUNNING, 0)
+    split = {RUNNING: summary.executing, "queued": held - summary.executing}
+    return {state: split.get(state, summary.counts.get(state, 0)) for state in COUNTS}
 
 
 def request_record(summary: RequestSummary, now: float) -> dict[str, Any]:
@@ -60,11 +59,10 @@ def request_record(summary: RequestSummary, now: float) -> dict[str, Any]:
 
 def log_record(entry: TaskLog, arguments: Optional[str] = None) -> dict[str, Any]:
     """A task's state, error and output, as ``logs --json`` and ``errors --json`` give it."""
-    record: dict[str, Any] = {"index": entry.task, "state": entry.state,
-                              "error": entry.error, "output": entry.output}
+    record: dict[str, Any] = {"index": entry.task, "state": entry.state}
     if arguments is not None:
         record["arguments"] = arguments
-    return record
+    return {**record, "error": entry.error, "output": entry.output}
 
 
 def duration(text: str) -> float:

@@ -61,6 +61,7 @@ class Requests:
         dashboard show.
         """
         module, name = function_name or (None, None)
+        module = module or None  # a function defined where there was no module name
         staged: dict[int, str] = {}  # index -> file written, to be renamed into place
         try:
             rows = [self._argument_row(index, payload, staged)
