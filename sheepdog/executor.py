@@ -228,7 +228,8 @@ class Executor(concurrent.futures.Executor):
             try:
                 request = self._session.submit_serialised(
                     wanted[0].function_blob, [s.arguments for s in wanted],
-                    self._config_for(chunksize), self._origins, function_name(wanted[0].function))
+                    self._config_for(chunksize), self._origins,
+                    function_name(wanted[0].function))
             except Exception as error:  # the scheduler's refusal is each future's error
                 for submission in wanted:
                     _settle(submission.future, None, error)

@@ -73,7 +73,8 @@ TRANSITIONS: Mapping[str, Transition] = {
     # Another attempt: back in the queue, with no lease and no error.
     "requeue": Transition((LOST, FAILED), PENDING, (
         ("error", "NULL"), ("worker", "NULL"), ("batch", "NULL"), ("started", "NULL"),
-        ("began", "NULL"), ("seconds", "NULL"), ("heartbeat", "NULL"), ("kill_notice", "NULL"), ("attempts", "attempts + 1"))),
+        ("began", "NULL"), ("seconds", "NULL"), ("heartbeat", "NULL"), ("kill_notice", "NULL"),
+        ("attempts", "attempts + 1"))),
     # A result that arrived but cannot be loaded by the caller.
     "unloadable": Transition((DONE,), FAILED, (("error", ":reason"),)),
 }
