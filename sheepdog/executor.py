@@ -37,7 +37,7 @@ from .caller.completion import FIRST_DELAY, LONGEST_DELAY, TaskFollower
 from .config import Config, resolve_with_origins
 from .caller.outcomes import outcome
 from .caller.request import Request
-from .caller.session import Session
+from .caller.session import Session, function_name
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class Executor(concurrent.futures.Executor):
             function_blob = serialisation.dumps_function(fn, self.ns)
         futures: "list[Future[Any]]" = [Future() for _ in calls]
         if self._inline:
-            self._run_inline(function_blob, arguments, futures, chunksize)
+            self._run_inline(function_blob, arguments, futures, chunksize, function_name(fn))
             return futures
         with self._lock:
             self._refuse_after_shutdown()
@@ -161,10 +161,11 @@ class Executor(concurrent.futures.Executor):
         return futures
 
     def _run_inline(self, function_blob: bytes, arguments: list[Any],
-                    futures: "list[Future[Any]]", chunksize: Optional[int]) -> None:
+                    futures: "list[Future[Any]]", chunksize: Optional[int],
+                    name: tuple[str, str]) -> None:
         """The inline scheduler: run the calls here and now, in order, as one request."""
         request = self._session.submit_serialised(function_blob, arguments,
-                                                  self._config_for(chunksize))
+                                                  self._config_for(chunksize), name=name)
         changes = request.storage.task_changes(request.id, 0.0, 1, False)
         for change in sorted(changes, key=lambda change: change.task):
             future = futures[change.task - 1]
@@ -227,7 +228,8 @@ class Executor(concurrent.futures.Executor):
             try:
                 request = self._session.submit_serialised(
                     wanted[0].function_blob, [s.arguments for s in wanted],
-                    self._config_for(chunksize), self._origins)
+                    self._config_for(chunksize), self._origins,
+                    function_name(wanted[0].function))
             except Exception as error:  # the scheduler's refusal is each future's error
                 for submission in wanted:
                     _settle(submission.future, None, error)

@@ -122,13 +122,14 @@ def test_only_requests_with_open_tasks_are_served_unless_named(storage):
 def test_status_prints_how_far_a_request_has_come(storage, dbfile):
     request_id = storage.create_request(b"fn", [b"a"] * 3, "secret", "local")
     worker = f"{storage.add_workers(request_id, 1)}.1"
-    assert storage.pull(request_id, worker, 1, 2) == [1, 2]
-    storage.record_reports(request_id, [(1, False, b"r")])
+    assert storage.pull(request_id, worker, 1, 3, 3) == [1, 2, 3]
+    storage.tasks.record_reports(request_id, [(1, False, b"r")], begun=[1, 2])
     status = subprocess.run([sys.executable, "-m", "sheepdog", "status", str(request_id),
                              "--dbfile", dbfile], cwd=REPOSITORY, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": REPOSITORY}, timeout=60)
-    assert (status.returncode, status.stdout) == (
-        cli.EXIT_RUNNING, "sheepdog: [########----------------] 1/3 finished, 1 running\n")
+    assert status.returncode == cli.EXIT_RUNNING
+    assert status.stdout.startswith("sheepdog: [########----------------] 1/3 finished, "
+                                    "1 running, 1 queued at workers | ")
 
 
 def test_status_of_an_unknown_request_names_it(storage, dbfile, capsys):
@@ -178,10 +179,13 @@ def run(capsys, *argv):
 def test_list_shows_each_request_with_its_age_and_its_tasks_by_state(finished, capsys):
     code, out, _ = run(capsys, "list", "--dbfile", finished)
     header, first, second = out.splitlines()
-    assert header.split() == ["ID", "CREATED", "DONE", "FAILED", "LOST", "CANCELLED", "RUNNING",
-                              "PENDING", "TOTAL"]
-    assert re.fullmatch(r" *1 +\d+ s ago +2 +1 +0 +0 +0 +0 +3", first)
-    assert re.fullmatch(r" *2 +\d+ s ago +2 +0 +0 +0 +0 +0 +2", second)
+    assert header.split() == ["ID", "FUNCTION", "CREATED", "ELAPSED", "STATE", "DONE", "FAILED",
+                              "LOST", "CANCELLED", "RUNNING", "QUEUED", "PENDING", "TOTAL"]
+    function = "tests.test_cli.invert"
+    assert re.fullmatch(rf" *1  {function} +\d+ s ago +\d+ s +failed +2 +1 +0 +0 +0 +0 +0 +3",
+                        first)
+    assert re.fullmatch(rf" *2  {function} +\d+ s ago +\d+ s +done +2 +0 +0 +0 +0 +0 +0 +2",
+                        second)
     assert code == cli.EXIT_DONE
 
 
@@ -340,7 +344,8 @@ def test_the_entry_point_gives_its_version_and_plain_help_with_the_exit_codes():
         assert re.search(r"^  3  the request is still running", help_text, re.MULTILINE)
         assert "--dbfile DBFILE" in help_text or not argv
     listed = re.findall(r"^    (\w+) ", sheepdog_command("--help").stdout, re.MULTILINE)
-    assert listed == ["list", "status", "results", "errors", "logs", "cancel", "serve", "config"]
+    assert listed == ["list", "status", "results", "errors", "logs", "cancel", "serve", "config",
+                      "dashboard"]
 
 
 def test_the_entry_point_reads_results_as_json(finished):

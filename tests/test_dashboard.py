@@ -123,6 +123,7 @@ def test_request_api_shows_failures_with_their_traceback_and_output(client, requ
     detail = client.get(f"/dashboard/api/requests/{request_id}", headers=bearer()).get_json()
     assert detail["counts"] == {"done": 2, "failed": 1, "running": 1, "pending": 1}
     assert detail["failures"] == [{"index": 3, "state": "failed",
+                                   "arguments": detail["failures"][0]["arguments"],
                                    "error": "Traceback ...\nValueError: <b>x</b>",
                                    "output": {"stderr": "last words"}}]
     assert sum(detail["throughput"]["counts"]) == 3
@@ -378,3 +379,51 @@ def test_sheepdog_dashboard_opens_the_browser_on_a_private_file_not_on_the_token
     token = re.search(r"token=([\w-]+)", page).group(1)
     assert uri.startswith("file://") and token not in uri and mode == 0o600
     assert not os.path.exists(urllib.parse.urlparse(uri).path)  # gone with the dashboard
+
+
+def test_the_dashboard_names_each_requests_function_and_splits_running_from_queued(
+        client, storage):
+    request_id = storage.create_request(b"f", [b"a"] * 3, "s", "local", {},
+                                        ("__main__", "simulate"))
+    storage.pull(request_id, f"{storage.add_workers(request_id, 1)}.1", 1, 3, 3)
+    storage.tasks.record_reports(request_id, [], begun=[1])
+    listed, = client.get("/dashboard/api/requests", headers=bearer()).get_json()["requests"]
+    detail = client.get(f"/dashboard/api/requests/{request_id}", headers=bearer()).get_json()
+    for answer in (listed, detail):
+        assert (answer["module"], answer["function"]) == ("__main__", "simulate")
+        assert (answer["executing"], answer["queued"], answer["counts"]) == (
+            1, 2, {"running": 3})
+        assert answer["eta"] is None and answer["elapsed"] >= 0
+    tasks = client.get(f"/dashboard/api/requests/{request_id}/tasks",
+                       headers=bearer()).get_json()["tasks"]
+    assert [task["began"] is not None for task in tasks] == [True, False, False]
+
+
+def fails(x):
+    if x % 3 == 0:
+        raise ValueError(f"bad input {x}")
+    if x % 3 == 1:
+        raise KeyError(f"missing {x}")
+    return x
+
+
+def test_failure_cards_show_arguments_and_failures_group_by_type_and_message(local_conf):
+    sheepdog.map(fails, [(x,) for x in range(9)], local_conf, verbose=False)
+    client = create_app(local_conf["dbfile"], TOKEN).test_client()
+    detail = client.get("/dashboard/api/requests/1", headers=bearer()).get_json()
+    assert [(f["index"], f["arguments"]) for f in detail["failures"]] == [
+        (1, "0"), (2, "1"), (4, "3"), (5, "4"), (7, "6"), (8, "7")]
+    assert detail["function"] == "fails" and detail["eta"] == 0
+    assert [(g["count"], g["exception"], g["pattern"], g["first"])
+            for g in detail["failure_groups"]] == [
+        (3, "ValueError", "bad input …", 1), (3, "KeyError", "…", 2)]
+    assert detail["grouped"] == 6
+
+
+def test_the_eta_is_what_is_left_at_the_rate_so_far():
+    from sheepdog.dashboard.app import eta
+    from sheepdog.storage.summaries import RequestSummary
+
+    summary = RequestSummary(1, 100.0, "local", 10, {"done": 2, "running": 8})
+    assert eta(summary, 110.0) == pytest.approx(40.0)
+    assert eta(summary._replace(counts={"pending": 10}), 110.0) is None

@@ -2,6 +2,7 @@
 backend, in a directory of their own and with a config file of their own."""
 
 from sheepdog.cli import commands as cli
+from sheepdog.cli import records
 
 from .support.doc_pages import run_page, toml_example
 
@@ -22,9 +23,10 @@ def test_the_configuration_pages_examples_run_with_its_own_config_file(tmp_path,
 def test_the_command_pages_examples_run_against_the_maps_it_shows(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # The page shows requests made minutes ago; ages have a test of their own.
-    monkeypatch.setattr(cli, "age", lambda seconds: "3 min ago")
+    monkeypatch.setattr(records, "age", lambda seconds: "3 min ago")
+    monkeypatch.setattr(records, "span", lambda seconds: "1 s")
     results = run_page("cli.rst")
-    assert results.failed == 0 and results.attempted == 11
+    assert results.failed == 0 and results.attempted == 16
 
 
 def test_a_page_that_says_otherwise_than_the_command_fails(tmp_path, monkeypatch):

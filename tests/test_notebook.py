@@ -104,6 +104,8 @@ def test_executor_and_progress_in_a_jupyter_kernel(kernel, tmp_path, widgets):
     results = [output for output in mapped.outputs if output.output_type == "execute_result"]
     assert not streams  # no stderr lines of progress
     assert len(displays) == 1
+    assert displays[0].data["text/plain"].startswith("sheepdog: [")  # the text, not a repr
+    assert "4/4 finished" in displays[0].data["text/plain"]
     assert results[0].data["text/plain"] == "['woke', 'woke', 'woke', 'woke']"
     if widgets:
         view = displays[0].data["application/vnd.jupyter.widget-view+json"]

@@ -6,12 +6,16 @@ import logging
 import sys
 import types
 
+import pytest
+
 import sheepdog
 from sheepdog.caller import progress
 from sheepdog.caller.progress import (
     LineDisplay,
     NotebookDisplay,
+    Shown,
     TerminalDisplay,
+    bar_style,
     describe,
     progress_display,
     stream_writer,
@@ -150,10 +154,33 @@ def test_in_a_notebook_with_ipywidgets_a_bar_and_label_are_updated(monkeypatch):
     assert isinstance(display, NotebookDisplay) and display.uses_widgets
     display.update(Progress(total=5, done=5))
     display.close()
-    assert len(shown) == 1  # the box, shown once; the widgets update themselves
-    bar, label = shown[0][1].children[0]
+    # the box, shown once (the widgets update themselves), and its text at the end
+    assert [kind for kind, _ in shown] == ["display", "update"]
+    bar, label = display._widgets
     assert (bar.value, bar.max, bar.bar_style) == (5, 5, "success")
     assert label.value.startswith("5/5 finished")
+
+
+@pytest.mark.parametrize("progress, during, end", [
+    (Progress(total=4, done=4), "", "success"),
+    (Progress(total=4, done=2, running=2), "", ""),
+    (Progress(total=4, done=3, lost=1), "warning", "warning"),
+    (Progress(total=4, done=1, lost=1, failed=2), "danger", "danger"),
+])
+def test_the_widget_bar_turns_to_a_warning_or_error_colour_when_tasks_were_lost_or_failed(
+        progress, during, end):
+    assert (bar_style(progress), bar_style(progress, closing=True)) == (during, end)
+
+
+def test_the_plain_text_of_a_notebook_display_is_the_progress_line_not_a_repr():
+    shown = Shown("<progress></progress>", "sheepdog: [####] 4/4 finished")
+    assert shown._repr_mimebundle_() == {"text/html": "<progress></progress>",
+                                         "text/plain": "sheepdog: [####] 4/4 finished"}
+    widget_view = {"text/plain": "HBox(children=(IntProgress(...)))",
+                   "application/vnd.jupyter.widget-view+json": {"model_id": "m"}}
+    bundle = Shown(widget_view, "sheepdog: 1/4 finished")._repr_mimebundle_()
+    assert bundle["text/plain"] == "sheepdog: 1/4 finished"
+    assert bundle["application/vnd.jupyter.widget-view+json"] == {"model_id": "m"}
 
 
 def test_terminal_ipython_without_a_kernel_is_not_a_notebook(monkeypatch):

@@ -197,7 +197,7 @@ def test_a_version_2_database_is_upgraded_in_place_with_its_rows_kept(dbfile):
         raw.executescript(VERSION_2_SCHEMA)
     storage = Storage(dbfile)
     with sqlite3.connect(dbfile) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     progress = storage.progress(1)
     assert (progress.done, progress.running, progress.failed) == (1, 1, 1)
     assert storage.errors(1) == [(b"\xa3", "failed", "it raised")]
@@ -250,7 +250,7 @@ def test_a_version_4_database_is_upgraded_and_keeps_the_exception_of_a_failed_ta
         raw.executescript(version_4)
     storage = Storage(dbfile)
     with sqlite3.connect(dbfile) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     assert storage.tasks.task_exception(1, 3) is None  # failed before exceptions were kept
     assert storage.tasks.record_reports(1, [(2, True, b"it raised")], (), [(2, b"pickled")]) == 1
     assert storage.tasks.record_reports(1, [(2, True, b"again")], (), [(2, b"later")]) == 0
@@ -363,3 +363,25 @@ def test_sqlite_finding_the_database_full_is_a_disk_full_error(storage):
     assert not connection.in_transaction
     connection.execute(f"PRAGMA max_page_count = {2**31}")
     assert storage.request_ids() == [request_id] and storage.progress(request_id).pending == 3
+
+
+def test_a_version_5_database_is_upgraded_and_its_requests_gain_names_and_task_times(dbfile):
+    """Version 6 keeps each request's function name and each task's own times; a request
+    made before has no name, and its durations still come from lease to report."""
+    from sheepdog.storage import schema
+
+    version_5 = VERSION_3_SCHEMA.replace(
+        "PRAGMA user_version = 3;", schema._UPGRADE_TO_4 + ";\n" + schema._UPGRADE_TO_5
+        + ";\nPRAGMA user_version = 5;")
+    with sqlite3.connect(dbfile) as raw:
+        raw.executescript(version_5)
+        raw.execute("UPDATE tasks SET started = 100, updated = 102 WHERE idx = 1")
+    storage = Storage(dbfile)
+    with sqlite3.connect(dbfile) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    old, = storage.request_summaries()
+    assert (old.function_name, old.function, old.executing) == (None, "?", 0)
+    assert storage.dashboard_durations(1) == [2.0]  # from lease to report, as before
+    new = storage.create_request(b"f", [b"a"], "s", "local", {}, ("__main__", "simulate"))
+    assert storage.request_summaries(new)[0].function == "__main__.simulate"
+    assert integrity_check(storage) == "ok"

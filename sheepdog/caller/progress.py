@@ -51,8 +51,10 @@ def describe(progress: Progress, elapsed: float) -> str:
 def _counts(progress: Progress, elapsed: float) -> str:
     """Counts, rate and time left, without the bar."""
     parts = [f"{progress.finished}/{progress.total} finished"]
-    if progress.running:
-        parts.append(f"{progress.running} running")
+    if progress.executing:
+        parts.append(f"{progress.executing} running")
+    if progress.queued:
+        parts.append(f"{progress.queued} queued at workers")
     if progress.failed:
         parts.append(f"{progress.failed} failed")
     if progress.lost:
@@ -135,17 +137,43 @@ def stream_writer(stream: TextIO) -> Callable[[str], None]:
     return write
 
 
+def bar_style(progress: Progress, closing: bool = False) -> str:
+    """The ipywidgets bar's colour: ``danger`` once a task failed, ``warning`` once one
+    was lost or cancelled, ``success`` when every task is done at the end, else none."""
+    if progress.failed:
+        return "danger"
+    if progress.lost or progress.cancelled:
+        return "warning"
+    return "success" if closing and progress.complete else ""
+
+
+class Shown:
+    """What a notebook display shows: a rich view (``data``, HTML, or the mime bundle of
+    widgets), and the progress text where it cannot be shown (a saved notebook read
+    as text, a console), rather than an object's repr."""
+
+    def __init__(self, data: Any, text: str) -> None:
+        self.data = data
+        self.text = text
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        bundle = dict(self.data) if isinstance(self.data, dict) else {"text/html": self.data}
+        bundle["text/plain"] = self.text
+        return bundle
+
+
 class NotebookDisplay:
     """One display in a notebook cell that updates in place.
 
-    An ipywidgets bar and label when ipywidgets can be imported; otherwise an
-    HTML ``<progress>`` element, replaced through its ``display_id``.
+    An ipywidgets bar and label when ipywidgets can be imported (the bar turns
+    to a warning or error colour when tasks were lost or failed); otherwise an
+    HTML ``<progress>`` element, replaced through its ``display_id``. Either
+    way the display's plain text is the progress line.
     """
 
     def __init__(self, interval: float = NOTEBOOK_INTERVAL, link: Optional[str] = None) -> None:
-        from IPython.display import HTML, display
+        from IPython.display import display
 
-        self._html = HTML
         self._link = (f' <a href="{html.escape(link)}" target="_blank">live dashboard</a>'
                       if link else "")
         self.interval = interval
@@ -153,15 +181,18 @@ class NotebookDisplay:
         self._last_shown = -float("inf")
         self._widgets: Optional[tuple[Any, Any]] = None
         self._handle: Any = None
+        self._last_progress = Progress(total=0)
+        self._box: Any = None
         try:
             import ipywidgets
         except ImportError:
-            self._handle = display(HTML(self._render(Progress(total=0))), display_id=True)
+            self._handle = display(self._shown(Progress(total=0)), display_id=True)
         else:
             bar = ipywidgets.IntProgress(value=0, min=0, max=1, description="sheepdog")
             label = ipywidgets.HTML()
             self._widgets = (bar, label)
-            display(ipywidgets.HBox([bar, label]))
+            self._box = ipywidgets.HBox([bar, label])
+            self._handle = display(self._shown(Progress(total=0)), display_id=True)
 
     @property
     def uses_widgets(self) -> bool:
@@ -172,22 +203,34 @@ class NotebookDisplay:
         return (f'<progress value="{progress.finished}" max="{max(progress.total, 1)}">'
                 f"</progress> <code>sheepdog: {counts}</code>{self._link}")
 
+    def _shown(self, progress: Progress) -> Shown:
+        """The display's content now: the widgets' view or the HTML, and the progress text."""
+        text = describe(progress, time.monotonic() - self.started)
+        if self._box is not None:
+            bundle = getattr(self._box, "_repr_mimebundle_", None)
+            return Shown(bundle() if bundle is not None else {}, text)
+        return Shown(self._render(progress), text)
+
     def update(self, progress: Progress) -> None:
         now = time.monotonic()
         if not progress.complete and now - self._last_shown < self.interval:
             return
         self._last_shown = now
+        self._last_progress = progress
         if self._widgets is not None:
             bar, label = self._widgets
             bar.max = max(progress.total, 1)
             bar.value = progress.finished
+            bar.bar_style = bar_style(progress)
             label.value = html.escape(_counts(progress, now - self.started)) + self._link
         else:
-            self._handle.update(self._html(self._render(progress)))
+            self._handle.update(self._shown(progress))
 
     def close(self) -> None:
         if self._widgets is not None:
-            self._widgets[0].bar_style = "success"
+            self._widgets[0].bar_style = bar_style(self._last_progress, closing=True)
+            if self._handle is not None:  # the last text, for where widgets are not shown
+                self._handle.update(self._shown(self._last_progress))
 
 
 def in_notebook() -> bool:

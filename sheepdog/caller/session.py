@@ -147,10 +147,12 @@ class Session:
         arguments = _check_arguments(args)
         function_blob = serialisation.dumps_function(f, ns)
         argument_blobs = [serialisation.dumps_argument(i, a) for i, a in enumerate(arguments)]
-        return self.submit_serialised(function_blob, argument_blobs, conf, origins)
+        return self.submit_serialised(function_blob, argument_blobs, conf, origins,
+                                      function_name(f))
 
     def submit_serialised(self, function_blob: bytes, argument_blobs: Sequence[Any],
-                          conf: Config, origins: Optional[Mapping[str, str]] = None) -> Request:
+                          conf: Config, origins: Optional[Mapping[str, str]] = None,
+                          name: Optional[tuple[str, str]] = None) -> Request:
         """:meth:`submit` once the function and arguments are serialised.
 
         The :class:`~sheepdog.executor.Executor` serialises each argument in
@@ -158,6 +160,8 @@ class Session:
         and hands a batch of them over here as one request. Each setting of
         ``conf`` that lowers security is warned about, naming where it was set
         (``origins``, from :func:`~sheepdog.config.resolve_with_origins`).
+        ``name`` is the function's (module, qualified name), from
+        :func:`function_name`, stored to say what the request is.
         """
         backend = create_backend(conf)
         backend.check()
@@ -167,7 +171,7 @@ class Session:
         server = None if backend.runs_in_caller else database.server(conf, wait=False)
         request_id = storage.create_request(
             function_blob, argument_blobs, secrets.token_urlsafe(32), backend.name,
-            _stored_config(conf),
+            _stored_config(conf), name,
         )
         request = Request(database, request_id, conf, backend)
         for warning in security_warnings(conf, origins):
@@ -192,6 +196,18 @@ class Session:
             request.withdraw_key()
             raise
         return request
+
+
+def function_name(f: Any) -> tuple[str, str]:
+    """(module, qualified name) of a callable, as ``sheepdog list`` names its request:
+    ``("__main__", "simulate")``, ``("numpy", "sqrt")``, or its type's for an object
+    that is only callable (a ``functools.partial`` names the function it wraps)."""
+    inner = getattr(f, "func", None)  # functools.partial
+    target = inner if callable(inner) and not hasattr(f, "__qualname__") else f
+    if not hasattr(target, "__qualname__"):
+        target = type(target)
+    return (str(getattr(target, "__module__", None) or ""),
+            str(getattr(target, "__qualname__", None) or getattr(target, "__name__", "?")))
 
 
 def _check_arguments(args: Iterable[Any]) -> list[tuple[Any, ...]]:

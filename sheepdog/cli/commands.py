@@ -33,14 +33,18 @@ from ..server import Server
 from ..storage import STREAMS, Progress, Storage, StorageError
 from ..storage.payloads import payload_bytes
 from ..storage.states import CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING
-from ..storage.summaries import TaskLog
+from ..storage.summaries import RequestSummary, TaskLog
 from ..wire import serialisation
+from . import records
+from .records import age  # noqa: F401 - named here before records held it
 from .serving import CommandError, listing, plan_serving
 
 log = logging.getLogger("sheepdog")
 
 #: Exit codes of the commands about one request: whether it succeeded.
 EXIT_DONE, EXIT_UNSUCCESSFUL, EXIT_USAGE, EXIT_RUNNING = 0, 1, 2, 3
+#: The bounds of ``status --watch --interval``.
+MIN_WATCH_SECONDS, MAX_WATCH_SECONDS = 0.1, 60.0
 
 
 def help_epilog() -> str:
@@ -64,6 +68,11 @@ print a JSON array, one item per task in argument order: the result itself when
 JSON holds it exactly (null, booleans, numbers, strings, and lists and objects of
 these); {"__repr__": "<its repr>"} for any other result (a tuple, a set, an
 object); null for a task without a result (see 'sheepdog errors')"""
+
+LIST_JSON_HELP = """\
+print {"dbfile": ..., "now": ..., "requests": [...]}: each request's id, function,
+module, created, elapsed, state, backend, total, finished and counts (by state,
+running and queued apart); see the docs for the schema"""
 
 Command = Callable[[argparse.Namespace, Session], int]
 
@@ -90,40 +99,67 @@ def _progress(storage: Storage, request_id: int) -> Progress:
         raise CommandError(error.args[0]) from None
 
 
-def age(seconds: float) -> str:
-    """``3 min ago``: how long ago something happened, roughly, as ``list`` shows it."""
-    for unit, size in (("day", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            count = int(seconds // size)
-            return f"{count} {unit}{'s' if unit == 'day' and count > 1 else ''} ago"
-    return f"{max(int(seconds), 0)} s ago"
-
-
 def _list(arguments: argparse.Namespace, session: Session) -> int:
     storage = _existing_storage(session, arguments.dbfile)
     now = time.time()
-    header = ("ID", "CREATED", "DONE", "FAILED", "LOST", "CANCELLED", "RUNNING", "PENDING",
-              "TOTAL")
-    rows = []
-    for summary in storage.request_summaries():
-        counts = summary.counts
-        rows.append((str(summary.request_id), age(now - summary.created), *(
-            str(counts.get(state, 0)) for state in (DONE, FAILED, LOST, CANCELLED, RUNNING,
-                                                    PENDING)), str(summary.n_tasks)))
-    if not rows:
-        print(f"no requests in {storage.dbfile}")
-        return EXIT_DONE
-    widths = [max(len(row[column]) for row in (header, *rows)) for column in range(len(header))]
-    for row in (header, *rows):
-        print("  ".join(cell.ljust(width) if column == 1 else cell.rjust(width)
-                        for column, (cell, width) in enumerate(zip(row, widths))).rstrip())
+    summaries = records.chosen(storage.request_summaries(), arguments.running, arguments.failed,
+                               arguments.since, arguments.last, now)
+    if arguments.json:
+        print(json.dumps({"dbfile": storage.dbfile, "now": now, "requests": [
+            records.request_record(summary, now) for summary in summaries]}, indent=2))
+    elif not summaries:
+        filtered = (arguments.running or arguments.failed or arguments.since is not None
+                    or arguments.last is not None)
+        print(f"no requests in {storage.dbfile}{' that the filters keep' if filtered else ''}")
+    else:
+        print("\n".join(records.table(summaries, now)))
     return EXIT_DONE
 
 
+def _summary(storage: Storage, request_id: int) -> RequestSummary:
+    summaries = storage.request_summaries(request_id)
+    if not summaries:
+        raise CommandError(f"request {request_id} is not in {storage.dbfile}")
+    return summaries[0]
+
+
 def _status(arguments: argparse.Namespace, session: Session) -> int:
-    progress = _progress(_existing_storage(session, arguments.dbfile), arguments.request_id)
-    print(describe(progress, elapsed=0))
+    storage = _existing_storage(session, arguments.dbfile)
+    progress = _progress(storage, arguments.request_id)
+    if arguments.watch:
+        return _watch(storage, arguments.request_id, arguments.interval, progress)
+    summary, now = _summary(storage, arguments.request_id), time.time()
+    if arguments.json:
+        print(json.dumps(records.request_record(summary, now), indent=2))
+    else:
+        print(describe(progress, elapsed=records.elapsed(summary, now)))
     return outcome(progress)
+
+
+def _watch(storage: Storage, request_id: int, interval: float, progress: Progress) -> int:
+    """``status --watch``: redraw the status every ``interval`` seconds (within bounds)
+    until the request ends, or Ctrl-C; the exit code of ``status`` then."""
+    interval = min(max(interval, MIN_WATCH_SECONDS), MAX_WATCH_SECONDS)
+    redraw = sys.stdout.isatty()
+    shown = ""
+    try:
+        while True:
+            summary = _summary(storage, request_id)
+            text = describe(progress, elapsed=records.elapsed(summary, time.time()))
+            if redraw:  # one line, redrawn in place
+                print("\r" + text.ljust(len(shown)), end="\n" if progress.complete else "",
+                      flush=True)
+            elif text != shown or progress.complete:  # a log: a line when it changes
+                print(text, flush=True)
+            shown = text
+            if progress.complete:
+                return outcome(progress)
+            time.sleep(interval)
+            progress = _progress(storage, request_id)
+    except KeyboardInterrupt:
+        if redraw:
+            print()
+        return outcome(progress)
 
 
 def json_value(value: Any) -> Any:
@@ -165,6 +201,14 @@ def _results(arguments: argparse.Namespace, session: Session) -> int:
 
 
 def _errors(arguments: argparse.Namespace, session: Session) -> int:
+    if arguments.json:
+        storage = _existing_storage(session, arguments.dbfile)
+        entries = _task_logs(storage, arguments.request_id, None)
+        reprs = storage.argument_reprs(arguments.request_id, [entry.task for entry in entries])
+        print(json.dumps({"request": arguments.request_id, "errors": [
+            records.log_record(entry, reprs.get(entry.task, "")) for entry in entries]},
+            indent=2))
+        return outcome(storage.progress(arguments.request_id))
     request = _request(session, arguments)
     for task_arguments, error in request.errors():
         print(f"=== arguments {task_arguments!r} ===")
@@ -188,15 +232,23 @@ def format_log(log_entry: TaskLog) -> str:
 
 def _logs(arguments: argparse.Namespace, session: Session) -> int:
     storage = _existing_storage(session, arguments.dbfile)
+    entries = _task_logs(storage, arguments.request_id, arguments.index)
+    if arguments.json:
+        print(json.dumps({"request": arguments.request_id,
+                          "tasks": [records.log_record(entry) for entry in entries]}, indent=2))
+    elif not entries:
+        print(f"request {arguments.request_id}: no task failed, was lost or was cancelled")
+    else:
+        for entry in entries:
+            print(format_log(entry))
+    return outcome(storage.progress(arguments.request_id))
+
+
+def _task_logs(storage: Storage, request_id: int, index: Optional[int]) -> list[TaskLog]:
     try:
-        entries = storage.task_logs(arguments.request_id, arguments.index)
+        return storage.task_logs(request_id, index)
     except KeyError as error:
         raise CommandError(error.args[0]) from None
-    if not entries:
-        print(f"request {arguments.request_id}: no task failed, was lost or was cancelled")
-    for entry in entries:
-        print(format_log(entry))
-    return outcome(storage.progress(arguments.request_id))
 
 
 def _request(session: Session, arguments: argparse.Namespace, read_only: bool = True
@@ -277,10 +329,14 @@ def _parser() -> argparse.ArgumentParser:
         epilog=help_epilog())
     parser.add_argument("--version", action="version", version=f"sheepdog {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--dbfile", dest="given_dbfile", metavar="DBFILE",
-                        help="the sheepdog database (default: from your config)")
-    common.add_argument("--profile", help="the profile of your config file to use "
-                                          "(default: SHEEPDOG_PROFILE)")
+    for options in (parser, common):  # before the command or after it
+        # SUPPRESS: the subcommand's unset option must not hide the one given before it.
+        options.add_argument("--dbfile", dest="given_dbfile", metavar="DBFILE",
+                             default=argparse.SUPPRESS,
+                             help="the sheepdog database (default: from your config)")
+        options.add_argument("--profile", default=argparse.SUPPRESS,
+                             help="the profile of your config file to use "
+                                  "(default: SHEEPDOG_PROFILE)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, run: Command, summary: str, description: str = "") -> Any:
@@ -295,15 +351,36 @@ def _parser() -> argparse.ArgumentParser:
         subparser.add_argument("request_id", type=int, metavar="RID", help="the request's id")
         return subparser
 
-    command("list", _list, "list the requests: their age and how many tasks are in each state")
-    request_command("status", _status, "show how far a request has come")
+    listed = command("list", _list, "list the requests: their function, age, state and how "
+                                    "many tasks are in each state")
+    listed.add_argument("--running", action="store_true",
+                        help="only requests with tasks still to finish")
+    listed.add_argument("--failed", action="store_true",
+                        help="only requests with tasks that failed or were lost")
+    listed.add_argument("--since", type=_duration, metavar="DURATION",
+                        help="only requests made within DURATION (30m, 2h, 1d)")
+    listed.add_argument("--last", type=_positive, metavar="N",
+                        help="only the N newest requests (after the other filters)")
+    listed.add_argument("--json", action="store_true", help=LIST_JSON_HELP)
+    status = request_command("status", _status, "show how far a request has come")
+    status.add_argument("--json", action="store_true", help="print the request as a JSON object "
+                                                            "(the items of 'list --json')")
+    status.add_argument("--watch", action="store_true",
+                        help="redraw the status until the request ends (or Ctrl-C); the exit "
+                             "code is the status's then")
+    status.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
+                        help=f"seconds between redraws of --watch (default: %(default)s; "
+                             f"{MIN_WATCH_SECONDS} to {MAX_WATCH_SECONDS:.0f})")
     results = request_command(
         "results", _results, "print a request's results in argument order",
         "Print a request's results in argument order, one repr() a line; None for a task "
         "without a result.")
     results.add_argument("--json", action="store_true", help=RESULTS_JSON_HELP)
-    request_command("errors", _errors, "print the errors of the tasks that failed, were lost or "
-                                       "were cancelled, with their arguments")
+    errors = request_command("errors", _errors, "print the errors of the tasks that failed, "
+                                                "were lost or were cancelled, with their arguments")
+    errors.add_argument("--json", action="store_true",
+                        help='print {"request": RID, "errors": [...]}: each task\'s index, '
+                             'state, arguments (a repr, cut short), error and output')
     logs = request_command(
         "logs", _logs, "show the errors and output of a request's tasks",
         "Show what tasks left behind: the error and the tail of the stdout and stderr of "
@@ -311,6 +388,9 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("index", type=int, nargs="?", metavar="INDEX",
                       help="the task (1-based argument index; default: every task that "
                            "failed, was lost or was cancelled)")
+    logs.add_argument("--json", action="store_true",
+                      help='print {"request": RID, "tasks": [...]}: each task\'s index, state, '
+                           'error and output')
     request_command("cancel", _cancel, "remove a request's jobs from the scheduler and mark "
                                        "its unfinished tasks cancelled")
     serve = command(
@@ -365,8 +445,23 @@ def _dbfile(arguments: argparse.Namespace) -> str:
     return dbfile
 
 
+def _duration(text: str) -> float:
+    try:
+        return records.duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return int(text)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     arguments = _parser().parse_args(argv)
+    arguments.given_dbfile = getattr(arguments, "given_dbfile", None)
+    arguments.profile = getattr(arguments, "profile", None)
     logging.basicConfig(level=logging.INFO, format="sheepdog: %(message)s")
     try:
         if arguments.run is not _config:  # config shows the dbfile, even an empty one

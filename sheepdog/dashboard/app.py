@@ -34,6 +34,7 @@ import hmac
 import importlib.resources
 import math
 import os
+import re
 import secrets
 import time
 from typing import Any, Optional, Sequence, Union
@@ -56,6 +57,55 @@ MIN_BUCKET_SECONDS = 0.1
 MAX_FAILURES = 50
 #: The most tasks one page of ``/tasks`` holds.
 MAX_TASKS_PAGE = 5000
+#: The most failed tasks whose errors are grouped by what they raised.
+MAX_GROUPED = 10_000
+#: What a message's pattern hides: addresses, numbers and quoted text, which vary per task.
+_VARYING = re.compile(r"0x[0-9a-fA-F]+|[-+]?\b\d+(?:\.\d+)?(?:e[-+]?\d+)?\b|'[^']*'|\"[^\"]*\"")
+#: The last line of a traceback: a class name (its last part capitalised) and the message.
+_EXCEPTION_LINE = re.compile(r"(?P<type>(?:[A-Za-z_]\w*\.)*[A-Z]\w*)(?::\s*(?P<message>.*))?")
+
+
+def error_kind(error: str) -> tuple[str, str]:
+    """(exception type, message pattern) of an error text: its last line, with what varies
+    from task to task (numbers, quoted text, addresses) as ``…``."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    last = lines[-1] if lines else "(no error text)"
+    match = _EXCEPTION_LINE.fullmatch(last)
+    kind, message = (match["type"], match["message"] or "") if match else ("", last)
+    return kind, _VARYING.sub("…", message)[:200]
+
+
+def failure_groups(tails: Sequence[tuple[int, str]]) -> list[dict[str, Any]]:
+    """Failed tasks grouped by exception type and message pattern, the largest group first:
+    its count, the type, the pattern, and its first task."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for index, tail in tails:
+        groups.setdefault(error_kind(tail), []).append(index)
+    return [{"count": len(indices), "exception": kind, "pattern": pattern, "first": indices[0]}
+            for (kind, pattern), indices in sorted(groups.items(),
+                                                   key=lambda item: (-len(item[1]), item[1][0]))]
+
+
+def eta(summary: RequestSummary, now: float) -> Optional[float]:
+    """Seconds until every task has finished at the rate so far; None before any has,
+    and 0 once all have."""
+    finished = sum(summary.counts.get(state, 0) for state in (DONE, FAILED, LOST, CANCELLED))
+    if finished >= summary.n_tasks:
+        return 0.0
+    if not finished or now <= summary.created:
+        return None
+    return (summary.n_tasks - finished) * (now - summary.created) / finished
+
+
+def _request_fields(summary: RequestSummary, now: float) -> dict[str, Any]:
+    """What the list and the detail say of a request alike."""
+    end = summary.ended if summary.ended is not None else now
+    return {"id": summary.request_id, "created": summary.created, "backend": summary.backend,
+            "tasks": summary.n_tasks, "counts": summary.counts,
+            "function": summary.function_name, "module": summary.function_module,
+            "executing": summary.executing,
+            "queued": summary.counts.get(RUNNING, 0) - summary.executing,
+            "elapsed": max(end - summary.created, 0.0), "eta": eta(summary, now)}
 
 
 def histogram(values: Sequence[float], bins: int = HISTOGRAM_BINS) -> dict[str, Any]:
@@ -144,24 +194,26 @@ def create_app(storage: Union[Storage, str, os.PathLike[str]], token: str,
 
     @app.get("/dashboard/api/requests")
     def requests_list() -> Response:
-        return jsonify(database=store.dbfile, now=time.time(), states=STATES, requests=[
-            {"id": summary.request_id, "created": summary.created, "backend": summary.backend,
-             "tasks": summary.n_tasks, "counts": summary.counts}
-            for summary in store.request_summaries()])
+        now = time.time()
+        return jsonify(database=store.dbfile, now=now, states=STATES, requests=[
+            _request_fields(summary, now) for summary in store.request_summaries()])
 
     @app.get("/dashboard/api/requests/<int:request_id>")
     def request_detail(request_id: int) -> Response:
         summary = _summary(store, request_id)
         now = time.time()
         failures = store.dashboard_failures(request_id, MAX_FAILURES)
+        arguments = store.argument_reprs(request_id, [failure.task for failure in failures])
+        tails = store.error_tails(request_id, MAX_GROUPED)
         return jsonify(
-            id=request_id, created=summary.created, backend=summary.backend,
-            tasks=summary.n_tasks, counts=summary.counts, now=now,
+            **_request_fields(summary, now), now=now,
             durations=histogram(store.dashboard_durations(request_id)),
             throughput=throughput(store, request_id, summary.created, now),
             failures=[{"index": failure.task, "state": failure.state,
+                       "arguments": arguments.get(failure.task, ""),
                        "error": failure.error or "", "output": failure.output}
-                      for failure in failures])
+                      for failure in failures],
+            failure_groups=failure_groups(tails), grouped=len(tails))
 
     @app.get("/dashboard/api/requests/<int:request_id>/tasks")
     def request_tasks(request_id: int) -> Response:
@@ -174,7 +226,8 @@ def create_app(storage: Union[Storage, str, os.PathLike[str]], token: str,
         limit = min(max(request.args.get("limit", 1000, type=int) or 1000, 1), MAX_TASKS_PAGE)
         return jsonify(id=request_id, total=summary.n_tasks, offset=offset, limit=limit, tasks=[
             {"index": task.task, "state": task.state, "attempts": task.attempts,
-             "started": task.started, "updated": task.updated, "seconds": _seconds(task)}
+             "started": task.started, "updated": task.updated, "seconds": _seconds(task),
+             "began": task.began}
             for task in store.dashboard_tasks(request_id, offset, limit)])
 
     @app.errorhandler(404)
@@ -185,15 +238,20 @@ def create_app(storage: Union[Storage, str, os.PathLike[str]], token: str,
 
 
 def _seconds(task: TaskSummary) -> Optional[float]:
-    """How long a task that reported ran, if its start is known."""
-    if task.state not in (DONE, FAILED) or task.started is None or task.updated is None:
+    """How long ``f`` ran for a task that reported, as its worker measured it (else from
+    its lease to its report), if known."""
+    if task.state not in (DONE, FAILED):
+        return None
+    if task.seconds is not None:
+        return task.seconds
+    if task.started is None or task.updated is None:
         return None
     return task.updated - task.started
 
 
 def _summary(storage: Storage, request_id: int) -> RequestSummary:
     """The request's summary, or a 404."""
-    for summary in storage.request_summaries():
-        if summary.request_id == request_id:
-            return summary
-    abort(404)
+    summaries = storage.request_summaries(request_id)
+    if not summaries:
+        abort(404)
+    return summaries[0]

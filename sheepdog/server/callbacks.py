@@ -46,6 +46,7 @@ from ..storage.leases import AskAgain
 from ..wire.protocol import (
     ALONE_BYTES,
     ARGUMENTS,
+    BEGUN,
     DIGEST_HEADER,
     DISK_FULL_STATUS,
     ERROR,
@@ -53,9 +54,11 @@ from ..wire.protocol import (
     FLOOR_ROUTES,
     MAX_INDEX,
     OUTPUT,
+    RAN,
     REPORT_FLOOR_BYTES,
     RESULT,
     ROUTES,
+    SECONDS,
     STDERR,
     STDOUT,
     WAIT,
@@ -302,16 +305,23 @@ class Callbacks:
         outputs = [(index, _STREAMS[kind], payload) for index, kind, payload in frames
                    if kind in _STREAMS]
         exceptions = [(index, payload) for index, kind, payload in frames if kind == EXCEPTION]
-        if len(reports) + len(outputs) + len(exceptions) != len(frames) or not frames:
+        begun = [index for index, kind, _payload in frames if kind == BEGUN]
+        ran = _seconds_ran(frames)
+        if ran is None:
+            return text_reply(400, "malformed results: a task's seconds must be one double, "
+                                   "0 or more")
+        if (len(reports) + len(outputs) + len(exceptions) + len(begun) + len(ran) != len(frames)
+                or not frames):
             return text_reply(400, "malformed results: frames other than results, errors, "
-                                   "exceptions and outputs, or none")
+                                   "exceptions, outputs and times, or none")
         if not all(1 <= index <= MAX_INDEX for index, _kind, _payload in frames):
             return text_reply(400, f"malformed results: task indices go from 1 to {MAX_INDEX}")
         malformed = self._malformed(reports)
         if malformed is not None:
             return malformed
         # The Storage face has no parameter for exceptions yet: its part has.
-        stored = self.storage.tasks.record_reports(request_id, reports, outputs, exceptions)
+        stored = self.storage.tasks.record_reports(request_id, reports, outputs, exceptions,
+                                                   begun=begun, ran=ran)
         return text_reply(200, f"stored {stored} of {len(reports)}")
 
     def _output(self, request_id: int, index: int, body: Any) -> Reply:
@@ -359,6 +369,22 @@ class Callbacks:
                 except UnicodeDecodeError:
                     return text_reply(400, f"the error text of task {index} must be UTF-8")
         return None
+
+
+def _seconds_ran(frames: Sequence[tuple[int, int, memoryview]]
+                 ) -> Optional[list[tuple[int, float]]]:
+    """(index, seconds ``f`` ran) of the ``RAN`` frames; None when one is malformed."""
+    ran = []
+    for index, kind, payload in frames:
+        if kind != RAN:
+            continue
+        if payload.nbytes != SECONDS.size:
+            return None
+        (seconds,) = SECONDS.unpack(payload)
+        if not 0 <= seconds < float("inf"):
+            return None
+        ran.append((index, seconds))
+    return ran
 
 
 def _digest_of(body: Any) -> str:

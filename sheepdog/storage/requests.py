@@ -47,6 +47,7 @@ class Requests:
         secret: str,
         backend: str,
         config: Mapping[str, Any] | None = None,
+        function_name: tuple[str, str] | None = None,
     ) -> int:
         """Store a request and its tasks (indices 1..N); return the request id.
 
@@ -55,18 +56,22 @@ class Requests:
         them. Large ones are written to files before the transaction starts,
         so that the server is not kept waiting to store results meanwhile.
         ``config`` (JSON-able) is kept so that a later process can reach the
-        request's jobs, to watch or cancel them.
+        request's jobs, to watch or cancel them. ``function_name`` is the
+        function's (module, qualified name), which ``sheepdog list`` and the
+        dashboard show.
         """
+        module, name = function_name or (None, None)
+        module = module or None  # a function defined where there was no module name
         staged: dict[int, str] = {}  # index -> file written, to be renamed into place
         try:
             rows = [self._argument_row(index, payload, staged)
                     for index, payload in enumerate(arguments, 1)]
             with self._database.write() as db:
                 request_id = db.execute(
-                    "INSERT INTO requests (created, secret, function, n_tasks, backend, config) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO requests (created, secret, function, n_tasks, backend, config, "
+                    "function_module, function_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (time.time(), secret, function, len(rows), backend,
-                     json.dumps(dict(config or {}))),
+                     json.dumps(dict(config or {})), module, name),
                 ).lastrowid
                 assert request_id is not None  # an INSERT always sets it
                 for index, path in staged.items():

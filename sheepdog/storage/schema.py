@@ -136,9 +136,23 @@ CREATE TABLE exceptions (
 )
 """
 
+#: From version 5: what each request is (its function's module and qualified name),
+#: and each task's own times as its worker measured them: ``began`` (the server's
+#: time when it heard the task start; a running task without it is queued at its
+#: worker) and ``seconds`` (how long ``f`` ran). The partial index keeps the count
+#: of tasks executing now a read of the few that are.
+_UPGRADE_TO_6 = """
+ALTER TABLE requests ADD COLUMN function_module TEXT;
+ALTER TABLE requests ADD COLUMN function_name TEXT;
+ALTER TABLE tasks ADD COLUMN began REAL;
+ALTER TABLE tasks ADD COLUMN seconds REAL;
+CREATE INDEX tasks_executing ON tasks (request_id) WHERE state = 'running' AND began IS NOT NULL
+"""
+
 #: The schema as scripts, each bringing it one version up: a database of
 #: version N runs the scripts from N on, in one transaction.
-_MIGRATIONS = (_SCHEMA, _UPGRADE_TO_2, _UPGRADE_TO_3, _UPGRADE_TO_4, _UPGRADE_TO_5)
+_MIGRATIONS = (_SCHEMA, _UPGRADE_TO_2, _UPGRADE_TO_3, _UPGRADE_TO_4, _UPGRADE_TO_5,
+               _UPGRADE_TO_6)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 

@@ -69,11 +69,12 @@ TRANSITIONS: Mapping[str, Transition] = {
     "cancel": Transition(OPEN, CANCELLED, (("error", ":reason"),)),
     # Its worker gives it back unstarted (it was stuck in a long task): back in the queue.
     "release": Transition((RUNNING,), PENDING, (
-        ("worker", "NULL"), ("batch", "NULL"), ("started", "NULL"))),
+        ("worker", "NULL"), ("batch", "NULL"), ("started", "NULL"), ("began", "NULL"))),
     # Another attempt: back in the queue, with no lease and no error.
     "requeue": Transition((LOST, FAILED), PENDING, (
         ("error", "NULL"), ("worker", "NULL"), ("batch", "NULL"), ("started", "NULL"),
-        ("heartbeat", "NULL"), ("kill_notice", "NULL"), ("attempts", "attempts + 1"))),
+        ("began", "NULL"), ("seconds", "NULL"), ("heartbeat", "NULL"), ("kill_notice", "NULL"),
+        ("attempts", "attempts + 1"))),
     # A result that arrived but cannot be loaded by the caller.
     "unloadable": Transition((DONE,), FAILED, (("error", ":reason"),)),
 }

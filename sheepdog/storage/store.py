@@ -138,9 +138,10 @@ class Storage:
     # -- requests (Requests) -----------------------------------------------
 
     def create_request(self, function: bytes, arguments: Iterable[bytes | Sequence[Any]],
-                       secret: str, backend: str, config: Mapping[str, Any] | None = None
-                       ) -> int:
-        return self.requests.create_request(function, arguments, secret, backend, config)
+                       secret: str, backend: str, config: Mapping[str, Any] | None = None,
+                       function_name: tuple[str, str] | None = None) -> int:
+        return self.requests.create_request(function, arguments, secret, backend, config,
+                                            function_name)
 
     def request_secret(self, request_id: int) -> str | None:
         return self.requests.request_secret(request_id)
@@ -264,8 +265,8 @@ class Storage:
 
     # -- summaries (Summaries) -----------------------------------------------
 
-    def request_summaries(self) -> list[RequestSummary]:
-        return self.summaries.request_summaries()
+    def request_summaries(self, request_id: Optional[int] = None) -> list[RequestSummary]:
+        return self.summaries.request_summaries(request_id)
 
     def dashboard_tasks(self, request_id: int, offset: int = 0, limit: int = 1000
                         ) -> list[TaskSummary]:
@@ -283,6 +284,12 @@ class Storage:
 
     def dashboard_failures(self, request_id: int, limit: int) -> list[TaskLog]:
         return self.summaries.dashboard_failures(request_id, limit)
+
+    def argument_reprs(self, request_id: int, indices: Sequence[int]) -> dict[int, str]:
+        return self.summaries.argument_reprs(request_id, indices)
+
+    def error_tails(self, request_id: int, limit: int) -> list[tuple[int, str]]:
+        return self.summaries.error_tails(request_id, limit)
 
     def task_changes(self, request_id: int, since: float, max_attempts: int,
                      failed_too: bool) -> list[TaskChange]:

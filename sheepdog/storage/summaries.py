@@ -8,13 +8,20 @@ here writes.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+import json
+from typing import NamedTuple, Optional, Sequence
 
 from .connection import Database
 from .outputs import read_outputs
 from .payloads import PayloadFile
 from .requests import Requests
-from .states import DONE, FAILED, PENDING, UNSUCCESSFUL, UNSUCCESSFUL_SQL, may_run_again
+from ..wire import serialisation
+from .states import (DONE, FAILED, PENDING, RUNNING, UNSUCCESSFUL, UNSUCCESSFUL_SQL,
+                     may_run_again)
+
+
+#: How much of a task's arguments the dashboard and ``sheepdog errors --json`` show.
+REPR_CHARS = 200
 
 
 class TaskLog(NamedTuple):
@@ -41,23 +48,47 @@ class TaskChange(NamedTuple):
 
 
 class RequestSummary(NamedTuple):
-    """A request as the dashboard lists it: ``counts`` maps a state to its number of tasks."""
+    """A request as the dashboard and ``sheepdog list`` show it: ``counts`` maps a state
+    to its number of tasks, and ``executing`` counts the running ones that have begun
+    (the rest are queued at their workers). The function is its module and qualified
+    name (None for a request stored before sheepdog kept them); ``ended`` is when its
+    last task finished, once every task has."""
 
     request_id: int
     created: float
     backend: str
     n_tasks: int
     counts: dict[str, int]
+    function_module: Optional[str] = None
+    function_name: Optional[str] = None
+    executing: int = 0
+    ended: Optional[float] = None
+
+    @property
+    def function(self) -> str:
+        """``module.qualname``, as people read it; ``?`` when it was not kept."""
+        if not self.function_name:
+            return "?"
+        return (f"{self.function_module}.{self.function_name}" if self.function_module
+                else self.function_name)
+
+    @property
+    def complete(self) -> bool:
+        return sum(self.counts.get(state, 0) for state in (DONE, *UNSUCCESSFUL)) >= self.n_tasks
 
 
 class TaskSummary(NamedTuple):
-    """One task as the dashboard shows it; ``started`` is None before a worker took it."""
+    """One task as the dashboard shows it; ``started`` is None before a worker took it,
+    ``began`` before it started to run there, and ``seconds`` (how long ``f`` ran, as
+    its worker measured it) before it reported."""
 
     task: int
     state: str
     attempts: int
     started: Optional[float]
     updated: Optional[float]
+    began: Optional[float] = None
+    seconds: Optional[float] = None
 
 
 class Summaries:
@@ -67,35 +98,82 @@ class Summaries:
         self._database = database
         self._requests = requests
 
-    def request_summaries(self) -> list[RequestSummary]:
-        """Every request with its task counts by state, oldest first: two small reads."""
+    def request_summaries(self, request_id: Optional[int] = None) -> list[RequestSummary]:
+        """Every request (or the one ``request_id``) with its task counts by state, oldest
+        first: small reads, and for each finished request, when its last task finished."""
         connection = self._database.connection()
+        only, chosen = ("request_id = ?", (request_id,)) if request_id is not None else ("1", ())
         counts: dict[int, dict[str, int]] = {}
-        for request_id, state, n in connection.execute(
-                "SELECT request_id, state, n FROM task_counts WHERE n > 0"):
-            counts.setdefault(request_id, {})[state] = n
+        for rid, state, n in connection.execute(
+                f"SELECT request_id, state, n FROM task_counts WHERE n > 0 AND {only}", chosen):
+            counts.setdefault(rid, {})[state] = n
+        executing = dict(connection.execute(
+            "SELECT request_id, count(*) FROM tasks INDEXED BY tasks_executing "
+            f"WHERE state = '{RUNNING}' AND began IS NOT NULL AND {only} GROUP BY request_id",
+            chosen).fetchall())
         rows = connection.execute(
-            "SELECT id, created, backend, n_tasks FROM requests ORDER BY id").fetchall()
-        return [RequestSummary(request_id, created, backend, n_tasks, counts.get(request_id, {}))
-                for request_id, created, backend, n_tasks in rows]
+            "SELECT id, created, backend, n_tasks, function_module, function_name FROM requests "
+            f"WHERE {only.replace('request_id', 'id')} ORDER BY id", chosen).fetchall()
+        summaries = [RequestSummary(rid, created, backend, n_tasks, counts.get(rid, {}), module,
+                                    name, executing.get(rid, 0))
+                     for rid, created, backend, n_tasks, module, name in rows]
+        return [summary._replace(ended=self.dashboard_last_finish(summary.request_id))
+                if summary.complete and summary.n_tasks else summary for summary in summaries]
 
     def dashboard_tasks(self, request_id: int, offset: int = 0, limit: int = 1000
                         ) -> list[TaskSummary]:
         """A page of the request's tasks in argument order: state, attempts and times."""
         self._requests.n_tasks(request_id)
         rows = self._database.connection().execute(
-            "SELECT t.idx, t.state, t.attempts, t.started, t.updated "
+            "SELECT t.idx, t.state, t.attempts, t.started, t.updated, t.began, t.seconds "
             "FROM tasks t WHERE t.request_id = ? ORDER BY t.idx LIMIT ? OFFSET ?",
             (request_id, limit, offset))
         return [TaskSummary(*row) for row in rows]
 
     def dashboard_durations(self, request_id: int) -> list[float]:
-        """Seconds from start to report of every task that reported (done or failed)."""
+        """How long ``f`` ran, as its worker measured it, for every task that reported
+        (done or failed); for a task whose worker did not say, from its lease to its report."""
         rows = self._database.connection().execute(
-            "SELECT t.updated - t.started AS seconds FROM tasks t "
-            "WHERE t.request_id = ? AND t.state IN (?, ?) AND seconds IS NOT NULL",
+            "SELECT coalesce(t.seconds, t.updated - t.started) AS ran FROM tasks t "
+            "WHERE t.request_id = ? AND t.state IN (?, ?) AND ran IS NOT NULL",
             (request_id, DONE, FAILED))
         return [row[0] for row in rows]
+
+    def argument_reprs(self, request_id: int, indices: Sequence[int],
+                       limit: int = REPR_CHARS) -> dict[int, str]:
+        """index -> the task's arguments as ``f(...)`` saw them, a repr cut to ``limit``
+        characters; arguments kept in a file (1 MB or more) are not loaded, only sized."""
+        reprs = {}
+        for index, payload in self._tasks_arguments(request_id, indices).items():
+            if isinstance(payload, PayloadFile):
+                reprs[index] = f"(arguments of {len(payload)} bytes, kept in a file)"
+                continue
+            loaded, value = serialisation.load_or_describe(payload)
+            if not loaded:
+                reprs[index] = f"(arguments that cannot be loaded here: {value})"
+                continue
+            args, kwargs = serialisation.call_arguments(value)
+            text = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+            reprs[index] = text if len(text) <= limit else text[:limit - 1] + "…"
+        return reprs
+
+    def _tasks_arguments(self, request_id: int, indices: Sequence[int]
+                         ) -> dict[int, bytes | PayloadFile]:
+        rows = self._database.connection().execute(
+            "SELECT idx, data, in_file FROM arguments WHERE request_id = ? AND idx IN "
+            "(SELECT value FROM json_each(?))", (request_id, json.dumps(list(indices))))
+        stored = self._database.payloads.stored
+        return {index: stored("arguments", request_id, index, data, in_file)
+                for index, data, in_file in rows}
+
+    def error_tails(self, request_id: int, limit: int, chars: int = 400) -> list[tuple[int, str]]:
+        """(index, the last ``chars`` characters of its error) of the first ``limit``
+        failed, lost or cancelled tasks: enough to group them by what they raised."""
+        rows = self._database.connection().execute(
+            f"SELECT t.idx, substr(coalesce(t.error, ''), -?) FROM tasks t "
+            f"WHERE t.request_id = ? AND {UNSUCCESSFUL_SQL} ORDER BY t.idx LIMIT ?",
+            (chars, request_id, *UNSUCCESSFUL, limit))
+        return [(index, tail) for index, tail in rows]
 
     def dashboard_finishes(self, request_id: int, since: float, width: float
                            ) -> dict[int, int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
@@ -23,14 +24,31 @@ from .connection import Database
 from .outputs import read_outputs, store_outputs, with_output
 from .payloads import PayloadFile
 from .requests import Requests
-from .states import PENDING, RUNNING, UNSUCCESSFUL, UNSUCCESSFUL_SQL
+from .states import DONE, FAILED, PENDING, RUNNING, UNSUCCESSFUL, UNSUCCESSFUL_SQL
 from .summaries import TaskLog
 from ..wire.protocol import ALONE_BYTES, nbytes
 
 
+def _store_times(db: sqlite3.Connection, request_id: int, begun: Sequence[int],
+                 ran: Sequence[tuple[int, float]]) -> None:
+    """Inside a transaction: which running tasks have begun, and how long reported ones ran."""
+    if begun:
+        db.executemany(f"UPDATE tasks SET began = ? WHERE request_id = ? AND idx = ? "
+                       f"AND state = '{RUNNING}' AND began IS NULL",
+                       [(time.time(), request_id, index) for index in begun])
+    if ran:
+        db.executemany(f"UPDATE tasks SET seconds = ? WHERE request_id = ? AND idx = ? "
+                       f"AND state IN ('{DONE}', '{FAILED}') AND seconds IS NULL",
+                       [(seconds, request_id, index) for index, seconds in ran])
+
+
 @dataclass(frozen=True)
 class Progress:
-    """How many of a request's tasks are in each state."""
+    """How many of a request's tasks are in each state.
+
+    ``running`` tasks are held by a worker; of these, ``queued`` wait in its
+    batch and have not started yet, and the rest (:attr:`executing`) run now.
+    """
 
     total: int
     pending: int = 0
@@ -39,6 +57,11 @@ class Progress:
     failed: int = 0
     lost: int = 0
     cancelled: int = 0
+    queued: int = 0
+
+    @property
+    def executing(self) -> int:
+        return self.running - self.queued
 
     @property
     def finished(self) -> int:
@@ -97,7 +120,8 @@ class Tasks:
 
     def record_reports(self, request_id: int, reports: Sequence[tuple[int, bool, Any]],
                        outputs: Sequence[tuple[int, str, Any]] = (),
-                       exceptions: Sequence[tuple[int, Any]] = ()) -> int:
+                       exceptions: Sequence[tuple[int, Any]] = (),
+                       begun: Sequence[int] = (), ran: Sequence[tuple[int, float]] = ()) -> int:
         """Store many (index, failed, payload) reports in one transaction; returns how many.
 
         A payload is the pickled result (bytes-like, or a :class:`PayloadFile`
@@ -110,6 +134,11 @@ class Tasks:
         of :func:`~sheepdog.storage.outputs.store_outputs`. ``exceptions`` are
         (index, bytes) pickled exceptions of failed reports, kept only with an
         error report that is accepted (see ``wire/failures.py``).
+
+        ``begun`` are tasks that their worker started to run: a running task is
+        marked as begun now, the others are left alone. ``ran`` are (index,
+        seconds that ``f`` ran on the worker), kept for a task that has
+        reported and has no seconds yet.
         """
         staged = {}
         try:
@@ -123,6 +152,7 @@ class Tasks:
             with self._database.write() as db:
                 accepted = self._store_reports(db, request_id, reports, staged, exceptions)
                 store_outputs(db, request_id, outputs, accepted)
+                _store_times(db, request_id, begun, ran)
         finally:
             for path in staged.values():
                 if os.path.exists(path):
@@ -212,12 +242,20 @@ class Tasks:
     # -- reads -----------------------------------------------------------
 
     def progress(self, request_id: int) -> Progress:
-        """How many tasks are in each state: one small read, however many tasks there are."""
+        """How many tasks are in each state: small reads (the tasks executing now are
+        counted through an index that holds only them), however many tasks there are."""
         total = self._requests.n_tasks(request_id)
-        rows = self._database.connection().execute(
+        connection = self._database.connection()
+        counts = dict(connection.execute(
             "SELECT state, n FROM task_counts WHERE request_id = ? AND n > 0", (request_id,)
-        ).fetchall()
-        return Progress(total=total, **dict(rows))
+        ).fetchall())
+        if counts.get(RUNNING):
+            executing = connection.execute(
+                "SELECT count(*) FROM tasks INDEXED BY tasks_executing WHERE request_id = ? "
+                f"AND state = '{RUNNING}' "
+                "AND began IS NOT NULL", (request_id,)).fetchone()[0]
+            counts["queued"] = counts[RUNNING] - executing
+        return Progress(total=total, **counts)
 
     def open_indices(self, request_id: int) -> list[int]:
         """Indices of tasks that have not finished (pending or running)."""

@@ -49,9 +49,10 @@ header (index, kind, length), the payload, and zero padding to 16 bytes, so
 that every payload starts aligned within the body. A task's report is its
 pickled result or its error text; beside it may travel the tail of what the
 task wrote to stdout and stderr (``STDOUT``, ``STDERR``, or ``OUTPUT`` when both
-went to one file), and beside an error the exception itself, pickled
-(``EXCEPTION``, within ``failures.MAX_EXCEPTION_BYTES``), which travels only in
-a ``results`` body.
+went to one file), beside an error the exception itself, pickled
+(``EXCEPTION``, within ``failures.MAX_EXCEPTION_BYTES``), and beside any report
+the seconds ``f`` ran (``RAN``); a task still running when its worker posts is
+announced by a ``BEGUN`` frame. These three travel only in a ``results`` body.
 
 **Sizes.** An error report must always fit, or a task that failed would be
 lost instead: the server accepts error and output bodies of up to
@@ -105,7 +106,13 @@ OUTPUT_KINDS = (STDOUT, STDERR, OUTPUT)
 WAIT = 6
 #: The exception a task raised, pickled, beside its ``ERROR`` text (see ``failures.py``).
 EXCEPTION = 7
-_KINDS = (ARGUMENTS, RESULT, ERROR) + OUTPUT_KINDS + (WAIT, EXCEPTION)
+#: A task's own time on its worker, in a ``results`` body: ``BEGUN`` (no payload) says
+#: that it started to run, for a task still running when its worker posts; ``RAN`` beside
+#: its report, how long ``f`` ran in seconds (a ``SECONDS`` double), however long the
+#: batch it came in has waited.
+BEGUN, RAN = 8, 9
+SECONDS = struct.Struct("!d")
+_KINDS = (ARGUMENTS, RESULT, ERROR) + OUTPUT_KINDS + (WAIT, EXCEPTION, BEGUN, RAN)
 
 #: The largest task index a path or frame may name (SQLite integers are signed 64-bit).
 MAX_INDEX = 2**62

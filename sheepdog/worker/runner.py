@@ -6,7 +6,7 @@ those. The worker forks it and stays behind as its supervisor.
 
 The runner loads ``f`` and runs ``f(*args, **kwargs)`` for each task. It hands each
 report (the pickled result, or when ``f`` raised the full traceback and the
-pickled exception, see ``wire/failures.py``) to the
+pickled exception, see ``wire/failures.py``), with the seconds ``f`` ran, to the
 supervisor through a socket pair before the next task starts, which costs
 microseconds, so that a task that kills its process costs no other task its
 result. A result of 1 MB or more is posted by the runner itself before its
@@ -27,6 +27,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 import traceback
 from typing import TYPE_CHECKING, Any, Callable, Iterable, NoReturn, Optional, Union
 
@@ -37,7 +38,9 @@ from ..wire.protocol import (
     DISK_FULL_STATUS,
     ERROR,
     EXCEPTION,
+    RAN,
     RESULT,
+    SECONDS,
     Buffer,
     coalesce,
     frame_bytes,
@@ -55,7 +58,7 @@ if TYPE_CHECKING:
 # a task starts (and so the one before it ended), the last task ended (both with
 # the output files' positions then), a task's result was posted by the runner itself.
 STARTED, ENDED, POSTED = 100, 101, 102
-RUNNER_KINDS = (RESULT, ERROR, EXCEPTION, STARTED, ENDED, POSTED)
+RUNNER_KINDS = (RESULT, ERROR, EXCEPTION, RAN, STARTED, ENDED, POSTED)
 
 
 def limit_memory(limit_bytes: int) -> None:
@@ -81,13 +84,16 @@ def run_one(function: Callable[..., Any], index: int, arguments: Buffer,
         reports.report(index, ERROR, error_bytes(
             "the arguments could not be loaded on this worker:\n" + describe_failure(error)))
         return
+    began = time.perf_counter()
     try:
         result = function(*args, **kwargs)
     except BaseException as error:  # noqa: B902 - SystemExit from f is the user's error too
+        reports.report(index, RAN, SECONDS.pack(time.perf_counter() - began))
         # Start the traceback at the user's function, not at this frame.
         reports.report(index, ERROR, error_bytes(describe_failure(error, skip_frames=1)))
         reports.report(index, EXCEPTION, dumps_exception(error))
         return
+    reports.report(index, RAN, SECONDS.pack(time.perf_counter() - began))
     try:
         payload = serialisation.dumps_parts(result)
     except BaseException as error:  # noqa: B902

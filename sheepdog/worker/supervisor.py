@@ -4,7 +4,9 @@ The runner hands each report (the pickled result, or the full traceback when
 ``f`` raised) to the supervisor through a socket pair before the next task
 starts, which costs microseconds; the supervisor posts them together every
 second or 8 MB, and sends the heartbeats that keep the worker's lease on its
-tasks (none while the runner is stopped, so a frozen task falls silent). So
+tasks (none while the runner is stopped, so a frozen task falls silent). A
+task that starts is announced (``BEGUN``) with the next post, unless its own
+report goes in that post, so the server knows which held tasks run. So
 a task that kills its process (a segfault, ``os._exit``, the OOM killer)
 costs no other task its result: the supervisor still holds what finished
 before, posts it, reports the crashed task lost with how its process ended
@@ -25,9 +27,11 @@ from typing import Callable, Iterable, Optional
 
 from ..wire.failures import error_bytes
 from ..wire.protocol import (
+    BEGUN,
     DISK_FULL_STATUS,
     ERROR,
     EXCEPTION,
+    RAN,
     RESULT,
     Buffer,
     Frame,
@@ -177,9 +181,10 @@ class Supervisor:
                 self.started.add(index)
                 self.current = (index, bytes(payload))
                 self.current_since = time.monotonic()
+                self.queue(index, BEGUN, b"")  # dropped if its report goes in the same post
             elif kind == POSTED:
                 self.remaining.discard(index)
-            elif kind in (RESULT, ERROR, EXCEPTION):
+            elif kind in (RESULT, ERROR, EXCEPTION, RAN):
                 self.queue(index, kind, bytes(payload))
 
     def _crashed(self, status: int, index: int, start: bytes) -> None:
@@ -270,6 +275,8 @@ class Supervisor:
     def flush(self, client: Optional[Client] = None) -> None:
         """Post the reports held; one by one if the server refuses them together."""
         frames, self.frames, self.size, self.since = self.frames, [], 0, None
+        reported = {index for index, kind, _payload in frames if kind in (RESULT, ERROR)}
+        frames = [frame for frame in frames if frame[1] != BEGUN or frame[0] not in reported]
         if not frames:
             return
         client = client or self.client
@@ -289,11 +296,11 @@ class Supervisor:
     def _post_alone(self, client: Client, index: int, kind: int, payload: bytes) -> None:
         """Post one report by itself; a result the server refuses becomes an error.
 
-        A pickled exception is left out: only a ``results`` body carries it, and
-        its error text says what the task raised (the caller then raises
-        ``TaskError``).
+        A pickled exception and a task's times are left out: only a ``results``
+        body carries them, and its error text says what the task raised (the
+        caller then raises ``TaskError``).
         """
-        if kind == EXCEPTION:
+        if kind in (EXCEPTION, BEGUN, RAN):
             return
         route = {RESULT: "result", ERROR: "error"}.get(kind, "output")
         try:
