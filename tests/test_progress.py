@@ -129,7 +129,7 @@ def test_in_a_notebook_without_ipywidgets_one_html_display_is_updated_in_place(m
     shown = fake_ipython(monkeypatch)
     monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import fails
     display = progress_display(Terminal())
-    assert isinstance(display, NotebookDisplay) and not display.uses_widgets
+    assert isinstance(display, NotebookDisplay) and display._widgets is None  # HTML, no widget
     display.update(Progress(total=4, done=1, running=3))
     display.update(Progress(total=4, done=2, running=2))  # within the interval: not sent
     display.update(Progress(total=4, done=4))
@@ -151,7 +151,7 @@ def test_in_a_notebook_with_ipywidgets_a_bar_and_label_are_updated(monkeypatch):
     widgets.IntProgress = widgets.HTML = widgets.HBox = Widget
     monkeypatch.setitem(sys.modules, "ipywidgets", widgets)
     display = progress_display()
-    assert isinstance(display, NotebookDisplay) and display.uses_widgets
+    assert isinstance(display, NotebookDisplay) and display._widgets is not None
     display.update(Progress(total=5, done=5))
     display.close()
     # the box, shown once (the widgets update themselves), and its text at the end

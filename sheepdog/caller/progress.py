@@ -194,10 +194,6 @@ class NotebookDisplay:
             self._box = ipywidgets.HBox([bar, label])
             self._handle = display(self._shown(Progress(total=0)), display_id=True)
 
-    @property
-    def uses_widgets(self) -> bool:
-        return self._widgets is not None
-
     def _render(self, progress: Progress) -> str:
         counts = html.escape(_counts(progress, time.monotonic() - self.started))
         return (f'<progress value="{progress.finished}" max="{max(progress.total, 1)}">'
