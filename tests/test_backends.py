@@ -41,7 +41,7 @@ class RecordedShell:
         self.commands = []
         self.files = {}
 
-    def run(self, argv, timeout=120.0):
+    def run(self, argv, timeout=120.0, once=False):
         self.commands.append(list(argv))
         command = " ".join(argv)
         matches = [prefix for prefix in self.answers if command.startswith(prefix)]

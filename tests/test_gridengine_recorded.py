@@ -69,7 +69,7 @@ class RecordedHead(Shell):
         self.commands = []
         self.uploaded = {}
 
-    def run(self, argv, timeout=120.0):
+    def run(self, argv, timeout=120.0, once=False):
         command = shlex.join(argv)
         self.commands.append(command)
         if command == "qstat -xml -g d":
@@ -237,7 +237,7 @@ def test_the_error_state_reason_is_every_reason_qstat_gives_and_a_default_withou
 def test_a_failing_qstat_concludes_nothing(head, clock, caplog):
     """qstat fails while qmaster restarts; no task may be taken for ended because of it."""
     failing = "error: commlib error: got select error (Connection refused)\n"
-    head.run = lambda argv, timeout=120.0: CommandResult(1, "", failing)
+    head.run = lambda argv, timeout=120.0, once=False: CommandResult(1, "", failing)
     watcher = backend(head)
     for _look in range(2):
         assert watcher.ended_tasks(SPLIT, set(range(1, 7))) == {}

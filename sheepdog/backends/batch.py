@@ -141,9 +141,9 @@ class BatchBackend(Backend):
             self._capacity = self.query_capacity()
         return self._capacity
 
-    def run(self, argv: Sequence[str]) -> CommandResult:
+    def run(self, argv: Sequence[str], once: bool = False) -> CommandResult:
         """Run a scheduler command; a missing program is explained, not just reported."""
-        result = self.shell.run(argv)
+        result = self.shell.run(argv, once=once)
         if result.status != 127 and "command not found" not in result.stderr:
             return result
         if self.config.host is None:
@@ -165,7 +165,7 @@ class BatchBackend(Backend):
         name = f"sheepdog_{request_id}_{secrets.token_hex(4)}.py"
         path = self.shell.put(script, f"{self.config.ssh_dir}/{name}")
         try:
-            result = self.run(self.submit_argv(path))
+            result = self.run(self.submit_argv(path), once=True)  # a second job otherwise
         finally:
             self.shell.run(["rm", "-f", path])
         if result.status != 0:

@@ -34,8 +34,13 @@ class Shell(abc.ABC):
     where: str
 
     @abc.abstractmethod
-    def run(self, argv: Sequence[str], timeout: float = 120.0) -> CommandResult:
-        """Run ``argv`` and wait for it; both its output streams are read in full."""
+    def run(self, argv: Sequence[str], timeout: float = 120.0, once: bool = False
+            ) -> CommandResult:
+        """Run ``argv`` and wait for it; both its output streams are read in full.
+
+        ``once``: the command must not run twice (it submits a job), even when a
+        dropped connection leaves it unknown whether it ran.
+        """
 
     def script(self, text: str, timeout: float = 120.0) -> CommandResult:
         """Run ``text`` with ``sh -c``, for the few commands that need globs or ``$HOME``."""
@@ -62,8 +67,9 @@ class SSHShell(Shell):
         self.connection = connection
         self.where = connection.target.alias
 
-    def run(self, argv: Sequence[str], timeout: float = 120.0) -> CommandResult:
-        return self.connection.run(shlex.join(argv), timeout)
+    def run(self, argv: Sequence[str], timeout: float = 120.0, once: bool = False
+            ) -> CommandResult:
+        return self.connection.run(shlex.join(argv), timeout, once)
 
     def put(self, text: str, path: str) -> str:
         return self.connection.upload(text, path)
@@ -85,7 +91,8 @@ class LocalShell(Shell):
 
     where = "this machine"
 
-    def run(self, argv: Sequence[str], timeout: float = 120.0) -> CommandResult:
+    def run(self, argv: Sequence[str], timeout: float = 120.0, once: bool = False
+            ) -> CommandResult:
         try:
             completed = subprocess.run(list(argv), capture_output=True, timeout=timeout,
                                        stdin=subprocess.DEVNULL,

@@ -38,6 +38,10 @@ CONNECT_TIMEOUT = 30.0
 KEEPALIVE_SECONDS = 30
 
 
+class _Unconfirmed(Exception):
+    """A command was sent and its start was not confirmed: whether it ran is unknown."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Destination:
     """Where to connect, after ``~/.ssh/config`` was applied."""
@@ -230,15 +234,34 @@ class Connection:
             raise SSHError(f"the connection to {self.target} dropped at once again: "
                            f"{type(error).__name__}: {error}") from error
 
-    def run(self, command: str, timeout: float = 120.0) -> CommandResult:
+    def run(self, command: str, timeout: float = 120.0, once: bool = False) -> CommandResult:
         """Run ``command`` on the head node; its output is read fully, both streams at once.
 
-        A command that has not ended within ``timeout`` seconds, or whose
-        connection drops once it was sent, raises SSHError: it is not run again,
-        since it may have done its work (the server may have started it before
-        its confirmation was lost). A connection found dead before the command
-        is sent, even after its channel opened, is reopened first.
+        A connection found dead before the command is sent, even after its
+        channel opened, is reopened first. One that drops as the command is
+        sent, before the server confirmed its start, leaves it unknown whether
+        it ran: a command that may run twice (a query) is sent again on a new
+        connection; one that must run ``once`` (``qsub``: a second job) raises
+        SSHError instead. A command that has not ended within ``timeout``
+        seconds, or whose connection drops while it runs, raises SSHError.
         """
+        try:
+            return self._run(command, timeout)
+        except _Unconfirmed as unsure:
+            if once:
+                raise SSHError(f"the connection to {self.target} dropped as {command!r} was "
+                               f"sent: it may have started, so it is not sent again "
+                               f"({unsure})") from unsure.__cause__
+            log.info("the connection to %s dropped as %r was sent (%s); sending it again",
+                     self.target, command, unsure)
+            self.close()
+        try:
+            return self._run(command, timeout)
+        except _Unconfirmed as unsure:
+            raise SSHError(f"the connection to {self.target} dropped twice as {command!r} was "
+                           f"sent ({unsure})") from unsure.__cause__
+
+    def _run(self, command: str, timeout: float) -> CommandResult:
 
         def open_session(transport: paramiko.Transport) -> paramiko.Channel:
             channel = transport.open_session(timeout=CONNECT_TIMEOUT)
@@ -258,9 +281,7 @@ class Connection:
             try:
                 channel.exec_command(command)
             except (paramiko.SSHException, EOFError, OSError) as error:
-                raise SSHError(f"the connection to {self.target} dropped as {command!r} was "
-                               f"sent: it may have started, so it is not sent again "
-                               f"({type(error).__name__}: {error})") from error
+                raise _Unconfirmed(f"{type(error).__name__}: {error}") from error
             for reader in readers:
                 reader.start()
             for reader in readers:
