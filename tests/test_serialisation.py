@@ -332,3 +332,16 @@ def test_version_differences_name_major_or_minor_changes_only():
                                         "pandas": "2.2.3"}) == [
         "numpy 2.1.0 in the caller, 1.26.4 on the worker"]
     assert version_differences(caller, dict(caller)) == []
+
+
+def test_module_made_in_the_caller_without_a_file_travels_by_value(monkeypatch, tmp_path):
+    made = types.ModuleType("made_in_the_caller")
+    made.scale = 3
+    monkeypatch.setitem(sys.modules, "made_in_the_caller", made)
+    assert not module_is_installed("made_in_the_caller")
+    assert module_is_installed("sys") and module_is_installed("_frozen_importlib")
+
+    def f(x):
+        return made.scale * x
+
+    assert call_in_fresh_interpreter(tmp_path, f, (2,)) == 6

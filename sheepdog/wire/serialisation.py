@@ -120,12 +120,24 @@ def module_is_installed(module_name: Optional[str]) -> bool:
         return False
     top = module_name.partition(".")[0]
     filename = getattr(module, "__file__", None)
+    if filename is None:
+        return _fileless_module_is_installed(module_name, module)
+    return _file_is_installed(top, filename)
+
+
+def _fileless_module_is_installed(module_name: str, module: types.ModuleType) -> bool:
+    """Whether a module without a file is importable by name elsewhere: one built in or
+    frozen, a package without ``__init__.py`` in a library directory, a submodule made by
+    an installed package (``six.moves``); not a module the user made in the caller."""
     spec = getattr(module, "__spec__", None)
-    if filename is None and spec is not None and spec.origin is None \
-            and getattr(module, "__path__", None):
+    origin = getattr(spec, "origin", None)
+    if module_name in sys.builtin_module_names or origin in ("built-in", "frozen"):
+        return True
+    top = module_name.partition(".")[0]
+    if spec is not None and origin is None and getattr(module, "__path__", None):
         return any(_file_is_installed(top, os.path.join(directory, ""))  # a namespace package
                    for directory in module.__path__)
-    return filename is None or _file_is_installed(top, filename)
+    return top != module_name and module_is_installed(top)
 
 
 #: What every job file embeds, under these names (see ``caller/jobscript.py``).
