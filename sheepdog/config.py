@@ -80,7 +80,14 @@ class Config:
     key_in_job_file: bool = False
     #: "HOST:PORT" of the live dashboard (see docs/dashboard.rst); False: none.
     dashboard: Union[str, bool] = DEFAULT_DASHBOARD
+    #: When a worker's versions of Python or of a package the function uses by name
+    #: differ from the caller's in their major or minor part: "warn", "error" (the
+    #: worker's tasks fail, saying so) or "ignore".
+    version_mismatch: str = "warn"
 
+
+#: What ``version_mismatch`` may say.
+VERSION_MISMATCH = ("warn", "error", "ignore")
 
 #: Accepted types of each key (None stands for "may be None").
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -113,6 +120,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "connect_timeout": (int, float),
     "key_in_job_file": (bool,),
     "dashboard": (str, bool),
+    "version_mismatch": (str,),
 }
 
 VALID_KEYS = tuple(field.name for field in dataclasses.fields(Config))
@@ -151,6 +159,10 @@ def _check_values(config: Config) -> None:
     if config.scheduler not in registered():
         raise InvalidValue("scheduler", f"config key 'scheduler' is {config.scheduler!r}; "
                                         f"choose one of {', '.join(registered())}")
+    if config.version_mismatch not in VERSION_MISMATCH:
+        raise InvalidValue("version_mismatch", f"config key 'version_mismatch' is "
+                           f"{config.version_mismatch!r}; choose one of "
+                           f"{', '.join(VERSION_MISMATCH)}")
     if config.callback not in CALLBACKS:
         raise InvalidValue("callback", f"config key 'callback' is {config.callback!r}; "
                                        f"choose one of {', '.join(CALLBACKS)}")

@@ -1,17 +1,22 @@
-"""The user's own code travels however it is imported, and fails as it would at home.
+"""The user's own code travels however it is imported, and fails as it would at home;
+the packages it uses by name are compared between the caller and its workers.
 
-Each test writes a small project (a package and two modules beside a script)
-into a folder that no worker has on its path, and runs the script in a fresh
-Python with the local backend, as a user would.
+The first tests write a small project (a package and two modules beside a
+script) into a folder that no worker has on its path, and run the script in a
+fresh Python with the local backend, as a user would.
 """
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy
 import pytest
+
+import sheepdog
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -181,3 +186,48 @@ def test_compiled_module_of_the_users_is_refused_at_submit_naming_it(tmp_path):
     assert completed.returncode == 0, completed.stderr
     assert "the module 'fastmath'" in completed.stdout
     assert "is a compiled extension that is not installed" in completed.stdout
+
+
+def numpy_total(values):
+    return int(numpy.sum(values))
+
+
+def version_warnings(messages):
+    return [message for message in messages if "has other versions than the caller" in message]
+
+
+def test_a_worker_whose_versions_equal_the_callers_is_not_warned_about(local_conf, caplog):
+    with caplog.at_level("WARNING"):
+        assert sheepdog.map(numpy_total, [([1, 2],), ([3],)], local_conf, verbose=False) == [3, 3]
+    assert version_warnings(caplog.messages) == []
+
+
+def test_a_worker_with_another_minor_version_is_warned_about_once(local_conf, caplog,
+                                                                   monkeypatch):
+    worker_version = numpy.__version__
+    monkeypatch.setattr(numpy, "__version__", "0.1.0")  # the caller's, as the function carries it
+    config = {**local_conf, "workers": 2}
+    with caplog.at_level("WARNING"):
+        assert sheepdog.map(numpy_total, [([1, 2],), ([3],), ([4],)], config,
+                            verbose=False) == [3, 3, 4]
+    assert version_warnings(caplog.messages) == [
+        f"request 1: the worker on {socket.gethostname()} ({sys.executable}) has other "
+        f"versions than the caller: numpy 0.1.0 in the caller, {worker_version} on the worker; "
+        f"its results may differ, or its tasks fail (config key 'version_mismatch')"]
+
+
+def test_version_mismatch_error_fails_the_tasks_saying_why(local_conf, monkeypatch):
+    worker_version = numpy.__version__
+    monkeypatch.setattr(numpy, "__version__", "0.1.0")
+    config = {**local_conf, "version_mismatch": "error"}
+    assert sheepdog.map(numpy_total, [([1, 2],)], config, verbose=False) == [None]
+    ((_arguments, error),) = sheepdog.get_errors(1, local_conf["dbfile"])
+    assert (f"has other versions than the caller: numpy 0.1.0 in the caller, {worker_version} "
+            f"on the worker. The request's 'version_mismatch' is 'error', so its tasks do not "
+            f"run here") in error
+
+
+def test_version_mismatch_takes_only_warn_error_or_ignore(local_conf):
+    with pytest.raises(ValueError, match="config key 'version_mismatch' is 'loud'; choose one "
+                                         "of warn, error, ignore"):
+        sheepdog.map(abs, [(1,)], {**local_conf, "version_mismatch": "loud"})

@@ -15,8 +15,9 @@ other side runs to rebuild it, and what the pickler asks about a module:
   shows them, as Python shows them at home.
 - :func:`imported_names` reads the modules a code object imports when it runs.
 - :func:`compiled_module_file` tells a compiled extension, which cannot travel.
-- :func:`package_versions` and :func:`version_differences` compare the
-  versions of the packages that travel by name, between the caller and a worker.
+- :func:`package_versions`, :func:`version_differences` and
+  :class:`VersionReport` compare the versions of Python and of the packages
+  that travel by name, between the caller and a worker.
 
 Embedded in the job file: the standard library only.
 """
@@ -24,9 +25,11 @@ Embedded in the job file: the standard library only.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import dis
 import importlib.machinery
 import importlib.util
+import json
 import linecache
 import os
 import sys
@@ -178,3 +181,39 @@ def version_differences(caller: Mapping[str, str], worker: Mapping[str, str]
     return [f"{name} {version} in the caller, {worker[name]} on the worker"
             for name, version in sorted(caller.items())
             if name in worker and _major_minor(version) != _major_minor(worker[name])]
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionReport:
+    """What a worker tells the caller with its first report: where it runs, and the
+    versions of Python and of the packages the function reaches by name, the caller's
+    (as the function payload carries them) beside its own."""
+
+    host: str
+    python: str  #: the worker's interpreter (``sys.executable``)
+    caller: dict[str, str]
+    worker: dict[str, str]
+
+    def differences(self) -> list[str]:
+        return version_differences(self.caller, self.worker)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> VersionReport:
+        """The report in ``data``; ValueError if it is not one."""
+        values = json.loads(data)
+        if not isinstance(values, dict) or set(values) != {"host", "python", "caller", "worker"}:
+            raise ValueError("not a version report")
+        host, python, caller, worker = (values[name] for name in
+                                        ("host", "python", "caller", "worker"))
+        if not (isinstance(host, str) and isinstance(python, str)
+                and all(_text_mapping(versions) for versions in (caller, worker))):
+            raise ValueError("not a version report")
+        return cls(host, python, dict(caller), dict(worker))
+
+
+def _text_mapping(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(key, str) and isinstance(item, str) for key, item in value.items())

@@ -51,7 +51,8 @@ pickled result or its error text; beside it may travel the tail of what the
 task wrote to stdout and stderr (``STDOUT``, ``STDERR``, or ``OUTPUT`` when both
 went to one file), and beside an error the exception itself, pickled
 (``EXCEPTION``, within ``failures.MAX_EXCEPTION_BYTES``), which travels only in
-a ``results`` body.
+a ``results`` body, as does, once per worker, its versions of what the function
+uses by name (``VERSIONS``).
 
 **Sizes.** An error report must always fit, or a task that failed would be
 lost instead: the server accepts error and output bodies of up to
@@ -105,7 +106,10 @@ OUTPUT_KINDS = (STDOUT, STDERR, OUTPUT)
 WAIT = 6
 #: The exception a task raised, pickled, beside its ``ERROR`` text (see ``failures.py``).
 EXCEPTION = 7
-_KINDS = (ARGUMENTS, RESULT, ERROR) + OUTPUT_KINDS + (WAIT, EXCEPTION)
+#: A worker's versions of Python and of the packages the function reaches by name, beside
+#: the caller's, once per worker with its first report (``modules.VersionReport``, JSON).
+VERSIONS = 8
+_KINDS = (ARGUMENTS, RESULT, ERROR) + OUTPUT_KINDS + (WAIT, EXCEPTION, VERSIONS)
 
 #: The largest task index a path or frame may name (SQLite integers are signed 64-bit).
 MAX_INDEX = 2**62

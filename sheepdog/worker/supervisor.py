@@ -29,6 +29,7 @@ from ..wire.protocol import (
     ERROR,
     EXCEPTION,
     RESULT,
+    VERSIONS,
     Buffer,
     Frame,
     index_spec,
@@ -102,6 +103,7 @@ class Supervisor:
         self.todo: list[int] = []  # the runner's tasks
         self.batch = 0  # the pull (its seq) that the batch came from
         self.claims: Optional[Claims] = None  # what it may still start
+        self.versions_sent = False  # the first runner's versions went with its reports
 
     # -- the runners ------------------------------------------------------
 
@@ -180,6 +182,9 @@ class Supervisor:
             elif kind == POSTED:
                 self.remaining.discard(index)
             elif kind in (RESULT, ERROR, EXCEPTION):
+                self.queue(index, kind, bytes(payload))
+            elif kind == VERSIONS and not self.versions_sent:  # once per worker
+                self.versions_sent = True
                 self.queue(index, kind, bytes(payload))
 
     def _crashed(self, status: int, index: int, start: bytes) -> None:
@@ -291,9 +296,9 @@ class Supervisor:
 
         A pickled exception is left out: only a ``results`` body carries it, and
         its error text says what the task raised (the caller then raises
-        ``TaskError``).
+        ``TaskError``); so are the worker's versions, a courtesy.
         """
-        if kind == EXCEPTION:
+        if kind in (EXCEPTION, VERSIONS):
             return
         route = {RESULT: "result", ERROR: "error"}.get(kind, "output")
         try:
