@@ -345,3 +345,22 @@ def test_module_made_in_the_caller_without_a_file_travels_by_value(monkeypatch, 
         return made.scale * x
 
     assert call_in_fresh_interpreter(tmp_path, f, (2,)) == 6
+
+
+def test_what_a_module_of_yours_holds_that_cannot_travel_is_left_out_naming_it(
+        tmp_path, monkeypatch, caplog):
+    (tmp_path / "own_module_with_lock.py").write_text(
+        "import threading\nLOCK = threading.Lock()\nFACTOR = 5\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "own_module_with_lock", __import__("own_module_with_lock"))
+    (tmp_path / "run").mkdir()
+
+    def f(x):
+        import own_module_with_lock
+        return own_module_with_lock.FACTOR * x
+
+    with caplog.at_level("WARNING", logger="sheepdog.wire.serialisation"):
+        assert call_in_fresh_interpreter(tmp_path / "run", f, (2,)) == 10
+    assert caplog.messages == [
+        "left out of the modules that travel, since they cannot be pickled: "
+        "own_module_with_lock.LOCK; a task that uses one fails on the worker"]

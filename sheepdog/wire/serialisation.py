@@ -31,6 +31,7 @@ import functools
 import importlib
 import io
 import json
+import logging
 import os
 import pickle
 import site
@@ -44,6 +45,8 @@ import cloudpickle
 
 from . import modules
 from .protocol import ALIGNMENT, Buffer
+
+log = logging.getLogger(__name__)
 
 #: Pickle protocol for every payload; override to talk to older workers.
 pickle_protocol = pickle.HIGHEST_PROTOCOL
@@ -113,7 +116,8 @@ def module_is_installed(module_name: Optional[str]) -> bool:
     """
     if module_name in (None, "__main__", "__mp_main__"):
         return False
-    if module_name.partition(".")[0] == "cloudpickle" or module_name.startswith(_EMBEDDED):
+    if (module_name.partition(".")[0] == "cloudpickle" or module_name in _EMBEDDED_PACKAGES
+            or module_name.startswith(_EMBEDDED)):
         return True
     module = sys.modules.get(module_name)
     if module is None:
@@ -142,6 +146,7 @@ def _fileless_module_is_installed(module_name: str, module: types.ModuleType) ->
 
 #: What every job file embeds, under these names (see ``caller/jobscript.py``).
 _EMBEDDED = ("sheepdog.wire.", "sheepdog.worker.")
+_EMBEDDED_PACKAGES = ("sheepdog", "sheepdog.wire", "sheepdog.worker")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -174,11 +179,14 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     """
 
     def __init__(self, file: io.BytesIO, protocol: int, buffer_callback: Any = None,
-                 ship_sources: bool = False) -> None:
+                 ship_sources: bool = False, forgiving: bool = False) -> None:
         super().__init__(file, protocol, buffer_callback=buffer_callback)
         self.ship_sources = ship_sources
         self.stubs: dict[str, modules.ModuleStub] = {}
         self.by_name: set[str] = set()
+        #: Leave out of a module the attributes that cannot travel, naming them in ``left_out``.
+        self.forgiving = forgiving
+        self.left_out: list[str] = []
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, types.CodeType):
@@ -227,8 +235,14 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
             self._by_name(name)
             return super().reducer_override(module)  # by name (cloudpickle's)
         _refuse_compiled(name)
-        return (modules.same_module, (self._stub(module),), modules.module_state(module),
-                None, None, modules.fill_module)
+        state = modules.module_state(module)
+        if self.forgiving:
+            for attribute, value in list(state.items()):
+                if not _travels(value):
+                    del state[attribute]
+                    self.left_out.append(f"{name}.{attribute}")
+        return (modules.same_module, (self._stub(module),), state, None, None,
+                modules.fill_module)
 
     def _stub(self, module: types.ModuleType) -> modules.ModuleStub:
         return self.stubs.setdefault(module.__name__, modules.ModuleStub(module.__name__))
@@ -258,6 +272,16 @@ _NOT_VERSIONED = ("sheepdog", "cloudpickle", "builtins", "__main__", "__mp_main_
 def _standard_library() -> frozenset[str]:
     names = getattr(sys, "stdlib_module_names", ())  # Python 3.10 and later
     return frozenset(names) | frozenset(sys.builtin_module_names)
+
+
+def _travels(value: Any) -> bool:
+    """Whether ``value`` can be pickled (as a module's attribute; to leave out those that
+    cannot)."""
+    try:
+        _Pickler(io.BytesIO(), pickle_protocol, forgiving=True).dump(value)
+    except Exception:  # noqa: BLE001 - any failure: it cannot travel
+        return False
+    return True
 
 
 def _refuse_compiled(module_name: Optional[str]) -> None:
@@ -327,13 +351,15 @@ def _padding(length: int) -> bytes:
     return b"\0" * (-length % ALIGNMENT)
 
 
-def dumps_parts(obj: Any, ship_sources: bool = False) -> list[Buffer]:
+def dumps_parts(obj: Any, ship_sources: bool = False, forgiving: bool = False
+                ) -> list[Buffer]:
     """Serialise ``obj`` to a list of bytes-like parts; the payload is their concatenation.
 
     Large contiguous buffers (with pickle protocol 5 or later) are not copied:
     the parts include memoryviews of them, after a header that says where each
     starts. Small objects give a single part, a plain pickle. With
-    ``ship_sources``, the code that travels by value brings its source lines.
+    ``ship_sources``, the code that travels by value brings its source lines;
+    ``forgiving``, see :func:`dumps_function`.
     """
     buffers: list[memoryview] = []
 
@@ -345,8 +371,12 @@ def dumps_parts(obj: Any, ship_sources: bool = False) -> list[Buffer]:
         return False
 
     stream = io.BytesIO()
-    _Pickler(stream, pickle_protocol, keep_out_of_band if pickle_protocol >= 5 else None,
-             ship_sources).dump(obj)
+    pickler = _Pickler(stream, pickle_protocol,
+                       keep_out_of_band if pickle_protocol >= 5 else None, ship_sources, forgiving)
+    pickler.dump(obj)
+    if pickler.left_out:
+        log.warning("left out of the modules that travel, since they cannot be pickled: %s; "
+                    "a task that uses one fails on the worker", ", ".join(pickler.left_out))
     pickled = stream.getvalue()
     if not buffers:
         return [pickled]
@@ -415,17 +445,26 @@ def dumps_function(function: Any, namespace: Optional[Mapping[str, Any]] = None)
     """Serialise ``function`` together with ``namespace``, once per request.
 
     ``namespace`` entries are injected into the globals of the function on the
-    worker, overriding the globals captured automatically. Beside them travel
+    worker, overriding the globals captured automatically. An attribute of a
+    module of the user's that cannot be pickled (a lock, an open file) is left
+    out of it, with a warning that names it. Beside them travel
     the source lines of the code that travels by value, and the versions of
     Python and of the packages that travel by name (see
     :func:`loads_function_and_versions`).
     """
     namespace = dict(namespace or {})
+    payload = (function, namespace, _VERSIONS)
     try:
-        return b"".join(dumps_parts((function, namespace, _VERSIONS), ship_sources=True))
+        return b"".join(dumps_parts(payload, ship_sources=True))
     except SerialisationError:
         raise
     except Exception as error:
+        try:  # without the attributes of the user's modules that cannot travel (a lock, say)
+            return b"".join(dumps_parts(payload, ship_sources=True, forgiving=True))
+        except SerialisationError:
+            raise
+        except Exception:
+            pass
         raise SerialisationError(_explain_function_failure(function, namespace, error)) from error
 
 
