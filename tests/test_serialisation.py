@@ -364,3 +364,16 @@ def test_what_a_module_of_yours_holds_that_cannot_travel_is_left_out_naming_it(
     assert caplog.messages == [
         "left out of the modules that travel, since they cannot be pickled: "
         "own_module_with_lock.LOCK; a task that uses one fails on the worker"]
+
+
+def test_a_result_holding_a_module_of_yours_does_not_enter_sys_modules(tmp_path, monkeypatch):
+    (tmp_path / "own_module_in_result.py").write_text("def one():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = __import__("own_module_in_result")
+    payload = dumps(module)
+    monkeypatch.delitem(sys.modules, "own_module_in_result")
+    loaded = loads(payload)
+    assert loaded.one() == 1 and "own_module_in_result" not in sys.modules
+    shipped = loads_function(dumps_function(lambda: module.one()))
+    assert shipped() == 1 and sys.modules["own_module_in_result"] is not module
+    monkeypatch.delitem(sys.modules, "own_module_in_result")

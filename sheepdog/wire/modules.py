@@ -7,9 +7,10 @@ other side runs to rebuild it, and what the pickler asks about a module:
   by value. The other side rebuilds it as a module of the same name
   (:func:`new_module`), whose dictionary is also the globals of the module's
   functions that travelled, so that they share their globals as they did at
-  home; a worker puts it into ``sys.modules``, so that ``import mylib`` inside
-  a function finds it there. A process that has a module of that name of its
-  own (the caller, loading a result) keeps its own.
+  home. Loading a request's function puts it into ``sys.modules``, so that
+  ``import mylib`` inside the function finds it there; a process that has a
+  module of that name of its own keeps its own, and a result or an argument
+  never puts one there.
 - The code that travels by value brings the lines of its source file
   (:func:`code_with_lines`), so that a traceback formatted on the worker
   shows them, as Python shows them at home.
@@ -25,6 +26,7 @@ Embedded in the job file: the standard library only.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
 import dis
 import importlib.machinery
@@ -33,6 +35,7 @@ import json
 import linecache
 import os
 import sys
+import threading
 import types
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
@@ -67,12 +70,28 @@ class ModuleNamespace(dict[str, Any]):
         return module_dictionary, (self.stub,), None, None, iter(list(self.items()))
 
 
+#: Whether the payload being loaded is a request's function, whose modules go into
+#: ``sys.modules`` (see :func:`registering`); a result's or an argument's never do.
+_registering = threading.local()
+
+
+@contextlib.contextmanager
+def registering() -> Iterator[None]:
+    """Put the modules rebuilt meanwhile (in this thread) into ``sys.modules``."""
+    _registering.on = True
+    try:
+        yield
+    finally:
+        _registering.on = False
+
+
 def new_module(name: str) -> types.ModuleType:
-    """An empty module named ``name``, in ``sys.modules`` unless this process has its own."""
+    """An empty module named ``name``; in ``sys.modules`` while :func:`registering`, unless
+    this process has its own."""
     module = types.ModuleType(name)
     module.__dict__["__builtins__"] = builtins.__dict__
     present = sys.modules.get(name)
-    if present is None or present in _rebuilt:
+    if getattr(_registering, "on", False) and (present is None or present in _rebuilt):
         sys.modules[name] = module
         parent, _, child = name.rpartition(".")
         if parent and sys.modules.get(parent) in _rebuilt:

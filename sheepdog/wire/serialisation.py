@@ -481,7 +481,8 @@ def loads_function_and_versions(data: Buffer) -> tuple[Any, dict[str, str]]:
     (a module of the user's rebuilt here included), never into those of a module
     imported by name.
     """
-    loaded = loads(data)
+    with modules.registering():
+        loaded = loads(data)
     function, namespace = loaded[:2]
     versions = dict(loaded[2]) if len(loaded) > 2 else {}
     module = sys.modules.get(getattr(function, "__module__", None) or "")
