@@ -106,33 +106,77 @@ def cancel(request_id: int, dbfile: Optional[str] = None) -> int:
     return _request(request_id, dbfile).cancel()
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C in :func:`map`, after sheepdog said what became of the request's tasks.
+
+    A ``KeyboardInterrupt`` still, for code that catches one; left uncaught in
+    a script, it ends with its one line instead of a traceback through the
+    wait loop (see :func:`_one_line_for_interruptions`).
+    """
+
+
 def _after_interrupt(request: Request) -> None:
     """Ctrl-C in map: cancel the unfinished tasks, asking first when someone can answer."""
     progress = request.progress()
     unfinished = progress.total - progress.finished
     if not unfinished:
         return
+    dbfile = request.storage.dbfile
+    later = f"sheepdog.get_results({request.id}, {dbfile!r})"
+    if request.backend.outlives_caller:
+        run_on = f"leave them running on the cluster; collect them later with {later}"
+    elif _interactive_session():
+        run_on = (f"leave them running in this Python session (they end when it exits); "
+                  f"collect them with {later}")
+    else:
+        run_on = (f"leave them running, but only while this script runs, and it ends now "
+                  f"unless it catches KeyboardInterrupt; a later {later} starts them again")
     answer = "y"
     if sys.stdin is not None and sys.stdin.isatty():
+        print(f"\nsheepdog: interrupted. The {unfinished} unfinished tasks of request "
+              f"{request.id} keep running while this question waits.\n"
+              f"  y: cancel them.  n: {run_on}.", file=sys.stderr)
         try:
-            answer = input(f"\nsheepdog: cancel the {unfinished} unfinished tasks of request "
+            answer = input(f"sheepdog: cancel the {unfinished} unfinished tasks of request "
                            f"{request.id}? [Y/n] ").strip().lower() or "y"
         except (EOFError, KeyboardInterrupt):
             answer = "y"
-    dbfile = request.storage.dbfile
     if answer.startswith("n"):
         if request.backend.outlives_caller:
             print(f"sheepdog: request {request.id} keeps running on the cluster; collect it "
-                  f"with sheepdog.get_results({request.id}, {dbfile!r})", file=sys.stderr)
+                  f"with {later}", file=sys.stderr)
         else:
             print(f"sheepdog: request {request.id} keeps running while this Python process "
                   f"lives; its tasks run here and end when it exits. Collect it with "
-                  f"sheepdog.get_results({request.id}, {dbfile!r})", file=sys.stderr)
+                  f"{later}", file=sys.stderr)
         return
     cancelled = request.cancel()
     jobs = ", ".join(job.job_id for job in request.storage.jobs(request.id))
     print(f"sheepdog: cancelled request {request.id}: job {jobs} removed from the scheduler, "
           f"{cancelled} unfinished tasks marked cancelled", file=sys.stderr)
+
+
+def _interactive_session() -> bool:
+    """Whether Python runs a prompt (the REPL, ``python -i``, IPython or Jupyter), where
+    the process lives on after a Ctrl-C, rather than a script that it ends."""
+    return hasattr(sys, "ps1") or bool(sys.flags.interactive) or "IPython" in sys.modules
+
+
+def _one_line_for_interruptions() -> None:
+    """Make an uncaught :class:`Interrupted` print its one line, and any other exception
+    what it printed before; installed once, on the first Ctrl-C in :func:`map`."""
+    previous = sys.excepthook
+    if getattr(previous, "sheepdog_one_line", False):
+        return
+
+    def excepthook(kind: type[BaseException], error: BaseException, trace: Any) -> None:
+        if isinstance(error, Interrupted):
+            print(f"KeyboardInterrupt: {error}", file=sys.stderr)
+        else:
+            previous(kind, error, trace)
+
+    excepthook.sheepdog_one_line = True  # type: ignore[attr-defined]
+    sys.excepthook = excepthook
 
 
 def map(  # noqa: A001 - the original API's name
@@ -153,7 +197,9 @@ def map(  # noqa: A001 - the original API's name
     the request, whose other results ``get_results`` still reads. The
     default, ``errors="none"``, gives ``None`` for such a task, as the
     original library did. Ctrl-C cancels the request's remaining tasks
-    (asking first in an interactive session) and says so.
+    (asking first when a terminal can answer, and saying what each answer
+    means there), says so, and raises :class:`Interrupted`, a
+    ``KeyboardInterrupt`` that ends an uncaught script with one line.
     """
     if errors not in ("none", "raise"):
         raise ValueError(f"errors must be 'none' or 'raise', not {errors!r}")
@@ -162,7 +208,8 @@ def map(  # noqa: A001 - the original API's name
         request.wait(verbose=verbose, link=_default_session.dashboard_link(request))
     except KeyboardInterrupt:
         _after_interrupt(request)
-        raise
+        _one_line_for_interruptions()
+        raise Interrupted(f"sheepdog.map of request {request.id} interrupted") from None
     results = request.values()
     if errors == "raise":
         failure = outcomes.first_failure(request)

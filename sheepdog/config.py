@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import logging
 import math
 import os
 import socket
@@ -30,6 +31,8 @@ from typing import Any, Mapping, Optional, Sequence, Union, cast
 
 from . import userconfig
 from .backends.registry import registered
+
+log = logging.getLogger(__name__)
 
 #: How workers reach the caller's server: see docs/channel.rst.
 CALLBACKS = ("auto", "direct", "tunnel")
@@ -77,7 +80,14 @@ class Config:
     key_in_job_file: bool = False
     #: "HOST:PORT" of the live dashboard (see docs/dashboard.rst); False: none.
     dashboard: Union[str, bool] = DEFAULT_DASHBOARD
+    #: When a worker's versions of Python or of a package the function uses by name
+    #: differ from the caller's in their major or minor part: "warn", "error" (the
+    #: worker's tasks fail, saying so) or "ignore".
+    version_mismatch: str = "warn"
 
+
+#: What ``version_mismatch`` may say.
+VERSION_MISMATCH = ("warn", "error", "ignore")
 
 #: Accepted types of each key (None stands for "may be None").
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -110,6 +120,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "connect_timeout": (int, float),
     "key_in_job_file": (bool,),
     "dashboard": (str, bool),
+    "version_mismatch": (str,),
 }
 
 VALID_KEYS = tuple(field.name for field in dataclasses.fields(Config))
@@ -148,6 +159,10 @@ def _check_values(config: Config) -> None:
     if config.scheduler not in registered():
         raise InvalidValue("scheduler", f"config key 'scheduler' is {config.scheduler!r}; "
                                         f"choose one of {', '.join(registered())}")
+    if config.version_mismatch not in VERSION_MISMATCH:
+        raise InvalidValue("version_mismatch", f"config key 'version_mismatch' is "
+                           f"{config.version_mismatch!r}; choose one of "
+                           f"{', '.join(VERSION_MISMATCH)}")
     if config.callback not in CALLBACKS:
         raise InvalidValue("callback", f"config key 'callback' is {config.callback!r}; "
                                        f"choose one of {', '.join(CALLBACKS)}")
@@ -278,6 +293,25 @@ def resolve_with_sources(conf: Optional[Mapping[str, Any]]) -> tuple[Config, dic
                     for key in VALID_KEYS}
 
 
+#: The keys only a scheduler reached over SSH uses.
+REMOTE_KEYS = ("host", "ssh_port", "ssh_user", "ssh_keyfile", "ssh_known_hosts", "ssh_config",
+               "ssh_dir")
+#: The schedulers whose tasks run on this machine, which use none of them.
+THIS_MACHINE = ("local", "inline")
+_warned: set[str] = set()
+
+
+def unused_key_warnings(config: Config, origins: Optional[Mapping[str, str]]) -> list[str]:
+    """A warning for each key set (anywhere) that the chosen scheduler does not use:
+    ``host`` or ``ge_opts`` with the local scheduler, say. Each names where it was set."""
+    if origins is None or config.scheduler not in THIS_MACHINE:
+        return []
+    return [f"config key {key!r} ({origins[key]}) is not used by the {config.scheduler} "
+            f"scheduler, whose tasks run on this machine; it is ignored"
+            for key in REMOTE_KEYS + OPTIONS_KEYS
+            if origins.get(key, "the default") != "the default"]
+
+
 def resolve_with_origins(conf: Optional[Mapping[str, Any]]) -> tuple[Config, dict[str, str]]:
     """The config, and where each of its values came from, in words for a warning.
 
@@ -301,6 +335,10 @@ def _resolve(conf: Optional[Mapping[str, Any]]) -> tuple[Config, dict[str, userc
     if profile is not None and not isinstance(profile, str):
         raise TypeError(f"config key 'profile' must be str or None, not {type(profile).__name__}")
     profile, asked_by = userconfig.chosen_profile(profile)
+    for message in userconfig.unknown_variables(_TYPES):
+        if message not in _warned:  # once per process
+            _warned.add(message)
+            log.warning("%s", message)
     settings = [
         *userconfig.read_file().settings(profile, asked_by),
         *userconfig.environment_settings(_TYPES),

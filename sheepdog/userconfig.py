@@ -24,7 +24,7 @@ import re
 import stat
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -286,6 +286,36 @@ def environment_settings(types: Mapping[str, tuple[type, ...]]) -> list[Setting]
         settings.append(Setting(key, value, f"env {variable}", f"environment variable {variable}",
                                 f"environment variable {variable}", variable))
     return settings
+
+
+#: ``SHEEPDOG_*`` variables that are no config key: sheepdog's own, and those of its
+#: tests and of the scripts that bring up the test clusters (``ci/``).
+OTHER_VARIABLES = frozenset({
+    CONFIG_FILE_VARIABLE, PROFILE_VARIABLE, "SHEEPDOG_TASK_ID", "SHEEPDOG_REQUIRE_CLUSTER",
+    "SHEEPDOG_DASHBOARD_SCREENSHOT", "SHEEPDOG_ATTACK_SECONDS", "SHEEPDOG_WRITE_GOLDEN",
+    "SHEEPDOG_REGENERATE_GOLDEN", "SHEEPDOG_NETNS", "SHEEPDOG_AS_CALLER",
+    "SHEEPDOG_CALLER_ADDRESS", "SHEEPDOG_CALLER_NAME", "SHEEPDOG_CALLER_NETNS",
+    "SHEEPDOG_CLUSTER_ADDRESS", "SHEEPDOG_SLURM", "SHEEPDOG_SLURM_ACCOUNTING",
+    "SHEEPDOG_SLURM_CLUSTER", "SHEEPDOG_SLURM_KILL_WAIT", "SHEEPDOG_SLURM_PARTITION",
+})
+OTHER_PREFIXES = ("SHEEPDOG_TEST_", "SHEEPDOG_DURABILITY_", "SHEEPDOG_NODE")
+
+
+def unknown_variables(keys: Iterable[str]) -> list[str]:
+    """A message for each ``SHEEPDOG_*`` variable set that names no config key (``keys``)
+    and is none of :data:`OTHER_VARIABLES`: a typo, which would otherwise change nothing."""
+    known = {ENVIRONMENT_PREFIX + key.upper() for key in keys}
+    messages = []
+    for variable in sorted(os.environ):
+        if (not variable.startswith(ENVIRONMENT_PREFIX) or variable in known
+                or variable in OTHER_VARIABLES or variable.startswith(OTHER_PREFIXES)):
+            continue
+        close = difflib.get_close_matches(variable, sorted(known | {CONFIG_FILE_VARIABLE,
+                                                                    PROFILE_VARIABLE}), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        messages.append(f"environment variable {variable} is no sheepdog setting{hint}; it is "
+                        f"ignored")
+    return messages
 
 
 def chosen_profile(from_config: Optional[str]) -> tuple[Optional[str], str]:

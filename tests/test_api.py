@@ -12,6 +12,7 @@ import pytest
 
 import sheepdog
 from sheepdog import api
+from sheepdog.wire import serialisation
 
 from .support.quickstart import QUICKSTART, run_doctest
 
@@ -169,6 +170,8 @@ def max_request(conf):
 def test_module_missing_on_the_worker_is_a_clear_error(local_conf, monkeypatch):
     only_here = types.ModuleType("only_on_the_caller")
     monkeypatch.setitem(sys.modules, "only_on_the_caller", only_here)
+    # As if it were installed here, and so sent by name: the workers lack it.
+    monkeypatch.setattr(serialisation, "module_is_installed", lambda name: True)
 
     def uses_it():
         return only_here
@@ -236,3 +239,39 @@ def test_reading_functions_use_the_dbfile_of_your_settings(local_conf, monkeypat
     request_id = sheepdog.map_async(abs, [(-3,)], {"scheduler": "local"})
     assert sheepdog.get_results(request_id, timeout=60) == [((-3,), 3)]
     assert sheepdog.get_errors(request_id) == []
+
+
+def test_get_results_restarting_an_orphaned_local_request_says_so(local_conf, caplog):
+    program = textwrap.dedent(f"""
+        import os, time, sheepdog
+        from sheepdog.backends import local
+        def slow(x):
+            import time
+            time.sleep(1)
+            return 2 * x
+        request = sheepdog.map_async(slow, [(1,), (2,)], {{**{local_conf!r}, "retries": 1}})
+        print(request, flush=True)
+        storage = sheepdog.Storage({local_conf["dbfile"]!r})
+        while storage.progress(request).running < 2:
+            time.sleep(0.02)
+        for job in list(local._live_jobs):  # as if this process's end had taken them along
+            for process in list(job._running.values()):
+                process.kill()
+        os._exit(0)
+    """)
+    request_id = int(subprocess.run([sys.executable, "-c", program], capture_output=True,
+                                    text=True, check=True, cwd=ROOT, timeout=60).stdout)
+    with caplog.at_level("WARNING", logger="sheepdog.caller.watcher"):
+        results = sheepdog.get_results(request_id, local_conf["dbfile"])
+    assert results == [((1,), 2), ((2,), 4)]
+    assert (f"request {request_id}: no worker is left for its 2 unfinished tasks (local "
+            f"workers end with the Python process that started them); restarting them in new "
+            f"workers of this process") in caplog.messages
+
+
+def test_an_uncaught_interruption_of_map_ends_with_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    api._one_line_for_interruptions()
+    sys.excepthook(api.Interrupted, api.Interrupted("sheepdog.map of request 7 interrupted"),
+                   None)
+    assert capsys.readouterr().err == "KeyboardInterrupt: sheepdog.map of request 7 interrupted\n"

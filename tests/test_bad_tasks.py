@@ -215,11 +215,12 @@ def test_on_a_really_full_disk_results_stored_stay_and_the_rest_name_the_disk(
     assert [name for name in os.listdir(conf["dbfile"] + ".payloads")
             if name.endswith(".part")] == []
 
-    with open(small_disk / "filler", "wb") as filler:  # now not even a request fits
+    # Now not even a request fits. Unbuffered: a buffered file would keep what did not
+    # fit, and raise again as it closes.
+    with open(small_disk / "filler", "wb", buffering=0) as filler:
         try:
             while True:
                 filler.write(b"\0" * 65536)
-                filler.flush()
         except OSError:
             pass
     with pytest.raises(DiskFullError, match=f"mounted at {small_disk}"):

@@ -4,7 +4,8 @@ backend, in a directory of their own and with a config file of their own."""
 from sheepdog.cli import commands as cli
 from sheepdog.cli import records
 
-from .support.doc_pages import run_page, toml_example
+from .support.doc_pages import page, run_page, toml_example
+from .support.quickstart import run_doctest
 
 
 def test_the_configuration_pages_examples_run_with_its_own_config_file(tmp_path,
@@ -36,3 +37,9 @@ def test_a_page_that_says_otherwise_than_the_command_fails(tmp_path, monkeypatch
                         lambda _name: "    $ sheepdog list --dbfile nowhere.sqlite\n"
                                       "    ID  CREATED\n")
     assert run_page("cli.rst") == (1, 1)
+
+
+def test_the_tips_pages_examples_run_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    results = run_doctest(page("tips_and_tricks.rst"), {"scheduler": "local"})
+    assert results.failed == 0 and results.attempted == 4

@@ -253,7 +253,8 @@ def test_ctrl_c_in_a_script_cancels_and_says_so(tmp_path):
     storage = wait_until_running(tmp_path / "db.sqlite", 2)
     process.send_signal(signal.SIGINT)
     _out, err = process.communicate(timeout=30)
-    assert "KeyboardInterrupt" in err
+    assert err.rstrip().endswith("\nKeyboardInterrupt: sheepdog.map of request 1 interrupted")
+    assert "Traceback" not in err
     assert "sheepdog: cancelled request 1" in err and "2 unfinished tasks marked cancelled" in err
     assert storage.progress(1).cancelled == 2
 
@@ -284,12 +285,18 @@ def test_answering_n_to_the_ctrl_c_prompt_leaves_the_tasks_alone(tmp_path):
         storage = wait_until_running(tmp_path / "db.sqlite", 2)
         process.send_signal(signal.SIGINT)
         prompt = read_until(process.stderr.fileno(), b"[Y/n] ")  # input() prompts on stderr
+        assert ("sheepdog: interrupted. The 2 unfinished tasks of request 1 keep running "
+                "while this question waits.\n") in prompt
+        assert ("  y: cancel them.  n: leave them running, but only while this script runs, "
+                "and it ends now unless it catches KeyboardInterrupt; a later "
+                "sheepdog.get_results(1, ") in prompt
         assert prompt.endswith("sheepdog: cancel the 2 unfinished tasks of request 1? [Y/n] ")
         os.write(terminal, b"n\n")
         _out, err = process.communicate(timeout=30)
     finally:
         os.close(terminal)
-    assert "KeyboardInterrupt" in err and "cancelled request" not in err
+    assert err.rstrip().endswith("KeyboardInterrupt: sheepdog.map of request 1 interrupted")
+    assert "cancelled request" not in err and "Traceback" not in err
     assert "sheepdog: request 1 keeps running while this Python process lives" in err
     assert f"sheepdog.get_results(1, {str(tmp_path / 'db.sqlite')!r})" in err
     assert storage.progress(1).cancelled == 0

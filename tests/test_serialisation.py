@@ -284,3 +284,96 @@ def test_function_defined_without_source_file_ships():
 def test_shipped_function_gets_builtins():
     shipped = loads_function(dumps_function(lambda xs: len(xs)))
     assert isinstance(shipped, types.FunctionType) and shipped([1, 2]) == 2
+
+
+def test_compiled_module_of_the_users_is_refused_naming_it(monkeypatch, tmp_path):
+    compiled = types.ModuleType("users_fastmath")
+    compiled.__file__ = str(tmp_path / "users_fastmath.cpython-311-x86_64-linux-gnu.so")
+    monkeypatch.setitem(sys.modules, "users_fastmath", compiled)
+
+    def f(x):
+        return users_fastmath.add(x)  # noqa: F821 - the global below
+
+    f.__globals__["users_fastmath"] = compiled
+    try:
+        with pytest.raises(SerialisationError, match="the module 'users_fastmath' .*compiled"):
+            dumps_function(f)
+    finally:
+        del f.__globals__["users_fastmath"]
+
+
+def test_own_module_imported_inside_a_function_travels(tmp_path, monkeypatch):
+    (tmp_path / "own_module_inside.py").write_text("def twice(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "own_module_inside", __import__("own_module_inside"))
+    (tmp_path / "run").mkdir()
+
+    def f(x):
+        import own_module_inside
+        return own_module_inside.twice(x)
+
+    assert call_in_fresh_interpreter(tmp_path / "run", f, (21,)) == 42
+
+
+def test_versions_of_packages_reached_by_name_travel_with_the_function():
+    import numpy
+
+    _function, versions = serialisation.loads_function_and_versions(
+        dumps_function(lambda: numpy.zeros(1)))
+    assert versions["numpy"] == numpy.__version__
+    assert versions["python"] == sys.version.split()[0] and "json" not in versions
+
+
+def test_version_differences_name_major_or_minor_changes_only():
+    from sheepdog.wire.modules import version_differences
+
+    caller = {"python": "3.11.4", "numpy": "2.1.0", "pandas": "2.2.1"}
+    assert version_differences(caller, {"python": "3.11.9", "numpy": "1.26.4",
+                                        "pandas": "2.2.3"}) == [
+        "numpy 2.1.0 in the caller, 1.26.4 on the worker"]
+    assert version_differences(caller, dict(caller)) == []
+
+
+def test_module_made_in_the_caller_without_a_file_travels_by_value(monkeypatch, tmp_path):
+    made = types.ModuleType("made_in_the_caller")
+    made.scale = 3
+    monkeypatch.setitem(sys.modules, "made_in_the_caller", made)
+    assert not module_is_installed("made_in_the_caller")
+    assert module_is_installed("sys") and module_is_installed("_frozen_importlib")
+
+    def f(x):
+        return made.scale * x
+
+    assert call_in_fresh_interpreter(tmp_path, f, (2,)) == 6
+
+
+def test_what_a_module_of_yours_holds_that_cannot_travel_is_left_out_naming_it(
+        tmp_path, monkeypatch, caplog):
+    (tmp_path / "own_module_with_lock.py").write_text(
+        "import threading\nLOCK = threading.Lock()\nFACTOR = 5\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "own_module_with_lock", __import__("own_module_with_lock"))
+    (tmp_path / "run").mkdir()
+
+    def f(x):
+        import own_module_with_lock
+        return own_module_with_lock.FACTOR * x
+
+    with caplog.at_level("WARNING", logger="sheepdog.wire.serialisation"):
+        assert call_in_fresh_interpreter(tmp_path / "run", f, (2,)) == 10
+    assert caplog.messages == [
+        "left out of the modules that travel, since they cannot be pickled: "
+        "own_module_with_lock.LOCK; a task that uses one fails on the worker"]
+
+
+def test_a_result_holding_a_module_of_yours_does_not_enter_sys_modules(tmp_path, monkeypatch):
+    (tmp_path / "own_module_in_result.py").write_text("def one():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = __import__("own_module_in_result")
+    payload = dumps(module)
+    monkeypatch.delitem(sys.modules, "own_module_in_result")
+    loaded = loads(payload)
+    assert loaded.one() == 1 and "own_module_in_result" not in sys.modules
+    shipped = loads_function(dumps_function(lambda: module.one()))
+    assert shipped() == 1 and sys.modules["own_module_in_result"] is not module
+    monkeypatch.delitem(sys.modules, "own_module_in_result")

@@ -277,3 +277,42 @@ def test_the_config_dict_or_file_may_lower_security_where_a_variable_may_not(use
     assert resolve({}).tls is False
     monkeypatch.setenv("SHEEPDOG_TLS", "0")  # the dict wins over the variable: it is not used
     assert resolve({"tls": True, "key_in_job_file": True}).key_in_job_file is True
+
+
+def test_an_unknown_variable_is_warned_about_with_a_did_you_mean(monkeypatch, caplog):
+    from sheepdog import config
+
+    monkeypatch.setenv("SHEEPDOG_RETIRES", "3")
+    monkeypatch.setattr(config, "_warned", set())
+    with caplog.at_level("WARNING", logger="sheepdog.config"):
+        resolve({})
+        resolve({})
+    assert [record.getMessage() for record in caplog.records] == [
+        "environment variable SHEEPDOG_RETIRES is no sheepdog setting (did you mean "
+        "SHEEPDOG_RETRIES?); it is ignored"]
+
+
+@pytest.mark.parametrize("variable", ["SHEEPDOG_TASK_ID", "SHEEPDOG_REQUIRE_CLUSTER",
+                                      "SHEEPDOG_TEST_USER", "SHEEPDOG_DURABILITY_ROUNDS",
+                                      "SHEEPDOG_DASHBOARD_SCREENSHOT", "SHEEPDOG_ATTACK_SECONDS",
+                                      "SHEEPDOG_PROFILE", "SHEEPDOG_SLURM_CLUSTER"])
+def test_sheepdogs_own_and_test_variables_are_not_warned_about(monkeypatch, variable):
+    from sheepdog.config import VALID_KEYS
+    from sheepdog.userconfig import unknown_variables
+
+    monkeypatch.setenv(variable, "1")
+    assert unknown_variables(VALID_KEYS) == []
+
+
+def test_keys_the_local_scheduler_does_not_use_are_warned_about_naming_where(user_file):
+    from sheepdog.config import resolve_with_origins, unused_key_warnings
+
+    path = user_file('[default]\nge_opts = ["-q long"]\n')
+    config, origins = resolve_with_origins({"scheduler": "local", "host": "fear"})
+    assert unused_key_warnings(config, origins) == [
+        "config key 'host' (the config dict) is not used by the local scheduler, whose tasks "
+        "run on this machine; it is ignored",
+        f"config key 'ge_opts' ([default] in the config file {path}, line 2) is not used by "
+        f"the local scheduler, whose tasks run on this machine; it is ignored"]
+    config, origins = resolve_with_origins({"scheduler": "gridengine", "host": "fear"})
+    assert unused_key_warnings(config, origins) == []

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Optional
 
 from ..config import Config
 from ..server import Server
+from ..server.versions import VersionReports
 from ..storage import Storage, StorageError
 
 if TYPE_CHECKING:  # the dashboard (and Flask) is imported only when it is served
@@ -48,6 +49,8 @@ class DatabaseOwner:
         self._servers: dict[str, Server] = {}  # scheme -> the server new requests use
         self._dashboard: Optional[DashboardServer] = None
         self._holders = 0
+        #: What the workers of this process's servers said of their versions.
+        self.version_reports = VersionReports()
 
     def server(self, config: Config, port: Optional[int] = None, wait: bool = True) -> Server:
         """The server that new requests of ``config``'s scheme use, started on first use.
@@ -62,7 +65,8 @@ class DatabaseOwner:
             server = self._servers.get(scheme)
             if server is None or not server.running or port not in (None, server.port):
                 server = Server(self.storage, port=port, bind=config.bind or "127.0.0.1",
-                                max_body_bytes=config.max_body_bytes, use_tls=config.tls)
+                                max_body_bytes=config.max_body_bytes, use_tls=config.tls,
+                                version_reports=self.version_reports)
                 self._servers[scheme] = server
         return server.start(wait)
 

@@ -176,6 +176,7 @@ class Request:
             python=(sys.version_info[0], sys.version_info[1]),
             memory_limit=backend.memory_limit(),
             kill_signals=tuple(backend.kill_signals),
+            version_mismatch=config.version_mismatch,
             retry_seconds=config.retry_seconds,
             heartbeat_seconds=config.heartbeat_seconds,
         )
@@ -235,7 +236,21 @@ class Request:
         ``wait``, the Executor and ``as_completed`` all follow a request
         through this one method; what it does is the :class:`Watcher`'s.
         """
-        return self.watcher.follow()
+        progress = self.watcher.follow()
+        self._warn_about_versions()
+        return progress
+
+    def _warn_about_versions(self) -> None:
+        """Warn, once per host and interpreter, about workers whose versions of Python or
+        of a package the function uses by name differ from the caller's."""
+        for report in self._database.version_reports.take(self.id):
+            differences = report.differences()
+            if differences and self.config.version_mismatch != "ignore":
+                consequence = ("its tasks fail" if self.config.version_mismatch == "error"
+                               else "its results may differ, or its tasks fail")
+                log.warning("request %s: the worker on %s (%s) has other versions than the "
+                            "caller: %s; %s (config key 'version_mismatch')", self.id,
+                            report.host, report.python, "; ".join(differences), consequence)
 
     def end(self) -> None:
         """The request has ended: remove its key file, once."""

@@ -25,7 +25,7 @@ import threading
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from ..backends.base import create as create_backend
-from ..config import Config, resolve_with_origins, security_warnings
+from ..config import Config, resolve_with_origins, security_warnings, unused_key_warnings
 from ..server import Server
 from ..storage import Storage
 from ..wire import serialisation
@@ -174,7 +174,7 @@ class Session:
             _stored_config(conf), name,
         )
         request = Request(database, request_id, conf, backend)
-        for warning in security_warnings(conf, origins):
+        for warning in [*security_warnings(conf, origins), *unused_key_warnings(conf, origins)]:
             log.warning("request %s: %s", request_id, warning)
         database.dashboard(conf)
         link = self.dashboard_link(request)

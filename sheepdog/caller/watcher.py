@@ -208,6 +208,13 @@ def _relaunch(request: Watched) -> None:
         for index in request.storage.open_indices(request.id):
             request.storage.record_lost(request.id, index, reason)
         return
+    if not request.backend.outlives_caller:
+        # Its workers went with the process that started them (an earlier one, or this
+        # one's retries): a later get_results starts the tasks again, here.
+        log.warning("request %s: no worker is left for its %d unfinished tasks (%s workers end "
+                    "with the Python process that started them); restarting them in new "
+                    "workers of this process", request.id, request.progress().pending,
+                    request.backend.name)
     request.submit_job()
 
 

@@ -43,6 +43,8 @@ from typing import Any, Mapping, NamedTuple, Optional, Protocol, Sequence, Union
 from ..storage.payloads import PayloadFile
 from ..storage import DiskFullError, Storage
 from ..storage.leases import AskAgain
+from ..wire.modules import VersionReport
+from .versions import VersionReports
 from ..wire.protocol import (
     ALONE_BYTES,
     ARGUMENTS,
@@ -61,6 +63,7 @@ from ..wire.protocol import (
     SECONDS,
     STDERR,
     STDOUT,
+    VERSIONS,
     WAIT,
     Path,
     body_digest,
@@ -128,9 +131,12 @@ class Route(NamedTuple):
 class Callbacks:
     """Answers worker requests from one :class:`Storage`."""
 
-    def __init__(self, storage: Storage, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    def __init__(self, storage: Storage, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 version_reports: Optional[VersionReports] = None) -> None:
         self.storage = storage
         self.max_body_bytes = max_body_bytes
+        #: What workers said of their versions, for the caller to warn about.
+        self.version_reports = version_reports or VersionReports()
         self._secrets: dict[int, bytes] = {}
 
     @property
@@ -306,19 +312,25 @@ class Callbacks:
                    if kind in _STREAMS]
         exceptions = [(index, payload) for index, kind, payload in frames if kind == EXCEPTION]
         begun = [index for index, kind, _payload in frames if kind == BEGUN]
+        versions = [payload for _index, kind, payload in frames if kind == VERSIONS]
         ran = _seconds_ran(frames)
         if ran is None:
             return text_reply(400, "malformed results: a task's seconds must be one double, "
                                    "0 or more")
-        if (len(reports) + len(outputs) + len(exceptions) + len(begun) + len(ran) != len(frames)
-                or not frames):
+        if (len(reports) + len(outputs) + len(exceptions) + len(begun) + len(ran)
+                + len(versions) != len(frames) or not frames):
             return text_reply(400, "malformed results: frames other than results, errors, "
-                                   "exceptions, outputs and times, or none")
+                                   "exceptions, outputs, times and versions, or none")
         if not all(1 <= index <= MAX_INDEX for index, _kind, _payload in frames):
             return text_reply(400, f"malformed results: task indices go from 1 to {MAX_INDEX}")
         malformed = self._malformed(reports)
         if malformed is not None:
             return malformed
+        for payload in versions:
+            try:
+                self.version_reports.add(request_id, VersionReport.from_bytes(bytes(payload)))
+            except ValueError:  # a courtesy of the worker's: nothing to refuse the rest for
+                log.info("request %s: a worker's version report did not read", request_id)
         # The Storage face has no parameter for exceptions yet: its part has.
         stored = self.storage.tasks.record_reports(request_id, reports, outputs, exceptions,
                                                    begun=begun, ran=ran)

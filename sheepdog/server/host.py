@@ -18,6 +18,7 @@ from ..storage import Storage
 from . import admission, tls
 from .callbacks import DEFAULT_MAX_BODY_BYTES, Callbacks
 from .thread import Close, ServerThread
+from .versions import VersionReports
 
 if TYPE_CHECKING:  # ssl is loaded with the server's TLS context
     import ssl
@@ -58,8 +59,11 @@ class Server:
         max_unproven_per_peer: int = admission.MAX_UNPROVEN_PER_PEER,
         max_unproven: int = admission.MAX_UNPROVEN,
         handshake_timeout: float = admission.HANDSHAKE_SECONDS,
+        version_reports: Optional[VersionReports] = None,
     ) -> None:
         self.storage = storage if isinstance(storage, Storage) else Storage(storage)
+        #: What workers said of their versions (see ``versions.py``).
+        self.version_reports = version_reports or VersionReports()
         self.port = port or 0
         self.bind = bind
         self.max_body_bytes = max_body_bytes
@@ -121,7 +125,7 @@ class Server:
         connections.raise_open_file_limit()
         sockets = tornado.netutil.bind_sockets(self.port, address=self.bind,
                                                backlog=connections.LISTEN_BACKLOG)
-        callbacks = Callbacks(self.storage, self.max_body_bytes)
+        callbacks = Callbacks(self.storage, self.max_body_bytes, self.version_reports)
         http_server = connections.GuardedHTTPServer(
             callback_application(callbacks),
             max_body_size=callbacks.largest_body_bytes,  # admit() checks each route

@@ -52,7 +52,9 @@ task wrote to stdout and stderr (``STDOUT``, ``STDERR``, or ``OUTPUT`` when both
 went to one file), beside an error the exception itself, pickled
 (``EXCEPTION``, within ``failures.MAX_EXCEPTION_BYTES``), and beside any report
 the seconds ``f`` ran (``RAN``); a task still running when its worker posts is
-announced by a ``BEGUN`` frame. These three travel only in a ``results`` body.
+announced by a ``BEGUN`` frame. These three travel only in a ``results`` body,
+as does, once per worker, its versions of what the function uses by name
+(``VERSIONS``).
 
 **Sizes.** An error report must always fit, or a task that failed would be
 lost instead: the server accepts error and output bodies of up to
@@ -112,7 +114,10 @@ EXCEPTION = 7
 #: batch it came in has waited.
 BEGUN, RAN = 8, 9
 SECONDS = struct.Struct("!d")
-_KINDS = (ARGUMENTS, RESULT, ERROR) + OUTPUT_KINDS + (WAIT, EXCEPTION, BEGUN, RAN)
+#: A worker's versions of Python and of the packages the function reaches by name, beside
+#: the caller's, once per worker with its first report (``modules.VersionReport``, JSON).
+VERSIONS = 10
+_KINDS = (ARGUMENTS, RESULT, ERROR) + OUTPUT_KINDS + (WAIT, EXCEPTION, BEGUN, RAN, VERSIONS)
 
 #: The largest task index a path or frame may name (SQLite integers are signed 64-bit).
 MAX_INDEX = 2**62

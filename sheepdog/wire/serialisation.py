@@ -31,6 +31,7 @@ import functools
 import importlib
 import io
 import json
+import logging
 import os
 import pickle
 import site
@@ -42,7 +43,10 @@ from typing import Any, Mapping, Optional, Sequence
 
 import cloudpickle
 
+from . import modules
 from .protocol import ALIGNMENT, Buffer
+
+log = logging.getLogger(__name__)
 
 #: Pickle protocol for every payload; override to talk to older workers.
 pickle_protocol = pickle.HIGHEST_PROTOCOL
@@ -105,19 +109,44 @@ def module_is_installed(module_name: Optional[str]) -> bool:
     """Whether the other side can import ``module_name`` by name, as the caller did.
 
     True for modules built into the interpreter, in the standard library, in a
-    site directory or installed in editable mode, and for cloudpickle, which
-    every job file embeds (its functions rebuild what travels by value);
-    false for ``__main__`` and for the user's own modules.
+    site directory or installed in editable mode, and for cloudpickle and
+    ``sheepdog.wire``, which every job file embeds (their functions rebuild
+    what travels by value); false for ``__main__`` and for the user's own
+    modules, a package without ``__init__.py`` among them.
     """
     if module_name in (None, "__main__", "__mp_main__"):
         return False
-    if module_name.partition(".")[0] == "cloudpickle":
+    if (module_name.partition(".")[0] == "cloudpickle" or module_name in _EMBEDDED_PACKAGES
+            or module_name.startswith(_EMBEDDED)):
         return True
     module = sys.modules.get(module_name)
     if module is None:
         return False
+    top = module_name.partition(".")[0]
     filename = getattr(module, "__file__", None)
-    return filename is None or _file_is_installed(module_name.partition(".")[0], filename)
+    if filename is None:
+        return _fileless_module_is_installed(module_name, module)
+    return _file_is_installed(top, filename)
+
+
+def _fileless_module_is_installed(module_name: str, module: types.ModuleType) -> bool:
+    """Whether a module without a file is importable by name elsewhere: one built in or
+    frozen, a package without ``__init__.py`` in a library directory, a submodule made by
+    an installed package (``six.moves``); not a module the user made in the caller."""
+    spec = getattr(module, "__spec__", None)
+    origin = getattr(spec, "origin", None)
+    if module_name in sys.builtin_module_names or origin in ("built-in", "frozen"):
+        return True
+    top = module_name.partition(".")[0]
+    if spec is not None and origin is None and getattr(module, "__path__", None):
+        return any(_file_is_installed(top, os.path.join(directory, ""))  # a namespace package
+                   for directory in module.__path__)
+    return top != module_name and module_is_installed(top)
+
+
+#: What every job file embeds, under these names (see ``caller/jobscript.py``).
+_EMBEDDED = ("sheepdog.wire.", "sheepdog.worker.")
+_EMBEDDED_PACKAGES = ("sheepdog", "sheepdog.wire", "sheepdog.worker")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -133,28 +162,138 @@ def _file_is_installed(package: str, filename: str) -> bool:
 # cloudpickle ships no type hints, so to mypy its Pickler is Any, which --strict
 # does not let a class subclass.
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle's pickler, which also ships by value the functions and classes
-    of modules that are imported in the caller but not installed.
+    """cloudpickle's pickler, which also ships by value the user's own modules: those
+    imported in the caller but not installed, with their functions and classes.
+
+    A module of the user's that the payload reaches (a global, an attribute of
+    one, a module a shipped function imports when it runs) travels by value
+    (see ``modules.py``); one compiled and not installed cannot, and is refused,
+    named. With ``ship_sources`` (a request's function) the code that travels
+    brings its file's lines, for the worker's tracebacks. The top-level
+    packages reached by name are noted in ``by_name``, for the versions that
+    :func:`dumps_function` ships.
 
     cloudpickle does not export its by-value reducers; the version range of
     cloudpickle in ``pyproject.toml`` pins the ones used here, and the tests
     cover them.
     """
 
+    def __init__(self, file: io.BytesIO, protocol: int, buffer_callback: Any = None,
+                 ship_sources: bool = False, forgiving: bool = False) -> None:
+        super().__init__(file, protocol, buffer_callback=buffer_callback)
+        self.ship_sources = ship_sources
+        self.stubs: dict[str, modules.ModuleStub] = {}
+        self.by_name: set[str] = set()
+        #: Leave out of a module the attributes that cannot travel, naming them in ``left_out``.
+        self.forgiving = forgiving
+        self.left_out: list[str] = []
+
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, types.CodeType):
-            return _code_reduce_keeping_its_file(obj)
+            return self._reduce_code(obj)
+        if isinstance(obj, types.ModuleType):
+            return self._reduce_module(obj)
+        if obj is _VERSIONS:
+            return dict, (sorted(modules.package_versions(self.by_name).items()),)
         if isinstance(obj, types.FunctionType) and not module_is_installed(obj.__module__):
-            return self._dynamic_function_reduce(obj)
+            return self._reduce_user_function(obj)
+        if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType)):
+            self._by_name(getattr(obj, "__module__", None))
         if not isinstance(obj, type):
             return super().reducer_override(obj)
         if module_is_installed(obj.__module__):
+            self._by_name(obj.__module__)
             reduced = super().reducer_override(obj)  # by name, unless it cannot be found there
         else:
+            _refuse_compiled(obj.__module__)
             reduced = cloudpickle.cloudpickle._dynamic_class_reduce(obj)
         if reduced is not NotImplemented and "__slots__" in vars(obj):
             _keep_slots(obj, reduced)
         return reduced
+
+    def _reduce_user_function(self, function: types.FunctionType) -> Any:
+        """By value, sharing the rebuilt module's globals, with the modules it imports."""
+        module = sys.modules.get(function.__module__ or "")
+        if (module is not None and vars(module) is function.__globals__
+                and function.__module__ not in _MAIN_NAMES):
+            self.globals_ref.setdefault(id(function.__globals__),
+                                        modules.ModuleNamespace(self._stub(module)))
+        reduced = self._dynamic_function_reduce(function)
+        package = function.__globals__.get("__package__")
+        imported = set(modules.imported_names(function.__code__, package))
+        for name in sorted(imported):
+            if module_is_installed(name):
+                self._by_name(name)
+            elif name not in _MAIN_NAMES and name in sys.modules:
+                # cloudpickle's holder of the modules a function needs loaded first
+                reduced[2][1]["_cloudpickle_submodules"].append(sys.modules[name])
+        return reduced
+
+    def _reduce_module(self, module: types.ModuleType) -> Any:
+        name = module.__name__
+        if name in _MAIN_NAMES or module_is_installed(name):
+            self._by_name(name)
+            return super().reducer_override(module)  # by name (cloudpickle's)
+        _refuse_compiled(name)
+        state = modules.module_state(module)
+        if self.forgiving:
+            for attribute, value in list(state.items()):
+                if not _travels(value):
+                    del state[attribute]
+                    self.left_out.append(f"{name}.{attribute}")
+        return (modules.same_module, (self._stub(module),), state, None, None,
+                modules.fill_module)
+
+    def _stub(self, module: types.ModuleType) -> modules.ModuleStub:
+        return self.stubs.setdefault(module.__name__, modules.ModuleStub(module.__name__))
+
+    def _reduce_code(self, code: types.CodeType) -> Any:
+        reduced = _code_reduce_keeping_its_file(code)
+        lines = modules.source_lines(code.co_filename) if self.ship_sources else None
+        if lines is None:
+            return reduced
+        return modules.code_with_lines, (*reduced, code.co_filename, lines)
+
+    def _by_name(self, module_name: Optional[str]) -> None:
+        """Note the top-level package of ``module_name``, reached by name, unless it is
+        part of Python or of what every job file embeds."""
+        top = (module_name or "").partition(".")[0]
+        if top and top not in _NOT_VERSIONED and top not in _standard_library():
+            self.by_name.add(top)
+
+
+#: Stands for the versions of the packages a request's function reaches by name.
+_VERSIONS = object()
+_MAIN_NAMES = ("__main__", "__mp_main__")
+_NOT_VERSIONED = ("sheepdog", "cloudpickle", "builtins", "__main__", "__mp_main__")
+
+
+@functools.lru_cache(maxsize=1)
+def _standard_library() -> frozenset[str]:
+    names = getattr(sys, "stdlib_module_names", ())  # Python 3.10 and later
+    return frozenset(names) | frozenset(sys.builtin_module_names)
+
+
+def _travels(value: Any) -> bool:
+    """Whether ``value`` can be pickled (as a module's attribute; to leave out those that
+    cannot)."""
+    try:
+        _Pickler(io.BytesIO(), pickle_protocol, forgiving=True).dump(value)
+    except Exception:  # noqa: BLE001 - any failure: it cannot travel
+        return False
+    return True
+
+
+def _refuse_compiled(module_name: Optional[str]) -> None:
+    """Raise :class:`SerialisationError` for a compiled extension of the user's own."""
+    module = sys.modules.get(module_name or "")
+    filename = modules.compiled_module_file(module) if module is not None else None
+    if filename is not None and not module_is_installed(module_name):
+        raise SerialisationError(
+            f"the module {module_name!r} ({filename}) is a compiled extension that is not "
+            f"installed, so the workers cannot import it and sheepdog cannot send it: "
+            f"install it into the workers' Python (the 'shell' in the config), or keep it "
+            f"out of the function")
 
 
 def _code_reduce_keeping_its_file(code: types.CodeType) -> Any:
@@ -212,12 +351,15 @@ def _padding(length: int) -> bytes:
     return b"\0" * (-length % ALIGNMENT)
 
 
-def dumps_parts(obj: Any) -> list[Buffer]:
+def dumps_parts(obj: Any, ship_sources: bool = False, forgiving: bool = False
+                ) -> list[Buffer]:
     """Serialise ``obj`` to a list of bytes-like parts; the payload is their concatenation.
 
     Large contiguous buffers (with pickle protocol 5 or later) are not copied:
     the parts include memoryviews of them, after a header that says where each
-    starts. Small objects give a single part, a plain pickle.
+    starts. Small objects give a single part, a plain pickle. With
+    ``ship_sources``, the code that travels by value brings its source lines;
+    ``forgiving``, see :func:`dumps_function`.
     """
     buffers: list[memoryview] = []
 
@@ -229,8 +371,12 @@ def dumps_parts(obj: Any) -> list[Buffer]:
         return False
 
     stream = io.BytesIO()
-    _Pickler(stream, pickle_protocol,
-             keep_out_of_band if pickle_protocol >= 5 else None).dump(obj)
+    pickler = _Pickler(stream, pickle_protocol,
+                       keep_out_of_band if pickle_protocol >= 5 else None, ship_sources, forgiving)
+    pickler.dump(obj)
+    if pickler.left_out:
+        log.warning("left out of the modules that travel, since they cannot be pickled: %s; "
+                    "a task that uses one fails on the worker", ", ".join(pickler.left_out))
     pickled = stream.getvalue()
     if not buffers:
         return [pickled]
@@ -299,27 +445,52 @@ def dumps_function(function: Any, namespace: Optional[Mapping[str, Any]] = None)
     """Serialise ``function`` together with ``namespace``, once per request.
 
     ``namespace`` entries are injected into the globals of the function on the
-    worker, overriding the globals captured automatically.
+    worker, overriding the globals captured automatically. An attribute of a
+    module of the user's that cannot be pickled (a lock, an open file) is left
+    out of it, with a warning that names it. Beside them travel
+    the source lines of the code that travels by value, and the versions of
+    Python and of the packages that travel by name (see
+    :func:`loads_function_and_versions`).
     """
     namespace = dict(namespace or {})
+    payload = (function, namespace, _VERSIONS)
     try:
-        return dumps((function, namespace))
+        return b"".join(dumps_parts(payload, ship_sources=True))
+    except SerialisationError:
+        raise
     except Exception as error:
+        try:  # without the attributes of the user's modules that cannot travel (a lock, say)
+            return b"".join(dumps_parts(payload, ship_sources=True, forgiving=True))
+        except SerialisationError:
+            raise
+        except Exception:
+            pass
         raise SerialisationError(_explain_function_failure(function, namespace, error)) from error
 
 
 def loads_function(data: Buffer) -> Any:
-    """Worker side: the inverse of :func:`dumps_function`; returns the function.
+    """Worker side: the inverse of :func:`dumps_function`; returns the function."""
+    return loads_function_and_versions(data)[0]
 
-    The namespace goes into the globals of a function that travelled by value,
-    never into those of a module imported by name.
+
+def loads_function_and_versions(data: Buffer) -> tuple[Any, dict[str, str]]:
+    """Worker side: the function of :func:`dumps_function`, and the versions of Python
+    and of the packages the function reaches by name, as the caller has them.
+
+    The namespace goes into the globals of a function that travelled by value
+    (a module of the user's rebuilt here included), never into those of a module
+    imported by name.
     """
-    function, namespace = loads(data)
+    with modules.registering():
+        loaded = loads(data)
+    function, namespace = loaded[:2]
+    versions = dict(loaded[2]) if len(loaded) > 2 else {}
     module = sys.modules.get(getattr(function, "__module__", None) or "")
     function_globals = getattr(function, "__globals__", None)
-    if function_globals is not None and function_globals is not getattr(module, "__dict__", None):
+    imported = module is not None and not modules.was_rebuilt(module)
+    if function_globals is not None and not (imported and function_globals is vars(module)):
         function_globals.update(namespace)
-    return function
+    return function, versions
 
 
 def dumps_argument(position: int, arguments: Sequence[Any]) -> list[Buffer]:

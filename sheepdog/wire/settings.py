@@ -44,6 +44,9 @@ class WorkerSettings:
     heartbeat_seconds: float = 10.0
     #: How long a report refused for a full disk is retried; None for the default.
     disk_full_seconds: Optional[float] = None
+    #: What a worker does when its versions differ from the caller's: "warn" (it tells
+    #: the caller), "error" (its tasks fail, saying so) or "ignore".
+    version_mismatch: str = "warn"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for the job file's ``SETTINGS`` literal."""

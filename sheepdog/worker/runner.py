@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, NoReturn, Optional, U
 
 from ..wire import serialisation
 from ..wire.failures import describe_failure, dumps_exception, error_bytes
+from ..wire.modules import VersionReport, package_versions
 from ..wire.protocol import (
     ALONE_BYTES,
     DISK_FULL_STATUS,
@@ -41,6 +42,7 @@ from ..wire.protocol import (
     RAN,
     RESULT,
     SECONDS,
+    VERSIONS,
     Buffer,
     coalesce,
     frame_bytes,
@@ -58,7 +60,7 @@ if TYPE_CHECKING:
 # a task starts (and so the one before it ended), the last task ended (both with
 # the output files' positions then), a task's result was posted by the runner itself.
 STARTED, ENDED, POSTED = 100, 101, 102
-RUNNER_KINDS = (RESULT, ERROR, EXCEPTION, RAN, STARTED, ENDED, POSTED)
+RUNNER_KINDS = (RESULT, ERROR, EXCEPTION, RAN, VERSIONS, STARTED, ENDED, POSTED)
 
 
 def limit_memory(limit_bytes: int) -> None:
@@ -204,6 +206,25 @@ class Claims:
         return fields
 
 
+def compare_versions(caller: dict[str, str], settings: WorkerSettings, reports: RunnerReports,
+                     first: list[int]) -> Optional[str]:
+    """Tell the caller this worker's versions of what the function uses by name (with the
+    first task's reports); with ``version_mismatch`` "error", why its tasks fail if they
+    differ."""
+    if settings.version_mismatch == "ignore" or not first:
+        return None
+    report = VersionReport(socket.gethostname(), sys.executable, caller,
+                           package_versions(caller))
+    reports.report(first[0], VERSIONS, report.to_bytes())
+    differences = report.differences()
+    if settings.version_mismatch != "error" or not differences:
+        return None
+    return (f"this worker ({report.host}, {report.python}) has other versions than the "
+            f"caller: {'; '.join(differences)}. The request's 'version_mismatch' is "
+            f"'error', so its tasks do not run here: install the caller's versions on the "
+            f"workers, or set 'version_mismatch' to 'warn'")
+
+
 def run_tasks(function_blob: Buffer, arguments: dict[int, memoryview], indices: list[int],
               channel: socket.socket, connect: Callable[[], Client], settings: WorkerSettings,
               output: TaskOutput, claims: Claims) -> int:
@@ -213,9 +234,11 @@ def run_tasks(function_blob: Buffer, arguments: dict[int, memoryview], indices: 
     try:
         if settings.memory_limit:
             limit_memory(settings.memory_limit)
-        function = serialisation.loads_function(function_blob)
+        function, caller_versions = serialisation.loads_function_and_versions(function_blob)
     except BaseException as error:  # noqa: B902 - report any failure to load
         problem = "the function could not be loaded on this worker:\n" + describe_failure(error)
+    else:
+        problem = compare_versions(caller_versions, settings, reports, indices[:1])
     last: Optional[int] = None
     for position, index in enumerate(indices):
         if not claims.claim(position):

@@ -33,6 +33,7 @@ from ..wire.protocol import (
     EXCEPTION,
     RAN,
     RESULT,
+    VERSIONS,
     Buffer,
     Frame,
     index_spec,
@@ -106,6 +107,7 @@ class Supervisor:
         self.todo: list[int] = []  # the runner's tasks
         self.batch = 0  # the pull (its seq) that the batch came from
         self.claims: Optional[Claims] = None  # what it may still start
+        self.versions_sent = False  # the first runner's versions went with its reports
 
     # -- the runners ------------------------------------------------------
 
@@ -185,6 +187,9 @@ class Supervisor:
             elif kind == POSTED:
                 self.remaining.discard(index)
             elif kind in (RESULT, ERROR, EXCEPTION, RAN):
+                self.queue(index, kind, bytes(payload))
+            elif kind == VERSIONS and not self.versions_sent:  # once per worker
+                self.versions_sent = True
                 self.queue(index, kind, bytes(payload))
 
     def _crashed(self, status: int, index: int, start: bytes) -> None:
@@ -296,11 +301,11 @@ class Supervisor:
     def _post_alone(self, client: Client, index: int, kind: int, payload: bytes) -> None:
         """Post one report by itself; a result the server refuses becomes an error.
 
-        A pickled exception and a task's times are left out: only a ``results``
-        body carries them, and its error text says what the task raised (the
-        caller then raises ``TaskError``).
+        A pickled exception, a task's times and the worker's versions are left
+        out: only a ``results`` body carries them, and its error text says what
+        the task raised (the caller then raises ``TaskError``).
         """
-        if kind in (EXCEPTION, BEGUN, RAN):
+        if kind in (EXCEPTION, BEGUN, RAN, VERSIONS):
             return
         route = {RESULT: "result", ERROR: "error"}.get(kind, "output")
         try:
