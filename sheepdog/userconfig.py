@@ -291,7 +291,8 @@ def environment_settings(types: Mapping[str, tuple[type, ...]]) -> list[Setting]
 #: ``SHEEPDOG_*`` variables that are no config key: sheepdog's own, and those of its
 #: tests and of the scripts that bring up the test clusters (``ci/``).
 OTHER_VARIABLES = frozenset({
-    CONFIG_FILE_VARIABLE, PROFILE_VARIABLE, "SHEEPDOG_TASK_ID", "SHEEPDOG_REQUIRE_CLUSTER",
+    CONFIG_FILE_VARIABLE, PROFILE_VARIABLE, "SHEEPDOG_TASK_ID", "SHEEPDOG_CALLER_PID",
+    "SHEEPDOG_REQUIRE_CLUSTER",
     "SHEEPDOG_DASHBOARD_SCREENSHOT", "SHEEPDOG_ATTACK_SECONDS", "SHEEPDOG_WRITE_GOLDEN",
     "SHEEPDOG_REGENERATE_GOLDEN", "SHEEPDOG_NETNS", "SHEEPDOG_AS_CALLER",
     "SHEEPDOG_CALLER_ADDRESS", "SHEEPDOG_CALLER_NAME", "SHEEPDOG_CALLER_NETNS",

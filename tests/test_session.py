@@ -206,6 +206,8 @@ STARTS_AND_DIES = '''
 
     conf = {"scheduler": "local", "dbfile": sys.argv[1], "workers": 2, "dashboard": False}
     request_id = sheepdog.map_async(stays, [(sys.argv[2],), (sys.argv[2],)], conf)
+    if sys.argv[3] == "kill-at-once":  # before its workers have even started
+        os.kill(os.getpid(), 9)
     while len(open(sys.argv[2]).read().split()) < 2 if os.path.exists(sys.argv[2]) else True:
         time.sleep(0.05)
     print("running", flush=True)
@@ -224,6 +226,32 @@ def alive(pid):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal")
+def job_file_processes(folder):
+    """The pids of processes running a job file that lives below ``folder``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if str(folder).encode() in cmdline.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return [pid for pid in found if alive(pid)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal")
+def test_local_workers_end_with_a_caller_killed_before_they_started(dbfile, tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    caller = run_script(STARTS_AND_DIES, dbfile, str(tmp_path / "pids"), "kill-at-once",
+                        env=dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(scratch)))
+    caller.wait(60)
+    deadline = time.monotonic() + 10
+    while job_file_processes(scratch) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job_file_processes(scratch) == []
+
+
 @pytest.mark.parametrize("ending", ["kill", "exit"])
 def test_local_tasks_and_their_job_folder_end_with_the_caller(dbfile, tmp_path, monkeypatch,
                                                              ending):

@@ -21,6 +21,7 @@ import weakref
 from pathlib import Path
 
 from ..config import Config
+from ..wire.settings import CALLER_PID_VARIABLE
 from .base import Backend, SubmissionError, TaskEnd
 
 _job_numbers = itertools.count(1)
@@ -105,7 +106,8 @@ class LocalJob:
 
     def _run(self, task_id: int) -> int | None:
         """Run one array task to its end; None if it was cancelled before it started."""
-        environment = dict(os.environ, **{LocalBackend.task_variable: str(task_id)})
+        environment = dict(os.environ, **{LocalBackend.task_variable: str(task_id),
+                                          CALLER_PID_VARIABLE: str(os.getpid())})
         with open(self.log_path(task_id), "wb") as log_file:
             with self._lock:
                 if self._cancelled:

@@ -12,6 +12,11 @@ import dataclasses
 from typing import Any, Mapping, Optional
 
 
+#: Set by the local backend, in each worker's environment, to the pid of the caller that
+#: started it: the parent the worker must have, or its caller has died already.
+CALLER_PID_VARIABLE = "SHEEPDOG_CALLER_PID"
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerSettings:
     """Everything one array task of a request needs to find, prove and run its work."""

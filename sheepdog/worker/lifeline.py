@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Optional
+
+from ..wire.settings import CALLER_PID_VARIABLE
 
 #: prctl(2)'s option that names the signal a process gets when its parent dies.
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """Be killed when the parent process dies; at once if it already has."""
-    parent = os.getppid()
+def die_with_parent(expected: Optional[int] = None) -> None:
+    """Be killed when the parent process dies; at once if it already has.
+
+    ``expected`` is the pid the parent must have: a parent that died before
+    this process got here has been replaced (by init, or a subreaper).
+    """
+    parent = os.getppid() if expected is None else expected
     try:
         import ctypes
 
@@ -29,3 +36,9 @@ def die_with_parent() -> None:
         return
     if os.getppid() != parent:  # it died before the kernel was asked to tell us
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def expected_parent() -> Optional[int]:
+    """The parent a worker must have, where the backend says (the local one does)."""
+    value = os.environ.get(CALLER_PID_VARIABLE, "")
+    return int(value) if value.isdigit() else None

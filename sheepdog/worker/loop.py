@@ -32,7 +32,7 @@ from ..wire.protocol import ERROR, WAIT, unpack_frames, worker_name
 from ..wire.settings import WorkerSettings
 from .batching import BatchSize
 from .client import Client, read_key
-from .lifeline import die_with_parent
+from .lifeline import die_with_parent, expected_parent
 from .output import TaskOutput
 from .runner import Runner, run_tasks
 from .supervisor import Supervisor
@@ -90,7 +90,7 @@ def run(job_settings: Mapping[str, Any]) -> int:
 
     ``job_settings`` is the job file's ``SETTINGS`` literal (:class:`WorkerSettings`).
     """
-    die_with_parent()
+    die_with_parent(expected_parent())
     settings = WorkerSettings.from_dict(job_settings)
     worker = worker_name(settings.launch, os.environ[settings.task_variable])
     key = read_key(settings)

@@ -269,10 +269,11 @@ class Runner:
         # What exists now is never collected in the runner, so that its garbage
         # collections do not write to (and so copy) every page it shares with us.
         gc.freeze()
+        supervisor = os.getpid()
         self.pid = os.fork()
         if self.pid == 0:  # the runner
             self.channel.close()
-            _runner_main(target, child_end, kill_signals)
+            _runner_main(target, child_end, kill_signals, supervisor)
         child_end.close()
 
     def poll(self) -> Optional[int]:
@@ -304,11 +305,11 @@ class Runner:
 
 
 def _runner_main(target: Callable[[socket.socket], int], channel: socket.socket,
-                 kill_signals: Iterable[int]) -> NoReturn:
+                 kill_signals: Iterable[int], supervisor: int) -> NoReturn:
     """The whole life of a runner process: it never returns into the supervisor's code."""
     status = 1
     try:
-        die_with_parent()  # a runner whose worker is gone has nobody to report to
+        die_with_parent(supervisor)  # a runner whose worker is gone has nobody to report to
         run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
         getattr(atexit, "_clear", lambda: None)()  # the supervisor's handlers are its own
         for number in kill_signals:  # the supervisor answers the scheduler's kill notice
