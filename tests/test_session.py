@@ -270,4 +270,12 @@ def test_local_tasks_and_their_job_folder_end_with_the_caller(dbfile, tmp_path, 
         time.sleep(0.05)
     assert not any(alive(pid) for pid in tasks)
     if ending == "exit":
-        assert not [path for path in scratch.iterdir() if "-key-" not in path.name]
+        assert list(scratch.iterdir()) == []  # its job folders and its keys
+    else:  # killed without a word: the next local backend removes what it left
+        assert len(list(scratch.iterdir())) == 2  # a job folder and a key folder
+        monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+        from sheepdog.backends.local import LocalBackend
+        from sheepdog.config import resolve
+
+        LocalBackend(resolve({"scheduler": "local"}))
+        assert list(scratch.iterdir()) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -152,11 +153,58 @@ class LocalJob:
                 pass
 
 
+#: Key folders this process delivered: its local workers end with it, and their keys too.
+_keys_delivered: set[str] = set()
+
+
 @atexit.register
 def _kill_live_jobs() -> None:
-    """Leave no task process, and no job folder, behind when the caller exits."""
+    """Leave no task process, no job folder and no key behind when the caller exits."""
     for job in list(_live_jobs):
         job.close()
+    for directory in list(_keys_delivered):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _folder_prefix(request_id: int, kind: str) -> str:
+    """How a local folder is named: its request, its kind and the pid of its caller."""
+    return f"sheepdog-{request_id}-{kind}-{os.getpid()}-"
+
+
+_FOLDER = re.compile(r"sheepdog-\d+-(?:job|key)-(\d+)-")
+
+
+def remove_folders_of_dead_callers() -> None:
+    """Remove the job and key folders that callers killed without a word (SIGKILL) left.
+
+    Only the caller's own folders, named with the pid of a process that has
+    ended; their workers ended with it (see ``worker/lifeline.py``).
+    """
+    root = tempfile.gettempdir()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        match = _FOLDER.match(name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        path = os.path.join(root, name)
+        try:
+            if os.lstat(path).st_uid == os.geteuid():
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 
@@ -171,6 +219,7 @@ class LocalBackend(Backend):
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         self._jobs: dict[str, LocalJob] = {}
+        remove_folders_of_dead_callers()
 
     def check(self) -> None:
         shell = self.config.shell or "python3"
@@ -184,7 +233,7 @@ class LocalBackend(Backend):
         return self.config.workers, None
 
     def submit(self, script: str, request_id: int, n_array_tasks: int) -> str:
-        directory = Path(tempfile.mkdtemp(prefix=f"sheepdog-{request_id}-"))
+        directory = Path(tempfile.mkdtemp(prefix=_folder_prefix(request_id, "job")))
         path = directory / f"sheepdog_{request_id}.py"
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
@@ -209,7 +258,8 @@ class LocalBackend(Backend):
 
     def deliver_key(self, request_id: int, key: str) -> str:
         """A 0600 file in a fresh 0700 directory of its own."""
-        directory = tempfile.mkdtemp(prefix=f"sheepdog-{request_id}-key-")
+        directory = tempfile.mkdtemp(prefix=_folder_prefix(request_id, "key"))
+        _keys_delivered.add(directory)
         path = os.path.join(directory, "key")
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
@@ -217,6 +267,7 @@ class LocalBackend(Backend):
         return path
 
     def withdraw_key(self, path: str) -> None:
+        _keys_delivered.discard(os.path.dirname(path))
         shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
     def running_tasks(self, job_id: str) -> set[int]:

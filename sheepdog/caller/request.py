@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import time
 from typing import Any, Optional
@@ -94,11 +95,16 @@ class Request:
         return self._meta("key_file")
 
     def deliver_key(self) -> None:
-        """Put the request's key where only its workers can read it, before a job is submitted."""
+        """Put the request's key where only its workers can read it, before a job is submitted.
+
+        A backend whose workers end with the caller (local) removes the key with
+        them; a later process that runs the request's tasks again delivers a new
+        one (see :meth:`submit_job`).
+        """
         if self.config.key_in_job_file:  # warned at submission (config.security_warnings)
             return
         path = self.backend.deliver_key(self.id, self.storage.request_secret(self.id) or "")
-        self.storage.set_meta_once(f"key_file:{self.id}", path.encode())
+        self.storage.set_meta(f"key_file:{self.id}", path.encode())
 
     def withdraw_key(self) -> None:
         """Remove the request's key file: the request has ended or was cancelled."""
@@ -156,6 +162,9 @@ class Request:
         if backend.runs_in_caller:  # the inline scheduler: the "job" is this thread
             self.caught.update(inline.run_pending(storage, self.id))
             return "inline"
+        if (not backend.outlives_caller and not config.key_in_job_file
+                and not os.path.exists(self.key_file or "")):
+            self.deliver_key()  # the caller that delivered it has ended, and its key with it
         port = self.port
         if port is None:
             raise RuntimeError(f"request {self.id} has no server port recorded")

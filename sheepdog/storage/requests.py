@@ -167,6 +167,11 @@ class Requests:
             "SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
 
+    def set_meta(self, key: str, value: bytes) -> None:
+        """Store ``value`` under ``key``, in place of any value there."""
+        with self._database.write() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
     def set_meta_once(self, key: str, value: bytes) -> bytes:
         """Store ``value`` under ``key`` unless one is there; return the stored value."""
         with self._database.write() as db:

@@ -170,6 +170,9 @@ class Storage:
     def meta(self, key: str) -> bytes | None:
         return self.requests.meta(key)
 
+    def set_meta(self, key: str, value: bytes) -> None:
+        self.requests.set_meta(key, value)
+
     def set_meta_once(self, key: str, value: bytes) -> bytes:
         return self.requests.set_meta_once(key, value)
 
