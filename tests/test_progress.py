@@ -196,3 +196,17 @@ def test_map_without_verbose_shows_nothing(local_conf, capsys, monkeypatch):
     monkeypatch.setattr("sheepdog.caller.request.progress_display", no_display)
     assert sheepdog.map(abs, [(-1,), (-2,)], local_conf, verbose=False) == [1, 2]
     assert capsys.readouterr().err == ""
+
+
+def test_a_resumed_wait_counts_its_rate_from_what_finishes_while_it_waits(monkeypatch):
+    """get_results in a later process finds 90 of 100 done: the rate is of the 10 that
+    finish while it waits, not 100 in its few seconds."""
+    from sheepdog.caller import progress as progress_module
+
+    now = [1000.0]
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: now[0])
+    clock = progress_module.WaitClock()
+    assert "/s" not in clock.counts(Progress(total=100, done=90))
+    now[0] += 5.0
+    line = clock.counts(Progress(total=100, done=100))
+    assert "| 2.0/s |" in line and "elapsed 0:00:05" in line

@@ -40,15 +40,40 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def describe(progress: Progress, elapsed: float) -> str:
-    """One line: bar, counts, rate and time left."""
+def describe(progress: Progress, elapsed: float, already: int = 0) -> str:
+    """One line: bar, counts, rate and time left (the rate of what finished after the
+    ``already`` finished tasks that were there when the wait began)."""
     total = max(progress.total, 1)
     filled = BAR_WIDTH * progress.finished // total
     bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-    return f"sheepdog: [{bar}] {_counts(progress, elapsed)}"
+    return f"sheepdog: [{bar}] {_counts(progress, elapsed, already)}"
 
 
-def _counts(progress: Progress, elapsed: float) -> str:
+class WaitClock:
+    """When a display's wait began, and how many tasks had finished by then.
+
+    A wait that resumes an earlier request (``get_results`` in a later
+    process) starts with tasks already finished: its rate and time left count
+    only what finishes while it waits.
+    """
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.already: Optional[int] = None
+
+    def elapsed(self, progress: Progress) -> tuple[float, int]:
+        if self.already is None:
+            self.already = progress.finished
+        return time.monotonic() - self.started, self.already
+
+    def describe(self, progress: Progress) -> str:
+        return describe(progress, *self.elapsed(progress))
+
+    def counts(self, progress: Progress) -> str:
+        return _counts(progress, *self.elapsed(progress))
+
+
+def _counts(progress: Progress, elapsed: float, already: int = 0) -> str:
     """Counts, rate and time left, without the bar."""
     parts = [f"{progress.finished}/{progress.total} finished"]
     if progress.executing:
@@ -62,8 +87,8 @@ def _counts(progress: Progress, elapsed: float) -> str:
     if progress.cancelled:
         parts.append(f"{progress.cancelled} cancelled")
     text = ", ".join(parts)
-    if progress.finished and elapsed > 0:
-        rate = progress.finished / elapsed
+    if progress.finished > already and elapsed > 0:
+        rate = (progress.finished - already) / elapsed
         left = (progress.total - progress.finished) / rate
         text += f" | {rate:.1f}/s | elapsed {_clock(elapsed)}"
         if not progress.complete:
@@ -84,11 +109,11 @@ class TerminalDisplay:
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
-        self.started = time.monotonic()
+        self.clock = WaitClock()
         self._last_text = ""
 
     def update(self, progress: Progress) -> None:
-        text = describe(progress, time.monotonic() - self.started)
+        text = self.clock.describe(progress)
         padding = " " * max(0, len(self._last_text) - len(text))
         self.stream.write("\r" + text + padding)
         self.stream.flush()
@@ -110,7 +135,7 @@ class LineDisplay:
     def __init__(self, write: Callable[[str], None], interval: float = LOG_INTERVAL) -> None:
         self.write = write
         self.interval = interval
-        self.started = time.monotonic()
+        self.clock = WaitClock()
         self._last_shown = -float("inf")
         self._shown_complete = False
 
@@ -119,7 +144,7 @@ class LineDisplay:
         if progress.complete and self._shown_complete:
             return
         if progress.complete or now - self._last_shown >= self.interval:
-            self.write(describe(progress, now - self.started))
+            self.write(self.clock.describe(progress))
             self._last_shown = now
             self._shown_complete = progress.complete
 
@@ -177,7 +202,7 @@ class NotebookDisplay:
         self._link = (f' <a href="{html.escape(link)}" target="_blank">live dashboard</a>'
                       if link else "")
         self.interval = interval
-        self.started = time.monotonic()
+        self.clock = WaitClock()
         self._last_shown = -float("inf")
         self._widgets: Optional[tuple[Any, Any]] = None
         self._handle: Any = None
@@ -195,13 +220,13 @@ class NotebookDisplay:
             self._handle = display(self._shown(Progress(total=0)), display_id=True)
 
     def _render(self, progress: Progress) -> str:
-        counts = html.escape(_counts(progress, time.monotonic() - self.started))
+        counts = html.escape(self.clock.counts(progress))
         return (f'<progress value="{progress.finished}" max="{max(progress.total, 1)}">'
                 f"</progress> <code>sheepdog: {counts}</code>{self._link}")
 
     def _shown(self, progress: Progress) -> Shown:
         """The display's content now: the widgets' view or the HTML, and the progress text."""
-        text = describe(progress, time.monotonic() - self.started)
+        text = self.clock.describe(progress)
         if self._box is not None:
             bundle = getattr(self._box, "_repr_mimebundle_", None)
             return Shown(bundle() if bundle is not None else {}, text)
@@ -218,7 +243,7 @@ class NotebookDisplay:
             bar.max = max(progress.total, 1)
             bar.value = progress.finished
             bar.bar_style = bar_style(progress)
-            label.value = html.escape(_counts(progress, now - self.started)) + self._link
+            label.value = html.escape(self.clock.counts(progress)) + self._link
         else:
             self._handle.update(self._shown(progress))
 
