@@ -37,9 +37,10 @@ _HOMES = {
     "TaskLost": "caller.outcomes",
     "UnsafePathError": "storage.file_safety",
 }
-#: Modules reachable under the names they had before the package had folders, so that
-#: ``sheepdog.serialisation.pickle_protocol = 4`` still reaches the module in use.
-_MOVED_MODULES = {"serialisation": "wire.serialisation", "protocol": "wire.protocol"}
+#: A module reachable under the name it had before the package had folders, so that
+#: ``sheepdog.serialisation.pickle_protocol = 2`` reaches the module in use (``import
+#: sheepdog.serialisation`` works too: see ``serialisation.py``).
+_MOVED_MODULES = {"serialisation": "wire.serialisation"}
 
 __all__ = sorted([*_HOMES, "__version__"])
 

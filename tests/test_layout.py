@@ -136,3 +136,11 @@ def test_a_local_map_without_the_dashboard_loads_no_flask_and_no_ssh(tmp_path):
             f"'dashboard': False, 'dbfile': {str(tmp_path / 'db.sqlite')!r}}}) == [1]")
     # the callback server and its TLS certificate, and no more
     assert heavy_modules_after(code) == ["cryptography", "tornado"]
+
+
+def test_the_old_serialisation_name_reaches_the_module_in_use():
+    """The documented override, ``import sheepdog.serialisation`` then set an attribute."""
+    probe = ("import sheepdog.serialisation; sheepdog.serialisation.pickle_protocol = 2; "
+             "from sheepdog.wire import serialisation; print(serialisation.pickle_protocol)")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.split() == ["2"]
