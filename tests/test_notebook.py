@@ -117,3 +117,28 @@ def test_executor_and_progress_in_a_jupyter_kernel(kernel, tmp_path, widgets):
     else:
         html = displays[0].data["text/html"]  # updated in place to the last state
         assert '<progress value="4" max="4">' in html and "4/4 finished" in html
+
+
+def test_a_failing_cell_function_shows_the_cells_own_lines_in_its_traceback(kernel, tmp_path):
+    """What IPython shows for the cell: its name for the cell's file, and the line."""
+    cells = [
+        f"""
+        import sheepdog
+        conf = {{"scheduler": "local", "dbfile": {str(tmp_path / "nb.sqlite")!r},
+                 "dashboard": False}}
+        """,
+        """
+        def divides(x):
+            return 10 // x  # the line a traceback should show
+        """,
+        """
+        sheepdog.map(divides, [(0,)], conf, verbose=False)
+        request_id = 1
+        print(sheepdog.get_errors(request_id, conf["dbfile"])[0][1])
+        """,
+    ]
+    notebook = run_notebook(cells, kernel, tmp_path)
+    error = text_of(notebook.cells[2])
+    assert "ZeroDivisionError" in error
+    assert "return 10 // x  # the line a traceback should show" in error
+    assert "<dynamic-code>" not in error
