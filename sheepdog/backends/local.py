@@ -286,13 +286,7 @@ def _ended_with_their_process(job_id: str, candidates: set[int]) -> dict[int, Ta
     so once that process is gone, a task that has not reported never will.
     """
     _local, pid, _number = (job_id.split("-") + ["", "", ""])[:3]
-    if not pid.isdigit() or int(pid) == os.getpid():
-        return {}
-    try:
-        os.kill(int(pid), 0)
+    if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
         return {}  # alive: that process runs its tasks and watches them
-    except ProcessLookupError:
-        reason = f"the process that ran it (pid {pid}) has ended"
-        return {task: TaskEnd(reason, retryable=True) for task in candidates}
-    except PermissionError:
-        return {}  # alive, as another user
+    reason = f"the process that ran it (pid {pid}) has ended"
+    return {task: TaskEnd(reason, retryable=True) for task in candidates}

@@ -84,7 +84,7 @@ def _run_one(storage: Storage, request_id: int, index: int, function: Callable[.
         raise
     except BaseException as error:  # noqa: B902 - SystemExit from f is the user's error too
         # The traceback starts at the user's function, as a worker's does.
-        storage.tasks.record_reports(
+        storage.record_reports(
             request_id, [(index, True, error_bytes(describe_failure(error, skip_frames=1)))],
             exceptions=[(index, dumps_exception(error))])
         return error

@@ -147,7 +147,7 @@ def task_exception(request: "Request", change: TaskChange) -> BaseException:
     if caught is not None:
         return caught
     text = change.error or ""
-    pickled = request.storage.tasks.task_exception(request.id, change.task)
+    pickled = request.storage.task_exception(request.id, change.task)
     if pickled is None:  # it failed otherwise, or it ran before exceptions were kept
         return TaskError(change.task, text, change.output)
     loaded, exception = serialisation.load_or_describe(pickled)

@@ -331,9 +331,8 @@ class Callbacks:
                 self.version_reports.add(request_id, VersionReport.from_bytes(bytes(payload)))
             except ValueError:  # a courtesy of the worker's: nothing to refuse the rest for
                 log.info("request %s: a worker's version report did not read", request_id)
-        # The Storage face has no parameter for exceptions yet: its part has.
-        stored = self.storage.tasks.record_reports(request_id, reports, outputs, exceptions,
-                                                   begun=begun, ran=ran)
+        stored = self.storage.record_reports(request_id, reports, outputs, exceptions,
+                                             begun=begun, ran=ran)
         return text_reply(200, f"stored {stored} of {len(reports)}")
 
     def _output(self, request_id: int, index: int, body: Any) -> Reply:

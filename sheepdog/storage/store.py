@@ -189,8 +189,13 @@ class Storage:
         return self.tasks.new_staging_file(request_id, index)
 
     def record_reports(self, request_id: int, reports: Sequence[tuple[int, bool, Any]],
-                       outputs: Sequence[tuple[int, str, Any]] = ()) -> int:
-        return self.tasks.record_reports(request_id, reports, outputs)
+                       outputs: Sequence[tuple[int, str, Any]] = (),
+                       exceptions: Sequence[tuple[int, Any]] = (),
+                       begun: Sequence[int] = (), ran: Sequence[tuple[int, float]] = ()) -> int:
+        return self.tasks.record_reports(request_id, reports, outputs, exceptions, begun, ran)
+
+    def task_exception(self, request_id: int, index: int) -> Optional[bytes]:
+        return self.tasks.task_exception(request_id, index)
 
     def record_unloadable(self, request_id: int, index: int, reason: str) -> bool:
         return self.tasks.record_unloadable(request_id, index, reason)
