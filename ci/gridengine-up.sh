@@ -24,7 +24,7 @@ PACKAGES=(gridengine-master gridengine-exec gridengine-client gridengine-common
 source "$(dirname "$0")/lib.sh"
 
 install_packages() {
-    if dpkg-query -W -f='${Status}\n' "${PACKAGES[@]}" 2>/dev/null | grep -qv "install ok installed" \
+    if dpkg-query -W -f='${Status}\n' "${PACKAGES[@]}" 2>/dev/null | grep -v "install ok installed" >/dev/null \
         || [[ $(dpkg-query -W -f='${Status}\n' "${PACKAGES[@]}" 2>/dev/null | wc -l) -ne ${#PACKAGES[@]} ]]; then
         say "installing ${PACKAGES[*]}"
         for package in gridengine-common gridengine-master gridengine-exec gridengine-client; do
@@ -39,7 +39,7 @@ install_packages() {
 }
 
 make_namespace() {
-    if ! ip netns list | grep -qw "$NETNS"; then
+    if ! ip netns list | grep -w "$NETNS" >/dev/null; then
         ip netns add "$NETNS"
     fi
     ip -n "$NETNS" link set lo up
@@ -110,14 +110,14 @@ configure_cluster() {
             "$HOST" > "$tmp/exechost"
         in_ns qconf -Ae "$tmp/exechost" >/dev/null
     fi
-    in_ns qconf -ss 2>/dev/null | grep -qx "$HOST" || in_ns qconf -as "$HOST" >/dev/null
+    in_ns qconf -ss 2>/dev/null | grep -x "$HOST" >/dev/null || in_ns qconf -as "$HOST" >/dev/null
     if ! in_ns qconf -shgrp @allhosts >/dev/null 2>&1; then
         printf 'group_name @allhosts\nhostlist %s\n' "$HOST" > "$tmp/hostgroup"
         in_ns qconf -Ahgrp "$tmp/hostgroup" >/dev/null
     fi
     # mem_grab: the requestable memory complex of the original Sheepdog's home
     # cluster, which the worker enforces as an address-space limit.
-    if ! in_ns qconf -sc | grep -q '^mem_grab '; then
+    if ! in_ns qconf -sc | grep '^mem_grab ' >/dev/null; then
         in_ns qconf -sc > "$tmp/complexes"
         echo "mem_grab mem_grab MEMORY <= YES NO 0 0" >> "$tmp/complexes"
         in_ns qconf -Mc "$tmp/complexes" >/dev/null

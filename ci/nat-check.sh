@@ -115,15 +115,15 @@ for host in "$HOST" "$SHEEPDOG_NODE1"; do
     job=$1; shift
     deadline=$((SECONDS + 30))
     until running "$job"; do ((SECONDS < deadline)) || fail "job $job did not start on $host"; sleep 0.2; done
-    as_user "$SHEEPDOG_TEST_OTHER_USER" qstat -j "*" | grep -q 'SECRET_IN_ENV=hunter2' \
+    as_user "$SHEEPDOG_TEST_OTHER_USER" qstat -j "*" | grep 'SECRET_IN_ENV=hunter2' >/dev/null \
         || fail "the attacker cannot see env_list in qstat -j '*'"
     spool=/var/spool/gridengine/execd/$host
     deadline=$((SECONDS + 10))
-    until as_user "$SHEEPDOG_TEST_OTHER_USER" cat "$spool/job_scripts/$job" 2>/dev/null | grep -q SECRET_IN_SCRIPT; do
+    until as_user "$SHEEPDOG_TEST_OTHER_USER" cat "$spool/job_scripts/$job" 2>/dev/null | grep SECRET_IN_SCRIPT >/dev/null; do
         ((SECONDS < deadline)) || fail "the attacker cannot read $spool/job_scripts/$job"
         sleep 0.2
     done
-    as_user "$SHEEPDOG_TEST_OTHER_USER" cat "$spool/active_jobs/$job.1/environment" | grep -q SECRET_IN_ENV=hunter2 \
+    as_user "$SHEEPDOG_TEST_OTHER_USER" cat "$spool/active_jobs/$job.1/environment" | grep SECRET_IN_ENV=hunter2 >/dev/null \
         || fail "the attacker cannot read $spool/active_jobs/$job.1/environment"
     say "  on $host: qstat -j '*', job_scripts/$job and active_jobs/$job.1/environment: readable"
 done

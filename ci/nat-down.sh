@@ -45,17 +45,17 @@ qmaster_up() { have_ns "$NETNS" && in_ns qstat -f >/dev/null 2>&1; }
 # exec host entry, its host-local configuration and its admin host entry.
 unconfigure_node() {
     qmaster_up || return 0
-    in_ns qconf -se "$NODE" >/dev/null 2>&1 || in_ns qconf -sh 2>/dev/null | grep -qx "$NODE" || return 0
+    in_ns qconf -se "$NODE" >/dev/null 2>&1 || in_ns qconf -sh 2>/dev/null | grep -x "$NODE" >/dev/null || return 0
     in_ns qmod -d "all.q@$NODE" >/dev/null 2>&1
     local deadline=$((SECONDS + 30))
-    while in_ns qstat -s rs -u '*' -q "all.q@$NODE" 2>/dev/null | grep -q "all.q@$NODE"; do
+    while in_ns qstat -s rs -u '*' -q "all.q@$NODE" 2>/dev/null | grep "all.q@$NODE" >/dev/null; do
         if ((SECONDS >= deadline)); then
             say "jobs still running on $NODE after 30 s; going on without them"
             break
         fi
         sleep 0.5
     done
-    if in_ns qconf -shgrp @allhosts 2>/dev/null | grep -qw "$NODE"; then
+    if in_ns qconf -shgrp @allhosts 2>/dev/null | grep -w "$NODE" >/dev/null; then
         in_ns qconf -dattr hostgroup hostlist "$NODE" @allhosts >/dev/null
     fi
     in_ns qconf -ke "$NODE" >/dev/null 2>&1

@@ -121,7 +121,7 @@ firewall() {
 EOF
 )
     hash=$(printf '%s' "$rules" | sha256sum | cut -c1-16)
-    if in_ns nft list table inet "$NFT_TABLE" 2>/dev/null | grep -qF "ci/nat-up.sh $hash"; then
+    if in_ns nft list table inet "$NFT_TABLE" 2>/dev/null | grep -F "ci/nat-up.sh $hash" >/dev/null; then
         return 0
     fi
     say "loading the firewall"
@@ -203,7 +203,7 @@ queue_instance_ready() {
 node_config() {
     local tmp
     tmp=$(mktemp -d)
-    in_ns qconf -sh 2>/dev/null | grep -qx "$NODE" || in_ns qconf -ah "$NODE" >/dev/null
+    in_ns qconf -sh 2>/dev/null | grep -x "$NODE" >/dev/null || in_ns qconf -ah "$NODE" >/dev/null
     if ! in_ns qconf -se "$NODE" >/dev/null 2>&1; then
         printf 'hostname %s\nload_scaling NONE\ncomplex_values NONE\nuser_lists NONE\nxuser_lists NONE\nprojects NONE\nxprojects NONE\nusage_scaling NONE\nreport_variables NONE\n' \
             "$NODE" > "$tmp/exechost"
@@ -212,7 +212,7 @@ node_config() {
     # Both execds share one kernel: with separate gid ranges, the additional
     # group id that execd uses to find (and kill) a job's processes cannot
     # match a job on the other host.
-    if ! in_ns qconf -sconf "$NODE" 2>/dev/null | grep -q "^gid_range *$NODE_GID_RANGE\$"; then
+    if ! in_ns qconf -sconf "$NODE" 2>/dev/null | grep "^gid_range *$NODE_GID_RANGE\$" >/dev/null; then
         # qconf -Aconf takes the configuration's name from the file's name.
         printf 'gid_range %s\n' "$NODE_GID_RANGE" > "$tmp/$NODE"
         if in_ns qconf -sconf "$NODE" >/dev/null 2>&1; then
@@ -221,7 +221,7 @@ node_config() {
             in_ns qconf -Aconf "$tmp/$NODE" >/dev/null
         fi
     fi
-    if ! in_ns qconf -shgrp @allhosts | grep -qw "$NODE"; then
+    if ! in_ns qconf -shgrp @allhosts | grep -w "$NODE" >/dev/null; then
         in_ns qconf -aattr hostgroup hostlist "$NODE" @allhosts >/dev/null
     fi
     rm -rf "$tmp"

@@ -74,7 +74,7 @@ install_packages() {
 # the machine where this script was written it could; the address is
 # harmless, so it stays.)
 loopback() {
-    ip -n "$NETNS" addr show dev lo | grep -q 'inet 127\.0\.0\.2/8' \
+    ip -n "$NETNS" addr show dev lo | grep 'inet 127\.0\.0\.2/8' >/dev/null \
         || ip -n "$NETNS" addr add 127.0.0.2/8 dev lo
 }
 
@@ -198,11 +198,11 @@ start_slurmdbd() {
     wait_for 60 dbd_ready
     # The cluster, an account and the test user in the accounting database
     # (nothing is enforced; this only makes sacct's records look as usual).
-    in_ns sacctmgr -n -P list cluster format=cluster | grep -qx "$CLUSTER" \
+    in_ns sacctmgr -n -P list cluster format=cluster | grep -x "$CLUSTER" >/dev/null \
         || in_ns sacctmgr -i -Q add cluster "$CLUSTER" >/dev/null
-    in_ns sacctmgr -n -P list account format=account | grep -qx "$TEST_USER" \
+    in_ns sacctmgr -n -P list account format=account | grep -x "$TEST_USER" >/dev/null \
         || in_ns sacctmgr -i -Q add account "$TEST_USER" cluster="$CLUSTER" >/dev/null
-    in_ns sacctmgr -n -P list user format=user | grep -qx "$TEST_USER" \
+    in_ns sacctmgr -n -P list user format=user | grep -x "$TEST_USER" >/dev/null \
         || in_ns sacctmgr -i -Q add user "$TEST_USER" account="$TEST_USER" cluster="$CLUSTER" >/dev/null
 }
 
