@@ -84,7 +84,13 @@ class Config:
     #: differ from the caller's in their major or minor part: "warn", "error" (the
     #: worker's tasks fail, saying so) or "ignore".
     version_mismatch: str = "warn"
+    #: Seconds a worker of a warm pool waits for more work before it leaves; 0: no pool,
+    #: each request's workers leave when it has no task left (see docs/pools.rst).
+    linger: float = 60.0
 
+
+#: The longest ``linger``: idle workers hold a shared cluster's slots.
+MAX_LINGER = 86400.0
 
 #: What ``version_mismatch`` may say.
 VERSION_MISMATCH = ("warn", "error", "ignore")
@@ -121,6 +127,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "key_in_job_file": (bool,),
     "dashboard": (str, bool),
     "version_mismatch": (str,),
+    "linger": (int, float),
 }
 
 VALID_KEYS = tuple(field.name for field in dataclasses.fields(Config))
@@ -179,6 +186,9 @@ def _check_values(config: Config) -> None:
         value = getattr(config, key)
         if value is not None and value < 1:
             raise InvalidValue(key, f"config key {key!r} must be at least 1, not {value}")
+    if not 0 <= config.linger <= MAX_LINGER:
+        raise InvalidValue("linger", f"config key 'linger' must be between 0 and {MAX_LINGER:g} "
+                                     f"seconds (a day), not {config.linger}")
     for key in ("retry_seconds", "retries"):
         if getattr(config, key) < 0:
             raise InvalidValue(key, f"config key {key!r} must not be negative")
