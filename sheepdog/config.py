@@ -31,6 +31,7 @@ from typing import Any, Mapping, Optional, Sequence, Union, cast
 
 from . import userconfig
 from .backends.registry import registered
+from .resources import InvalidResource, resources_of
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,16 @@ class Config:
     #: differ from the caller's in their major or minor part: "warn", "error" (the
     #: worker's tasks fail, saying so) or "ignore".
     version_mismatch: str = "warn"
+    #: Resources of each worker, by name (see docs/resources.rst and ``resources.py``).
+    cores: Optional[int] = None
+    memory: Optional[str] = None
+    walltime: Union[str, int, float, None] = None
+    gpus: Optional[int] = None
+    queue: Optional[str] = None
+    account: Optional[str] = None
+    #: GridEngine's parallel environment for ``cores``, and its complex for ``gpus``.
+    pe_name: str = "smp"
+    gpu_resource: Optional[str] = None
 
 
 #: What ``version_mismatch`` may say.
@@ -121,6 +132,14 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "key_in_job_file": (bool,),
     "dashboard": (str, bool),
     "version_mismatch": (str,),
+    "cores": (int, type(None)),
+    "memory": (str, type(None)),
+    "walltime": (str, int, float, type(None)),
+    "gpus": (int, type(None)),
+    "queue": (str, type(None)),
+    "account": (str, type(None)),
+    "pe_name": (str,),
+    "gpu_resource": (str, type(None)),
 }
 
 VALID_KEYS = tuple(field.name for field in dataclasses.fields(Config))
@@ -198,6 +217,10 @@ def _check_values(config: Config) -> None:
             parse_address(config.dashboard)
         except ValueError as error:  # an InvalidValue, to say where it was set
             raise InvalidValue("dashboard", str(error)) from None
+    try:
+        resources_of(config)
+    except InvalidResource as error:
+        raise InvalidValue(error.key, str(error)) from None
 
 
 def is_loopback(host: str) -> bool:

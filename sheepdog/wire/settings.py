@@ -41,6 +41,8 @@ class WorkerSettings:
     python: tuple[int, int] = (0, 0)
     #: Bytes of address space each worker may use, or None.
     memory_limit: Optional[int] = None
+    #: Seconds the scheduler lets each worker run (its walltime), or None: unlimited.
+    walltime_seconds: Optional[float] = None
     #: Signals the scheduler sends before it kills a task on purpose.
     kill_signals: tuple[str, ...] = ("SIGUSR2",)
     #: How long a worker keeps retrying an unreachable caller.
