@@ -72,6 +72,10 @@ class Backend(abc.ABC):
         unlimited."""
         return self.resources.walltime
 
+    def notes(self) -> list[str]:
+        """What the job header does not say of how the workers run, for ``job_script``."""
+        return []
+
     def limit_words(self, limit: str) -> Optional[str]:
         """How a task that a limit (``"memory"`` or ``"walltime"``) ended is reported, as in
         "killed at its walltime of 0:30:00"; None when no such limit is set."""

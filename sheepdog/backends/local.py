@@ -279,6 +279,14 @@ class LocalBackend(Backend):
             limits.append(len(_visible_devices()) // self.resources.gpus)
         return max(1, min(limits)), None
 
+    def notes(self) -> list[str]:
+        workers = self.capacity()[0] or 1
+        notes = [f"at most {workers} workers at once"]
+        devices = self._devices(workers)
+        if devices is not None:
+            notes.append(f"each worker's CUDA_VISIBLE_DEVICES: {' / '.join(devices)}")
+        return notes
+
     def _devices(self, workers: int) -> Optional[list[str]]:
         """Each worker's ``CUDA_VISIBLE_DEVICES``: ``gpus`` of those listed, its own."""
         gpus = self.resources.gpus

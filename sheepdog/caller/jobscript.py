@@ -125,6 +125,7 @@ def job_script(config: Union[Config, Mapping[str, Any], None] = None, tasks: int
     backend = create(resolved)
     backend.check()
     lines = [f"#!{resolved.shell}", *backend.header(tasks)]
+    lines += [f"# sheepdog: {note}" for note in backend.notes()]
     memory: Optional[int] = backend.memory_limit()
     walltime: Optional[float] = backend.walltime_seconds()
     if memory is not None:
