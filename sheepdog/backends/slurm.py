@@ -21,6 +21,7 @@ being killed. Resources named in the config become ``--cpus-per-task``,
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Mapping, Optional, Sequence
 
@@ -208,9 +209,11 @@ class SlurmBackend(BatchBackend):
         return parse_memory(mem) if mem else super().memory_limit()
 
     def walltime_seconds(self) -> Optional[float]:
-        """``walltime``, or ``--time``/``-t`` in ``slurm_opts``."""
+        """``walltime``, or ``--time``/``-t`` in ``slurm_opts``, in the whole minutes that
+        Slurm rounds a time limit up to."""
         time_limit = option_value(self.options, "--time") or option_value(self.options, "-t")
-        return parse_time(time_limit) if time_limit else super().walltime_seconds()
+        seconds = parse_time(time_limit) if time_limit else super().walltime_seconds()
+        return None if seconds is None else math.ceil(seconds / 60) * 60
 
     def resource_patterns(self) -> dict[str, str]:
         return {"cores": r"^\s*(?:--cpus-per-task\b|-c\b)", "memory": r"^\s*--mem\b",
