@@ -165,7 +165,8 @@ def test_walltimes_are_read_from_the_schedulers_own_options_too():
     assert walltime("slurm", ["--time=90"]) == 5400
     assert walltime("slurm", ["-t 2:30"]) == 180  # Slurm rounds up to whole minutes
     assert walltime("slurm", ["--time=1-0"]) == 86400
-    assert walltime("slurm", ["--time=1:02:03"]) == 3723
+    assert walltime("slurm", ["--time=1:02:03"]) == 3780
+    assert parse_time("1:02:03") == 3723
     assert parse_time("2-3:04:05") == ((2 * 24 + 3) * 60 + 4) * 60 + 5
 
 
