@@ -321,6 +321,8 @@ REMOTE_KEYS = ("host", "ssh_port", "ssh_user", "ssh_keyfile", "ssh_known_hosts",
                "ssh_dir")
 #: The schedulers whose tasks run on this machine, which use none of them.
 THIS_MACHINE = ("local", "inline")
+#: The resource keys that name a cluster's things, which this machine has none of.
+CLUSTER_RESOURCE_KEYS = ("queue", "account", "pe_name", "gpu_resource")
 _warned: set[str] = set()
 
 
@@ -331,7 +333,7 @@ def unused_key_warnings(config: Config, origins: Optional[Mapping[str, str]]) ->
         return []
     return [f"config key {key!r} ({origins[key]}) is not used by the {config.scheduler} "
             f"scheduler, whose tasks run on this machine; it is ignored"
-            for key in REMOTE_KEYS + OPTIONS_KEYS
+            for key in REMOTE_KEYS + OPTIONS_KEYS + CLUSTER_RESOURCE_KEYS
             if origins.get(key, "the default") != "the default"]
 
 

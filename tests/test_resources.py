@@ -374,3 +374,12 @@ def test_job_script_starts_as_the_submitted_job_file_does():
     script = sheepdog.job_script(conf, tasks=5)
     assert script.splitlines() == [f"#!{conf.shell}", *backend.header(5)]
     assert sys.modules["sheepdog"].job_script is jobscript.job_script
+
+
+def test_a_queue_or_account_for_the_local_scheduler_is_warned_about_as_unused():
+    from sheepdog.config import resolve_with_origins, unused_key_warnings
+
+    config, origins = resolve_with_origins({"scheduler": "local", "queue": "long", "cores": 1})
+    assert unused_key_warnings(config, origins) == [
+        "config key 'queue' (the config dict) is not used by the local scheduler, whose tasks "
+        "run on this machine; it is ignored"]
