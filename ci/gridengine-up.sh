@@ -16,6 +16,7 @@ TEST_USER=${SHEEPDOG_TEST_USER:-sheepdog}
 OTHER_USER=${SHEEPDOG_TEST_OTHER_USER:-sheepdog-other}
 STATE=${SHEEPDOG_TEST_STATE:-/var/lib/sheepdog-test}
 SLOTS=${SHEEPDOG_TEST_SLOTS:-8}
+SECOND_QUEUE_SLOTS=2
 HOST=$(hostname)
 PACKAGES=(gridengine-master gridengine-exec gridengine-client gridengine-common
           openssh-server openssh-client python3 python3-numpy iproute2)
@@ -98,8 +99,8 @@ start_sshd() {
 }
 
 queue_instance_ready() {
-    # Ready = the queue instance has a load value and no state flags.
-    in_ns qstat -f -q "all.q@$HOST" | awk -v q="all.q@$HOST" '$1 == q && $4 != "-NA-" && NF == 5 {ok=1} END {exit !ok}'
+    # Ready = the queue instance (of queue $1) has a load value and no state flags.
+    in_ns qstat -f -q "$1@$HOST" | awk -v q="$1@$HOST" '$1 == q && $4 != "-NA-" && NF == 5 {ok=1} END {exit !ok}'
 }
 
 configure_cluster() {
@@ -122,10 +123,47 @@ configure_cluster() {
         echo "mem_grab mem_grab MEMORY <= YES NO 0 0" >> "$tmp/complexes"
         in_ns qconf -Mc "$tmp/complexes" >/dev/null
     fi
+    # smp: the parallel environment of sheepdog's 'cores' key (its default
+    # 'pe_name'), all slots on one host; both queues take it.
+    cat > "$tmp/pe" <<EOF
+pe_name            smp
+slots              999
+user_lists         NONE
+xuser_lists        NONE
+start_proc_args    NONE
+stop_proc_args     NONE
+allocation_rule    \$pe_slots
+control_slaves     FALSE
+job_is_first_task  TRUE
+urgency_slots      min
+accounting_summary FALSE
+qsort_args         NONE
+EOF
+    if in_ns qconf -sp smp >/dev/null 2>&1; then
+        in_ns qconf -Mp "$tmp/pe" >/dev/null
+    else
+        in_ns qconf -Ap "$tmp/pe" >/dev/null
+    fi
+    # all.q, and long.q: a second, small queue on this host alone (ci/nat-up.sh
+    # adds node1 to @allhosts), for the tests of sheepdog's 'queue' key.
+    write_queue all.q 0 "$SLOTS" @allhosts "$tmp"
+    write_queue long.q 1 "$SECOND_QUEUE_SLOTS" "$HOST" "$tmp"
+    # Schedule every second rather than every fifteen.
+    in_ns qconf -ssconf > "$tmp/sconf"
+    sed -i -e 's/^schedule_interval .*/schedule_interval 0:0:1/' \
+        -e 's/^flush_submit_sec .*/flush_submit_sec 1/' \
+        -e 's/^flush_finish_sec .*/flush_finish_sec 1/' "$tmp/sconf"
+    in_ns qconf -Msconf "$tmp/sconf" >/dev/null
+    rm -rf "$tmp"
+}
+
+# Add or update queue $1 (seq_no $2, $3 slots, on hosts $4), writing its file in folder $5.
+write_queue() {
+    local name=$1 seq=$2 slots=$3 hosts=$4 tmp=$5
     cat > "$tmp/queue" <<EOF
-qname                 all.q
-hostlist              @allhosts
-seq_no                0
+qname                 $name
+hostlist              $hosts
+seq_no                $seq
 load_thresholds       NONE
 suspend_thresholds    NONE
 nsuspend              1
@@ -135,9 +173,9 @@ min_cpu_interval      00:05:00
 processors            UNDEFINED
 qtype                 BATCH INTERACTIVE
 ckpt_list             NONE
-pe_list               NONE
+pe_list               smp
 rerun                 FALSE
-slots                 $SLOTS
+slots                 $slots
 tmpdir                /tmp
 shell                 /bin/sh
 prolog                NONE
@@ -174,18 +212,11 @@ h_rss                 INFINITY
 s_vmem                INFINITY
 h_vmem                INFINITY
 EOF
-    if in_ns qconf -sq all.q >/dev/null 2>&1; then
+    if in_ns qconf -sq "$name" >/dev/null 2>&1; then
         in_ns qconf -Mq "$tmp/queue" >/dev/null
     else
         in_ns qconf -Aq "$tmp/queue" >/dev/null
     fi
-    # Schedule every second rather than every fifteen.
-    in_ns qconf -ssconf > "$tmp/sconf"
-    sed -i -e 's/^schedule_interval .*/schedule_interval 0:0:1/' \
-        -e 's/^flush_submit_sec .*/flush_submit_sec 1/' \
-        -e 's/^flush_finish_sec .*/flush_finish_sec 1/' "$tmp/sconf"
-    in_ns qconf -Msconf "$tmp/sconf" >/dev/null
-    rm -rf "$tmp"
 }
 
 start_gridengine() {
@@ -205,9 +236,12 @@ start_gridengine() {
     fi
     wait_for 30 alive "$execd_pid" sge_execd
     # A queue instance can be left in error or disabled state by an earlier run.
-    in_ns qmod -c "all.q@$HOST" >/dev/null 2>&1 || true
-    in_ns qmod -e "all.q@$HOST" >/dev/null 2>&1 || true
-    wait_for 60 queue_instance_ready
+    local queue
+    for queue in all.q long.q; do
+        in_ns qmod -c "$queue@$HOST" >/dev/null 2>&1 || true
+        in_ns qmod -e "$queue@$HOST" >/dev/null 2>&1 || true
+        wait_for 60 queue_instance_ready "$queue"
+    done
 }
 
 write_env() {

@@ -6,10 +6,11 @@
 #   ssh -i $SHEEPDOG_TEST_KEY -o UserKnownHostsFile=$SHEEPDOG_TEST_KNOWN_HOSTS \
 #       $SHEEPDOG_TEST_USER@$SHEEPDOG_TEST_HOST sbatch ...
 #
-# works inside the namespace. One node (this host's name) with 8 CPUs and
-# counted memory (so --mem is enforced), one default partition, arrays up to
-# 100000 tasks, fast scheduling, a short KillWait, and accounting (sacct)
-# through slurmdbd and a local MariaDB. Debian's packages: munge, slurmctld,
+# works inside the namespace. One node (this host's name) with 8 CPUs,
+# counted memory (so --mem is enforced) and two GPUs as a generic resource
+# (GRES: device nodes made for the test, no real GPU), a default partition
+# and a second one, arrays up to 100000 tasks, fast scheduling, a short
+# KillWait, and accounting (sacct) through slurmdbd and a local MariaDB. Debian's packages: munge, slurmctld,
 # slurmd, slurm-client, slurmdbd, mariadb-server.
 #
 # Run as root. Idempotent: a second run finds it up and changes nothing. Every
@@ -24,6 +25,8 @@ HOST=$(hostname)
 
 CLUSTER=sheepdog
 PARTITION=debug
+SECOND_PARTITION=long   # for the tests of sheepdog's 'queue' key
+GPUS=2                  # /dev/sheepdog-gpu0 and 1: character devices like /dev/null
 CPUS=8
 MEMORY_MB=8192          # the node's memory as Slurm counts it
 DEF_MEM_PER_CPU_MB=1024 # what a job without --mem gets: 8 such tasks fill the node
@@ -36,6 +39,7 @@ PACKAGES=(munge slurmctld slurmd slurm-client)
 ((ACCOUNTING)) && PACKAGES+=(slurmdbd mariadb-server)
 
 SLURM_CONF=/etc/slurm/slurm.conf
+GRES_CONF=/etc/slurm/gres.conf
 SLURMDBD_CONF=/etc/slurm/slurmdbd.conf
 MUNGED_PID=/run/munge/munged.pid
 MARIADB_PID=/run/mysqld/mysqld.pid
@@ -131,10 +135,16 @@ MaxJobCount=200000
 # jobs end NODE_FAIL); a slurmd that comes back makes the node usable again.
 SlurmdTimeout=30
 ReturnToService=2
-# 8 CPUs and the memory above, whatever this machine has.
+# 8 CPUs, the memory above and the GPUs of gres.conf, whatever this machine has.
 SlurmdParameters=config_overrides
-NodeName=$HOST CPUs=$CPUS RealMemory=$MEMORY_MB State=UNKNOWN
+GresTypes=gpu
+NodeName=$HOST CPUs=$CPUS RealMemory=$MEMORY_MB Gres=gpu:$GPUS State=UNKNOWN
 PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+PartitionName=$SECOND_PARTITION Nodes=$HOST MaxTime=INFINITE State=UP
+EOF
+    write_if_changed "$GRES_CONF" 644 root:root <<EOF && changed=0
+# Written by ci/slurm-up.sh: GPUs that are device nodes made for the tests.
+NodeName=$HOST Name=gpu File=/dev/sheepdog-gpu[0-$((GPUS - 1))]
 EOF
     if ((ACCOUNTING)); then
         write_if_changed "$SLURMDBD_CONF" 600 slurm:slurm <<EOF && changed=0
@@ -154,6 +164,14 @@ StorageLoc=slurm_acct_db
 EOF
     fi
     return "$changed"
+}
+
+# The GPUs' device nodes: Slurm needs a File= for each GPU, not a GPU behind it.
+make_gpu_devices() {
+    local n
+    for ((n = 0; n < GPUS; n++)); do
+        [[ -c /dev/sheepdog-gpu$n ]] || mknod -m 666 "/dev/sheepdog-gpu$n" c 1 3
+    done
 }
 
 start_munge() {
@@ -261,6 +279,7 @@ main() {
     local started=$EPOCHREALTIME
     install_packages
     loopback
+    make_gpu_devices
     if configure; then
         # A changed configuration: restart what runs with the old one.
         say "configuration changed"

@@ -20,6 +20,7 @@ __version__ = "0.4.0"
 _HOMES = {
     "as_completed": "api", "cancel": "api", "get_errors": "api", "get_results": "api",
     "map": "api", "map_async": "api", "map_sync": "api", "wait": "api",
+    "job_script": "caller.jobscript",
     "CallbackError": "caller.watcher",
     "Config": "config",
     "DiskFullError": "storage",
@@ -49,6 +50,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr_
         as_completed, cancel, get_errors, get_results, map, map_async, map_sync, wait,
     )
     from .backends.base import SubmissionError
+    from .caller.jobscript import job_script
     from .caller.outcomes import RemoteTraceback, TaskError, TaskLost
     from .caller.request import Request
     from .caller.session import Session

@@ -31,6 +31,7 @@ from typing import Any, Mapping, Optional, Sequence, Union, cast
 
 from . import userconfig
 from .backends.registry import registered
+from .resources import InvalidResource, resources_of
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,16 @@ class Config:
     #: Seconds a worker of a warm pool waits for more work before it leaves; 0: no pool,
     #: each request's workers leave when it has no task left (see docs/pools.rst).
     linger: float = 60.0
+    #: Resources of each worker, by name (see docs/resources.rst and ``resources.py``).
+    cores: Optional[int] = None
+    memory: Optional[str] = None
+    walltime: Union[str, int, float, None] = None
+    gpus: Optional[int] = None
+    queue: Optional[str] = None
+    account: Optional[str] = None
+    #: GridEngine's parallel environment for ``cores``, and its complex for ``gpus``.
+    pe_name: str = "smp"
+    gpu_resource: Optional[str] = None
 
 
 #: The longest ``linger``: idle workers hold a shared cluster's slots.
@@ -128,6 +139,14 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "dashboard": (str, bool),
     "version_mismatch": (str,),
     "linger": (int, float),
+    "cores": (int, type(None)),
+    "memory": (str, type(None)),
+    "walltime": (str, int, float, type(None)),
+    "gpus": (int, type(None)),
+    "queue": (str, type(None)),
+    "account": (str, type(None)),
+    "pe_name": (str,),
+    "gpu_resource": (str, type(None)),
 }
 
 VALID_KEYS = tuple(field.name for field in dataclasses.fields(Config))
@@ -208,6 +227,10 @@ def _check_values(config: Config) -> None:
             parse_address(config.dashboard)
         except ValueError as error:  # an InvalidValue, to say where it was set
             raise InvalidValue("dashboard", str(error)) from None
+    try:
+        resources_of(config)
+    except InvalidResource as error:
+        raise InvalidValue(error.key, str(error)) from None
 
 
 def is_loopback(host: str) -> bool:
@@ -308,6 +331,8 @@ REMOTE_KEYS = ("host", "ssh_port", "ssh_user", "ssh_keyfile", "ssh_known_hosts",
                "ssh_dir")
 #: The schedulers whose tasks run on this machine, which use none of them.
 THIS_MACHINE = ("local", "inline")
+#: The resource keys that name a cluster's things, which this machine has none of.
+CLUSTER_RESOURCE_KEYS = ("queue", "account", "pe_name", "gpu_resource")
 _warned: set[str] = set()
 
 
@@ -318,7 +343,7 @@ def unused_key_warnings(config: Config, origins: Optional[Mapping[str, str]]) ->
         return []
     return [f"config key {key!r} ({origins[key]}) is not used by the {config.scheduler} "
             f"scheduler, whose tasks run on this machine; it is ignored"
-            for key in REMOTE_KEYS + OPTIONS_KEYS
+            for key in REMOTE_KEYS + OPTIONS_KEYS + CLUSTER_RESOURCE_KEYS
             if origins.get(key, "the default") != "the default"]
 
 

@@ -29,7 +29,7 @@ import threading
 import time
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Optional
 
 from .wire import serialisation
 from .backends.registry import backend_class
@@ -38,6 +38,9 @@ from .config import Config, resolve_with_origins
 from .caller.outcomes import outcome
 from .caller.request import Request
 from .caller.session import Session, function_name
+
+if TYPE_CHECKING:
+    from .executor_options import ExecutorOptions
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ class _Submission(NamedTuple):
     function_blob: bytes
     arguments: Any  # serialised, see serialisation.dumps_call
     future: "Future[Any]"
-    chunksize: Optional[int]  # Executor.map's, for its request; None: the config's
+    config: Config  # its request's: the executor's, with Executor.map's chunksize or options
 
 
 @dataclass
@@ -110,7 +113,7 @@ class Executor(concurrent.futures.Executor):
         cannot travel raises here (:class:`~sheepdog.SerialisationError`).
         Keyword arguments travel with the positional ones, task by task.
         """
-        return self._submit(fn, [(args, kwargs)], None)[0]
+        return self._submit(fn, [(args, kwargs)], self.config)[0]
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
             timeout: Optional[float] = None, chunksize: int = 1) -> Iterator[Any]:
@@ -124,15 +127,31 @@ class Executor(concurrent.futures.Executor):
         sheepdog sizes each worker's batches itself). Less than 1 is a
         ``ValueError``.
         """
+        return self._map(fn, iterables, timeout, chunksize, self.config)
+
+    def options(self, **resources: Any) -> "ExecutorOptions":
+        """An executor whose submits ask for ``resources`` (``cores=4, memory="8G"``...;
+        see docs/resources.rst) over this one's config; checked here.
+
+        It shares this executor's session and threads; its requests never share
+        workers with those of other resources.
+        """
+        from .executor_options import ExecutorOptions, with_resources
+
+        return ExecutorOptions(self, with_resources(self.config, resources))
+
+    def _map(self, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...],
+             timeout: Optional[float], chunksize: int, config: Config) -> Iterator[Any]:
+        """:meth:`map` with ``config`` for its request."""
         if chunksize < 1:
             raise ValueError(f"chunksize must be at least 1, not {chunksize}")
         deadline = None if timeout is None else time.monotonic() + timeout
         futures = self._submit(fn, [(args, {}) for args in zip(*iterables)],
-                               chunksize if chunksize > 1 else None)
+                               config if chunksize == 1 else replace(config, chunksize=chunksize))
         return _results_in_order(futures, deadline)
 
     def _submit(self, fn: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
-                chunksize: Optional[int]) -> "list[Future[Any]]":
+                config: Config) -> "list[Future[Any]]":
         """Serialise the ``(args, kwargs)`` of each call of ``fn`` and queue it; their futures."""
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__name__}")
@@ -147,12 +166,12 @@ class Executor(concurrent.futures.Executor):
             function_blob = serialisation.dumps_function(fn, self.ns)
         futures: "list[Future[Any]]" = [Future() for _ in calls]
         if self._inline:
-            self._run_inline(function_blob, arguments, futures, chunksize, function_name(fn))
+            self._run_inline(function_blob, arguments, futures, config, function_name(fn))
             return futures
         with self._lock:
             self._refuse_after_shutdown()
             function_blob = self._function_blobs.setdefault(id(fn), function_blob)
-            self._queue += [_Submission(fn, function_blob, blob, future, chunksize)
+            self._queue += [_Submission(fn, function_blob, blob, future, config)
                             for blob, future in zip(arguments, futures)]
             self._start_threads()
             self._lock.notify_all()
@@ -161,20 +180,15 @@ class Executor(concurrent.futures.Executor):
         return futures
 
     def _run_inline(self, function_blob: bytes, arguments: list[Any],
-                    futures: "list[Future[Any]]", chunksize: Optional[int],
+                    futures: "list[Future[Any]]", config: Config,
                     name: tuple[str, str]) -> None:
         """The inline scheduler: run the calls here and now, in order, as one request."""
-        request = self._session.submit_serialised(function_blob, arguments,
-                                                  self._config_for(chunksize), name=name)
+        request = self._session.submit_serialised(function_blob, arguments, config, name=name)
         changes = request.storage.task_changes(request.id, 0.0, 1, False)
         for change in sorted(changes, key=lambda change: change.task):
             future = futures[change.task - 1]
             if future.set_running_or_notify_cancel():
                 _settle(future, *outcome(request, change))
-
-    def _config_for(self, chunksize: Optional[int]) -> Config:
-        """The executor's config, with ``Executor.map``'s chunksize if it gave one."""
-        return self.config if chunksize is None else replace(self.config, chunksize=chunksize)
 
     def _refuse_after_shutdown(self) -> None:
         if self._shut_down:
@@ -223,13 +237,13 @@ class Executor(concurrent.futures.Executor):
             return False
 
     def _send(self, batch: list[_Submission]) -> None:
-        """One request per function (and ``Executor.map`` chunksize) in ``batch``; their
-        futures go to the watcher."""
-        by_function: dict[tuple[int, Optional[int]], list[_Submission]] = {}
+        """One request per function and config (``Executor.map``'s chunksize, ``options``) in
+        ``batch``; their futures go to the watcher."""
+        by_function: dict[tuple[int, Config], list[_Submission]] = {}
         for submission in batch:
-            by_function.setdefault((id(submission.function), submission.chunksize),
+            by_function.setdefault((id(submission.function), submission.config),
                                    []).append(submission)
-        for (_function, chunksize), submissions in by_function.items():
+        for (_function, config), submissions in by_function.items():
             wanted = [submission for submission in submissions
                       if not submission.future.cancelled()]
             if not wanted:
@@ -237,7 +251,7 @@ class Executor(concurrent.futures.Executor):
             try:
                 request = self._session.submit_serialised(
                     wanted[0].function_blob, [s.arguments for s in wanted],
-                    self._config_for(chunksize), self._origins,
+                    config, self._origins,
                     function_name(wanted[0].function))
             except Exception as error:  # the scheduler's refusal is each future's error
                 for submission in wanted:

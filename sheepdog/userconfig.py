@@ -258,17 +258,15 @@ def from_text(text: str, allowed: tuple[type, ...]) -> Any:
         if not isinstance(value, list):
             raise ValueError('expected an array of options, such as ["-l h_rt=1:00:00", "-q long"]')
         return value
-    if int in allowed:
-        try:
-            return int(stripped)
-        except ValueError:
-            if float not in allowed:
-                raise ValueError("expected a whole number") from None
-        try:
-            return float(stripped)
-        except ValueError:
-            raise ValueError("expected a number") from None
-    return text
+    for kind in (int, float):
+        if kind in allowed:
+            try:
+                return kind(stripped)
+            except ValueError:
+                pass
+    if str in allowed:  # ``walltime``: seconds, or text such as "2:00:00"
+        return text
+    raise ValueError("expected a number" if float in allowed else "expected a whole number")
 
 
 def environment_settings(types: Mapping[str, tuple[type, ...]]) -> list[Setting]:

@@ -196,7 +196,7 @@ def test_public_names_are_pinned():
         "SSHError", "SerialisationError", "Server", "Session", "Storage", "StorageError",
         "SubmissionError",
         "TaskError", "TaskLost", "UnsafePathError", "__version__", "as_completed", "cancel",
-        "get_errors", "get_results", "map", "map_async", "map_sync", "wait",
+        "get_errors", "get_results", "job_script", "map", "map_async", "map_sync", "wait",
     ])
     assert sheepdog.map_sync is sheepdog.map
 

@@ -345,7 +345,7 @@ def test_the_entry_point_gives_its_version_and_plain_help_with_the_exit_codes():
         assert "--dbfile DBFILE" in help_text or not argv
     listed = re.findall(r"^    (\w+) ", sheepdog_command("--help").stdout, re.MULTILINE)
     assert listed == ["list", "status", "results", "errors", "logs", "cancel", "serve", "config",
-                      "dashboard"]
+                      "dashboard", "script"]
 
 
 def test_the_entry_point_reads_results_as_json(finished):

@@ -21,6 +21,14 @@ def test_the_configuration_pages_examples_run_with_its_own_config_file(tmp_path,
     assert (tmp_path / "results.sqlite").exists()  # the [default] table's dbfile
 
 
+def test_the_resources_pages_previews_are_what_sheepdog_script_prints(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SHEEPDOG_CONFIG_FILE")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / ".config"))  # no config file
+    results = run_page("resources.rst")
+    assert results.failed == 0 and results.attempted == 5
+
+
 def test_the_command_pages_examples_run_against_the_maps_it_shows(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # The page shows requests made minutes ago; ages have a test of their own.

@@ -269,3 +269,31 @@ def test_a_small_map_is_served_while_a_large_one_runs(local_conf):
         assert small.values() == [2 * x for x in range(10)]
         assert large.progress().pending > 0  # it was not left until the large one ended
         large.cancel()
+
+
+def test_workers_leave_before_their_walltime_and_new_ones_run_every_task_once(
+        local_conf, tmp_path):
+    """Workers whose walltime is 8 s take no batch that would outrun it, give back what
+    they have not started, and leave; the pool starts others. Each task runs once, none
+    is lost or failed, and no worker is killed at its walltime."""
+    runs = tmp_path / "runs"
+
+    def logged(x):
+        import time
+
+        with open(runs, "a") as log:
+            log.write(f"{x}\n")
+        time.sleep(0.25)
+        return x
+
+    conf = {**local_conf, "workers": 2, "walltime": 8}
+    with sheepdog.Session() as session:
+        request = session.submit(logged, [(x,) for x in range(80)], conf)
+        request.wait(timeout=300)
+        progress = request.progress()
+        ends = {end.reason for end in request.storage.newest_launch_ends(request.id)}
+        jobs = own_jobs(local_conf["dbfile"])[request.id]
+    assert (progress.done, progress.failed, progress.lost) == (80, 0, 0)
+    assert sorted(int(x) for x in runs.read_text().split()) == list(range(80))
+    assert len(jobs) >= 2  # 80 tasks of 0.25 s on two workers outlast a walltime of 8 s
+    assert not any("walltime" in reason and "killed" in reason for reason in ends), ends

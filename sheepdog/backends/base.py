@@ -10,9 +10,11 @@ which names exist is the registry's business (``registry.py``).
 from __future__ import annotations
 
 import abc
+import functools
 from typing import ClassVar, NamedTuple, Optional
 
 from ..config import Config
+from ..resources import Resources, format_memory, format_walltime, resources_of
 from .registry import backend_class
 
 
@@ -58,9 +60,34 @@ class Backend(abc.ABC):
         """The job file's header lines for the scheduler (prefix included)."""
         return []
 
+    @functools.cached_property
+    def resources(self) -> Resources:
+        """What each worker asks for by name (``cores``, ``memory``...); see docs/resources.rst."""
+        return resources_of(self.config)
+
     def memory_limit(self) -> Optional[int]:
-        """Bytes of address space each worker may use, from the scheduler's options."""
-        return None
+        """Bytes of address space each worker may use: ``memory``, or the scheduler's options."""
+        return self.resources.memory
+
+    def walltime_seconds(self) -> Optional[float]:
+        """Seconds each worker may run: ``walltime``, or the scheduler's options; None if
+        unlimited."""
+        return self.resources.walltime
+
+    def notes(self) -> list[str]:
+        """What the job header does not say of how the workers run, for ``job_script``."""
+        return []
+
+    def limit_words(self, limit: str) -> Optional[str]:
+        """How a task that a limit (``"memory"`` or ``"walltime"``) ended is reported, as in
+        "killed at its walltime of 0:30:00"; None when no such limit is set."""
+        if limit == "memory":
+            memory = self.memory_limit()
+            return None if memory is None else f"killed: over its memory limit of " \
+                                               f"{format_memory(memory)}"
+        walltime = self.walltime_seconds()
+        return None if walltime is None else f"killed at its walltime of " \
+                                             f"{format_walltime(walltime)}"
 
     def capacity(self) -> tuple[Optional[int], Optional[int]]:
         """(slots that can run tasks at once, largest array allowed); None where unknown."""

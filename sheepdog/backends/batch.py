@@ -110,6 +110,14 @@ class BatchBackend(Backend):
     def cancel_argv(self, job_id: str, tasks: Sequence[int] = ()) -> list[str]:
         """The command that removes the job, or only ``tasks`` of it."""
 
+    @abc.abstractmethod
+    def resource_directives(self) -> list[str]:
+        """The options that ask for the resources named in the config (``cores``...)."""
+
+    @abc.abstractmethod
+    def resource_patterns(self) -> dict[str, str]:
+        """Resource key -> a pattern that finds an option asking for it in :attr:`options`."""
+
     def held_reason(self, job_id: str) -> str:
         """Why the scheduler holds the job's tasks, in its words."""
         return "the scheduler holds the task"
@@ -131,6 +139,12 @@ class BatchBackend(Backend):
                     and getattr(self.config, field.name) != field.default):
                 raise ValueError(f"config key {field.name!r} holds another scheduler's "
                                  f"options; for {self.name}, use {self.options_key!r}")
+        named = dataclasses.asdict(self.resources)
+        for key, pattern in self.resource_patterns().items():
+            clash = next((option for option in self.options if re.search(pattern, option)), None)
+            if named[key] is not None and clash is not None:
+                raise ValueError(f"config key {key!r} and the {self.options_key} option "
+                                 f"{clash!r} both ask for {key}; keep one of them")
 
     def header(self, n_array_tasks: int) -> list[str]:
         return [f"{self.header_prefix} {line}" for line in self.directives(n_array_tasks)]

@@ -9,18 +9,20 @@ killed on purpose; such tasks are not retried. Array tasks that have left
 stuck in an error state (``Eqw``: a missing shell, an unwritable ``-o`` path)
 never run: they count as held, with GridEngine's reason, and are deleted.
 ``-l mem_grab=SIZE`` in ``ge_opts`` (the original Sheepdog's memory resource)
-becomes the workers' address-space limit.
+becomes the workers' address-space limit. Resources named in the config become
+``-pe``, ``-l h_vmem`` (per slot), ``-l h_rt``, the site's GPU complex, ``-q``
+and ``-P`` (docs/resources.rst).
 """
 
 from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ElementTree
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
+from ..resources import format_memory, format_walltime
 from .base import SubmissionError, TaskEnd
 from .batch import HELD, PENDING, RUNNING, BatchBackend, SchedulerQueryFailed, option_value
-
 
 
 def parse_job_id(terse_output: str) -> str:
@@ -100,8 +102,14 @@ def parse_qacct(text: str) -> dict[int, dict[str, str]]:
 _LIMIT_ENFORCED = "37"
 
 
-def describe_accounting(fields: dict[str, str]) -> TaskEnd:
-    """How a task ended, in GridEngine's words, from its qacct record."""
+def describe_accounting(fields: dict[str, str], limits: Optional[Mapping[str, float]] = None,
+                        words: Optional[Mapping[str, str]] = None) -> TaskEnd:
+    """How a task ended, in GridEngine's words, from its qacct record.
+
+    A limit enforced is said in ``words`` (by limit, ``"walltime"`` or
+    ``"memory"``) when given: it was the walltime if the task ran that long
+    (``limits["walltime"]`` seconds, ``ru_wallclock``), else the memory.
+    """
     status_text = (fields.get("exit_status") or "0").split()[0]
     status = int(status_text) if status_text.isdigit() else 0
     reason = f"exit status {status}"
@@ -111,6 +119,14 @@ def describe_accounting(fields: dict[str, str]) -> TaskEnd:
     code = failed.split()[0] if failed else "0"
     if code != "0":
         reason += f"; GridEngine: failed {failed}"
+    limits, words = limits or {}, words or {}
+    if code == _LIMIT_ENFORCED:
+        clock = re.match(r"\s*([0-9.]+)", fields.get("ru_wallclock", ""))
+        ran_out = "walltime" in limits and (
+            clock is None or float(clock.group(1)) >= limits["walltime"] - 1)
+        limit = "walltime" if ran_out or "memory" not in words else "memory"
+        if limit in words:
+            reason = f"{words[limit]} ({reason})"
     return TaskEnd(reason, retryable=code != _LIMIT_ENFORCED, exit_status=status)
 
 
@@ -122,6 +138,26 @@ def parse_memory(text: str) -> int:
     if not match:
         raise ValueError(f"mem_grab={text!r} is not a GridEngine memory size such as 2G or 500M")
     return int(float(match.group(1)) * multipliers[match.group(2)])
+
+
+def parse_time(text: str) -> float:
+    """A GridEngine time (``h_rt``) in seconds: ``H:M:S`` or seconds."""
+    parts = text.strip().split(":")
+    if len(parts) > 3 or not all(re.fullmatch(r"\d*(?:\.\d+)?", part) for part in parts):
+        raise ValueError(f"h_rt={text!r} is not a GridEngine time such as 2:00:00 or 7200")
+    seconds = 0.0
+    for part in parts:
+        seconds = seconds * 60 + float(part or 0)
+    return seconds
+
+
+def resource_value(options: Sequence[str], name: str) -> Optional[str]:
+    """The value of ``-l name=VALUE`` in ``options`` (also in a list: ``-l a=1,name=2``)."""
+    for option in options:
+        match = re.search(rf"(?:^|[\s,]){re.escape(name)}=([^\s,]+)", option)
+        if match:
+            return match.group(1)
+    return None
 
 
 def live_state(letters: str) -> str:
@@ -153,20 +189,50 @@ class GridEngineBackend(BatchBackend):
     def check(self) -> None:
         super().check()
         self.memory_limit()  # raises on a malformed mem_grab
+        self.walltime_seconds()  # and on a malformed h_rt
+        if self.resources.gpus is not None and self.config.gpu_resource is None:
+            raise ValueError(
+                f"config key 'gpus' is {self.resources.gpus}, but GridEngine has no standard "
+                f"GPU resource: set 'gpu_resource' to your site's GPU complex (the name in "
+                f"`qconf -sc`, such as 'gpu'), and sheepdog asks for -l <gpu_resource>=N")
 
     def memory_limit(self) -> Optional[int]:
-        """Bytes of ``-l mem_grab=SIZE`` in ``ge_opts``, which workers enforce."""
-        for option in self.options:
-            match = re.search(r"(?:^|[\s,])mem_grab=([^\s,]+)", option)
-            if match:
-                return parse_memory(match.group(1))
-        return None
+        """Bytes of ``memory``, or of ``-l mem_grab=SIZE`` in ``ge_opts``: workers enforce it."""
+        mem_grab = resource_value(self.options, "mem_grab")
+        return parse_memory(mem_grab) if mem_grab else super().memory_limit()
+
+    def walltime_seconds(self) -> Optional[float]:
+        """``walltime``, or ``-l h_rt=`` in ``ge_opts``."""
+        h_rt = resource_value(self.options, "h_rt")
+        return parse_time(h_rt) if h_rt else super().walltime_seconds()
+
+    def resource_patterns(self) -> dict[str, str]:
+        patterns = {"cores": r"^\s*-pe\b", "memory": r"(?:^|[\s,])(?:h_vmem|mem_grab)=",
+                    "walltime": r"(?:^|[\s,])h_rt=", "queue": r"^\s*-q\b",
+                    "account": r"^\s*-P\b"}
+        if self.config.gpu_resource:
+            patterns["gpus"] = rf"(?:^|[\s,]){re.escape(self.config.gpu_resource)}="
+        return patterns
+
+    def resource_directives(self) -> list[str]:
+        """``h_vmem`` counts per slot, so it is ``memory`` shared among the ``cores``."""
+        wanted = self.resources
+        lines = [f"-pe {self.config.pe_name} {wanted.cores}"] if wanted.cores else []
+        if wanted.memory is not None:
+            lines.append(f"-l h_vmem={format_memory(-(-wanted.memory // (wanted.cores or 1)))}")
+        if wanted.walltime is not None:
+            lines.append(f"-l h_rt={format_walltime(wanted.walltime)}")
+        if wanted.gpus is not None:
+            lines.append(f"-l {self.config.gpu_resource}={wanted.gpus}")
+        lines += [f"-q {wanted.queue}"] if wanted.queue else []
+        lines += [f"-P {wanted.account}"] if wanted.account else []
+        return lines
 
     def directives(self, n_array_tasks: int) -> list[str]:
         # -notify: qdel warns a running task (SIGUSR2), so it can say it was deleted.
         limit = [f"-tc {self.config.max_running}"] if self.config.max_running else []
         return [f"-S {self.config.shell}", f"-t 1-{n_array_tasks}", "-notify", *limit,
-                *self.options]
+                *self.resource_directives(), *self.options]
 
     def submit_argv(self, path: str) -> list[str]:
         return ["qsub", "-terse", path]
@@ -189,7 +255,12 @@ class GridEngineBackend(BatchBackend):
 
     def accounting(self, job_id: str) -> Optional[dict[int, TaskEnd]]:
         records = parse_qacct(self.run(["qacct", "-j", job_id]).stdout)
-        return {task: describe_accounting(fields) for task, fields in records.items()}
+        walltime = self.walltime_seconds()
+        limits = {} if walltime is None else {"walltime": walltime}
+        words = {limit: said for limit in ("walltime", "memory")
+                 if (said := self.limit_words(limit)) is not None}
+        return {task: describe_accounting(fields, limits, words)
+                for task, fields in records.items()}
 
     def cancel_argv(self, job_id: str, tasks: Sequence[int] = ()) -> list[str]:
         return ["qdel", job_id, "-t", f"{min(tasks)}-{max(tasks)}"] if tasks else ["qdel", job_id]

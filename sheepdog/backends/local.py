@@ -4,6 +4,12 @@ The very same job file the cluster would run is started once per array task,
 with its array task id in ``SHEEPDOG_TASK_ID``,
 at most ``workers`` at a time. It is the embedded default for the demo and for
 users without a cluster, and the backend the fast tests use.
+
+Resources named in the config hold here too (docs/resources.rst): ``cores``
+per worker cap the workers at once to this machine's cores, ``memory`` is the
+workers' address-space limit, a worker past its ``walltime`` is killed (its
+tasks are lost, not retried), and ``gpus`` share out the devices listed in
+``CUDA_VISIBLE_DEVICES``, each worker seeing only its own.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import tempfile
 import threading
 import weakref
 from pathlib import Path
+from typing import Optional
 
 from ..config import Config
 from ..wire.settings import CALLER_PID_VARIABLE
@@ -43,11 +50,18 @@ def describe_exit(returncode: int) -> str:
 class LocalJob:
     """One array job: a pool of threads, each running task processes in turn."""
 
-    def __init__(self, job_id: str, script: Path, n_tasks: int, workers: int, shell: str) -> None:
+    def __init__(self, job_id: str, script: Path, n_tasks: int, workers: int, shell: str,
+                 walltime: Optional[tuple[float, str]] = None,
+                 devices: Optional[list[str]] = None) -> None:
         self.job_id = job_id
         self.script = script
         self.shell = shell
         self.n_tasks = n_tasks
+        #: (seconds, how a task killed then is reported), or None: no walltime.
+        self.walltime = walltime
+        #: Each worker's ``CUDA_VISIBLE_DEVICES``, by thread, or None: left as it is.
+        self.devices = devices
+        self._over_walltime: set[int] = set()
         self.ended: dict[int, TaskEnd] = {}
         #: What failed tasks wrote last, kept when the job's files are removed.
         self.failed_output: dict[int, str] = {}
@@ -56,7 +70,8 @@ class LocalJob:
         self._running: dict[int, subprocess.Popen[bytes]] = {}
         self._cancelled = False
         self._threads = [
-            threading.Thread(target=self._work, name=f"sheepdog-{job_id}-{n}", daemon=True)
+            threading.Thread(target=self._work, args=(n,), name=f"sheepdog-{job_id}-{n}",
+                             daemon=True)
             for n in range(min(workers, n_tasks))
         ]
         self._remaining = n_tasks
@@ -68,10 +83,10 @@ class LocalJob:
         with self._lock:
             return None if self._cancelled else next(self._pending, None)
 
-    def _work(self) -> None:
+    def _work(self, thread: int) -> None:
         while (task_id := self._next_task()) is not None:
             try:
-                returncode = self._run(task_id)
+                returncode = self._run(task_id, thread)
                 end = (TaskEnd("cancelled before it started", retryable=False)
                        if returncode is None else self._describe(task_id, returncode))
             except OSError as error:  # the shell vanished since submission, say
@@ -85,6 +100,8 @@ class LocalJob:
 
     def _describe(self, task_id: int, returncode: int) -> TaskEnd:
         """How a task ended, with the end of its output when it failed (its log is removed)."""
+        if task_id in self._over_walltime and self.walltime is not None:
+            return TaskEnd(self.walltime[1], retryable=False, exit_status=returncode)
         reason = describe_exit(returncode)
         if returncode:
             self.failed_output[task_id] = self.output_tail(task_id)
@@ -105,10 +122,13 @@ class LocalJob:
         except OSError:
             return ""
 
-    def _run(self, task_id: int) -> int | None:
-        """Run one array task to its end; None if it was cancelled before it started."""
+    def _run(self, task_id: int, thread: int) -> int | None:
+        """Run one array task to its end (killed at its walltime, if it has one); None if
+        it was cancelled before it started."""
         environment = dict(os.environ, **{LocalBackend.task_variable: str(task_id),
                                           CALLER_PID_VARIABLE: str(os.getpid())})
+        if self.devices is not None:
+            environment["CUDA_VISIBLE_DEVICES"] = self.devices[thread]
         with open(self.log_path(task_id), "wb") as log_file:
             with self._lock:
                 if self._cancelled:
@@ -123,7 +143,12 @@ class LocalJob:
                     start_new_session=True,  # Ctrl-C at the caller's terminal is not theirs
                 )
                 self._running[task_id] = process
-            returncode = process.wait()
+            try:
+                returncode = process.wait(self.walltime[0] if self.walltime else None)
+            except subprocess.TimeoutExpired:
+                self._over_walltime.add(task_id)
+                _kill_group(process)
+                returncode = process.wait()
         with self._lock:
             del self._running[task_id]
         return returncode
@@ -147,10 +172,15 @@ class LocalJob:
             self._cancelled = True
             running = list(self._running.values())
         for process in running:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)  # the task and anything it started
-            except ProcessLookupError:
-                pass
+            _kill_group(process)
+
+
+def _kill_group(process: "subprocess.Popen[bytes]") -> None:
+    """Kill a task and anything it started."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 #: Key folders this process delivered: its local workers end with it, and their keys too.
@@ -228,9 +258,42 @@ class LocalBackend(Backend):
                 f"the local scheduler cannot run {shell!r}: no such executable. Set 'shell' "
                 f"to a Python interpreter on this machine, or leave it unset to use "
                 f"{sys.executable}")
+        cores, gpus = self.resources.cores, self.resources.gpus
+        if cores is not None and cores > (os.cpu_count() or 1):
+            raise ValueError(f"config key 'cores' is {cores}, but this machine has "
+                             f"{os.cpu_count() or 1}: the local scheduler runs each worker "
+                             f"here. Ask for fewer, or use a cluster")
+        if gpus is not None and len(_visible_devices()) < gpus:
+            raise ValueError(
+                f"config key 'gpus' is {gpus}, but CUDA_VISIBLE_DEVICES lists "
+                f"{len(_visible_devices())} devices: the local scheduler shares out the GPUs "
+                f"that it lists among the workers, each seeing its own. Set it to this "
+                f"machine's GPUs (such as 0,1), or leave 'gpus' unset")
 
     def capacity(self) -> tuple[int | None, int | None]:
-        return self.config.workers, None
+        """``workers``, fewer if each takes several cores or GPUs of this machine's."""
+        limits = [self.config.workers or 1]
+        if self.resources.cores:
+            limits.append((os.cpu_count() or 1) // self.resources.cores)
+        if self.resources.gpus:
+            limits.append(len(_visible_devices()) // self.resources.gpus)
+        return max(1, min(limits)), None
+
+    def notes(self) -> list[str]:
+        workers = self.capacity()[0] or 1
+        notes = [f"at most {workers} workers at once"]
+        devices = self._devices(workers)
+        if devices is not None:
+            notes.append(f"each worker's CUDA_VISIBLE_DEVICES: {' / '.join(devices)}")
+        return notes
+
+    def _devices(self, workers: int) -> Optional[list[str]]:
+        """Each worker's ``CUDA_VISIBLE_DEVICES``: ``gpus`` of those listed, its own."""
+        gpus = self.resources.gpus
+        if gpus is None:
+            return None
+        listed = _visible_devices()
+        return [",".join(listed[n * gpus:(n + 1) * gpus]) for n in range(workers)]
 
     def submit(self, script: str, request_id: int, n_array_tasks: int) -> str:
         directory = Path(tempfile.mkdtemp(prefix=_folder_prefix(request_id, "job")))
@@ -239,10 +302,12 @@ class LocalBackend(Backend):
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(script)
         job_id = f"local-{os.getpid()}-{next(_job_numbers)}"
-        workers = min(self.config.workers or 1, self.config.max_running or n_array_tasks)
+        workers = min(self.capacity()[0] or 1, self.config.max_running or n_array_tasks)
+        walltime, words = self.walltime_seconds(), self.limit_words("walltime")
         self._jobs[job_id] = LocalJob(
-            job_id, path, n_array_tasks, workers, self.config.shell or "python3"
-        )
+            job_id, path, n_array_tasks, workers, self.config.shell or "python3",
+            (walltime, words) if walltime is not None and words else None,
+            self._devices(workers))
         return job_id
 
     def ended_tasks(self, job_id: str, candidates: set[int]) -> dict[int, TaskEnd]:
@@ -277,6 +342,12 @@ class LocalBackend(Backend):
     def task_output(self, job_id: str, task_id: int) -> str:
         job = self._jobs.get(job_id)
         return job.output_tail(task_id) if job is not None else ""
+
+
+def _visible_devices() -> list[str]:
+    """The GPUs that ``CUDA_VISIBLE_DEVICES`` lists, for the local workers to share."""
+    return [device.strip() for device in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+            if device.strip()]
 
 
 def _ended_with_their_process(job_id: str, candidates: set[int]) -> dict[int, TaskEnd]:

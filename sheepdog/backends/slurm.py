@@ -14,15 +14,19 @@ crashes. Where accounting is off (``sacct`` fails), a task that left the
 queue without reporting is lost after a grace period, retryable unless it
 was warned. ``--mem`` in ``slurm_opts`` also becomes the workers'
 address-space limit, so a greedy task fails with ``MemoryError`` instead of
-being killed.
+being killed. Resources named in the config become ``--cpus-per-task``,
+``--mem``, ``--time``, ``--gres=gpu:N``, ``--partition`` and ``--account``
+(docs/resources.rst).
 """
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from ..config import Config
+from ..resources import format_memory, format_walltime
 from ..wire.protocol import index_spec
 from ..remote.shells import Shell
 from .base import SubmissionError, TaskEnd
@@ -93,11 +97,12 @@ def live_state(state: str, reason: str) -> str:
     return _LIVE_STATES.get(state, PENDING)
 
 
-def parse_sacct(output: str, job_id: str) -> dict[int, TaskEnd]:
+def parse_sacct(output: str, job_id: str, words: Optional[Mapping[str, str]] = None
+                ) -> dict[int, TaskEnd]:
     """Array task -> how it ended, from ``sacct -X -P -n --format=JobID,State,ExitCode``.
 
     Tasks that never ran share one record (``123_[3-6%2]``), which is
-    expanded. Records of tasks not yet ended, and the single ``JOBID`` record
+    expanded. ``words`` replace a state's own (see :func:`describe_ending`). Records of tasks not yet ended, and the single ``JOBID`` record
     that sacct shows for a moment before the per-task ones, are left out.
     """
     ended: dict[int, TaskEnd] = {}
@@ -106,18 +111,24 @@ def parse_sacct(output: str, job_id: str) -> dict[int, TaskEnd]:
         if len(fields) < 3:
             continue
         job, _, spec = fields[0].partition("_")
-        ending = describe_ending(fields[1], fields[2]) if job == job_id and spec else None
+        ending = describe_ending(fields[1], fields[2], words) if job == job_id and spec else None
         if ending is not None:
             ended.update((task, ending) for task in _expand(spec))
     return ended
 
 
-def describe_ending(state: str, exit_code: str) -> Optional[TaskEnd]:
-    """How a task ended, in Slurm's words; None for a state that is not an end."""
+def describe_ending(state: str, exit_code: str, words: Optional[Mapping[str, str]] = None
+                    ) -> Optional[TaskEnd]:
+    """How a task ended, in Slurm's words; None for a state that is not an end.
+
+    ``words`` say a state better where they can, by state: "killed at its
+    walltime of 0:30:00 (TIMEOUT)" rather than "over its time limit (TIMEOUT)".
+    """
     word = state.split()[0] if state.strip() else ""
     if word not in _ENDINGS:
         return None
     what, retryable = _ENDINGS[word]
+    what = (words or {}).get(word, what)
     status_text, _, signal_text = exit_code.partition(":")
     status = int(status_text) if status_text.isdigit() else 0
     signal = int(signal_text) if signal_text.isdigit() else 0
@@ -140,6 +151,20 @@ def parse_max_array_size(config_output: str) -> Optional[int]:
     """The most tasks an array may have, from ``scontrol show config`` (MaxArraySize - 1)."""
     match = re.search(r"^MaxArraySize\s*=\s*(\d+)", config_output, flags=re.MULTILINE)
     return int(match.group(1)) - 1 if match else None
+
+
+def parse_time(text: str) -> float:
+    """A Slurm time limit (``--time``) in seconds: minutes, MM:SS, H:MM:SS, D-H, D-H:MM or
+    D-H:MM:SS."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
+    if match is None:
+        raise ValueError(f"--time={text!r} is not a Slurm time limit such as 2:00:00 or 90")
+    days, first, second, third = (int(part) if part else None for part in match.groups())
+    if days is not None:  # D-H[:MM[:SS]]
+        return (((days * 24 + (first or 0)) * 60 + (second or 0)) * 60) + (third or 0)
+    if third is not None:  # H:MM:SS
+        return ((first or 0) * 60 + (second or 0)) * 60 + third
+    return (first or 0) * 60 + (second or 0)  # minutes, or MM:SS
 
 
 def parse_memory(text: str) -> int:
@@ -177,16 +202,41 @@ class SlurmBackend(BatchBackend):
     def check(self) -> None:
         super().check()
         self.memory_limit()  # raises on a malformed --mem
+        self.walltime_seconds()  # and on a malformed --time
 
     def memory_limit(self) -> Optional[int]:
         mem = option_value(self.options, "--mem")
-        return parse_memory(mem) if mem else None
+        return parse_memory(mem) if mem else super().memory_limit()
+
+    def walltime_seconds(self) -> Optional[float]:
+        """``walltime``, or ``--time``/``-t`` in ``slurm_opts``, in the whole minutes that
+        Slurm rounds a time limit up to."""
+        time_limit = option_value(self.options, "--time") or option_value(self.options, "-t")
+        seconds = parse_time(time_limit) if time_limit else super().walltime_seconds()
+        return None if seconds is None else math.ceil(seconds / 60) * 60
+
+    def resource_patterns(self) -> dict[str, str]:
+        return {"cores": r"^\s*(?:--cpus-per-task\b|-c\b)", "memory": r"^\s*--mem\b",
+                "walltime": r"^\s*(?:--time\b|-t\b)",
+                "gpus": r"^\s*(?:--gres[= ]\S*gpu|--gpus\b|-G\b)",
+                "queue": r"^\s*(?:--partition\b|-p\b)", "account": r"^\s*(?:--account\b|-A\b)"}
+
+    def resource_directives(self) -> list[str]:
+        wanted = self.resources
+        lines = [f"--cpus-per-task={wanted.cores}"] if wanted.cores else []
+        lines += [f"--mem={format_memory(wanted.memory)}"] if wanted.memory else []
+        lines += [f"--time={format_walltime(wanted.walltime)}"] if wanted.walltime else []
+        lines += [f"--gres=gpu:{wanted.gpus}"] if wanted.gpus else []
+        lines += [f"--partition={wanted.queue}"] if wanted.queue else []
+        lines += [f"--account={wanted.account}"] if wanted.account else []
+        return lines
 
     def directives(self, n_array_tasks: int) -> list[str]:
         limit = f"%{self.config.max_running}" if self.config.max_running else ""
         logs = f"{self.config.ssh_dir}/sheepdog-%A_%a"
         return [f"--array=1-{n_array_tasks}{limit}", "--job-name=sheepdog",
-                f"--output={logs}.out", f"--error={logs}.err", *self.options]
+                f"--output={logs}.out", f"--error={logs}.err", *self.resource_directives(),
+                *self.options]
 
     def submit_argv(self, path: str) -> list[str]:
         return ["sbatch", "--parsable", path]
@@ -213,7 +263,10 @@ class SlurmBackend(BatchBackend):
                            "--format=JobID,State,ExitCode"])
         if result.status != 0:
             return None  # accounting is off: the queue and the heartbeats must do
-        return parse_sacct(result.stdout, job_id)
+        words = {state: f"{said} ({state})" for state, limit in
+                 (("TIMEOUT", "walltime"), ("OUT_OF_MEMORY", "memory"))
+                 if (said := self.limit_words(limit)) is not None}
+        return parse_sacct(result.stdout, job_id, words)
 
     def cancel_argv(self, job_id: str, tasks: Sequence[int] = ()) -> list[str]:
         return ["scancel", f"{job_id}_[{index_spec(sorted(tasks))}]" if tasks else job_id]

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import pprint
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Mapping, Optional, Union
 
+from ..backends.base import create
+from ..config import Config, resolve
+from ..resources import format_memory, format_walltime
 from ..wire.settings import WorkerSettings
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -107,3 +110,27 @@ def render(shell: str, header: Iterable[str], settings: WorkerSettings) -> str:
     lines.append(f"SETTINGS = {pprint.pformat(settings.to_dict(), width=88, sort_dicts=True)}")
     lines.append(_START)
     return "\n".join(lines)
+
+
+def job_script(config: Union[Config, Mapping[str, Any], None] = None, tasks: int = 1) -> str:
+    """The start of the job file that a submission with ``config`` would use: the shebang,
+    the scheduler's header (its options: resources, queue, your own), and the limits each
+    worker keeps itself. Nothing is submitted, and the cluster is not asked anything.
+
+    The config is checked as a submission would check it, so an error shows
+    here first. ``tasks`` is the size of the array (a submission picks it from
+    the tasks pending and the cluster's slots). ``sheepdog script`` prints it.
+    """
+    resolved = config if isinstance(config, Config) else resolve(config)
+    backend = create(resolved)
+    backend.check()
+    lines = [f"#!{resolved.shell}", *backend.header(tasks)]
+    lines += [f"# sheepdog: {note}" for note in backend.notes()]
+    memory: Optional[int] = backend.memory_limit()
+    walltime: Optional[float] = backend.walltime_seconds()
+    if memory is not None:
+        lines.append(f"# sheepdog: each worker's address space is limited to "
+                     f"{format_memory(memory)}")
+    if walltime is not None:
+        lines.append(f"# sheepdog: each worker may run for {format_walltime(walltime)}")
+    return "\n".join(lines) + "\n"

@@ -149,18 +149,29 @@ def task_exception(request: "Request", change: TaskChange) -> BaseException:
     text = change.error or ""
     pickled = request.storage.task_exception(request.id, change.task)
     if pickled is None:  # it failed otherwise, or it ran before exceptions were kept
-        return TaskError(change.task, text, change.output)
+        return _over_memory(request, TaskError(change.task, text, change.output))
     loaded, exception = serialisation.load_or_describe(pickled)
     if loaded and isinstance(exception, BaseException):
         exception.__cause__ = RemoteTraceback(request.id, change.task, text, change.output)
-        return exception
+        return _over_memory(request, exception)
     if loaded and isinstance(exception, str):
         why = exception  # the worker's words: it could not pickle it, or it was too large
     elif loaded:
         why = f"the worker sent a {type(exception).__name__}, not an exception"
     else:
         why = f"it could not be rebuilt in this process ({exception})"
-    return TaskError(change.task, text, change.output, why)
+    return _over_memory(request, TaskError(change.task, text, change.output, why))
+
+
+def _over_memory(request: "Request", error: BaseException) -> BaseException:
+    """A ``MemoryError`` under the request's memory limit (``memory``, ``--mem``...) says
+    that the limit ended the task: the worker's address space is capped at it."""
+    kind = error.exception_type if isinstance(error, TaskError) else type(error).__name__
+    words = request.backend.limit_words("memory") if kind == "MemoryError" else None
+    if words is not None:
+        _add_note(error, f"sheepdog: {words}, which each worker's address space is capped "
+                         f"at; ask for more 'memory', or use less")
+    return error
 
 
 def outcome(request: "Request", change: TaskChange) -> tuple[Any, Optional[BaseException]]:

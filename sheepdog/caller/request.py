@@ -192,6 +192,7 @@ class Request:
             task_variable=backend.task_variable,
             python=(sys.version_info[0], sys.version_info[1]),
             memory_limit=backend.memory_limit(),
+            walltime_seconds=backend.walltime_seconds(),
             kill_signals=tuple(backend.kill_signals),
             version_mismatch=config.version_mismatch,
             retry_seconds=config.retry_seconds,

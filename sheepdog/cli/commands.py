@@ -10,7 +10,7 @@ dbfile is an error that names it. The reading commands (all but ``cancel``,
 ``serve`` and ``config``) open it read-only and change nothing, not even an
 older schema, which only a writer brings up to date. How ``serve`` picks its
 scheme and port is ``serving.py``'s; ``dashboard`` serves the live dashboard's
-page (``dashboard/``).
+page (``dashboard/``); ``script`` lives in ``script.py``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from ..storage.payloads import payload_bytes
 from ..storage.states import CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING
 from ..storage.summaries import RequestSummary, TaskLog
 from ..wire import serialisation
-from . import records
+from . import records, script
 from .records import age  # noqa: F401 - named here before records held it
 from .serving import CommandError, listing, plan_serving
 
@@ -421,6 +421,7 @@ def _parser() -> argparse.ArgumentParser:
                                 "only, a free port)")
     dashboard.add_argument("--no-browser", action="store_true",
                            help="print the link without opening a browser")
+    script.add_command(command)
     return parser
 
 

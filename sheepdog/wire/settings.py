@@ -41,6 +41,9 @@ class WorkerSettings:
     python: tuple[int, int] = (0, 0)
     #: Bytes of address space each worker may use, or None.
     memory_limit: Optional[int] = None
+    #: Seconds the scheduler lets each worker run (its walltime), or None: unlimited. A
+    #: worker leaves before then (``loop.Walltime``).
+    walltime_seconds: Optional[float] = None
     #: Signals the scheduler sends before it kills a task on purpose.
     kill_signals: tuple[str, ...] = ("SIGUSR2",)
     #: How long a worker keeps retrying an unreachable caller.
@@ -52,8 +55,6 @@ class WorkerSettings:
     #: What a worker does when its versions differ from the caller's: "warn" (it tells
     #: the caller), "error" (its tasks fail, saying so) or "ignore".
     version_mismatch: str = "warn"
-    #: Seconds the scheduler lets each worker run, when known: it leaves before then.
-    walltime_seconds: Optional[float] = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for the job file's ``SETTINGS`` literal."""

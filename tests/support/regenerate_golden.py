@@ -1,7 +1,8 @@
 """Rewrite the golden files in tests/support/golden/ from what sheepdog renders now.
 
 ``jobscript.txt`` pins the job file's shape; ``header-<scheduler>.txt`` each
-batch backend's job header. Regenerating them is a step of its own, never
+batch backend's job header; ``script-<scheduler>.txt`` what ``job_script``
+shows for each backend with every resource set by name. Regenerating them is a step of its own, never
 part of a test run (tests/conftest.py refuses to run with a golden-writing
 variable set), so that a golden test cannot pass by rewriting what it
 compares with. Run it after an intended change, then review the diff before
@@ -37,6 +38,15 @@ def golden_headers() -> dict[Path, str]:
             for contract in Contract.__subclasses__()}
 
 
+def golden_scripts() -> dict[Path, str]:
+    """``job_script`` of each backend with every resource, as ``test_resources.py`` renders it."""
+    from ..test_backends import GOLDEN as FOLDER
+    from ..test_resources import SCRIPT_SCHEDULERS, resource_script
+
+    return {FOLDER / f"script-{scheduler}.txt": resource_script(scheduler)
+            for scheduler in SCRIPT_SCHEDULERS}
+
+
 def rewrite(path: Path, new: str) -> None:
     old = path.read_text() if path.exists() else ""
     if old == new:
@@ -49,7 +59,7 @@ def rewrite(path: Path, new: str) -> None:
 
 
 def main() -> int:
-    for path, text in {GOLDEN: golden_text(), **golden_headers()}.items():
+    for path, text in {GOLDEN: golden_text(), **golden_headers(), **golden_scripts()}.items():
         rewrite(path, text)
     return 0
 
