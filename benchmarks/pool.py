@@ -109,27 +109,42 @@ def released(conf: dict[str, Any], linger: float) -> tuple[float, Any]:
 
 
 EXITING = '''
-import sheepdog, sys
+import os, sheepdog
+from sheepdog.storage import Storage
 conf = {conf!r}
-print(sheepdog.map(abs, [(1,)], conf, verbose=False), flush=True)
+assert sheepdog.map(abs, [(-1,)], conf, verbose=False) == [1]
+storage = Storage(conf["dbfile"])
+print(os.getpid(), *(job.job_id for job in storage.jobs(max(storage.request_ids()))),
+      flush=True)
 '''
 
 
 def left_after_exit(conf: dict[str, Any]) -> str:
-    """Run a script that maps with a long linger and exits; what the scheduler still shows
-    of its jobs 10 s later ("" when nothing)."""
-    script = textwrap.dedent(EXITING.format(conf={**conf, "linger": 600}))
-    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
-                   timeout=300)
+    """Run a script that maps with a long linger and exits; what is left of its workers
+    10 s later ("" when nothing): processes of the local scheduler whose caller it was,
+    or its jobs in the scheduler's list."""
+    directory = tempfile.mkdtemp(dir=os.path.dirname(conf["dbfile"]))
+    script = textwrap.dedent(EXITING.format(conf={
+        **conf, "linger": 600, "dbfile": os.path.join(directory, "exit.sqlite")}))
+    said = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
+                          text=True, timeout=300).stdout.split()
+    pid, jobs = said[0], said[1:]
     time.sleep(10)
     if conf["scheduler"] == "local":
-        out = subprocess.run(["pgrep", "-f", "sheepdog_[0-9]*.py"], capture_output=True,
-                             text=True).stdout
-        return out.strip()
+        marker = f"SHEEPDOG_CALLER_PID={pid}".encode()
+        left = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as environ:
+                    if marker in environ.read().split(b"\0"):
+                        left.append(entry)
+            except OSError:
+                continue
+        return " ".join(left)
     connection = ssh.get(ssh.destination_for(resolve(conf)))
-    command = ("qstat -u $USER" if conf["scheduler"] == "gridengine"
-               else "squeue -h -u $USER -n sheepdog")
-    return connection.run(command).stdout.strip()
+    command = "qstat -u $USER" if conf["scheduler"] == "gridengine" else "squeue -h -u $USER"
+    shown = connection.run(command).stdout
+    return " ".join(job for job in jobs if job in shown)
 
 
 def fairness(conf: dict[str, Any]) -> float:
@@ -142,22 +157,35 @@ def fairness(conf: dict[str, Any]) -> float:
         return seconds
 
 
-def walltime_run(conf: dict[str, Any]) -> str:
+def runs_logged(path: str, seconds: float) -> float:
+    """Sleep ``seconds`` and note that this task ran (one line per run) in ``path``."""
+    import time
+
+    with open(path, "a") as log:
+        log.write("ran\n")
+    time.sleep(seconds)
+    return seconds
+
+
+def walltime_run(conf: dict[str, Any]) -> tuple[str, Any]:
+    """600 tasks of 1 s on 8 workers whose walltime is 30 s: the summary, and the pool."""
     if "walltime" not in {field.name for field in dataclasses.fields(Config)}:
-        return "skipped: no 'walltime' config key in this version"
+        return "skipped: no 'walltime' config key in this version", None
     conf = {**conf, "walltime": 30, "workers": 8, "max_running": 8}
+    log = os.path.join(os.path.dirname(conf["dbfile"]), "walltime-runs")
     started = time.perf_counter()
     with sheepdog.Session() as session:
-        request = session.submit(sleep_for, [(1.0,)] * 600, conf)
+        request = session.submit(runs_logged, [(log, 1.0)] * 600, conf)
         request.wait()
         seconds = time.perf_counter() - started
-        progress = request.progress()
-        attempts = request.storage.attempts(request.id) if hasattr(
-            request.storage, "attempts") else None
+        progress, pool = request.progress(), request.pool
+        jobs = len([job for job in request.storage.jobs(request.id) if job.n_workers])
+    with open(log) as runs:
+        ran = len(runs.readlines())
     ideal = 600 / 8
     return (f"{seconds:.1f} s vs ideal {ideal:.0f} s -> {seconds / ideal:.2f}x (goal <= 1.3x); "
-            f"done {progress.done}, failed {progress.failed}, lost {progress.lost}"
-            + (f", runs {sum(attempts)}" if attempts else ""))
+            f"done {progress.done}, failed {progress.failed}, lost {progress.lost}, "
+            f"{ran} runs of 600 tasks, {jobs} jobs"), pool
 
 
 def bench(scheduler: str, options: argparse.Namespace) -> None:
@@ -192,10 +220,14 @@ def bench(scheduler: str, options: argparse.Namespace) -> None:
     print(f"after a process with a warm pool exits (10 s later): "
           f"{'nothing left' if not left else 'LEFT: ' + left}")
     print(f"a 10-task map while a 10,000-task map runs: {fairness(conf):.2f} s (goal <= 3 s)")
-    print(f"walltime: {walltime_run(conf)}")
-    print(f"budget: the last pool looked at its workers and the scheduler {pool.looks} times "
-          f"and submitted {pool.submissions} jobs in {seconds:.0f} s; its backend asked the "
-          f"scheduler {pool.backend.queries} times (goal: one look per 5 s)")
+    print(f"budget, 50 tasks and linger {options.linger:g}: {pool.looks} looks at the workers "
+          f"and the scheduler, {pool.submissions} jobs submitted, {pool.backend.queries} "
+          f"scheduler queries in {seconds:.0f} s (goal: a look per 5 s at most)")
+    summary, pool = walltime_run(conf)
+    print(f"walltime: {summary}")
+    if pool is not None:
+        print(f"budget, walltime run: {pool.looks} looks, {pool.submissions} jobs submitted, "
+              f"{pool.backend.queries} scheduler queries")
 
 
 def main() -> None:

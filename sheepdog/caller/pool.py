@@ -100,6 +100,7 @@ class Pool:
         self._idle_since: dict[tuple[int, str], float] = {}
         self._digests: dict[int, str] = {}
         self._jobs: set[str] = set()
+        self._holders: set[int] = set()  # ids of the sessions that made requests in it
         self.closed = False
         #: Held while a request decides whether the pool needs a job, so that requests
         #: made at once from several threads start one job, not one each.
@@ -151,6 +152,19 @@ class Pool:
     def request_ids(self) -> list[int]:
         with self._lock:
             return list(self._requests)
+
+    def hold(self, holder: object) -> None:
+        """``holder`` (a session) uses the pool: it stays open until every holder let go."""
+        with self._lock:
+            self._holders.add(id(holder))
+
+    def let_go(self, holder: object) -> None:
+        """``holder`` has closed: the pool closes when it was the last to use it."""
+        with self._lock:
+            self._holders.discard(id(holder))
+            last = not self._holders
+        if last:
+            self.close()
 
     def record_job(self, job_id: str) -> None:
         """A job was submitted for a request of the pool: :meth:`close` removes it."""

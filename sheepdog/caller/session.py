@@ -30,6 +30,7 @@ from ..server import Server
 from ..storage import Storage
 from ..wire import serialisation
 from .owner import DatabaseOwner, acquire, opened, release
+from .pool import Pool
 from .request import Request
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class Session:
         self._lock = threading.RLock()
         self._owners: dict[str, DatabaseOwner] = {}
         self._requests: dict[tuple[str, int], Request] = {}
+        self._pools: list[Pool] = []  # the warm pools its requests joined
 
     # -- resources --------------------------------------------------------
 
@@ -120,6 +122,9 @@ class Session:
         with self._lock:
             self._requests = {}
             owners, self._owners = list(self._owners.values()), {}
+            pools, self._pools = self._pools, []
+        for pool in pools:  # those no other session uses: their jobs go now
+            pool.let_go(self)
         for held in owners:
             release(held)
 
@@ -200,6 +205,10 @@ class Session:
             if pool is None:
                 request.submit_job()
             else:
+                pool.hold(self)
+                with self._lock:
+                    if pool not in self._pools:
+                        self._pools.append(pool)
                 database.pools.join(pool, request)  # idle workers of the pool come at once
                 with pool.starting:
                     if not pool.live_workers():

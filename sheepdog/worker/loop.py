@@ -45,8 +45,12 @@ WAIT_SECONDS = 0.5
 #: How long an idle worker of a warm pool tries to reach its caller before it leaves:
 #: it holds nothing, so a caller that has gone costs it only this.
 IDLE_RETRY_SECONDS = 10.0
-#: Seconds before its walltime by which a worker has left (at most a twentieth of it).
+#: Seconds before its walltime by which a worker has left (a tenth of it when that is
+#: less, and at least a second).
 LEAVE_MARGIN = 10.0
+#: A task is expected to take up to this many times the average of the worker's last
+#: batch when it decides what still fits before its walltime.
+TASK_TIME_SAFETY = 1.5
 #: Functions a worker of a warm pool keeps, by digest, for the requests it may return to.
 KEPT_FUNCTIONS = 16
 
@@ -105,14 +109,16 @@ class Identity:
 class Walltime:
     """When this worker must have left, for a scheduler that kills it at its walltime.
 
-    It takes no batch that would run past ``LEAVE_MARGIN`` seconds (or a
-    twentieth of the walltime, if less) before then, and gives back what it
-    holds unstarted when the next task would not end in time.
+    Its clock starts with the process (as the scheduler's does). It takes no
+    batch that would run past ``LEAVE_MARGIN`` seconds (or a tenth of the
+    walltime, if less) before then, and gives back what it holds unstarted
+    when the next task would not end in time.
     """
 
     def __init__(self, seconds: Optional[float]) -> None:
-        margin = min(LEAVE_MARGIN, 0.05 * seconds) if seconds else 0.0
-        self.deadline = (time.monotonic() + seconds - margin) if seconds else None
+        margin = min(LEAVE_MARGIN, max(1.0, 0.1 * seconds)) if seconds else 0.0
+        self.deadline = ((time.monotonic() + seconds - margin - seconds_since_start())
+                         if seconds else None)
 
     def left(self) -> float:
         return float("inf") if self.deadline is None else self.deadline - time.monotonic()
@@ -126,7 +132,20 @@ class Walltime:
             return 0
         if per_task is None:
             return 1
-        return min(wanted, int(left / per_task))
+        return min(wanted, int(left / (TASK_TIME_SAFETY * per_task)))
+
+
+def seconds_since_start() -> float:
+    """How long this process has run (the scheduler's clock started with it, before this
+    Python was up); 0 where the system does not say (Linux's ``/proc`` does)."""
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            started = int(stat.read().rsplit(b")", 1)[1].split()[19])  # field 22, in ticks
+        with open("/proc/uptime", "rb") as uptime:
+            now = float(uptime.read().split()[0])
+        return max(0.0, now - started / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def run(job_settings: Mapping[str, Any]) -> int:
@@ -217,7 +236,8 @@ def run(job_settings: Mapping[str, Any]) -> int:
             status = supervisor.run(lambda todo, claims: Runner(lambda channel: run_tasks(
                 runnable, arguments, todo, channel, connect, settings, output, claims, told),
                 kill_signals), indices, seq - 1, batch.give_back_after,
-                leave_at=walltime.deadline, per_task=batch.per_task) or status
+                leave_at=walltime.deadline,
+                per_task=batch.per_task and TASK_TIME_SAFETY * batch.per_task) or status
             batch.took(len(supervisor.started), time.monotonic() - started)
     finally:
         client.close()
