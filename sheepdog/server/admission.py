@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # Tornado is imported when a server starts; host.py reads the
 #: Seconds an unproven connection gets for its TLS handshake and first request's headers.
 HANDSHAKE_SECONDS = 5.0
 #: Seconds in which a new connection is not closed to make room: the newcomer gives way.
-HANDSHAKE_GRACE_SECONDS = 0.5
+HANDSHAKE_GRACE_SECONDS = 2.0
 #: Unproven connections one peer address may hold (a proven one counts against nothing).
 MAX_UNPROVEN_PER_PEER = 128
 #: Unproven connections all peers together may hold.
