@@ -17,7 +17,7 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from . import states
 from .connection import Database
@@ -272,6 +272,14 @@ class Tasks:
 
         Without ``with_arguments`` the arguments are not read, and are None.
         """
+        return list(self.iter_results(request_id, with_arguments))
+
+    def iter_results(
+        self, request_id: int, with_arguments: bool = True
+    ) -> Iterator[tuple[bytes | PayloadFile | None, str, bytes | PayloadFile | None]]:
+        """:meth:`results` one task at a time, read as they are consumed: a million
+        results need not be held at once. Nothing may be written through this
+        thread's connection until the iterator is exhausted."""
         self._requests.n_tasks(request_id)
         arguments = ("a.data, a.in_file" if with_arguments else "NULL, 0")
         join = ("JOIN arguments a ON a.request_id = t.request_id AND a.idx = t.idx "
@@ -283,14 +291,12 @@ class Tasks:
             (request_id,),
         )
         stored = self._payloads.stored
-        return [
-            (None if argument is None else
-             stored("arguments", request_id, index, argument, argument_in_file),
-             state,
-             None if result is None else
-             stored("results", request_id, index, result, result_in_file))
-            for index, argument, argument_in_file, state, result, result_in_file in rows
-        ]
+        for index, argument, argument_in_file, state, result, result_in_file in rows:
+            yield (None if argument is None else
+                   stored("arguments", request_id, index, argument, argument_in_file),
+                   state,
+                   None if result is None else
+                   stored("results", request_id, index, result, result_in_file))
 
     def errors(self, request_id: int) -> list[tuple[bytes | PayloadFile, str, str]]:
         """(arguments, state, error text) of failed, lost and cancelled tasks, in order.
