@@ -93,9 +93,10 @@ class Ledger:
     """The unproven connections of one server, per peer address and in all,
     within ``per_peer`` and ``total``."""
 
-    def __init__(self, per_peer: int, total: int) -> None:
+    def __init__(self, per_peer: int, total: int, grace: Optional[float] = None) -> None:
         self.per_peer = per_peer
         self.total = total
+        self.grace = grace  # None: HANDSHAKE_GRACE_SECONDS
         self._all = _Queue()
         self._by_peer: dict[str, _Queue] = {}
         self._peer_of: dict[tornado.iostream.IOStream, str] = {}
@@ -106,11 +107,12 @@ class Ledger:
         return len(self._all)
 
     def in_its_grace(self, stream: tornado.iostream.IOStream) -> bool:
-        """Whether ``stream`` is silent and was accepted less than
-        ``HANDSHAKE_GRACE_SECONDS`` ago: most likely a worker amid its TLS handshake."""
+        """Whether ``stream`` is silent and was accepted less than the grace
+        (``HANDSHAKE_GRACE_SECONDS``) ago: most likely a worker amid its TLS handshake."""
         added = self._added.get(stream)
+        grace = HANDSHAKE_GRACE_SECONDS if self.grace is None else self.grace
         return (added is not None and self.is_silent(stream)
-                and time.monotonic() - added < HANDSHAKE_GRACE_SECONDS)
+                and time.monotonic() - added < grace)
 
     def count(self, peer: str) -> int:
         queue = self._by_peer.get(peer)

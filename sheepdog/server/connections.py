@@ -192,8 +192,8 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
     Takes HTTPServer's arguments (``idle_connection_timeout`` is the idle
     timeout; ``body_timeout`` the seconds every body gets), plus
     ``max_per_peer`` and ``max_unproven`` (unproven connections per peer
-    address, and in all), ``handshake_timeout`` and ``min_body_rate`` (bytes
-    per second). A handler proves its connection with
+    address, and in all), ``handshake_timeout``, ``handshake_grace`` (see
+    ``admission.py``; 0 for none) and ``min_body_rate`` (bytes per second). A handler proves its connection with
     ``admission.mark_authenticated``; one that never does (the dashboard's)
     leaves every connection unproven, within the caps.
     """
@@ -201,11 +201,12 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
     def initialize(self, *args: Any, max_per_peer: int = MAX_UNPROVEN_PER_PEER,
                    max_unproven: int = MAX_UNPROVEN,
                    handshake_timeout: float = HANDSHAKE_SECONDS,
+                   handshake_grace: Optional[float] = None,
                    min_body_rate: float = 65536, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
         self.handshake_timeout = handshake_timeout
         self.min_body_rate = min_body_rate
-        self.unproven = Ledger(max_per_peer, max_unproven)
+        self.unproven = Ledger(max_per_peer, max_unproven, handshake_grace)
         self._crowding_warning = _Every(WARN_EVERY_SECONDS)
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
