@@ -97,6 +97,9 @@ class Summaries:
     def __init__(self, database: Database, requests: Requests) -> None:
         self._database = database
         self._requests = requests
+        #: request id -> (its counts, when its last task finished) of finished requests:
+        #: finding that out reads every task, and it stays true while the counts do.
+        self._ended: dict[int, tuple[tuple[tuple[str, int], ...], Optional[float]]] = {}
 
     def request_summaries(self, request_id: Optional[int] = None) -> list[RequestSummary]:
         """Every request (or the one ``request_id``) with its task counts by state, oldest
@@ -117,8 +120,18 @@ class Summaries:
         summaries = [RequestSummary(rid, created, backend, n_tasks, counts.get(rid, {}), module,
                                     name, executing.get(rid, 0))
                      for rid, created, backend, n_tasks, module, name in rows]
-        return [summary._replace(ended=self.dashboard_last_finish(summary.request_id))
+        return [summary._replace(ended=self._ended_of(summary))
                 if summary.complete and summary.n_tasks else summary for summary in summaries]
+
+    def _ended_of(self, summary: RequestSummary) -> Optional[float]:
+        """When the finished request's last task finished; read once per state of its counts."""
+        counts = tuple(sorted(summary.counts.items()))
+        kept = self._ended.get(summary.request_id)
+        if kept is not None and kept[0] == counts:
+            return kept[1]
+        ended = self.dashboard_last_finish(summary.request_id)
+        self._ended[summary.request_id] = (counts, ended)
+        return ended
 
     def dashboard_tasks(self, request_id: int, offset: int = 0, limit: int = 1000
                         ) -> list[TaskSummary]:
