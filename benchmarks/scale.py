@@ -42,6 +42,7 @@ import logging
 import math
 import os
 import queue
+import re
 import resource
 import sqlite3
 import statistics
@@ -239,6 +240,7 @@ class Figures:
     wall: float = 0.0
     registration: float = 0.0
     all_connected: float = 0.0
+    n_pulls: int = 0
     pull_p50: float = 0.0
     pull_p99: float = 0.0
     beat_p99: float = 0.0
@@ -248,6 +250,7 @@ class Figures:
     reported_twice: int = 0
     never_reported: int = 0
     worker_failures: list[str] = dataclasses.field(default_factory=list)
+    worker_complaints: list[str] = dataclasses.field(default_factory=list)
     caller_peak_rss_mb: float = 0.0
     caller_cpu: float = 0.0
     database_mb: float = 0.0
@@ -281,14 +284,15 @@ class Figures:
             f"  end to end      {self.wall:8.2f} s{ideal}, {self.tasks_per_second:,.0f} tasks/s",
             f"  registration    {self.registration:8.2f} s (map_async), every worker answered "
             f"after {self.all_connected:.2f} s",
-            f"  pull latency    p50 {self.pull_p50 * 1000:.0f} ms, p99 {self.pull_p99 * 1000:.0f} ms",
+            f"  pull latency    p50 {self.pull_p50 * 1000:.0f} ms, p99 {self.pull_p99 * 1000:.0f} ms "
+            f"({self.n_pulls} pulls)",
             f"  heartbeat       p99 {self.beat_p99 * 1000:.0f} ms ({self.n_beats} beats)",
             f"  false losses    {self.false_losses}",
             f"  caller          peak RSS {self.caller_peak_rss_mb:.0f} MB, CPU {self.caller_cpu:.1f} s "
             f"({100 * self.caller_cpu / self.wall:.0f}% of a core)",
             f"  database        {self.database_mb:.0f} MB",
             f"  correct         {'yes' if not self.problems() else '; '.join(self.problems())}",
-        ]
+        ] + [f"  worker stderr   {line[:150]}" for line in self.worker_complaints[:5]]
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -336,9 +340,11 @@ def _spawn_workers(settings: dict[str, Any], n_workers: int, processes: int, dir
         reported_file = os.path.join(directory, f"reported-{number}")
         spec = {"settings": settings, "reported_file": reported_file,
                 "array_tasks": list(range(number + 1, n_workers + 1, processes))}
-        process = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker-process"],
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   env=dict(os.environ, PYTHONPATH=ROOT))
+        with open(os.path.join(directory, f"stderr-{number}"), "wb") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--worker-process"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                env=dict(os.environ, PYTHONPATH=ROOT))
         assert process.stdin is not None
         process.stdin.write(json.dumps(spec).encode())
         process.stdin.close()
@@ -348,15 +354,17 @@ def _spawn_workers(settings: dict[str, Any], n_workers: int, processes: int, dir
 
 def run_scale(workers: int, tasks: int, task_seconds: float = 0.0,
               processes: Optional[int] = None, use_relay: bool = False,
-              directory: Optional[str] = None, config: Optional[dict[str, Any]] = None
-              ) -> Figures:
-    """One run: a real caller in this process, ``workers`` simulated ones in others."""
+              directory: Optional[str] = None, config: Optional[dict[str, Any]] = None,
+              timeout: Optional[float] = None) -> Figures:
+    """One run: a real caller in this process, ``workers`` simulated ones in others; a
+    run not finished within ``timeout`` seconds is stopped, and says so."""
     register_backend()
     processes = processes or max(1, min(workers, math.ceil(workers / WORKERS_PER_PROCESS)))
     figures = Figures(workers, tasks, task_seconds, use_relay, load_before=os.getloadavg())
     with tempfile.TemporaryDirectory(dir=directory) as folder:
         dbfile = os.path.join(folder, "scale.sqlite")
-        conf = {"scheduler": SCHEDULER, "dbfile": dbfile, "workers": workers, **(config or {})}
+        conf = {"scheduler": SCHEDULER, "dbfile": dbfile, "workers": workers,
+                "callback": "direct", **(config or {})}
         arguments = [(index, task_seconds) for index in range(tasks)]
         cpu_before = _cpu_seconds()
         started = time.monotonic()
@@ -369,13 +377,20 @@ def run_scale(workers: int, tasks: int, task_seconds: float = 0.0,
             settings = dict(settings, urls=[f"https://127.0.0.1:{tunnel.port}"])
         spawned = _spawn_workers(settings, workers, processes, folder)
         try:
-            results = sheepdog.get_results(request_id, dbfile)
+            try:
+                results = sheepdog.get_results(request_id, dbfile, timeout=timeout)
+            except TimeoutError as error:
+                figures.worker_failures.append(f"not finished: {error}")
+                results = []
             figures.wall = time.monotonic() - started
             figures.caller_cpu = _cpu_seconds() - cpu_before
             figures.caller_peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            figures.wrong_results = sum(result != index for index, (_args, result)
-                                        in enumerate(results))
+            figures.wrong_results = tasks - len(results) + sum(
+                result != index for index, (_args, result) in enumerate(results))
             del results
+            if figures.worker_failures:  # timed out: the workers may wait on forever
+                for process, _ in spawned:
+                    process.kill()
             seen = [_figures_of(process) for process, _ in spawned]
         finally:
             for process, _ in spawned:
@@ -385,6 +400,7 @@ def run_scale(workers: int, tasks: int, task_seconds: float = 0.0,
             if tunnel is not None:
                 tunnel.close()
         _read_worker_figures(figures, seen, [reported for _process, reported in spawned])
+        figures.worker_complaints = _complaints(folder, processes)
         _read_database_figures(figures, dbfile, request_id)
     return figures
 
@@ -397,11 +413,25 @@ def _figures_of(process: subprocess.Popen[bytes]) -> dict[str, Any]:
     return json.loads(output) if output else {}
 
 
+def _complaints(folder: str, processes: int) -> list[str]:
+    """What the workers wrote to stderr (retries, mostly): each kind of line once, with its
+    count."""
+    counts: dict[str, int] = {}
+    for number in range(processes):
+        with open(os.path.join(folder, f"stderr-{number}"), encoding="utf-8",
+                  errors="replace") as handle:
+            for line in handle:
+                kind = re.sub(r"\d+", "N", line.strip())
+                counts[kind] = counts.get(kind, 0) + 1
+    return [f"{count} x {kind}" for kind, count in sorted(counts.items(), key=lambda kv: -kv[1])]
+
+
 def _read_worker_figures(figures: Figures, seen: list[dict[str, Any]],
                          reported_files: list[str]) -> None:
     pulls = [x for one in seen for x in one.get("pulls", [])]
     beats = [x for one in seen for x in one.get("beats", [])]
     first = [x for one in seen for x in one.get("first_answers", [])]
+    figures.n_pulls = len(pulls)
     figures.pull_p50, figures.pull_p99 = _quantile(pulls, 0.5), _quantile(pulls, 0.99)
     figures.beat_p99, figures.n_beats = _quantile(beats, 0.99), len(beats)
     figures.all_connected = max(first, default=0.0)
