@@ -16,8 +16,8 @@ from .outputs import read_outputs
 from .payloads import PayloadFile
 from .requests import Requests
 from ..wire import serialisation
-from .states import (DONE, FAILED, PENDING, RUNNING, UNSUCCESSFUL, UNSUCCESSFUL_SQL,
-                     may_run_again)
+from .states import (DONE, FAILED, PENDING, RUNNING, UNSUCCESSFUL, UNSUCCESSFUL_OF_REQUEST_SQL,
+                     UNSUCCESSFUL_SQL, may_run_again)
 
 
 #: How much of a task's arguments the dashboard and ``sheepdog errors --json`` show.
@@ -184,8 +184,8 @@ class Summaries:
         failed, lost or cancelled tasks: enough to group them by what they raised."""
         rows = self._database.connection().execute(
             f"SELECT t.idx, substr(coalesce(t.error, ''), -?) FROM tasks t "
-            f"WHERE t.request_id = ? AND {UNSUCCESSFUL_SQL} ORDER BY t.idx LIMIT ?",
-            (chars, request_id, *UNSUCCESSFUL, limit))
+            f"WHERE {UNSUCCESSFUL_OF_REQUEST_SQL} ORDER BY t.idx LIMIT ?",
+            (chars, request_id, request_id, *UNSUCCESSFUL, limit))
         return [(index, tail) for index, tail in rows]
 
     def dashboard_finishes(self, request_id: int, since: float, width: float
@@ -210,9 +210,9 @@ class Summaries:
         """The first ``limit`` failed, lost or cancelled tasks, with their error and output."""
         self._requests.n_tasks(request_id)
         rows = self._database.connection().execute(
-            f"SELECT t.idx, t.state, t.error FROM tasks t WHERE t.request_id = ? AND "
-            f"{UNSUCCESSFUL_SQL} ORDER BY t.idx LIMIT ?",
-            (request_id, *UNSUCCESSFUL, limit)).fetchall()
+            f"SELECT t.idx, t.state, t.error FROM tasks t WHERE "
+            f"{UNSUCCESSFUL_OF_REQUEST_SQL} ORDER BY t.idx LIMIT ?",
+            (request_id, request_id, *UNSUCCESSFUL, limit)).fetchall()
         if not rows:
             return []
         marks = ", ".join("?" for _ in rows)

@@ -24,7 +24,8 @@ from .connection import Database
 from .outputs import read_outputs, store_outputs, with_output
 from .payloads import PayloadFile
 from .requests import Requests
-from .states import DONE, FAILED, PENDING, RUNNING, UNSUCCESSFUL, UNSUCCESSFUL_SQL
+from .states import (DONE, FAILED, PENDING, RUNNING, UNSUCCESSFUL, UNSUCCESSFUL_OF_REQUEST_SQL,
+                     UNSUCCESSFUL_SQL)
 from .summaries import TaskLog
 from ..wire.protocol import ALONE_BYTES, nbytes
 
@@ -308,8 +309,8 @@ class Tasks:
         rows = self._database.connection().execute(
             "SELECT t.idx, a.data, a.in_file, t.state, t.error FROM tasks t "
             "JOIN arguments a ON a.request_id = t.request_id AND a.idx = t.idx "
-            f"WHERE t.request_id = ? AND {UNSUCCESSFUL_SQL} ORDER BY t.idx",
-            (request_id, *UNSUCCESSFUL),
+            f"WHERE {UNSUCCESSFUL_OF_REQUEST_SQL} ORDER BY t.idx",
+            (request_id, request_id, *UNSUCCESSFUL),
         ).fetchall()
         kept = (read_outputs(self._database, request_id, UNSUCCESSFUL_SQL, UNSUCCESSFUL)
                 if rows else {})
