@@ -25,58 +25,36 @@ import tempfile
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 #: Each contender's program: prints the seconds of its import, of its call, and its peak RSS (MB).
-_PROGRAMS = {
-    "sheepdog.map": """
+_PROGRAM = """
 import resource, sys, time
 sys.path.insert(0, {root!r})
 started = time.perf_counter()
-import sheepdog
-imported = time.perf_counter()
-
-def double(x):
-    return 2 * x
-
-args = [(i,) for i in range({tasks})]
-called = time.perf_counter()
-results = sheepdog.map(double, args, {{"scheduler": "local", "dbfile": {dbfile!r}}}, verbose=False)
-returned = time.perf_counter()
-assert results == [2 * i for i in range({tasks})]
-print(imported - started, returned - called, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-""",
-    "Pool.map": """
-import resource, time
-started = time.perf_counter()
-import multiprocessing
+import {module}
 imported = time.perf_counter()
 
 def double(x):
     return 2 * x
 
 if __name__ == "__main__":
+    arguments = {arguments}
     called = time.perf_counter()
-    with multiprocessing.Pool() as pool:
-        results = pool.map(double, range({tasks}))
+    {call}
     returned = time.perf_counter()
     assert results == [2 * i for i in range({tasks})]
-    print(imported - started, returned - called, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-""",
-    "ProcessPoolExecutor.map": """
-import resource, time
-started = time.perf_counter()
-import concurrent.futures
-imported = time.perf_counter()
-
-def double(x):
-    return 2 * x
-
-if __name__ == "__main__":
-    called = time.perf_counter()
-    with concurrent.futures.ProcessPoolExecutor() as executor:
-        results = list(executor.map(double, range({tasks}), chunksize=1000))
-    returned = time.perf_counter()
-    assert results == [2 * i for i in range({tasks})]
-    print(imported - started, returned - called, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-""",
+    print(imported - started, returned - called,
+          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+#: What each contender imports, its arguments, and its call (which sets ``results``).
+_CONTENDERS = {
+    "sheepdog.map": ("sheepdog", "[(i,) for i in range({tasks})]",
+                     "results = sheepdog.map(double, arguments, {{'scheduler': 'local', "
+                     "'dbfile': {dbfile!r}}}, verbose=False)"),
+    "Pool.map": ("multiprocessing", "range({tasks})",
+                 "with multiprocessing.Pool() as pool: results = pool.map(double, arguments)"),
+    "ProcessPoolExecutor.map": (
+        "concurrent.futures", "range({tasks})",
+        "with concurrent.futures.ProcessPoolExecutor() as executor: "
+        "results = list(executor.map(double, arguments, chunksize=1000))"),
 }
 
 
@@ -84,13 +62,17 @@ def one_round(tasks: int) -> dict[str, tuple[float, float, float]]:
     """(import s, call s, peak RSS MB) of each contender, each in a fresh interpreter."""
     figures = {}
     with tempfile.TemporaryDirectory() as directory:
-        for name, program in _PROGRAMS.items():
+        for name, (module, arguments, call) in _CONTENDERS.items():
             path = os.path.join(directory, f"{name.replace('.', '_')}.py")
+            fill = {"tasks": tasks, "dbfile": os.path.join(directory, "bench.sqlite")}
             with open(path, "w", encoding="utf-8") as handle:
-                handle.write(program.format(root=ROOT, tasks=tasks,
-                                            dbfile=os.path.join(directory, "bench.sqlite")))
+                handle.write(_PROGRAM.format(root=ROOT, tasks=tasks, module=module,
+                                             arguments=arguments.format(**fill),
+                                             call=call.format(**fill)))
+            environment = dict(os.environ)
+            environment.pop("PYTHONDONTWRITEBYTECODE", None)  # as an installed package runs
             output = subprocess.run([sys.executable, path], capture_output=True, text=True,
-                                    check=True, cwd=directory).stdout
+                                    check=True, cwd=directory, env=environment).stdout
             imported, called, peak = (float(x) for x in output.split())
             figures[name] = (imported, called, peak)
     return figures
@@ -106,7 +88,7 @@ def main() -> None:
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} after")
     print(f"{'':<26}{'import s':>10}{'call s':>10}{'both s':>10}{'peak RSS MB':>13}")
     medians = {}
-    for name in _PROGRAMS:
+    for name in _CONTENDERS:
         imported, called, peak = (statistics.median(column) for column in
                                   zip(*(figures[name] for figures in rounds)))
         medians[name] = called
