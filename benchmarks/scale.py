@@ -68,6 +68,7 @@ from sheepdog.wire.protocol import BEGUN, WAIT, Buffer, unpack_frames, worker_na
 from sheepdog.wire.settings import WorkerSettings  # noqa: E402
 from sheepdog.worker.batching import BatchSize  # noqa: E402
 from sheepdog.worker.client import Client, read_key  # noqa: E402
+from sheepdog.worker.client import log as log_worker  # noqa: E402
 from sheepdog.worker.loop import WAIT_SECONDS  # noqa: E402
 from sheepdog.worker.output import TaskOutput  # noqa: E402
 from sheepdog.worker.runner import compare_versions, run_one  # noqa: E402
@@ -164,7 +165,10 @@ def simulate_worker(settings: WorkerSettings, key: bytes, array_task: int, start
         nonlocal next_beat
         now = time.monotonic()
         if now >= next_beat:
-            supervisor.beater.request("heartbeat", worker=worker)
+            try:
+                supervisor.beater.request("heartbeat", worker=worker)
+            except Exception as error:  # as the supervisor: a missed beat is not fatal
+                log_worker(f"heartbeat failed: {error}")
             stats.beats.append(time.monotonic() - now)
             next_beat = time.monotonic() + settings.heartbeat_seconds
 
