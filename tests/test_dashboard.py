@@ -427,3 +427,20 @@ def test_the_eta_is_what_is_left_at_the_rate_so_far():
     summary = RequestSummary(1, 100.0, "local", 10, {"done": 2, "running": 8})
     assert eta(summary, 110.0) == pytest.approx(40.0)
     assert eta(summary._replace(counts={"pending": 10}), 110.0) is None
+
+
+def test_charts_of_a_request_whose_counts_stay_are_made_once_and_remade_when_they_move(
+        monkeypatch):
+    from sheepdog.dashboard import charts as charts_module
+    from sheepdog.storage.summaries import RequestSummary
+
+    made = []
+    charts = charts_module.Charts(lambda summary, now: made.append(summary.counts)
+                                  or {"n": len(made)})
+    finished = RequestSummary(1, 0.0, "local", 2, {"done": 2})
+    assert [charts.of(finished, 1.0) for _ in range(3)] == [{"n": 1}] * 3
+    monkeypatch.setattr(charts_module, "MIN_AGE_SECONDS", 0.0)
+    monkeypatch.setattr(charts_module, "COST_FACTOR", 0.0)  # kept charts are old at once
+    assert charts.of(finished, 2.0) == {"n": 1}  # but its counts stay: kept
+    assert charts.of(finished._replace(counts={"done": 1, "failed": 1}), 2.0) == {"n": 2}
+    assert made == [{"done": 2}, {"done": 1, "failed": 1}]

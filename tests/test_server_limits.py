@@ -18,6 +18,8 @@ import time
 
 import pytest
 
+from sheepdog.server import admission
+from sheepdog.server.admission import HANDSHAKE_GRACE_SECONDS
 from sheepdog.server.host import Server
 from sheepdog.wire.protocol import auth_headers
 
@@ -164,7 +166,8 @@ def test_a_signed_worker_is_served_while_idle_connections_fill_the_caps(storage)
                             certificate=server.certificate.decode())
             asked = time.monotonic()
             assert client.request("function") == b"fn"
-            assert time.monotonic() - asked < 2.0
+            # refused while the crowd is in its grace, then let in at the next try
+            assert time.monotonic() - asked < 2 * HANDSHAKE_GRACE_SECONDS + 2.0
     finally:
         server.stop()
 
@@ -177,12 +180,31 @@ def test_a_connection_that_signed_a_request_no_longer_counts_and_stays_open(stor
     try:
         assert _signed(worker, request_id) == (200, b"fn")
         with _crowd(server.port, 100):
+            time.sleep(HANDSHAKE_GRACE_SECONDS)  # until then, a newcomer gives way to the crowd
             assert get_root(server.port) == (200, b"sheepdog server\n")
             kept = worker.sock
             assert _signed(worker, request_id) == (200, b"fn")
             assert worker.sock is kept, "the proven connection was closed"
     finally:
         worker.close()
+        server.stop()
+
+
+def test_a_burst_beyond_the_cap_closes_the_newcomers_not_the_handshakes_in_their_grace(
+        storage, monkeypatch):
+    """A job's workers starting together through one tunnel come from one address: the
+    first ``max_per_peer`` go on with their handshakes, the rest are closed (and retry)."""
+    monkeypatch.setattr(admission, "HANDSHAKE_GRACE_SECONDS", 60.0)  # however slow this machine
+    server = Server(storage, port=0, use_tls=False, handshake_timeout=60,
+                    max_unproven_per_peer=10, max_unproven=10).start()
+    try:
+        with _crowd(server.port, 10) as first, _crowd(server.port, 5) as newcomers:
+            opened = time.monotonic()
+            closed = seconds_until_closed(dict.fromkeys(newcomers, opened), deadline=opened + 30)
+            assert len(closed) == 5, "a newcomer was let in by closing a handshake in its grace"
+            assert seconds_until_closed(dict.fromkeys(first, opened),
+                                        deadline=time.monotonic() + 0.5) == {}
+    finally:
         server.stop()
 
 

@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import sys
 import textwrap
 import time
@@ -162,8 +163,15 @@ def _watch(storage: Storage, request_id: int, interval: float, progress: Progres
         return outcome(progress)
 
 
+#: Types whose every value JSON holds exactly (a float only when finite).
+_JSON_EXACT = (str, int, bool, type(None))
+
+
 def json_value(value: Any) -> Any:
     """``value`` itself when JSON holds it exactly, else ``{"__repr__": repr(value)}``."""
+    kind = type(value)
+    if kind in _JSON_EXACT or (kind is float and math.isfinite(value)):
+        return value  # the common case, without a round trip through JSON
     try:
         if json.loads(json.dumps(value, allow_nan=False)) == value:
             return value
@@ -172,12 +180,30 @@ def json_value(value: Any) -> Any:
     return {"__repr__": repr(value)}
 
 
+#: Results printed together: ``results`` streams, however many tasks the request has.
+_RESULTS_PER_WRITE = 10_000
+
+
 def _results(arguments: argparse.Namespace, session: Session) -> int:
     storage = _existing_storage(session, arguments.dbfile)
     progress = _progress(storage, arguments.request_id)
-    values = []
-    rows = storage.results(arguments.request_id, with_arguments=False)
+    rows = storage.iter_results(arguments.request_id, with_arguments=False)
     unloadable = 0
+    separator = ", " if arguments.json else "\n"
+    pending: list[Any] = []
+    written = 0
+
+    def write() -> None:
+        """Print the pending results, after those printed before."""
+        nonlocal pending, written
+        if pending:
+            text = (json.dumps([json_value(value) for value in pending])[1:-1] if arguments.json
+                    else separator.join(repr(value) for value in pending))
+            sys.stdout.write((separator if written else "") + text)
+            written, pending = written + len(pending), []
+
+    if arguments.json:
+        sys.stdout.write("[")
     for index, (_arguments, state, payload) in enumerate(rows, 1):
         value = None
         if state == DONE:
@@ -186,12 +212,11 @@ def _results(arguments: argparse.Namespace, session: Session) -> int:
                 print(f"sheepdog: task {index}: its result cannot be loaded in this process: "
                       f"{value}", file=sys.stderr)
                 value, unloadable = None, unloadable + 1
-        values.append(value)
-    if arguments.json:
-        print(json.dumps([json_value(value) for value in values]))
-    else:
-        for value in values:
-            print(repr(value))
+        pending.append(value)
+        if len(pending) == _RESULTS_PER_WRITE:
+            write()
+    write()
+    sys.stdout.write("]\n" if arguments.json else "\n" if written else "")
     without = progress.total - progress.done + unloadable
     if without:
         print(f"sheepdog: {without} of {progress.total} tasks have no result here; see "

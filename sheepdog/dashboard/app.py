@@ -45,6 +45,7 @@ from ..storage.states import CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING
 from ..storage import Storage
 from ..storage.connection import MAX_INTEGER
 from ..storage.summaries import RequestSummary, TaskSummary
+from .charts import Charts
 
 #: The states in the order the page shows them.
 STATES = (PENDING, RUNNING, DONE, FAILED, LOST, CANCELLED)
@@ -156,6 +157,9 @@ def create_app(storage: Union[Storage, str, os.PathLike[str]], token: str,
     expected = token.encode()
     page = importlib.resources.files(__package__).joinpath("page.html").read_text("utf-8")
     app = Flask("sheepdog.dashboard.app")
+    charts = Charts(lambda summary, now: {
+        "durations": histogram(store.dashboard_durations(summary.request_id)),
+        "throughput": throughput(store, summary.request_id, summary.created, now)})
 
     @app.before_request
     def require_token() -> Optional[Response]:
@@ -206,9 +210,7 @@ def create_app(storage: Union[Storage, str, os.PathLike[str]], token: str,
         arguments = store.argument_reprs(request_id, [failure.task for failure in failures])
         tails = store.error_tails(request_id, MAX_GROUPED)
         return jsonify(
-            **_request_fields(summary, now), now=now,
-            durations=histogram(store.dashboard_durations(request_id)),
-            throughput=throughput(store, request_id, summary.created, now),
+            **_request_fields(summary, now), now=now, **charts.of(summary, now),
             failures=[{"index": failure.task, "state": failure.state,
                        "arguments": arguments.get(failure.task, ""),
                        "error": failure.error or "", "output": failure.output}

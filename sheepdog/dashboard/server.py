@@ -133,6 +133,7 @@ class DashboardServer:
             idle_connection_timeout=IDLE_TIMEOUT_SECONDS,
             body_timeout=BODY_TIMEOUT_SECONDS,
             max_per_peer=MAX_CONNECTIONS_PER_PEER,
+            handshake_grace=0.0,  # a browser opens a few connections, not a burst of workers
         )
         http_server.add_sockets(sockets)
 

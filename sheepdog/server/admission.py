@@ -8,7 +8,11 @@ worker that signs its requests is never refused for want of room, however
 many connections others hold.
 
 When a newcomer would exceed a cap, the server closes the oldest unproven
-connection in its way rather than the newcomer, preferring idle connections
+connection in its way rather than the newcomer (unless that one is still in
+its first ``HANDSHAKE_GRACE_SECONDS``: then the newcomer is closed, and a
+worker's client tries again; a burst of workers through one tunnel would
+otherwise close its own handshakes, each accept turn those of the turn
+before), preferring idle connections
 whose requests did not authenticate (a health check, a request with a wrong
 signature, a dashboard reader's) to those still in their TLS handshake or
 first headers. A connection whose request is being answered is neither
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:  # Tornado is imported when a server starts; host.py reads the defaults
@@ -38,6 +43,8 @@ if TYPE_CHECKING:  # Tornado is imported when a server starts; host.py reads the
 
 #: Seconds an unproven connection gets for its TLS handshake and first request's headers.
 HANDSHAKE_SECONDS = 5.0
+#: Seconds in which a new connection is not closed to make room: the newcomer gives way.
+HANDSHAKE_GRACE_SECONDS = 2.0
 #: Unproven connections one peer address may hold (a proven one counts against nothing).
 MAX_UNPROVEN_PER_PEER = 128
 #: Unproven connections all peers together may hold.
@@ -86,16 +93,26 @@ class Ledger:
     """The unproven connections of one server, per peer address and in all,
     within ``per_peer`` and ``total``."""
 
-    def __init__(self, per_peer: int, total: int) -> None:
+    def __init__(self, per_peer: int, total: int, grace: Optional[float] = None) -> None:
         self.per_peer = per_peer
         self.total = total
+        self.grace = grace  # None: HANDSHAKE_GRACE_SECONDS
         self._all = _Queue()
         self._by_peer: dict[str, _Queue] = {}
         self._peer_of: dict[tornado.iostream.IOStream, str] = {}
         self._answering: set[tornado.iostream.IOStream] = set()
+        self._added: dict[tornado.iostream.IOStream, float] = {}  # when, on the monotonic clock
 
     def __len__(self) -> int:
         return len(self._all)
+
+    def in_its_grace(self, stream: tornado.iostream.IOStream) -> bool:
+        """Whether ``stream`` is silent and was accepted less than the grace
+        (``HANDSHAKE_GRACE_SECONDS``) ago: most likely a worker amid its TLS handshake."""
+        added = self._added.get(stream)
+        grace = HANDSHAKE_GRACE_SECONDS if self.grace is None else self.grace
+        return (added is not None and self.is_silent(stream)
+                and time.monotonic() - added < grace)
 
     def count(self, peer: str) -> int:
         queue = self._by_peer.get(peer)
@@ -115,6 +132,7 @@ class Ledger:
     def add(self, stream: tornado.iostream.IOStream, peer: str) -> None:
         """Count a new connection as unproven and silent."""
         self._peer_of[stream] = peer
+        self._added[stream] = time.monotonic()
         self._all.silent[stream] = None
         self._by_peer.setdefault(peer, _Queue()).silent[stream] = None
         with _LEDGERS_LOCK:
@@ -151,6 +169,7 @@ class Ledger:
         with _LEDGERS_LOCK:
             _LEDGERS.pop(stream, None)
         peer = self._peer_of.pop(stream, None)
+        self._added.pop(stream, None)
         if peer is None:
             return
         self._answering.discard(stream)

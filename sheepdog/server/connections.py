@@ -12,7 +12,8 @@ process, so connections are a resource to guard:
   and ``max_unproven`` in all. A newcomer beyond a cap is not refused: the
   oldest unproven connection in its way is closed instead (one that sent an
   unauthenticated request first), so that idle connections cannot keep a new
-  worker out. Workers reached through the SSH tunnel, and local ones, all
+  worker out; but not one in its first ``HANDSHAKE_GRACE_SECONDS``: then the
+  newcomer is closed, and retries (see ``admission.py``). Workers reached through the SSH tunnel, and local ones, all
   arrive from 127.0.0.1; a proven connection counts against no cap, so a
   worker that signs its requests is never refused.
 - A connection that has not sent a request's headers within ``idle_timeout``
@@ -191,8 +192,8 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
     Takes HTTPServer's arguments (``idle_connection_timeout`` is the idle
     timeout; ``body_timeout`` the seconds every body gets), plus
     ``max_per_peer`` and ``max_unproven`` (unproven connections per peer
-    address, and in all), ``handshake_timeout`` and ``min_body_rate`` (bytes
-    per second). A handler proves its connection with
+    address, and in all), ``handshake_timeout``, ``handshake_grace`` (see
+    ``admission.py``; 0 for none) and ``min_body_rate`` (bytes per second). A handler proves its connection with
     ``admission.mark_authenticated``; one that never does (the dashboard's)
     leaves every connection unproven, within the caps.
     """
@@ -200,11 +201,12 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
     def initialize(self, *args: Any, max_per_peer: int = MAX_UNPROVEN_PER_PEER,
                    max_unproven: int = MAX_UNPROVEN,
                    handshake_timeout: float = HANDSHAKE_SECONDS,
+                   handshake_grace: Optional[float] = None,
                    min_body_rate: float = 65536, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
         self.handshake_timeout = handshake_timeout
         self.min_body_rate = min_body_rate
-        self.unproven = Ledger(max_per_peer, max_unproven)
+        self.unproven = Ledger(max_per_peer, max_unproven, handshake_grace)
         self._crowding_warning = _Every(WARN_EVERY_SECONDS)
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
@@ -218,23 +220,29 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
 
     def handle_stream(self, stream: tornado.iostream.IOStream, address: tuple[Any, ...]) -> None:
         peer = str(address[0])
-        self._make_room(peer, newcomers=1)
+        if not self._make_room(peer, newcomers=1):
+            stream.close()  # only handshakes in their grace are in the way: this one waits
+            return
         self.unproven.add(stream, peer)
         tornado.ioloop.IOLoop.current().call_later(self.handshake_timeout, self._deadline, stream)
         super().handle_stream(stream, address)
 
-    def _make_room(self, peer: str, newcomers: int) -> None:
+    def _make_room(self, peer: str, newcomers: int) -> bool:
         """Close the unproven connection, if any, that keeps ``newcomers`` from ``peer``
-        within the caps."""
+        within the caps; False when that one is in its grace (see ``admission.py``), and
+        is left open."""
         in_the_way = self.unproven.in_the_way(peer, newcomers)
         if in_the_way is None:
-            return
+            return True
+        if self.unproven.in_its_grace(in_the_way):
+            return False
         if self._crowding_warning.due():
             log.warning("%d connections that have not authenticated are open (%d from %s); "
                         "closing the oldest to let more in", len(self.unproven),
                         self.unproven.count(peer), peer)
         self.unproven.discard(in_the_way)
         in_the_way.close()
+        return True
 
     def _deadline(self, stream: tornado.iostream.IOStream) -> None:
         """Close ``stream`` if it is unproven and sent no request's headers in time."""

@@ -72,8 +72,22 @@ def _end(db: sqlite3.Connection, request_id: int, worker_id: int, reason: str,
     another for); the tasks it still held are lost with ``lost_reason``."""
     db.execute("UPDATE workers SET ended = ?, end_reason = ?, end_retryable = ? "
                "WHERE id = ? AND ended IS NULL", (time.time(), reason, int(retryable), worker_id))
-    return states.apply(db, "lose", request_id, where="worker = :worker_id",
-                        worker_id=worker_id, reason=lost_reason, retryable=int(lost_retryable))
+    return states.apply(db, "lose", request_id, _held(db, request_id, worker_id),
+                        where="worker = :worker_id", worker_id=worker_id, reason=lost_reason,
+                        retryable=int(lost_retryable))
+
+
+def _held(db: sqlite3.Connection, request_id: int, worker_id: int) -> list[int]:
+    """The open tasks that the worker ``worker_id`` holds, found through its own index.
+
+    Left to itself, SQLite's planner looks for them among all the request's
+    tasks (by the primary key): a million rows read for every worker that
+    ends. ``unlikely()`` tells it that few tasks match, so it takes the index
+    (and a file without that index still works).
+    """
+    return [index for (index,) in db.execute(
+        "SELECT idx FROM tasks WHERE request_id = ? AND unlikely(worker = ?) "
+        "AND state IN ('pending', 'running')", (request_id, worker_id))]
 
 
 def fair_share(pending: int, live_workers: int) -> int:
@@ -84,6 +98,25 @@ def fair_share(pending: int, live_workers: int) -> int:
     workers that finish next, so no worker ends up with a long tail alone.
     """
     return max(1, -(-pending // (2 * max(1, live_workers))))
+
+
+def _another_holds_more_than_one(db: sqlite3.Connection, request_id: int, worker_id: int
+                                 ) -> bool:
+    """Whether a worker other than ``worker_id`` holds two running tasks or more (so it
+    may give some back).
+
+    Asked by every idle worker's pull at the end of a request, so it stops at
+    the first such worker: it reads the running tasks alone (told by
+    ``unlikely()``, the planner would read every task of the request), and finds a later task of the same worker
+    through ``tasks_by_worker`` (which ends in the task's index), without
+    grouping every running task.
+    """
+    return db.execute(
+        "SELECT 1 FROM tasks a WHERE a.request_id = :request "
+        "AND unlikely(a.state = 'running') AND a.worker != :worker AND EXISTS (SELECT 1 "
+        "FROM tasks b WHERE b.request_id = :request AND unlikely(b.worker = a.worker) "
+        "AND b.idx > a.idx AND b.state = 'running') LIMIT 1",
+        {"request": request_id, "worker": worker_id}).fetchone() is not None
 
 
 def _launch_and_task(worker: str) -> tuple[int, int]:
@@ -152,10 +185,7 @@ class Leases:
             if indices:
                 db.execute("UPDATE workers SET pulls = ?, heartbeat = ? WHERE id = ?",
                            (seq, time.time(), worker_id))
-            elif stay or db.execute(
-                    "SELECT 1 FROM tasks WHERE request_id = ? AND state = 'running' "
-                    "AND worker != ? GROUP BY worker HAVING count(*) > 1 LIMIT 1",
-                    (request_id, worker_id)).fetchone():
+            elif stay or _another_holds_more_than_one(db, request_id, worker_id):
                 db.execute("UPDATE workers SET heartbeat = ? WHERE id = ?",
                            (time.time(), worker_id))
                 return ASK_AGAIN
@@ -357,11 +387,15 @@ class Leases:
                 "AND heartbeat < ?", (request_id, silent_since))]
             db.executemany("UPDATE workers SET ended = ?, end_reason = ?, end_retryable = 1 "
                            "WHERE id = ?", ((time.time(), reason, i) for i in silent))
-            lost = states.apply(
-                db, "lose", request_id,
-                where="worker IN (SELECT value FROM json_each(:silent)) OR "
-                      "(worker IS NULL AND heartbeat < :silent_since)",
-                silent=json.dumps(silent), silent_since=silent_since, reason=reason, retryable=1)
+            lost = [index for worker_id in silent for index in states.apply(
+                db, "lose", request_id, _held(db, request_id, worker_id),
+                where="worker = :worker_id", worker_id=worker_id, reason=reason, retryable=1)]
+            unleased = [index for (index,) in db.execute(
+                "SELECT idx FROM tasks WHERE request_id = ? AND unlikely(state = 'running') "
+                "AND worker IS NULL AND heartbeat < ?",
+                (request_id, silent_since))]
+            lost += states.apply(db, "lose", request_id, unleased, where="worker IS NULL",
+                                 reason=reason, retryable=1)
         if lost:
             self._database.changed()
         return sorted(lost)

@@ -33,6 +33,11 @@ OPEN = (PENDING, RUNNING)
 #: States of tasks that finished without a result, and the SQL that picks them from ``t``.
 UNSUCCESSFUL = (FAILED, LOST, CANCELLED)
 UNSUCCESSFUL_SQL = "t.state IN (?, ?, ?)"
+#: The same among the tasks of one request, ``(request id, request id, *UNSUCCESSFUL)``:
+#: asked the former, SQLite's planner reads every task of the request (by the primary
+#: key, in order); this finds the few through the index by state.
+UNSUCCESSFUL_OF_REQUEST_SQL = ("t.request_id = ? AND t.idx IN (SELECT idx FROM tasks "
+                               "WHERE request_id = ? AND state IN (?, ?, ?))")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 from . import read_only as reading
 from .connection import Database, DiskFullError, StorageError
@@ -222,6 +222,11 @@ class Storage:
     def results(self, request_id: int, with_arguments: bool = True
                 ) -> list[tuple[bytes | PayloadFile | None, str, bytes | PayloadFile | None]]:
         return self.tasks.results(request_id, with_arguments)
+
+    def iter_results(self, request_id: int, with_arguments: bool = True
+                     ) -> Iterator[tuple[bytes | PayloadFile | None, str,
+                                         bytes | PayloadFile | None]]:
+        return self.tasks.iter_results(request_id, with_arguments)
 
     def errors(self, request_id: int) -> list[tuple[bytes | PayloadFile, str, str]]:
         return self.tasks.errors(request_id)

@@ -16,8 +16,8 @@ from .outputs import read_outputs
 from .payloads import PayloadFile
 from .requests import Requests
 from ..wire import serialisation
-from .states import (DONE, FAILED, PENDING, RUNNING, UNSUCCESSFUL, UNSUCCESSFUL_SQL,
-                     may_run_again)
+from .states import (DONE, FAILED, PENDING, RUNNING, UNSUCCESSFUL, UNSUCCESSFUL_OF_REQUEST_SQL,
+                     UNSUCCESSFUL_SQL, may_run_again)
 
 
 #: How much of a task's arguments the dashboard and ``sheepdog errors --json`` show.
@@ -97,6 +97,9 @@ class Summaries:
     def __init__(self, database: Database, requests: Requests) -> None:
         self._database = database
         self._requests = requests
+        #: request id -> (its counts, when its last task finished) of finished requests:
+        #: finding that out reads every task, and it stays true while the counts do.
+        self._ended: dict[int, tuple[tuple[tuple[str, int], ...], Optional[float]]] = {}
 
     def request_summaries(self, request_id: Optional[int] = None) -> list[RequestSummary]:
         """Every request (or the one ``request_id``) with its task counts by state, oldest
@@ -117,8 +120,18 @@ class Summaries:
         summaries = [RequestSummary(rid, created, backend, n_tasks, counts.get(rid, {}), module,
                                     name, executing.get(rid, 0))
                      for rid, created, backend, n_tasks, module, name in rows]
-        return [summary._replace(ended=self.dashboard_last_finish(summary.request_id))
+        return [summary._replace(ended=self._ended_of(summary))
                 if summary.complete and summary.n_tasks else summary for summary in summaries]
+
+    def _ended_of(self, summary: RequestSummary) -> Optional[float]:
+        """When the finished request's last task finished; read once per state of its counts."""
+        counts = tuple(sorted(summary.counts.items()))
+        kept = self._ended.get(summary.request_id)
+        if kept is not None and kept[0] == counts:
+            return kept[1]
+        ended = self.dashboard_last_finish(summary.request_id)
+        self._ended[summary.request_id] = (counts, ended)
+        return ended
 
     def dashboard_tasks(self, request_id: int, offset: int = 0, limit: int = 1000
                         ) -> list[TaskSummary]:
@@ -171,8 +184,8 @@ class Summaries:
         failed, lost or cancelled tasks: enough to group them by what they raised."""
         rows = self._database.connection().execute(
             f"SELECT t.idx, substr(coalesce(t.error, ''), -?) FROM tasks t "
-            f"WHERE t.request_id = ? AND {UNSUCCESSFUL_SQL} ORDER BY t.idx LIMIT ?",
-            (chars, request_id, *UNSUCCESSFUL, limit))
+            f"WHERE {UNSUCCESSFUL_OF_REQUEST_SQL} ORDER BY t.idx LIMIT ?",
+            (chars, request_id, request_id, *UNSUCCESSFUL, limit))
         return [(index, tail) for index, tail in rows]
 
     def dashboard_finishes(self, request_id: int, since: float, width: float
@@ -197,9 +210,9 @@ class Summaries:
         """The first ``limit`` failed, lost or cancelled tasks, with their error and output."""
         self._requests.n_tasks(request_id)
         rows = self._database.connection().execute(
-            f"SELECT t.idx, t.state, t.error FROM tasks t WHERE t.request_id = ? AND "
-            f"{UNSUCCESSFUL_SQL} ORDER BY t.idx LIMIT ?",
-            (request_id, *UNSUCCESSFUL, limit)).fetchall()
+            f"SELECT t.idx, t.state, t.error FROM tasks t WHERE "
+            f"{UNSUCCESSFUL_OF_REQUEST_SQL} ORDER BY t.idx LIMIT ?",
+            (request_id, request_id, *UNSUCCESSFUL, limit)).fetchall()
         if not rows:
             return []
         marks = ", ".join("?" for _ in rows)

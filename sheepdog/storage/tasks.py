@@ -17,14 +17,15 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from . import states
 from .connection import Database
 from .outputs import read_outputs, store_outputs, with_output
 from .payloads import PayloadFile
 from .requests import Requests
-from .states import DONE, FAILED, PENDING, RUNNING, UNSUCCESSFUL, UNSUCCESSFUL_SQL
+from .states import (DONE, FAILED, PENDING, RUNNING, UNSUCCESSFUL, UNSUCCESSFUL_OF_REQUEST_SQL,
+                     UNSUCCESSFUL_SQL)
 from .summaries import TaskLog
 from ..wire.protocol import ALONE_BYTES, nbytes
 
@@ -272,6 +273,14 @@ class Tasks:
 
         Without ``with_arguments`` the arguments are not read, and are None.
         """
+        return list(self.iter_results(request_id, with_arguments))
+
+    def iter_results(
+        self, request_id: int, with_arguments: bool = True
+    ) -> Iterator[tuple[bytes | PayloadFile | None, str, bytes | PayloadFile | None]]:
+        """:meth:`results` one task at a time, read as they are consumed: a million
+        results need not be held at once. Nothing may be written through this
+        thread's connection until the iterator is exhausted."""
         self._requests.n_tasks(request_id)
         arguments = ("a.data, a.in_file" if with_arguments else "NULL, 0")
         join = ("JOIN arguments a ON a.request_id = t.request_id AND a.idx = t.idx "
@@ -283,14 +292,12 @@ class Tasks:
             (request_id,),
         )
         stored = self._payloads.stored
-        return [
-            (None if argument is None else
-             stored("arguments", request_id, index, argument, argument_in_file),
-             state,
-             None if result is None else
-             stored("results", request_id, index, result, result_in_file))
-            for index, argument, argument_in_file, state, result, result_in_file in rows
-        ]
+        for index, argument, argument_in_file, state, result, result_in_file in rows:
+            yield (None if argument is None else
+                   stored("arguments", request_id, index, argument, argument_in_file),
+                   state,
+                   None if result is None else
+                   stored("results", request_id, index, result, result_in_file))
 
     def errors(self, request_id: int) -> list[tuple[bytes | PayloadFile, str, str]]:
         """(arguments, state, error text) of failed, lost and cancelled tasks, in order.
@@ -302,8 +309,8 @@ class Tasks:
         rows = self._database.connection().execute(
             "SELECT t.idx, a.data, a.in_file, t.state, t.error FROM tasks t "
             "JOIN arguments a ON a.request_id = t.request_id AND a.idx = t.idx "
-            f"WHERE t.request_id = ? AND {UNSUCCESSFUL_SQL} ORDER BY t.idx",
-            (request_id, *UNSUCCESSFUL),
+            f"WHERE {UNSUCCESSFUL_OF_REQUEST_SQL} ORDER BY t.idx",
+            (request_id, request_id, *UNSUCCESSFUL),
         ).fetchall()
         kept = (read_outputs(self._database, request_id, UNSUCCESSFUL_SQL, UNSUCCESSFUL)
                 if rows else {})
