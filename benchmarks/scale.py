@@ -367,8 +367,10 @@ def run_scale(workers: int, tasks: int, task_seconds: float = 0.0,
     figures = Figures(workers, tasks, task_seconds, use_relay, load_before=os.getloadavg())
     with tempfile.TemporaryDirectory(dir=directory) as folder:
         dbfile = os.path.join(folder, "scale.sqlite")
+        # One request and all W workers at once, leaving when it is done: no warm pool
+        # (whose first job starts few workers, and whose workers wait for the next request).
         conf = {"scheduler": SCHEDULER, "dbfile": dbfile, "workers": workers,
-                "callback": "direct", **(config or {})}
+                "callback": "direct", "linger": 0, **(config or {})}
         arguments = [(index, task_seconds) for index in range(tasks)]
         cpu_before = _cpu_seconds()
         started = time.monotonic()
