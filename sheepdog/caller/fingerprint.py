@@ -167,7 +167,7 @@ class _Fingerprinter:
         """What a function shipped by value computes with: code, defaults, closure, the
         globals its code reads, and the modules it imports as it runs."""
         code = function.__code__
-        cells = []
+        cells: list[tuple[Any, ...]] = []
         for cell in function.__closure__ or ():
             try:
                 cells.append(("cell", cell.cell_contents))
