@@ -149,10 +149,27 @@ ALTER TABLE tasks ADD COLUMN seconds REAL;
 CREATE INDEX tasks_executing ON tasks (request_id) WHERE state = 'running' AND began IS NOT NULL
 """
 
+#: From version 6: the key of each task's computation (see ``caller/fingerprint.py``),
+#: kept for the requests made with the ``cache`` config key, and indexed, so that a
+#: later request finds an earlier success by key; ``remembered_from`` names the
+#: request whose result a remembered task reused. ``remembered`` counts a request's
+#: remembered tasks, so that reading progress does not count them each time.
+_UPGRADE_TO_7 = """
+CREATE TABLE computations (
+    request_id INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    remembered_from INTEGER,
+    PRIMARY KEY (request_id, idx)
+) WITHOUT ROWID;
+CREATE INDEX computations_by_key ON computations (key);
+ALTER TABLE requests ADD COLUMN remembered INTEGER NOT NULL DEFAULT 0
+"""
+
 #: The schema as scripts, each bringing it one version up: a database of
 #: version N runs the scripts from N on, in one transaction.
 _MIGRATIONS = (_SCHEMA, _UPGRADE_TO_2, _UPGRADE_TO_3, _UPGRADE_TO_4, _UPGRADE_TO_5,
-               _UPGRADE_TO_6)
+               _UPGRADE_TO_6, _UPGRADE_TO_7)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 

@@ -26,6 +26,7 @@ from .file_safety import (
     private_file,
 )
 from .leases import AskAgain, Leases, WorkerEnd
+from .memo import EarlierResult, Memo
 from .outputs import STREAMS
 from .payloads import PayloadDirectory, PayloadFile
 from .requests import Job, Requests
@@ -86,7 +87,7 @@ class Storage:
     """One SQLite database file; safe to share between threads of one process.
 
     Each method is that of the part it names (:attr:`requests`,
-    :attr:`tasks`, :attr:`leases`, :attr:`summaries`), where it is documented.
+    :attr:`tasks`, :attr:`leases`, :attr:`summaries`, :attr:`memo`), where it is documented.
     """
 
     def __init__(self, dbfile: str | os.PathLike[str], read_only: bool = False) -> None:
@@ -110,6 +111,7 @@ class Storage:
         self.tasks = Tasks(self.database, self.requests)
         self.leases = Leases(self.database)
         self.summaries = Summaries(self.database, self.requests)
+        self.memo = Memo(self.database)
 
     def _open_to_read(self) -> None:
         """Check the files and the schema, changing nothing (see ``read_only.py``)."""
@@ -270,6 +272,20 @@ class Storage:
 
     def lose_silent(self, request_id: int, silent_since: float, reason: str) -> list[int]:
         return self.leases.lose_silent(request_id, silent_since, reason)
+
+    # -- remembered computations (Memo) ----------------------------------------
+
+    def store_keys(self, request_id: int, keys: Sequence[bytes]) -> None:
+        self.memo.store_keys(request_id, keys)
+
+    def earlier_results(self, request_id: int) -> list[EarlierResult]:
+        return self.memo.earlier_results(request_id)
+
+    def reuse(self, request_id: int, chosen: Iterable[EarlierResult]) -> int:
+        return self.memo.reuse(request_id, chosen)
+
+    def remembered(self, request_id: int) -> int:
+        return self.memo.remembered(request_id)
 
     # -- summaries (Summaries) -----------------------------------------------
 
