@@ -27,7 +27,7 @@ def test_the_command_pages_examples_run_against_the_maps_it_shows(tmp_path, monk
     monkeypatch.setattr(records, "age", lambda seconds: "3 min ago")
     monkeypatch.setattr(records, "span", lambda seconds: "1 s")
     results = run_page("cli.rst")
-    assert results.failed == 0 and results.attempted == 16
+    assert results.failed == 0 and results.attempted == 19
 
 
 def test_a_page_that_says_otherwise_than_the_command_fails(tmp_path, monkeypatch):

@@ -61,7 +61,7 @@ class Housekeeping:
         sizes: dict[int, int] = {}
         rows = connection.execute(
             f"SELECT rid, sum(n) FROM ({_SIZES}) GROUP BY rid UNION ALL "
-            "SELECT id, length(function) + length(config) FROM requests").fetchall()
+            "SELECT id, length(function) FROM requests").fetchall()
         wanted = None if request_ids is None else set(request_ids)
         for request_id, size in rows:
             if wanted is None or request_id in wanted:
