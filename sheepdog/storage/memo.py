@@ -17,7 +17,6 @@ request's directory, so that removing the older request keeps it.
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 from typing import Iterable, NamedTuple, Sequence
@@ -47,9 +46,10 @@ class Memo:
     def store_keys(self, request_id: int, keys: Sequence[bytes]) -> None:
         """Keep the key of each task of the request (``keys[0]`` is task 1's)."""
         with self._database.write() as db:
-            db.executemany("INSERT OR REPLACE INTO computations (request_id, idx, key) "
-                           "VALUES (?, ?, ?)", zip(itertools.repeat(request_id),
-                                                    itertools.count(1), keys))
+            db.executemany("INSERT OR REPLACE INTO computations (request_id, idx, key, digest) "
+                           "VALUES (?, ?, ?, ?)",
+                           ((request_id, index, _index_key(key), key)
+                            for index, key in enumerate(keys, 1)))
 
     def earlier_results(self, request_id: int) -> list[EarlierResult]:
         """For each task of the request that is still pending, the newest successful task
@@ -57,7 +57,8 @@ class Memo:
         rows = self._database.connection().execute(
             "SELECT c.idx, s.request_id, s.idx, r.data, r.in_file FROM computations c "
             "JOIN tasks mine ON mine.request_id = c.request_id AND mine.idx = c.idx "
-            "JOIN computations s ON s.key = c.key AND s.request_id != c.request_id "
+            "JOIN computations s ON s.key = c.key AND s.digest = c.digest "
+            "AND s.request_id != c.request_id "
             "JOIN tasks t ON t.request_id = s.request_id AND t.idx = s.idx "
             "JOIN results r ON r.request_id = s.request_id AND r.idx = s.idx "
             f"WHERE c.request_id = ? AND mine.state = 'pending' AND t.state = '{DONE}' "
@@ -128,3 +129,8 @@ class Memo:
         row = self._database.connection().execute(
             "SELECT remembered FROM requests WHERE id = ?", (request_id,)).fetchone()
         return 0 if row is None else row[0]
+
+
+def _index_key(digest: bytes) -> int:
+    """The first 64 bits of ``digest`` as SQLite's signed integer: what the index holds."""
+    return int.from_bytes(digest[:8], "big", signed=True)
