@@ -43,3 +43,9 @@ def test_the_tips_pages_examples_run_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     results = run_doctest(page("tips_and_tricks.rst"), {"scheduler": "local"})
     assert results.failed == 0 and results.attempted == 4
+
+
+def test_the_remembering_pages_examples_run_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    results = run_doctest(page("remembering.rst"), {"scheduler": "local", "cache": True})
+    assert results.failed == 0 and results.attempted == 13
