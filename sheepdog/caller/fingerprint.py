@@ -201,11 +201,11 @@ class _Fingerprinter:
             nested = state[name]
             if names is not None:
                 nested = self._global(nested, names)
-            parts.append((name, _picklable(self, nested)))
+            parts.append((name, _entry(self, nested)))
         return "user-module:" + self._hex((module.__name__, parts))
 
     def _class_parts(self, cls: type) -> tuple[Any, ...]:
-        entries = [(name, _picklable(self, value)) for name, value in sorted(vars(cls).items())
+        entries = [(name, _entry(self, value)) for name, value in sorted(vars(cls).items())
                    if name not in _CLASS_ENTRIES_IGNORED]
         return (cls.__name__, cls.__bases__, type(cls), entries)
 
@@ -221,14 +221,14 @@ class _Pickler(pickle.Pickler):
         return self._fingerprinter.stand_in(obj)
 
 
-def _picklable(fingerprinter: _Fingerprinter, value: Any) -> Any:
-    """``value``, or the name of its type if it cannot be pickled (a lock in a module, a
-    slot's descriptor): such a value is the same in every run, as far as the key can tell."""
+def _entry(fingerprinter: _Fingerprinter, value: Any) -> str:
+    """The digest of an attribute of a module or class, or the name of its type if it
+    cannot be pickled (a lock in a module, a slot's descriptor): such a value is the same
+    in every run, as far as the key can tell."""
     try:
-        fingerprinter.digest(value)
+        return fingerprinter.digest(value).hex()
     except Exception:  # noqa: BLE001 - any value that does not pickle
         return f"<unpicklable {type(value).__module__}.{type(value).__qualname__}>"
-    return value
 
 
 def _code_parts(code: types.CodeType) -> tuple[Any, ...]:
