@@ -1,10 +1,11 @@
 """What the ``cache`` config key does to a new request, between storing its tasks and
 submitting its job.
 
-With ``cache`` on (``True`` or ``"refresh"``) each task's computation key
-(``fingerprint.py``) is stored with it. With ``True``, a task whose key an
-earlier success in the same database has, and whose stored result loads in
-this process, gets that result at once, as done, and counts as remembered;
+With ``cache`` on (``True`` or ``"refresh"``) the computation key
+(``fingerprint.py``) of each task that is computed is stored with it. With
+``True``, a task whose key an earlier success in the same database has, and
+whose stored result loads in this process, gets that result at once, as
+done, and counts as remembered;
 only the others are left for the job, and a request with nothing left
 submits none. With ``"refresh"`` every task is computed, and its result
 becomes the one that later requests reuse. Failed, lost and cancelled tasks
@@ -51,12 +52,11 @@ def recall(storage: Storage, request_id: int, config: Config, function_digest: O
     tasks computed before their results; how many were given one."""
     if function_digest is None or not arguments:
         return 0
-    storage.store_keys(request_id, fingerprint.task_keys(function_digest, arguments))
-    if config.cache == CACHE_REFRESH:
-        return 0
-    earlier = storage.earlier_results(request_id)
-    remembered = storage.reuse(request_id, [found for found in earlier
-                                            if _loads(request_id, found)])
+    keys = fingerprint.task_keys(function_digest, arguments)
+    earlier = ([] if config.cache == CACHE_REFRESH
+               else storage.earlier_results(function_digest, keys))
+    remembered = storage.remember(request_id, function_digest, keys,
+                                  [found for found in earlier if _loads(request_id, found)])
     log.info("request %s: %d of %d tasks remembered (config key 'cache')", request_id,
              remembered, len(arguments))
     return remembered

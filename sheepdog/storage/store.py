@@ -278,14 +278,13 @@ class Storage:
 
     # -- remembered computations (Memo) ----------------------------------------
 
-    def store_keys(self, request_id: int, keys: Sequence[bytes]) -> None:
-        self.memo.store_keys(request_id, keys)
+    def earlier_results(self, function_digest: bytes, keys: Sequence[bytes]
+                        ) -> list[EarlierResult]:
+        return self.memo.earlier_results(function_digest, keys)
 
-    def earlier_results(self, request_id: int) -> list[EarlierResult]:
-        return self.memo.earlier_results(request_id)
-
-    def reuse(self, request_id: int, chosen: Iterable[EarlierResult]) -> int:
-        return self.memo.reuse(request_id, chosen)
+    def remember(self, request_id: int, function_digest: bytes, keys: Sequence[bytes],
+                 chosen: Iterable[EarlierResult]) -> int:
+        return self.memo.remember(request_id, function_digest, keys, chosen)
 
     def remembered(self, request_id: int) -> int:
         return self.memo.remembered(request_id)
