@@ -2,6 +2,7 @@
 results without running, only the others are submitted, and only successes are
 remembered."""
 
+import json
 import logging
 import os
 import subprocess
@@ -221,3 +222,29 @@ def test_an_edited_helper_in_another_module_is_computed_again(tmp_path):
         [2 * x + 2 for x in range(6)])
     storage = default_session().storage(str(tmp_path / "db.sqlite"))
     assert storage.progress(2).remembered == 0 and len(storage.jobs(2)) == 1
+
+
+def test_remembered_tasks_count_apart_in_status_list_and_the_dashboard(cached, capsys):
+    from sheepdog.cli import commands as cli
+    from sheepdog.dashboard.app import create_app
+
+    sheepdog.map(square, [(x,) for x in range(3)], cached, verbose=False)
+    sheepdog.map(square, [(x,) for x in range(4)], cached, verbose=False)
+    assert cli.main(["status", "2", "--dbfile", cached["dbfile"]]) == 0
+    assert "4/4 finished, 3 remembered" in capsys.readouterr().out
+    cli.main(["list", "--json", "--dbfile", cached["dbfile"]])
+    listed = json.loads(capsys.readouterr().out)["requests"]
+    assert [request["remembered"] for request in listed] == [0, 3]
+    client = create_app(storage_of(cached["dbfile"]), "a-token-of-32-characters-or-so!!").test_client()
+    detail = client.get("/dashboard/api/requests/2",
+                        headers={"Authorization": "Bearer a-token-of-32-characters-or-so!!"}).get_json()
+    assert detail["remembered"] == 3
+
+
+def test_a_cache_value_set_in_the_environment_is_checked_by_the_command_too(capsys,
+                                                                             monkeypatch):
+    from sheepdog.cli import commands as cli
+
+    monkeypatch.setenv("SHEEPDOG_CACHE", "yes please")
+    assert cli.main(["config"]) == 2
+    assert "SHEEPDOG_CACHE: config key 'cache' is 'yes please'" in capsys.readouterr().err
