@@ -235,9 +235,10 @@ def test_remembered_tasks_count_apart_in_status_list_and_the_dashboard(cached, c
     cli.main(["list", "--json", "--dbfile", cached["dbfile"]])
     listed = json.loads(capsys.readouterr().out)["requests"]
     assert [request["remembered"] for request in listed] == [0, 3]
-    client = create_app(storage_of(cached["dbfile"]), "a-token-of-32-characters-or-so!!").test_client()
+    token = "a-token-of-32-characters-or-so!!"
+    client = create_app(storage_of(cached["dbfile"]), token).test_client()
     detail = client.get("/dashboard/api/requests/2",
-                        headers={"Authorization": "Bearer a-token-of-32-characters-or-so!!"}).get_json()
+                        headers={"Authorization": f"Bearer {token}"}).get_json()
     assert detail["remembered"] == 3
 
 

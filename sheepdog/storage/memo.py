@@ -12,8 +12,9 @@ Reusing is two steps, so that the caller can check that a result loads in
 its process (:meth:`Memo.earlier_results`) before anything is written: then
 :meth:`Memo.remember` copies the chosen results in one transaction, marks
 their tasks done through the ``finish`` event of ``states.py``, counts them
-on the request, and keeps the keys of the tasks left to compute. A result kept in a file is linked (or copied) into the new
-request's directory, so that removing the older request keeps it.
+on the request, and keeps the keys of the tasks left to compute. A result
+kept in a file is linked (or copied) into the new request's directory, so
+that removing the older request keeps it.
 """
 
 from __future__ import annotations
