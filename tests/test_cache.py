@@ -249,3 +249,13 @@ def test_a_cache_value_set_in_the_environment_is_checked_by_the_command_too(caps
     monkeypatch.setenv("SHEEPDOG_CACHE", "yes please")
     assert cli.main(["config"]) == 2
     assert "SHEEPDOG_CACHE: config key 'cache' is 'yes please'" in capsys.readouterr().err
+
+
+def test_a_key_alike_in_its_first_64_bits_only_is_not_remembered(storage):
+    """The index holds a key's first 64 bits; the whole digest must match."""
+    digest = b"f" * 32
+    key, alike = b"k" * 32, b"k" * 8 + b"x" * 24
+    first = storage.create_request(b"f", [b"a"], "secret", "local")
+    storage.remember(first, digest, [key], [])
+    storage.record_reports(first, [(1, False, sheepdog.serialisation.dumps(1))])
+    assert [found.task for found in storage.earlier_results(digest, [alike, key])] == [2]
