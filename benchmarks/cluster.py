@@ -82,6 +82,7 @@ def bench(scheduler: str, options: argparse.Namespace) -> None:
         "ssh_keyfile": os.environ["SHEEPDOG_TEST_KEY"],
         "ssh_known_hosts": os.environ["SHEEPDOG_TEST_KNOWN_HOSTS"],
         "dbfile": os.path.join(directory, f"bench-{scheduler}.sqlite"),
+        "linger": 0,  # one job per map, as before pools (benchmarks/pool.py compares)
     }
     connection = ssh.get(ssh.destination_for(resolve(conf)))
     raw = raw_job(connection, scheduler, options.tasks)

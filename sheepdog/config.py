@@ -84,11 +84,17 @@ class Config:
     #: differ from the caller's in their major or minor part: "warn", "error" (the
     #: worker's tasks fail, saying so) or "ignore".
     version_mismatch: str = "warn"
+    #: Seconds a worker of a warm pool waits for more work before it leaves; 0: no pool,
+    #: each request's workers leave when it has no task left (see docs/pools.rst).
+    linger: float = 60.0
     #: Whether a task reuses the result of an earlier success of the same computation
     #: (see docs/remembering.rst): False, True, or "refresh" (compute again, and remember
     #: the new result).
     cache: Union[bool, str] = False
 
+
+#: The longest ``linger``: idle workers hold a shared cluster's slots.
+MAX_LINGER = 86400.0
 
 #: The ``cache`` value that computes again and remembers the new results.
 CACHE_REFRESH = "refresh"
@@ -128,6 +134,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "key_in_job_file": (bool,),
     "dashboard": (str, bool),
     "version_mismatch": (str,),
+    "linger": (int, float),
     "cache": (bool, str),
 }
 
@@ -191,6 +198,9 @@ def _check_values(config: Config) -> None:
         value = getattr(config, key)
         if value is not None and value < 1:
             raise InvalidValue(key, f"config key {key!r} must be at least 1, not {value}")
+    if not 0 <= config.linger <= MAX_LINGER:
+        raise InvalidValue("linger", f"config key 'linger' must be between 0 and {MAX_LINGER:g} "
+                                     f"seconds (a day), not {config.linger}")
     for key in ("retry_seconds", "retries"):
         if getattr(config, key) < 0:
             raise InvalidValue(key, f"config key {key!r} must not be negative")

@@ -203,7 +203,9 @@ class Executor(concurrent.futures.Executor):
                     self._lock.wait()
                 if not self._queue:
                     return
-                due = time.monotonic() + self.batch_seconds
+                # Workers of a warm pool wait for work: a lone submit goes out at once.
+                window = 0.0 if self._pool_is_warm() else self.batch_seconds
+                due = time.monotonic() + window
                 while (not self._shut_down and len(self._queue) < self.max_batch
                        and time.monotonic() < due):
                     self._lock.wait(due - time.monotonic())
@@ -215,6 +217,13 @@ class Executor(concurrent.futures.Executor):
                 with self._lock:
                     self._submitting = False
                     self._lock.notify_all()
+
+    def _pool_is_warm(self) -> bool:
+        try:
+            return self._session.pool_is_warm(self.config)
+        except Exception:  # the window is an optimisation: a failure here costs 50 ms
+            log.debug("could not tell whether the pool is warm", exc_info=True)
+            return False
 
     def _send(self, batch: list[_Submission]) -> None:
         """One request per function (and ``Executor.map`` chunksize) in ``batch``; their

@@ -55,13 +55,17 @@ def test_submits_from_many_threads_within_the_window_go_out_together(local_conf)
     assert [len(jobs) for jobs in stored(local_conf["dbfile"]).values()] == [1]
 
 
-def test_submits_of_two_functions_go_out_as_one_request_each(local_conf):
-    with sheepdog.Executor(local_conf) as executor:
+@pytest.mark.parametrize("linger, own_jobs", [(60, [1, 0]), (0, [1, 1])])
+def test_submits_of_two_functions_go_out_as_one_request_each(local_conf, linger, own_jobs):
+    """Each request of a warm pool is served by the first one's workers (no job of its
+    own); without a pool (``linger`` 0), each request is a job."""
+    with sheepdog.Executor({**local_conf, "linger": linger}) as executor:
         squares = [executor.submit(pow, x, 2) for x in range(3)]
         absolutes = [executor.submit(abs, -x) for x in range(3)]
     assert [future.result() for future in squares] == [0, 1, 4]
     assert [future.result() for future in absolutes] == [0, 1, 2]
-    assert [len(jobs) for jobs in stored(local_conf["dbfile"]).values()] == [1, 1]
+    assert [len([job for job in jobs if job.n_workers])
+            for jobs in stored(local_conf["dbfile"]).values()] == own_jobs
 
 
 def test_futures_work_with_the_standard_as_completed_and_wait(local_conf):

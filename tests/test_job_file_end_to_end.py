@@ -45,6 +45,9 @@ class JobFileKeeper(LocalBackend):
 
 @pytest.fixture
 def scheduler(monkeypatch):
+    """Job files kept to be run by hand, each as one request's job: no warm pool keeps
+    its worker waiting once it has run out of tasks (``linger`` 0)."""
+    monkeypatch.setenv("SHEEPDOG_LINGER", "0")
     kept = []
 
     def create(config):

@@ -102,7 +102,11 @@ def test_a_local_shell_that_does_not_exist_is_refused_before_anything_is_stored(
     assert not os.path.exists(local_conf["dbfile"])
 
 
-def test_a_local_request_leaves_no_temporary_folders_behind(local_conf, monkeypatch, tmp_path):
+@pytest.mark.parametrize("linger", [0, 60])
+def test_a_local_request_leaves_no_temporary_folders_behind(local_conf, monkeypatch, tmp_path,
+                                                            linger):
+    """Without a pool, each request's folders go with it; a warm pool's go when its
+    session closes (the default session's, when the process ends)."""
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
@@ -110,8 +114,11 @@ def test_a_local_request_leaves_no_temporary_folders_behind(local_conf, monkeypa
     def fails(x):
         raise ValueError(x)
 
-    assert sheepdog.map(quick, [(1,), (2,)], local_conf, verbose=False) == [101, 102]
-    assert sheepdog.map(fails, [(1,)], local_conf, verbose=False) == [None]
+    conf = {**local_conf, "linger": linger}
+    assert sheepdog.map(quick, [(1,), (2,)], conf, verbose=False) == [101, 102]
+    assert sheepdog.map(fails, [(1,)], conf, verbose=False) == [None]
+    if linger:
+        sheepdog.api.default_session().close()  # the pool's workers wait until then
     deadline = time.monotonic() + 10
     while list(scratch.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)  # the job's last thread removes the folder as it ends

@@ -38,7 +38,12 @@ class JobFileKeeper(LocalBackend):
 
 @pytest.fixture
 def kept_scripts(monkeypatch):
-    """The job files submitted from now on, which nothing runs unless the test does."""
+    """The job files submitted from now on, which nothing runs unless the test does.
+
+    Each models one request's job, run by hand: no warm pool keeps its worker
+    waiting for another request once it has run out of tasks (``linger`` 0).
+    """
+    monkeypatch.setenv("SHEEPDOG_LINGER", "0")
     keepers = []
 
     def create(config):

@@ -48,6 +48,8 @@ class Backend(abc.ABC):
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        #: How many times the scheduler was asked about jobs (``benchmarks/pool.py`` tells).
+        self.queries = 0
 
     def check(self) -> None:
         """Raise for a config that cannot work with this scheduler, before anything is stored."""

@@ -186,6 +186,7 @@ class BatchBackend(Backend):
         return f"{self.submit_program} refused the job: {said}"
 
     def _live(self, job_id: str) -> Optional[dict[int, str]]:
+        self.queries += 1
         try:
             return self.live_tasks(job_id)
         except (SchedulerQueryFailed, SSHError) as error:
@@ -207,6 +208,7 @@ class BatchBackend(Backend):
         missing = sorted(task for task in candidates if task not in live)
         if not missing:
             return ended
+        self.queries += 1
         try:
             records = self.accounting(job_id)
         except SSHError as error:  # the connection dropped: conclude nothing this time

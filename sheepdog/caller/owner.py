@@ -32,6 +32,7 @@ from ..config import Config
 from ..server import Server
 from ..server.versions import VersionReports
 from ..storage import Storage, StorageError
+from .pool import Pools
 
 if TYPE_CHECKING:  # the dashboard (and Flask) is imported only when it is served
     from ..dashboard.server import DashboardServer
@@ -51,6 +52,8 @@ class DatabaseOwner:
         self._holders = 0
         #: What the workers of this process's servers said of their versions.
         self.version_reports = VersionReports()
+        #: The warm pools of this database's requests made in this process.
+        self.pools = Pools(self.storage)
 
     def server(self, config: Config, port: Optional[int] = None, wait: bool = True) -> Server:
         """The server that new requests of ``config``'s scheme use, started on first use.
@@ -66,7 +69,7 @@ class DatabaseOwner:
             if server is None or not server.running or port not in (None, server.port):
                 server = Server(self.storage, port=port, bind=config.bind or "127.0.0.1",
                                 max_body_bytes=config.max_body_bytes, use_tls=config.tls,
-                                version_reports=self.version_reports)
+                                version_reports=self.version_reports, pools=self.pools)
                 self._servers[scheme] = server
         return server.start(wait)
 
@@ -99,7 +102,8 @@ class DatabaseOwner:
         return self._dashboard
 
     def close(self) -> None:
-        """Stop the servers and the dashboard and close the database."""
+        """Close the warm pools, stop the servers and the dashboard, close the database."""
+        self.pools.close()
         with self._lock:
             servers, self._servers = list(self._servers.values()), {}
             dashboard, self._dashboard = self._dashboard, None
@@ -142,6 +146,12 @@ def acquire(dbfile: str, create: bool = True, read_only: bool = False) -> Databa
                 f"still uses it): close what reads it before writing to it")
         owner._holders += 1
         return owner
+
+
+def opened(dbfile: str) -> Optional[DatabaseOwner]:
+    """The owner of ``dbfile`` if this process has it open, without opening it."""
+    with _owners_lock:
+        return _owners.get(os.path.realpath(dbfile))
 
 
 def release(owner: DatabaseOwner) -> None:

@@ -29,6 +29,7 @@ from ..wire.settings import WorkerSettings
 from . import inline, jobscript
 from .chunking import choose_workers
 from .owner import DatabaseOwner
+from .pool import Pool
 from .progress import progress_display
 from .watcher import Watcher
 
@@ -39,8 +40,11 @@ class Request:
     """One request in one database; made by :meth:`Session.submit` or :meth:`Session.request`."""
 
     def __init__(self, database: DatabaseOwner, request_id: int,
-                 config: Optional[Config] = None, backend: Optional[Backend] = None) -> None:
+                 config: Optional[Config] = None, backend: Optional[Backend] = None,
+                 pool: Optional[Pool] = None) -> None:
         self._database = database
+        #: The warm pool whose workers run the request's tasks (``pool.py``), if any.
+        self.pool = pool
         self.storage = database.storage
         self.id = request_id
         self._config = config
@@ -150,27 +154,31 @@ class Request:
         tunnel = f"{scheme}://{host}:{port}"
         return [tunnel] if config.callback == "tunnel" else [direct, tunnel]
 
-    def submit_job(self) -> str:
-        """Start a job of workers that pull the request's pending tasks until none is left.
+    def submit_job(self, n_workers: Optional[int] = None) -> str:
+        """Start a job of workers that pull the request's pending tasks until none is left
+        (of ``n_workers`` workers, or as many as the pending tasks need).
 
         The workers are recorded before the job is submitted, so that each is
         known from its first pull; if the scheduler refuses the job, they are
         recorded as never started. A backend that runs in the caller (``inline``)
         has the pending tasks run here and now instead, and no job is recorded.
+        A request of a warm pool starts few workers at first (see ``pool.py``).
         """
         config, backend, storage = self.config, self.backend, self.storage
         if backend.runs_in_caller:  # the inline scheduler: the "job" is this thread
             self.caught.update(inline.run_pending(storage, self.id))
             return "inline"
-        if (not backend.outlives_caller and not config.key_in_job_file
-                and not os.path.exists(self.key_file or "")):
-            self.deliver_key()  # the caller that delivered it has ended, and its key with it
+        if not config.key_in_job_file and (self.key_file is None or (
+                not backend.outlives_caller and not os.path.exists(self.key_file))):
+            self.deliver_key()  # not yet, or the caller that delivered it has ended
         port = self.port
         if port is None:
             raise RuntimeError(f"request {self.id} has no server port recorded")
         certificate = self.certificate if config.tls else None
         pending = self.progress().pending
-        n_workers = choose_workers(pending, *backend.capacity(), config.max_running)
+        if n_workers is None:
+            n_workers = (self.pool.first_workers(pending) if self.pool is not None
+                         else choose_workers(pending, *backend.capacity(), config.max_running))
         self.urls = self.routes(port)
         launch = storage.add_workers(self.id, n_workers)
         settings = WorkerSettings(
@@ -196,6 +204,8 @@ class Request:
             storage.end_launch(self.id, launch, f"its job was never submitted: {error}")
             raise
         storage.add_job(self.id, job_id, launch, n_workers)
+        if self.pool is not None:
+            self.pool.record_job(job_id)
         log.info("request %s: job %s submitted (%d workers for %d tasks)",
                  self.id, job_id, n_workers, pending)
         return job_id
@@ -262,10 +272,12 @@ class Request:
                             report.host, report.python, "; ".join(differences), consequence)
 
     def end(self) -> None:
-        """The request has ended: remove its key file, once."""
+        """The request has ended: remove its key file, once (a request of a warm pool
+        keeps it while workers of its jobs may still start: its pool removes it)."""
         if not self._ended:
             self._ended = True
-            self.withdraw_key()
+            if self.pool is None:
+                self.withdraw_key()
 
     def results(self) -> list[tuple[tuple[Any, ...], Any]]:
         """``[(args, result), ...]`` in argument order; ``None`` where there is no result."""
@@ -304,7 +316,20 @@ class Request:
         return False, reason
 
     def cancel(self) -> int:
-        """Remove the request's jobs from the scheduler; return how many tasks were cancelled."""
+        """Remove the request's jobs from the scheduler; return how many tasks were cancelled.
+
+        The jobs of a warm pool serve other requests too: while another request of
+        the pool has tasks open, they stay (a task of this one that runs now runs
+        to its end, and its report is dropped), and the request's tasks are
+        cancelled in the database, so that no worker takes them; otherwise the
+        pool's jobs are removed, as a request's own would be.
+        """
+        if self.pool is not None:
+            cancelled = self.storage.cancel_open(self.id, "cancelled by the user")
+            if not any(member.id != self.id and not member.progress().complete
+                       for member in self.pool.members()):
+                self.pool.close()
+            return cancelled
         for job in self.storage.jobs(self.id):
             try:
                 self.backend.cancel(job.job_id)

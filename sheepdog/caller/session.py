@@ -30,7 +30,7 @@ from ..server import Server
 from ..storage import Storage
 from ..wire import serialisation
 from . import remembering
-from .owner import DatabaseOwner, acquire, release
+from .owner import DatabaseOwner, acquire, opened, release
 from .request import Request
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,11 @@ class Session:
         """
         dashboard = self.owner(request.storage.dbfile).running_dashboard()
         return None if dashboard is None else f"{dashboard.url}#request-{request.id}"
+
+    def pool_is_warm(self, conf: Config) -> bool:
+        """Whether a request of ``conf`` would find workers of its warm pool alive: then
+        it is best sent at once, not gathered with others (the Executor asks)."""
+        return self.owner(conf.dbfile).pools.warm(conf, _stored_config(conf))
 
     def request(self, request_id: int, dbfile: str, create: bool = False,
                 read_only: bool = False) -> Request:
@@ -168,17 +173,21 @@ class Session:
         tasks computed before get their results here, and only the others are
         submitted (see ``remembering.py``).
         """
-        backend = create_backend(conf)
+        stored = _stored_config(conf)
+        already = opened(conf.dbfile)  # nothing is stored before the backend's checks
+        warm = None if already is None else already.pools.find(conf, stored)
+        backend = create_backend(conf) if warm is None else warm.backend
         backend.check()
         database = self.owner(conf.dbfile)
+        pool = database.pools.pool_for(conf, stored, backend)
         storage = database.storage
         # Started while the arguments are stored; the inline scheduler's tasks call no server.
         server = None if backend.runs_in_caller else database.server(conf, wait=False)
         request_id = storage.create_request(
             function_blob, argument_blobs, secrets.token_urlsafe(32), backend.name,
-            _stored_config(conf), name,
+            stored, name,
         )
-        request = Request(database, request_id, conf, backend)
+        request = Request(database, request_id, conf, backend, pool)
         for warning in [*security_warnings(conf, origins), *unused_key_warnings(conf, origins)]:
             log.warning("request %s: %s", request_id, warning)
         database.dashboard(conf)
@@ -194,8 +203,13 @@ class Session:
             if server is not None:
                 server.start()
                 request.remember_server(server)
-                request.deliver_key()
-            request.submit_job()
+            if pool is None:
+                request.submit_job()
+            else:
+                database.pools.join(pool, request)  # idle workers of the pool come at once
+                with pool.starting:
+                    if not pool.live_workers():
+                        request.submit_job()
         except Exception as error:
             for index in range(1, len(argument_blobs) + 1):
                 storage.record_lost(request_id, index, f"the job was never submitted: {error}")

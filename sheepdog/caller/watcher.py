@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional, Protocol
+from typing import Optional, Protocol, cast
 
 from ..backends.base import Backend, TaskEnd
 from ..config import Config
 from ..storage import Progress, Storage
 from ..wire.protocol import EXIT_NO_KEY, index_spec, worker_name
+from .pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class Watched(Protocol):
     id: int
     storage: Storage
     urls: list[str]
+    pool: Optional[Pool]
 
     @property
     def config(self) -> Config: ...
@@ -69,7 +71,7 @@ class Watched(Protocol):
 
     def progress(self) -> Progress: ...
 
-    def submit_job(self) -> str: ...
+    def submit_job(self, n_workers: Optional[int] = None) -> str: ...
 
     def withdraw_key(self) -> None: ...
 
@@ -108,8 +110,24 @@ class Watcher:
 
     def watch(self) -> None:
         """Conclude what the workers' silence and the scheduler say; raise CallbackError
-        for workers that cannot reach this process."""
-        request = self.request
+        for workers that cannot reach this process.
+
+        The workers of a warm pool move between its requests: its watchers look
+        at all of them together, once per the pool's look, and let it grow.
+        """
+        pool = self.request.pool
+        if pool is None:
+            self._watch_workers(self.request)
+        elif pool.look_due():
+            for member in pool.members():  # requests, as this one is
+                self._watch_workers(cast(Watched, member))
+            pool.prune()
+            pool.grow()
+        self.retry()
+        self._check_reached()
+
+    def _watch_workers(self, request: Watched) -> None:
+        """What the silence of ``request``'s workers and the scheduler say of them."""
         storage, config = request.storage, request.config
         lost = storage.lose_silent(request.id, time.time() - config.lost_after,
                                    f"its worker sent no heartbeat for {config.lost_after:.0f} s")
@@ -126,8 +144,6 @@ class Watcher:
                 if end.exit_status == EXIT_NO_KEY:
                     raise self._abandon(_no_key_message(request, job_id, array_task))
                 _worker_ended(request, job_id, worker_name(launches[job_id], array_task), end)
-        self.retry()
-        self._check_reached()
 
     def retry(self) -> bool:
         """Put tasks that may run again back in the queue, and start workers for them if
@@ -138,13 +154,18 @@ class Watcher:
                  if config.retries else [])
         if again:
             log.info("request %s: tasks %s go back in the queue", request.id, index_spec(again))
+        if again and request.pool is not None:
+            request.pool.signal.notify()  # its idle workers take them at once
         if request.progress().pending and not storage.any_worker_alive(request.id):
-            _relaunch(request)
+            if request.pool is None or not request.pool.live_workers():
+                _relaunch(request)
         return bool(again)
 
     def _abandon(self, message: str) -> CallbackError:
         """Cancel the request's jobs and mark its open tasks lost with ``message``."""
         request = self.request
+        if request.pool is not None:  # every request of the pool fails the same way
+            request.pool.close()
         for job in request.storage.jobs(request.id):
             try:
                 request.backend.cancel(job.job_id)
@@ -161,8 +182,11 @@ class Watcher:
         """Raise CallbackError when tasks run but none has called back for ``connect_timeout``."""
         request = self.request
         progress = request.progress()
-        jobs = request.storage.jobs(request.id)
-        if progress.running or progress.done or progress.failed or not jobs:
+        # Jobs that started workers for this request (not those whose workers came to it
+        # from another request of its pool, recorded with none).
+        jobs = [job for job in request.storage.jobs(request.id) if job.n_workers]
+        reached = request.pool is not None and request.pool.reached
+        if progress.running or progress.done or progress.failed or not jobs or reached:
             self.unreached_since = None
             return
         running = request.backend.running_tasks(jobs[-1].job_id)

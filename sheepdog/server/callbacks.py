@@ -45,6 +45,7 @@ from ..storage import DiskFullError, Storage
 from ..storage.leases import AskAgain
 from ..wire.modules import VersionReport
 from .versions import VersionReports
+from .wakeups import WorkSignal
 from ..wire.protocol import (
     ALONE_BYTES,
     ARGUMENTS,
@@ -54,6 +55,8 @@ from ..wire.protocol import (
     ERROR,
     EXCEPTION,
     FLOOR_ROUTES,
+    HANDOVER,
+    IDLE,
     MAX_INDEX,
     OUTPUT,
     RAN,
@@ -101,6 +104,9 @@ class Reply:
     body: Body
     content_type: str = "text/plain; charset=utf-8"
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: An idle worker's pull, which the host may hold open and ask again when work
+    #: may have arrived (see ``caller/pool.py``); sent as it is when the host stops.
+    held: bool = False
 
     @property
     def parts(self) -> Sequence[Union[bytes, memoryview, PayloadFile]]:
@@ -121,6 +127,28 @@ _ALREADY = text_reply(200, "already recorded")
 _NO_WORKER = text_reply(404, "no such worker")
 
 
+class WarmPool(Protocol):
+    """What the server asks of the warm pool of a request (``caller/pool.py``)."""
+
+    linger: float
+
+    def handover_target(self, request_id: int) -> Optional[int]: ...
+
+    def function_digest(self, request_id: int) -> str: ...
+
+    def may_wait(self, request_id: int, worker: str) -> bool: ...
+
+    def busy(self, request_id: int, worker: str) -> None: ...
+
+
+class WarmPools(Protocol):
+    """The warm pools of the caller's process, by request."""
+
+    signal: WorkSignal
+
+    def of(self, request_id: int) -> Optional[WarmPool]: ...
+
+
 class Route(NamedTuple):
     """A request whose signature was checked: what it asks for, and the body it vouches for."""
 
@@ -132,8 +160,11 @@ class Callbacks:
     """Answers worker requests from one :class:`Storage`."""
 
     def __init__(self, storage: Storage, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 version_reports: Optional[VersionReports] = None) -> None:
+                 version_reports: Optional[VersionReports] = None,
+                 pools: Optional[WarmPools] = None) -> None:
         self.storage = storage
+        #: The caller's warm pools: their workers move between requests, and wait for work.
+        self.pools = pools
         self.max_body_bytes = max_body_bytes
         #: What workers said of their versions, for the caller to warn about.
         self.version_reports = version_reports or VersionReports()
@@ -261,6 +292,10 @@ class Callbacks:
             return self._pull(request_id, parsed)
         if name == "release":
             return self._release(request_id, parsed.worker, parsed.seq, body)
+        if name == "leaving":
+            left = self.storage.leave(request_id, parsed.worker,
+                                      "it left before its walltime, holding no task")
+            return _STORED if left else _NO_WORKER
         if name in ("heartbeat", "killing"):
             update = (self.storage.worker_heartbeat if name == "heartbeat"
                       else self.storage.worker_kill_notice)
@@ -286,19 +321,61 @@ class Callbacks:
             return text_reply(400, "a release names the tasks given back as a JSON list of "
                                    "task indices")
         released = self.storage.release(request_id, worker, batch, indices)
+        if released and self.pools is not None:
+            self.pools.signal.notify()  # idle workers of its pool may take them
         return text_reply(200, f"released {len(released)} of {len(indices)}")
 
     def _pull(self, request_id: int, parsed: Path) -> Reply:
-        """The arguments of the tasks the worker now holds, as frames; none: nothing left."""
+        """The arguments of the tasks the worker now holds, as frames; none: nothing left.
+
+        A worker of a warm pool may instead be handed over to another request
+        of its pool, or, with nothing to do anywhere in it, be held (an idle
+        reply the host may hold open) until its pool's ``linger`` runs out.
+        """
+        pool = self.pools.of(request_id) if self.pools is not None else None
+        if pool is not None:
+            target = pool.handover_target(request_id)
+            moved = None if target is None else self._hand_over(pool, request_id, parsed, target)
+            if moved is not None:
+                return moved
         indices = self.storage.pull(request_id, parsed.worker, parsed.seq, parsed.size,
-                                    parsed.least)
+                                    parsed.least, stay=pool is not None)
         if indices is None:
             return _NO_WORKER
         if isinstance(indices, AskAgain):
-            return Reply(200, pack_frames([(0, WAIT, b"")]), "application/octet-stream")
+            if pool is None:
+                return _frames_reply([(0, WAIT, b"")])
+            if pool.may_wait(request_id, parsed.worker):
+                return _frames_reply([(0, IDLE, b"")], held=True)
+            self.storage.leave(request_id, parsed.worker,
+                               f"it had no work for {pool.linger:g} s (the pool's linger)")
+            return _frames_reply([])
+        if pool is not None:
+            pool.busy(request_id, parsed.worker)
+        return self._arguments_reply(request_id, indices)
+
+    def _arguments_reply(self, request_id: int, indices: list[int],
+                         before: Sequence[tuple[int, int, bytes]] = ()) -> Reply:
         arguments = self.storage.task_arguments(request_id, indices)
-        return Reply(200, pack_frames((i, ARGUMENTS, arguments[i]) for i in indices),
-                     "application/octet-stream")
+        return _frames_reply([*before, *((i, ARGUMENTS, arguments[i]) for i in indices)])
+
+    def _hand_over(self, pool: WarmPool, request_id: int, parsed: Path, target: int
+                   ) -> Optional[Reply]:
+        """Make the worker one of request ``target`` and answer with its ticket there (the
+        request, its key, the worker's name, the function's digest) and the arguments
+        of its first pull there; None if it cannot move."""
+        secret = self._secret(target)
+        if secret is None:
+            return None
+        name = self.storage.hand_over(request_id, parsed.worker, parsed.seq, target)
+        if name is None:
+            return None
+        pool.busy(request_id, parsed.worker)
+        ticket = json.dumps({"request": target, "key": secret.decode(), "worker": name,
+                             "function": pool.function_digest(target)}).encode()
+        indices = self.storage.pull(target, name, 1, parsed.size, parsed.least, stay=True)
+        return self._arguments_reply(target, indices if isinstance(indices, list) else [],
+                                     before=[(0, HANDOVER, ticket)])
 
     def _results(self, request_id: int, body: Any) -> Reply:
         """A batch of framed results, errors (with their exceptions) and output tails."""
@@ -380,6 +457,10 @@ class Callbacks:
                 except UnicodeDecodeError:
                     return text_reply(400, f"the error text of task {index} must be UTF-8")
         return None
+
+
+def _frames_reply(frames: Sequence[tuple[int, int, Any]], held: bool = False) -> Reply:
+    return Reply(200, pack_frames(frames), "application/octet-stream", held=held)
 
 
 def _seconds_ran(frames: Sequence[tuple[int, int, memoryview]]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Optional, Union
 
 from ..storage import Storage
 from . import admission, tls
-from .callbacks import DEFAULT_MAX_BODY_BYTES, Callbacks
+from .callbacks import DEFAULT_MAX_BODY_BYTES, Callbacks, WarmPools
 from .thread import Close, ServerThread
 from .versions import VersionReports
 
@@ -60,10 +60,13 @@ class Server:
         max_unproven: int = admission.MAX_UNPROVEN,
         handshake_timeout: float = admission.HANDSHAKE_SECONDS,
         version_reports: Optional[VersionReports] = None,
+        pools: Optional[WarmPools] = None,
     ) -> None:
         self.storage = storage if isinstance(storage, Storage) else Storage(storage)
         #: What workers said of their versions (see ``versions.py``).
         self.version_reports = version_reports or VersionReports()
+        #: The caller's warm pools, whose idle workers' pulls are held (``caller/pool.py``).
+        self.pools = pools
         self.port = port or 0
         self.bind = bind
         self.max_body_bytes = max_body_bytes
@@ -125,7 +128,8 @@ class Server:
         connections.raise_open_file_limit()
         sockets = tornado.netutil.bind_sockets(self.port, address=self.bind,
                                                backlog=connections.LISTEN_BACKLOG)
-        callbacks = Callbacks(self.storage, self.max_body_bytes, self.version_reports)
+        callbacks = Callbacks(self.storage, self.max_body_bytes, self.version_reports,
+                              self.pools)
         http_server = connections.GuardedHTTPServer(
             callback_application(callbacks),
             max_body_size=callbacks.largest_body_bytes,  # admit() checks each route

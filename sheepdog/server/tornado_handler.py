@@ -22,7 +22,8 @@ import hashlib
 import http
 import logging
 import os
-from typing import Iterator, Optional
+import time
+from typing import Any, Iterator, Optional
 
 import tornado.http1connection
 import tornado.iostream
@@ -33,11 +34,16 @@ from ..storage.payloads import CHUNK_BYTES, PayloadFile, write_all
 from ..wire.protocol import ALONE_BYTES, DISK_FULL_STATUS, coalesce
 from . import admission
 from .callbacks import Callbacks, Reply, text_reply
+from .wakeups import WorkSignal
 
 log = logging.getLogger(__name__)
 
 #: A large upload that stalls this long is dropped (the worker retries it).
 BODY_TIMEOUT_SECONDS = 120
+#: How long an idle worker's pull is held open (well within the worker's read timeout),
+#: and how often it is asked again while nothing wakes it.
+HOLD_SECONDS = 20.0
+RECHECK_SECONDS = 5.0
 #: The most of a refused request's body that is read (and dropped) to keep its connection.
 UNAUTHORISED_READ_BYTES = 4096
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
@@ -173,9 +179,26 @@ class CallbackHandler(tornado.web.RequestHandler):
     async def _handle(self, *args: str) -> None:
         body = b"".join(self._chunks) if self._body is None else self._body
         self._chunks, self._body = [], None
-        await self._reply(self.callbacks.respond(
-            self.request.method or "GET", self.request.path, self.request.headers, body,
-            route=self._route))
+        reply = self._respond(body)
+        if reply.held and self.callbacks.pools is not None:
+            reply = await self._hold(body, reply, self.callbacks.pools.signal)
+        await self._reply(reply)
+
+    def _respond(self, body: Any) -> Reply:
+        return self.callbacks.respond(self.request.method or "GET", self.request.path,
+                                      self.request.headers, body, route=self._route)
+
+    async def _hold(self, body: Any, reply: Reply, signal: WorkSignal) -> Reply:
+        """Hold an idle worker's pull for up to ``HOLD_SECONDS``, asking again whenever
+        work may have arrived (and every ``RECHECK_SECONDS``); the last answer."""
+        deadline = time.monotonic() + HOLD_SECONDS
+        while reply.held:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.request.connection is None:
+                break
+            await signal.wait(min(left, RECHECK_SECONDS))
+            reply = self._respond(body)
+        return reply
 
     async def _reply(self, reply: Reply) -> None:
         self.set_status(reply.status)

@@ -122,14 +122,15 @@ class Leases:
                        "WHERE request_id = ? AND launch = ? AND ended IS NULL",
                        (time.time(), reason, request_id, launch))
 
-    def pull(self, request_id: int, worker: str, seq: int, size: int, least: int = 1
-             ) -> Union[list[int], AskAgain, None]:
+    def pull(self, request_id: int, worker: str, seq: int, size: int, least: int = 1,
+             stay: bool = False) -> Union[list[int], AskAgain, None]:
         """The tasks that pull number ``seq`` of ``worker`` gets: at most ``size``, and no
         fewer than ``least`` (the worker's tasks worth a pull) for the sake of the fair share.
 
         None for a worker the request does not have. An empty list tells the
         worker that nothing is left for it, and ends it; :data:`ASK_AGAIN`, that
-        nothing is pending now but another worker holds tasks it may give back.
+        nothing is pending now but another worker holds tasks it may give back,
+        or, with ``stay`` (a worker of a warm pool), that nothing is pending now.
         """
         with self._database.write() as db:
             row = _worker_row(db, request_id, worker, "id, pulls, ended")
@@ -151,9 +152,10 @@ class Leases:
             if indices:
                 db.execute("UPDATE workers SET pulls = ?, heartbeat = ? WHERE id = ?",
                            (seq, time.time(), worker_id))
-            elif db.execute("SELECT 1 FROM tasks WHERE request_id = ? AND state = 'running' "
-                            "AND worker != ? GROUP BY worker HAVING count(*) > 1 LIMIT 1",
-                            (request_id, worker_id)).fetchone():
+            elif stay or db.execute(
+                    "SELECT 1 FROM tasks WHERE request_id = ? AND state = 'running' "
+                    "AND worker != ? GROUP BY worker HAVING count(*) > 1 LIMIT 1",
+                    (request_id, worker_id)).fetchone():
                 db.execute("UPDATE workers SET heartbeat = ? WHERE id = ?",
                            (time.time(), worker_id))
                 return ASK_AGAIN
@@ -164,6 +166,79 @@ class Leases:
         if indices or left_held:
             self._database.changed()
         return indices
+
+    def hand_over(self, request_id: int, worker: str, seq: int, to_request: int
+                  ) -> Optional[str]:
+        """Worker ``worker`` of ``request_id``, whose pull ``seq`` found nothing it must do
+        there, becomes a worker of ``to_request`` (a request of its warm pool); its name
+        there, or None when it cannot move (unknown, ended, or its job not yet recorded).
+
+        It keeps its job and array task: in ``to_request`` it is array task ``T`` of a
+        launch recorded with the same job id (one launch per job that ever served the
+        request, with ``n_workers`` 0: no array task was started for it), so that the
+        watcher of ``to_request`` asks the scheduler about the right job. It starts
+        there with pull 1; in ``request_id`` it ends, handing back nothing (it holds
+        nothing between pulls).
+        """
+        with self._database.write() as db:
+            row = _worker_row(db, request_id, worker, "id, pulls, ended")
+            if row is None or row[2] is not None or seq not in (row[1], row[1] + 1):
+                return None
+            launch, array_task = _launch_and_task(worker)
+            job = db.execute("SELECT job_id FROM jobs WHERE request_id = ? AND launch = ?",
+                             (request_id, launch)).fetchone()
+            if job is None:
+                return None
+            new_launch = db.execute(
+                "SELECT coalesce(max(launch), 0) + 1 FROM workers WHERE request_id = ?",
+                (to_request,)).fetchone()[0]
+            db.execute("INSERT INTO jobs (request_id, job_id, submitted, launch, n_workers) "
+                       "VALUES (?, ?, ?, ?, 0)", (to_request, job[0], time.time(), new_launch))
+            db.execute("INSERT INTO workers (request_id, launch, array_task, heartbeat) "
+                       "VALUES (?, ?, ?, ?)", (to_request, new_launch, array_task, time.time()))
+            _end(db, request_id, row[0], f"it went on to request {to_request} of its pool",
+                 True, "its worker left without reporting it")
+        self._database.changed()
+        return f"{new_launch}.{array_task}"
+
+    def leave(self, request_id: int, worker: str, reason: str) -> bool:
+        """The worker leaves on purpose between pulls (idle too long, or before its
+        walltime): it ends, in a way that another worker may replace. True if it was alive."""
+        with self._database.write() as db:
+            row = _worker_row(db, request_id, worker, "id, ended")
+            if row is None or row[1] is not None:
+                return False
+            _end(db, request_id, row[0], reason, True, "its worker left without reporting it")
+        self._database.changed()
+        return True
+
+    def live_worker_count(self, request_ids: list[int]) -> int:
+        """Workers of submitted jobs of any of ``request_ids`` that are alive or yet to
+        start (a warm pool's workers: see ``caller/pool.py``)."""
+        return self._database.connection().execute(
+            "SELECT count(*) FROM workers w JOIN jobs j ON j.request_id = w.request_id "
+            "AND j.launch = w.launch WHERE w.request_id IN (SELECT value FROM json_each(?)) "
+            "AND w.ended IS NULL", (json.dumps(request_ids),)).fetchone()[0]
+
+    def pending_counts(self, request_ids: list[int]) -> dict[int, int]:
+        """Pending tasks of each of ``request_ids`` that has some."""
+        return dict(self._database.connection().execute(
+            "SELECT request_id, n FROM task_counts WHERE state = 'pending' AND n > 0 "
+            "AND request_id IN (SELECT value FROM json_each(?))", (json.dumps(request_ids),)))
+
+    def live_counts(self, request_ids: list[int]) -> dict[int, int]:
+        """Live workers (alive or yet to start) of each of ``request_ids`` that has some."""
+        return dict(self._database.connection().execute(
+            "SELECT request_id, count(*) FROM workers WHERE ended IS NULL "
+            "AND request_id IN (SELECT value FROM json_each(?)) GROUP BY request_id",
+            (json.dumps(request_ids),)))
+
+    def finished_count(self, request_ids: list[int]) -> int:
+        """Tasks of ``request_ids`` that are done or failed: a pool's throughput, read twice."""
+        return self._database.connection().execute(
+            "SELECT coalesce(sum(n), 0) FROM task_counts WHERE state IN ('done', 'failed') "
+            "AND request_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(request_ids),)).fetchone()[0]
 
     @staticmethod
     def _pending(db: sqlite3.Connection, request_id: int) -> int:

@@ -242,9 +242,28 @@ class Storage:
     def end_launch(self, request_id: int, launch: int, reason: str) -> None:
         self.leases.end_launch(request_id, launch, reason)
 
-    def pull(self, request_id: int, worker: str, seq: int, size: int, least: int = 1
-             ) -> Union[list[int], AskAgain, None]:
-        return self.leases.pull(request_id, worker, seq, size, least)
+    def pull(self, request_id: int, worker: str, seq: int, size: int, least: int = 1,
+             stay: bool = False) -> Union[list[int], AskAgain, None]:
+        return self.leases.pull(request_id, worker, seq, size, least, stay)
+
+    def hand_over(self, request_id: int, worker: str, seq: int, to_request: int
+                  ) -> Optional[str]:
+        return self.leases.hand_over(request_id, worker, seq, to_request)
+
+    def leave(self, request_id: int, worker: str, reason: str) -> bool:
+        return self.leases.leave(request_id, worker, reason)
+
+    def live_worker_count(self, request_ids: list[int]) -> int:
+        return self.leases.live_worker_count(request_ids)
+
+    def pending_counts(self, request_ids: list[int]) -> dict[int, int]:
+        return self.leases.pending_counts(request_ids)
+
+    def live_counts(self, request_ids: list[int]) -> dict[int, int]:
+        return self.leases.live_counts(request_ids)
+
+    def finished_count(self, request_ids: list[int]) -> int:
+        return self.leases.finished_count(request_ids)
 
     def lose_held(self, request_id: int, worker: str, batch: int, index: int,
                   reason: str) -> bool:

@@ -16,6 +16,8 @@ reads it back, so the two sides cannot disagree::
                                                          wait); none left: no frames
     POST /requests/<rid>/workers/<L>.<T>/heartbeat       the worker is alive (renews its lease)
     POST /requests/<rid>/workers/<L>.<T>/killing         the scheduler warned it will kill it
+    POST /requests/<rid>/workers/<L>.<T>/leaving         it leaves before its walltime, holding
+                                                         nothing
     POST /requests/<rid>/workers/<L>.<T>/release/<seq>   body: a JSON list of the tasks of
                                                          pull seq that it gives back, unstarted
     POST /requests/<rid>/workers/<L>.<T>/lost/<i>/<seq>  how task i (of pull seq)'s process
@@ -30,7 +32,11 @@ reads it back, so the two sides cannot disagree::
 ``seq`` numbers a worker's pulls from 1, so that a pull repeated after a lost
 answer gets the same tasks again instead of leasing more, and a release or a
 loss names the pull (the batch) it concerns. A pull may also be
-answered with a single ``WAIT`` frame: nothing yet, but ask again soon.
+answered with a single ``WAIT`` frame: nothing yet, but ask again soon. A
+worker of a warm pool may be answered ``IDLE`` (the server held its pull with
+no work for a while: ask again at once) or ``HANDOVER``: from now on it is the
+named worker of another request of its caller, whose key the frame carries
+over the TLS connection, and the arguments of its first pull there follow.
 
 **Signatures.** Every worker request carries an HMAC-SHA256, under the
 request's key, of its method, its path (which names the request, the route
@@ -117,7 +123,16 @@ SECONDS = struct.Struct("!d")
 #: A worker's versions of Python and of the packages the function reaches by name, beside
 #: the caller's, once per worker with its first report (``modules.VersionReport``, JSON).
 VERSIONS = 10
-_KINDS = (ARGUMENTS, RESULT, ERROR) + OUTPUT_KINDS + (WAIT, EXCEPTION, BEGUN, RAN, VERSIONS)
+#: The answer to a pull of a worker of a warm pool (``caller/pool.py``) that the server
+#: moves on to another request of its pool: a JSON object naming the request, its key,
+#: the worker's new name and the SHA-256 of the request's function. Arguments of the
+#: worker's first pull in that request may follow it in the same body.
+HANDOVER = 11
+#: The answer to the pull of an idle worker of a warm pool after the server held it for
+#: a while with no work: ask again at once (the server waits, not the worker).
+IDLE = 12
+_KINDS = (ARGUMENTS, RESULT, ERROR) + OUTPUT_KINDS + (WAIT, EXCEPTION, BEGUN, RAN, VERSIONS,
+                                                        HANDOVER, IDLE)
 
 #: The largest task index a path or frame may name (SQLite integers are signed 64-bit).
 MAX_INDEX = 2**62
@@ -285,6 +300,7 @@ ROUTES = {
     "pull": "POST",
     "heartbeat": "POST",
     "killing": "POST",
+    "leaving": "POST",
     "release": "POST",
     "results": "POST",
     "result": "POST",
@@ -293,7 +309,7 @@ ROUTES = {
     "lost": "POST",
 }
 _REQUEST_ROUTES = ("function", "results")
-_WORKER_ROUTES = ("heartbeat", "killing")
+_WORKER_ROUTES = ("heartbeat", "killing", "leaving")
 _TASK_ROUTES = ("result", "error", "output")
 #: Routes whose bodies are accepted up to REPORT_FLOOR_BYTES whatever the server's limit.
 FLOOR_ROUTES = ("error", "output", "lost")
@@ -304,7 +320,7 @@ _PATH = re.compile(
     r"/requests/(?P<rid>[0-9]{1,18})/(?:"
     r"(?P<request_route>function|results)"
     r"|workers/(?P<launch>[0-9]{1,9})\.(?P<array_task>[0-9]{1,9})/"
-    r"(?:(?P<worker_route>heartbeat|killing)"
+    r"(?:(?P<worker_route>heartbeat|killing|leaving)"
     r"|pull/(?P<seq>[1-9][0-9]{0,8})/(?P<size>[1-9][0-9]{0,6})/(?P<least>[1-9][0-9]{0,6})"
     r"|release/(?P<release_seq>[1-9][0-9]{0,8})"
     r"|lost/(?P<lost>[0-9]{1,19})/(?P<lost_seq>[1-9][0-9]{0,8}))"

@@ -52,6 +52,8 @@ class WorkerSettings:
     #: What a worker does when its versions differ from the caller's: "warn" (it tells
     #: the caller), "error" (its tasks fail, saying so) or "ignore".
     version_mismatch: str = "warn"
+    #: Seconds the scheduler lets each worker run, when known: it leaves before then.
+    walltime_seconds: Optional[float] = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for the job file's ``SETTINGS`` literal."""

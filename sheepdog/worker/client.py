@@ -95,15 +95,21 @@ class Client:
         connection.sock.settimeout(READ_SECONDS)
         return connection
 
+    def switch(self, request_id: int, key: bytes) -> None:
+        """Speak for another request of the caller from now on (a warm pool's handover)."""
+        self.request_id, self.key = request_id, key
+
     def request(self, route: str, body: Optional[Body] = None, *, worker: Optional[str] = None,
                 task: Optional[int] = None, seq: Optional[int] = None,
-                size: Optional[int] = None, least: Optional[int] = None) -> bytearray:
+                size: Optional[int] = None, least: Optional[int] = None,
+                retry_seconds: Optional[float] = None) -> bytearray:
         """Send one request on ``route`` (a name in ``protocol.ROUTES``), retrying transient
         failures; return the answer's body as a bytearray.
 
         ``worker``, ``task``, ``seq``, ``size`` and ``least`` are what the
         route names (see ``protocol.path``). ``body`` is bytes-like or a list of
         parts; large parts are sent as they are, never joined into one copy.
+        ``retry_seconds`` replaces the client's own for this request.
         One retry loop with its outcomes side by side: hence its length.
         """
         method = protocol.ROUTES[route]
@@ -116,7 +122,8 @@ class Client:
             headers["Content-Type"] = "application/octet-stream"
             headers["Content-Length"] = str(protocol.nbytes(body))
             body = protocol.coalesce(body) if isinstance(body, list) else body
-        deadline = time.monotonic() + self.retry_seconds
+        retry_seconds = self.retry_seconds if retry_seconds is None else retry_seconds
+        deadline = time.monotonic() + retry_seconds
         disk_deadline: Optional[float] = None  # set by the first 507
         delay, tried = 0.25, 0
         while True:
@@ -155,7 +162,7 @@ class Client:
             if time.monotonic() + delay > (disk_deadline or deadline):
                 raise ConnectionError(
                     f"gave up on {method} {full_path} via {self.url} after "
-                    f"{self.retry_seconds:.0f} s: {failure}"
+                    f"{retry_seconds:.0f} s: {failure}"
                 )
             log(f"{method} {full_path} via {self.url} failed ({failure}); retrying in {delay:.1f} s")
             time.sleep(delay)

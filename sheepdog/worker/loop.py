@@ -20,6 +20,8 @@ worker, the supervisor kills the runner, posts what it holds and says so
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import sys
@@ -28,7 +30,7 @@ from types import FrameType
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from ..wire.failures import error_bytes
-from ..wire.protocol import ERROR, WAIT, unpack_frames, worker_name
+from ..wire.protocol import ERROR, HANDOVER, IDLE, WAIT, Frame, unpack_frames, worker_name
 from ..wire.settings import WorkerSettings
 from .batching import BatchSize
 from .client import Client, read_key
@@ -40,6 +42,13 @@ from .supervisor import Supervisor
 #: How long a worker waits to ask again when the server has no task for it yet, but
 #: other workers may give some back.
 WAIT_SECONDS = 0.5
+#: How long an idle worker of a warm pool tries to reach its caller before it leaves:
+#: it holds nothing, so a caller that has gone costs it only this.
+IDLE_RETRY_SECONDS = 10.0
+#: Seconds before its walltime by which a worker has left (at most a twentieth of it).
+LEAVE_MARGIN = 10.0
+#: Functions a worker of a warm pool keeps, by digest, for the requests it may return to.
+KEPT_FUNCTIONS = 16
 
 
 def python_mismatch(expected: Sequence[int]) -> Optional[str]:
@@ -85,40 +94,114 @@ def report_kill_notices(connect: Callable[[float], Client], supervisor: Supervis
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
+class Identity:
+    """Which request this worker serves now, under which key and name: a worker of a
+    warm pool is handed over from request to request (``HANDOVER``)."""
+
+    def __init__(self, request_id: int, key: bytes, worker: str) -> None:
+        self.request_id, self.key, self.worker = request_id, key, worker
+
+
+class Walltime:
+    """When this worker must have left, for a scheduler that kills it at its walltime.
+
+    It takes no batch that would run past ``LEAVE_MARGIN`` seconds (or a
+    twentieth of the walltime, if less) before then, and gives back what it
+    holds unstarted when the next task would not end in time.
+    """
+
+    def __init__(self, seconds: Optional[float]) -> None:
+        margin = min(LEAVE_MARGIN, 0.05 * seconds) if seconds else 0.0
+        self.deadline = (time.monotonic() + seconds - margin) if seconds else None
+
+    def left(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.monotonic()
+
+    def tasks_that_fit(self, per_task: Optional[float], wanted: int) -> int:
+        """How many of ``wanted`` tasks of ``per_task`` seconds end in time (0: leave)."""
+        left = self.left()
+        if left == float("inf"):
+            return wanted
+        if left <= 0:
+            return 0
+        if per_task is None:
+            return 1
+        return min(wanted, int(left / per_task))
+
+
 def run(job_settings: Mapping[str, Any]) -> int:
     """Be worker ``<launch>.<array task>`` of the request until no task is left; an exit status.
 
     ``job_settings`` is the job file's ``SETTINGS`` literal (:class:`WorkerSettings`).
+    A worker of a warm pool goes on with other requests of its caller as the
+    server hands it over, and leaves when the server says it has been idle
+    long enough, when its caller has gone, or before its walltime.
     """
     die_with_parent(expected_parent())
     settings = WorkerSettings.from_dict(job_settings)
-    worker = worker_name(settings.launch, os.environ[settings.task_variable])
-    key = read_key(settings)
+    me = Identity(settings.request_id, read_key(settings),
+                  worker_name(settings.launch, os.environ[settings.task_variable]))
 
     def connect(retry_seconds: float = settings.retry_seconds) -> Client:
-        return Client(settings.urls, settings.request_id, key, retry_seconds,
+        return Client(settings.urls, me.request_id, me.key, retry_seconds,
                       settings.certificate, settings.disk_full_seconds)
 
     client = connect()
     output = TaskOutput()
-    supervisor = Supervisor(client, connect(settings.heartbeat_seconds), worker,
+    supervisor = Supervisor(client, connect(settings.heartbeat_seconds), me.worker,
                             settings.heartbeat_seconds, output)
     kill_signals = kill_signal_numbers(settings)
     report_kill_notices(connect, supervisor, kill_signals)
+    walltime = Walltime(settings.walltime_seconds)
     try:
         problem = python_mismatch(settings.python)
-        function = client.request("function") if problem is None else None
-        batch, status, seq = BatchSize(settings.chunksize), 0, 1
+        functions: dict[str, bytearray] = {}
+        versions_told: set[str] = set()  # digests of the functions whose batches told them
+        function, digest = _fetch_function(client, functions) if problem is None else (None, "")
+        batch, status, seq, idle = BatchSize(settings.chunksize), 0, 1, False
+        frames: Optional[list[Frame]] = None
         while True:
-            frames = unpack_frames(client.request("pull", worker=worker, seq=seq,
-                                                  size=batch.size, least=batch.least))
+            if frames is None:
+                size = walltime.tasks_that_fit(batch.per_task, batch.size)
+                if not size:
+                    client.request("leaving", worker=me.worker)
+                    return status
+                try:
+                    frames = unpack_frames(client.request(
+                        "pull", worker=me.worker, seq=seq, size=size,
+                        least=min(size, batch.least),
+                        retry_seconds=IDLE_RETRY_SECONDS if idle else None))
+                except ConnectionError:
+                    if idle:  # holding nothing, and its caller has gone: nothing is lost
+                        return status
+                    raise
             if not frames:
                 return status
-            if frames[0][1] == WAIT:  # none yet, but other workers may give some back
-                time.sleep(WAIT_SECONDS)
+            kind = frames[0][1]
+            if kind in (WAIT, IDLE):  # none yet; after IDLE the server did the waiting
+                idle = kind == IDLE
+                frames = None
+                if kind == WAIT:
+                    time.sleep(WAIT_SECONDS)
                 continue
+            if kind == HANDOVER:
+                ticket = json.loads(bytes(frames[0][2]))
+                me.request_id, me.key = int(ticket["request"]), str(ticket["key"]).encode()
+                me.worker = supervisor.worker = str(ticket["worker"])
+                for line in (client, supervisor.beater):
+                    line.switch(me.request_id, me.key)
+                digest = str(ticket["function"])
+                if problem is None and digest not in functions:
+                    function, digest = _fetch_function(client, functions)
+                elif problem is None:
+                    function = functions[digest]
+                batch, seq, idle = BatchSize(settings.chunksize), 1, False
+                frames = frames[1:] or None  # the first pull there, if it found work
+                continue
+            idle = False
             seq += 1
             arguments = {index: payload for index, _kind, payload in frames}
+            frames = None
             indices = list(arguments)
             started = time.monotonic()
             if problem is not None:  # every task fails the same way, and says why
@@ -129,11 +212,24 @@ def run(job_settings: Mapping[str, Any]) -> int:
                 batch.took(len(indices), time.monotonic() - started)
                 continue
             assert function is not None, "fetched above whenever this Python can load it"
+            runnable, told = function, digest in versions_told
+            versions_told.add(digest)
             status = supervisor.run(lambda todo, claims: Runner(lambda channel: run_tasks(
-                function, arguments, todo, channel, connect, settings, output, claims),
-                kill_signals), indices, seq - 1, batch.give_back_after) or status
+                runnable, arguments, todo, channel, connect, settings, output, claims, told),
+                kill_signals), indices, seq - 1, batch.give_back_after,
+                leave_at=walltime.deadline, per_task=batch.per_task) or status
             batch.took(len(supervisor.started), time.monotonic() - started)
     finally:
         client.close()
         supervisor.beater.close()
 
+
+def _fetch_function(client: Client, functions: dict[str, bytearray]) -> tuple[bytearray, str]:
+    """The function (and namespace) of the client's request and its digest, by which it is
+    kept: a worker of a warm pool fetches each function once."""
+    blob = client.request("function")
+    if len(functions) >= KEPT_FUNCTIONS:
+        functions.pop(next(iter(functions)))
+    digest = hashlib.sha256(blob).hexdigest()
+    functions[digest] = blob
+    return blob, digest

@@ -227,8 +227,14 @@ def compare_versions(caller: dict[str, str], settings: WorkerSettings, reports: 
 
 def run_tasks(function_blob: Buffer, arguments: dict[int, memoryview], indices: list[int],
               channel: socket.socket, connect: Callable[[], Client], settings: WorkerSettings,
-              output: TaskOutput, claims: Claims) -> int:
-    """In the runner: load ``f``, then run each task it may claim; the runner's exit status."""
+              output: TaskOutput, claims: Claims, versions_told: bool = False) -> int:
+    """In the runner: load ``f``, then run each task it may claim; the runner's exit status.
+
+    ``versions_told``: an earlier batch of this function told the caller this
+    worker's versions already; unless differences fail the tasks
+    (``version_mismatch`` "error"), they are not looked up again, which costs
+    milliseconds that a warm pool's one-task batches would pay each time.
+    """
     reports = RunnerReports(channel, connect)
     problem: Optional[str] = None
     try:
@@ -238,7 +244,8 @@ def run_tasks(function_blob: Buffer, arguments: dict[int, memoryview], indices: 
     except BaseException as error:  # noqa: B902 - report any failure to load
         problem = "the function could not be loaded on this worker:\n" + describe_failure(error)
     else:
-        problem = compare_versions(caller_versions, settings, reports, indices[:1])
+        if not versions_told or settings.version_mismatch == "error":
+            problem = compare_versions(caller_versions, settings, reports, indices[:1])
     last: Optional[int] = None
     for position, index in enumerate(indices):
         if not claims.claim(position):

@@ -104,6 +104,7 @@ class Supervisor:
         self.crash_status: Optional[int] = None  # the first crashed runner's wait status
         self.given_back: set[int] = set()
         self.give_back_after = float("inf")
+        self.give_back_at = float("inf")  # on time.monotonic: the walltime nears
         self.todo: list[int] = []  # the runner's tasks
         self.batch = 0  # the pull (its seq) that the batch came from
         self.claims: Optional[Claims] = None  # what it may still start
@@ -112,13 +113,17 @@ class Supervisor:
     # -- the runners ------------------------------------------------------
 
     def run(self, start_runner: Callable[[list[int], Claims], Runner], indices: Iterable[int],
-            batch: int, give_back_after: float = float("inf")) -> int:
+            batch: int, give_back_after: float = float("inf"),
+            leave_at: Optional[float] = None, per_task: Optional[float] = None) -> int:
         """Run the batch ``indices`` of pull ``batch`` in runners until each has started
-        once, giving back what a task running for ``give_back_after`` seconds holds up;
-        the exit status."""
+        once, giving back what a task running for ``give_back_after`` seconds holds up,
+        and what is unstarted once a task of ``per_task`` seconds would not end before
+        ``leave_at`` (the worker's walltime, on ``time.monotonic``); the exit status."""
         todo, status, self.batch = list(indices), 0, batch
         self.remaining, self.started, self.crash_status = set(indices), set(), None
         self.given_back, self.give_back_after = set(), give_back_after
+        self.give_back_at = (float("inf") if leave_at is None
+                             else leave_at - (per_task or 0.0))
         try:
             while todo:
                 begun = len(self.started)
@@ -245,6 +250,9 @@ class Supervisor:
         """Post what is held, beat, and give back what a long task holds up, when it is time."""
         now = time.monotonic()
         if self.current is not None and now - self.current_since >= self.give_back_after:
+            self._give_back()
+        elif now >= self.give_back_at:  # its walltime nears: only the task it runs may end
+            self.give_back_at = float("inf")
             self._give_back()
         if self.size >= FLUSH_BYTES or (self.since is not None
                                          and now - self.since >= FLUSH_SECONDS):
