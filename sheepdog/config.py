@@ -98,10 +98,17 @@ class Config:
     #: GridEngine's parallel environment for ``cores``, and its complex for ``gpus``.
     pe_name: str = "smp"
     gpu_resource: Optional[str] = None
+    #: Whether a task reuses the result of an earlier success of the same computation
+    #: (see docs/remembering.rst): False, True, or "refresh" (compute again, and remember
+    #: the new result).
+    cache: Union[bool, str] = False
 
 
 #: The longest ``linger``: idle workers hold a shared cluster's slots.
 MAX_LINGER = 86400.0
+
+#: The ``cache`` value that computes again and remembers the new results.
+CACHE_REFRESH = "refresh"
 
 #: What ``version_mismatch`` may say.
 VERSION_MISMATCH = ("warn", "error", "ignore")
@@ -147,6 +154,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "account": (str, type(None)),
     "pe_name": (str,),
     "gpu_resource": (str, type(None)),
+    "cache": (bool, str),
 }
 
 VALID_KEYS = tuple(field.name for field in dataclasses.fields(Config))
@@ -189,6 +197,10 @@ def _check_values(config: Config) -> None:
         raise InvalidValue("version_mismatch", f"config key 'version_mismatch' is "
                            f"{config.version_mismatch!r}; choose one of "
                            f"{', '.join(VERSION_MISMATCH)}")
+    if isinstance(config.cache, str) and config.cache != CACHE_REFRESH:
+        raise InvalidValue("cache", f"config key 'cache' is {config.cache!r}; choose true "
+                                    f"(reuse remembered results), false (the default) or "
+                                    f"{CACHE_REFRESH!r} (compute again and remember)")
     if config.callback not in CALLBACKS:
         raise InvalidValue("callback", f"config key 'callback' is {config.callback!r}; "
                                        f"choose one of {', '.join(CALLBACKS)}")

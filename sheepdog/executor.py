@@ -35,6 +35,7 @@ from .wire import serialisation
 from .backends.registry import backend_class
 from .caller.completion import FIRST_DELAY, LONGEST_DELAY, TaskFollower
 from .config import Config, resolve_with_origins
+from .caller import remembering
 from .caller.outcomes import outcome
 from .caller.request import Request
 from .caller.session import Session, function_name
@@ -166,7 +167,8 @@ class Executor(concurrent.futures.Executor):
             function_blob = serialisation.dumps_function(fn, self.ns)
         futures: "list[Future[Any]]" = [Future() for _ in calls]
         if self._inline:
-            self._run_inline(function_blob, arguments, futures, config, function_name(fn))
+            self._run_inline(function_blob, arguments, futures, config, function_name(fn),
+                             remembering.function_key(config, fn, self.ns))
             return futures
         with self._lock:
             self._refuse_after_shutdown()
@@ -181,9 +183,10 @@ class Executor(concurrent.futures.Executor):
 
     def _run_inline(self, function_blob: bytes, arguments: list[Any],
                     futures: "list[Future[Any]]", config: Config,
-                    name: tuple[str, str]) -> None:
+                    name: tuple[str, str], computation: Optional[bytes]) -> None:
         """The inline scheduler: run the calls here and now, in order, as one request."""
-        request = self._session.submit_serialised(function_blob, arguments, config, name=name)
+        request = self._session.submit_serialised(function_blob, arguments, config, name=name,
+                                                  computation=computation)
         changes = request.storage.task_changes(request.id, 0.0, 1, False)
         for change in sorted(changes, key=lambda change: change.task):
             future = futures[change.task - 1]
@@ -252,7 +255,8 @@ class Executor(concurrent.futures.Executor):
                 request = self._session.submit_serialised(
                     wanted[0].function_blob, [s.arguments for s in wanted],
                     config, self._origins,
-                    function_name(wanted[0].function))
+                    function_name(wanted[0].function),
+                    remembering.function_key(config, wanted[0].function, self.ns))
             except Exception as error:  # the scheduler's refusal is each future's error
                 for submission in wanted:
                     _settle(submission.future, None, error)

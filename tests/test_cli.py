@@ -180,12 +180,14 @@ def test_list_shows_each_request_with_its_age_and_its_tasks_by_state(finished, c
     code, out, _ = run(capsys, "list", "--dbfile", finished)
     header, first, second = out.splitlines()
     assert header.split() == ["ID", "FUNCTION", "CREATED", "ELAPSED", "STATE", "DONE", "FAILED",
-                              "LOST", "CANCELLED", "RUNNING", "QUEUED", "PENDING", "TOTAL"]
+                              "LOST", "CANCELLED", "RUNNING", "QUEUED", "PENDING", "TOTAL",
+                              "SIZE"]
     function = "tests.test_cli.invert"
-    assert re.fullmatch(rf" *1  {function} +\d+ s ago +\d+ s +failed +2 +1 +0 +0 +0 +0 +0 +3",
-                        first)
-    assert re.fullmatch(rf" *2  {function} +\d+ s ago +\d+ s +done +2 +0 +0 +0 +0 +0 +0 +2",
-                        second)
+    size = r"[\d.]+ k?B"
+    assert re.fullmatch(rf" *1  {function} +\d+ s ago +\d+ s +failed +2 +1 +0 +0 +0 +0 +0 +3"
+                        rf" +{size}", first)
+    assert re.fullmatch(rf" *2  {function} +\d+ s ago +\d+ s +done +2 +0 +0 +0 +0 +0 +0 +2"
+                        rf" +{size}", second)
     assert code == cli.EXIT_DONE
 
 
@@ -344,8 +346,8 @@ def test_the_entry_point_gives_its_version_and_plain_help_with_the_exit_codes():
         assert re.search(r"^  3  the request is still running", help_text, re.MULTILINE)
         assert "--dbfile DBFILE" in help_text or not argv
     listed = re.findall(r"^    (\w+) ", sheepdog_command("--help").stdout, re.MULTILINE)
-    assert listed == ["list", "status", "results", "errors", "logs", "cancel", "serve", "config",
-                      "dashboard", "script"]
+    assert listed == ["list", "status", "results", "errors", "logs", "cancel", "rm", "prune",
+                      "serve", "config", "dashboard", "script"]
 
 
 def test_the_entry_point_reads_results_as_json(finished):

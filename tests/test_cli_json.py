@@ -21,7 +21,7 @@ COUNTS = {state: int for state in ("done", "failed", "lost", "cancelled", "runni
 #: The schemas of docs/cli.rst: each key and the type(s) of its value.
 REQUEST = {"id": int, "function": OPTIONAL_TEXT, "module": OPTIONAL_TEXT, "created": NUMBER,
            "elapsed": NUMBER, "state": str, "backend": str, "total": int, "finished": int,
-           "counts": COUNTS}
+           "remembered": int, "bytes": int, "counts": COUNTS}
 LIST = {"dbfile": str, "now": NUMBER, "requests": [REQUEST]}
 TASK = {"index": int, "state": str, "error": OPTIONAL_TEXT, "output": dict}
 LOGS = {"request": int, "tasks": [TASK]}

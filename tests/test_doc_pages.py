@@ -35,7 +35,7 @@ def test_the_command_pages_examples_run_against_the_maps_it_shows(tmp_path, monk
     monkeypatch.setattr(records, "age", lambda seconds: "3 min ago")
     monkeypatch.setattr(records, "span", lambda seconds: "1 s")
     results = run_page("cli.rst")
-    assert results.failed == 0 and results.attempted == 16
+    assert results.failed == 0 and results.attempted == 19
 
 
 def test_a_page_that_says_otherwise_than_the_command_fails(tmp_path, monkeypatch):
@@ -51,3 +51,9 @@ def test_the_tips_pages_examples_run_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     results = run_doctest(page("tips_and_tricks.rst"), {"scheduler": "local"})
     assert results.failed == 0 and results.attempted == 4
+
+
+def test_the_remembering_pages_examples_run_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    results = run_doctest(page("remembering.rst"), {"scheduler": "local", "cache": True})
+    assert results.failed == 0 and results.attempted == 13

@@ -76,6 +76,8 @@ class WaitClock:
 def _counts(progress: Progress, elapsed: float, already: int = 0) -> str:
     """Counts, rate and time left, without the bar."""
     parts = [f"{progress.finished}/{progress.total} finished"]
+    if progress.remembered:
+        parts.append(f"{progress.remembered} remembered")
     if progress.executing:
         parts.append(f"{progress.executing} running")
     if progress.queued:

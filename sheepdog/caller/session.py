@@ -29,6 +29,7 @@ from ..config import Config, resolve_with_origins, security_warnings, unused_key
 from ..server import Server
 from ..storage import Storage
 from ..wire import serialisation
+from . import remembering
 from .owner import DatabaseOwner, acquire, opened, release
 from .pool import Pool
 from .request import Request
@@ -158,11 +159,12 @@ class Session:
         function_blob = serialisation.dumps_function(f, ns)
         argument_blobs = [serialisation.dumps_argument(i, a) for i, a in enumerate(arguments)]
         return self.submit_serialised(function_blob, argument_blobs, conf, origins,
-                                      function_name(f))
+                                      function_name(f), remembering.function_key(conf, f, ns))
 
     def submit_serialised(self, function_blob: bytes, argument_blobs: Sequence[Any],
                           conf: Config, origins: Optional[Mapping[str, str]] = None,
-                          name: Optional[tuple[str, str]] = None) -> Request:
+                          name: Optional[tuple[str, str]] = None,
+                          computation: Optional[bytes] = None) -> Request:
         """:meth:`submit` once the function and arguments are serialised.
 
         The :class:`~sheepdog.executor.Executor` serialises each argument in
@@ -171,7 +173,10 @@ class Session:
         ``conf`` that lowers security is warned about, naming where it was set
         (``origins``, from :func:`~sheepdog.config.resolve_with_origins`).
         ``name`` is the function's (module, qualified name), from
-        :func:`function_name`, stored to say what the request is.
+        :func:`function_name`, stored to say what the request is. ``computation``
+        is the function's key (:func:`remembering.function_key`): with it, the
+        tasks computed before get their results here, and only the others are
+        submitted (see ``remembering.py``).
         """
         stored = _stored_config(conf)
         already = opened(conf.dbfile)  # nothing is stored before the backend's checks
@@ -196,7 +201,8 @@ class Session:
             log.info("request %s: live dashboard at %s", request_id, link)
         with self._lock:
             self._requests[(storage.dbfile, request_id)] = request
-        if not argument_blobs:
+        remembered = remembering.recall(storage, request_id, conf, computation, argument_blobs)
+        if remembered == len(argument_blobs):  # nothing left to compute: no job
             return request
         try:
             if server is not None:

@@ -7,7 +7,7 @@ that returns the exit code; :func:`main` builds the parser, resolves
 The help text is plain text (see :func:`help_epilog`), not the
 reStructuredText of the docs. No command creates a database: a missing
 dbfile is an error that names it. The reading commands (all but ``cancel``,
-``serve`` and ``config``) open it read-only and change nothing, not even an
+``serve``, ``config``, ``rm`` and ``prune``) open it read-only and change nothing, not even an
 older schema, which only a writer brings up to date. How ``serve`` picks its
 scheme and port is ``serving.py``'s; ``dashboard`` serves the live dashboard's
 page (``dashboard/``); ``script`` lives in ``script.py``.
@@ -36,7 +36,7 @@ from ..storage.payloads import payload_bytes
 from ..storage.states import CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING
 from ..storage.summaries import RequestSummary, TaskLog
 from ..wire import serialisation
-from . import records, script
+from . import housekeeping, records, script
 from .records import age  # noqa: F401 - named here before records held it
 from .serving import CommandError, listing, plan_serving
 
@@ -105,15 +105,17 @@ def _list(arguments: argparse.Namespace, session: Session) -> int:
     now = time.time()
     summaries = records.chosen(storage.request_summaries(), arguments.running, arguments.failed,
                                arguments.since, arguments.last, now)
+    sizes = storage.request_sizes([summary.request_id for summary in summaries])
     if arguments.json:
         print(json.dumps({"dbfile": storage.dbfile, "now": now, "requests": [
-            records.request_record(summary, now) for summary in summaries]}, indent=2))
+            records.request_record(summary, now, sizes.get(summary.request_id, 0))
+            for summary in summaries]}, indent=2))
     elif not summaries:
         filtered = (arguments.running or arguments.failed or arguments.since is not None
                     or arguments.last is not None)
         print(f"no requests in {storage.dbfile}{' that the filters keep' if filtered else ''}")
     else:
-        print("\n".join(records.table(summaries, now)))
+        print("\n".join(records.table(summaries, now, sizes)))
     return EXIT_DONE
 
 
@@ -131,7 +133,8 @@ def _status(arguments: argparse.Namespace, session: Session) -> int:
         return _watch(storage, arguments.request_id, arguments.interval, progress)
     summary, now = _summary(storage, arguments.request_id), time.time()
     if arguments.json:
-        print(json.dumps(records.request_record(summary, now), indent=2))
+        size = storage.request_sizes([arguments.request_id]).get(arguments.request_id, 0)
+        print(json.dumps(records.request_record(summary, now, size), indent=2))
     else:
         print(describe(progress, elapsed=records.elapsed(summary, now)))
     return outcome(progress)
@@ -418,6 +421,7 @@ def _parser() -> argparse.ArgumentParser:
                            'error and output')
     request_command("cancel", _cancel, "remove a request's jobs from the scheduler and mark "
                                        "its unfinished tasks cancelled")
+    housekeeping.add_commands(command)
     serve = command(
         "serve", _serve, "serve results for requests in a database",
         "Restart the callback server for requests already in the database (after the "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from ..storage.states import CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING
 from ..storage.summaries import RequestSummary, TaskLog
@@ -46,15 +46,16 @@ def task_counts(summary: RequestSummary) -> dict[str, int]:
     return {state: split.get(state, summary.counts.get(state, 0)) for state in COUNTS}
 
 
-def request_record(summary: RequestSummary, now: float) -> dict[str, Any]:
-    """A request as ``list --json`` and ``status --json`` give it."""
+def request_record(summary: RequestSummary, now: float, size: int) -> dict[str, Any]:
+    """A request as ``list --json`` and ``status --json`` give it; ``size`` is the bytes
+    it takes on disk."""
     counts = task_counts(summary)
     return {"id": summary.request_id, "function": summary.function_name,
             "module": summary.function_module, "created": summary.created,
             "elapsed": round(elapsed(summary, now), 3), "state": request_state(summary),
             "backend": summary.backend, "total": summary.n_tasks,
             "finished": sum(counts[state] for state in (DONE, FAILED, LOST, CANCELLED)),
-            "counts": counts}
+            "remembered": summary.remembered, "bytes": size, "counts": counts}
 
 
 def log_record(entry: TaskLog, arguments: Optional[str] = None) -> dict[str, Any]:
@@ -87,6 +88,16 @@ def chosen(summaries: Sequence[RequestSummary], running: bool = False, failed: b
     return kept if last is None else kept[max(len(kept) - last, 0):]
 
 
+def size(n_bytes: int) -> str:
+    """``12.3 MB``: a size on disk, in its largest unit of 1000s."""
+    value = float(n_bytes)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
 def age(seconds: float) -> str:
     """``3 min ago``: how long ago something happened, roughly, as ``list`` shows it."""
     return f"{span(seconds)} ago"
@@ -101,16 +112,19 @@ def span(seconds: float) -> str:
     return f"{max(int(seconds), 0)} s"
 
 
-def table(summaries: Sequence[RequestSummary], now: float) -> list[str]:
-    """``list``'s lines: a header and a row per request, columns aligned."""
+def table(summaries: Sequence[RequestSummary], now: float, sizes: Mapping[int, int]
+          ) -> list[str]:
+    """``list``'s lines: a header and a row per request, columns aligned; ``sizes`` are
+    the bytes each request takes on disk."""
     header = ("ID", "FUNCTION", "CREATED", "ELAPSED", "STATE",
-              *(state.upper() for state in COUNTS), "TOTAL")
+              *(state.upper() for state in COUNTS), "TOTAL", "SIZE")
     rows = []
     for summary in summaries:
         counts = task_counts(summary)
         rows.append((str(summary.request_id), summary.function, age(now - summary.created),
                      span(elapsed(summary, now)), request_state(summary),
-                     *(str(counts[state]) for state in COUNTS), str(summary.n_tasks)))
+                     *(str(counts[state]) for state in COUNTS), str(summary.n_tasks),
+                     size(sizes.get(summary.request_id, 0))))
     widths = [max(len(row[column]) for row in (header, *rows)) for column in range(len(header))]
     left = range(1, 5)  # the words are left-aligned, the numbers right-aligned
     return ["  ".join(cell.ljust(width) if column in left else cell.rjust(width)

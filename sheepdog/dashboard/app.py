@@ -104,7 +104,7 @@ def _request_fields(summary: RequestSummary, now: float) -> dict[str, Any]:
     return {"id": summary.request_id, "created": summary.created, "backend": summary.backend,
             "tasks": summary.n_tasks, "counts": summary.counts,
             "function": summary.function_name, "module": summary.function_module,
-            "executing": summary.executing,
+            "executing": summary.executing, "remembered": summary.remembered,
             "queued": summary.counts.get(RUNNING, 0) - summary.executing,
             "elapsed": max(end - summary.created, 0.0), "eta": eta(summary, now)}
 

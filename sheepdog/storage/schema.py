@@ -149,10 +149,32 @@ ALTER TABLE tasks ADD COLUMN seconds REAL;
 CREATE INDEX tasks_executing ON tasks (request_id) WHERE state = 'running' AND began IS NOT NULL
 """
 
+#: From version 6: the key of each task's computation (``digest``, see
+#: ``caller/fingerprint.py``), kept for the requests made with the ``cache`` config
+#: key, so that a later request finds an earlier success by key. The index is on
+#: ``key``, the digest's first 64 bits as an integer: a quarter of the size of an
+#: index on the digest, which makes storing 100,000 keys about twice as fast.
+#: A task that reused an earlier result has no row: its source holds the key.
+#: A request keeps its function's digest (``computation``): only requests of the same
+#: function can hold a task's key, so a new function asks no index. ``remembered``
+#: counts a request's remembered tasks, so that reading progress does not count them.
+_UPGRADE_TO_7 = """
+CREATE TABLE computations (
+    request_id INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    key INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    PRIMARY KEY (request_id, idx)
+) WITHOUT ROWID;
+CREATE INDEX computations_by_key ON computations (key);
+ALTER TABLE requests ADD COLUMN computation BLOB;
+ALTER TABLE requests ADD COLUMN remembered INTEGER NOT NULL DEFAULT 0
+"""
+
 #: The schema as scripts, each bringing it one version up: a database of
 #: version N runs the scripts from N on, in one transaction.
 _MIGRATIONS = (_SCHEMA, _UPGRADE_TO_2, _UPGRADE_TO_3, _UPGRADE_TO_4, _UPGRADE_TO_5,
-               _UPGRADE_TO_6)
+               _UPGRADE_TO_6, _UPGRADE_TO_7)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 

@@ -25,7 +25,9 @@ from .file_safety import (
     private_directory,
     private_file,
 )
+from .housekeeping import Freed, Housekeeping
 from .leases import AskAgain, Leases, WorkerEnd
+from .memo import EarlierResult, Memo
 from .outputs import STREAMS
 from .payloads import PayloadDirectory, PayloadFile
 from .requests import Job, Requests
@@ -86,7 +88,8 @@ class Storage:
     """One SQLite database file; safe to share between threads of one process.
 
     Each method is that of the part it names (:attr:`requests`,
-    :attr:`tasks`, :attr:`leases`, :attr:`summaries`), where it is documented.
+    :attr:`tasks`, :attr:`leases`, :attr:`summaries`, :attr:`memo`,
+    :attr:`housekeeping`), where it is documented.
     """
 
     def __init__(self, dbfile: str | os.PathLike[str], read_only: bool = False) -> None:
@@ -110,6 +113,8 @@ class Storage:
         self.tasks = Tasks(self.database, self.requests)
         self.leases = Leases(self.database)
         self.summaries = Summaries(self.database, self.requests)
+        self.memo = Memo(self.database)
+        self.housekeeping = Housekeeping(self.database)
 
     def _open_to_read(self) -> None:
         """Check the files and the schema, changing nothing (see ``read_only.py``)."""
@@ -294,6 +299,30 @@ class Storage:
 
     def lose_silent(self, request_id: int, silent_since: float, reason: str) -> list[int]:
         return self.leases.lose_silent(request_id, silent_since, reason)
+
+    # -- remembered computations (Memo) ----------------------------------------
+
+    def earlier_results(self, function_digest: bytes, keys: Sequence[bytes]
+                        ) -> list[EarlierResult]:
+        return self.memo.earlier_results(function_digest, keys)
+
+    def remember(self, request_id: int, function_digest: bytes, keys: Sequence[bytes],
+                 chosen: Iterable[EarlierResult]) -> int:
+        return self.memo.remember(request_id, function_digest, keys, chosen)
+
+    def remembered(self, request_id: int) -> int:
+        return self.memo.remembered(request_id)
+
+    # -- tidying (Housekeeping) -----------------------------------------------
+
+    def request_sizes(self, request_ids: Optional[Sequence[int]] = None) -> dict[int, int]:
+        return self.housekeeping.request_sizes(request_ids)
+
+    def removable_before(self, created_before: float, keep_cached: bool) -> list[int]:
+        return self.housekeeping.removable_before(created_before, keep_cached)
+
+    def remove_requests(self, request_ids: Sequence[int]) -> Freed:
+        return self.housekeeping.remove(request_ids)
 
     # -- summaries (Summaries) -----------------------------------------------
 

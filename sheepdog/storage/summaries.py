@@ -63,6 +63,8 @@ class RequestSummary(NamedTuple):
     function_name: Optional[str] = None
     executing: int = 0
     ended: Optional[float] = None
+    #: Of the done tasks, those that reused an earlier result (``cache``, see ``memo.py``).
+    remembered: int = 0
 
     @property
     def function(self) -> str:
@@ -115,11 +117,12 @@ class Summaries:
             f"WHERE state = '{RUNNING}' AND began IS NOT NULL AND {only} GROUP BY request_id",
             chosen).fetchall())
         rows = connection.execute(
-            "SELECT id, created, backend, n_tasks, function_module, function_name FROM requests "
-            f"WHERE {only.replace('request_id', 'id')} ORDER BY id", chosen).fetchall()
+            "SELECT id, created, backend, n_tasks, function_module, function_name, remembered "
+            f"FROM requests WHERE {only.replace('request_id', 'id')} ORDER BY id",
+            chosen).fetchall()
         summaries = [RequestSummary(rid, created, backend, n_tasks, counts.get(rid, {}), module,
-                                    name, executing.get(rid, 0))
-                     for rid, created, backend, n_tasks, module, name in rows]
+                                    name, executing.get(rid, 0), remembered=remembered)
+                     for rid, created, backend, n_tasks, module, name, remembered in rows]
         return [summary._replace(ended=self._ended_of(summary))
                 if summary.complete and summary.n_tasks else summary for summary in summaries]
 

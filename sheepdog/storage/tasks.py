@@ -59,6 +59,8 @@ class Progress:
     lost: int = 0
     cancelled: int = 0
     queued: int = 0
+    #: Of the ``done`` tasks, those that reused an earlier result (see ``memo.py``).
+    remembered: int = 0
 
     @property
     def executing(self) -> int:
@@ -247,6 +249,8 @@ class Tasks:
         counted through an index that holds only them), however many tasks there are."""
         total = self._requests.n_tasks(request_id)
         connection = self._database.connection()
+        remembered = connection.execute(
+            "SELECT remembered FROM requests WHERE id = ?", (request_id,)).fetchone()[0]
         counts = dict(connection.execute(
             "SELECT state, n FROM task_counts WHERE request_id = ? AND n > 0", (request_id,)
         ).fetchall())
@@ -256,7 +260,7 @@ class Tasks:
                 f"AND state = '{RUNNING}' "
                 "AND began IS NOT NULL", (request_id,)).fetchone()[0]
             counts["queued"] = counts[RUNNING] - executing
-        return Progress(total=total, **counts)
+        return Progress(total=total, remembered=remembered, **counts)
 
     def open_indices(self, request_id: int) -> list[int]:
         """Indices of tasks that have not finished (pending or running)."""

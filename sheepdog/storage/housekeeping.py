@@ -1,0 +1,130 @@
+"""Tidying a database: how much room each request takes, and removing whole requests.
+
+A database that remembers (the ``cache`` config key) is kept for long, and
+grows: ``sheepdog list`` shows each request's size, and ``sheepdog rm`` and
+``sheepdog prune`` remove requests with everything that is theirs (tasks,
+arguments, results, outputs, exceptions, jobs, workers, computation keys,
+the meta entries named after them, and their payload files).
+
+Rows are removed in one write transaction, the lock every writer takes, so
+another process that uses the database meanwhile sees the requests whole or
+not at all; the payload files go after the commit (a result remembered by a
+later request is a link of its own, see ``memo.py``, and stays). A request
+with tasks still open (pending or running) is never removed: its workers
+would report to nothing. SQLite reuses the pages it frees; the file does not
+shrink until a ``VACUUM``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import NamedTuple, Optional, Sequence
+
+from .connection import Database
+from .states import PENDING, RUNNING
+
+#: The tables whose rows belong to one request, by its ``request_id``.
+_TABLES = ("tasks", "task_counts", "arguments", "results", "outputs", "exceptions", "jobs",
+           "workers", "computations")
+#: The meta entries named after a request: ``<name>:<request id>``.
+_META_NAMES = ("server", "key_file")
+#: The SQL that adds up, per request, the bytes of each table with payloads.
+_SIZES = " UNION ALL ".join(
+    f"SELECT request_id AS rid, sum(length(data)) AS n FROM {table} GROUP BY request_id"
+    for table in ("arguments", "results", "outputs", "exceptions"))
+
+
+class Freed(NamedTuple):
+    """What a removal freed: requests, their tasks, and bytes (rows and files)."""
+
+    requests: list[int]
+    tasks: int
+    bytes: int
+
+
+class StillOpen(ValueError):
+    """A request asked to be removed still has tasks to finish."""
+
+
+class Housekeeping:
+    """Sizes and removal of one database's requests."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._payloads = database.payloads
+
+    def request_sizes(self, request_ids: Optional[Sequence[int]] = None) -> dict[int, int]:
+        """Bytes that each request (every one, or those of ``request_ids``) takes: its
+        payloads in the database and in files."""
+        connection = self._database.connection()
+        sizes: dict[int, int] = {}
+        rows = connection.execute(
+            f"SELECT rid, sum(n) FROM ({_SIZES}) GROUP BY rid UNION ALL "
+            "SELECT id, length(function) FROM requests").fetchall()
+        wanted = None if request_ids is None else set(request_ids)
+        for request_id, size in rows:
+            if wanted is None or request_id in wanted:
+                sizes[request_id] = sizes.get(request_id, 0) + (size or 0)
+        for request_id in sizes:
+            sizes[request_id] += self._file_bytes(request_id)
+        return sizes
+
+    def _file_bytes(self, request_id: int) -> int:
+        directory = os.path.join(self._payloads.root, str(request_id))
+        try:
+            with os.scandir(directory) as entries:
+                return sum(entry.stat(follow_symlinks=False).st_size for entry in entries)
+        except FileNotFoundError:
+            return 0
+
+    def removable_before(self, created_before: float, keep_cached: bool) -> list[int]:
+        """Requests made before ``created_before`` whose tasks have all finished; with
+        ``keep_cached``, not those with a success a later request may reuse."""
+        keep = (" AND NOT EXISTS (SELECT 1 FROM computations c JOIN results r "
+                "ON r.request_id = c.request_id AND r.idx = c.idx WHERE c.request_id = id)"
+                if keep_cached else "")
+        return [row[0] for row in self._database.connection().execute(
+            "SELECT id FROM requests WHERE created < ? AND NOT EXISTS (SELECT 1 FROM "
+            f"task_counts WHERE request_id = id AND state IN ('{PENDING}', '{RUNNING}') "
+            f"AND n > 0){keep} ORDER BY id", (created_before,))]
+
+    def remove(self, request_ids: Sequence[int]) -> Freed:
+        """Remove the requests with all that is theirs, or nothing at all.
+
+        KeyError names requests that are not in the database, :class:`StillOpen`
+        those with tasks still to finish; either way nothing is removed.
+        """
+        chosen = sorted(set(request_ids))
+        if not chosen:
+            return Freed([], 0, 0)
+        sizes = self.request_sizes(chosen)
+        with self._database.write() as db:
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS removed (id INTEGER PRIMARY KEY)")
+            db.execute("DELETE FROM temp.removed")
+            db.executemany("INSERT INTO temp.removed VALUES (?)", [(rid,) for rid in chosen])
+            known = {row[0] for row in db.execute(
+                "SELECT id FROM requests WHERE id IN (SELECT id FROM temp.removed)")}
+            unknown = [rid for rid in chosen if rid not in known]
+            if unknown:
+                raise KeyError(f"no request {', '.join(map(str, unknown))} in "
+                               f"{self._database.dbfile}; nothing was removed")
+            still_open = [row[0] for row in db.execute(
+                "SELECT DISTINCT request_id FROM task_counts WHERE n > 0 AND state IN "
+                f"('{PENDING}', '{RUNNING}') AND request_id IN (SELECT id FROM temp.removed)")]
+            if still_open:
+                raise StillOpen(
+                    f"request {', '.join(map(str, sorted(still_open)))} still has tasks to "
+                    f"finish: cancel it first (sheepdog cancel RID); nothing was removed")
+            tasks = db.execute("SELECT coalesce(sum(n_tasks), 0) FROM requests "
+                               "WHERE id IN (SELECT id FROM temp.removed)").fetchone()[0]
+            for table in _TABLES:
+                db.execute(f"DELETE FROM {table} WHERE request_id IN "
+                           "(SELECT id FROM temp.removed)")
+            db.executemany("DELETE FROM meta WHERE key = ?",
+                           [(f"{name}:{rid}",) for rid in chosen for name in _META_NAMES])
+            db.execute("DELETE FROM requests WHERE id IN (SELECT id FROM temp.removed)")
+        for rid in chosen:
+            shutil.rmtree(os.path.join(self._payloads.root, str(rid)), ignore_errors=True)
+        self._database.changed()
+        return Freed(chosen, tasks, sum(sizes.get(rid, 0) for rid in chosen))

@@ -1,0 +1,260 @@
+"""The ``cache`` config key, end to end on the local backend: remembered tasks get their
+results without running, only the others are submitted, and only successes are
+remembered."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import sheepdog
+from sheepdog.api import default_session
+from sheepdog.storage.states import DONE
+from sheepdog.wire.protocol import ALONE_BYTES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def square(x):
+    return x * x
+
+
+def fails_on_three(x):
+    if x == 3:
+        raise ValueError("three")
+    return x
+
+
+def reads_file(path):
+    with open(path) as stream:
+        return stream.read()
+
+
+def big(x):
+    return bytes([x]) * ALONE_BYTES
+
+
+def storage_of(dbfile):
+    return default_session().storage(dbfile)
+
+
+def computed(dbfile, request_id):
+    """How many of the request's tasks a worker took (the rest were remembered)."""
+    return sum(task.started is not None
+               for task in storage_of(dbfile).dashboard_tasks(request_id))
+
+
+@pytest.fixture
+def cached(local_conf):
+    return {**local_conf, "cache": True}
+
+
+def test_a_map_of_remembered_tasks_submits_no_job(cached):
+    assert sheepdog.map(square, [(x,) for x in range(5)], cached, verbose=False) == [
+        0, 1, 4, 9, 16]
+    rid = sheepdog.map_async(square, [(x,) for x in range(5)], cached)
+    storage = storage_of(cached["dbfile"])
+    assert storage.jobs(rid) == []
+    assert storage.progress(rid).remembered == 5 and storage.progress(rid).complete
+    assert [result for _args, result in sheepdog.get_results(rid, cached["dbfile"])] == [
+        0, 1, 4, 9, 16]
+
+
+def test_only_the_tasks_not_remembered_are_submitted(cached):
+    sheepdog.map(square, [(x,) for x in range(4)], cached, verbose=False)
+    assert sheepdog.map(square, [(x,) for x in range(8)], cached, verbose=False) == [
+        x * x for x in range(8)]
+    storage = storage_of(cached["dbfile"])
+    assert storage.progress(2).remembered == 4
+    assert computed(cached["dbfile"], 2) == 4  # the workers received the other four
+
+
+def test_without_the_cache_key_nothing_is_remembered(local_conf, cached):
+    sheepdog.map(square, [(1,), (2,)], cached, verbose=False)
+    sheepdog.map(square, [(1,), (2,)], local_conf, verbose=False)
+    assert storage_of(local_conf["dbfile"]).progress(2).remembered == 0
+    assert computed(local_conf["dbfile"], 2) == 2
+
+
+def test_failed_tasks_are_computed_again(cached):
+    sheepdog.map(fails_on_three, [(x,) for x in range(5)], cached, verbose=False)
+    assert sheepdog.map(fails_on_three, [(x,) for x in range(5)], cached, verbose=False) == [
+        0, 1, 2, None, 4]
+    assert storage_of(cached["dbfile"]).progress(2).remembered == 4
+    assert computed(cached["dbfile"], 2) == 1
+
+
+def test_lost_and_cancelled_tasks_are_computed_again(cached):
+    """Tasks of a request whose job never ran: lost or cancelled, never done."""
+    storage = storage_of(cached["dbfile"])
+    session = default_session()
+    config, _origins = sheepdog.config.resolve_with_origins(cached)
+    key = sheepdog.caller.remembering.function_key(config, square, None)
+    blobs = [sheepdog.serialisation.dumps_argument(i, (x,)) for i, x in enumerate(range(3))]
+    first = storage.create_request(sheepdog.serialisation.dumps_function(square), blobs,
+                                   "secret", "local")
+    sheepdog.caller.remembering.recall(storage, first, config, key, blobs)
+    storage.record_lost(first, 1, "its worker died")
+    storage.cancel_tasks(first, [2], "cancelled by the user")
+    storage.record_reports(first, [(3, False, sheepdog.serialisation.dumps(4))])
+    request = session.submit(square, [(x,) for x in range(3)], cached)
+    request.wait(timeout=120)
+    assert request.values() == [0, 1, 4]
+    assert storage.progress(request.id).remembered == 1
+    assert computed(cached["dbfile"], request.id) == 2
+
+
+def test_a_result_found_unloadable_before_is_not_remembered(cached):
+    """Its task became failed, though its stored bytes are still there."""
+    sheepdog.map(square, [(x,) for x in range(3)], cached, verbose=False)
+    storage = storage_of(cached["dbfile"])
+    storage.record_unloadable(1, 2, "the result could not be loaded")
+    assert sheepdog.map(square, [(x,) for x in range(3)], cached, verbose=False) == [0, 1, 4]
+    assert storage.progress(2).remembered == 2
+    assert computed(cached["dbfile"], 2) == 1
+
+
+def test_refresh_computes_again_and_its_results_are_remembered_after(cached, tmp_path):
+    """What the key cannot see (a file the function reads) is picked up by "refresh"."""
+    source = tmp_path / "input.txt"
+    source.write_text("old")
+    arguments = [(str(source),)]
+    assert sheepdog.map(reads_file, arguments, cached, verbose=False) == ["old"]
+    source.write_text("new")
+    assert sheepdog.map(reads_file, arguments, cached, verbose=False) == ["old"]
+    assert sheepdog.map(reads_file, arguments, {**cached, "cache": "refresh"},
+                        verbose=False) == ["new"]
+    assert computed(cached["dbfile"], 3) == 1
+    assert sheepdog.map(reads_file, arguments, cached, verbose=False) == ["new"]
+    assert storage_of(cached["dbfile"]).progress(4).remembered == 1
+
+
+def test_a_remembered_result_that_cannot_be_loaded_is_computed_again(cached):
+    sheepdog.map(square, [(x,) for x in range(3)], cached, verbose=False)
+    storage = storage_of(cached["dbfile"])
+    with storage.database.write() as db:
+        db.execute("UPDATE results SET data = x'80' WHERE request_id = 1 AND idx = 2")
+    assert sheepdog.map(square, [(x,) for x in range(3)], cached, verbose=False) == [0, 1, 4]
+    assert storage.progress(2).remembered == 2
+    assert computed(cached["dbfile"], 2) == 1
+
+
+def test_a_large_remembered_result_in_a_file_is_reused(cached):
+    first = sheepdog.map(big, [(1,), (2,)], cached, verbose=False)
+    again = sheepdog.map(big, [(1,), (2,)], cached, verbose=False)
+    assert first == again and len(again[0]) == ALONE_BYTES
+    assert storage_of(cached["dbfile"]).progress(2).remembered == 2
+
+
+def test_an_executor_future_of_a_remembered_task_resolves_without_a_job(cached):
+    sheepdog.map(square, [(7,)], cached, verbose=False)
+    with sheepdog.Executor(cached) as executor:
+        future = executor.submit(square, 7)
+        assert future.result(timeout=60) == 49
+    storage = storage_of(cached["dbfile"])
+    assert storage.request_ids() == [1, 2] and storage.jobs(2) == []
+
+
+def test_a_function_whose_key_cannot_be_made_is_computed_with_a_warning(cached, caplog,
+                                                                         monkeypatch):
+    def cannot(function, namespace):
+        raise sheepdog.caller.fingerprint.FingerprintError("a value that cannot be read")
+
+    sheepdog.map(square, [(1,)], cached, verbose=False)
+    monkeypatch.setattr(sheepdog.caller.fingerprint, "function_key", cannot)
+    with caplog.at_level(logging.WARNING, logger="sheepdog.caller.remembering"):
+        assert sheepdog.map(square, [(1,)], cached, verbose=False) == [1]
+    assert "are not remembered" in caplog.text and "cannot be read" in caplog.text
+    assert computed(cached["dbfile"], 2) == 1
+
+
+def test_a_cache_value_that_is_not_true_false_or_refresh_is_refused(cached):
+    with pytest.raises(ValueError, match="config key 'cache' is 'yes please'"):
+        sheepdog.map(square, [(1,)], {**cached, "cache": "yes please"}, verbose=False)
+    assert not os.path.exists(cached["dbfile"])
+
+
+SCRIPT = """
+import sys
+import sheepdog
+import helpers
+
+def f(x):
+    return helpers.twice(x) + 1
+
+conf = {"scheduler": "local", "dbfile": sys.argv[1], "cache": True}
+print(sheepdog.map(f, [(x,) for x in range(6)], conf, verbose=False))
+"""
+
+
+def run_script(tmp_path, helpers):
+    (tmp_path / "helpers.py").write_text(textwrap.dedent(helpers).lstrip())
+    (tmp_path / "script.py").write_text(textwrap.dedent(SCRIPT).lstrip())
+    environment = {name: value for name, value in os.environ.items()
+                   if not name.startswith("SHEEPDOG_")}
+    environment.update(PYTHONPATH=str(ROOT), PYTHONHASHSEED="random")
+    completed = subprocess.run([sys.executable, "script.py", str(tmp_path / "db.sqlite")],
+                               cwd=tmp_path, env=environment, capture_output=True, text=True,
+                               timeout=180)
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout.strip()
+
+
+def test_an_unchanged_script_run_again_in_a_new_process_submits_no_job(tmp_path):
+    helpers = "def twice(x):\n    return 2 * x\n"
+    first = run_script(tmp_path, helpers)
+    assert run_script(tmp_path, helpers) == first == str([2 * x + 1 for x in range(6)])
+    storage = default_session().storage(str(tmp_path / "db.sqlite"))
+    assert [len(storage.jobs(rid)) for rid in storage.request_ids()] == [1, 0]
+    assert storage.progress(2).remembered == 6
+    assert [state for _a, state, _r in storage.results(2)] == [DONE] * 6
+
+
+def test_an_edited_helper_in_another_module_is_computed_again(tmp_path):
+    run_script(tmp_path, "def twice(x):\n    return 2 * x\n")
+    assert run_script(tmp_path, "def twice(x):\n    return x + x + 1\n") == str(
+        [2 * x + 2 for x in range(6)])
+    storage = default_session().storage(str(tmp_path / "db.sqlite"))
+    assert storage.progress(2).remembered == 0 and len(storage.jobs(2)) == 1
+
+
+def test_remembered_tasks_count_apart_in_status_list_and_the_dashboard(cached, capsys):
+    from sheepdog.cli import commands as cli
+    from sheepdog.dashboard.app import create_app
+
+    sheepdog.map(square, [(x,) for x in range(3)], cached, verbose=False)
+    sheepdog.map(square, [(x,) for x in range(4)], cached, verbose=False)
+    assert cli.main(["status", "2", "--dbfile", cached["dbfile"]]) == 0
+    assert "4/4 finished, 3 remembered" in capsys.readouterr().out
+    cli.main(["list", "--json", "--dbfile", cached["dbfile"]])
+    listed = json.loads(capsys.readouterr().out)["requests"]
+    assert [request["remembered"] for request in listed] == [0, 3]
+    token = "a-token-of-32-characters-or-so!!"
+    client = create_app(storage_of(cached["dbfile"]), token).test_client()
+    detail = client.get("/dashboard/api/requests/2",
+                        headers={"Authorization": f"Bearer {token}"}).get_json()
+    assert detail["remembered"] == 3
+
+
+def test_a_cache_value_set_in_the_environment_is_checked_by_the_command_too(capsys,
+                                                                             monkeypatch):
+    from sheepdog.cli import commands as cli
+
+    monkeypatch.setenv("SHEEPDOG_CACHE", "yes please")
+    assert cli.main(["config"]) == 2
+    assert "SHEEPDOG_CACHE: config key 'cache' is 'yes please'" in capsys.readouterr().err
+
+
+def test_a_key_alike_in_its_first_64_bits_only_is_not_remembered(storage):
+    """The index holds a key's first 64 bits; the whole digest must match."""
+    digest = b"f" * 32
+    key, alike = b"k" * 32, b"k" * 8 + b"x" * 24
+    first = storage.create_request(b"f", [b"a"], "secret", "local")
+    storage.remember(first, digest, [key], [])
+    storage.record_reports(first, [(1, False, sheepdog.serialisation.dumps(1))])
+    assert [found.task for found in storage.earlier_results(digest, [alike, key])] == [2]
