@@ -2,6 +2,7 @@
 existed before: another local user can neither read nor change them."""
 
 import os
+import pwd
 import stat
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import sys
 import pytest
 
 from sheepdog.storage import Storage, StorageError
+from sheepdog.storage.file_safety import UnsafePathError, private_directory, private_file
 
 OTHER_UID = 1501  # a user that is not the one running the tests
 
@@ -294,3 +296,91 @@ def threading_result(call):
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     return outcome[0]
+
+
+def _other_users_file(directory, uid):
+    path = str(directory / "theirs")
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chown(path, uid, uid)
+    return path
+
+
+def _me():
+    return f"{pwd.getpwuid(os.geteuid()).pw_name} (uid {os.geteuid()})"
+
+
+def test_a_file_that_already_has_a_second_name_is_refused_when_first_made_private(tmp_path):
+    """The check on an open descriptor, as on the first open of a database in a process."""
+    path = str(tmp_path / "db.sqlite")
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.link(path, str(tmp_path / "other-name.sqlite"))
+    with pytest.raises(UnsafePathError) as refused:
+        private_file(path)
+    assert str(refused.value) == (
+        f"{path} has 2 names (hard links): sheepdog could not tell them apart and keep its "
+        f"locks. Remove the other names, or copy the file")
+
+
+def test_a_fifo_or_a_directory_where_a_file_belongs_is_refused_as_not_a_file(tmp_path):
+    fifo, directory = str(tmp_path / "fifo"), str(tmp_path / "directory")
+    os.mkfifo(fifo, 0o600)
+    os.mkdir(directory, 0o700)
+    for path in (fifo, directory):
+        with pytest.raises(UnsafePathError) as refused:
+            private_file(path)
+        assert str(refused.value) == f"{path} is not a file: remove it, or choose another path"
+
+
+def test_a_file_where_a_directory_belongs_is_refused_as_not_a_directory(tmp_path):
+    path = str(tmp_path / "payloads")
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    for create in (True, False):
+        with pytest.raises(UnsafePathError) as refused:
+            private_directory(path, create=create)
+        assert str(refused.value) == f"{path} is not a directory: remove it, or choose another path"
+
+
+def _nameless_uid():
+    """A uid that no user of this machine has."""
+    return next(uid for uid in range(54321, 60000) if _has_no_name(uid))
+
+
+@needs_root
+@pytest.mark.parametrize("named", [True, False], ids=["a named user", "a uid with no name"])
+def test_a_file_of_another_user_is_refused_naming_both_users_and_the_way_out(
+        shared_directory, named):
+    if named and _has_no_name(OTHER_UID):
+        pytest.skip(f"uid {OTHER_UID} has no user name here")
+    uid = OTHER_UID if named else _nameless_uid()
+    owner = f"{pwd.getpwuid(uid).pw_name} (uid {uid})" if named else f"uid {uid}"
+    path = _other_users_file(shared_directory, uid)
+    with pytest.raises(UnsafePathError) as refused:
+        private_file(path)
+    assert str(refused.value) == (
+        f"{path} belongs to {owner}, not to you ({_me()}): they could read or change the "
+        f"secrets sheepdog keeps in it. Remove it, or choose another path")
+
+
+@needs_root
+def test_a_link_of_another_user_is_refused_naming_the_link_its_maker_and_the_way_out(
+        shared_directory, tmp_path):
+    ours = str(tmp_path / "ours")
+    os.close(os.open(ours, os.O_CREAT | os.O_WRONLY, 0o600))
+    link = str(shared_directory / "link")
+    os.symlink(ours, link)
+    uid = _nameless_uid()
+    os.lchown(link, uid, uid)
+    with pytest.raises(UnsafePathError) as refused:
+        private_file(link)
+    assert str(refused.value) == (
+        f"{link} is a symbolic link made by uid {uid}, not by you ({_me()}): it could "
+        f"lead sheepdog to write your secrets where they can read them. Remove the link, or "
+        f"choose another path")
+
+
+def _has_no_name(uid):
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return True
+    return False
