@@ -75,3 +75,45 @@ def test_a_body_in_parts_has_the_digest_of_its_joined_bytes():
     parts = [b"ab", memoryview(bytearray(b"cd")), b""]
     assert protocol.body_digest(parts) == protocol.body_digest(b"abcd")
     assert protocol.body_digest(None) == protocol.body_digest(b"")
+
+
+def test_a_header_in_the_sheepdog_scheme_is_accepted_up_to_200_characters_and_no_longer():
+    key, path = b"k" * 32, "/requests/1/tasks/2/result"
+    digest = protocol.body_digest(b"body")
+    claim = "Sheepdog " + protocol.signature(key, "POST", path, digest)
+    assert protocol.signed_digest(key, "POST", path, claim, digest) == digest
+    longest = claim + " " * (200 - len(claim))  # trailing blanks are not part of the claim
+    assert protocol.signed_digest(key, "POST", path, longest, digest) == digest
+    assert protocol.signed_digest(key, "POST", path, longest + " ", digest) is None
+    for scheme in ("sheepdog", "Bearer", "Sheepdog2"):
+        assert protocol.signed_digest(key, "POST", path, claim.replace("Sheepdog", scheme, 1),
+                                      digest) is None
+
+
+WIRE_KINDS = ("ARGUMENTS", "RESULT", "ERROR", "STDOUT", "STDERR", "OUTPUT", "WAIT",
+              "EXCEPTION", "BEGUN", "RAN", "VERSIONS")
+
+
+def test_every_frame_kind_is_a_number_of_its_own_and_comes_back_as_sent():
+    kinds = [getattr(protocol, name) for name in WIRE_KINDS]
+    assert len(set(kinds)) == len(kinds)
+    frames = [(number, kind, b"x" * number) for number, kind in enumerate(kinds, 1)]
+    frames.append((1, protocol.RAN, protocol.SECONDS.pack(2.5)))
+    assert protocol.unpack_frames(b"".join(protocol.pack_frames(frames))) == frames
+    assert protocol.SECONDS.unpack(frames[-1][2]) == (2.5,)
+
+
+@pytest.mark.parametrize("length", range(0, 40))
+def test_every_frame_ends_on_a_16_byte_boundary_so_the_next_payload_starts_aligned(length):
+    parts = protocol.pack_frames([(1, protocol.RESULT, b"x" * length)])
+    assert sum(map(len, parts)) % 16 == 0
+    assert protocol.frame_bytes(1, protocol.RESULT, b"x" * length) == b"".join(parts)
+
+
+def test_the_largest_failure_report_fits_in_what_every_server_accepts():
+    """An error text and its output tails are posted whatever the server's body limit."""
+    tails = protocol.pack_frames([(1, kind, b"o" * protocol.OUTPUT_TAIL_BYTES)
+                                  for kind in (protocol.STDOUT, protocol.STDERR)])
+    assert protocol.MAX_ERROR_BYTES <= protocol.REPORT_FLOOR_BYTES
+    assert protocol.nbytes(tails) <= protocol.REPORT_FLOOR_BYTES
+    assert {"error", "output", "lost"} <= set(protocol.FLOOR_ROUTES)
