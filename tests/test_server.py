@@ -404,3 +404,88 @@ def test_unsigned_body_of_announced_length_is_refused_before_it_is_read(storage,
     assert answer.startswith(b"HTTP/1.1 401")
     assert storage.progress(request_id).pending == 2
 
+
+
+def test_the_default_body_limit_is_one_gib_and_a_body_of_exactly_the_limit_is_read(storage):
+    callbacks = Callbacks(storage)
+    assert callbacks.too_large(str(1 << 30)) is None
+    refused = callbacks.too_large(str((1 << 30) + 1))
+    assert refused.status == 413 and refused.body == (
+        b"body of 1073741825 bytes is over the limit of 1073741824 bytes\n")
+    assert Callbacks(storage, max_body_bytes=10).too_large("10") is None
+    assert Callbacks(storage, max_body_bytes=10).too_large(None) is None
+
+
+def test_a_content_length_that_is_no_number_is_a_400_saying_so(storage):
+    refused = Callbacks(storage).too_large("ten")
+    assert (refused.status, refused.body) == (400, b"Content-Length is not a number\n")
+
+
+def test_error_and_output_bodies_over_a_small_limit_are_still_read(storage, request_id):
+    callbacks = Callbacks(storage, max_body_bytes=1000)
+    for route in ("error", "output"):
+        assert callbacks.too_large("5000", f"/requests/{request_id}/tasks/1/{route}") is None
+    assert callbacks.too_large("5000", f"/requests/{request_id}/tasks/1/result").status == 413
+    client = SignedClient(callbacks, b"right")
+    assert client.post(f"/requests/{request_id}/tasks/1/error", data=b"e" * 5000).status_code == 200
+    assert storage.errors(request_id)[0][1:] == ("failed", "e" * 5000)
+
+
+def test_refusals_are_plain_text_that_says_why(client, request_id):
+    unsigned = client.get(f"/requests/{request_id}/function", headers={})
+    assert (unsigned.status_code, unsigned.data) == (401, b"wrong or missing signature\n")
+    assert unsigned.headers["Content-Type"] == "text/plain; charset=utf-8"
+    stranger = client.post(f"/requests/{request_id}/workers/9.1/heartbeat")
+    assert (stranger.status_code, stranger.data) == (404, b"no such worker\n")
+
+
+def test_a_version_report_is_kept_for_the_caller_when_the_server_was_given_no_list(
+        storage, request_id):
+    from sheepdog.wire.modules import VersionReport
+    from sheepdog.wire.protocol import VERSIONS
+
+    callbacks = Callbacks(storage)
+    report = VersionReport(host="node1", python="/usr/bin/python3", caller={}, worker={})
+    body = b"".join(pack_frames([(1, RESULT, b"r"), (1, VERSIONS, report.to_bytes())]))
+    answer = SignedClient(callbacks, b"right").post(f"/requests/{request_id}/results", data=body)
+    assert (answer.status_code, answer.data) == (200, b"stored 1 of 1\n")
+    assert callbacks.version_reports.take(request_id) == [report]
+
+
+def test_output_is_stored_under_the_stream_its_frame_names(client, storage, request_id):
+    from sheepdog.wire.protocol import OUTPUT, STDERR, STDOUT
+
+    body = b"".join(pack_frames([(1, STDOUT, b"out"), (1, STDERR, b"err"), (2, OUTPUT, b"both")]))
+    assert client.post(f"/requests/{request_id}/results", data=body).status_code == 200
+    assert [log.output for log in storage.task_logs(request_id, 1)] == [
+        {"stdout": "out", "stderr": "err"}]
+    assert [log.output for log in storage.task_logs(request_id, 2)] == [
+        {"stdout and stderr": "both"}]
+
+
+def test_a_busy_database_is_a_503_to_retry_and_a_full_disk_a_507_naming_it(
+        client, storage, request_id, monkeypatch, caplog):
+    import sqlite3
+
+    from sheepdog.storage import DiskFullError
+
+    path = f"/requests/{request_id}/tasks/1/result"
+
+    def busy(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(storage, "record_reports", busy)
+    answer = client.post(path, data=b"r")
+    assert (answer.status_code, answer.data) == (503, b"database busy, retry\n")
+    assert answer.headers["Retry-After"] == "1"
+    logged = [record.getMessage() for record in caplog.records]
+    assert f"database busy answering POST {path}: database is locked" in logged
+
+    def full(*args, **kwargs):
+        raise DiskFullError("the disk of /data is full")
+
+    monkeypatch.setattr(storage, "record_reports", full)
+    answer = client.post(path, data=b"r")
+    assert (answer.status_code, answer.data) == (507, b"the disk of /data is full\n")
+    logged = [record.getMessage() for record in caplog.records]
+    assert f"cannot store POST {path}: the disk of /data is full" in logged
