@@ -489,3 +489,57 @@ def test_a_busy_database_is_a_503_to_retry_and_a_full_disk_a_507_naming_it(
     assert (answer.status_code, answer.data) == (507, b"the disk of /data is full\n")
     logged = [record.getMessage() for record in caplog.records]
     assert f"cannot store POST {path}: the disk of /data is full" in logged
+
+
+def _headers(**values):
+    from email.message import Message
+
+    headers = Message()  # looked up regardless of case, as in Tornado
+    for name, value in values.items():
+        headers[name.replace("_", "-")] = value
+    return headers
+
+
+def test_the_health_page_alone_is_admitted_unsigned_and_answers_get_and_head(storage):
+    callbacks = Callbacks(storage, max_body_bytes=1000)
+    for method in ("GET", "HEAD"):
+        assert callbacks.admit(method, "/", _headers()) is None
+        reply = callbacks.respond(method, "/", _headers(), b"")
+        assert (reply.status, reply.body) == (200, b"sheepdog server\n")
+    refused = callbacks.admit("POST", "/", _headers(Content_Length="0"))
+    assert (refused.status, refused.body) == (404, b"no such route\n")
+
+
+def test_an_unsigned_or_oversized_request_is_refused_from_its_headers_alone(storage, request_id):
+    callbacks = Callbacks(storage, max_body_bytes=1000)
+    function = f"/requests/{request_id}/function"
+    assert callbacks.admit("GET", function, _headers()).status == 401
+    too_large = callbacks.admit("POST", f"/requests/{request_id}/results",
+                                _headers(Content_Length="1001", **auth_headers(
+                                    b"right", "POST", f"/requests/{request_id}/results")))
+    assert too_large.status == 413
+    unknown = callbacks.admit("GET", "/requests/999/function", _headers())
+    assert (unknown.status, unknown.body) == (404, b"no such request\n")
+    signed = callbacks.admit("GET", function, _headers(**auth_headers(b"right", "GET", function)))
+    assert signed.path.route == "function"
+
+
+def test_only_a_large_signed_result_of_a_known_task_is_received_into_a_file(storage, request_id):
+    from sheepdog.wire.protocol import ALONE_BYTES
+
+    callbacks = Callbacks(storage)
+
+    def upload(method, path, length):
+        headers = _headers(**auth_headers(b"right", method, path))
+        if length is not None:
+            headers["Content-Length"] = length
+        return callbacks.result_upload(method, callbacks.admit(method, path, headers), headers)
+
+    result = f"/requests/{request_id}/tasks/2/result"
+    assert upload("POST", result, str(ALONE_BYTES)) == (request_id, 2)
+    assert upload("POST", result, str(ALONE_BYTES - 1)) is None
+    assert upload("POST", result, None) is None
+    assert upload("POST", result, "1e9") is None
+    assert upload("GET", result, str(ALONE_BYTES)) is None
+    assert upload("POST", f"/requests/{request_id}/tasks/2/error", str(ALONE_BYTES)) is None
+    assert upload("POST", f"/requests/{request_id}/tasks/3/result", str(ALONE_BYTES)) is None
