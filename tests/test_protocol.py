@@ -117,3 +117,51 @@ def test_the_largest_failure_report_fits_in_what_every_server_accepts():
     assert protocol.MAX_ERROR_BYTES <= protocol.REPORT_FLOOR_BYTES
     assert protocol.nbytes(tails) <= protocol.REPORT_FLOOR_BYTES
     assert {"error", "output", "lost"} <= set(protocol.FLOOR_ROUTES)
+
+
+def test_a_signature_is_the_hmac_sha256_of_method_path_and_digest_on_lines_of_their_own():
+    """The wire format, for a worker written in another language."""
+    import hashlib
+    import hmac
+
+    key, digest = b"k" * 32, protocol.body_digest(None)
+    assert digest == hashlib.sha256(b"").hexdigest()
+    expected = hmac.new(key, f"POST\n/requests/1/results\n{digest}".encode(),
+                        hashlib.sha256).hexdigest()
+    assert protocol.signature(key, "POST", "/requests/1/results", digest) == expected
+
+
+def test_a_claim_without_its_digest_or_a_digest_without_its_claim_is_refused():
+    key, path = b"k" * 32, "/requests/1/function"
+    headers = protocol.auth_headers(key, "GET", path)
+    claim, digest = headers["Authorization"], headers[protocol.DIGEST_HEADER]
+    assert protocol.signed_digest(key, "GET", path, claim, None) is None
+    assert protocol.signed_digest(key, "GET", path, claim, "") is None
+    assert protocol.signed_digest(key, "GET", path, None, digest) is None
+    assert protocol.signed_digest(key, "GET", path, claim, digest[:63]) is None
+
+
+def test_a_body_that_is_not_whole_frames_is_refused_saying_how():
+    body = b"".join(protocol.pack_frames([(1, protocol.RESULT, b"abc")]))
+    with pytest.raises(ValueError, match="^truncated frame$"):
+        protocol.unpack_frames(body[:-1])
+    with pytest.raises(ValueError, match="^bad frame$"):
+        protocol.unpack_frames(protocol.frame_bytes(1, 99, b""))
+
+
+def test_a_body_that_ends_with_an_empty_frame_is_read_whole():
+    frames = [(1, protocol.RESULT, b"r"), (1, protocol.BEGUN, b"")]
+    body = b"".join(protocol.pack_frames(frames))
+    assert protocol.unpack_frames(body) == frames
+    assert protocol.split_frames(body) == (frames, len(body))
+
+
+def test_small_parts_are_joined_into_pieces_of_the_limit_and_the_count_starts_again_after_each():
+    marker = object()  # not bytes-like: a file the server streams
+    big = memoryview(bytearray(1024))
+    a, b, c, x, y = b"a" * 1023, b"b", b"c" * 1023, b"x", b"y" * 5
+    d, e, f, g, h = b"d" * 1023, b"e", b"f" * 600, b"g" * 600, b"h" * 600
+    pieces = protocol.coalesce([a, b, c, x, y, marker, d, e, f, g, h, big], limit=1024)
+    assert pieces == [a + b, c + x, y, marker, d + e, f + g, h, big]
+    assert pieces[-1] is big  # a part of the limit's size is passed on as it is
+    assert protocol.coalesce([b"a", b"b", b"c" * 1000]) == [b"ab" + b"c" * 1000]
