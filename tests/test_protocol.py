@@ -165,3 +165,41 @@ def test_small_parts_are_joined_into_pieces_of_the_limit_and_the_count_starts_ag
     assert pieces == [a + b, c + x, y, marker, d + e, f + g, h, big]
     assert pieces[-1] is big  # a part of the limit's size is passed on as it is
     assert protocol.coalesce([b"a", b"b", b"c" * 1000]) == [b"ab" + b"c" * 1000]
+
+
+def test_the_function_is_got_and_everything_else_posted():
+    assert {route: method for route, method in protocol.ROUTES.items() if method != "POST"} == {
+        "function": "GET"}
+    assert set(protocol.ROUTES.values()) == {"GET", "POST"}
+
+
+@pytest.mark.parametrize("route, names, missing", [
+    ("pull", {"seq": 1, "size": 5}, "worker"), ("pull", {"worker": "1.1", "size": 5}, "seq"),
+    ("pull", {"worker": "1.1", "seq": 1}, "size"), ("heartbeat", {}, "worker"),
+    ("release", {"seq": 1}, "worker"), ("release", {"worker": "1.1"}, "seq"),
+    ("lost", {"task": 1, "seq": 1}, "worker"), ("lost", {"worker": "1.1", "seq": 1}, "task"),
+    ("lost", {"worker": "1.1", "task": 1}, "seq"), ("result", {}, "task"),
+])
+def test_a_path_missing_what_its_route_names_is_a_value_error_naming_it(route, names, missing):
+    with pytest.raises(ValueError) as error:
+        protocol.path(1, route, **names)
+    assert str(error.value) == f"the path of the {route!r} route names its {missing}"
+
+
+def test_a_route_that_does_not_exist_is_a_value_error_naming_it():
+    with pytest.raises(ValueError) as error:
+        protocol.path(1, "results/7")
+    assert str(error.value) == "no route named 'results/7'"
+
+
+def test_a_pull_asks_for_at_least_one_task_unless_it_says_otherwise():
+    assert protocol.path(42, "pull", worker="1.1", seq=1, size=5) == (
+        "/requests/42/workers/1.1/pull/1/5/1")
+
+
+def test_the_largest_task_index_and_pull_are_accepted_and_one_more_is_not():
+    assert protocol.parse_path(f"/requests/1/tasks/{2**62}/result").task == 2**62
+    assert protocol.parse_path(f"/requests/1/tasks/{2**62 + 1}/result") is None
+    pull = "/requests/1/workers/1.1/pull/1/{}/1"
+    assert protocol.parse_path(pull.format(1_000_000)).size == 1_000_000
+    assert protocol.parse_path(pull.format(1_000_001)) is None
