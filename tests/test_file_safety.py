@@ -1,6 +1,7 @@
 """The database and its payload files are the caller's alone, even when they
 existed before: another local user can neither read nor change them."""
 
+import errno
 import os
 import pwd
 import stat
@@ -384,3 +385,67 @@ def _has_no_name(uid):
     except KeyError:
         return True
     return False
+
+
+@pytest.mark.parametrize("is_directory", [False, True], ids=["file", "directory"])
+def test_a_path_others_can_write_is_refused_with_the_chmod_that_would_trust_it(
+        tmp_path, is_directory):
+    path = str(tmp_path / "secret")
+    if is_directory:
+        os.mkdir(path)
+    else:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(path, 0o666 if not is_directory else 0o777)
+    with pytest.raises(UnsafePathError) as refused:
+        (private_directory if is_directory else private_file)(path)
+    mode_was, private = ("777", "700") if is_directory else ("666", "600")
+    assert str(refused.value) == (
+        f"{path} can be written by others than you (mode {mode_was}): what it holds may have "
+        f"been changed, and sheepdog loads it. If you trust it, run 'chmod {private} {path}'; "
+        f"otherwise remove it")
+
+
+def test_a_readable_file_is_tightened_with_a_warning_only_when_it_held_something(
+        tmp_path, caplog):
+    empty, full, private = (str(tmp_path / name) for name in ("empty", "full", "private"))
+    for path, content, permissions in [(empty, b"", 0o644), (full, b"secret", 0o640),
+                                       (private, b"secret", 0o600)]:
+        with open(path, "wb") as handle:
+            handle.write(content)
+        os.chmod(path, permissions)
+    with caplog.at_level("WARNING", logger="sheepdog.storage.file_safety"):
+        for path in (empty, full, private):
+            private_file(path)
+    assert [mode(path) for path in (empty, full, private)] == [0o600] * 3
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{full} was readable by others than you (mode 640); it is now 600, but what it held "
+        f"may have been read"]
+
+
+@pytest.mark.parametrize("is_directory", [False, True], ids=["file", "directory"])
+def test_a_link_swapped_in_after_the_check_of_links_is_not_followed(
+        tmp_path, monkeypatch, is_directory):
+    """The open itself refuses a symbolic link (O_NOFOLLOW): what it finds is what it checks."""
+    from sheepdog.storage import file_safety
+
+    target = str(tmp_path / "target")
+    if is_directory:
+        os.mkdir(target, 0o700)
+    else:
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o600))
+    link = str(tmp_path / "link")
+    os.symlink(target, link)
+    monkeypatch.setattr(file_safety, "_followed", lambda path: path)  # the link came after
+    with pytest.raises((OSError, UnsafePathError)) as refused:  # ELOOP; "not a directory"
+        (private_directory if is_directory else private_file)(link, create=False)
+    assert getattr(refused.value, "errno", errno.ELOOP) == errno.ELOOP
+
+
+def test_a_directory_made_for_secrets_is_the_owners_alone(tmp_path):
+    path = str(tmp_path / "payloads")
+    old_umask = os.umask(0)  # whatever the user's umask, nobody else gets any bit
+    try:
+        private_directory(path)
+    finally:
+        os.umask(old_umask)
+    assert mode(path) == 0o700
