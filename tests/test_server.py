@@ -543,3 +543,99 @@ def test_only_a_large_signed_result_of_a_known_task_is_received_into_a_file(stor
     assert upload("GET", result, str(ALONE_BYTES)) is None
     assert upload("POST", f"/requests/{request_id}/tasks/2/error", str(ALONE_BYTES)) is None
     assert upload("POST", f"/requests/{request_id}/tasks/3/result", str(ALONE_BYTES)) is None
+
+
+def test_a_request_answered_without_its_admitted_route_is_checked_again(storage, request_id):
+    callbacks = Callbacks(storage, max_body_bytes=1000)
+    function = f"/requests/{request_id}/function"
+    assert callbacks.respond("GET", function, _headers(), b"").status == 401
+    signed = _headers(**auth_headers(b"right", "GET", function))
+    reply = callbacks.respond("GET", function, signed, b"")
+    assert (reply.status, reply.body, reply.content_type) == (
+        200, b"fn", "application/octet-stream")
+    nameless = storage.create_request(b"", [b"a"], "right", "local")
+    path = f"/requests/{nameless}/function"
+    assert callbacks.respond("GET", path, _headers(**auth_headers(b"right", "GET", path)),
+                             b"").body == b""
+
+
+def test_a_body_sent_in_chunks_is_held_to_the_limit_once_read(storage, request_id):
+    """No Content-Length to refuse it by: the body read is measured before it is stored."""
+    callbacks = Callbacks(storage, max_body_bytes=1000)
+    path = f"/requests/{request_id}/tasks/1/result"
+    for size, status in [(1000, 200), (1001, 413)]:
+        body = b"r" * size
+        headers = _headers(**auth_headers(b"right", "POST", path, body))
+        reply = callbacks.respond("POST", path, headers, body, route=callbacks.admit(
+            "POST", path, headers))
+        assert reply.status == status
+    assert reply.body == b"body over the limit of 1000 bytes\n"
+
+
+def test_the_routes_of_a_task_store_what_they_name(client, storage, request_id):
+    from sheepdog.wire.protocol import STDOUT
+
+    tasks = f"/requests/{request_id}/tasks"
+    output = b"".join(pack_frames([(1, STDOUT, b"printed")]))
+    assert client.post(f"{tasks}/1/output", data=output).status_code == 200
+    assert storage.progress(request_id).pending == 2  # output is no result
+    worker = f"{storage.add_workers(request_id, 1)}.1"
+    assert storage.pull(request_id, worker, 1, 1) == [1]
+    lost = client.post(f"/requests/{request_id}/workers/{worker}/lost/1/1", data=b"segfault")
+    assert (lost.status_code, lost.data) == (200, b"stored\n")
+    assert storage.task_logs(request_id, 1)[0][1:3] == ("lost", "segfault")
+    unknown = client.post(f"{tasks}/3/result", data=b"r")
+    assert (unknown.status_code, unknown.data) == (404, b"no such task\n")
+
+
+def test_a_kill_notice_makes_the_tasks_its_worker_loses_final_and_a_heartbeat_does_not(
+        client, storage, request_id):
+    launch = storage.add_workers(request_id, 2)
+    for worker, task, notice in [(f"{launch}.1", 1, "heartbeat"), (f"{launch}.2", 2, "killing")]:
+        assert storage.pull(request_id, worker, 1, 1) == [task]
+        answer = client.post(f"/requests/{request_id}/workers/{worker}/{notice}")
+        assert (answer.status_code, answer.data) == (200, b"stored\n")
+        client.post(f"/requests/{request_id}/workers/{worker}/lost/{task}/1", data=b"gone")
+    assert storage.requeue(request_id, max_attempts=3, failed_too=False) == [1]
+
+
+@pytest.mark.parametrize("body", [b"[1.0]", b"[true]", b'["1"]', b"[0]", b"[4611686018427387905]",
+                                  b'{"1": 1}', b"not json"])
+def test_a_release_that_is_not_a_list_of_task_indices_is_a_400_saying_so(
+        client, storage, request_id, body):
+    worker = f"{storage.add_workers(request_id, 1)}.1"
+    storage.pull(request_id, worker, 1, 2)
+    answer = client.post(f"/requests/{request_id}/workers/{worker}/release/1", data=body)
+    assert (answer.status_code, answer.data) == (
+        400, b"a release names the tasks given back as a JSON list of task indices\n")
+    largest = client.post(f"/requests/{request_id}/workers/{worker}/release/1",
+                          data=b"[4611686018427387904]")
+    assert (largest.status_code, largest.data) == (200, b"released 0 of 1\n")
+
+
+def test_a_pull_told_to_wait_is_a_200_of_frames(client, storage, request_id):
+    from sheepdog.wire.protocol import WAIT
+
+    launch = storage.add_workers(request_id, 2)
+    storage.pull(request_id, f"{launch}.1", 1, 2, least=2)
+    answer = client.post(f"/requests/{request_id}/workers/{launch}.2/pull/1/2/1")
+    assert (answer.status_code, answer.headers["Content-Type"]) == (200, "application/octet-stream")
+    assert unpack_frames(answer.data) == [(0, WAIT, b"")]
+    handed = client.post(f"/requests/{request_id}/workers/{launch}.1/pull/1/2/1")
+    assert handed.headers["Content-Type"] == "application/octet-stream"
+
+
+def test_malformed_results_are_a_400_that_says_what_was_wrong(client, request_id):
+    answer = client.post(f"/requests/{request_id}/results", data=b"garbage")
+    assert (answer.status_code, answer.data) == (400, b"malformed results: truncated frame\n")
+
+
+def test_a_body_other_than_the_signed_one_or_the_wrong_method_is_refused_saying_why(
+        client, request_id):
+    path = f"/requests/{request_id}/tasks/1/result"
+    swapped = client.post(path, data=b"forged", headers={
+        **auth_headers(b"right", "POST", path, b"signed"), "Content-Length": "6"})
+    assert (swapped.status_code, swapped.data) == (
+        400, b"the body does not match its signed digest\n")
+    wrong = client.get(path)
+    assert (wrong.status_code, wrong.data, wrong.headers["Allow"]) == (405, b"use POST\n", "POST")
