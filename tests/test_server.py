@@ -1,4 +1,5 @@
 import http.client
+import struct
 import threading
 
 import pytest
@@ -639,3 +640,44 @@ def test_a_body_other_than_the_signed_one_or_the_wrong_method_is_refused_saying_
         400, b"the body does not match its signed digest\n")
     wrong = client.get(path)
     assert (wrong.status_code, wrong.data, wrong.headers["Allow"]) == (405, b"use POST\n", "POST")
+
+
+def _frames(*frames):
+    return b"".join(pack_frames(frames))
+
+
+@pytest.mark.parametrize("suffix, body, reason", [
+    ("results", _frames((1, 9, b"\0" * 4)),
+     "malformed results: a task's seconds must be one double, 0 or more"),
+    ("results", _frames((1, 9, struct.pack("!d", -1.0))),
+     "malformed results: a task's seconds must be one double, 0 or more"),
+    ("results", _frames((1, ARGUMENTS, b"a")),
+     "malformed results: frames other than results, errors, exceptions, outputs, times and "
+     "versions, or none"),
+    ("results", _frames((0, RESULT, b"r")),
+     f"malformed results: task indices go from 1 to {2**62}"),
+    ("results", _frames((1, RESULT, b"")), "empty report for task 1"),
+    ("tasks/1/output", b"garbage", "malformed output: truncated frame"),
+    ("tasks/1/output", _frames((2, 3, b"out")), "malformed output: only output frames of task 1"),
+    ("tasks/1/output", _frames((1, RESULT, b"r")),
+     "malformed output: only output frames of task 1"),
+    ("workers/{worker}/lost/1/1", b"\xff", "the reason why task 1 was lost must be UTF-8"),
+    ("workers/{worker}/lost/1/1", b"", "empty reason for task 1"),
+])
+def test_a_malformed_report_is_a_400_that_names_what_is_wrong(client, storage, request_id,
+                                                              suffix, body, reason):
+    worker = f"{storage.add_workers(request_id, 1)}.1"
+    storage.pull(request_id, worker, 1, 1)
+    answer = client.post(f"/requests/{request_id}/{suffix.format(worker=worker)}", data=body)
+    assert (answer.status_code, answer.data) == (400, reason.encode() + b"\n")
+    assert storage.progress(request_id).finished == 0
+
+
+def test_the_largest_task_index_may_report_and_output_and_all_its_frames_count(
+        client, storage, request_id):
+    from sheepdog.wire.protocol import BEGUN, EXCEPTION, RAN, STDOUT
+
+    body = _frames((1, RESULT, b"r"), (1, STDOUT, b"o"), (1, RAN, struct.pack("!d", 0.5)),
+                   (2, ERROR, b"e"), (2, EXCEPTION, b"x"), (2, BEGUN, b""), (2**62, STDOUT, b"o"))
+    answer = client.post(f"/requests/{request_id}/results", data=body)
+    assert (answer.status_code, answer.data) == (200, b"stored 2 of 2\n")
