@@ -449,3 +449,78 @@ def test_a_directory_made_for_secrets_is_the_owners_alone(tmp_path):
     finally:
         os.umask(old_umask)
     assert mode(path) == 0o700
+
+
+@pytest.mark.parametrize("suffix, kind", [("-journal", "rollback journal"),
+                                          ("-wal", "write-ahead log"), ("-shm", "shared memory")])
+def test_every_file_sqlite_keeps_beside_the_database_is_checked_before_a_connection(
+        shared_directory, suffix, kind):
+    from sheepdog.storage.file_safety import check_companions
+
+    dbfile = str(shared_directory / "sheepdog.sqlite")
+    planted = dbfile + suffix
+    os.close(os.open(planted, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(planted, 0o620)
+    with pytest.raises(UnsafePathError) as refused:
+        check_companions(dbfile)
+    assert str(refused.value) == (
+        f"{planted} (the {kind} of {dbfile}) can be written by others than you (mode 620): "
+        f"what it holds may have been changed, and sheepdog loads it. Remove it if you do "
+        f"not trust it")
+
+
+def test_a_file_made_for_secrets_is_the_owners_alone_and_needs_its_directory(tmp_path):
+    path = str(tmp_path / "secret")
+    old_umask = os.umask(0)
+    try:
+        private_file(path)
+    finally:
+        os.umask(old_umask)
+    assert mode(path) == 0o600
+    with pytest.raises(FileNotFoundError):
+        private_file(str(tmp_path / "missing" / "secret"))
+    private_file(str(tmp_path / "absent"), create=False)  # left missing, quietly
+    assert not os.path.exists(tmp_path / "absent")
+
+
+def test_a_fifo_found_where_a_file_should_already_be_is_refused_without_blocking(tmp_path):
+    fifo = str(tmp_path / "db.sqlite-wal")
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(UnsafePathError) as refused:
+        private_file(fifo, create=False)
+    assert str(refused.value) == f"{fifo} is not a file: remove it, or choose another path"
+
+
+def test_a_database_in_a_missing_or_foreign_directory_is_refused_saying_what_to_do(tmp_path):
+    from sheepdog.storage.file_safety import check_directory
+
+    missing = tmp_path / "missing"
+    with pytest.raises(UnsafePathError) as refused:
+        check_directory(str(missing / "db.sqlite"))
+    assert str(refused.value) == (
+        f"{missing}/db.sqlite is in {missing}, which does not exist: create it (mode 0700), "
+        f"or choose another path")
+    if os.geteuid() != 0:
+        return
+    hers = tmp_path / "hers"
+    hers.mkdir(mode=0o700)
+    uid = _nameless_uid()
+    os.chown(hers, uid, uid)
+    with pytest.raises(UnsafePathError) as refused:
+        check_directory(str(hers / "db.sqlite"))
+    assert str(refused.value) == (
+        f"{hers}/db.sqlite is in {hers}, which belongs to uid {uid}: they could replace the "
+        f"database, or what SQLite keeps beside it, and sheepdog would load it. Use a "
+        f"directory of your own")
+
+
+def test_a_link_planted_where_sqlite_keeps_a_file_is_refused_saying_what_to_do(tmp_path):
+    from sheepdog.storage.file_safety import check_companions
+
+    dbfile = str(tmp_path / "db.sqlite")
+    os.symlink(str(tmp_path / "elsewhere"), dbfile + "-wal")
+    with pytest.raises(UnsafePathError) as refused:
+        check_companions(dbfile)
+    assert str(refused.value) == (
+        f"{dbfile}-wal (the write-ahead log of {dbfile}) has become a symbolic link: remove "
+        f"it, or choose another path")
