@@ -299,6 +299,13 @@ def threading_result(call):
     return outcome[0]
 
 
+def _refusal(check):
+    """The message of the UnsafePathError that ``check()`` raises."""
+    with pytest.raises(UnsafePathError) as refused:
+        check()
+    return str(refused.value)
+
+
 def _other_users_file(directory, uid):
     path = str(directory / "theirs")
     os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
@@ -315,9 +322,7 @@ def test_a_file_that_already_has_a_second_name_is_refused_when_first_made_privat
     path = str(tmp_path / "db.sqlite")
     os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     os.link(path, str(tmp_path / "other-name.sqlite"))
-    with pytest.raises(UnsafePathError) as refused:
-        private_file(path)
-    assert str(refused.value) == (
+    assert _refusal(lambda: private_file(path)) == (
         f"{path} has 2 names (hard links): sheepdog could not tell them apart and keep its "
         f"locks. Remove the other names, or copy the file")
 
@@ -327,18 +332,14 @@ def test_a_fifo_or_a_directory_where_a_file_belongs_is_refused_as_not_a_file(tmp
     os.mkfifo(fifo, 0o600)
     os.mkdir(directory, 0o700)
     for path in (fifo, directory):
-        with pytest.raises(UnsafePathError) as refused:
-            private_file(path)
-        assert str(refused.value) == f"{path} is not a file: remove it, or choose another path"
+        assert _refusal(lambda: private_file(path)) == f"{path} is not a file: remove it, or choose another path"
 
 
 def test_a_file_where_a_directory_belongs_is_refused_as_not_a_directory(tmp_path):
     path = str(tmp_path / "payloads")
     os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     for create in (True, False):
-        with pytest.raises(UnsafePathError) as refused:
-            private_directory(path, create=create)
-        assert str(refused.value) == f"{path} is not a directory: remove it, or choose another path"
+        assert _refusal(lambda: private_directory(path, create=create)) == f"{path} is not a directory: remove it, or choose another path"
 
 
 def _nameless_uid():
@@ -355,9 +356,7 @@ def test_a_file_of_another_user_is_refused_naming_both_users_and_the_way_out(
     uid = OTHER_UID if named else _nameless_uid()
     owner = f"{pwd.getpwuid(uid).pw_name} (uid {uid})" if named else f"uid {uid}"
     path = _other_users_file(shared_directory, uid)
-    with pytest.raises(UnsafePathError) as refused:
-        private_file(path)
-    assert str(refused.value) == (
+    assert _refusal(lambda: private_file(path)) == (
         f"{path} belongs to {owner}, not to you ({_me()}): they could read or change the "
         f"secrets sheepdog keeps in it. Remove it, or choose another path")
 
@@ -371,9 +370,7 @@ def test_a_link_of_another_user_is_refused_naming_the_link_its_maker_and_the_way
     os.symlink(ours, link)
     uid = _nameless_uid()
     os.lchown(link, uid, uid)
-    with pytest.raises(UnsafePathError) as refused:
-        private_file(link)
-    assert str(refused.value) == (
+    assert _refusal(lambda: private_file(link)) == (
         f"{link} is a symbolic link made by uid {uid}, not by you ({_me()}): it could "
         f"lead sheepdog to write your secrets where they can read them. Remove the link, or "
         f"choose another path")
@@ -396,10 +393,9 @@ def test_a_path_others_can_write_is_refused_with_the_chmod_that_would_trust_it(
     else:
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     os.chmod(path, 0o666 if not is_directory else 0o777)
-    with pytest.raises(UnsafePathError) as refused:
-        (private_directory if is_directory else private_file)(path)
+    make_private = private_directory if is_directory else private_file
     mode_was, private = ("777", "700") if is_directory else ("666", "600")
-    assert str(refused.value) == (
+    assert _refusal(lambda: make_private(path)) == (
         f"{path} can be written by others than you (mode {mode_was}): what it holds may have "
         f"been changed, and sheepdog loads it. If you trust it, run 'chmod {private} {path}'; "
         f"otherwise remove it")
@@ -461,9 +457,7 @@ def test_every_file_sqlite_keeps_beside_the_database_is_checked_before_a_connect
     planted = dbfile + suffix
     os.close(os.open(planted, os.O_CREAT | os.O_WRONLY, 0o600))
     os.chmod(planted, 0o620)
-    with pytest.raises(UnsafePathError) as refused:
-        check_companions(dbfile)
-    assert str(refused.value) == (
+    assert _refusal(lambda: check_companions(dbfile)) == (
         f"{planted} (the {kind} of {dbfile}) can be written by others than you (mode 620): "
         f"what it holds may have been changed, and sheepdog loads it. Remove it if you do "
         f"not trust it")
@@ -486,18 +480,14 @@ def test_a_file_made_for_secrets_is_the_owners_alone_and_needs_its_directory(tmp
 def test_a_fifo_found_where_a_file_should_already_be_is_refused_without_blocking(tmp_path):
     fifo = str(tmp_path / "db.sqlite-wal")
     os.mkfifo(fifo, 0o600)
-    with pytest.raises(UnsafePathError) as refused:
-        private_file(fifo, create=False)
-    assert str(refused.value) == f"{fifo} is not a file: remove it, or choose another path"
+    assert _refusal(lambda: private_file(fifo, create=False)) == f"{fifo} is not a file: remove it, or choose another path"
 
 
 def test_a_database_in_a_missing_or_foreign_directory_is_refused_saying_what_to_do(tmp_path):
     from sheepdog.storage.file_safety import check_directory
 
     missing = tmp_path / "missing"
-    with pytest.raises(UnsafePathError) as refused:
-        check_directory(str(missing / "db.sqlite"))
-    assert str(refused.value) == (
+    assert _refusal(lambda: check_directory(str(missing / "db.sqlite"))) == (
         f"{missing}/db.sqlite is in {missing}, which does not exist: create it (mode 0700), "
         f"or choose another path")
     if os.geteuid() != 0:
@@ -506,9 +496,7 @@ def test_a_database_in_a_missing_or_foreign_directory_is_refused_saying_what_to_
     hers.mkdir(mode=0o700)
     uid = _nameless_uid()
     os.chown(hers, uid, uid)
-    with pytest.raises(UnsafePathError) as refused:
-        check_directory(str(hers / "db.sqlite"))
-    assert str(refused.value) == (
+    assert _refusal(lambda: check_directory(str(hers / "db.sqlite"))) == (
         f"{hers}/db.sqlite is in {hers}, which belongs to uid {uid}: they could replace the "
         f"database, or what SQLite keeps beside it, and sheepdog would load it. Use a "
         f"directory of your own")
@@ -519,8 +507,6 @@ def test_a_link_planted_where_sqlite_keeps_a_file_is_refused_saying_what_to_do(t
 
     dbfile = str(tmp_path / "db.sqlite")
     os.symlink(str(tmp_path / "elsewhere"), dbfile + "-wal")
-    with pytest.raises(UnsafePathError) as refused:
-        check_companions(dbfile)
-    assert str(refused.value) == (
+    assert _refusal(lambda: check_companions(dbfile)) == (
         f"{dbfile}-wal (the write-ahead log of {dbfile}) has become a symbolic link: remove "
         f"it, or choose another path")
