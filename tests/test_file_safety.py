@@ -11,7 +11,11 @@ import sys
 import pytest
 
 from sheepdog.storage import Storage, StorageError
-from sheepdog.storage.file_safety import UnsafePathError, private_directory, private_file
+from sheepdog.storage.file_safety import (
+    UnsafePathError,
+    private_directory,
+    private_file,
+)
 
 OTHER_UID = 1501  # a user that is not the one running the tests
 
@@ -332,14 +336,16 @@ def test_a_fifo_or_a_directory_where_a_file_belongs_is_refused_as_not_a_file(tmp
     os.mkfifo(fifo, 0o600)
     os.mkdir(directory, 0o700)
     for path in (fifo, directory):
-        assert _refusal(lambda: private_file(path)) == f"{path} is not a file: remove it, or choose another path"
+        assert _refusal(lambda path=path: private_file(path)) == (
+            f"{path} is not a file: remove it, or choose another path")
 
 
 def test_a_file_where_a_directory_belongs_is_refused_as_not_a_directory(tmp_path):
     path = str(tmp_path / "payloads")
     os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     for create in (True, False):
-        assert _refusal(lambda: private_directory(path, create=create)) == f"{path} is not a directory: remove it, or choose another path"
+        assert _refusal(lambda create=create: private_directory(path, create=create)) == (
+            f"{path} is not a directory: remove it, or choose another path")
 
 
 def _nameless_uid():
@@ -414,8 +420,8 @@ def test_a_readable_file_is_tightened_with_a_warning_only_when_it_held_something
             private_file(path)
     assert [mode(path) for path in (empty, full, private)] == [0o600] * 3
     assert [record.getMessage() for record in caplog.records] == [
-        f"{full} was readable by others than you (mode 640); it is now 600, but what it held "
-        f"may have been read"]
+        (f"{full} was readable by others than you (mode 640); it is now 600, but what it held "
+         f"may have been read")]
 
 
 @pytest.mark.parametrize("is_directory", [False, True], ids=["file", "directory"])
@@ -480,7 +486,8 @@ def test_a_file_made_for_secrets_is_the_owners_alone_and_needs_its_directory(tmp
 def test_a_fifo_found_where_a_file_should_already_be_is_refused_without_blocking(tmp_path):
     fifo = str(tmp_path / "db.sqlite-wal")
     os.mkfifo(fifo, 0o600)
-    assert _refusal(lambda: private_file(fifo, create=False)) == f"{fifo} is not a file: remove it, or choose another path"
+    assert _refusal(lambda: private_file(fifo, create=False)) == (
+        f"{fifo} is not a file: remove it, or choose another path")
 
 
 def test_a_database_in_a_missing_or_foreign_directory_is_refused_saying_what_to_do(tmp_path):

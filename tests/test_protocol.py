@@ -103,7 +103,7 @@ def test_every_frame_kind_is_a_number_of_its_own_and_comes_back_as_sent():
     assert protocol.SECONDS.unpack(frames[-1][2]) == (2.5,)
 
 
-@pytest.mark.parametrize("length", range(0, 40))
+@pytest.mark.parametrize("length", range(40))
 def test_every_frame_ends_on_a_16_byte_boundary_so_the_next_payload_starts_aligned(length):
     parts = protocol.pack_frames([(1, protocol.RESULT, b"x" * length)])
     assert sum(map(len, parts)) % 16 == 0

@@ -655,8 +655,8 @@ def _frames(*frames):
      "malformed results: a task's seconds must be one double, 0 or more"),
     ("results", _frames((1, ERROR, b"\xff")), "the error text of task 1 must be UTF-8"),
     ("results", _frames((1, ARGUMENTS, b"a")),
-     "malformed results: frames other than results, errors, exceptions, outputs, times and "
-     "versions, or none"),
+     ("malformed results: frames other than results, errors, exceptions, outputs, times and "
+      "versions, or none")),
     ("results", _frames((0, RESULT, b"r")),
      f"malformed results: task indices go from 1 to {2**62}"),
     ("results", _frames((1, RESULT, b"")), "empty report for task 1"),
@@ -681,7 +681,7 @@ def test_the_largest_task_index_may_report_and_output_and_all_its_frames_count(
     from sheepdog.wire.protocol import BEGUN, EXCEPTION, RAN, STDOUT
 
     body = _frames((1, RESULT, b"r"), (1, STDOUT, b"o"), (1, RAN, struct.pack("!d", 0.5)),
-                   (2, ERROR, b"e"), (2, EXCEPTION, b"x"), (2, BEGUN, b""), (2, RAN, struct.pack("!d", 0.0)),
-                   (2**62, STDOUT, b"o"))
+                   (2, ERROR, b"e"), (2, EXCEPTION, b"x"), (2, BEGUN, b""),
+                   (2, RAN, struct.pack("!d", 0.0)), (2**62, STDOUT, b"o"))
     answer = client.post(f"/requests/{request_id}/results", data=body)
     assert (answer.status_code, answer.data) == (200, b"stored 2 of 2\n")
