@@ -1,7 +1,9 @@
 """The database and its payload files are the caller's alone, even when they
 existed before: another local user can neither read nor change them."""
 
+import errno
 import os
+import pwd
 import stat
 import subprocess
 import sys
@@ -9,6 +11,11 @@ import sys
 import pytest
 
 from sheepdog.storage import Storage, StorageError
+from sheepdog.storage.file_safety import (
+    UnsafePathError,
+    private_directory,
+    private_file,
+)
 
 OTHER_UID = 1501  # a user that is not the one running the tests
 
@@ -294,3 +301,219 @@ def threading_result(call):
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     return outcome[0]
+
+
+def _refusal(check):
+    """The message of the UnsafePathError that ``check()`` raises."""
+    with pytest.raises(UnsafePathError) as refused:
+        check()
+    return str(refused.value)
+
+
+def _other_users_file(directory, uid):
+    path = str(directory / "theirs")
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chown(path, uid, uid)
+    return path
+
+
+def _me():
+    return f"{pwd.getpwuid(os.geteuid()).pw_name} (uid {os.geteuid()})"
+
+
+def test_a_file_that_already_has_a_second_name_is_refused_when_first_made_private(tmp_path):
+    """The check on an open descriptor, as on the first open of a database in a process."""
+    path = str(tmp_path / "db.sqlite")
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.link(path, str(tmp_path / "other-name.sqlite"))
+    assert _refusal(lambda: private_file(path)) == (
+        f"{path} has 2 names (hard links): sheepdog could not tell them apart and keep its "
+        f"locks. Remove the other names, or copy the file")
+
+
+def test_a_fifo_or_a_directory_where_a_file_belongs_is_refused_as_not_a_file(tmp_path):
+    fifo, directory = str(tmp_path / "fifo"), str(tmp_path / "directory")
+    os.mkfifo(fifo, 0o600)
+    os.mkdir(directory, 0o700)
+    for path in (fifo, directory):
+        assert _refusal(lambda path=path: private_file(path)) == (
+            f"{path} is not a file: remove it, or choose another path")
+
+
+def test_a_file_where_a_directory_belongs_is_refused_as_not_a_directory(tmp_path):
+    path = str(tmp_path / "payloads")
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    for create in (True, False):
+        assert _refusal(lambda create=create: private_directory(path, create=create)) == (
+            f"{path} is not a directory: remove it, or choose another path")
+
+
+def _nameless_uid():
+    """A uid that no user of this machine has."""
+    return next(uid for uid in range(54321, 60000) if _has_no_name(uid))
+
+
+@needs_root
+@pytest.mark.parametrize("named", [True, False], ids=["a named user", "a uid with no name"])
+def test_a_file_of_another_user_is_refused_naming_both_users_and_the_way_out(
+        shared_directory, named):
+    if named and _has_no_name(OTHER_UID):
+        pytest.skip(f"uid {OTHER_UID} has no user name here")
+    uid = OTHER_UID if named else _nameless_uid()
+    owner = f"{pwd.getpwuid(uid).pw_name} (uid {uid})" if named else f"uid {uid}"
+    path = _other_users_file(shared_directory, uid)
+    assert _refusal(lambda: private_file(path)) == (
+        f"{path} belongs to {owner}, not to you ({_me()}): they could read or change the "
+        f"secrets sheepdog keeps in it. Remove it, or choose another path")
+
+
+@needs_root
+def test_a_link_of_another_user_is_refused_naming_the_link_its_maker_and_the_way_out(
+        shared_directory, tmp_path):
+    ours = str(tmp_path / "ours")
+    os.close(os.open(ours, os.O_CREAT | os.O_WRONLY, 0o600))
+    link = str(shared_directory / "link")
+    os.symlink(ours, link)
+    uid = _nameless_uid()
+    os.lchown(link, uid, uid)
+    assert _refusal(lambda: private_file(link)) == (
+        f"{link} is a symbolic link made by uid {uid}, not by you ({_me()}): it could "
+        f"lead sheepdog to write your secrets where they can read them. Remove the link, or "
+        f"choose another path")
+
+
+def _has_no_name(uid):
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("is_directory", [False, True], ids=["file", "directory"])
+def test_a_path_others_can_write_is_refused_with_the_chmod_that_would_trust_it(
+        tmp_path, is_directory):
+    path = str(tmp_path / "secret")
+    if is_directory:
+        os.mkdir(path)
+    else:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(path, 0o666 if not is_directory else 0o777)
+    make_private = private_directory if is_directory else private_file
+    mode_was, private = ("777", "700") if is_directory else ("666", "600")
+    assert _refusal(lambda: make_private(path)) == (
+        f"{path} can be written by others than you (mode {mode_was}): what it holds may have "
+        f"been changed, and sheepdog loads it. If you trust it, run 'chmod {private} {path}'; "
+        f"otherwise remove it")
+
+
+def test_a_readable_file_is_tightened_with_a_warning_only_when_it_held_something(
+        tmp_path, caplog):
+    empty, full, private = (str(tmp_path / name) for name in ("empty", "full", "private"))
+    for path, content, permissions in [(empty, b"", 0o644), (full, b"secret", 0o640),
+                                       (private, b"secret", 0o600)]:
+        with open(path, "wb") as handle:
+            handle.write(content)
+        os.chmod(path, permissions)
+    with caplog.at_level("WARNING", logger="sheepdog.storage.file_safety"):
+        for path in (empty, full, private):
+            private_file(path)
+    assert [mode(path) for path in (empty, full, private)] == [0o600] * 3
+    assert [record.getMessage() for record in caplog.records] == [
+        (f"{full} was readable by others than you (mode 640); it is now 600, but what it held "
+         f"may have been read")]
+
+
+@pytest.mark.parametrize("is_directory", [False, True], ids=["file", "directory"])
+def test_a_link_swapped_in_after_the_check_of_links_is_not_followed(
+        tmp_path, monkeypatch, is_directory):
+    """The open itself refuses a symbolic link (O_NOFOLLOW): what it finds is what it checks."""
+    from sheepdog.storage import file_safety
+
+    target = str(tmp_path / "target")
+    if is_directory:
+        os.mkdir(target, 0o700)
+    else:
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o600))
+    link = str(tmp_path / "link")
+    os.symlink(target, link)
+    monkeypatch.setattr(file_safety, "_followed", lambda path: path)  # the link came after
+    with pytest.raises((OSError, UnsafePathError)) as refused:  # ELOOP; "not a directory"
+        (private_directory if is_directory else private_file)(link, create=False)
+    assert getattr(refused.value, "errno", errno.ELOOP) == errno.ELOOP
+
+
+def test_a_directory_made_for_secrets_is_the_owners_alone(tmp_path):
+    path = str(tmp_path / "payloads")
+    old_umask = os.umask(0)  # whatever the user's umask, nobody else gets any bit
+    try:
+        private_directory(path)
+    finally:
+        os.umask(old_umask)
+    assert mode(path) == 0o700
+
+
+@pytest.mark.parametrize("suffix, kind", [("-journal", "rollback journal"),
+                                          ("-wal", "write-ahead log"), ("-shm", "shared memory")])
+def test_every_file_sqlite_keeps_beside_the_database_is_checked_before_a_connection(
+        shared_directory, suffix, kind):
+    from sheepdog.storage.file_safety import check_companions
+
+    dbfile = str(shared_directory / "sheepdog.sqlite")
+    planted = dbfile + suffix
+    os.close(os.open(planted, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(planted, 0o620)
+    assert _refusal(lambda: check_companions(dbfile)) == (
+        f"{planted} (the {kind} of {dbfile}) can be written by others than you (mode 620): "
+        f"what it holds may have been changed, and sheepdog loads it. Remove it if you do "
+        f"not trust it")
+
+
+def test_a_file_made_for_secrets_is_the_owners_alone_and_needs_its_directory(tmp_path):
+    path = str(tmp_path / "secret")
+    old_umask = os.umask(0)
+    try:
+        private_file(path)
+    finally:
+        os.umask(old_umask)
+    assert mode(path) == 0o600
+    with pytest.raises(FileNotFoundError):
+        private_file(str(tmp_path / "missing" / "secret"))
+    private_file(str(tmp_path / "absent"), create=False)  # left missing, quietly
+    assert not os.path.exists(tmp_path / "absent")
+
+
+def test_a_fifo_found_where_a_file_should_already_be_is_refused_without_blocking(tmp_path):
+    fifo = str(tmp_path / "db.sqlite-wal")
+    os.mkfifo(fifo, 0o600)
+    assert _refusal(lambda: private_file(fifo, create=False)) == (
+        f"{fifo} is not a file: remove it, or choose another path")
+
+
+def test_a_database_in_a_missing_or_foreign_directory_is_refused_saying_what_to_do(tmp_path):
+    from sheepdog.storage.file_safety import check_directory
+
+    missing = tmp_path / "missing"
+    assert _refusal(lambda: check_directory(str(missing / "db.sqlite"))) == (
+        f"{missing}/db.sqlite is in {missing}, which does not exist: create it (mode 0700), "
+        f"or choose another path")
+    if os.geteuid() != 0:
+        return
+    hers = tmp_path / "hers"
+    hers.mkdir(mode=0o700)
+    uid = _nameless_uid()
+    os.chown(hers, uid, uid)
+    assert _refusal(lambda: check_directory(str(hers / "db.sqlite"))) == (
+        f"{hers}/db.sqlite is in {hers}, which belongs to uid {uid}: they could replace the "
+        f"database, or what SQLite keeps beside it, and sheepdog would load it. Use a "
+        f"directory of your own")
+
+
+def test_a_link_planted_where_sqlite_keeps_a_file_is_refused_saying_what_to_do(tmp_path):
+    from sheepdog.storage.file_safety import check_companions
+
+    dbfile = str(tmp_path / "db.sqlite")
+    os.symlink(str(tmp_path / "elsewhere"), dbfile + "-wal")
+    assert _refusal(lambda: check_companions(dbfile)) == (
+        f"{dbfile}-wal (the write-ahead log of {dbfile}) has become a symbolic link: remove "
+        f"it, or choose another path")

@@ -1,4 +1,5 @@
 import http.client
+import struct
 import threading
 
 import pytest
@@ -404,3 +405,283 @@ def test_unsigned_body_of_announced_length_is_refused_before_it_is_read(storage,
     assert answer.startswith(b"HTTP/1.1 401")
     assert storage.progress(request_id).pending == 2
 
+
+
+def test_the_default_body_limit_is_one_gib_and_a_body_of_exactly_the_limit_is_read(storage):
+    callbacks = Callbacks(storage)
+    assert callbacks.too_large(str(1 << 30)) is None
+    refused = callbacks.too_large(str((1 << 30) + 1))
+    assert refused.status == 413 and refused.body == (
+        b"body of 1073741825 bytes is over the limit of 1073741824 bytes\n")
+    assert Callbacks(storage, max_body_bytes=10).too_large("10") is None
+    assert Callbacks(storage, max_body_bytes=10).too_large(None) is None
+
+
+def test_a_content_length_that_is_no_number_is_a_400_saying_so(storage):
+    refused = Callbacks(storage).too_large("ten")
+    assert (refused.status, refused.body) == (400, b"Content-Length is not a number\n")
+
+
+def test_error_and_output_bodies_over_a_small_limit_are_still_read(storage, request_id):
+    callbacks = Callbacks(storage, max_body_bytes=1000)
+    for route in ("error", "output"):
+        assert callbacks.too_large("5000", f"/requests/{request_id}/tasks/1/{route}") is None
+    assert callbacks.too_large("5000", f"/requests/{request_id}/tasks/1/result").status == 413
+    client = SignedClient(callbacks, b"right")
+    assert client.post(f"/requests/{request_id}/tasks/1/error", data=b"e" * 5000).status_code == 200
+    assert storage.errors(request_id)[0][1:] == ("failed", "e" * 5000)
+
+
+def test_refusals_are_plain_text_that_says_why(client, request_id):
+    unsigned = client.get(f"/requests/{request_id}/function", headers={})
+    assert (unsigned.status_code, unsigned.data) == (401, b"wrong or missing signature\n")
+    assert unsigned.headers["Content-Type"] == "text/plain; charset=utf-8"
+    stranger = client.post(f"/requests/{request_id}/workers/9.1/heartbeat")
+    assert (stranger.status_code, stranger.data) == (404, b"no such worker\n")
+
+
+def test_a_version_report_is_kept_for_the_caller_when_the_server_was_given_no_list(
+        storage, request_id):
+    from sheepdog.wire.modules import VersionReport
+    from sheepdog.wire.protocol import VERSIONS
+
+    callbacks = Callbacks(storage)
+    report = VersionReport(host="node1", python="/usr/bin/python3", caller={}, worker={})
+    body = b"".join(pack_frames([(1, RESULT, b"r"), (1, VERSIONS, report.to_bytes())]))
+    answer = SignedClient(callbacks, b"right").post(f"/requests/{request_id}/results", data=body)
+    assert (answer.status_code, answer.data) == (200, b"stored 1 of 1\n")
+    assert callbacks.version_reports.take(request_id) == [report]
+
+
+def test_output_is_stored_under_the_stream_its_frame_names(client, storage, request_id):
+    from sheepdog.wire.protocol import OUTPUT, STDERR, STDOUT
+
+    body = b"".join(pack_frames([(1, STDOUT, b"out"), (1, STDERR, b"err"), (2, OUTPUT, b"both")]))
+    assert client.post(f"/requests/{request_id}/results", data=body).status_code == 200
+    assert [log.output for log in storage.task_logs(request_id, 1)] == [
+        {"stdout": "out", "stderr": "err"}]
+    assert [log.output for log in storage.task_logs(request_id, 2)] == [
+        {"stdout and stderr": "both"}]
+
+
+def test_a_busy_database_is_a_503_to_retry_and_a_full_disk_a_507_naming_it(
+        client, storage, request_id, monkeypatch, caplog):
+    import sqlite3
+
+    from sheepdog.storage import DiskFullError
+
+    path = f"/requests/{request_id}/tasks/1/result"
+
+    def busy(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(storage, "record_reports", busy)
+    answer = client.post(path, data=b"r")
+    assert (answer.status_code, answer.data) == (503, b"database busy, retry\n")
+    assert answer.headers["Retry-After"] == "1"
+    logged = [record.getMessage() for record in caplog.records]
+    assert f"database busy answering POST {path}: database is locked" in logged
+
+    def full(*args, **kwargs):
+        raise DiskFullError("the disk of /data is full")
+
+    monkeypatch.setattr(storage, "record_reports", full)
+    answer = client.post(path, data=b"r")
+    assert (answer.status_code, answer.data) == (507, b"the disk of /data is full\n")
+    logged = [record.getMessage() for record in caplog.records]
+    assert f"cannot store POST {path}: the disk of /data is full" in logged
+
+
+def _headers(**values):
+    from email.message import Message
+
+    headers = Message()  # looked up regardless of case, as in Tornado
+    for name, value in values.items():
+        headers[name.replace("_", "-")] = value
+    return headers
+
+
+def test_the_health_page_alone_is_admitted_unsigned_and_answers_get_and_head(storage):
+    callbacks = Callbacks(storage, max_body_bytes=1000)
+    for method in ("GET", "HEAD"):
+        assert callbacks.admit(method, "/", _headers()) is None
+        reply = callbacks.respond(method, "/", _headers(), b"")
+        assert (reply.status, reply.body) == (200, b"sheepdog server\n")
+    refused = callbacks.admit("POST", "/", _headers(Content_Length="0"))
+    assert (refused.status, refused.body) == (404, b"no such route\n")
+
+
+def test_an_unsigned_or_oversized_request_is_refused_from_its_headers_alone(storage, request_id):
+    callbacks = Callbacks(storage, max_body_bytes=1000)
+    function = f"/requests/{request_id}/function"
+    assert callbacks.admit("GET", function, _headers()).status == 401
+    too_large = callbacks.admit("POST", f"/requests/{request_id}/results",
+                                _headers(Content_Length="1001", **auth_headers(
+                                    b"right", "POST", f"/requests/{request_id}/results")))
+    assert too_large.status == 413
+    unknown = callbacks.admit("GET", "/requests/999/function", _headers())
+    assert (unknown.status, unknown.body) == (404, b"no such request\n")
+    signed = callbacks.admit("GET", function, _headers(**auth_headers(b"right", "GET", function)))
+    assert signed.path.route == "function"
+
+
+def test_only_a_large_signed_result_of_a_known_task_is_received_into_a_file(storage, request_id):
+    from sheepdog.wire.protocol import ALONE_BYTES
+
+    callbacks = Callbacks(storage)
+
+    def upload(method, path, length):
+        headers = _headers(**auth_headers(b"right", method, path))
+        if length is not None:
+            headers["Content-Length"] = length
+        return callbacks.result_upload(method, callbacks.admit(method, path, headers), headers)
+
+    result = f"/requests/{request_id}/tasks/2/result"
+    assert upload("POST", result, str(ALONE_BYTES)) == (request_id, 2)
+    assert upload("POST", result, str(ALONE_BYTES - 1)) is None
+    assert upload("POST", result, None) is None
+    assert upload("POST", result, "1e9") is None
+    assert upload("GET", result, str(ALONE_BYTES)) is None
+    assert upload("POST", f"/requests/{request_id}/tasks/2/error", str(ALONE_BYTES)) is None
+    assert upload("POST", f"/requests/{request_id}/tasks/3/result", str(ALONE_BYTES)) is None
+
+
+def test_a_request_answered_without_its_admitted_route_is_checked_again(storage, request_id):
+    callbacks = Callbacks(storage, max_body_bytes=1000)
+    function = f"/requests/{request_id}/function"
+    assert callbacks.respond("GET", function, _headers(), b"").status == 401
+    signed = _headers(**auth_headers(b"right", "GET", function))
+    reply = callbacks.respond("GET", function, signed, b"")
+    assert (reply.status, reply.body, reply.content_type) == (
+        200, b"fn", "application/octet-stream")
+    nameless = storage.create_request(b"", [b"a"], "right", "local")
+    path = f"/requests/{nameless}/function"
+    assert callbacks.respond("GET", path, _headers(**auth_headers(b"right", "GET", path)),
+                             b"").body == b""
+
+
+def test_a_body_sent_in_chunks_is_held_to_the_limit_once_read(storage, request_id):
+    """No Content-Length to refuse it by: the body read is measured before it is stored."""
+    callbacks = Callbacks(storage, max_body_bytes=1000)
+    path = f"/requests/{request_id}/tasks/1/result"
+    for size, status in [(1000, 200), (1001, 413)]:
+        body = b"r" * size
+        headers = _headers(**auth_headers(b"right", "POST", path, body))
+        reply = callbacks.respond("POST", path, headers, body, route=callbacks.admit(
+            "POST", path, headers))
+        assert reply.status == status
+    assert reply.body == b"body over the limit of 1000 bytes\n"
+
+
+def test_the_routes_of_a_task_store_what_they_name(client, storage, request_id):
+    from sheepdog.wire.protocol import STDOUT
+
+    tasks = f"/requests/{request_id}/tasks"
+    output = b"".join(pack_frames([(1, STDOUT, b"printed")]))
+    assert client.post(f"{tasks}/1/output", data=output).status_code == 200
+    assert storage.progress(request_id).pending == 2  # output is no result
+    worker = f"{storage.add_workers(request_id, 1)}.1"
+    assert storage.pull(request_id, worker, 1, 1) == [1]
+    lost = client.post(f"/requests/{request_id}/workers/{worker}/lost/1/1", data=b"segfault")
+    assert (lost.status_code, lost.data) == (200, b"stored\n")
+    assert storage.task_logs(request_id, 1)[0][1:3] == ("lost", "segfault")
+    unknown = client.post(f"{tasks}/3/result", data=b"r")
+    assert (unknown.status_code, unknown.data) == (404, b"no such task\n")
+
+
+def test_a_kill_notice_makes_the_tasks_its_worker_loses_final_and_a_heartbeat_does_not(
+        client, storage, request_id):
+    launch = storage.add_workers(request_id, 2)
+    for worker, task, notice in [(f"{launch}.1", 1, "heartbeat"), (f"{launch}.2", 2, "killing")]:
+        assert storage.pull(request_id, worker, 1, 1) == [task]
+        answer = client.post(f"/requests/{request_id}/workers/{worker}/{notice}")
+        assert (answer.status_code, answer.data) == (200, b"stored\n")
+        client.post(f"/requests/{request_id}/workers/{worker}/lost/{task}/1", data=b"gone")
+    assert storage.requeue(request_id, max_attempts=3, failed_too=False) == [1]
+
+
+@pytest.mark.parametrize("body", [b"[1.0]", b"[true]", b'["1"]', b"[0]", b"[4611686018427387905]",
+                                  b'{"1": 1}', b"not json"])
+def test_a_release_that_is_not_a_list_of_task_indices_is_a_400_saying_so(
+        client, storage, request_id, body):
+    worker = f"{storage.add_workers(request_id, 1)}.1"
+    storage.pull(request_id, worker, 1, 2)
+    answer = client.post(f"/requests/{request_id}/workers/{worker}/release/1", data=body)
+    assert (answer.status_code, answer.data) == (
+        400, b"a release names the tasks given back as a JSON list of task indices\n")
+    largest = client.post(f"/requests/{request_id}/workers/{worker}/release/1",
+                          data=b"[4611686018427387904]")
+    assert (largest.status_code, largest.data) == (200, b"released 0 of 1\n")
+
+
+def test_a_pull_told_to_wait_is_a_200_of_frames(client, storage, request_id):
+    from sheepdog.wire.protocol import WAIT
+
+    launch = storage.add_workers(request_id, 2)
+    storage.pull(request_id, f"{launch}.1", 1, 2, least=2)
+    answer = client.post(f"/requests/{request_id}/workers/{launch}.2/pull/1/2/1")
+    assert (answer.status_code, answer.headers["Content-Type"]) == (200, "application/octet-stream")
+    assert unpack_frames(answer.data) == [(0, WAIT, b"")]
+    handed = client.post(f"/requests/{request_id}/workers/{launch}.1/pull/1/2/1")
+    assert handed.headers["Content-Type"] == "application/octet-stream"
+
+
+def test_malformed_results_are_a_400_that_says_what_was_wrong(client, request_id):
+    answer = client.post(f"/requests/{request_id}/results", data=b"garbage")
+    assert (answer.status_code, answer.data) == (400, b"malformed results: truncated frame\n")
+
+
+def test_a_body_other_than_the_signed_one_or_the_wrong_method_is_refused_saying_why(
+        client, request_id):
+    path = f"/requests/{request_id}/tasks/1/result"
+    swapped = client.post(path, data=b"forged", headers={
+        **auth_headers(b"right", "POST", path, b"signed"), "Content-Length": "6"})
+    assert (swapped.status_code, swapped.data) == (
+        400, b"the body does not match its signed digest\n")
+    wrong = client.get(path)
+    assert (wrong.status_code, wrong.data, wrong.headers["Allow"]) == (405, b"use POST\n", "POST")
+
+
+def _frames(*frames):
+    return b"".join(pack_frames(frames))
+
+
+@pytest.mark.parametrize("suffix, body, reason", [
+    ("results", _frames((1, 9, b"\0" * 4)),
+     "malformed results: a task's seconds must be one double, 0 or more"),
+    ("results", _frames((1, 9, struct.pack("!d", -1.0))),
+     "malformed results: a task's seconds must be one double, 0 or more"),
+    ("results", _frames((1, 9, struct.pack("!d", float("inf")))),
+     "malformed results: a task's seconds must be one double, 0 or more"),
+    ("results", _frames((1, ERROR, b"\xff")), "the error text of task 1 must be UTF-8"),
+    ("results", _frames((1, ARGUMENTS, b"a")),
+     ("malformed results: frames other than results, errors, exceptions, outputs, times and "
+      "versions, or none")),
+    ("results", _frames((0, RESULT, b"r")),
+     f"malformed results: task indices go from 1 to {2**62}"),
+    ("results", _frames((1, RESULT, b"")), "empty report for task 1"),
+    ("tasks/1/output", b"garbage", "malformed output: truncated frame"),
+    ("tasks/1/output", _frames((2, 3, b"out")), "malformed output: only output frames of task 1"),
+    ("tasks/1/output", _frames((1, RESULT, b"r")),
+     "malformed output: only output frames of task 1"),
+    ("workers/{worker}/lost/1/1", b"\xff", "the reason why task 1 was lost must be UTF-8"),
+    ("workers/{worker}/lost/1/1", b"", "empty reason for task 1"),
+])
+def test_a_malformed_report_is_a_400_that_names_what_is_wrong(client, storage, request_id,
+                                                              suffix, body, reason):
+    worker = f"{storage.add_workers(request_id, 1)}.1"
+    storage.pull(request_id, worker, 1, 1)
+    answer = client.post(f"/requests/{request_id}/{suffix.format(worker=worker)}", data=body)
+    assert (answer.status_code, answer.data) == (400, reason.encode() + b"\n")
+    assert storage.progress(request_id).finished == 0
+
+
+def test_the_largest_task_index_may_report_and_output_and_all_its_frames_count(
+        client, storage, request_id):
+    from sheepdog.wire.protocol import BEGUN, EXCEPTION, RAN, STDOUT
+
+    body = _frames((1, RESULT, b"r"), (1, STDOUT, b"o"), (1, RAN, struct.pack("!d", 0.5)),
+                   (2, ERROR, b"e"), (2, EXCEPTION, b"x"), (2, BEGUN, b""),
+                   (2, RAN, struct.pack("!d", 0.0)), (2**62, STDOUT, b"o"))
+    answer = client.post(f"/requests/{request_id}/results", data=body)
+    assert (answer.status_code, answer.data) == (200, b"stored 2 of 2\n")

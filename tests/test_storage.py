@@ -278,6 +278,18 @@ def test_the_transition_table_moves_only_tasks_in_the_states_it_names(storage):
     assert every_target == set(states.STATES)
 
 
+def test_a_done_task_whose_result_cannot_be_loaded_becomes_failed_with_the_reason(storage):
+    request_id = make_request(storage)
+    storage.record_reports(request_id, [(1, False, b"result"), (2, True, b"boom")])
+    reason = "its result needs a module the caller lacks: No module named 'gone'"
+    assert not storage.record_unloadable(request_id, 2, reason)  # failed already: unchanged
+    assert not storage.record_unloadable(request_id, 3, reason)  # pending: not done yet
+    assert storage.record_unloadable(request_id, 1, reason)
+    assert storage.errors(request_id) == [(b"args0", "failed", reason),
+                                          (b"args1", "failed", "boom")]
+    assert storage.open_indices(request_id) == [3]
+
+
 def test_output_that_comes_with_an_accepted_report_is_kept_and_a_duplicate_runs_is_not(storage):
     request_id = make_request(storage)
     assert storage.record_reports(request_id, [(1, True, b"boom")],
