@@ -11,6 +11,7 @@ caller's exit handler and the scheduler still end their workers.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from typing import Optional
@@ -28,14 +29,27 @@ def die_with_parent(expected: Optional[int] = None) -> None:
     this process got here has been replaced (by init, or a subreaper).
     """
     parent = os.getppid() if expected is None else expected
+    c_library = libc()
+    try:
+        prctl = getattr(c_library, "prctl")
+    except AttributeError:  # not Linux
+        return
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the kernel was asked to tell us
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@functools.lru_cache(maxsize=None)
+def libc() -> object:
+    """The C library (``ctypes.CDLL(None)``), or None without ctypes; loaded once per
+    process, so that a worker's runners, forked for each batch, find it and the
+    functions looked up in it at hand: loading it again took them milliseconds."""
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux
-        return
-    if os.getppid() != parent:  # it died before the kernel was asked to tell us
-        os.kill(os.getpid(), signal.SIGKILL)
+        return ctypes.CDLL(None, use_errno=True)
+    except (ImportError, OSError):
+        return None
 
 
 def expected_parent() -> Optional[int]:

@@ -50,7 +50,7 @@ from ..wire.protocol import (
     pack_frames,
 )
 from .client import Client, PermanentHTTPError
-from .lifeline import die_with_parent
+from .lifeline import die_with_parent, libc
 from .output import TaskOutput, restore_output, unbuffer_output
 
 if TYPE_CHECKING:
@@ -276,6 +276,7 @@ class Runner:
         # What exists now is never collected in the runner, so that its garbage
         # collections do not write to (and so copy) every page it shares with us.
         gc.freeze()
+        libc()  # looked up here once, not in each runner
         supervisor = os.getpid()
         self.pid = os.fork()
         if self.pid == 0:  # the runner
@@ -341,8 +342,6 @@ def _runner_main(target: Callable[[socket.socket], int], channel: socket.socket,
 def _flush_c_stdio() -> None:
     """Flush what C code buffered in stdio, which ``os._exit`` would drop."""
     try:
-        import ctypes
-
-        ctypes.CDLL(None).fflush(None)
+        getattr(libc(), "fflush")(None)
     except Exception:  # noqa: S110 - no ctypes: nothing more can be done
         pass
