@@ -310,6 +310,17 @@ def test_a_local_task_over_its_memory_says_so(local_conf):
     assert any("killed: over its memory limit of 1G" in note for note in error.__notes__)
 
 
+def test_a_task_over_its_memory_is_stored_as_killed_over_its_limit(local_conf):
+    """What ``get_errors``, ``sheepdog errors`` and the dashboard show starts with the
+    limit that ended the task, before the MemoryError's traceback."""
+    conf = {**local_conf, "memory": "1G"}
+    request_id = sheepdog.map_async(allocate, [(1500,)], conf)
+    sheepdog.get_results(request_id, conf["dbfile"], timeout=120)
+    ((_args, error),) = sheepdog.get_errors(request_id, conf["dbfile"])
+    assert error.startswith("killed: over its memory limit of 1G\n")
+    assert "MemoryError" in error
+
+
 # -- per call, and before submitting -----------------------------------------
 
 

@@ -63,6 +63,14 @@ STARTED, ENDED, POSTED = 100, 101, 102
 RUNNER_KINDS = (RESULT, ERROR, EXCEPTION, RAN, VERSIONS, STARTED, ENDED, POSTED)
 
 
+def memory_words(size: int) -> str:
+    """A memory limit in the units the config takes (powers of 1024): ``8G``, ``1536M``."""
+    for unit, power in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
+        if size % (1 << power) == 0:
+            return f"{size >> power}{unit}"
+    return f"{size} bytes"
+
+
 def limit_memory(limit_bytes: int) -> None:
     """Apply ``-l mem_grab=...`` as an address-space limit, as the original did."""
     import resource
@@ -78,8 +86,12 @@ def refused_result(size: int, error: PermanentHTTPError) -> str:
 
 
 def run_one(function: Callable[..., Any], index: int, arguments: Buffer,
-            reports: RunnerReports) -> None:
-    """Run ``f`` on one task's arguments and hand over its report; never raises for ``f``'s faults."""
+            reports: RunnerReports, memory_limit: Optional[int] = None) -> None:
+    """Run ``f`` on one task's arguments and hand over its report; never raises for ``f``'s faults.
+
+    A ``MemoryError`` under the request's ``memory_limit`` (the address space
+    each worker has) says so first: the limit ended the task, not a fault of ``f``'s.
+    """
     try:
         args, kwargs = serialisation.call_arguments(serialisation.loads(arguments))
     except BaseException as error:  # noqa: B902 - a class or module missing here, say
@@ -92,7 +104,10 @@ def run_one(function: Callable[..., Any], index: int, arguments: Buffer,
     except BaseException as error:  # noqa: B902 - SystemExit from f is the user's error too
         reports.report(index, RAN, SECONDS.pack(time.perf_counter() - began))
         # Start the traceback at the user's function, not at this frame.
-        reports.report(index, ERROR, error_bytes(describe_failure(error, skip_frames=1)))
+        text = describe_failure(error, skip_frames=1)
+        if isinstance(error, MemoryError) and memory_limit:
+            text = f"killed: over its memory limit of {memory_words(memory_limit)}\n{text}"
+        reports.report(index, ERROR, error_bytes(text))
         reports.report(index, EXCEPTION, dumps_exception(error))
         return
     reports.report(index, RAN, SECONDS.pack(time.perf_counter() - began))
@@ -253,7 +268,7 @@ def run_tasks(function_blob: Buffer, arguments: dict[int, memoryview], indices: 
         restore_output()
         reports.started(index, output.positions())
         if problem is None:
-            run_one(function, index, arguments.pop(index), reports)
+            run_one(function, index, arguments.pop(index), reports, settings.memory_limit)
         else:
             reports.report(index, ERROR, error_bytes(problem))
         last = index
