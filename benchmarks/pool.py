@@ -181,8 +181,7 @@ def walltime_run(conf: dict[str, Any]) -> tuple[str, Any]:
 
 
 def bench(scheduler: str, options: argparse.Namespace) -> None:
-    directory = tempfile.mkdtemp(dir=os.getcwd(), prefix=".pool-bench-")
-    os.chmod(directory, 0o700)
+    directory = tempfile.mkdtemp(prefix="sheepdog-pool-bench-")  # 0700, the caller's own
     conf = config_for(scheduler, directory)
     print(f"== {scheduler}")
     first, second, cold = maps(conf, options.tasks, options.rounds)
