@@ -21,7 +21,8 @@ live workers submits no job. Every ``LOOK_SECONDS`` at most, a watcher asks
 the pool whether the queue is longer than its workers clear in
 ``CLEAR_SECONDS``; if so, and the last submission is ``SUBMIT_SPACING``
 seconds old, it doubles the workers, within the same limits as a job of its
-own (``chunking.choose_workers``). So a short map starts few workers, and a
+own (``chunking.choose_workers``); with none left (they left before their
+walltime, say) it starts as many as a first job, at once. So a short map starts few workers, and a
 long one grows to the cluster's slots within a minute or so.
 """
 
@@ -109,6 +110,7 @@ class Pool:
         self.reached = False
         self._next_look = 0.0
         self._last_submission = -math.inf
+        self._left_early = 0  # workers that left before their walltime since the last look
         self._finished_at_look: Optional[tuple[float, int]] = None
         #: What the benchmark reports: jobs submitted and looks at the queue.
         self.submissions = 0
@@ -226,12 +228,19 @@ class Pool:
         with self._lock:
             self._idle_since.pop((request_id, worker), None)
 
+    def left_early(self) -> None:
+        """A worker left before its walltime (the server heard it say so): the next look
+        comes at once, and replaces it without waiting for the queue to be measured."""
+        with self._lock:
+            self._left_early += 1
+
     def look_due(self) -> bool:
         """Whether it is time for the pool's next look at its workers and the scheduler
-        (one per ``LOOK_SECONDS``, however many requests' watchers ask)."""
+        (one per ``LOOK_SECONDS``, however many requests' watchers ask, or at once when
+        workers left before their walltime)."""
         now = time.monotonic()
         with self._lock:
-            if self.closed or now < self._next_look:
+            if self.closed or (now < self._next_look and not self._left_early):
                 return False
             self._next_look = now + LOOK_SECONDS
             self.looks += 1
@@ -254,21 +263,33 @@ class Pool:
         """Submit more workers when the queue is longer than the live ones clear in
         ``CLEAR_SECONDS`` (called at each of the pool's looks, see :meth:`look_due`)."""
         now = time.monotonic()
+        with self._lock:
+            replacing, self._left_early = self._left_early, 0
         ids = self.request_ids()
         pending = self.storage.pending_counts(ids)
         if not pending:
             return
         total = sum(pending.values())
         live = self.storage.live_worker_count(ids)
+        if replacing and live:  # as many as left, while there is work for them
+            self._submit_for(pending, min(self._most_workers(total) - live, replacing), live,
+                             total)
+            return
         finished = self.storage.finished_count(ids)
         previous, self._finished_at_look = self._finished_at_look, (now, finished)
         if live and previous is not None and now > previous[0]:
             rate = (finished - previous[1]) / (now - previous[0])
             if rate > 0 and total / rate <= CLEAR_SECONDS:
                 return
-        if now - self._last_submission < SUBMIT_SPACING:
+        if live and now - self._last_submission < SUBMIT_SPACING:
             return
-        more = min(self._most_workers(total) - live, max(1, live))
+        # None left (they left before their walltime, say): start afresh, as a first job.
+        more = (min(self._most_workers(total) - live, live) if live
+                else self.first_workers(total))
+        self._submit_for(pending, more, live, total)
+
+    def _submit_for(self, pending: dict[int, int], more: int, live: int, total: int) -> None:
+        """A job of ``more`` workers, for the request with the most tasks ``pending``."""
         if more <= 0:
             return
         target = max(pending, key=lambda request_id: pending[request_id])

@@ -140,6 +140,8 @@ class WarmPool(Protocol):
 
     def busy(self, request_id: int, worker: str) -> None: ...
 
+    def left_early(self) -> None: ...
+
 
 class WarmPools(Protocol):
     """The warm pools of the caller's process, by request."""
@@ -295,6 +297,9 @@ class Callbacks:
         if name == "leaving":
             left = self.storage.leave(request_id, parsed.worker,
                                       "it left before its walltime, holding no task")
+            pool = self.pools.of(request_id) if self.pools is not None else None
+            if left and pool is not None:
+                pool.left_early()  # its watchers replace it at their next look
             return _STORED if left else _NO_WORKER
         if name in ("heartbeat", "killing"):
             update = (self.storage.worker_heartbeat if name == "heartbeat"
