@@ -21,8 +21,9 @@ live workers submits no job. Every ``LOOK_SECONDS`` at most, a watcher asks
 the pool whether the queue is longer than its workers clear in
 ``CLEAR_SECONDS``; if so, and the last submission is ``SUBMIT_SPACING``
 seconds old, it doubles the workers, within the same limits as a job of its
-own (``chunking.choose_workers``); with none left (they left before their
-walltime, say) it starts as many as a first job, at once. So a short map starts few workers, and a
+own (``chunking.choose_workers``), and replaces at once the workers that left
+before their walltime. With none alive, the watcher's own rules decide whether
+to start more (``watcher._relaunch``: not for workers that could not start). So a short map starts few workers, and a
 long one grows to the cluster's slots within a minute or so.
 """
 
@@ -271,22 +272,23 @@ class Pool:
             return
         total = sum(pending.values())
         live = self.storage.live_worker_count(ids)
-        if replacing and live:  # as many as left, while there is work for them
+        if not live:
+            # None is alive: whether to start any is the watcher's relaunch to decide, by
+            # how the last ones ended (workers that could not even start are not repeated).
+            return
+        if replacing:  # as many as left, while there is work for them
             self._submit_for(pending, min(self._most_workers(total) - live, replacing), live,
                              total)
             return
         finished = self.storage.finished_count(ids)
         previous, self._finished_at_look = self._finished_at_look, (now, finished)
-        if live and previous is not None and now > previous[0]:
+        if previous is not None and now > previous[0]:
             rate = (finished - previous[1]) / (now - previous[0])
             if rate > 0 and total / rate <= CLEAR_SECONDS:
                 return
-        if live and now - self._last_submission < SUBMIT_SPACING:
+        if now - self._last_submission < SUBMIT_SPACING:
             return
-        # None left (they left before their walltime, say): start afresh, as a first job.
-        more = (min(self._most_workers(total) - live, live) if live
-                else self.first_workers(total))
-        self._submit_for(pending, more, live, total)
+        self._submit_for(pending, min(self._most_workers(total) - live, live), live, total)
 
     def _submit_for(self, pending: dict[int, int], more: int, live: int, total: int) -> None:
         """A job of ``more`` workers, for the request with the most tasks ``pending``."""
