@@ -27,7 +27,7 @@ class Member:
     """A request as its pool sees it: an id, a key file it may withdraw, a progress."""
 
     def __init__(self, storage, request_id):
-        self.id, self.storage, self.withdrawn = request_id, storage, False
+        self.id, self.storage, self.withdrawn, self.ended = request_id, storage, False, False
 
     def withdraw_key(self):
         self.withdrawn = True

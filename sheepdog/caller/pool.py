@@ -69,6 +69,9 @@ class Request(Protocol):
 
     id: int
 
+    @property
+    def ended(self) -> bool: ...
+
     def progress(self) -> Progress: ...
 
     def submit_job(self, n_workers: Optional[int] = None) -> str: ...
@@ -142,11 +145,13 @@ class Pool:
             return list(self._requests.values())
 
     def prune(self) -> None:
-        """Requests that have ended and host no live worker leave the pool."""
+        """Requests that have ended (their waiter saw every task finish, with no retry
+        left) and host no live worker leave the pool. A request whose tasks were lost is
+        complete, yet may be retried: it stays until it ends, and keeps its key file."""
         ids = self.request_ids()
         live = self.storage.live_counts(ids)
         for request in self.members():
-            if request.id not in live and request.progress().complete:
+            if request.id not in live and request.ended:
                 self.forget(request.id)
 
     def holds(self, request_id: int) -> bool:

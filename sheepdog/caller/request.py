@@ -272,6 +272,11 @@ class Request:
                             "caller: %s; %s (config key 'version_mismatch')", self.id,
                             report.host, report.python, "; ".join(differences), consequence)
 
+    @property
+    def ended(self) -> bool:
+        """Whether the request has ended: every task finished and none will run again."""
+        return self._ended
+
     def end(self) -> None:
         """The request has ended: remove its key file, once (a request of a warm pool
         keeps it while workers of its jobs may still start: its pool removes it)."""

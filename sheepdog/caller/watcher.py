@@ -119,8 +119,11 @@ class Watcher:
         if pool is None:
             self._watch_workers(self.request)
         elif pool.look_due():
-            for member in pool.members():  # requests, as this one is
-                self._watch_workers(cast(Watched, member))
+            members = [cast(Watched, member) for member in pool.members()]  # requests
+            if self.request not in members:  # it left the pool; its workers still count
+                members.append(self.request)
+            for member in members:
+                self._watch_workers(member)
             pool.prune()
             pool.grow()
         self.retry()
