@@ -79,11 +79,10 @@ class Request(Protocol):
     def withdraw_key(self) -> None: ...
 
 
-def pool_key(config: Config, stored: Mapping[str, Any]) -> Hashable:
+def pool_key(stored: Mapping[str, Any]) -> Hashable:
     """What must be equal for two requests to share workers: every stored config value
     that the job file, the scheduler or the server sees (``stored`` is the config as
-    the database keeps it)."""
-    del config  # the stored form holds every key, JSON-able and so comparable
+    the database keeps it: every key, JSON-able and so comparable)."""
     return tuple(sorted((key, repr(value)) for key, value in stored.items()
                         if key not in CALLER_ONLY_KEYS))
 
@@ -336,10 +335,10 @@ class Pools:
         self._of_request: dict[int, Pool] = {}
         _all_pools.add(self)
 
-    def find(self, config: Config, stored: Mapping[str, Any]) -> Optional[Pool]:
+    def find(self, stored: Mapping[str, Any]) -> Optional[Pool]:
         """The open pool that a request of ``config`` would join, if there is one."""
         with self._lock:
-            pool = self._pools.get(pool_key(config, stored))
+            pool = self._pools.get(pool_key(stored))
         return None if pool is None or pool.closed else pool
 
     def pool_for(self, config: Config, stored: Mapping[str, Any],
@@ -349,16 +348,16 @@ class Pools:
         carry keys over)."""
         if not config.linger or not config.tls or backend.runs_in_caller:
             return None
-        key = pool_key(config, stored)
+        key = pool_key(stored)
         with self._lock:
             pool = self._pools.get(key)
             if pool is None or pool.closed:
                 pool = self._pools[key] = Pool(key, backend, config, self.storage, self.signal)
             return pool
 
-    def warm(self, config: Config, stored: Mapping[str, Any]) -> bool:
+    def warm(self, stored: Mapping[str, Any]) -> bool:
         """Whether a request of ``config`` would find live workers waiting in its pool."""
-        pool = self.find(config, stored)
+        pool = self.find(stored)
         return pool is not None and pool.live_workers() > 0
 
     def join(self, pool: Pool, request: Request) -> None:

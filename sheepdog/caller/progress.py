@@ -75,20 +75,11 @@ class WaitClock:
 
 def _counts(progress: Progress, elapsed: float, already: int = 0) -> str:
     """Counts, rate and time left, without the bar."""
-    parts = [f"{progress.finished}/{progress.total} finished"]
-    if progress.remembered:
-        parts.append(f"{progress.remembered} remembered")
-    if progress.executing:
-        parts.append(f"{progress.executing} running")
-    if progress.queued:
-        parts.append(f"{progress.queued} queued at workers")
-    if progress.failed:
-        parts.append(f"{progress.failed} failed")
-    if progress.lost:
-        parts.append(f"{progress.lost} lost")
-    if progress.cancelled:
-        parts.append(f"{progress.cancelled} cancelled")
-    text = ", ".join(parts)
+    named = ((progress.remembered, "remembered"), (progress.executing, "running"),
+             (progress.queued, "queued at workers"), (progress.failed, "failed"),
+             (progress.lost, "lost"), (progress.cancelled, "cancelled"))
+    text = ", ".join([f"{progress.finished}/{progress.total} finished",
+                      *(f"{count} {words}" for count, words in named if count)])
     if progress.finished > already and elapsed > 0:
         rate = (progress.finished - already) / elapsed
         left = (progress.total - progress.finished) / rate

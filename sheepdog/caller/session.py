@@ -94,7 +94,7 @@ class Session:
     def pool_is_warm(self, conf: Config) -> bool:
         """Whether a request of ``conf`` would find workers of its warm pool alive: then
         it is best sent at once, not gathered with others (the Executor asks)."""
-        return self.owner(conf.dbfile).pools.warm(conf, _stored_config(conf))
+        return self.owner(conf.dbfile).pools.warm(_stored_config(conf))
 
     def request(self, request_id: int, dbfile: str, create: bool = False,
                 read_only: bool = False) -> Request:
@@ -180,7 +180,7 @@ class Session:
         """
         stored = _stored_config(conf)
         already = opened(conf.dbfile)  # nothing is stored before the backend's checks
-        warm = None if already is None else already.pools.find(conf, stored)
+        warm = None if already is None else already.pools.find(stored)
         backend = create_backend(conf) if warm is None else warm.backend
         backend.check()
         database = self.owner(conf.dbfile)
