@@ -56,6 +56,8 @@ class Request:
         self.watcher = Watcher(self)
         #: The live exceptions of tasks that the inline scheduler ran in this process.
         self.caught: dict[int, BaseException] = {}
+        #: Results the cache gave its tasks, loaded already: the first reading hands them out.
+        self.recalled: dict[int, Any] = {}
 
     def __repr__(self) -> str:
         return f"<sheepdog.Request {self.id} in {self.storage.dbfile}>"
@@ -287,13 +289,18 @@ class Request:
 
     def results(self) -> list[tuple[tuple[Any, ...], Any]]:
         """``[(args, result), ...]`` in argument order; ``None`` where there is no result."""
-        return [(_arguments(args), self._result(index, result) if state == DONE else None)
+        recalled, self.recalled = self.recalled, {}
+        return [(_arguments(args), self._result(index, result, recalled) if state == DONE
+                 else None)
                 for index, (args, state, result)
                 in enumerate(self.storage.results(self.id), 1)]
 
     def values(self) -> list[Any]:
         """The results alone, in argument order; ``None`` where there is no result."""
-        return [self._result(index, result) if state == DONE else None
+        recalled, self.recalled = self.recalled, {}
+        if recalled and len(recalled) == self.storage.n_tasks(self.id):  # nothing else to read
+            return [recalled[index] for index in range(1, len(recalled) + 1)]
+        return [self._result(index, result, recalled) if state == DONE else None
                 for index, (_args, state, result)
                 in enumerate(self.storage.results(self.id, with_arguments=False), 1)]
 
@@ -301,8 +308,12 @@ class Request:
         """``[(args, error text), ...]`` for tasks that raised, were lost or were cancelled."""
         return [(_arguments(args), error) for args, _state, error in self.storage.errors(self.id)]
 
-    def _result(self, index: int, payload: Optional[bytes | PayloadFile]) -> Any:
-        """The loaded result, or None for one that cannot be loaded here (see :meth:`load_result`)."""
+    def _result(self, index: int, payload: Optional[bytes | PayloadFile],
+                recalled: dict[int, Any]) -> Any:
+        """The loaded result (the one recalled, if it was), or None for one that cannot
+        be loaded here (see :meth:`load_result`)."""
+        if index in recalled:
+            return recalled[index]
         loaded, value = self.load_result(index, payload)
         return value if loaded else None
 
