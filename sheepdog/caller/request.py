@@ -11,6 +11,7 @@ what may be retried.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import os
@@ -170,18 +171,25 @@ class Request:
         if backend.runs_in_caller:  # the inline scheduler: the "job" is this thread
             self.caught.update(inline.run_pending(storage, self.id))
             return "inline"
-        if not config.key_in_job_file and (self.key_file is None or (
-                not backend.outlives_caller and not os.path.exists(self.key_file))):
-            self.deliver_key()  # not yet, or the caller that delivered it has ended
         port = self.port
         if port is None:
             raise RuntimeError(f"request {self.id} has no server port recorded")
+        # A tunnel through the head node, the key's delivery and the questions about the
+        # cluster's slots each take a tenth of a second or two over SSH: side by side.
+        with concurrent.futures.ThreadPoolExecutor(2, "sheepdog-submit") as preparing:
+            routes = preparing.submit(self.routes, port)
+            capacity = preparing.submit(backend.capacity)  # asked once, then kept
+            if not config.key_in_job_file and (self.key_file is None or (
+                    not backend.outlives_caller and not os.path.exists(self.key_file))):
+                self.deliver_key()  # not yet, or the caller that delivered it has ended
+            pending = self.progress().pending
+            capacity.result()
+            if n_workers is None:
+                n_workers = (self.pool.first_workers(pending) if self.pool is not None
+                             else choose_workers(pending, *backend.capacity(),
+                                                 config.max_running))
+            self.urls = routes.result()
         certificate = self.certificate if config.tls else None
-        pending = self.progress().pending
-        if n_workers is None:
-            n_workers = (self.pool.first_workers(pending) if self.pool is not None
-                         else choose_workers(pending, *backend.capacity(), config.max_running))
-        self.urls = self.routes(port)
         launch = storage.add_workers(self.id, n_workers)
         settings = WorkerSettings(
             request_id=self.id,
