@@ -2,7 +2,8 @@
 
 Embedded verbatim in the job file beside ``protocol``, ``client`` and
 ``output`` (see ``loop.py``), so it imports only the standard library and
-those. The worker forks it and stays behind as its supervisor.
+those. The worker forks it and stays behind as its supervisor; the runner of
+the next batch is forked ahead, and waits for its batch (``spare.py``).
 
 The runner loads ``f`` and runs ``f(*args, **kwargs)`` for each task. It hands each
 report (the pickled result, or when ``f`` raised the full traceback and the
