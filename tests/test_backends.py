@@ -147,6 +147,26 @@ class Contract:
             live = self.backend(scene.answers).live_tasks(scene.job)
             assert {task: live[task] for task in scene.live} == scene.live, scene.job
 
+    def test_one_listing_of_the_queue_answers_for_the_jobs_asked_about_lately(self, monkeypatch):
+        """A warm pool's look asks about each of its jobs: the scheduler is asked once a
+        look, not once a job; a job submitted or cancelled here is listed afresh."""
+        clock = [1000.0]
+        monkeypatch.setattr("sheepdog.backends.batch.time.monotonic", lambda: clock[0])
+        scene, other = self.scenes[0], "424242"
+        backend = self.backend(scene.answers)
+        for job in (scene.job, other, scene.job, other):
+            backend.running_tasks(job)
+        assert backend.queries == (1 if backend.lists_every_job else 2)
+        clock[0] += 3  # the next look
+        for job in (scene.job, other):
+            backend.running_tasks(job)
+        assert backend.queries == (2 if backend.lists_every_job else 3)
+        if not backend.lists_every_job:  # both jobs, in one listing
+            assert other in " ".join(backend.shell.commands[-1])
+        backend.cancel(other)
+        backend.running_tasks(scene.job)
+        assert backend.queries == (3 if backend.lists_every_job else 4)
+
     def test_running_tasks_are_those_the_scheduler_runs(self):
         scene = self.scenes[0]
         expected = {task for task, state in scene.live.items() if state == RUNNING}

@@ -23,8 +23,9 @@ import dataclasses
 import logging
 import re
 import secrets
+import threading
 import time
-from typing import ClassVar, Optional, Sequence
+from typing import ClassVar, NamedTuple, Optional, Sequence
 
 from ..config import OPTIONS_KEYS, Config
 from ..userconfig import config_file_path
@@ -36,6 +37,19 @@ log = logging.getLogger(__name__)
 
 #: Shared task states that a scheduler's live states translate into.
 PENDING, RUNNING, HELD = "pending", "running", "held"
+
+
+#: How long one listing of the queue answers for every job asked about, and how long a
+#: job stays among those a listing covers after it was last asked about.
+LISTING_SECONDS, ASKED_SECONDS = 2.0, 60.0
+
+
+class _Listing(NamedTuple):
+    """One listing of the scheduler's queue: when, for which jobs, and its text."""
+
+    at: float
+    jobs: frozenset[str]
+    text: str
 
 
 class SchedulerQueryFailed(RuntimeError):
@@ -70,6 +84,8 @@ class BatchBackend(Backend):
     unreachable: ClassVar["re.Pattern[str]"]
     #: What it says when it refuses one of the user's options (a queue, a resource...).
     refused_option: ClassVar["re.Pattern[str]"]
+    #: Whether :meth:`list_queue` lists every job of the user's, whichever are asked about.
+    lists_every_job: ClassVar[bool] = False
 
     def __init__(self, config: Config, shell: Optional[Shell] = None) -> None:
         super().__init__(config)
@@ -78,6 +94,9 @@ class BatchBackend(Backend):
         #: The job file's name of each job submitted here (schedulers name logs after it).
         self.job_names: dict[str, str] = {}
         self._capacity: Optional[tuple[Optional[int], Optional[int]]] = None
+        self._listing: Optional[_Listing] = None
+        self._asked: dict[str, float] = {}  # job id -> when it was last asked about
+        self._listing_lock = threading.Lock()
 
     # -- what each scheduler declares --------------------------------------
 
@@ -99,8 +118,18 @@ class BatchBackend(Backend):
         """The job id from the submit command's output."""
 
     @abc.abstractmethod
+    def list_queue(self, job_ids: Sequence[str]) -> str:
+        """One listing of the scheduler's queue that shows the tasks of ``job_ids``
+        (raises :class:`SchedulerQueryFailed`)."""
+
+    @abc.abstractmethod
+    def tasks_in(self, listing: str, job_id: str) -> dict[int, str]:
+        """Array task -> shared state (PENDING, RUNNING, HELD) of the tasks of ``job_id``
+        in ``listing`` (from :meth:`list_queue`)."""
+
     def live_tasks(self, job_id: str) -> dict[int, str]:
         """Array task -> shared state (PENDING, RUNNING, HELD) of the tasks still listed."""
+        return self.tasks_in(self.list_queue([job_id]), job_id)
 
     @abc.abstractmethod
     def accounting(self, job_id: str) -> Optional[dict[int, TaskEnd]]:
@@ -181,6 +210,7 @@ class BatchBackend(Backend):
         try:
             result = self.run(self.submit_argv(path), once=True)  # a second job otherwise
         finally:
+            self._forget_listing()
             self.shell.run(["rm", "-f", path])
         if result.status != 0:
             raise SubmissionError(self.refusal(result.stderr.strip() or result.stdout.strip()))
@@ -200,12 +230,31 @@ class BatchBackend(Backend):
         return f"{self.submit_program} refused the job: {said}"
 
     def _live(self, job_id: str) -> Optional[dict[int, str]]:
-        self.queries += 1
-        try:
-            return self.live_tasks(job_id)
-        except (SchedulerQueryFailed, SSHError) as error:
-            log.warning("%s: %s; looking again later", self.name, error)
-            return None
+        """The live tasks of ``job_id``, from a listing of the queue that also answers for
+        the other jobs asked about lately (a pool's look asks about each of its jobs, and
+        the scheduler is asked once); None when the scheduler could not say."""
+        now = time.monotonic()
+        with self._listing_lock:
+            self._asked[job_id] = now
+            listing = self._listing
+            if (listing is None or now - listing.at > LISTING_SECONDS
+                    or not (self.lists_every_job or job_id in listing.jobs)):
+                self._asked = {job: at for job, at in self._asked.items()
+                               if now - at <= ASKED_SECONDS}
+                jobs = sorted(self._asked)
+                self.queries += 1
+                try:
+                    listing = _Listing(now, frozenset(jobs), self.list_queue(jobs))
+                except (SchedulerQueryFailed, SSHError) as error:
+                    log.warning("%s: %s; looking again later", self.name, error)
+                    return None
+                self._listing = listing
+        return self.tasks_in(listing.text, job_id)
+
+    def _forget_listing(self) -> None:
+        """A job was submitted or cancelled here: the next look lists the queue again."""
+        with self._listing_lock:
+            self._listing = None
 
     def ended_tasks(self, job_id: str, candidates: set[int]) -> dict[int, TaskEnd]:
         live = self._live(job_id)
@@ -245,6 +294,7 @@ class BatchBackend(Backend):
 
     def cancel(self, job_id: str) -> None:
         self.run(self.cancel_argv(job_id))
+        self._forget_listing()
 
     def deliver_key(self, request_id: int, key: str) -> str:
         """A 0600 file in the 0700 ``ssh_dir``: private, and seen by compute nodes that

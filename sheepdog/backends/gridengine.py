@@ -240,11 +240,16 @@ class GridEngineBackend(BatchBackend):
     def parse_job_id(self, output: str) -> str:
         return parse_job_id(output)
 
-    def live_tasks(self, job_id: str) -> dict[int, str]:
+    lists_every_job = True
+
+    def list_queue(self, job_ids: Sequence[str]) -> str:
         result = self.run(["qstat", "-xml", "-g", "d"])
         if result.status != 0:
             raise SchedulerQueryFailed(f"qstat failed: {result.stderr.strip()}")
-        listed = parse_qstat_tasks(result.stdout, job_id)
+        return result.stdout
+
+    def tasks_in(self, listing: str, job_id: str) -> dict[int, str]:
+        listed = parse_qstat_tasks(listing, job_id)
         return {task: live_state(letters) for task, letters in listed.items()}
 
     def held_reason(self, job_id: str) -> str:

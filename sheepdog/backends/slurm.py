@@ -244,13 +244,16 @@ class SlurmBackend(BatchBackend):
     def parse_job_id(self, output: str) -> str:
         return parse_job_id(output)
 
-    def live_tasks(self, job_id: str) -> dict[int, str]:
-        result = self.run(["squeue", "-r", "-h", "-j", job_id, "-o", "%i %t %r"])
+    def list_queue(self, job_ids: Sequence[str]) -> str:
+        result = self.run(["squeue", "-r", "-h", "-j", ",".join(job_ids), "-o", "%i %t %r"])
         if result.status != 0:
             if "Invalid job id" in result.stderr:
-                return {}  # gone from the queue: every task has ended
+                return ""  # gone from the queue (one job asked about): its tasks have ended
             raise SchedulerQueryFailed(f"squeue failed: {result.stderr.strip()}")
-        listed = parse_squeue(result.stdout, job_id)
+        return result.stdout
+
+    def tasks_in(self, listing: str, job_id: str) -> dict[int, str]:
+        listed = parse_squeue(listing, job_id)
         self._reasons[job_id] = "; ".join(sorted({reason for state, reason in listed.values()
                                                   if live_state(state, reason) == HELD}))
         return {task: live_state(state, reason) for task, (state, reason) in listed.items()}
