@@ -14,6 +14,7 @@ import pytest
 
 import sheepdog
 from sheepdog.api import default_session
+from sheepdog.storage.memo import Computation
 from sheepdog.storage.states import DONE
 from sheepdog.wire.protocol import ALONE_BYTES
 
@@ -96,9 +97,9 @@ def test_lost_and_cancelled_tasks_are_computed_again(cached):
     config, _origins = sheepdog.config.resolve_with_origins(cached)
     key = sheepdog.caller.remembering.function_key(config, square, None)
     blobs = [sheepdog.serialisation.dumps_argument(i, (x,)) for i, x in enumerate(range(3))]
+    recalled = sheepdog.caller.remembering.recall(storage, config, key, blobs)
     first = storage.create_request(sheepdog.serialisation.dumps_function(square), blobs,
-                                   "secret", "local")
-    sheepdog.caller.remembering.recall(storage, first, config, key, blobs)
+                                   "secret", "local", computation=recalled.computation)
     storage.record_lost(first, 1, "its worker died")
     storage.cancel_tasks(first, [2], "cancelled by the user")
     storage.record_reports(first, [(3, False, sheepdog.serialisation.dumps(4))])
@@ -254,7 +255,31 @@ def test_a_key_alike_in_its_first_64_bits_only_is_not_remembered(storage):
     """The index holds a key's first 64 bits; the whole digest must match."""
     digest = b"f" * 32
     key, alike = b"k" * 32, b"k" * 8 + b"x" * 24
-    first = storage.create_request(b"f", [b"a"], "secret", "local")
-    storage.remember(first, digest, [key], [])
+    first = storage.create_request(b"f", [b"a"], "secret", "local",
+                                   computation=Computation(digest, [key], []))
     storage.record_reports(first, [(1, False, sheepdog.serialisation.dumps(1))])
     assert [found.task for found in storage.earlier_results(digest, [alike, key])] == [2]
+
+
+def test_remembered_tasks_are_created_done_and_counted_once(storage):
+    """No worker may ever see a remembered task pending, and the counts people read
+    (kept by a trigger on changes of state) must match the tasks' own states."""
+    digest = b"f" * 32
+    keys = [bytes([n]) * 32 for n in range(3)]
+    first = storage.create_request(b"f", [b"a", b"b", b"c"], "secret", "local",
+                                   computation=Computation(digest, keys, []))
+    storage.record_reports(first, [(2, False, sheepdog.serialisation.dumps("two"))])
+    chosen = storage.earlier_results(digest, keys)
+    second = storage.create_request(b"f", [b"a", b"b", b"c"], "secret", "local",
+                                    computation=Computation(digest, keys, chosen))
+    progress = storage.progress(second)
+    assert (progress.remembered, progress.done, progress.pending) == (1, 1, 2)
+    assert [state for _args, state, _result in storage.results(second)] == [
+        "pending", DONE, "pending"]
+    assert storage.request_ids() == [first, second]
+    connection = storage.database.connection()
+    assert connection.execute(
+        "SELECT state, n FROM task_counts WHERE request_id = ? AND n > 0 ORDER BY state",
+        (second,)).fetchall() == connection.execute(
+        "SELECT state, count(*) FROM tasks WHERE request_id = ? GROUP BY state ORDER BY state",
+        (second,)).fetchall()

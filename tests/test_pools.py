@@ -253,6 +253,41 @@ def test_a_dependent_executor_call_on_a_warm_pool_submits_no_job(local_conf):
     assert sum(len(own) for own in jobs.values()) == 1 and len(jobs) == 5
 
 
+def calls_so_far(_x):
+    """How many calls this process has seen: state a batch leaves in its runner (in its
+    environment, which no reload of the function resets)."""
+    import os
+
+    calls = int(os.environ.get("SHEEPDOG_TEST_CALLS", "0")) + 1
+    os.environ["SHEEPDOG_TEST_CALLS"] = str(calls)
+    return calls
+
+
+def test_each_batch_of_a_warm_worker_runs_in_a_new_process(local_conf):
+    """The runner forked ahead for the next batch (the spare) starts from the worker's
+    state, not from what the batch before left in its runner."""
+    with sheepdog.Executor({**local_conf, "workers": 1}) as executor:
+        counts = [executor.submit(calls_so_far, x).result(timeout=60) for x in range(4)]
+    assert counts == [1, 1, 1, 1]
+
+
+def sized(n):
+    return b"x" * n
+
+
+def test_a_spare_runner_posts_a_large_result_for_the_request_it_was_handed(local_conf):
+    """The spare is forked while its worker serves one request and handed a task of the
+    next; a result of 1 MB or more, which the runner posts itself, must be signed for
+    that next request, or it would never arrive."""
+    big = protocol.ALONE_BYTES + 1
+    with sheepdog.Executor({**local_conf, "workers": 1}) as executor:
+        assert executor.submit(sized, 1).result(timeout=60) == b"x"
+        assert len(executor.submit(sized, big).result(timeout=60)) == big
+        assert len(executor.submit(sized, big).result(timeout=60)) == big
+    jobs = own_jobs(local_conf["dbfile"])
+    assert sum(len(own) for own in jobs.values()) == 1 and len(jobs) == 3
+
+
 def test_a_small_map_is_served_while_a_large_one_runs(local_conf):
     def short_sleep(x):
         import time

@@ -12,17 +12,20 @@ becomes the one that later requests reuse. Failed, lost and cancelled tasks
 have no result, so they are never reused.
 
 The submission code calls :func:`function_key` where it has the function and
-:func:`recall` once the request is stored; both do nothing with the cache off.
+:func:`recall` before the request is stored, which stores what it recalled
+with the request's tasks; both do nothing with the cache off. The results
+recalled are loaded once, to check that they load here, and the request
+hands them out from there (a map of remembered tasks loads nothing twice).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 from ..config import CACHE_REFRESH, Config
 from ..storage import Storage
-from ..storage.memo import EarlierResult
+from ..storage.memo import Computation, EarlierResult
 from ..storage.payloads import payload_bytes
 from ..wire import serialisation
 from . import fingerprint
@@ -46,30 +49,40 @@ def function_key(config: Config, function: Any, namespace: Optional[Mapping[str,
         return None
 
 
-def recall(storage: Storage, request_id: int, config: Config, function_digest: Optional[bytes],
-           arguments: Sequence[Any]) -> int:
-    """Store the key of each task of a new request and, with ``cache: true``, give the
-    tasks computed before their results; how many were given one."""
+class Recalled(NamedTuple):
+    """What the cache gives a new request: what to store with it, and the results
+    given to some of its tasks, loaded (task index -> result)."""
+
+    computation: Computation
+    results: dict[int, Any]
+
+
+def recall(storage: Storage, config: Config, function_digest: Optional[bytes],
+           arguments: Sequence[Any]) -> Optional[Recalled]:
+    """The key of each task of a new request and, with ``cache: true``, the results of
+    the tasks computed before that load here; None with the cache off."""
     if function_digest is None or not arguments:
-        return 0
+        return None
     keys = fingerprint.task_keys(function_digest, arguments)
     earlier = ([] if config.cache == CACHE_REFRESH
                else storage.earlier_results(function_digest, keys))
-    remembered = storage.remember(request_id, function_digest, keys,
-                                  [found for found in earlier if _loads(request_id, found)])
-    log.info("request %s: %d of %d tasks remembered (config key 'cache')", request_id,
-             remembered, len(arguments))
-    return remembered
+    chosen, results = [], {}
+    for found in earlier:
+        loaded, value = _load(found)
+        if loaded:
+            chosen.append(found)
+            results[found.task] = value
+    return Recalled(Computation(function_digest, keys, chosen), results)
 
 
-def _loads(request_id: int, found: EarlierResult) -> bool:
-    """Whether the earlier result loads here; one that does not is computed again."""
+def _load(found: EarlierResult) -> tuple[bool, Any]:
+    """``(True, result)`` for an earlier result that loads here; one that does not is
+    computed again."""
     try:
-        loaded, why = serialisation.load_or_describe(payload_bytes(found.result))
+        loaded, value = serialisation.load_or_describe(payload_bytes(found.result))
     except OSError as error:  # its file went missing
-        loaded, why = False, str(error)
+        loaded, value = False, str(error)
     if not loaded:
-        log.info("request %s: task %s is computed again: the remembered result of request %s "
-                 "task %s cannot be loaded here (%s)", request_id, found.task,
-                 found.source_request, found.source_index, why)
-    return loaded
+        log.info("a task is computed again: the remembered result of request %s task %s "
+                 "cannot be loaded here (%s)", found.source_request, found.source_index, value)
+    return loaded, value

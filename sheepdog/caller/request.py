@@ -11,6 +11,7 @@ what may be retried.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import os
@@ -56,6 +57,8 @@ class Request:
         self.watcher = Watcher(self)
         #: The live exceptions of tasks that the inline scheduler ran in this process.
         self.caught: dict[int, BaseException] = {}
+        #: Results the cache gave its tasks, loaded already: the first reading hands them out.
+        self.recalled: dict[int, Any] = {}
 
     def __repr__(self) -> str:
         return f"<sheepdog.Request {self.id} in {self.storage.dbfile}>"
@@ -168,18 +171,25 @@ class Request:
         if backend.runs_in_caller:  # the inline scheduler: the "job" is this thread
             self.caught.update(inline.run_pending(storage, self.id))
             return "inline"
-        if not config.key_in_job_file and (self.key_file is None or (
-                not backend.outlives_caller and not os.path.exists(self.key_file))):
-            self.deliver_key()  # not yet, or the caller that delivered it has ended
         port = self.port
         if port is None:
             raise RuntimeError(f"request {self.id} has no server port recorded")
+        # A tunnel through the head node, the key's delivery and the questions about the
+        # cluster's slots each take a tenth of a second or two over SSH: side by side.
+        with concurrent.futures.ThreadPoolExecutor(2, "sheepdog-submit") as preparing:
+            routes = preparing.submit(self.routes, port)
+            capacity = preparing.submit(backend.capacity)  # asked once, then kept
+            if not config.key_in_job_file and (self.key_file is None or (
+                    not backend.outlives_caller and not os.path.exists(self.key_file))):
+                self.deliver_key()  # not yet, or the caller that delivered it has ended
+            pending = self.progress().pending
+            capacity.result()
+            if n_workers is None:
+                n_workers = (self.pool.first_workers(pending) if self.pool is not None
+                             else choose_workers(pending, *backend.capacity(),
+                                                 config.max_running))
+            self.urls = routes.result()
         certificate = self.certificate if config.tls else None
-        pending = self.progress().pending
-        if n_workers is None:
-            n_workers = (self.pool.first_workers(pending) if self.pool is not None
-                         else choose_workers(pending, *backend.capacity(), config.max_running))
-        self.urls = self.routes(port)
         launch = storage.add_workers(self.id, n_workers)
         settings = WorkerSettings(
             request_id=self.id,
@@ -287,28 +297,40 @@ class Request:
 
     def results(self) -> list[tuple[tuple[Any, ...], Any]]:
         """``[(args, result), ...]`` in argument order; ``None`` where there is no result."""
-        return [(_arguments(args), self._result(index, result) if state == DONE else None)
+        recalled, self.recalled = self.recalled, {}
+        return [(_arguments(args), self._result(index, result, recalled) if state == DONE
+                 else None)
                 for index, (args, state, result)
                 in enumerate(self.storage.results(self.id), 1)]
 
     def values(self) -> list[Any]:
         """The results alone, in argument order; ``None`` where there is no result
         (read and loaded ten thousand at a time: see ``storage/results.py``)."""
+        recalled, self.recalled = self.recalled, {}
+        if recalled and len(recalled) == self.storage.n_tasks(self.id):  # nothing else to read
+            return [recalled[index] for index in range(1, len(recalled) + 1)]
         values: list[Any] = []
         unloadable: dict[int, str] = {}
         for chunk in self.storage.loaded_results(self.id):
             values += chunk.values
             unloadable.update(chunk.unloadable)
+        for index, value in recalled.items():  # the very objects, loaded once already
+            values[index - 1] = value
         for index, why in unloadable.items():  # once read: reading holds a transaction
-            self._unloadable(index, why)
+            if index not in recalled:
+                self._unloadable(index, why)
         return values
 
     def errors(self) -> list[tuple[tuple[Any, ...], str]]:
         """``[(args, error text), ...]`` for tasks that raised, were lost or were cancelled."""
         return [(_arguments(args), error) for args, _state, error in self.storage.errors(self.id)]
 
-    def _result(self, index: int, payload: Optional[bytes | PayloadFile]) -> Any:
-        """The loaded result, or None for one that cannot be loaded here (see :meth:`load_result`)."""
+    def _result(self, index: int, payload: Optional[bytes | PayloadFile],
+                recalled: dict[int, Any]) -> Any:
+        """The loaded result (the one recalled, if it was), or None for one that cannot
+        be loaded here (see :meth:`load_result`)."""
+        if index in recalled:
+            return recalled[index]
         loaded, value = self.load_result(index, payload)
         return value if loaded else None
 

@@ -188,11 +188,18 @@ class Session:
         storage = database.storage
         # Started while the arguments are stored; the inline scheduler's tasks call no server.
         server = None if backend.runs_in_caller else database.server(conf, wait=False)
+        recalled = remembering.recall(storage, conf, computation, argument_blobs)
         request_id = storage.create_request(
             function_blob, argument_blobs, secrets.token_urlsafe(32), backend.name,
-            stored, name,
+            stored, name, None if recalled is None else recalled.computation,
         )
         request = Request(database, request_id, conf, backend, pool)
+        remembered = 0 if recalled is None else storage.remembered(request_id)
+        if remembered:
+            log.info("request %s: %d of %d tasks remembered (config key 'cache')", request_id,
+                     remembered, len(argument_blobs))
+        if recalled is not None and remembered == len(recalled.results):  # none removed meanwhile
+            request.recalled = recalled.results
         for warning in [*security_warnings(conf, origins), *unused_key_warnings(conf, origins)]:
             log.warning("request %s: %s", request_id, warning)
         database.dashboard(conf)
@@ -201,7 +208,6 @@ class Session:
             log.info("request %s: live dashboard at %s", request_id, link)
         with self._lock:
             self._requests[(storage.dbfile, request_id)] = request
-        remembered = remembering.recall(storage, request_id, conf, computation, argument_blobs)
         if remembered == len(argument_blobs):  # nothing left to compute: no job
             return request
         try:

@@ -10,11 +10,12 @@ the newest).
 
 Reusing is two steps, so that the caller can check that a result loads in
 its process (:meth:`Memo.earlier_results`) before anything is written: then
-:meth:`Memo.remember` copies the chosen results in one transaction, marks
-their tasks done through the ``finish`` event of ``states.py``, counts them
-on the request, and keeps the keys of the tasks left to compute. A result
-kept in a file is linked (or copied) into the new request's directory, so
-that removing the older request keeps it.
+the new request is created with them, in one transaction
+(``requests.py``): :meth:`Memo.copy_results` copies the chosen results,
+their tasks are created done (never pending, so no worker can take one), and
+:meth:`Memo.store_keys` counts them on the request and keeps the keys of the
+tasks left to compute. A result kept in a file is linked (or copied) into the
+new request's directory, so that removing the older request keeps it.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ import json
 import os
 import shutil
 import sqlite3
-from typing import Iterable, Mapping, NamedTuple, Sequence
+from typing import Collection, NamedTuple, Sequence
 
-from . import states
 from .connection import Database
 from .payloads import PayloadFile
 from .states import DONE
@@ -38,6 +38,16 @@ class EarlierResult(NamedTuple):
     source_request: int
     source_index: int
     result: bytes | PayloadFile
+
+
+class Computation(NamedTuple):
+    """What a new request made with the cache remembers: its function's digest, the key
+    of each of its tasks (``keys[0]`` is task 1's), and the earlier results chosen for
+    some of them (see :meth:`Memo.earlier_results`)."""
+
+    function_digest: bytes
+    keys: Sequence[bytes]
+    chosen: Sequence[EarlierResult]
 
 
 class Memo:
@@ -77,45 +87,28 @@ class Memo:
                     stored("results", source_request, source_index, data, in_file))
         return list(newest.values())
 
-    def remember(self, request_id: int, function_digest: bytes, keys: Sequence[bytes],
-                 chosen: Iterable[EarlierResult]) -> int:
-        """In one transaction: give each chosen pending task of the new request its
-        earlier result, as done, and keep the keys of the tasks left to compute (a task
-        given a result has the key of its source already); how many were given one.
+    def store_keys(self, db: sqlite3.Connection, request_id: int, computation: Computation,
+                   reused: Collection[int]) -> None:
+        """Inside the new request's transaction: its function's digest, how many of its
+        tasks were given a result (``reused``), and the keys of the others, to compute."""
+        db.execute("UPDATE requests SET computation = ?, remembered = ? WHERE id = ?",
+                   (computation.function_digest, len(reused), request_id))
+        db.executemany(
+            "INSERT INTO computations (request_id, idx, key, digest) VALUES (?, ?, ?, ?)",
+            ((request_id, index, _index_key(key), key)
+             for index, key in enumerate(computation.keys, 1) if index not in reused))
+
+    def copy_results(self, db: sqlite3.Connection, request_id: int,
+                     chosen: Sequence[EarlierResult], linked: list[str]) -> set[int]:
+        """Inside the new request's transaction: the chosen results copied to its tasks
+        (files linked, their paths put in ``linked``); the indices given one.
 
         A source removed meanwhile (``sheepdog rm`` in another process) gives
         nothing, and its task is computed.
         """
-        chosen = list(chosen)
-        by_index = {c.task: c for c in chosen}
-        linked: list[str] = []
-        committed = False
-        try:
-            with self._database.write() as db:
-                db.execute("UPDATE requests SET computation = ? WHERE id = ?",
-                           (function_digest, request_id))
-                moved = set(self._copy_results(db, request_id, chosen, by_index, linked))
-                db.executemany(
-                    "INSERT INTO computations (request_id, idx, key, digest) VALUES (?, ?, ?, ?)",
-                    ((request_id, index, _index_key(key), key)
-                     for index, key in enumerate(keys, 1) if index not in moved))
-                db.execute("UPDATE requests SET remembered = remembered + ? WHERE id = ?",
-                           (len(moved), request_id))
-            committed = True  # the files are the results' now
-        finally:
-            for path in [] if committed else linked:
-                os.remove(path)
-        if moved:
-            self._database.changed()
-        return len(moved)
-
-    def _copy_results(self, db: sqlite3.Connection, request_id: int,
-                      chosen: Sequence[EarlierResult], by_index: Mapping[int, EarlierResult],
-                      linked: list[str]) -> list[int]:
-        """Inside the transaction: the chosen results copied to the new request's tasks
-        (files linked, their paths put in ``linked``), and those tasks done; their indices."""
         if not chosen:
-            return []
+            return set()
+        by_index = {c.task: c for c in chosen}
         db.execute("CREATE TEMP TABLE IF NOT EXISTS reused "
                    "(idx INTEGER PRIMARY KEY, source_request INTEGER, source_idx INTEGER)")
         db.execute("DELETE FROM temp.reused")
@@ -129,7 +122,7 @@ class Memo:
         for index, in_file in copied:
             if in_file:
                 linked.append(self._link_file(request_id, by_index[index]))
-        return states.apply(db, "finish", request_id, [index for index, _in_file in copied])
+        return {index for index, _in_file in copied}
 
     def _link_file(self, request_id: int, source: EarlierResult) -> str:
         """Put the source's result file in place as its new task's; the new path."""

@@ -13,11 +13,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import sqlite3
 import time
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 from .connection import MAX_INTEGER, Database
-from .states import PENDING, RUNNING
+from .memo import Computation, Memo
+from .states import DONE, PENDING, RUNNING
 from ..wire.protocol import ALONE_BYTES, nbytes
 
 
@@ -36,9 +38,10 @@ _Row = tuple[int, Any, int]
 class Requests:
     """The requests of one database, with their arguments, jobs and the database's meta."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, memo: Memo) -> None:
         self._database = database
         self._payloads = database.payloads
+        self._memo = memo
 
     def create_request(
         self,
@@ -48,6 +51,7 @@ class Requests:
         backend: str,
         config: Mapping[str, Any] | None = None,
         function_name: tuple[str, str] | None = None,
+        computation: Computation | None = None,
     ) -> int:
         """Store a request and its tasks (indices 1..N); return the request id.
 
@@ -58,11 +62,15 @@ class Requests:
         ``config`` (JSON-able) is kept so that a later process can reach the
         request's jobs, to watch or cancel them. ``function_name`` is the
         function's (module, qualified name), which ``sheepdog list`` and the
-        dashboard show.
+        dashboard show. ``computation`` (with the ``cache`` config key) gives
+        the tasks' keys, and earlier results for some of them: those tasks are
+        created done, with their results (see ``memo.py``).
         """
         module, name = function_name or (None, None)
         module = module or None  # a function defined where there was no module name
         staged: dict[int, str] = {}  # index -> file written, to be renamed into place
+        linked: list[str] = []  # remembered results' files put in place
+        committed = False
         try:
             rows = [self._argument_row(index, payload, staged)
                     for index, payload in enumerate(arguments, 1)]
@@ -80,16 +88,41 @@ class Requests:
                     "INSERT INTO arguments (request_id, idx, data, in_file) VALUES (?, ?, ?, ?)",
                     zip(itertools.repeat(request_id), *zip(*rows)) if rows else (),
                 )
-                db.execute("INSERT INTO tasks (request_id, idx) "
-                           "SELECT request_id, idx FROM arguments WHERE request_id = ?",
-                           (request_id,))
+                reused = self._create_tasks(db, request_id, computation, linked)
                 db.execute("INSERT INTO task_counts VALUES (?, ?, ?)",
-                           (request_id, PENDING, len(rows)))
+                           (request_id, PENDING, len(rows) - len(reused)))
+                if reused:
+                    db.execute("INSERT INTO task_counts VALUES (?, ?, ?)",
+                               (request_id, DONE, len(reused)))
+                if computation is not None:
+                    self._memo.store_keys(db, request_id, computation, reused)
+            committed = True  # the linked files are the results' now
         finally:
-            for path in staged.values():
+            for path in [*staged.values(), *([] if committed else linked)]:
                 if os.path.exists(path):
                     os.remove(path)
         return request_id
+
+    def _create_tasks(self, db: sqlite3.Connection, request_id: int,
+                      computation: Computation | None, linked: list[str]) -> set[int]:
+        """Inside the transaction: the request's tasks, pending, but those given an earlier
+        result, which are created done; the indices of those."""
+        reused = (set() if computation is None
+                  else self._memo.copy_results(db, request_id, computation.chosen, linked))
+        if not reused:
+            db.execute("INSERT INTO tasks (request_id, idx) "
+                       "SELECT request_id, idx FROM arguments WHERE request_id = ?",
+                       (request_id,))
+            return reused
+        # As the ``finish`` event of states.py leaves a task, without passing through pending.
+        db.execute(
+            f"INSERT INTO tasks (request_id, idx, state, updated, retryable) "
+            f"SELECT a.request_id, a.idx, CASE WHEN r.idx IS NULL THEN '{PENDING}' "
+            f"ELSE '{DONE}' END, CASE WHEN r.idx IS NULL THEN NULL ELSE ? END, 0 "
+            f"FROM arguments a LEFT JOIN results r "
+            f"ON r.request_id = a.request_id AND r.idx = a.idx WHERE a.request_id = ?",
+            (time.time(), request_id))
+        return reused
 
     def _argument_row(self, index: int, payload: bytes | Sequence[Any],
                       staged: dict[int, str]) -> _Row:

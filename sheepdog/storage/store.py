@@ -27,7 +27,7 @@ from .file_safety import (
 )
 from .housekeeping import Freed, Housekeeping
 from .leases import AskAgain, Leases, WorkerEnd
-from .memo import EarlierResult, Memo
+from .memo import Computation, EarlierResult, Memo
 from .outputs import STREAMS
 from .payloads import PayloadDirectory, PayloadFile
 from .requests import Job, Requests
@@ -110,12 +110,12 @@ class Storage:
                 raise StorageError(str(error)) from error
             migrate(self.database)
             self.payloads.remove_leftovers()
-        self.requests = Requests(self.database)
+        self.memo = Memo(self.database)
+        self.requests = Requests(self.database, self.memo)
         self.tasks = Tasks(self.database, self.requests)
         self.leases = Leases(self.database)
         self.summaries = Summaries(self.database, self.requests)
         self.result_chunks = ResultChunks(self.database, self.requests)
-        self.memo = Memo(self.database)
         self.housekeeping = Housekeeping(self.database)
 
     def _open_to_read(self) -> None:
@@ -146,9 +146,10 @@ class Storage:
 
     def create_request(self, function: bytes, arguments: Iterable[bytes | Sequence[Any]],
                        secret: str, backend: str, config: Mapping[str, Any] | None = None,
-                       function_name: tuple[str, str] | None = None) -> int:
+                       function_name: tuple[str, str] | None = None,
+                       computation: Computation | None = None) -> int:
         return self.requests.create_request(function, arguments, secret, backend, config,
-                                            function_name)
+                                            function_name, computation)
 
     def request_secret(self, request_id: int) -> str | None:
         return self.requests.request_secret(request_id)
@@ -305,10 +306,6 @@ class Storage:
     def earlier_results(self, function_digest: bytes, keys: Sequence[bytes]
                         ) -> list[EarlierResult]:
         return self.memo.earlier_results(function_digest, keys)
-
-    def remember(self, request_id: int, function_digest: bytes, keys: Sequence[bytes],
-                 chosen: Iterable[EarlierResult]) -> int:
-        return self.memo.remember(request_id, function_digest, keys, chosen)
 
     def remembered(self, request_id: int) -> int:
         return self.memo.remembered(request_id)

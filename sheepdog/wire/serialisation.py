@@ -402,6 +402,9 @@ def loads(data: Buffer) -> Any:
     received into a bytearray is not copied again. Read-only data is copied
     once first, so that arrays come back writable, as they were sent.
     """
+    if (isinstance(data, bytes) and not data.startswith(_OUT_OF_BAND_MAGIC)
+            and b"numpy" not in data):  # nothing for _Unpickler to rename: the fast path
+        return pickle.loads(data)
     view = memoryview(data).cast("B")
     if view[:len(_OUT_OF_BAND_MAGIC)] != _OUT_OF_BAND_MAGIC:
         return _Unpickler(io.BytesIO(view)).load()
@@ -527,9 +530,17 @@ def loads_function_and_versions(data: Buffer) -> tuple[Any, dict[str, str]]:
     return function, versions
 
 
+#: The types whose values sheepdog's pickler pickles as the standard one does (it has
+#: nothing to ship by value and no buffer to keep out of band): a tuple of them is
+#: pickled by the standard pickler, which is about 15 times as fast for a small one.
+_PLAIN_TYPES = frozenset({int, float, str, bytes, bool, type(None)})
+
+
 def dumps_argument(position: int, arguments: Sequence[Any]) -> list[Buffer]:
     """Serialise one tuple of arguments to parts (see :func:`dumps_parts`), naming
     its position if it cannot be."""
+    if all(type(argument) in _PLAIN_TYPES for argument in arguments):
+        return [pickle.dumps(tuple(arguments), pickle_protocol)]
     try:
         return dumps_parts(tuple(arguments))
     except Exception as error:

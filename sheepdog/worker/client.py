@@ -174,6 +174,14 @@ class Client:
             self.connection = None
 
 
+class Identity:
+    """Which request this worker serves now, under which key and name: a worker of a
+    warm pool is handed over from request to request (``HANDOVER``)."""
+
+    def __init__(self, request_id: int, key: bytes, worker: str) -> None:
+        self.request_id, self.key, self.worker = request_id, key, worker
+
+
 def read_key(settings: WorkerSettings) -> bytes:
     """The request's key: from its private file, or from the settings if put there.
 

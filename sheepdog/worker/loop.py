@@ -33,10 +33,10 @@ from ..wire.failures import error_bytes
 from ..wire.protocol import ERROR, HANDOVER, IDLE, WAIT, Frame, unpack_frames, worker_name
 from ..wire.settings import WorkerSettings
 from .batching import BatchSize
-from .client import Client, read_key
+from .client import Client, Identity, read_key
 from .lifeline import die_with_parent, expected_parent
 from .output import TaskOutput
-from .runner import Runner, run_tasks
+from .spare import Runners
 from .supervisor import Supervisor
 
 #: How long a worker waits to ask again when the server has no task for it yet, but
@@ -96,14 +96,6 @@ def report_kill_notices(connect: Callable[[float], Client], supervisor: Supervis
         signal.signal(number, on_kill_notice)
     if hasattr(signal, "SIGUSR1") and signal.SIGUSR1 not in numbers:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-
-
-class Identity:
-    """Which request this worker serves now, under which key and name: a worker of a
-    warm pool is handed over from request to request (``HANDOVER``)."""
-
-    def __init__(self, request_id: int, key: bytes, worker: str) -> None:
-        self.request_id, self.key, self.worker = request_id, key, worker
 
 
 class Walltime:
@@ -172,6 +164,7 @@ def run(job_settings: Mapping[str, Any]) -> int:
     kill_signals = kill_signal_numbers(settings)
     report_kill_notices(connect, supervisor, kill_signals)
     walltime = Walltime(settings.walltime_seconds)
+    runners = Runners(me, settings, connect, output, kill_signals)
     try:
         problem = python_mismatch(settings.python)
         functions: dict[str, bytearray] = {}
@@ -231,15 +224,16 @@ def run(job_settings: Mapping[str, Any]) -> int:
                 batch.took(len(indices), time.monotonic() - started)
                 continue
             assert function is not None, "fetched above whenever this Python can load it"
-            runnable, told = function, digest in versions_told
+            runnable, runnable_digest, told = function, digest, digest in versions_told
             versions_told.add(digest)
-            status = supervisor.run(lambda todo, claims: Runner(lambda channel: run_tasks(
-                runnable, arguments, todo, channel, connect, settings, output, claims, told),
-                kill_signals), indices, seq - 1, batch.give_back_after,
-                leave_at=walltime.deadline,
+            status = supervisor.run(lambda todo: runners.start(
+                runnable, runnable_digest, arguments, todo, told), indices, seq - 1,
+                batch.give_back_after, leave_at=walltime.deadline,
                 per_task=batch.per_task and TASK_TIME_SAFETY * batch.per_task) or status
             batch.took(len(supervisor.started), time.monotonic() - started)
+            runners.prepare(function, digest)  # the next batch's, while this worker asks
     finally:
+        runners.discard()
         client.close()
         supervisor.beater.close()
 

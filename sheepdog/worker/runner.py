@@ -240,10 +240,29 @@ def compare_versions(caller: dict[str, str], settings: WorkerSettings, reports: 
             f"workers, or set 'version_mismatch' to 'warn'")
 
 
-def run_tasks(function_blob: Buffer, arguments: dict[int, memoryview], indices: list[int],
+class Loaded:
+    """``f`` loaded in a runner, with the caller's versions of what it uses by name; or
+    why it could not be (then each task fails with that)."""
+
+    def __init__(self, function_blob: Buffer, settings: WorkerSettings) -> None:
+        self.function: Optional[Callable[..., Any]] = None
+        self.versions: dict[str, str] = {}
+        self.problem: Optional[str] = None
+        try:
+            if settings.memory_limit:
+                limit_memory(settings.memory_limit)
+            self.function, self.versions = serialisation.loads_function_and_versions(
+                function_blob)
+        except BaseException as error:  # noqa: B902 - report any failure to load
+            self.problem = ("the function could not be loaded on this worker:\n"
+                            + describe_failure(error))
+
+
+def run_tasks(loaded: Loaded, arguments: dict[int, memoryview], indices: list[int],
               channel: socket.socket, connect: Callable[[], Client], settings: WorkerSettings,
               output: TaskOutput, claims: Claims, versions_told: bool = False) -> int:
-    """In the runner: load ``f``, then run each task it may claim; the runner's exit status.
+    """In the runner: run each task of its batch that it may claim, with ``f`` loaded; the
+    runner's exit status.
 
     ``versions_told``: an earlier batch of this function told the caller this
     worker's versions already; unless differences fail the tasks
@@ -251,16 +270,9 @@ def run_tasks(function_blob: Buffer, arguments: dict[int, memoryview], indices: 
     milliseconds that a warm pool's one-task batches would pay each time.
     """
     reports = RunnerReports(channel, connect)
-    problem: Optional[str] = None
-    try:
-        if settings.memory_limit:
-            limit_memory(settings.memory_limit)
-        function, caller_versions = serialisation.loads_function_and_versions(function_blob)
-    except BaseException as error:  # noqa: B902 - report any failure to load
-        problem = "the function could not be loaded on this worker:\n" + describe_failure(error)
-    else:
-        if not versions_told or settings.version_mismatch == "error":
-            problem = compare_versions(caller_versions, settings, reports, indices[:1])
+    problem = loaded.problem
+    if problem is None and (not versions_told or settings.version_mismatch == "error"):
+        problem = compare_versions(loaded.versions, settings, reports, indices[:1])
     last: Optional[int] = None
     for position, index in enumerate(indices):
         if not claims.claim(position):
@@ -268,7 +280,8 @@ def run_tasks(function_blob: Buffer, arguments: dict[int, memoryview], indices: 
         restore_output()
         reports.started(index, output.positions())
         if problem is None:
-            run_one(function, index, arguments.pop(index), reports, settings.memory_limit)
+            assert loaded.function is not None  # loaded, or there is a problem
+            run_one(loaded.function, index, arguments.pop(index), reports, settings.memory_limit)
         else:
             reports.report(index, ERROR, error_bytes(problem))
         last = index
@@ -280,11 +293,13 @@ def run_tasks(function_blob: Buffer, arguments: dict[int, memoryview], indices: 
 class Runner:
     """A forked process that runs tasks and reports over a socket pair.
 
-    It leaves the scheduler's ``kill_signals`` (numbers) to the supervisor.
+    It may start the tasks ``claims`` lets it, and leaves the scheduler's
+    ``kill_signals`` (numbers) to the supervisor.
     """
 
-    def __init__(self, target: Callable[[socket.socket], int],
+    def __init__(self, target: Callable[[socket.socket], int], claims: Claims,
                  kill_signals: Iterable[int] = ()) -> None:
+        self.claims = claims
         self.channel, child_end = socket.socketpair()
         self.status: Optional[int] = None  # the wait status, once it ended
         self.stopped = False

@@ -51,7 +51,8 @@ FLUSH_SECONDS = 1.0
 #: How often the supervisor looks at its runner when nothing else wakes it.
 RUNNER_POLL_SECONDS = 0.5
 #: After a small read from the runner, the supervisor lets messages gather this long:
-#: a wake-up per message of many short tasks would cost more than the tasks.
+#: a wake-up per message of many short tasks would cost more than the tasks (not
+#: after the start of the runner's last task, whose report it then waits for alone).
 GATHER_SECONDS = 0.002
 
 #: A report or an output tail held for the server: (task index, kind, payload).
@@ -112,7 +113,7 @@ class Supervisor:
 
     # -- the runners ------------------------------------------------------
 
-    def run(self, start_runner: Callable[[list[int], Claims], Runner], indices: Iterable[int],
+    def run(self, start_runner: Callable[[list[int]], Runner], indices: Iterable[int],
             batch: int, give_back_after: float = float("inf"),
             leave_at: Optional[float] = None, per_task: Optional[float] = None) -> int:
         """Run the batch ``indices`` of pull ``batch`` in runners until each has started
@@ -127,8 +128,8 @@ class Supervisor:
         try:
             while todo:
                 begun = len(self.started)
-                self.todo, self.claims = todo, Claims(len(todo))
-                self.runner = start_runner(todo, self.claims)
+                self.todo, self.runner = todo, start_runner(todo)
+                self.claims = self.runner.claims
                 status = self._follow(self.runner)
                 todo = [index for index in todo
                         if index not in self.started and index not in self.given_back]
@@ -150,12 +151,15 @@ class Supervisor:
         while True:
             readable, _, _ = select.select([runner.channel], [], [], self._timeout())
             if readable:
-                data = runner.channel.recv(1 << 20)
+                try:
+                    data = runner.channel.recv(1 << 20)
+                except ConnectionResetError:  # it ended with its batch unread (a spare)
+                    data = b""
                 if not data:
                     break
                 if self._take(data):
                     self.flush()  # the runner's last task: post while it exits
-                elif len(data) < 1 << 16:
+                elif len(data) < 1 << 16 and not self._on_last_task():
                     time.sleep(GATHER_SECONDS)
             elif runner.poll() is not None:  # ended, though something holds its socket
                 self._take(_drain(runner.channel))
@@ -165,6 +169,11 @@ class Supervisor:
         if self.current is not None:
             self._crashed(status, *self.current)
         return status
+
+    def _on_last_task(self) -> bool:
+        """Whether the runner runs the last of its tasks: what comes next is its report
+        and its end, with nothing to gather after them."""
+        return self.current is not None and bool(self.todo) and self.current[0] == self.todo[-1]
 
     def _take(self, data: Buffer) -> bool:
         """Handle the whole messages that ``data`` completes, keeping the rest for later;
