@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import os
 import urllib.error
 import urllib.parse
@@ -119,8 +120,17 @@ def test_requests_api_counts_each_requests_tasks_by_state(client, request_id, st
         (other, "gridengine", 2, {"pending": 2})]
 
 
+def detail_with_charts(client, request_id):
+    """The request's detail, asked again while its charts are still being made."""
+    deadline = time.monotonic() + 60
+    while True:
+        detail = client.get(f"/dashboard/api/requests/{request_id}", headers=bearer()).get_json()
+        if not detail.get("charts_pending") or time.monotonic() > deadline:
+            return detail
+
+
 def test_request_api_shows_failures_with_their_traceback_and_output(client, request_id):
-    detail = client.get(f"/dashboard/api/requests/{request_id}", headers=bearer()).get_json()
+    detail = detail_with_charts(client, request_id)
     assert detail["counts"] == {"done": 2, "failed": 1, "running": 1, "pending": 1}
     assert detail["failures"] == [{"index": 3, "state": "failed",
                                    "arguments": detail["failures"][0]["arguments"],
@@ -134,8 +144,7 @@ def test_request_api_histograms_durations_from_start_to_report(client, request_i
     record_start(storage.dbfile, request_id, 2, 100.0, 104.0)
     record_start(storage.dbfile, request_id, 3, 100.0, 102.0)
     record_start(storage.dbfile, request_id, 4, 100.0, 100.5)  # running: no duration yet
-    durations = client.get(f"/dashboard/api/requests/{request_id}",
-                           headers=bearer()).get_json()["durations"]
+    durations = detail_with_charts(client, request_id)["durations"]
     assert durations["total"] == 3 and durations["width"] == pytest.approx(4 / 20)
     assert [i for i, n in enumerate(durations["counts"]) if n] == [5, 10, 19]
     tasks = client.get(f"/dashboard/api/requests/{request_id}/tasks",
@@ -434,6 +443,7 @@ def test_charts_of_a_request_whose_counts_stay_are_made_once_and_remade_when_the
     from sheepdog.dashboard import charts as charts_module
     from sheepdog.storage.summaries import RequestSummary
 
+    monkeypatch.setattr(charts_module, "WAIT_SECONDS", 60.0)  # each answer waits for its charts
     made = []
     charts = charts_module.Charts(lambda summary, now: made.append(summary.counts)
                                   or {"n": len(made)})
@@ -444,3 +454,51 @@ def test_charts_of_a_request_whose_counts_stay_are_made_once_and_remade_when_the
     assert charts.of(finished, 2.0) == {"n": 1}  # but its counts stay: kept
     assert charts.of(finished._replace(counts={"done": 1, "failed": 1}), 2.0) == {"n": 2}
     assert made == [{"done": 2}, {"done": 1, "failed": 1}]
+
+
+def test_an_answer_does_not_wait_for_slow_charts_and_a_later_one_gives_them():
+    from sheepdog.dashboard import charts as charts_module
+    from sheepdog.storage.summaries import RequestSummary
+
+    release, made = threading.Event(), []
+
+    def slowly(summary, now):
+        assert release.wait(60)
+        made.append(now)
+        return {"n": len(made)}
+
+    charts = charts_module.Charts(slowly)
+    summary = RequestSummary(1, 0.0, "local", 2, {"done": 2})
+    started = time.monotonic()
+    assert charts.of(summary, 1.0) == charts_module.PENDING
+    assert charts.of(summary, 2.0) == charts_module.PENDING  # the same charts are being made
+    assert time.monotonic() - started < 30
+    release.set()
+    deadline = time.monotonic() + 60
+    while charts.of(summary, 3.0) == charts_module.PENDING and time.monotonic() < deadline:
+        pass
+    assert charts.of(summary, 4.0) == {"n": 1} and made == [1.0]
+
+
+def test_charts_that_fail_to_be_made_are_logged_and_asked_for_again(caplog):
+    from sheepdog.dashboard import charts as charts_module
+    from sheepdog.storage.summaries import RequestSummary
+
+    attempts = []
+
+    def failing_once(summary, now):
+        attempts.append(now)
+        if len(attempts) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return {"n": len(attempts)}
+
+    charts = charts_module.Charts(failing_once)
+    summary = RequestSummary(1, 0.0, "local", 2, {"done": 2})
+    deadline = time.monotonic() + 60
+    while not attempts and time.monotonic() < deadline:
+        assert charts.of(summary, 1.0) == charts_module.PENDING
+    while (answer := charts.of(summary, 2.0)) == charts_module.PENDING \
+            and time.monotonic() < deadline:
+        pass
+    assert answer == {"n": 2}
+    assert "could not make the charts of request 1" in caplog.text

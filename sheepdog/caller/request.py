@@ -304,13 +304,22 @@ class Request:
                 in enumerate(self.storage.results(self.id), 1)]
 
     def values(self) -> list[Any]:
-        """The results alone, in argument order; ``None`` where there is no result."""
+        """The results alone, in argument order; ``None`` where there is no result
+        (read and loaded ten thousand at a time: see ``storage/results.py``)."""
         recalled, self.recalled = self.recalled, {}
         if recalled and len(recalled) == self.storage.n_tasks(self.id):  # nothing else to read
             return [recalled[index] for index in range(1, len(recalled) + 1)]
-        return [self._result(index, result, recalled) if state == DONE else None
-                for index, (_args, state, result)
-                in enumerate(self.storage.results(self.id, with_arguments=False), 1)]
+        values: list[Any] = []
+        unloadable: dict[int, str] = {}
+        for chunk in self.storage.loaded_results(self.id):
+            values += chunk.values
+            unloadable.update(chunk.unloadable)
+        for index, value in recalled.items():  # the very objects, loaded once already
+            values[index - 1] = value
+        for index, why in unloadable.items():  # once read: reading holds a transaction
+            if index not in recalled:
+                self._unloadable(index, why)
+        return values
 
     def errors(self) -> list[tuple[tuple[Any, ...], str]]:
         """``[(args, error text), ...]`` for tasks that raised, were lost or were cancelled."""
@@ -333,12 +342,15 @@ class Request:
         every other result of the request.
         """
         loaded, value = serialisation.load_or_describe(payload_bytes(payload or b""))
-        if loaded:
-            return True, value
-        reason = f"the result arrived but could not be loaded in this process: {value}"
+        return (True, value) if loaded else (False, self._unloadable(index, value))
+
+    def _unloadable(self, index: int, why: str) -> str:
+        """Task ``index``'s result does not load here, for ``why``: it becomes the task's
+        error (the reason, returned)."""
+        reason = f"the result arrived but could not be loaded in this process: {why}"
         log.warning("request %s: task %s: %s", self.id, index, reason)
         self.storage.record_unloadable(self.id, index, reason)
-        return False, reason
+        return reason
 
     def cancel(self) -> int:
         """Remove the request's jobs from the scheduler; return how many tasks were cancelled.

@@ -202,13 +202,10 @@ class Session:
             request.recalled = recalled.results
         for warning in [*security_warnings(conf, origins), *unused_key_warnings(conf, origins)]:
             log.warning("request %s: %s", request_id, warning)
-        database.dashboard(conf)
-        link = self.dashboard_link(request)
-        if link is not None:  # the one log line that holds the token
-            log.info("request %s: live dashboard at %s", request_id, link)
         with self._lock:
             self._requests[(storage.dbfile, request_id)] = request
         if remembered == len(argument_blobs):  # nothing left to compute: no job
+            self._show_dashboard(database, conf, request)
             return request
         try:
             if server is not None:
@@ -230,7 +227,19 @@ class Session:
                 storage.record_lost(request_id, index, f"the job was never submitted: {error}")
             request.withdraw_key()
             raise
+        self._show_dashboard(database, conf, request)  # while the workers start
         return request
+
+    def _show_dashboard(self, database: DatabaseOwner, conf: Config, request: Request) -> None:
+        """Start the dashboard (once per database) and log its link to ``request``.
+
+        After the job is submitted: starting it (Flask's import, 0.15 to 0.4 s)
+        then overlaps the workers' start instead of delaying it.
+        """
+        database.dashboard(conf)
+        link = self.dashboard_link(request)
+        if link is not None:  # the one log line that holds the token
+            log.info("request %s: live dashboard at %s", request.id, link)
 
 
 def function_name(f: Any) -> tuple[str, str]:

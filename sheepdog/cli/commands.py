@@ -32,10 +32,8 @@ from ..caller.session import Session
 from ..config import DEFAULT_DASHBOARD, Config, parse_address, resolve_with_sources
 from ..server import Server
 from ..storage import STREAMS, Progress, Storage, StorageError
-from ..storage.payloads import payload_bytes
 from ..storage.states import CANCELLED, DONE, FAILED, LOST, PENDING, RUNNING
 from ..storage.summaries import RequestSummary, TaskLog
-from ..wire import serialisation
 from . import housekeeping, records, script
 from .records import age  # noqa: F401 - named here before records held it
 from .serving import CommandError, listing, plan_serving
@@ -183,42 +181,38 @@ def json_value(value: Any) -> Any:
     return {"__repr__": repr(value)}
 
 
-#: Results printed together: ``results`` streams, however many tasks the request has.
-_RESULTS_PER_WRITE = 10_000
+def json_text(values: list[Any]) -> str:
+    """``values`` as the items of a JSON list (without its brackets), each as
+    :func:`json_value` gives it; in one call when all are plain numbers and strings."""
+    if set(map(type, values)) <= _JSON_PLAIN:
+        try:
+            return json.dumps(values, allow_nan=False)[1:-1]
+        except ValueError:  # a float that is not finite
+            pass
+    return json.dumps([json_value(value) for value in values])[1:-1]
+
+
+#: Types that JSON holds exactly except a float that is not finite.
+_JSON_PLAIN = {*_JSON_EXACT, float}
 
 
 def _results(arguments: argparse.Namespace, session: Session) -> int:
     storage = _existing_storage(session, arguments.dbfile)
     progress = _progress(storage, arguments.request_id)
-    rows = storage.iter_results(arguments.request_id, with_arguments=False)
     unloadable = 0
     separator = ", " if arguments.json else "\n"
-    pending: list[Any] = []
-    written = 0
-
-    def write() -> None:
-        """Print the pending results, after those printed before."""
-        nonlocal pending, written
-        if pending:
-            text = (json.dumps([json_value(value) for value in pending])[1:-1] if arguments.json
-                    else separator.join(repr(value) for value in pending))
-            sys.stdout.write((separator if written else "") + text)
-            written, pending = written + len(pending), []
-
+    written = False
     if arguments.json:
         sys.stdout.write("[")
-    for index, (_arguments, state, payload) in enumerate(rows, 1):
-        value = None
-        if state == DONE:
-            loaded, value = serialisation.load_or_describe(payload_bytes(payload or b""))
-            if not loaded:
-                print(f"sheepdog: task {index}: its result cannot be loaded in this process: "
-                      f"{value}", file=sys.stderr)
-                value, unloadable = None, unloadable + 1
-        pending.append(value)
-        if len(pending) == _RESULTS_PER_WRITE:
-            write()
-    write()
+    for chunk in storage.loaded_results(arguments.request_id):
+        for index, reason in chunk.unloadable.items():
+            print(f"sheepdog: task {index}: its result cannot be loaded in this process: "
+                  f"{reason}", file=sys.stderr)
+        unloadable += len(chunk.unloadable)
+        text = (json_text(chunk.values) if arguments.json
+                else separator.join(map(repr, chunk.values)))
+        sys.stdout.write((separator if written else "") + text)
+        written = True
     sys.stdout.write("]\n" if arguments.json else "\n" if written else "")
     without = progress.total - progress.done + unloadable
     if without:

