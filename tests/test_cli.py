@@ -8,6 +8,7 @@ import json
 import os
 import re
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -130,6 +131,20 @@ def test_status_prints_how_far_a_request_has_come(storage, dbfile):
     assert status.returncode == cli.EXIT_RUNNING
     assert status.stdout.startswith("sheepdog: [########----------------] 1/3 finished, "
                                     "1 running, 1 queued at workers | ")
+
+
+def test_results_piped_into_a_reader_that_stops_early_end_quietly(storage, dbfile):
+    """``sheepdog results RID | head``: the reader leaving is no error to explain."""
+    request_id = storage.create_request(b"fn", [b"a"] * 20_000, "secret", "local")
+    storage.record_reports(request_id, [(index, False, sheepdog.serialisation.dumps(index))
+                                        for index in range(1, 20_001)])
+    command = [sys.executable, "-m", "sheepdog", "results", str(request_id), "--dbfile", dbfile]
+    reader = subprocess.Popen(command, cwd=REPOSITORY, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": REPOSITORY})
+    assert reader.stdout.read(10) == b"1\n2\n3\n4\n5\n"
+    reader.stdout.close()  # as head does once it has its lines
+    assert reader.stderr.read() == b""
+    assert reader.wait(60) == 128 + signal.SIGPIPE
 
 
 def test_status_of_an_unknown_request_names_it(storage, dbfile, capsys):

@@ -20,6 +20,8 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import signal
 import sys
 import textwrap
 import time
@@ -495,6 +497,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (CommandError, StorageError) as error:
         print(f"sheepdog: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # the reader left (``sheepdog results RID | head``): no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the exit's flush
+        return 128 + signal.SIGPIPE  # as a program the signal ended
 
 
 if __name__ == "__main__":
