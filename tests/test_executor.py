@@ -218,6 +218,89 @@ def test_cancelled_pending_futures_never_run(local_conf, tmp_path):
         DONE, CANCELLED, CANCELLED, DONE]
 
 
+def running_process(pid):
+    """Whether process ``pid`` runs (not ended, nor a zombie waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_request_with_cancelled_futures_removes_its_workers_once_the_rest_settle(
+        local_conf, tmp_path):
+    """Its warm pool would keep the worker waiting for more work for ``linger`` (60 s);
+    a request the user cancelled part of ends its jobs as soon as its last task does."""
+    release = str(tmp_path / "release")
+
+    def worker_of(x):
+        import os
+
+        if x == 0:
+            wait_for_file(release)
+        return os.getppid()  # the runner's parent: its worker
+
+    executor = sheepdog.Executor({**local_conf, "workers": 1, "chunksize": 1})
+    try:
+        blocker = executor.submit(worker_of, 0)
+        cancelled, rest = executor.submit(worker_of, 1), executor.submit(worker_of, 2)
+        deadline = time.monotonic() + 60
+        while not blocker.running():
+            assert time.monotonic() < deadline, "the first task never started"
+            time.sleep(0.02)
+        assert cancelled.cancel()
+        open(release, "w").close()
+        worker = blocker.result(timeout=60)
+        assert rest.result(timeout=60) == worker
+        deadline = time.monotonic() + 30
+        while running_process(worker):
+            assert time.monotonic() < deadline, "the worker still waits for work"
+            time.sleep(0.05)
+    finally:
+        open(release, "w").close()
+        executor.shutdown()
+
+
+def its_worker():
+    import os
+
+    return os.getppid()  # the runner's parent: its worker
+
+
+def test_shutdown_closes_the_executors_own_session_but_not_one_it_was_given(local_conf):
+    """Closing a session ends its warm pool's workers; one the caller gave the executor is
+    the caller's to close, and its workers serve the next executor on it."""
+    with sheepdog.Session() as session:
+        with sheepdog.Executor(local_conf, session=session) as executor:
+            worker = executor.submit(its_worker).result(timeout=60)
+        with sheepdog.Executor(local_conf, session=session) as executor:
+            assert executor.submit(its_worker).result(timeout=60) == worker
+    executor = sheepdog.Executor(local_conf)
+    worker = executor.submit(its_worker).result(timeout=60)
+    executor.shutdown()
+    deadline = time.monotonic() + 30
+    while running_process(worker):  # not left waiting for work for linger (60 s)
+        assert time.monotonic() < deadline, "the executor's own session was left open"
+        time.sleep(0.05)
+
+
+def test_a_task_cancelled_in_the_database_cancels_its_pending_future(local_conf, tmp_path):
+    """Cancelled from elsewhere (another process, the dashboard) before any worker took
+    it, the task's future is cancelled, not a running future that raises."""
+    executor, blocker, pending, _markers, release = blocked_executor(local_conf, tmp_path, 1)
+    try:
+        storage = Storage(local_conf["dbfile"])
+        assert storage.cancel_tasks(1, [2], "cancelled elsewhere") == [2]
+        storage.close()
+        with pytest.raises(concurrent.futures.CancelledError):
+            pending[0].result(timeout=60)
+        assert pending[0].cancelled()
+    finally:
+        open(release, "w").close()
+        executor.shutdown()
+    assert blocker.result() == "released"
+
+
 def test_a_cancelled_future_reaches_the_standard_waiters(local_conf, tmp_path):
     """concurrent.futures.wait counts a cancelled future as done, and as_completed yields
     it: whether its task was already sent out, or it was cancelled before it was."""
@@ -291,6 +374,19 @@ def test_map_yields_in_order_and_times_out(local_conf):
         with pytest.raises(concurrent.futures.TimeoutError):
             next(results)
         results.close()  # its futures are cancelled, if not running; this one runs on
+
+
+SCALE = 1000
+
+
+def scaled(x):
+    return x * SCALE
+
+
+def test_the_executors_namespace_overrides_the_globals_its_functions_use(local_conf):
+    with sheepdog.Executor(local_conf, {"SCALE": 2}) as executor:
+        assert executor.submit(scaled, 3).result(timeout=60) == 6
+        assert list(executor.map(scaled, [1, 2], timeout=60)) == [2, 4]
 
 
 def test_keyword_arguments_travel_with_submit_and_map_takes_its_own_by_keyword(local_conf):

@@ -392,10 +392,11 @@ def pool_worker(storage, n_tasks):
 
 
 def test_a_pool_worker_handed_over_keeps_its_job_and_array_task_and_starts_afresh(storage):
-    first, worker, second = pool_worker(storage, 1)
-    assert storage.pull(first, worker, 1, 1) == [1]
-    storage.record_reports(first, [(1, False, b"r")])
-    assert storage.hand_over(first, worker, 2, second) == "1.1"
+    first, worker, second = pool_worker(storage, 2)
+    for seq in (1, 2):
+        assert storage.pull(first, worker, seq, 1) == [seq]
+        storage.record_reports(first, [(seq, False, b"r")])
+    assert storage.hand_over(first, worker, 3, second) == "1.1"
     assert [tuple(job) for job in storage.jobs(second)] == [("7", 1, 0)]
     assert storage.live_workers(second) == [("7", 1, 1)]
     assert storage.newest_launch_ends(first) == [
@@ -423,3 +424,23 @@ def test_a_repeated_pull_of_a_pool_worker_gets_its_tasks_again_rather_than_movin
     assert storage.hand_over(first, worker, 1, second) is None
     assert storage.pull(first, worker, 1, 2) == [1, 2]
     assert storage.progress(first).running == 2
+
+
+def test_only_workers_that_pulled_and_then_fell_silent_lose_their_tasks(storage):
+    """A worker yet to start (never pulled) may wait in the scheduler's queue for long;
+    one whose heartbeat came after the cut-off is alive."""
+    request_id = storage.create_request(b"f", [b"a", b"b", b"c"], "k", "local")
+    launch = storage.add_workers(request_id, 3)
+    silent, beating = f"{launch}.1", f"{launch}.2"
+    assert storage.pull(request_id, silent, 1, 1) == [1]
+    assert storage.pull(request_id, beating, 1, 1) == [2]
+    cut_off = time.time()
+    while time.time() <= cut_off:  # the heartbeat below must come strictly later
+        pass
+    assert storage.worker_heartbeat(request_id, beating)
+    assert not storage.worker_heartbeat(request_id, f"{launch}.9")
+    assert storage.lose_silent(request_id, cut_off, "it fell silent") == [1]
+    assert storage.errors(request_id) == [(b"a", "lost", "it fell silent")]
+    assert storage.newest_launch_ends(request_id) == [("it fell silent", True, True)]
+    assert storage.live_counts([request_id]) == {request_id: 2}  # the beating, the unstarted
+    assert storage.requeue(request_id, max_attempts=2, failed_too=False) == [1]
