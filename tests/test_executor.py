@@ -409,7 +409,7 @@ def test_executor_map_honours_chunksize_as_the_tasks_a_worker_takes_at_a_time(lo
     with sheepdog.Executor(local_conf) as executor:
         assert list(executor.map(abs, [-1, -2, -3], chunksize=3)) == [1, 2, 3]
         assert list(executor.map(abs, [-4])) == [4]
-        with pytest.raises(ValueError, match="chunksize must be at least 1"):
+        with pytest.raises(ValueError, match="^chunksize must be at least 1, not 0$"):
             executor.map(abs, [-1], chunksize=0)
     storage = Storage(local_conf["dbfile"])
     try:
@@ -420,12 +420,21 @@ def test_executor_map_honours_chunksize_as_the_tasks_a_worker_takes_at_a_time(lo
 
 
 def test_unserialisable_arguments_fail_at_submit(local_conf):
-    with sheepdog.Executor(local_conf) as executor:
-        with pytest.raises(sheepdog.SerialisationError):
+    with sheepdog.Executor(local_conf) as executor:  # submits are numbered from 0
+        with pytest.raises(sheepdog.SerialisationError, match=r"^argument 0 \("):
             executor.submit(id, threading.Lock())
-        with pytest.raises(sheepdog.SerialisationError):
+        with pytest.raises(sheepdog.SerialisationError, match=r"^argument 1 \("):
             executor.submit(id, 1, lock=threading.Lock())
         assert executor.submit(abs, -3).result(timeout=60) == 3
+
+
+def test_an_executor_says_what_it_follows_and_shuts_down_unused(local_conf):
+    executor = sheepdog.Executor(local_conf)
+    assert repr(executor) == "<sheepdog.Executor local 0 requests followed>"
+    executor.shutdown()  # nothing was ever submitted
+    assert repr(executor) == "<sheepdog.Executor local 0 requests followed, shut down>"
+    with sheepdog.Executor(local_conf):
+        pass
 
 
 def test_a_future_can_be_awaited_while_the_event_loop_runs_other_coroutines(local_conf):
