@@ -420,11 +420,15 @@ def test_executor_map_honours_chunksize_as_the_tasks_a_worker_takes_at_a_time(lo
 
 
 def test_unserialisable_arguments_fail_at_submit(local_conf):
-    with sheepdog.Executor(local_conf) as executor:  # submits are numbered from 0
+    with sheepdog.Executor(local_conf) as executor:  # calls are numbered from 0, in turn
         with pytest.raises(sheepdog.SerialisationError, match=r"^argument 0 \("):
             executor.submit(id, threading.Lock())
-        with pytest.raises(sheepdog.SerialisationError, match=r"^argument 1 \("):
+        with pytest.raises(sheepdog.SerialisationError, match=r"^argument 2 \("):
+            executor.map(id, [1, threading.Lock()])
+        with pytest.raises(sheepdog.SerialisationError, match=r"^argument 3 \("):
             executor.submit(id, 1, lock=threading.Lock())
+        with pytest.raises(TypeError, match="^fn must be callable, not int$"):
+            executor.submit(3)
         assert executor.submit(abs, -3).result(timeout=60) == 3
 
 
@@ -490,6 +494,22 @@ def test_as_completed_times_out(local_conf):
     with pytest.raises(TimeoutError, match="0 of 1 tasks finished after 0.5 s"):
         list(sheepdog.as_completed(request_id, local_conf["dbfile"], timeout=0.5))
     sheepdog.cancel(request_id, local_conf["dbfile"])
+
+
+def test_as_completed_notices_a_worker_that_died_without_a_word(local_conf):
+    """No report comes, so nothing wakes the waiting: it must look at the scheduler itself."""
+    def dies_whole():
+        import os
+        import signal
+        import time
+
+        time.sleep(0.5)  # after the start of its batch was told
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    request_id = sheepdog.map_async(dies_whole, [()], {**local_conf, "retries": 0})
+    ((index, error),) = sheepdog.as_completed(request_id, local_conf["dbfile"], timeout=60,
+                                              errors="yield")
+    assert index == 1 and isinstance(error, sheepdog.TaskLost)
 
 
 def test_executor_page_examples_run_on_the_local_backend(local_conf):
