@@ -326,13 +326,31 @@ def test_a_cancelled_future_reaches_the_standard_waiters(local_conf, tmp_path):
 def test_shutdown_with_cancel_futures_cancels_what_has_not_started(local_conf, tmp_path):
     executor, blocker, pending, markers, release = blocked_executor(local_conf, tmp_path, 2)
     executor.shutdown(wait=False, cancel_futures=True)
-    with pytest.raises(RuntimeError, match="shut down"):
+    with pytest.raises(RuntimeError, match="^this sheepdog Executor has been shut down: make a "
+                                           "new one to submit more$"):
         executor.submit(abs, 1)
     open(release, "w").close()
     assert blocker.result(timeout=60) == "released"
     executor.shutdown(wait=True)
     assert all(future.cancelled() for future in pending)
     assert not any((tmp_path / marker).exists() for marker in markers)
+
+
+FORGETS_SHUTDOWN = """
+import sys
+import sheepdog
+
+executor = sheepdog.Executor({"scheduler": "local", "dbfile": sys.argv[1]})
+print(executor.submit(abs, -4).result(timeout=60), flush=True)
+"""
+
+
+def test_a_script_that_never_shuts_its_executor_down_still_exits(dbfile):
+    from .test_session import run_script
+
+    script = run_script(FORGETS_SHUTDOWN, dbfile)
+    out, err = script.communicate(timeout=60)
+    assert (script.returncode, out) == (0, "4\n"), err
 
 
 def test_shutdown_waits_for_every_future(local_conf):

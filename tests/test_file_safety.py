@@ -13,6 +13,7 @@ import pytest
 from sheepdog.storage import Storage, StorageError
 from sheepdog.storage.file_safety import (
     UnsafePathError,
+    check_database_files,
     private_directory,
     private_file,
 )
@@ -517,3 +518,25 @@ def test_a_link_planted_where_sqlite_keeps_a_file_is_refused_saying_what_to_do(t
     assert _refusal(lambda: check_companions(dbfile)) == (
         f"{dbfile}-wal (the write-ahead log of {dbfile}) has become a symbolic link: remove "
         f"it, or choose another path")
+
+
+def test_an_open_databases_companions_and_directories_are_checked_each_as_what_it_is(tmp_path):
+    """Without opening anything (a read-only reader): what is missing is skipped, the
+    rest is checked, files as files and directories as directories."""
+    tmp_path.chmod(0o700)
+    dbfile, payloads = tmp_path / "d.sqlite", tmp_path / "payloads"
+    dbfile.touch(0o600)
+    check = [str(dbfile), ("-wal", "-shm"), (str(payloads),)]
+    check_database_files(*check)  # no companion, no payload directory yet
+    payloads.mkdir(0o700)
+    (tmp_path / "d.sqlite-wal").touch(0o600)
+    check_database_files(*check)
+    (tmp_path / "d.sqlite-wal").unlink()
+    (tmp_path / "d.sqlite-shm").touch()
+    (tmp_path / "d.sqlite-shm").chmod(0o620)  # past a missing -wal: still checked
+    with pytest.raises(UnsafePathError, match="d.sqlite-shm"):
+        check_database_files(*check)
+    (tmp_path / "d.sqlite-shm").chmod(0o600)
+    payloads.chmod(0o770)
+    with pytest.raises(UnsafePathError, match="payloads"):
+        check_database_files(*check)
