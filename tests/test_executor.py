@@ -349,7 +349,10 @@ def test_a_script_that_never_shuts_its_executor_down_still_exits(dbfile):
     from .test_session import run_script
 
     script = run_script(FORGETS_SHUTDOWN, dbfile)
-    out, err = script.communicate(timeout=60)
+    try:
+        out, err = script.communicate(timeout=60)
+    finally:
+        script.kill()  # if it hangs at exit
     assert (script.returncode, out) == (0, "4\n"), err
 
 
