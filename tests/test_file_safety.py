@@ -14,6 +14,7 @@ from sheepdog.storage import Storage, StorageError
 from sheepdog.storage.file_safety import (
     UnsafePathError,
     check_database_files,
+    check_directory,
     private_directory,
     private_file,
 )
@@ -540,3 +541,23 @@ def test_an_open_databases_companions_and_directories_are_checked_each_as_what_i
     payloads.chmod(0o770)
     with pytest.raises(UnsafePathError, match="payloads"):
         check_database_files(*check)
+    payloads.chmod(0o700)
+    os.link(dbfile, tmp_path / "other-name.sqlite")
+    assert _refusal(lambda: check_database_files(*check)) == (
+        f"{dbfile} has 2 names (hard links): sheepdog could not tell them apart and keep its "
+        f"locks. Remove the other names, or copy the file")
+
+
+def test_a_directory_others_can_write_on_the_way_to_a_database_is_named_with_the_way_out(
+        tmp_path):
+    tmp_path.chmod(0o700)
+    shared = tmp_path / "shared"
+    (shared / "mine").mkdir(parents=True, mode=0o700)
+    shared.chmod(0o770)
+    for dbfile, where in [(shared / "d.sqlite", "the directory of"),
+                          (shared / "mine" / "d.sqlite", "a directory above")]:
+        assert _refusal(lambda: check_directory(str(dbfile))) == (
+            f"{shared}, {where} {dbfile}, can be written by others than you (mode 770): they "
+            f"could plant a journal or a write-ahead log beside the database, or swap its "
+            f"directory, and sheepdog would load what they put there. Keep the database in a "
+            f"directory of your own (mode 0700), such as a subdirectory of this one")
