@@ -541,7 +541,11 @@ def test_an_open_databases_companions_and_directories_are_checked_each_as_what_i
     payloads.chmod(0o770)
     with pytest.raises(UnsafePathError, match="payloads"):
         check_database_files(*check)
-    payloads.chmod(0o700)
+    payloads.rmdir()
+    payloads.touch(0o600)
+    assert _refusal(lambda: check_database_files(*check)) == (
+        f"{payloads} is not a directory: remove it, or choose another path")
+    payloads.unlink()
     os.link(dbfile, tmp_path / "other-name.sqlite")
     assert _refusal(lambda: check_database_files(*check)) == (
         f"{dbfile} has 2 names (hard links): sheepdog could not tell them apart and keep its "
