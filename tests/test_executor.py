@@ -46,6 +46,12 @@ def test_many_submits_in_a_short_time_go_out_as_one_array_job(local_conf):
     assert list(requests) == [1] and len(requests[1]) == 1
 
 
+def test_max_batch_submits_go_out_at_once_without_waiting_for_the_window(local_conf):
+    with sheepdog.Executor(local_conf, batch_seconds=600, max_batch=2) as executor:
+        futures = [executor.submit(abs, -x) for x in (1, 2)]
+        assert [future.result(timeout=60) for future in futures] == [1, 2]
+
+
 def test_submits_from_many_threads_within_the_window_go_out_together(local_conf):
     with sheepdog.Executor(local_conf, batch_seconds=0.5) as executor:
         with concurrent.futures.ThreadPoolExecutor(4) as threads:
