@@ -117,3 +117,9 @@ def test_as_completed_yields_a_retried_task_once_with_its_last_attempt(local_con
     request_id = sheepdog.map_async(crash_once, [(1,), (2,), (3,)], {**local_conf, "retries": 1})
     finished = list(sheepdog.as_completed(request_id, local_conf["dbfile"], timeout=60))
     assert sorted(finished) == [(1, 1), (2, 2), (3, 3)]
+
+
+def test_as_completed_names_the_two_ways_to_take_errors(storage, dbfile):
+    request_id = storage.create_request(b"f", [b"a"], "k", "local")
+    with pytest.raises(ValueError, match=r"^errors must be 'raise' or 'yield', not 'ignore'$"):
+        next(sheepdog.as_completed(request_id, dbfile, errors="ignore"))

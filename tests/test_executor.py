@@ -46,6 +46,12 @@ def test_many_submits_in_a_short_time_go_out_as_one_array_job(local_conf):
     assert list(requests) == [1] and len(requests[1]) == 1
 
 
+def test_max_batch_submits_go_out_at_once_without_waiting_for_the_window(local_conf):
+    with sheepdog.Executor(local_conf, batch_seconds=600, max_batch=2) as executor:
+        futures = [executor.submit(abs, -x) for x in (1, 2)]
+        assert [future.result(timeout=60) for future in futures] == [1, 2]
+
+
 def test_submits_from_many_threads_within_the_window_go_out_together(local_conf):
     with sheepdog.Executor(local_conf, batch_seconds=0.5) as executor:
         with concurrent.futures.ThreadPoolExecutor(4) as threads:
@@ -218,6 +224,88 @@ def test_cancelled_pending_futures_never_run(local_conf, tmp_path):
         DONE, CANCELLED, CANCELLED, DONE]
 
 
+def running_process(pid):
+    """Whether process ``pid`` runs (not ended, nor a zombie waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_request_with_cancelled_futures_removes_its_workers_once_the_rest_settle(
+        local_conf, tmp_path):
+    """Its warm pool would keep the worker waiting for more work for ``linger`` (60 s);
+    a request the user cancelled part of ends its jobs as soon as its last task does."""
+    release = str(tmp_path / "release")
+
+    def worker_of(x):
+        import os
+
+        if x == 0:
+            wait_for_file(release)
+        return os.getppid()  # the runner's parent: its worker
+
+    executor = sheepdog.Executor({**local_conf, "workers": 1, "chunksize": 1})
+    try:
+        blocker = executor.submit(worker_of, 0)
+        cancelled, rest = executor.submit(worker_of, 1), executor.submit(worker_of, 2)
+        deadline = time.monotonic() + 60
+        while not blocker.running():
+            assert time.monotonic() < deadline, "the first task never started"
+            time.sleep(0.02)
+        assert cancelled.cancel()
+        open(release, "w").close()
+        workers = {blocker.result(timeout=60), rest.result(timeout=60)}  # the pool may grow
+        deadline = time.monotonic() + 30
+        while any(running_process(worker) for worker in workers):
+            assert time.monotonic() < deadline, "a worker still waits for work"
+            time.sleep(0.05)
+    finally:
+        open(release, "w").close()
+        executor.shutdown()
+
+
+def its_worker():
+    import os
+
+    return os.getppid()  # the runner's parent: its worker
+
+
+def test_shutdown_closes_the_executors_own_session_but_not_one_it_was_given(local_conf):
+    """Closing a session ends its warm pool's workers; one the caller gave the executor is
+    the caller's to close, and its workers serve the next executor on it."""
+    with sheepdog.Session() as session:
+        with sheepdog.Executor(local_conf, session=session) as executor:
+            worker = executor.submit(its_worker).result(timeout=60)
+        with sheepdog.Executor(local_conf, session=session) as executor:
+            assert executor.submit(its_worker).result(timeout=60) == worker
+    executor = sheepdog.Executor(local_conf)
+    worker = executor.submit(its_worker).result(timeout=60)
+    executor.shutdown()
+    deadline = time.monotonic() + 30
+    while running_process(worker):  # not left waiting for work for linger (60 s)
+        assert time.monotonic() < deadline, "the executor's own session was left open"
+        time.sleep(0.05)
+
+
+def test_a_task_cancelled_in_the_database_cancels_its_pending_future(local_conf, tmp_path):
+    """Cancelled from elsewhere (another process, the dashboard) before any worker took
+    it, the task's future is cancelled, not a running future that raises."""
+    executor, blocker, pending, _markers, release = blocked_executor(local_conf, tmp_path, 1)
+    try:
+        storage = Storage(local_conf["dbfile"])
+        assert storage.cancel_tasks(1, [2], "cancelled elsewhere") == [2]
+        storage.close()
+        with pytest.raises(concurrent.futures.CancelledError):
+            pending[0].result(timeout=60)
+        assert pending[0].cancelled()
+    finally:
+        open(release, "w").close()
+        executor.shutdown()
+    assert blocker.result() == "released"
+
+
 def test_a_cancelled_future_reaches_the_standard_waiters(local_conf, tmp_path):
     """concurrent.futures.wait counts a cancelled future as done, and as_completed yields
     it: whether its task was already sent out, or it was cancelled before it was."""
@@ -243,13 +331,34 @@ def test_a_cancelled_future_reaches_the_standard_waiters(local_conf, tmp_path):
 def test_shutdown_with_cancel_futures_cancels_what_has_not_started(local_conf, tmp_path):
     executor, blocker, pending, markers, release = blocked_executor(local_conf, tmp_path, 2)
     executor.shutdown(wait=False, cancel_futures=True)
-    with pytest.raises(RuntimeError, match="shut down"):
+    with pytest.raises(RuntimeError, match="^this sheepdog Executor has been shut down: make a "
+                                           "new one to submit more$"):
         executor.submit(abs, 1)
     open(release, "w").close()
     assert blocker.result(timeout=60) == "released"
     executor.shutdown(wait=True)
     assert all(future.cancelled() for future in pending)
     assert not any((tmp_path / marker).exists() for marker in markers)
+
+
+FORGETS_SHUTDOWN = """
+import sys
+import sheepdog
+
+executor = sheepdog.Executor({"scheduler": "local", "dbfile": sys.argv[1]})
+print(executor.submit(abs, -4).result(timeout=60), flush=True)
+"""
+
+
+def test_a_script_that_never_shuts_its_executor_down_still_exits(dbfile):
+    from .test_session import run_script
+
+    script = run_script(FORGETS_SHUTDOWN, dbfile)
+    try:
+        out, err = script.communicate(timeout=60)
+    finally:
+        script.kill()  # if it hangs at exit
+    assert (script.returncode, out) == (0, "4\n"), err
 
 
 def test_shutdown_waits_for_every_future(local_conf):
@@ -293,6 +402,19 @@ def test_map_yields_in_order_and_times_out(local_conf):
         results.close()  # its futures are cancelled, if not running; this one runs on
 
 
+SCALE = 1000
+
+
+def scaled(x):
+    return x * SCALE
+
+
+def test_the_executors_namespace_overrides_the_globals_its_functions_use(local_conf):
+    with sheepdog.Executor(local_conf, {"SCALE": 2}) as executor:
+        assert executor.submit(scaled, 3).result(timeout=60) == 6
+        assert list(executor.map(scaled, [1, 2], timeout=60)) == [2, 4]
+
+
 def test_keyword_arguments_travel_with_submit_and_map_takes_its_own_by_keyword(local_conf):
     def describe(x, /, fn=None, *, scale=1):
         return (x * scale, fn)
@@ -313,7 +435,7 @@ def test_executor_map_honours_chunksize_as_the_tasks_a_worker_takes_at_a_time(lo
     with sheepdog.Executor(local_conf) as executor:
         assert list(executor.map(abs, [-1, -2, -3], chunksize=3)) == [1, 2, 3]
         assert list(executor.map(abs, [-4])) == [4]
-        with pytest.raises(ValueError, match="chunksize must be at least 1"):
+        with pytest.raises(ValueError, match="^chunksize must be at least 1, not 0$"):
             executor.map(abs, [-1], chunksize=0)
     storage = Storage(local_conf["dbfile"])
     try:
@@ -324,12 +446,25 @@ def test_executor_map_honours_chunksize_as_the_tasks_a_worker_takes_at_a_time(lo
 
 
 def test_unserialisable_arguments_fail_at_submit(local_conf):
-    with sheepdog.Executor(local_conf) as executor:
-        with pytest.raises(sheepdog.SerialisationError):
+    with sheepdog.Executor(local_conf) as executor:  # calls are numbered from 0, in turn
+        with pytest.raises(sheepdog.SerialisationError, match=r"^argument 0 \("):
             executor.submit(id, threading.Lock())
-        with pytest.raises(sheepdog.SerialisationError):
+        with pytest.raises(sheepdog.SerialisationError, match=r"^argument 2 \("):
+            executor.map(id, [1, threading.Lock()])
+        with pytest.raises(sheepdog.SerialisationError, match=r"^argument 3 \("):
             executor.submit(id, 1, lock=threading.Lock())
+        with pytest.raises(TypeError, match="^fn must be callable, not int$"):
+            executor.submit(3)
         assert executor.submit(abs, -3).result(timeout=60) == 3
+
+
+def test_an_executor_says_what_it_follows_and_shuts_down_unused(local_conf):
+    executor = sheepdog.Executor(local_conf)
+    assert repr(executor) == "<sheepdog.Executor local 0 requests followed>"
+    executor.shutdown()  # nothing was ever submitted
+    assert repr(executor) == "<sheepdog.Executor local 0 requests followed, shut down>"
+    with sheepdog.Executor(local_conf):
+        pass
 
 
 def test_a_future_can_be_awaited_while_the_event_loop_runs_other_coroutines(local_conf):
@@ -385,6 +520,22 @@ def test_as_completed_times_out(local_conf):
     with pytest.raises(TimeoutError, match="0 of 1 tasks finished after 0.5 s"):
         list(sheepdog.as_completed(request_id, local_conf["dbfile"], timeout=0.5))
     sheepdog.cancel(request_id, local_conf["dbfile"])
+
+
+def test_as_completed_notices_a_worker_that_died_without_a_word(local_conf):
+    """No report comes, so nothing wakes the waiting: it must look at the scheduler itself."""
+    def dies_whole():
+        import os
+        import signal
+        import time
+
+        time.sleep(0.5)  # after the start of its batch was told
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    request_id = sheepdog.map_async(dies_whole, [()], {**local_conf, "retries": 0})
+    ((index, error),) = sheepdog.as_completed(request_id, local_conf["dbfile"], timeout=60,
+                                              errors="yield")
+    assert index == 1 and isinstance(error, sheepdog.TaskLost)
 
 
 def test_executor_page_examples_run_on_the_local_backend(local_conf):

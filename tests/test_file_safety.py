@@ -13,6 +13,8 @@ import pytest
 from sheepdog.storage import Storage, StorageError
 from sheepdog.storage.file_safety import (
     UnsafePathError,
+    check_database_files,
+    check_directory,
     private_directory,
     private_file,
 )
@@ -517,3 +519,49 @@ def test_a_link_planted_where_sqlite_keeps_a_file_is_refused_saying_what_to_do(t
     assert _refusal(lambda: check_companions(dbfile)) == (
         f"{dbfile}-wal (the write-ahead log of {dbfile}) has become a symbolic link: remove "
         f"it, or choose another path")
+
+
+def test_an_open_databases_companions_and_directories_are_checked_each_as_what_it_is(tmp_path):
+    """Without opening anything (a read-only reader): what is missing is skipped, the
+    rest is checked, files as files and directories as directories."""
+    tmp_path.chmod(0o700)
+    dbfile, payloads = tmp_path / "d.sqlite", tmp_path / "payloads"
+    dbfile.touch(0o600)
+    check = [str(dbfile), ("-wal", "-shm"), (str(payloads),)]
+    check_database_files(*check)  # no companion, no payload directory yet
+    payloads.mkdir(0o700)
+    (tmp_path / "d.sqlite-wal").touch(0o600)
+    check_database_files(*check)
+    (tmp_path / "d.sqlite-wal").unlink()
+    (tmp_path / "d.sqlite-shm").touch()
+    (tmp_path / "d.sqlite-shm").chmod(0o620)  # past a missing -wal: still checked
+    with pytest.raises(UnsafePathError, match="d.sqlite-shm"):
+        check_database_files(*check)
+    (tmp_path / "d.sqlite-shm").chmod(0o600)
+    payloads.chmod(0o770)
+    with pytest.raises(UnsafePathError, match="payloads"):
+        check_database_files(*check)
+    payloads.rmdir()
+    payloads.touch(0o600)
+    assert _refusal(lambda: check_database_files(*check)) == (
+        f"{payloads} is not a directory: remove it, or choose another path")
+    payloads.unlink()
+    os.link(dbfile, tmp_path / "other-name.sqlite")
+    assert _refusal(lambda: check_database_files(*check)) == (
+        f"{dbfile} has 2 names (hard links): sheepdog could not tell them apart and keep its "
+        f"locks. Remove the other names, or copy the file")
+
+
+def test_a_directory_others_can_write_on_the_way_to_a_database_is_named_with_the_way_out(
+        tmp_path):
+    tmp_path.chmod(0o700)
+    shared = tmp_path / "shared"
+    (shared / "mine").mkdir(parents=True, mode=0o700)
+    shared.chmod(0o770)
+    for dbfile, where in [(shared / "d.sqlite", "the directory of"),
+                          (shared / "mine" / "d.sqlite", "a directory above")]:
+        assert _refusal(lambda: check_directory(str(dbfile))) == (
+            f"{shared}, {where} {dbfile}, can be written by others than you (mode 770): they "
+            f"could plant a journal or a write-ahead log beside the database, or swap its "
+            f"directory, and sheepdog would load what they put there. Keep the database in a "
+            f"directory of your own (mode 0700), such as a subdirectory of this one")

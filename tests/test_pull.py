@@ -158,6 +158,14 @@ def test_a_pull_hands_out_no_more_argument_bytes_than_fit(storage, monkeypatch):
     assert lease(storage, big, 2)[1] == [1]  # one always goes, whatever its size
 
 
+def test_arguments_that_fill_a_pulls_byte_cap_exactly_go_out_together(storage, monkeypatch):
+    from sheepdog.storage import leases
+
+    monkeypatch.setattr(leases, "PULL_BYTES", 1000)
+    request_id = storage.create_request(b"f", [b"x" * 500] * 3, "k", "local")
+    assert lease(storage, request_id, 3)[1] == [1, 2]  # 1000 bytes fit; 1500 do not
+
+
 def test_arguments_kept_in_files_count_toward_a_pulls_byte_cap_with_their_real_size(
         storage, monkeypatch):
     """Arguments of ALONE_BYTES and more are kept in files, with an empty row in the
@@ -258,6 +266,16 @@ def test_workers_whose_job_was_never_recorded_do_not_count_as_alive(storage):
     assert storage.any_worker_alive(request_id)
 
 
+def test_the_workers_of_a_job_never_submitted_end_as_not_worth_repeating(storage):
+    request_id = storage.create_request(b"f", [b"a"], "k", "local")
+    launch = storage.add_workers(request_id, 2)
+    assert storage.live_counts([request_id]) == {request_id: 2}  # yet to start
+    storage.end_launch(request_id, launch, "its job was never submitted: refused")
+    assert storage.live_counts([request_id]) == {}
+    assert storage.newest_launch_ends(request_id) == [
+        ("its job was never submitted: refused", False, False)] * 2
+
+
 def test_a_worker_that_leaves_still_holding_tasks_loses_them(storage):
     request_id = storage.create_request(b"f", [b"a", b"b"], "k", "local")
     worker, held = lease(storage, request_id, 1)
@@ -265,6 +283,9 @@ def test_a_worker_that_leaves_still_holding_tasks_loses_them(storage):
     assert storage.record_reports(request_id, [(2, False, b"r")]) == 1
     assert storage.pull(request_id, worker, 3, 1) == []  # nothing left: it leaves
     assert storage.progress(request_id).lost == len(held) == 1
+    assert storage.errors(request_id) == [(b"a", "lost", "its worker left without reporting it")]
+    assert storage.newest_launch_ends(request_id) == [("it ran out of tasks", True, True)]
+    assert storage.requeue(request_id, max_attempts=2, failed_too=False) == held  # retried
 
 
 def test_batches_never_ask_for_more_than_a_pull_may_carry():
@@ -305,3 +326,121 @@ def test_a_pull_takes_at_least_the_tasks_its_worker_finds_worth_a_pull(storage):
     launch = storage.add_workers(request_id, 10)
     assert storage.pull(request_id, f"{launch}.1", 1, 100) == list(range(1, 6))  # 100/20
     assert storage.pull(request_id, f"{launch}.2", 1, 100, least=30) == list(range(6, 36))
+
+
+def test_a_worker_the_scheduler_ended_loses_its_tasks_and_they_may_run_again(storage):
+    request_id = storage.create_request(b"f", [b"a", b"b", b"c"], "k", "local")
+    worker, held = lease(storage, request_id, 2)
+    assert storage.end_worker(request_id, worker, "killed by SIGKILL", True, "; warned") == \
+        held == [1, 2]
+    assert storage.errors(request_id) == [(b"a", "lost", "killed by SIGKILL"),
+                                          (b"b", "lost", "killed by SIGKILL")]
+    assert storage.newest_launch_ends(request_id) == [("killed by SIGKILL", True, True)]
+    assert storage.requeue(request_id, max_attempts=2, failed_too=False) == [1, 2]
+    assert storage.end_worker(request_id, "9.1", "killed", True) == []  # no such worker
+
+
+def test_a_worker_ended_after_a_kill_notice_loses_its_tasks_for_good(storage):
+    """The scheduler warned it: it was removed on purpose, whatever the end looked like."""
+    request_id = storage.create_request(b"f", [b"a", b"b"], "k", "local")
+    worker, held = lease(storage, request_id, 1)
+    assert storage.worker_kill_notice(request_id, worker)
+    assert storage.end_worker(request_id, worker, "killed by SIGKILL", True, "; warned") == held
+    assert storage.errors(request_id) == [(b"a", "lost", "killed by SIGKILL; warned")]
+    assert storage.newest_launch_ends(request_id) == [("killed by SIGKILL; warned", False, True)]
+    assert storage.requeue(request_id, max_attempts=2, failed_too=False) == []
+
+
+def test_a_worker_that_ended_in_a_way_not_worth_repeating_loses_its_tasks_for_good(storage):
+    request_id = storage.create_request(b"f", [b"a", b"b"], "k", "local")
+    worker, held = lease(storage, request_id, 1)
+    assert storage.end_worker(request_id, worker, "out of memory", False) == held
+    assert storage.newest_launch_ends(request_id) == [("out of memory", False, True)]
+    assert storage.requeue(request_id, max_attempts=2, failed_too=False) == []
+
+
+def test_every_task_a_worker_takes_gives_back_or_loses_wakes_whoever_waits_for_a_change(storage):
+    """The Executor's watcher and ``as_completed`` sleep in ``wait_for_change``: each move
+    of a task between a worker and the queue must wake them."""
+    request_id = storage.create_request(b"f", [b"a"] * 8, "k", "local")
+    launch = storage.add_workers(request_id, 4)
+    moves = [
+        lambda: storage.pull(request_id, f"{launch}.1", 1, 2, least=2),
+        lambda: storage.release(request_id, f"{launch}.1", 1, [2]),
+        lambda: storage.lose_held(request_id, f"{launch}.1", 1, 1, "killed by SIGSEGV"),
+        lambda: storage.pull(request_id, f"{launch}.2", 1, 1),
+        lambda: storage.leave(request_id, f"{launch}.2", "idle too long"),
+        lambda: storage.pull(request_id, f"{launch}.3", 1, 1),
+        lambda: storage.end_worker(request_id, f"{launch}.3", "killed by SIGKILL", True),
+        lambda: storage.pull(request_id, f"{launch}.4", 1, 1),
+        lambda: storage.lose_silent(request_id, time.time() + 1, "silent"),
+    ]
+    for move in moves:
+        seen = storage.change_count
+        assert move(), move
+        assert storage.change_count > seen
+
+
+def pool_worker(storage, n_tasks):
+    """Request A of a warm pool, with ``n_tasks`` tasks, and a worker of a recorded job;
+    request B of the same pool, with one task: (A, the worker, B)."""
+    first = storage.create_request(b"f", [b"a"] * n_tasks, "k", "local")
+    second = storage.create_request(b"f", [b"b"], "k", "local")
+    launch = storage.add_workers(first, 1)
+    storage.add_job(first, "7", launch, 1)
+    return first, f"{launch}.1", second
+
+
+def test_a_pool_worker_handed_over_keeps_its_job_and_array_task_and_starts_afresh(storage):
+    first, worker, second = pool_worker(storage, 2)
+    for seq in (1, 2):
+        assert storage.pull(first, worker, seq, 1) == [seq]
+        storage.record_reports(first, [(seq, False, b"r")])
+    assert storage.hand_over(first, worker, 3, second) == "1.1"
+    assert [tuple(job) for job in storage.jobs(second)] == [("7", 1, 0)]
+    assert storage.live_workers(second) == [("7", 1, 1)]
+    assert storage.newest_launch_ends(first) == [
+        (f"it went on to request {second} of its pool", True, True)]
+    assert storage.pull(second, "1.1", 1, 1) == [1]  # its first pull there
+
+
+def test_a_pool_worker_that_ended_or_is_unknown_or_has_no_job_is_not_handed_over(storage):
+    first, worker, second = pool_worker(storage, 1)
+    assert storage.hand_over(first, "5.1", 1, second) is None  # no such worker
+    no_job = f"{storage.add_workers(first, 1)}.1"
+    assert storage.hand_over(first, no_job, 1, second) is None  # its job not recorded yet
+    assert storage.hand_over(first, worker, 3, second) is None  # not its next pull
+    assert storage.leave(first, worker, "idle too long")
+    assert not storage.leave(first, worker, "idle too long")  # only once
+    assert storage.hand_over(first, worker, 1, second) is None  # it has ended
+    assert storage.live_workers(second) == []
+
+
+def test_a_repeated_pull_of_a_pool_worker_gets_its_tasks_again_rather_than_moving(storage):
+    """The answer to pull 1 was lost and the worker asks again, while B now waits: moving
+    it would lose the tasks that pull 1 handed out, which it never received."""
+    first, worker, second = pool_worker(storage, 2)
+    assert storage.pull(first, worker, 1, 2, least=2) == [1, 2]  # nothing left pending
+    assert storage.hand_over(first, worker, 1, second) is None
+    assert storage.pull(first, worker, 1, 2) == [1, 2]
+    assert storage.progress(first).running == 2
+
+
+def test_only_workers_that_pulled_and_then_fell_silent_lose_their_tasks(storage):
+    """A worker yet to start (never pulled) may wait in the scheduler's queue for long;
+    one whose heartbeat came after the cut-off is alive."""
+    request_id = storage.create_request(b"f", [b"a", b"b", b"c"], "k", "local")
+    launch = storage.add_workers(request_id, 3)
+    silent, beating = f"{launch}.1", f"{launch}.2"
+    assert storage.pull(request_id, silent, 1, 1) == [1]
+    assert storage.pull(request_id, beating, 1, 1) == [2]
+    cut_off = time.time()
+    while time.time() <= cut_off:  # the heartbeat below must come strictly later
+        pass
+    assert storage.worker_heartbeat(request_id, beating)
+    assert not storage.worker_heartbeat(request_id, f"{launch}.9")
+    assert storage.lose_silent(request_id, cut_off, "it fell silent") == [1]
+    assert storage.errors(request_id) == [(b"a", "lost", "it fell silent")]
+    assert storage.newest_launch_ends(request_id) == [("it fell silent", True, True)]
+    assert storage.live_counts([request_id]) == {request_id: 2}  # the beating, the unstarted
+    assert storage.requeue(request_id, max_attempts=2, failed_too=False) == [1]

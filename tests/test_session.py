@@ -60,6 +60,12 @@ def test_a_later_process_reruns_what_died_with_the_caller_and_gets_every_result(
     assert len(sheepdog.Storage(dbfile).jobs(request_id)) == 2  # the rerun, submitted here
 
 
+def test_as_completed_in_a_later_process_serves_and_reruns_what_died_with_the_caller(dbfile):
+    request_id = kill_caller_after_two_results(dbfile, retries=1)
+    assert sorted(sheepdog.as_completed(request_id, dbfile, timeout=60)) == [
+        (x, 10 * x) for x in range(1, 7)]
+
+
 def test_tasks_that_died_with_their_caller_are_lost_with_the_reason_and_the_rest_run(dbfile):
     """Without retries, what the dead caller's workers held is lost; what they had not
     pulled yet is run by a job that the waiting process submits."""

@@ -397,3 +397,20 @@ def test_a_version_5_database_is_upgraded_and_its_requests_gain_names_and_task_t
     new = storage.create_request(b"f", [b"a"], "s", "local", {}, ("__main__", "simulate"))
     assert storage.request_summaries(new)[0].function == "__main__.simulate"
     assert integrity_check(storage) == "ok"
+
+
+def test_progress_counts_zero_in_states_no_task_is_in_and_every_ended_task_as_finished(storage):
+    request_id = storage.create_request(b"f", [b"a"] * 4, "k", "local")
+
+    def counts():
+        p = storage.progress(request_id)
+        return (p.pending, p.running, p.done, p.failed, p.lost, p.cancelled, p.queued,
+                p.finished, p.complete)
+
+    assert counts() == (4, 0, 0, 0, 0, 0, 0, 0, False)
+    assert storage.cancel_tasks(request_id, [4], "cancelled by the user") == [4]
+    worker = f"{storage.add_workers(request_id, 1)}.1"
+    assert storage.pull(request_id, worker, 1, 3, least=3) == [1, 2, 3]
+    storage.record_reports(request_id, [(1, False, b"r"), (2, True, b"it raised")])
+    assert storage.lose_held(request_id, worker, 1, 3, "killed by SIGKILL")
+    assert counts() == (0, 0, 1, 1, 1, 1, 0, 4, True)

@@ -201,7 +201,8 @@ class Leases:
                   ) -> Optional[str]:
         """Worker ``worker`` of ``request_id``, whose pull ``seq`` found nothing it must do
         there, becomes a worker of ``to_request`` (a request of its warm pool); its name
-        there, or None when it cannot move (unknown, ended, or its job not yet recorded).
+        there, or None when it cannot move (unknown, ended, ``seq`` not a new pull, or its
+        job not yet recorded).
 
         It keeps its job and array task: in ``to_request`` it is array task ``T`` of a
         launch recorded with the same job id (one launch per job that ever served the
@@ -212,7 +213,8 @@ class Leases:
         """
         with self._database.write() as db:
             row = _worker_row(db, request_id, worker, "id, pulls, ended")
-            if row is None or row[2] is not None or seq not in (row[1], row[1] + 1):
+            # A repeated pull (its answer was lost) must get its tasks again: not moved.
+            if row is None or row[2] is not None or seq != row[1] + 1:
                 return None
             launch, array_task = _launch_and_task(worker)
             job = db.execute("SELECT job_id FROM jobs WHERE request_id = ? AND launch = ?",
