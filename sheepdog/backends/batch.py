@@ -268,6 +268,7 @@ class BatchBackend(Backend):
                 ended[task] = TaskEnd(f"{self.name} holds it and will not run it: {reason}",
                                       retryable=False)
             self.run(self.cancel_argv(job_id, held))
+            self._forget_listing()
         missing = sorted(task for task in candidates if task not in live)
         if not missing:
             return ended

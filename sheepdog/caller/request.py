@@ -12,6 +12,7 @@ what may be retried.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import os
@@ -311,9 +312,10 @@ class Request:
             return [recalled[index] for index in range(1, len(recalled) + 1)]
         values: list[Any] = []
         unloadable: dict[int, str] = {}
-        for chunk in self.storage.loaded_results(self.id):
-            values += chunk.values
-            unloadable.update(chunk.unloadable)
+        with contextlib.closing(self.storage.loaded_results(self.id)) as chunks:
+            for chunk in chunks:  # closed at once if this stops early: it holds a read
+                values += chunk.values
+                unloadable.update(chunk.unloadable)
         for index, value in recalled.items():  # the very objects, loaded once already
             values[index - 1] = value
         for index, why in unloadable.items():  # once read: reading holds a transaction

@@ -223,11 +223,14 @@ class Connection:
     def _on_live_connection(self, open_channel: Callable[[paramiko.Transport], T]) -> T:
         """``open_channel(transport)``, reconnecting once if the connection died unnoticed
         (``open_channel`` must not have started anything when it raises)."""
+        client = self.client()
         try:
-            return open_channel(self._transport())
+            transport = client.get_transport()
+            assert transport is not None
+            return open_channel(transport)
         except (paramiko.SSHException, EOFError, OSError) as error:
             log.info("the connection to %s dropped (%s); reconnecting", self.target, error)
-            self.close()
+            self._close_if(client)
         try:
             return open_channel(self._transport())
         except (paramiko.SSHException, EOFError, OSError) as error:
@@ -320,6 +323,13 @@ class Connection:
             return sftp.normalize(remote_path)
         finally:
             sftp.close()
+
+    def _close_if(self, client: paramiko.SSHClient) -> None:
+        """Close ``client`` if it is still this connection's: another thread may have
+        reconnected already (the first job's tunnel, key and questions go side by side)."""
+        with self._lock:
+            if self._client is client:
+                self.close()
 
     def close(self) -> None:
         with self._lock:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import operator
 import sqlite3
-from typing import Any, Iterator, NamedTuple, Optional, cast
+from typing import Any, Generator, Iterator, NamedTuple, Optional, cast
 
 from .connection import Database
 from .payloads import PayloadFile, payload_bytes
@@ -64,7 +64,8 @@ class ResultChunks:
         finally:
             connection.execute("COMMIT")
 
-    def loaded(self, request_id: int, size: int = CHUNK_TASKS) -> Iterator[LoadedChunk]:
+    def loaded(self, request_id: int, size: int = CHUNK_TASKS
+               ) -> Generator[LoadedChunk, None, None]:
         """:meth:`chunks` with each payload loaded. A result kept in a file is read
         only when its turn comes, so that one such file at most is in memory."""
         for first, payloads in self.chunks(request_id, size):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Generator, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 from . import read_only as reading
 from .connection import Database, DiskFullError, StorageError
@@ -231,7 +231,7 @@ class Storage:
                 ) -> list[tuple[bytes | PayloadFile | None, str, bytes | PayloadFile | None]]:
         return self.tasks.results(request_id, with_arguments)
 
-    def loaded_results(self, request_id: int) -> Iterator[LoadedChunk]:
+    def loaded_results(self, request_id: int) -> Generator[LoadedChunk, None, None]:
         return self.result_chunks.loaded(request_id)
 
     def errors(self, request_id: int) -> list[tuple[bytes | PayloadFile, str, str]]:

@@ -462,18 +462,19 @@ def load_many(payloads: Sequence[Optional[Buffer]]) -> tuple[list[Any], dict[int
     except TypeError:  # not all bytes-like
         joined = _OUT_OF_BAND_MAGIC
     fast = _OUT_OF_BAND_MAGIC not in joined and b"numpy" not in joined
-    while len(values) < len(payloads):
+    for position, payload in enumerate(payloads):
+        if payload is None:
+            values.append(None)
+            continue
         if fast:
             try:
-                values.extend(map(pickle.loads, payloads[len(values):]))  # type: ignore[arg-type]
-                break
-            except Exception:  # noqa: BLE001 - a None, or a payload described below
+                values.append(pickle.loads(payload))
+                continue
+            except Exception:  # noqa: BLE001 - described below, by the careful path
                 pass
-        payload = payloads[len(values)]
-        outcome: tuple[bool, Any] = (True, None) if payload is None else load_or_describe(payload)
-        loaded, value = outcome
+        loaded, value = load_or_describe(payload)
         if not loaded:
-            reasons[len(values)] = value
+            reasons[position] = value
         values.append(value if loaded else None)
     return values, reasons
 

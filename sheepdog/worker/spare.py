@@ -10,8 +10,9 @@ spare loads ``f`` and waits on its socket pair for its batch, which the
 supervisor sends it when one comes: the tasks' arguments, and the request
 they belong to (a warm pool hands a worker from request to request, and the
 runner posts large results itself). A batch of another function, or whose
-arguments exceed ``SPARE_BATCH_BYTES`` (sent through the socket, they would
-be copied, where a runner forked for them shares their memory), gets a
+arguments exceed ``SPARE_BATCH_BYTES`` (sent through the socket, they must fit
+in what it holds, and would be copied, where a runner forked for them shares
+their memory), gets a
 runner forked for it, as before, and the spare is killed unused.
 
 Embedded in the job file with the rest of ``worker``; standard library only.
@@ -38,8 +39,10 @@ from .client import Client, Identity
 from .output import TaskOutput
 from .runner import Claims, Loaded, Runner, run_tasks
 
-#: The most bytes of arguments sent to a spare runner through its socket pair.
-SPARE_BATCH_BYTES = 1 << 20
+#: The most bytes of arguments sent to a spare runner through its socket pair: less than
+#: the pair holds (about 200 KiB on Linux), so that sending never waits for a spare
+#: still loading ``f`` (the supervisor would beat no heartbeat meanwhile).
+SPARE_BATCH_BYTES = 64 << 10
 #: The length of a batch's frames, before them on the socket pair.
 _LENGTH = struct.Struct("!Q")
 
