@@ -119,15 +119,15 @@ def histogram(values: Sequence[float], bins: int = HISTOGRAM_BINS) -> dict[str, 
     return {"width": width, "counts": counts, "total": len(values)}
 
 
-def throughput(storage: Storage, request_id: int, created: float, now: float,
+def throughput(storage: Storage, summary: RequestSummary, now: float,
                buckets: int = THROUGHPUT_BUCKETS) -> dict[str, Any]:
     """How many tasks finished in each of (at most) ``buckets`` equal spans from the
     request's creation to its last finish (or to ``now``, while tasks are still open)."""
-    progress = storage.progress(request_id)
-    end = now if not progress.complete else (storage.dashboard_last_finish(request_id) or now)
+    created = summary.created
+    end = summary.ended if summary.ended is not None else now
     width = max((end - created) / buckets, MIN_BUCKET_SECONDS)
     shown = max(min(buckets, math.ceil((end - created) / width)), 1)
-    finished = storage.dashboard_finishes(request_id, created, width)
+    finished = storage.dashboard_finishes(summary.request_id, created, width)
     counts = [finished.get(bucket, 0) for bucket in range(shown)]
     counts[-1] += sum(n for bucket, n in finished.items() if bucket >= shown)
     return {"start": created, "width": width, "counts": counts}
@@ -159,7 +159,7 @@ def create_app(storage: Union[Storage, str, os.PathLike[str]], token: str,
     app = Flask("sheepdog.dashboard.app")
     charts = Charts(lambda summary, now: {
         "durations": histogram(store.dashboard_durations(summary.request_id)),
-        "throughput": throughput(store, summary.request_id, summary.created, now)})
+        "throughput": throughput(store, summary, now)})
 
     @app.before_request
     def require_token() -> Optional[Response]:

@@ -4,16 +4,16 @@ waits long for them, and most polls read no task.
 The histogram of durations and the throughput chart are made from every
 finished task of a request, which takes about three seconds at a million
 tasks, while the page wants its first answer within two and polls every
-second. So each request's charts are made on a thread of their own, and an
-answer waits for them at most :data:`WAIT_SECONDS` (small requests get
-theirs at once); until the first are made it says ``charts_pending``, and
-later answers give the newest made. Each request's charts are kept with the
-task counts they were made at: a poll of a request whose counts have not
-changed (every finished request) is answered from them, and one whose counts
-have changed starts new charts only once the kept ones are older than
-``COST_FACTOR`` times what they took to make (and ``MIN_AGE_SECONDS``): the
-charts then take at most about a tenth of the dashboard's time, however
-large the request.
+second. So each request's charts are made on a thread of their own, and the
+answer that starts them waits for them at most :data:`WAIT_SECONDS` (small
+requests get theirs at once); answers that find them being made do not wait.
+Until the first are made an answer says ``charts_pending``, and later answers
+give the newest made. Each request's charts are kept with the task counts
+they were made at: a poll of a request whose counts have not changed (every
+finished request) is answered from them, and one whose counts have changed
+starts new charts only once the kept ones are older than ``COST_FACTOR``
+times what they took to make (and ``MIN_AGE_SECONDS``): the charts then take
+at most about a tenth of the dashboard's time, however large the request.
 """
 
 from __future__ import annotations
@@ -60,22 +60,26 @@ class Charts:
     def of(self, summary: RequestSummary, now: float) -> dict[str, Any]:
         """The charts of ``summary``'s request: kept ones while they may serve, else
         new ones if they are made within :data:`WAIT_SECONDS`, else the kept ones (or
-        :data:`PENDING`) while new ones are made."""
+        :data:`PENDING`) while new ones are made.
+
+        Only the answer that starts new charts waits for them, and only when they may
+        come in time (the first, or kept ones that took less): an answer that finds
+        charts being made, or that would wait for slow ones, takes what is kept."""
         counts = tuple(sorted(summary.counts.items()))
         with self._lock:
             kept = self._kept.get(summary.request_id)
             if kept is not None and (kept.counts == counts or time.monotonic() - kept.made_at
                                      < max(MIN_AGE_SECONDS, COST_FACTOR * kept.cost)):
                 return kept.charts
-            made = self._making.get(summary.request_id)
-            if made is None:
-                made = self._making[summary.request_id] = threading.Event()
-                threading.Thread(target=self._make_and_keep, args=(summary, now, counts, made),
-                                 name=f"sheepdog-charts-{summary.request_id}",
-                                 daemon=True).start()
-        made.wait(WAIT_SECONDS)
-        with self._lock:
-            kept = self._kept.get(summary.request_id)
+            if summary.request_id in self._making:  # being made: no answer waits again
+                return PENDING if kept is None else kept.charts
+            made = self._making[summary.request_id] = threading.Event()
+            threading.Thread(target=self._make_and_keep, args=(summary, now, counts, made),
+                             name=f"sheepdog-charts-{summary.request_id}", daemon=True).start()
+        if kept is None or kept.cost < WAIT_SECONDS:  # they may well come in time
+            made.wait(WAIT_SECONDS)
+            with self._lock:
+                kept = self._kept.get(summary.request_id)
         return PENDING if kept is None else kept.charts
 
     def _make_and_keep(self, summary: RequestSummary, now: float,

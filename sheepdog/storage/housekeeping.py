@@ -13,12 +13,21 @@ later request is a link of its own, see ``memo.py``, and stays). A request
 with tasks still open (pending or running) is never removed: its workers
 would report to nothing. SQLite reuses the pages it frees; the file does not
 shrink until a ``VACUUM``.
+
+A request's size is read, not counted: ``request_bytes`` keeps the bytes of its
+payloads in the database (its function, and the data of its arguments,
+results, outputs and exceptions), and whoever writes or deletes those rows
+says how many bytes came or went (:func:`add_bytes`) in the same transaction,
+once per statement rather than once per row, so that ``sheepdog list`` stays a
+small read at a million tasks and storing results costs no trigger. Its
+payload files are sized when asked, by listing its directory.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 from typing import NamedTuple, Optional, Sequence
 
 from .connection import Database
@@ -26,13 +35,17 @@ from .states import PENDING, RUNNING
 
 #: The tables whose rows belong to one request, by its ``request_id``.
 _TABLES = ("tasks", "task_counts", "arguments", "results", "outputs", "exceptions", "jobs",
-           "workers", "computations")
+           "workers", "computations", "request_bytes")
 #: The meta entries named after a request: ``<name>:<request id>``.
 _META_NAMES = ("server", "key_file")
-#: The SQL that adds up, per request, the bytes of each table with payloads.
-_SIZES = " UNION ALL ".join(
-    f"SELECT request_id AS rid, sum(length(data)) AS n FROM {table} GROUP BY request_id"
-    for table in ("arguments", "results", "outputs", "exceptions"))
+
+
+def add_bytes(db: sqlite3.Connection, request_id: int, n_bytes: int) -> None:
+    """Inside the transaction that wrote (or, negative, deleted) them: ``n_bytes`` of
+    the request's payloads in the database."""
+    if n_bytes:
+        db.execute("INSERT INTO request_bytes VALUES (?, ?) ON CONFLICT (request_id) "
+                   "DO UPDATE SET bytes = bytes + excluded.bytes", (request_id, n_bytes))
 
 
 class Freed(NamedTuple):
@@ -56,19 +69,13 @@ class Housekeeping:
 
     def request_sizes(self, request_ids: Optional[Sequence[int]] = None) -> dict[int, int]:
         """Bytes that each request (every one, or those of ``request_ids``) takes: its
-        payloads in the database and in files."""
-        connection = self._database.connection()
-        sizes: dict[int, int] = {}
-        rows = connection.execute(
-            f"SELECT rid, sum(n) FROM ({_SIZES}) GROUP BY rid UNION ALL "
-            "SELECT id, length(function) FROM requests").fetchall()
+        payloads in the database (as kept in ``request_bytes``) and in files."""
+        rows = self._database.connection().execute(
+            "SELECT r.id, coalesce(b.bytes, 0) FROM requests r "
+            "LEFT JOIN request_bytes b ON b.request_id = r.id").fetchall()
         wanted = None if request_ids is None else set(request_ids)
-        for request_id, size in rows:
-            if wanted is None or request_id in wanted:
-                sizes[request_id] = sizes.get(request_id, 0) + (size or 0)
-        for request_id in sizes:
-            sizes[request_id] += self._file_bytes(request_id)
-        return sizes
+        return {request_id: size + self._file_bytes(request_id) for request_id, size in rows
+                if wanted is None or request_id in wanted}
 
     def _file_bytes(self, request_id: int) -> int:
         directory = os.path.join(self._payloads.root, str(request_id))

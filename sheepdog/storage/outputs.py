@@ -8,10 +8,12 @@ appends it to the task's error text.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any, Mapping, Sequence
 
 from .connection import Database
+from .housekeeping import add_bytes
 from ..wire.protocol import OUTPUT_TAIL_BYTES
 
 #: The streams of a task's output, in the order they are shown: one file
@@ -40,8 +42,13 @@ def store_outputs(db: sqlite3.Connection, request_id: int, outputs: Sequence[tup
     One that comes with its task's report (its index is in ``accepted``)
     replaces what was kept; any other is kept only where its task has none for
     that stream yet (it came after its report, or the task crashed), so a
-    duplicate run's output never replaces the first's.
+    duplicate run's output never replaces the first's. What the request's outputs
+    take grows (or shrinks) by the difference, measured on the tasks' rows.
     """
+    if not outputs:
+        return
+    touched = json.dumps(sorted({index for index, _stream, _data in outputs}))
+    before = _output_bytes(db, request_id, touched)
     for index, stream, data in outputs:
         if stream not in STREAMS:
             raise ValueError(f"unknown output stream {stream!r}")
@@ -53,6 +60,14 @@ def store_outputs(db: sqlite3.Connection, request_id: int, outputs: Sequence[tup
             db.execute("INSERT OR IGNORE INTO outputs (request_id, idx, stream, data) "
                        "SELECT request_id, idx, ?, ? FROM tasks WHERE request_id = ? "
                        "AND idx = ?", (stream, data, request_id, index))
+    add_bytes(db, request_id, _output_bytes(db, request_id, touched) - before)
+
+
+def _output_bytes(db: sqlite3.Connection, request_id: int, indices: str) -> int:
+    """The bytes of the output kept for the tasks ``indices`` (a JSON list)."""
+    return db.execute("SELECT coalesce(sum(length(data)), 0) FROM outputs WHERE request_id = ? "
+                      "AND idx IN (SELECT value FROM json_each(?))",
+                      (request_id, indices)).fetchone()[0]
 
 
 def read_outputs(database: Database, request_id: int, where: str, parameters: Sequence[Any]

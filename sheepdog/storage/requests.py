@@ -18,6 +18,7 @@ import time
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 from .connection import MAX_INTEGER, Database
+from .housekeeping import add_bytes
 from .memo import Computation, Memo
 from .states import DONE, PENDING, RUNNING
 from ..wire.protocol import ALONE_BYTES, nbytes
@@ -89,11 +90,15 @@ class Requests:
                     zip(itertools.repeat(request_id), *zip(*rows)) if rows else (),
                 )
                 reused = self._create_tasks(db, request_id, computation, linked)
-                db.execute("INSERT INTO task_counts VALUES (?, ?, ?)",
+                db.execute("INSERT INTO task_counts (request_id, state, n) VALUES (?, ?, ?)",
                            (request_id, PENDING, len(rows) - len(reused)))
                 if reused:
-                    db.execute("INSERT INTO task_counts VALUES (?, ?, ?)",
-                               (request_id, DONE, len(reused)))
+                    db.execute("INSERT INTO task_counts (request_id, state, n, last) "
+                               "VALUES (?, ?, ?, ?)", (request_id, DONE, len(reused), time.time()))
+                copied = db.execute("SELECT coalesce(sum(length(data)), 0) FROM results "
+                                    "WHERE request_id = ?", (request_id,)).fetchone()[0]
+                add_bytes(db, request_id,
+                          len(function) + sum(len(row[1]) for row in rows) + copied)
                 if computation is not None:
                     self._memo.store_keys(db, request_id, computation, reused)
             committed = True  # the linked files are the results' now

@@ -337,9 +337,6 @@ class Storage:
                            ) -> dict[int, int]:
         return self.summaries.dashboard_finishes(request_id, since, width)
 
-    def dashboard_last_finish(self, request_id: int) -> Optional[float]:
-        return self.summaries.dashboard_last_finish(request_id)
-
     def dashboard_failures(self, request_id: int, limit: int) -> list[TaskLog]:
         return self.summaries.dashboard_failures(request_id, limit)
 

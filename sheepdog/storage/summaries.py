@@ -22,6 +22,8 @@ from .states import (DONE, FAILED, PENDING, RUNNING, UNSUCCESSFUL, UNSUCCESSFUL_
 
 #: How much of a task's arguments the dashboard and ``sheepdog errors --json`` show.
 REPR_CHARS = 200
+#: The states of finished tasks.
+FINISHED = (DONE, *UNSUCCESSFUL)
 
 
 class TaskLog(NamedTuple):
@@ -99,19 +101,24 @@ class Summaries:
     def __init__(self, database: Database, requests: Requests) -> None:
         self._database = database
         self._requests = requests
-        #: request id -> (its counts, when its last task finished) of finished requests:
-        #: finding that out reads every task, and it stays true while the counts do.
-        self._ended: dict[int, tuple[tuple[tuple[str, int], ...], Optional[float]]] = {}
 
     def request_summaries(self, request_id: Optional[int] = None) -> list[RequestSummary]:
         """Every request (or the one ``request_id``) with its task counts by state, oldest
-        first: small reads, and for each finished request, when its last task finished."""
+        first, and for each finished request, when its last task finished: small reads.
+
+        That is the latest time a task entered a finished state, which ``task_counts``
+        keeps per state: a task that left such a state (another attempt) entered one
+        again later, so the latest is its last task's finish."""
         connection = self._database.connection()
         only, chosen = ("request_id = ?", (request_id,)) if request_id is not None else ("1", ())
         counts: dict[int, dict[str, int]] = {}
-        for rid, state, n in connection.execute(
-                f"SELECT request_id, state, n FROM task_counts WHERE n > 0 AND {only}", chosen):
+        finishes: dict[int, float] = {}
+        for rid, state, n, last in connection.execute(
+                f"SELECT request_id, state, n, last FROM task_counts WHERE n > 0 AND {only}",
+                chosen):
             counts.setdefault(rid, {})[state] = n
+            if state in FINISHED and last is not None:
+                finishes[rid] = max(last, finishes.get(rid, last))
         executing = dict(connection.execute(
             "SELECT request_id, count(*) FROM tasks INDEXED BY tasks_executing "
             f"WHERE state = '{RUNNING}' AND began IS NOT NULL AND {only} GROUP BY request_id",
@@ -123,18 +130,8 @@ class Summaries:
         summaries = [RequestSummary(rid, created, backend, n_tasks, counts.get(rid, {}), module,
                                     name, executing.get(rid, 0), remembered=remembered)
                      for rid, created, backend, n_tasks, module, name, remembered in rows]
-        return [summary._replace(ended=self._ended_of(summary))
+        return [summary._replace(ended=finishes.get(summary.request_id))
                 if summary.complete and summary.n_tasks else summary for summary in summaries]
-
-    def _ended_of(self, summary: RequestSummary) -> Optional[float]:
-        """When the finished request's last task finished; read once per state of its counts."""
-        counts = tuple(sorted(summary.counts.items()))
-        kept = self._ended.get(summary.request_id)
-        if kept is not None and kept[0] == counts:
-            return kept[1]
-        ended = self.dashboard_last_finish(summary.request_id)
-        self._ended[summary.request_id] = (counts, ended)
-        return ended
 
     def dashboard_tasks(self, request_id: int, offset: int = 0, limit: int = 1000
                         ) -> list[TaskSummary]:
@@ -201,13 +198,6 @@ class Summaries:
             "GROUP BY bucket",
             (since, width, request_id, DONE, *UNSUCCESSFUL, since))
         return dict(rows.fetchall())
-
-    def dashboard_last_finish(self, request_id: int) -> Optional[float]:
-        """When the request's last finished task finished, if any has."""
-        row = self._database.connection().execute(
-            "SELECT max(t.updated) FROM tasks t WHERE t.request_id = ? AND t.state IN (?, ?, ?, ?)",
-            (request_id, DONE, *UNSUCCESSFUL)).fetchone()
-        return row[0]
 
     def dashboard_failures(self, request_id: int, limit: int) -> list[TaskLog]:
         """The first ``limit`` failed, lost or cancelled tasks, with their error and output."""

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from . import states
 from .connection import Database
+from .housekeeping import add_bytes
 from .outputs import read_outputs, store_outputs, with_output
 from .payloads import PayloadFile
 from .requests import Requests
@@ -188,6 +189,10 @@ class Tasks:
         kept = {index: bytes(data) for index, data in exceptions if index in failed_now}
         db.executemany("INSERT OR REPLACE INTO exceptions (request_id, idx, data) "
                        "VALUES (?, ?, ?)", [(request_id, *row) for row in kept.items()])
+        # Nothing was replaced: a task that just finished or failed has no result or
+        # exception yet (another attempt starts without them, see :meth:`requeue`).
+        add_bytes(db, request_id, sum(nbytes(row[2]) for row in rows)
+                  + sum(map(len, kept.values())))
         return set(done) | set(failed)
 
     def record_unloadable(self, request_id: int, index: int, reason: str) -> bool:
@@ -220,15 +225,18 @@ class Tasks:
     def requeue(self, request_id: int, max_attempts: int, failed_too: bool) -> list[int]:
         """Put lost (and, if asked, failed) tasks with attempts left back in the queue.
 
-        Returns their indices; the output and the exception they left go.
+        Returns their indices; the output, the exception and any result they left go
+        (a result stays with a task that failed because it could not be loaded).
         """
         with self._database.write() as db:
             again = states.apply(
                 db, "requeue", request_id, max_attempts=max_attempts,
                 where=f"attempts < :max_attempts AND {states.may_run_again(failed_too)}")
-            for table in ("outputs", "exceptions"):
-                db.execute(f"DELETE FROM {table} WHERE request_id = ? AND idx IN "
-                           "(SELECT value FROM json_each(?))", (request_id, json.dumps(again)))
+            for table in ("outputs", "exceptions", "results"):
+                add_bytes(db, request_id, -sum(row[0] for row in db.execute(
+                    f"DELETE FROM {table} WHERE request_id = ? AND idx IN "
+                    "(SELECT value FROM json_each(?)) RETURNING length(data)",
+                    (request_id, json.dumps(again)))))
         if again:
             self._database.changed()
         return sorted(again)
