@@ -133,22 +133,24 @@ def test_a_requests_end_is_its_last_finish_through_another_attempt(storage):
 
 def version_7_database(dbfile):
     """A database as sheepdog of schema version 7 left it: two requests, one finished
-    (with output and an exception), one still running."""
+    (with output and an exception; its last task done after its failed one), one still
+    running."""
     with closing(sqlite3.connect(dbfile)) as raw:
         for script in schema._MIGRATIONS[:7]:
             raw.executescript(script + ";")
         raw.executescript("""
         INSERT INTO requests (id, created, secret, function, n_tasks, backend)
-            VALUES (1, 100.0, 's', x'00112233', 2, 'local'), (2, 200.0, 's', x'44', 2, 'local');
+            VALUES (1, 100.0, 's', x'00112233', 3, 'local'), (2, 200.0, 's', x'44', 2, 'local');
         INSERT INTO arguments (request_id, idx, data) VALUES
-            (1, 1, x'aa'), (1, 2, x'bbbb'), (2, 1, x'cc'), (2, 2, x'dd');
+            (1, 1, x'aa'), (1, 2, x'bbbb'), (1, 3, x'ee'), (2, 1, x'cc'), (2, 2, x'dd');
         INSERT INTO tasks (request_id, idx, state, updated, error) VALUES
             (1, 1, 'done', 150.0, NULL), (1, 2, 'failed', 170.0, 'Traceback: boom'),
+            (1, 3, 'done', 180.0, NULL),
             (2, 1, 'done', 250.0, NULL), (2, 2, 'running', 240.0, NULL);
-        INSERT INTO task_counts VALUES (1, 'done', 1), (1, 'failed', 1),
+        INSERT INTO task_counts VALUES (1, 'done', 2), (1, 'failed', 1),
             (2, 'done', 1), (2, 'running', 1);
         INSERT INTO results (request_id, idx, data) VALUES (1, 1, x'0102030405'),
-            (2, 1, x'06');
+            (1, 3, x'07'), (2, 1, x'06');
         INSERT INTO outputs VALUES (1, 2, 'stderr', x'6c61737420776f726473');
         INSERT INTO exceptions VALUES (1, 2, x'ffff');
         PRAGMA user_version = 7;
@@ -158,8 +160,8 @@ def version_7_database(dbfile):
 def test_a_version_7_database_is_given_its_sizes_and_ends_and_keeps_them(dbfile):
     version_7_database(dbfile)
     storage = Storage(dbfile)
-    assert kept_sizes_are_counted_sizes(storage) == {1: 4 + 3 + 5 + 10 + 2, 2: 1 + 2 + 1}
-    assert [s.ended for s in storage.request_summaries()] == [170.0, None]
+    assert kept_sizes_are_counted_sizes(storage) == {1: 4 + 4 + 6 + 10 + 2, 2: 1 + 2 + 1}
+    assert [s.ended for s in storage.request_summaries()] == [180.0, None]
     storage.record_reports(2, [(2, True, b"late")], [(2, "stdout", b"words")], [(2, b"exc")])
     kept_sizes_are_counted_sizes(storage)
     assert storage.request_summaries(2)[0].ended == last_finish(dbfile, 2) > 250.0
