@@ -502,3 +502,46 @@ def test_charts_that_fail_to_be_made_are_logged_and_asked_for_again(caplog):
         pass
     assert answer == {"n": 2}
     assert "could not make the charts of request 1" in caplog.text
+
+
+def test_only_the_answer_that_starts_quick_charts_waits_for_them(monkeypatch):
+    """A poll that finds charts being made, or whose kept charts were slow to make, answers
+    at once with what is kept: while a million tasks' charts are made, polls stay quick."""
+    from sheepdog.dashboard import charts as charts_module
+    from sheepdog.storage.summaries import RequestSummary
+
+    monkeypatch.setattr(charts_module, "WAIT_SECONDS", 60.0)
+    monkeypatch.setattr(charts_module, "MIN_AGE_SECONDS", 0.0)
+    monkeypatch.setattr(charts_module, "COST_FACTOR", 0.0)  # kept charts are old at once
+    release, made = threading.Event(), []
+
+    def slowly(summary, now):
+        assert release.wait(60)
+        made.append(now)
+        return {"n": len(made)}
+
+    charts = charts_module.Charts(slowly)
+    summary = RequestSummary(1, 0.0, "local", 2, {"running": 2})
+    first = []
+    starter = threading.Thread(target=lambda: first.append(charts.of(summary, 1.0)))
+    starter.start()  # starts the first charts, and waits for them
+    deadline = time.monotonic() + 60
+    while not charts._making and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    assert charts.of(summary, 2.0) == charts_module.PENDING  # being made: no wait
+    assert time.monotonic() - started < 30
+    release.set()
+    starter.join(60)
+    assert first == [{"n": 1}]
+    release.clear()
+    kept = charts._kept[1]
+    charts._kept[1] = kept._replace(cost=100.0)  # as if they had taken long to make
+    started = time.monotonic()
+    moved = summary._replace(counts={"running": 1, "done": 1})
+    assert charts.of(moved, 3.0) == {"n": 1}  # new ones are being made: the kept, at once
+    assert time.monotonic() - started < 30
+    release.set()
+    while charts.of(moved, 4.0) == {"n": 1} and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert charts.of(moved, 5.0) == {"n": 2}
