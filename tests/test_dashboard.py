@@ -456,17 +456,25 @@ def test_charts_of_a_request_whose_counts_stay_are_made_once_and_remade_when_the
     assert made == [{"done": 2}, {"done": 1, "failed": 1}]
 
 
-def test_an_answer_does_not_wait_for_slow_charts_and_a_later_one_gives_them():
-    from sheepdog.dashboard import charts as charts_module
-    from sheepdog.storage.summaries import RequestSummary
-
-    release, made = threading.Event(), []
+def charts_made_when(release):
+    """A maker of charts that waits for ``release`` each time, and the list of the times
+    (``now``) it made charts at."""
+    made = []
 
     def slowly(summary, now):
         assert release.wait(60)
         made.append(now)
         return {"n": len(made)}
 
+    return slowly, made
+
+
+def test_an_answer_does_not_wait_for_slow_charts_and_a_later_one_gives_them():
+    from sheepdog.dashboard import charts as charts_module
+    from sheepdog.storage.summaries import RequestSummary
+
+    release = threading.Event()
+    slowly, made = charts_made_when(release)
     charts = charts_module.Charts(slowly)
     summary = RequestSummary(1, 0.0, "local", 2, {"done": 2})
     started = time.monotonic()
@@ -513,14 +521,8 @@ def test_only_the_answer_that_starts_quick_charts_waits_for_them(monkeypatch):
     monkeypatch.setattr(charts_module, "WAIT_SECONDS", 60.0)
     monkeypatch.setattr(charts_module, "MIN_AGE_SECONDS", 0.0)
     monkeypatch.setattr(charts_module, "COST_FACTOR", 0.0)  # kept charts are old at once
-    release, made = threading.Event(), []
-
-    def slowly(summary, now):
-        assert release.wait(60)
-        made.append(now)
-        return {"n": len(made)}
-
-    charts = charts_module.Charts(slowly)
+    release = threading.Event()
+    charts = charts_module.Charts(charts_made_when(release)[0])
     summary = RequestSummary(1, 0.0, "local", 2, {"running": 2})
     first = []
     starter = threading.Thread(target=lambda: first.append(charts.of(summary, 1.0)))
