@@ -298,7 +298,8 @@ def test_a_kill_notice_posts_what_finished_and_takes_the_running_task_down_at_on
     runner = int(re.match(r"runner (\d+) blocks", worker.stderr.readline()).group(1))
     started = time.monotonic()
     worker.send_signal(signal.SIGUSR2)
-    assert worker.wait(timeout=30) == 128 + signal.SIGUSR2 and time.monotonic() - started < 10
+    # "At once": long before the blocked task's 600 s, with room for a busy machine.
+    assert worker.wait(timeout=90) == 128 + signal.SIGUSR2 and time.monotonic() - started < 60
     with pytest.raises(ProcessLookupError):  # killed, and reaped by its supervisor
         os.kill(runner, 0)
     storage = Storage(local_conf["dbfile"])

@@ -251,14 +251,78 @@ def test_a_cache_value_set_in_the_environment_is_checked_by_the_command_too(caps
     assert "SHEEPDOG_CACHE: config key 'cache' is 'yes please'" in capsys.readouterr().err
 
 
-def test_a_key_alike_in_its_first_64_bits_only_is_not_remembered(storage):
+#: The two ways of finding earlier results: asking the index key by key, and reading
+#: the earlier requests of the function whole (see ``Memo.earlier_results``).
+LOOKUPS = pytest.mark.parametrize("scan_factor", [0, 10**6], ids=["index", "read whole"])
+
+
+def keyed_request(storage, keys, results, digest=b"f" * 32, chosen=()):
+    """A request with a computation key per task; ``results`` maps task index -> result
+    of those that succeeded (the others fail)."""
+    request_id = storage.create_request(b"f", [b"a"] * len(keys), "secret", "local",
+                                        computation=Computation(digest, keys, list(chosen)))
+    storage.record_reports(request_id, [
+        (index, False, sheepdog.serialisation.dumps(results[index])) if index in results
+        else (index, True, b"ValueError: no") for index in range(1, len(keys) + 1)])
+    return request_id
+
+
+@LOOKUPS
+def test_a_key_alike_in_its_first_64_bits_only_is_not_remembered(storage, monkeypatch,
+                                                                 scan_factor):
     """The index holds a key's first 64 bits; the whole digest must match."""
-    digest = b"f" * 32
+    monkeypatch.setattr("sheepdog.storage.memo.SCAN_FACTOR", scan_factor)
     key, alike = b"k" * 32, b"k" * 8 + b"x" * 24
-    first = storage.create_request(b"f", [b"a"], "secret", "local",
-                                   computation=Computation(digest, [key], []))
-    storage.record_reports(first, [(1, False, sheepdog.serialisation.dumps(1))])
-    assert [found.task for found in storage.earlier_results(digest, [alike, key])] == [2]
+    keyed_request(storage, [key], {1: 1})
+    assert [found.task for found in storage.earlier_results(b"f" * 32, [alike, key])] == [2]
+
+
+@LOOKUPS
+def test_the_newest_success_of_a_key_is_found_and_failures_never(storage, monkeypatch,
+                                                                 scan_factor):
+    monkeypatch.setattr("sheepdog.storage.memo.SCAN_FACTOR", scan_factor)
+    keys = [bytes([n]) * 32 for n in range(4)]
+    older = keyed_request(storage, keys[:3], {1: "old one", 2: "old two"})
+    newer = keyed_request(storage, keys[1:], {1: "new one"})  # keys[1] again; the rest fail
+    found = {result.task: (result.source_request, result.source_index,
+                           sheepdog.serialisation.loads(result.result))
+             for result in storage.earlier_results(b"f" * 32, [*keys, keys[1]])}
+    assert found == {1: (older, 1, "old one"), 2: (newer, 1, "new one"),
+                     5: (newer, 1, "new one")}
+    storage.record_unloadable(older, 1, "its result could not be loaded")  # keeps its bytes
+    assert [result.task for result in storage.earlier_results(b"f" * 32, keys)] == [2]
+    assert storage.earlier_results(b"g" * 32, keys) == []  # another function has none
+
+
+def test_results_remembered_from_several_requests_land_on_their_own_tasks(storage):
+    """Results are copied in runs of consecutive sources; a run must end where its
+    sources stop following each other, and each task get its own source's result."""
+    digest, keys = b"f" * 32, [bytes([n]) * 32 for n in range(10)]
+    keyed_request(storage, keys[:6], {i: f"first {i}" for i in range(1, 7)})
+    keyed_request(storage, keys[6:], {i: f"second {i}" for i in range(1, 5)})
+    wanted = [keys[6], keys[0], keys[1], keys[3], b"new" * 11, keys[4], keys[5], keys[7]]
+    chosen = storage.earlier_results(digest, wanted)
+    third = storage.create_request(b"f", [b"a"] * len(wanted), "secret", "local",
+                                   computation=Computation(digest, wanted, chosen))
+    assert [(state, None if result is None else sheepdog.serialisation.loads(result))
+            for _arguments, state, result in storage.results(third)] == [
+        (DONE, "second 1"), (DONE, "first 1"), (DONE, "first 2"), (DONE, "first 4"),
+        ("pending", None), (DONE, "first 5"), (DONE, "first 6"), (DONE, "second 2")]
+
+
+def test_a_result_whose_request_was_removed_meanwhile_is_computed(storage):
+    """``sheepdog rm`` in another process between finding a result and creating the
+    request that reuses it: the task is computed, never done without a result."""
+    digest, keys = b"f" * 32, [b"k" * 32, b"l" * 32]
+    removed = keyed_request(storage, keys[:1], {1: "gone"})
+    keyed_request(storage, keys[1:], {1: "kept"})
+    chosen = storage.earlier_results(digest, keys)
+    storage.remove_requests([removed])
+    request_id = storage.create_request(b"f", [b"a", b"b"], "secret", "local",
+                                        computation=Computation(digest, keys, chosen))
+    assert [state for _arguments, state, _result in storage.results(request_id)] == [
+        "pending", DONE]
+    assert storage.remembered(request_id) == 1
 
 
 def test_remembered_tasks_are_created_done_and_counted_once(storage):

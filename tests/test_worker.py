@@ -1,6 +1,7 @@
 import socket
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -89,6 +90,40 @@ def test_client_does_not_retry_a_refusal(storage):
         assert raised.value.status == 401 and time.monotonic() - started < 5
     finally:
         server.stop()
+
+
+def test_work_given_to_do_while_waiting_runs_once_the_request_is_sent_and_before_its_answer():
+    """A worker forks its next batch's runner while its pull is on its way: the fork must
+    overlap the server's answer, not delay the request or wait for the answer."""
+    received, released = threading.Event(), threading.Event()
+
+    class HoldsItsAnswer(BaseHTTPRequestHandler):
+        def do_GET(self):
+            received.set()
+            body = b"in time" if released.wait(30) else b"answered without the worker"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), HoldsItsAnswer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    calls = []
+
+    def while_waiting():
+        calls.append(received.wait(30))  # the request reached the server first
+        released.set()
+
+    try:
+        client = Client([f"http://127.0.0.1:{server.server_port}"], 1, b"pw", retry_seconds=5)
+        assert client.request("function", while_waiting=while_waiting) == b"in time"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert calls == [True]
 
 
 def test_long_error_text_keeps_head_and_tail_within_the_limit_in_bytes():

@@ -73,8 +73,14 @@ def task_keys(function_digest: bytes, argument_payloads: Iterable[Any]) -> list[
     """The key of each task: the function's digest with the task's pickled arguments (the
     parts that ``serialisation.dumps_call`` made, which are stored as they are)."""
     keys = []
+    sha256 = hashlib.sha256
     for payload in argument_payloads:
-        digest = hashlib.sha256(function_digest)
+        if type(payload) is list and len(payload) == 1:
+            payload = payload[0]
+        if type(payload) is bytes:  # the common case, kept fast; the same digest
+            keys.append(sha256(function_digest + payload).digest())
+            continue
+        digest = sha256(function_digest)
         for part in ([payload] if isinstance(payload, (bytes, bytearray, memoryview))
                      else payload):
             digest.update(part)

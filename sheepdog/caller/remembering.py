@@ -25,9 +25,10 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 from ..config import CACHE_REFRESH, Config
 from ..storage import Storage
-from ..storage.memo import Computation, EarlierResult
+from ..storage.memo import Computation
 from ..storage.payloads import payload_bytes
 from ..wire import serialisation
+from ..wire.protocol import Buffer
 from . import fingerprint
 
 log = logging.getLogger(__name__)
@@ -66,23 +67,23 @@ def recall(storage: Storage, config: Config, function_digest: Optional[bytes],
     keys = fingerprint.task_keys(function_digest, arguments)
     earlier = ([] if config.cache == CACHE_REFRESH
                else storage.earlier_results(function_digest, keys))
+    payloads: list[Optional[Buffer]] = []
+    missing: dict[int, str] = {}
+    for position, found in enumerate(earlier):
+        try:
+            payloads.append(payload_bytes(found.result))
+        except OSError as error:  # its file went missing
+            payloads.append(None)
+            missing[position] = str(error)
+    values, reasons = serialisation.load_many(payloads)
     chosen, results = [], {}
-    for found in earlier:
-        loaded, value = _load(found)
-        if loaded:
+    for position, (found, value) in enumerate(zip(earlier, values)):
+        reason = missing.get(position) or reasons.get(position)
+        if reason is None:
             chosen.append(found)
             results[found.task] = value
+        else:
+            log.info("a task is computed again: the remembered result of request %s task %s "
+                     "cannot be loaded here (%s)", found.source_request, found.source_index,
+                     reason)
     return Recalled(Computation(function_digest, keys, chosen), results)
-
-
-def _load(found: EarlierResult) -> tuple[bool, Any]:
-    """``(True, result)`` for an earlier result that loads here; one that does not is
-    computed again."""
-    try:
-        loaded, value = serialisation.load_or_describe(payload_bytes(found.result))
-    except OSError as error:  # its file went missing
-        loaded, value = False, str(error)
-    if not loaded:
-        log.info("a task is computed again: the remembered result of request %s task %s "
-                 "cannot be loaded here (%s)", found.source_request, found.source_index, value)
-    return loaded, value

@@ -205,7 +205,7 @@ class Session:
         with self._lock:
             self._requests[(storage.dbfile, request_id)] = request
         if remembered == len(argument_blobs):  # nothing left to compute: no job
-            self._show_dashboard(database, conf, request)
+            self._log_dashboard_link(request)  # nothing live to watch: none is started
             return request
         try:
             if server is not None:
@@ -237,8 +237,13 @@ class Session:
         then overlaps the workers' start instead of delaying it.
         """
         database.dashboard(conf)
+        self._log_dashboard_link(request)
+
+    def _log_dashboard_link(self, request: Request) -> None:
+        """Log the link to ``request`` on the dashboard, if one is running: the one log
+        line that holds the token."""
         link = self.dashboard_link(request)
-        if link is not None:  # the one log line that holds the token
+        if link is not None:
             log.info("request %s: live dashboard at %s", request.id, link)
 
 

@@ -20,11 +20,12 @@ new request's directory, so that removing the older request keeps it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 import sqlite3
-from typing import Collection, NamedTuple, Sequence
+from typing import Collection, Iterator, NamedTuple, Sequence
 
 from .connection import Database
 from .payloads import PayloadFile
@@ -38,6 +39,15 @@ class EarlierResult(NamedTuple):
     source_request: int
     source_index: int
     result: bytes | PayloadFile
+
+
+#: An earlier success found for a new task: (task index, source request, source index,
+#: the result's row data, whether it is in a file).
+_Found = tuple[int, int, int, bytes, int]
+
+#: Earlier requests of the same function are read whole, rather than asked key by key,
+#: while they computed at most this many times as many tasks as the new request has.
+SCAN_FACTOR = 4
 
 
 class Computation(NamedTuple):
@@ -63,12 +73,56 @@ class Memo:
         request with that key, with its result.
 
         Only a request of the same function (``function_digest``) can hold one,
-        so when there is none the index is not asked at all.
+        so when there is none the index is not asked at all. When those requests
+        computed no more than ``SCAN_FACTOR`` times as many tasks as there are keys
+        (a script run again), their keys are read in order and matched here, which
+        is about 1.7 times as fast as asking the index for each key; a long history
+        is asked key by key.
         """
         connection = self._database.connection()
-        if connection.execute("SELECT 1 FROM requests WHERE computation = ? LIMIT 1",
-                              (function_digest,)).fetchone() is None:
+        sources = connection.execute(
+            "SELECT id, n_tasks - remembered FROM requests WHERE computation = ? ORDER BY id",
+            (function_digest,)).fetchall()
+        if not sources:
             return []
+        if sum(computed for _id, computed in sources) <= SCAN_FACTOR * len(keys):
+            rows = self._read_sources(connection, [request_id for request_id, _n in sources],
+                                      keys)
+        else:
+            rows = self._ask_index(connection, keys)
+        newest: dict[int, EarlierResult] = {}
+        stored = self._payloads.stored
+        for index, source_request, source_index, data, in_file in rows:  # oldest first
+            newest[index] = EarlierResult(
+                index, source_request, source_index,
+                stored("results", source_request, source_index, data, in_file))
+        return list(newest.values())
+
+    @staticmethod
+    def _read_sources(connection: sqlite3.Connection, sources: Sequence[int],
+                      keys: Sequence[bytes]) -> Iterator[_Found]:
+        """The successes of requests ``sources`` whose keys are among ``keys``."""
+        wanted = {key: index for index, key in enumerate(keys, 1)}
+        alike: dict[bytes, list[int]] = {}  # the other tasks of a key that several have
+        if len(wanted) < len(keys):
+            for index, key in enumerate(keys, 1):
+                if wanted[key] != index:
+                    alike.setdefault(key, []).append(index)
+        for source in sources:
+            for source_index, digest, data, in_file in connection.execute(
+                    "SELECT s.idx, s.digest, r.data, r.in_file FROM computations s "
+                    "JOIN tasks t ON t.request_id = s.request_id AND t.idx = s.idx "
+                    "JOIN results r ON r.request_id = s.request_id AND r.idx = s.idx "
+                    f"WHERE s.request_id = ? AND t.state = '{DONE}'", (source,)):
+                task = wanted.get(digest)
+                if task is not None:
+                    yield task, source, source_index, data, in_file
+                    for other in alike.get(digest, ()):
+                        yield other, source, source_index, data, in_file
+
+    @staticmethod
+    def _ask_index(connection: sqlite3.Connection, keys: Sequence[bytes]) -> Iterator[_Found]:
+        """The successes with one of ``keys``, found through the index, oldest first."""
         # The keys' index entries travel as one JSON array, which SQLite reads in one
         # go (a temporary table of them took as long again as the lookup itself).
         rows = connection.execute(
@@ -78,14 +132,9 @@ class Memo:
             "JOIN results r ON r.request_id = s.request_id AND r.idx = s.idx "
             f"WHERE t.state = '{DONE}' ORDER BY w.key, s.request_id",
             (json.dumps([_index_key(key) for key in keys]),))
-        newest: dict[int, EarlierResult] = {}
-        stored = self._payloads.stored
         for index, digest, source_request, source_index, data, in_file in rows:
             if digest == keys[index - 1]:  # not only the first 64 bits alike
-                newest[index] = EarlierResult(
-                    index, source_request, source_index,
-                    stored("results", source_request, source_index, data, in_file))
-        return list(newest.values())
+                yield index, source_request, source_index, data, in_file
 
     def store_keys(self, db: sqlite3.Connection, request_id: int, computation: Computation,
                    reused: Collection[int]) -> None:
@@ -103,26 +152,29 @@ class Memo:
         """Inside the new request's transaction: the chosen results copied to its tasks
         (files linked, their paths put in ``linked``); the indices given one.
 
-        A source removed meanwhile (``sheepdog rm`` in another process) gives
-        nothing, and its task is computed.
+        They are copied in runs of tasks whose sources follow each other in one
+        request (a script run again is one run): SQLite copies a run in one
+        statement, several times faster than rows sent one by one. A source
+        removed meanwhile (``sheepdog rm`` in another process, which removes
+        whole requests) gives nothing, and its task is computed.
         """
         if not chosen:
             return set()
-        by_index = {c.task: c for c in chosen}
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS reused "
-                   "(idx INTEGER PRIMARY KEY, source_request INTEGER, source_idx INTEGER)")
-        db.execute("DELETE FROM temp.reused")
-        db.executemany("INSERT INTO temp.reused VALUES (?, ?, ?)",
-                       [(c.task, c.source_request, c.source_index) for c in chosen])
-        copied = db.execute(
-            "INSERT OR IGNORE INTO results (request_id, idx, data, in_file) "
-            "SELECT ?, u.idx, r.data, r.in_file FROM temp.reused u JOIN results r "
-            "ON r.request_id = u.source_request AND r.idx = u.source_idx "
-            "RETURNING idx, in_file", (request_id,)).fetchall()
-        for index, in_file in copied:
-            if in_file:
-                linked.append(self._link_file(request_id, by_index[index]))
-        return {index for index, _in_file in copied}
+        sources = sorted({found.source_request for found in chosen})
+        still_there = {row[0] for row in db.execute(
+            "SELECT id FROM requests WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(sources),))}
+        kept = sorted((found for found in chosen if found.source_request in still_there),
+                      key=lambda found: found.task)
+        db.executemany(
+            "INSERT INTO results (request_id, idx, data, in_file) "
+            "SELECT ?, idx + ?, data, in_file FROM results "
+            "WHERE request_id = ? AND idx BETWEEN ? AND ?",
+            ((request_id, first.task - first.source_index, first.source_request,
+              first.source_index, last.source_index) for first, last in _runs(kept)))
+        linked.extend(self._link_file(request_id, found) for found in kept
+                      if isinstance(found.result, PayloadFile))
+        return {found.task for found in kept}
 
     def _link_file(self, request_id: int, source: EarlierResult) -> str:
         """Put the source's result file in place as its new task's; the new path."""
@@ -144,3 +196,18 @@ class Memo:
 def _index_key(digest: bytes) -> int:
     """The first 64 bits of ``digest`` as SQLite's signed integer: what the index holds."""
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _runs(chosen: Sequence[EarlierResult]) -> Iterator[tuple[EarlierResult, EarlierResult]]:
+    """(first, last) of each run of ``chosen`` (ordered by task) whose tasks and sources
+    both follow each other, in one source request."""
+    if not chosen:
+        return
+    first = last = chosen[0]
+    for found in itertools.islice(chosen, 1, None):
+        if (found.source_request, found.task, found.source_index) != (
+                last.source_request, last.task + 1, last.source_index + 1):
+            yield first, last
+            first = found
+        last = found
+    yield first, last

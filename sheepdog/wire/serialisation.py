@@ -540,7 +540,7 @@ _PLAIN_TYPES = frozenset({int, float, str, bytes, bool, type(None)})
 def dumps_argument(position: int, arguments: Sequence[Any]) -> list[Buffer]:
     """Serialise one tuple of arguments to parts (see :func:`dumps_parts`), naming
     its position if it cannot be."""
-    if all(type(argument) in _PLAIN_TYPES for argument in arguments):
+    if _PLAIN_TYPES.issuperset(map(type, arguments)):
         return [pickle.dumps(tuple(arguments), pickle_protocol)]
     try:
         return dumps_parts(tuple(arguments))

@@ -21,7 +21,7 @@ import ssl
 import sys
 import time
 import urllib.parse
-from typing import TYPE_CHECKING, NoReturn, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, NoReturn, Optional, Sequence
 
 from ..wire import protocol
 from ..wire.protocol import DISK_FULL_STATUS, Body
@@ -102,7 +102,8 @@ class Client:
     def request(self, route: str, body: Optional[Body] = None, *, worker: Optional[str] = None,
                 task: Optional[int] = None, seq: Optional[int] = None,
                 size: Optional[int] = None, least: Optional[int] = None,
-                retry_seconds: Optional[float] = None) -> bytearray:
+                retry_seconds: Optional[float] = None,
+                while_waiting: Optional[Callable[[], None]] = None) -> bytearray:
         """Send one request on ``route`` (a name in ``protocol.ROUTES``), retrying transient
         failures; return the answer's body as a bytearray.
 
@@ -110,6 +111,8 @@ class Client:
         route names (see ``protocol.path``). ``body`` is bytes-like or a list of
         parts; large parts are sent as they are, never joined into one copy.
         ``retry_seconds`` replaces the client's own for this request.
+        ``while_waiting`` is called once, when the request has first been sent,
+        before its answer is read: work done there overlaps the server's.
         One retry loop with its outcomes side by side: hence its length.
         """
         method = protocol.ROUTES[route]
@@ -133,6 +136,9 @@ class Client:
                     self.connection = self._connect()
                     connected = True
                 self.connection.request(method, full_path, body=body, headers=headers)
+                if while_waiting is not None:
+                    waiting, while_waiting = while_waiting, None
+                    waiting()
                 response = self.connection.getresponse()
                 data = _read_body(response)
                 if response.will_close:

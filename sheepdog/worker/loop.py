@@ -20,6 +20,7 @@ worker, the supervisor kills the runner, posts what it holds and says so
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -172,6 +173,9 @@ def run(job_settings: Mapping[str, Any]) -> int:
         function, digest = _fetch_function(client, functions) if problem is None else (None, "")
         batch, status, seq, idle = BatchSize(settings.chunksize), 0, 1, False
         frames: Optional[list[Frame]] = None
+        # The next batch's spare (``spare.py``), forked once a batch has run, while the
+        # pull that follows is on its way: forking overlaps the server's answer.
+        prepare_next: Optional[Callable[[], None]] = None
         while True:
             if frames is None:
                 size = walltime.tasks_that_fit(batch.per_task, batch.size)
@@ -182,7 +186,8 @@ def run(job_settings: Mapping[str, Any]) -> int:
                     frames = unpack_frames(client.request(
                         "pull", worker=me.worker, seq=seq, size=size,
                         least=min(size, batch.least),
-                        retry_seconds=IDLE_RETRY_SECONDS if idle else None))
+                        retry_seconds=IDLE_RETRY_SECONDS if idle else None,
+                        while_waiting=prepare_next))
                 except ConnectionError:
                     if idle:  # holding nothing, and its caller has gone: nothing is lost
                         return status
@@ -231,7 +236,7 @@ def run(job_settings: Mapping[str, Any]) -> int:
                 batch.give_back_after, leave_at=walltime.deadline,
                 per_task=batch.per_task and TASK_TIME_SAFETY * batch.per_task) or status
             batch.took(len(supervisor.started), time.monotonic() - started)
-            runners.prepare(function, digest)  # the next batch's, while this worker asks
+            prepare_next = functools.partial(runners.prepare, function, digest)
     finally:
         runners.discard()
         client.close()
