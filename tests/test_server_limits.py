@@ -117,7 +117,7 @@ def test_half_open_tls_handshakes_and_silent_connections_are_closed_at_the_deadl
             sock = context.wrap_socket(socket.create_connection(("127.0.0.1", server.port)))
             opened[sock] = time.monotonic()
         lifetimes = {}
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 25  # before the idle timeout of 30 s
         for sock in opened:  # a whole hello is answered: read until the server closes
             sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
@@ -126,7 +126,9 @@ def test_half_open_tls_handshakes_and_silent_connections_are_closed_at_the_deadl
             except (ConnectionResetError, ssl.SSLError):
                 pass
             lifetimes[sock] = time.monotonic() - opened[sock]
-        assert all(0.9 < lifetime < 2.5 for lifetime in lifetimes.values()), sorted(
+        # Closed at the handshake deadline of 1 s, not at the idle timeout of 30 s; the
+        # upper bound leaves room for a busy machine.
+        assert all(0.9 < lifetime < 10 for lifetime in lifetimes.values()), sorted(
             lifetimes.values())
     finally:
         for sock in opened:
