@@ -445,3 +445,10 @@ def test_the_errors_of_tasks_whose_arguments_are_kept_in_files_name_those_files(
     assert (state, error) == ("failed", "boom") and second == (b"small", "failed", "bang")
     with open(arguments.path, "rb") as kept:
         assert kept.read() == large
+
+
+def test_the_logs_of_a_task_beyond_the_request_say_which_tasks_it_has(storage):
+    request_id = make_request(storage)
+    with pytest.raises(KeyError) as raised:
+        storage.task_logs(request_id, 4)
+    assert raised.value.args == (f"request {request_id} has no task 4: its tasks are 1 to 3",)
