@@ -2,6 +2,7 @@
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 import time
 import traceback
@@ -59,6 +60,30 @@ def test_submits_from_many_threads_within_the_window_go_out_together(local_conf)
         assert sorted(future.result(timeout=60) for future in futures) == [
             x ** 3 for x in range(12)]
     assert [len(jobs) for jobs in stored(local_conf["dbfile"]).values()] == [1]
+
+
+def test_submits_keep_their_window_when_the_pools_warmth_cannot_be_told(local_conf,
+                                                                         monkeypatch, caplog):
+    """Asking whether the pool is warm only decides whether to skip the window: when the
+    question fails, the window holds (and the failure is logged for debugging)."""
+    def fails(_config):
+        raise RuntimeError("no answer")
+
+    caplog.set_level(logging.DEBUG, logger="sheepdog.executor")
+    session = sheepdog.Session()
+    monkeypatch.setattr(session, "pool_is_warm", fails)
+    try:
+        with sheepdog.Executor(local_conf, session=session, batch_seconds=600) as executor:
+            first = executor.submit(abs, -1)
+            time.sleep(0.3)  # time enough for a submitter that skipped the window to send it
+            second = executor.submit(abs, -2)
+        assert [first.result(timeout=60), second.result(timeout=60)] == [1, 2]
+    finally:
+        session.close()
+    assert list(stored(local_conf["dbfile"])) == [1]
+    (record,) = [r for r in caplog.records if "whether the pool is warm" in r.getMessage()]
+    assert record.getMessage() == "could not tell whether the pool is warm"
+    assert record.exc_info[1].args == ("no answer",)
 
 
 @pytest.mark.parametrize("linger, own_jobs", [(60, [1, 0]), (0, [1, 1])])
