@@ -86,6 +86,19 @@ def test_submits_keep_their_window_when_the_pools_warmth_cannot_be_told(local_co
     assert record.exc_info[1].args == ("no answer",)
 
 
+def test_a_batch_whose_first_functions_futures_were_all_cancelled_still_sends_the_rest(
+        local_conf):
+    executor = sheepdog.Executor(local_conf, batch_seconds=600)
+    try:
+        cancelled = executor.submit(pow, 2, 2)
+        assert cancelled.cancel()
+        kept = executor.submit(abs, -3)
+        executor.shutdown(wait=False)  # the window ends: the batch goes out
+        assert kept.result(timeout=60) == 3
+    finally:
+        executor.shutdown()
+
+
 @pytest.mark.parametrize("linger, own_jobs", [(60, [1, 0]), (0, [1, 1])])
 def test_submits_of_two_functions_go_out_as_one_request_each(local_conf, linger, own_jobs):
     """Each request of a warm pool is served by the first one's workers (no job of its
