@@ -99,6 +99,26 @@ def test_a_batch_whose_first_functions_futures_were_all_cancelled_still_sends_th
         executor.shutdown()
 
 
+def test_a_refused_request_of_a_batch_fails_only_its_own_futures(local_conf, monkeypatch):
+    session = sheepdog.Session()
+    submit = session.submit_serialised
+
+    def refuse_pow(function_blob, arguments, config, origins, name, *rest):
+        if name[-1] == "pow":
+            raise sheepdog.SubmissionError("refused: pow")
+        return submit(function_blob, arguments, config, origins, name, *rest)
+
+    monkeypatch.setattr(session, "submit_serialised", refuse_pow)
+    try:
+        with sheepdog.Executor(local_conf, session=session, batch_seconds=600) as executor:
+            refused = executor.submit(pow, 2, 2)
+            kept = executor.submit(abs, -3)
+        assert str(refused.exception(timeout=60)) == "refused: pow"
+        assert kept.result(timeout=60) == 3
+    finally:
+        session.close()
+
+
 @pytest.mark.parametrize("linger, own_jobs", [(60, [1, 0]), (0, [1, 1])])
 def test_submits_of_two_functions_go_out_as_one_request_each(local_conf, linger, own_jobs):
     """Each request of a warm pool is served by the first one's workers (no job of its
