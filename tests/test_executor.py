@@ -282,6 +282,39 @@ def test_cancelled_pending_futures_never_run(local_conf, tmp_path):
         DONE, CANCELLED, CANCELLED, DONE]
 
 
+def test_a_future_cancelled_while_its_batch_is_being_sent_never_runs(local_conf, tmp_path,
+                                                                      monkeypatch):
+    marker = tmp_path / "ran"
+    session = sheepdog.Session()
+    submit = session.submit_serialised
+    sending, proceed = threading.Event(), threading.Event()
+
+    def slow_submit(*arguments):
+        sending.set()
+        assert proceed.wait(60)
+        return submit(*arguments)
+
+    def task(kept):
+        if not kept:
+            marker.write_text("ran")
+        return kept
+
+    monkeypatch.setattr(session, "submit_serialised", slow_submit)
+    try:
+        with sheepdog.Executor(local_conf, session=session) as executor:
+            cancelled, kept = executor.submit(task, False), executor.submit(task, True)
+            assert sending.wait(60)
+            assert cancelled.cancel()
+            proceed.set()
+            assert kept.result(timeout=60) is True
+    finally:
+        proceed.set()
+        session.close()
+    assert not marker.exists()
+    storage = Storage(local_conf["dbfile"])
+    assert [state for _args, state, _result in storage.results(1)] == [CANCELLED, DONE]
+
+
 def running_process(pid):
     """Whether process ``pid`` runs (not ended, nor a zombie waiting to be reaped)."""
     try:
@@ -600,6 +633,15 @@ def test_executor_page_examples_run_on_the_local_backend(local_conf):
     page = (Path(__file__).resolve().parents[1] / "docs" / "executor.rst").read_text()
     results = run_doctest(page, local_conf)
     assert results.failed == 0 and results.attempted == 30
+
+
+def test_futures_whose_workers_cannot_reach_the_caller_each_get_the_callback_error(local_conf):
+    conf = {**local_conf, "localhost": "127.0.0.2", "connect_timeout": 1, "retry_seconds": 120}
+    with sheepdog.Executor(conf) as executor:
+        futures = [executor.submit(abs, -x) for x in (1, 2)]
+        errors = [future.exception(timeout=60) for future in futures]
+    assert all(isinstance(error, sheepdog.CallbackError) for error in errors)
+    assert "none has called back" in str(errors[0])
 
 
 def test_a_job_the_scheduler_refuses_is_every_futures_error(local_conf):
