@@ -313,6 +313,7 @@ def test_a_future_cancelled_while_its_batch_is_being_sent_never_runs(local_conf,
     assert not marker.exists()
     storage = Storage(local_conf["dbfile"])
     assert [state for _args, state, _result in storage.results(1)] == [CANCELLED, DONE]
+    assert [error for _args, _state, error in storage.errors(1)] == ["its future was cancelled"]
 
 
 def running_process(pid):
