@@ -283,7 +283,8 @@ def test_cancelled_pending_futures_never_run(local_conf, tmp_path):
 
 
 def test_a_future_cancelled_while_its_batch_is_being_sent_never_runs(local_conf, tmp_path,
-                                                                      monkeypatch):
+                                                                      monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="sheepdog.executor")
     marker = tmp_path / "ran"
     session = sheepdog.Session()
     submit = session.submit_serialised
@@ -314,6 +315,7 @@ def test_a_future_cancelled_while_its_batch_is_being_sent_never_runs(local_conf,
     storage = Storage(local_conf["dbfile"])
     assert [state for _args, state, _result in storage.results(1)] == [CANCELLED, DONE]
     assert [error for _args, _state, error in storage.errors(1)] == ["its future was cancelled"]
+    assert "request 1: tasks [1] cancelled with their futures" in caplog.messages
 
 
 def running_process(pid):
