@@ -463,7 +463,7 @@ def test_shutdown_waits_for_every_future(local_conf):
 
     executor = sheepdog.Executor(local_conf)
     futures = [executor.submit(nap, x) for x in range(3)]
-    executor.shutdown(wait=True)
+    executor.shutdown()  # waits unless told not to, as concurrent.futures' executors do
     assert all(future.done() for future in futures)
     assert [future.result() for future in futures] == [0, 1, 2]
 
@@ -638,13 +638,16 @@ def test_executor_page_examples_run_on_the_local_backend(local_conf):
     assert results.failed == 0 and results.attempted == 30
 
 
-def test_futures_whose_workers_cannot_reach_the_caller_each_get_the_callback_error(local_conf):
+def test_futures_whose_workers_cannot_reach_the_caller_each_get_the_callback_error(local_conf,
+                                                                                  caplog):
+    caplog.set_level(logging.WARNING, logger="sheepdog.executor")
     conf = {**local_conf, "localhost": "127.0.0.2", "connect_timeout": 1, "retry_seconds": 120}
     with sheepdog.Executor(conf) as executor:
         futures = [executor.submit(abs, -x) for x in (1, 2)]
         errors = [future.exception(timeout=60) for future in futures]
     assert all(isinstance(error, sheepdog.CallbackError) for error in errors)
     assert "none has called back" in str(errors[0])
+    assert f"request 1: {errors[0]}" in caplog.messages
 
 
 def test_a_job_the_scheduler_refuses_is_every_futures_error(local_conf):
