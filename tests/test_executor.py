@@ -468,6 +468,19 @@ def test_shutdown_waits_for_every_future(local_conf):
     assert [future.result() for future in futures] == [0, 1, 2]
 
 
+def test_leaving_the_with_block_waits_for_every_future(local_conf):
+    with sheepdog.Executor(local_conf) as executor:
+        futures = [executor.submit(abs, -x) for x in range(3)]
+    assert all(future.done() for future in futures)
+
+
+def test_shutdown_with_cancel_futures_cancels_submits_not_yet_sent(local_conf):
+    executor = sheepdog.Executor(local_conf, batch_seconds=600)
+    futures = [executor.submit(abs, -x) for x in range(3)]
+    executor.shutdown(cancel_futures=True)
+    assert all(future.cancelled() for future in futures)
+
+
 def test_leaving_the_with_block_by_an_exception_cancels_what_has_not_started(local_conf, tmp_path):
     release = tmp_path / "release"
     with pytest.raises(KeyboardInterrupt):
