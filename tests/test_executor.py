@@ -509,6 +509,20 @@ def test_map_yields_in_order_and_times_out(local_conf):
         results.close()  # its futures are cancelled, if not running; this one runs on
 
 
+def test_map_past_its_deadline_raises_at_once_for_a_result_not_yet_in(local_conf, tmp_path):
+    release = tmp_path / "release"
+    with sheepdog.Executor(local_conf) as executor:
+        results = executor.map(wait_for_file, [str(release)], timeout=0.2)
+        time.sleep(0.5)  # the deadline passes while the task waits for its file
+        releaser = threading.Timer(0.3, release.touch)
+        releaser.start()  # its result comes soon after: not waited for, past the deadline
+        try:
+            with pytest.raises(concurrent.futures.TimeoutError):
+                next(results)
+        finally:
+            releaser.join()
+
+
 SCALE = 1000
 
 
