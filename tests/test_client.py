@@ -1,0 +1,106 @@
+"""The worker's HTTP client against a scripted server: which answers it retries, how long
+it waits, and what it reads back."""
+
+import http.server
+import threading
+
+import pytest
+
+from sheepdog.worker import client as client_module
+from sheepdog.worker.client import Client, PermanentHTTPError
+
+
+class Scripted(http.server.ThreadingHTTPServer):
+    """A local HTTP server that gives the scripted answers in turn, (status, body, headers),
+    and keeps what each request was: (method, path, headers, body)."""
+
+    daemon_threads = True
+
+    def __init__(self, answers):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.answers = list(answers)
+        self.requests = []
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def stop(self):
+        self.shutdown()
+        self.server_close()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        self.server.requests.append((self.command, self.path, dict(self.headers), body))
+        status, payload, headers = self.server.answers.pop(0)
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        if "Content-Length" not in headers and "Connection" not in headers:
+            self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+        if "Connection" in headers:
+            self.close_connection = True
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *_arguments):
+        pass
+
+
+@pytest.fixture
+def scripted():
+    servers = []
+
+    def start(*answers):
+        server = Scripted(answers)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_a_full_disk_is_asked_again_with_the_default_patience(scripted, monkeypatch):
+    monkeypatch.setattr(client_module, "log", lambda message: None)
+    server = scripted((507, b"the disk is full", {}), (200, b"stored", {}))
+    client = Client([server.url], 1, b"key", retry_seconds=5)  # no disk_full_seconds given
+    assert client.request("results", b"reports") == bytearray(b"stored")
+    assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 503])
+def test_answers_that_may_pass_later_are_asked_again(scripted, monkeypatch, status):
+    monkeypatch.setattr(client_module, "log", lambda message: None)
+    server = scripted((status, b"later", {}), (200, b"now", {}))
+    client = Client([server.url], 1, b"key", retry_seconds=5)
+    assert client.request("function") == bytearray(b"now")
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 413])
+def test_a_refusal_is_final_and_says_why_in_at_most_2000_characters(scripted, status):
+    server = scripted((status, b"  " + b"why " * 1000 + b"  ", {}))
+    client = Client([server.url], 1, b"key", retry_seconds=5)
+    with pytest.raises(PermanentHTTPError) as raised:
+        client.request("function")
+    reason = ("why " * 1000).strip()[:2000]
+    assert raised.value.status == status and str(raised.value) == f"HTTP {status}: {reason}"
+    assert len(server.requests) == 1
+
+
+def test_connects_and_answers_are_waited_for_a_bounded_time(scripted):
+    server = scripted((200, b"fn", {}))
+    client = Client([server.url], 1, b"key", retry_seconds=5)
+    assert client.request("function") == bytearray(b"fn")
+    # a number of seconds each (None would wait for ever on a caller that went silent)
+    assert 0 < client.connection.timeout == client_module.CONNECT_SECONDS < 60
+    assert 0 < client.connection.sock.gettimeout() == client_module.READ_SECONDS < 600
