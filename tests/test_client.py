@@ -104,3 +104,10 @@ def test_connects_and_answers_are_waited_for_a_bounded_time(scripted):
     # a number of seconds each (None would wait for ever on a caller that went silent)
     assert 0 < client.connection.timeout == client_module.CONNECT_SECONDS < 60
     assert 0 < client.connection.sock.gettimeout() == client_module.READ_SECONDS < 600
+
+
+def test_a_url_without_a_host_is_refused_naming_it():
+    client = Client(["http://:8000/"], 1, b"key", retry_seconds=1)
+    with pytest.raises(ValueError) as raised:
+        client.request("function")
+    assert str(raised.value) == "the caller's URL 'http://:8000/' names no host"
