@@ -1,11 +1,13 @@
 """The worker's HTTP client against a scripted server: which answers it retries, how long
 it waits, and what it reads back."""
 
+import hashlib
 import http.server
 import threading
 
 import pytest
 
+from sheepdog.wire import protocol
 from sheepdog.worker import client as client_module
 from sheepdog.worker.client import Client, PermanentHTTPError
 
@@ -111,3 +113,32 @@ def test_a_url_without_a_host_is_refused_naming_it():
     with pytest.raises(ValueError) as raised:
         client.request("function")
     assert str(raised.value) == "the caller's URL 'http://:8000/' names no host"
+
+
+def test_each_request_is_signed_for_the_body_it_carries_and_says_its_type_and_length(
+        scripted):
+    server = scripted(*[(200, b"", {})] * 3)
+    client = Client([server.url], 7, b"key", retry_seconds=5)
+    client.request("function")
+    client.request("heartbeat", worker="1.1")  # a POST without a body
+    client.request("results", [b"ab", b"cd"])
+    (get, get_path, get_headers, get_body), *posts = server.requests
+    assert (get, get_body) == ("GET", b"")
+    assert "Content-Type" not in get_headers and "Content-Length" not in get_headers
+    assert [(method, body, headers["Content-Type"], headers["Content-Length"])
+            for method, _path, headers, body in posts] == [
+        ("POST", b"", "application/octet-stream", "0"),
+        ("POST", b"abcd", "application/octet-stream", "4")]
+    for method, path, headers, body in server.requests:
+        digest = protocol.signed_digest(b"key", method, path, headers["Authorization"],
+                                        headers[protocol.DIGEST_HEADER])
+        assert digest == hashlib.sha256(body).hexdigest()
+
+
+def test_an_empty_answer_leaves_the_connection_ready_for_the_next_request(scripted):
+    server = scripted((200, b"", {}), (200, b"", {}), (200, b"fn", {}))
+    client = Client([server.url], 1, b"key", retry_seconds=5)
+    assert client.request("heartbeat", worker="1.1") == bytearray()
+    assert client.request("heartbeat", worker="1.1") == bytearray()
+    assert client.request("function") == bytearray(b"fn")
+    assert len(server.requests) == 3  # none was sent again
