@@ -3,6 +3,7 @@ it waits, and what it reads back."""
 
 import hashlib
 import http.server
+import socket
 import threading
 
 import pytest
@@ -42,20 +43,28 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         self.server.requests.append((self.command, self.path, dict(self.headers), body))
         status, payload, headers = self.server.answers.pop(0)
+        if status is None:  # the connection drops before any answer
+            self.close_connection = True
+            return
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
-        if "Content-Length" not in headers and "Connection" not in headers:
-            self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
-        if "Connection" in headers:
-            self.close_connection = True
+        self.close_connection = headers is THEN_CLOSE  # without saying so
 
     do_GET = do_POST = _answer
 
     def log_message(self, *_arguments):
         pass
+
+
+#: Answer headers that close the connection after the answer, unannounced, as a server
+#: closing an idle keep-alive connection does.
+THEN_CLOSE = {}
+#: An answer that closes the connection instead.
+DROP = (None, b"", {})
 
 
 @pytest.fixture
@@ -70,6 +79,30 @@ def scripted():
     yield start
     for server in servers:
         server.stop()
+
+
+def test_a_route_that_refuses_connections_is_left_for_the_next_at_once(scripted,
+                                                                      monkeypatch):
+    said = []
+    monkeypatch.setattr(client_module, "log", said.append)
+    server = scripted((200, b"fn", {}))
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    client = Client([nobody, server.url], 1, b"key", retry_seconds=5)
+    assert client.request("function") == bytearray(b"fn")
+    assert len(said) == 1 and said[0].startswith(f"cannot connect to {nobody} (")
+
+
+def test_a_connection_that_drops_after_it_was_made_is_tried_again_on_the_same_route(
+        scripted, monkeypatch):
+    monkeypatch.setattr(client_module, "log", lambda message: None)
+    first = scripted(DROP, (200, b"first", THEN_CLOSE), (200, b"first again", {}))
+    second = scripted((200, b"second", {}))
+    client = Client([first.url, second.url], 1, b"key", retry_seconds=5)
+    assert client.request("function") == bytearray(b"first")  # dropped once, then answered
+    assert client.request("function") == bytearray(b"first again")  # its kept one closed
+    assert client.url == first.url and not second.requests
 
 
 def test_a_full_disk_is_asked_again_with_the_default_patience(scripted, monkeypatch):
@@ -97,6 +130,13 @@ def test_a_refusal_is_final_and_says_why_in_at_most_2000_characters(scripted, st
     reason = ("why " * 1000).strip()[:2000]
     assert raised.value.status == status and str(raised.value) == f"HTTP {status}: {reason}"
     assert len(server.requests) == 1
+
+
+def test_a_refusal_that_is_not_utf_8_is_reported_with_replacement_characters(scripted):
+    server = scripted((400, b"bad \xff byte", {}))
+    client = Client([server.url], 1, b"key", retry_seconds=5)
+    with pytest.raises(PermanentHTTPError, match="^HTTP 400: bad \ufffd byte$"):
+        client.request("function")
 
 
 def test_connects_and_answers_are_waited_for_a_bounded_time(scripted):
