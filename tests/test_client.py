@@ -139,6 +139,23 @@ def test_a_refusal_that_is_not_utf_8_is_reported_with_replacement_characters(scr
         client.request("function")
 
 
+def test_giving_up_says_what_failed_last(scripted, monkeypatch):
+    monkeypatch.setattr(client_module, "log", lambda message: None)
+    server = scripted(*[(503, b"busy", {})] * 20)
+    client = Client([server.url], 1, b"key", retry_seconds=1)
+    with pytest.raises(ConnectionError) as raised:
+        client.request("function")
+    assert str(raised.value) == (
+        f"gave up on GET /requests/1/function via {server.url} after 1 s: HTTP 503: busy")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    with pytest.raises(ConnectionError) as raised:
+        Client([nobody], 1, b"key", retry_seconds=1).request("function")
+    assert str(raised.value).startswith(
+        f"gave up on GET /requests/1/function via {nobody} after 1 s: ConnectionRefusedError: ")
+
+
 def test_connects_and_answers_are_waited_for_a_bounded_time(scripted):
     server = scripted((200, b"fn", {}))
     client = Client([server.url], 1, b"key", retry_seconds=5)
