@@ -81,17 +81,23 @@ def scripted():
         server.stop()
 
 
-def test_a_route_that_refuses_connections_is_left_for_the_next_at_once(scripted,
-                                                                      monkeypatch):
+def refusing_url():
+    """The URL of a port that nothing listens on: connections to it are refused."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{closed.getsockname()[1]}"
+
+
+def test_routes_that_refuse_connections_are_left_for_the_next_in_turn_at_once(scripted,
+                                                                             monkeypatch):
     said = []
     monkeypatch.setattr(client_module, "log", said.append)
     server = scripted((200, b"fn", {}))
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        nobody = f"http://127.0.0.1:{closed.getsockname()[1]}"
-    client = Client([nobody, server.url], 1, b"key", retry_seconds=5)
+    nobody, nobody_either = refusing_url(), refusing_url()
+    client = Client([nobody, nobody_either, server.url], 1, b"key", retry_seconds=5)
     assert client.request("function") == bytearray(b"fn")
-    assert len(said) == 1 and said[0].startswith(f"cannot connect to {nobody} (")
+    assert [line.split(" (")[0] for line in said] == [
+        f"cannot connect to {nobody}", f"cannot connect to {nobody_either}"]
 
 
 def test_a_connection_that_drops_after_it_was_made_is_tried_again_on_the_same_route(
@@ -147,13 +153,16 @@ def test_giving_up_says_what_failed_last(scripted, monkeypatch):
         client.request("function")
     assert str(raised.value) == (
         f"gave up on GET /requests/1/function via {server.url} after 1 s: HTTP 503: busy")
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        nobody = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    said = []
+    monkeypatch.setattr(client_module, "log", said.append)
+    nobody = refusing_url()
     with pytest.raises(ConnectionError) as raised:
         Client([nobody], 1, b"key", retry_seconds=1).request("function")
     assert str(raised.value).startswith(
         f"gave up on GET /requests/1/function via {nobody} after 1 s: ConnectionRefusedError: ")
+    # its only route: each failure is retried there, none is a move to another
+    assert said and all(line.startswith(f"GET /requests/1/function via {nobody} failed (")
+                        for line in said)
 
 
 def test_connects_and_answers_are_waited_for_a_bounded_time(scripted):
