@@ -100,6 +100,25 @@ def test_routes_that_refuse_connections_are_left_for_the_next_in_turn_at_once(sc
         f"cannot connect to {nobody}", f"cannot connect to {nobody_either}"]
 
 
+def test_when_every_route_refuses_the_client_waits_between_rounds_and_gives_up(monkeypatch):
+    said, outcome = [], []
+    monkeypatch.setattr(client_module, "log", said.append)
+    client = Client([refusing_url(), refusing_url()], 1, b"key", retry_seconds=2)
+
+    def ask():
+        try:
+            client.request("function")
+        except ConnectionError as error:
+            outcome.append(error)
+
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    asking.join(60)
+    assert outcome, "the client never gave up"
+    kinds = ["move" if line.startswith("cannot connect to") else "wait" for line in said]
+    assert kinds[:6] == ["move", "move", "wait"] * 2
+
+
 def test_a_connection_that_drops_after_it_was_made_is_tried_again_on_the_same_route(
         scripted, monkeypatch):
     monkeypatch.setattr(client_module, "log", lambda message: None)
