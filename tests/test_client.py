@@ -117,6 +117,8 @@ def test_when_every_route_refuses_the_client_waits_between_rounds_and_gives_up(m
     assert outcome, "the client never gave up"
     kinds = ["move" if line.startswith("cannot connect to") else "wait" for line in said]
     assert kinds[:6] == ["move", "move", "wait"] * 2
+    waits = [line.rsplit("retrying in ", 1)[1] for line in said if "retrying in" in line]
+    assert waits[:2] == ["0.2 s", "0.5 s"]  # each wait twice the last
 
 
 def test_a_connection_that_drops_after_it_was_made_is_tried_again_on_the_same_route(
