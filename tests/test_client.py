@@ -229,3 +229,13 @@ def test_an_empty_answer_leaves_the_connection_ready_for_the_next_request(script
     assert client.request("heartbeat", worker="1.1") == bytearray()
     assert client.request("function") == bytearray(b"fn")
     assert len(server.requests) == 3  # none was sent again
+
+
+def test_a_job_file_naming_no_key_makes_the_worker_leave_saying_so(capsys):
+    from sheepdog.wire.settings import WorkerSettings
+
+    with pytest.raises(SystemExit) as raised:
+        client_module.read_key(WorkerSettings(request_id=1))
+    assert raised.value.code == protocol.EXIT_NO_KEY
+    assert capsys.readouterr().err == ("sheepdog worker: the job file names neither the "
+                                       "request's key nor its key file\n")
