@@ -2,6 +2,7 @@
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 import time
 import traceback
@@ -59,6 +60,63 @@ def test_submits_from_many_threads_within_the_window_go_out_together(local_conf)
         assert sorted(future.result(timeout=60) for future in futures) == [
             x ** 3 for x in range(12)]
     assert [len(jobs) for jobs in stored(local_conf["dbfile"]).values()] == [1]
+
+
+def test_submits_keep_their_window_when_the_pools_warmth_cannot_be_told(local_conf,
+                                                                         monkeypatch, caplog):
+    """Asking whether the pool is warm only decides whether to skip the window: when the
+    question fails, the window holds (and the failure is logged for debugging)."""
+    def fails(_config):
+        raise RuntimeError("no answer")
+
+    caplog.set_level(logging.DEBUG, logger="sheepdog.executor")
+    session = sheepdog.Session()
+    monkeypatch.setattr(session, "pool_is_warm", fails)
+    try:
+        with sheepdog.Executor(local_conf, session=session, batch_seconds=600) as executor:
+            first = executor.submit(abs, -1)
+            time.sleep(0.3)  # time enough for a submitter that skipped the window to send it
+            second = executor.submit(abs, -2)
+        assert [first.result(timeout=60), second.result(timeout=60)] == [1, 2]
+    finally:
+        session.close()
+    assert list(stored(local_conf["dbfile"])) == [1]
+    (record,) = [r for r in caplog.records if "whether the pool is warm" in r.getMessage()]
+    assert record.getMessage() == "could not tell whether the pool is warm"
+    assert record.exc_info[1].args == ("no answer",)
+
+
+def test_a_batch_whose_first_functions_futures_were_all_cancelled_still_sends_the_rest(
+        local_conf):
+    executor = sheepdog.Executor(local_conf, batch_seconds=600)
+    try:
+        cancelled = executor.submit(pow, 2, 2)
+        assert cancelled.cancel()
+        kept = executor.submit(abs, -3)
+        executor.shutdown(wait=False)  # the window ends: the batch goes out
+        assert kept.result(timeout=60) == 3
+    finally:
+        executor.shutdown()
+
+
+def test_a_refused_request_of_a_batch_fails_only_its_own_futures(local_conf, monkeypatch):
+    session = sheepdog.Session()
+    submit = session.submit_serialised
+
+    def refuse_pow(function_blob, arguments, config, origins, name, *rest):
+        if name[-1] == "pow":
+            raise sheepdog.SubmissionError("refused: pow")
+        return submit(function_blob, arguments, config, origins, name, *rest)
+
+    monkeypatch.setattr(session, "submit_serialised", refuse_pow)
+    try:
+        with sheepdog.Executor(local_conf, session=session, batch_seconds=600) as executor:
+            refused = executor.submit(pow, 2, 2)
+            kept = executor.submit(abs, -3)
+        assert str(refused.exception(timeout=60)) == "refused: pow"
+        assert kept.result(timeout=60) == 3
+    finally:
+        session.close()
 
 
 @pytest.mark.parametrize("linger, own_jobs", [(60, [1, 0]), (0, [1, 1])])
@@ -224,6 +282,42 @@ def test_cancelled_pending_futures_never_run(local_conf, tmp_path):
         DONE, CANCELLED, CANCELLED, DONE]
 
 
+def test_a_future_cancelled_while_its_batch_is_being_sent_never_runs(local_conf, tmp_path,
+                                                                      monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="sheepdog.executor")
+    marker = tmp_path / "ran"
+    session = sheepdog.Session()
+    submit = session.submit_serialised
+    sending, proceed = threading.Event(), threading.Event()
+
+    def slow_submit(*arguments):
+        sending.set()
+        assert proceed.wait(60)
+        return submit(*arguments)
+
+    def task(kept):
+        if not kept:
+            marker.write_text("ran")
+        return kept
+
+    monkeypatch.setattr(session, "submit_serialised", slow_submit)
+    try:
+        with sheepdog.Executor(local_conf, session=session) as executor:
+            cancelled, kept = executor.submit(task, False), executor.submit(task, True)
+            assert sending.wait(60)
+            assert cancelled.cancel()
+            proceed.set()
+            assert kept.result(timeout=60) is True
+    finally:
+        proceed.set()
+        session.close()
+    assert not marker.exists()
+    storage = Storage(local_conf["dbfile"])
+    assert [state for _args, state, _result in storage.results(1)] == [CANCELLED, DONE]
+    assert [error for _args, _state, error in storage.errors(1)] == ["its future was cancelled"]
+    assert "request 1: tasks [1] cancelled with their futures" in caplog.messages
+
+
 def running_process(pid):
     """Whether process ``pid`` runs (not ended, nor a zombie waiting to be reaped)."""
     try:
@@ -369,9 +463,22 @@ def test_shutdown_waits_for_every_future(local_conf):
 
     executor = sheepdog.Executor(local_conf)
     futures = [executor.submit(nap, x) for x in range(3)]
-    executor.shutdown(wait=True)
+    executor.shutdown()  # waits unless told not to, as concurrent.futures' executors do
     assert all(future.done() for future in futures)
     assert [future.result() for future in futures] == [0, 1, 2]
+
+
+def test_leaving_the_with_block_waits_for_every_future(local_conf):
+    with sheepdog.Executor(local_conf) as executor:
+        futures = [executor.submit(abs, -x) for x in range(3)]
+    assert all(future.done() for future in futures)
+
+
+def test_shutdown_with_cancel_futures_cancels_submits_not_yet_sent(local_conf):
+    executor = sheepdog.Executor(local_conf, batch_seconds=600)
+    futures = [executor.submit(abs, -x) for x in range(3)]
+    executor.shutdown(cancel_futures=True)
+    assert all(future.cancelled() for future in futures)
 
 
 def test_leaving_the_with_block_by_an_exception_cancels_what_has_not_started(local_conf, tmp_path):
@@ -400,6 +507,20 @@ def test_map_yields_in_order_and_times_out(local_conf):
         with pytest.raises(concurrent.futures.TimeoutError):
             next(results)
         results.close()  # its futures are cancelled, if not running; this one runs on
+
+
+def test_map_past_its_deadline_raises_at_once_for_a_result_not_yet_in(local_conf, tmp_path):
+    release = tmp_path / "release"
+    with sheepdog.Executor(local_conf) as executor:
+        results = executor.map(wait_for_file, [str(release)], timeout=0.2)
+        time.sleep(0.5)  # the deadline passes while the task waits for its file
+        releaser = threading.Timer(0.3, release.touch)
+        releaser.start()  # its result comes soon after: not waited for, past the deadline
+        try:
+            with pytest.raises(concurrent.futures.TimeoutError):
+                next(results)
+        finally:
+            releaser.join()
 
 
 SCALE = 1000
@@ -542,6 +663,18 @@ def test_executor_page_examples_run_on_the_local_backend(local_conf):
     page = (Path(__file__).resolve().parents[1] / "docs" / "executor.rst").read_text()
     results = run_doctest(page, local_conf)
     assert results.failed == 0 and results.attempted == 30
+
+
+def test_futures_whose_workers_cannot_reach_the_caller_each_get_the_callback_error(local_conf,
+                                                                                  caplog):
+    caplog.set_level(logging.WARNING, logger="sheepdog.executor")
+    conf = {**local_conf, "localhost": "127.0.0.2", "connect_timeout": 1, "retry_seconds": 120}
+    with sheepdog.Executor(conf) as executor:
+        futures = [executor.submit(abs, -x) for x in (1, 2)]
+        errors = [future.exception(timeout=60) for future in futures]
+    assert all(isinstance(error, sheepdog.CallbackError) for error in errors)
+    assert "none has called back" in str(errors[0])
+    assert f"request 1: {errors[0]}" in caplog.messages
 
 
 def test_a_job_the_scheduler_refuses_is_every_futures_error(local_conf):

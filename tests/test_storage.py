@@ -5,6 +5,8 @@ from contextlib import closing
 import pytest
 
 from sheepdog.storage import SCHEMA_VERSION, Storage, StorageError
+from sheepdog.storage.payloads import PayloadFile
+from sheepdog.wire.protocol import ALONE_BYTES
 
 
 def make_request(storage, n=3):
@@ -414,3 +416,39 @@ def test_progress_counts_zero_in_states_no_task_is_in_and_every_ended_task_as_fi
     storage.record_reports(request_id, [(1, False, b"r"), (2, True, b"it raised")])
     assert storage.lose_held(request_id, worker, 1, 3, "killed by SIGKILL")
     assert counts() == (0, 0, 1, 1, 1, 1, 0, 4, True)
+
+
+def test_a_result_that_follows_a_failed_report_in_the_same_body_is_stored(storage):
+    request_id = make_request(storage)
+    assert storage.record_reports(request_id, [(1, True, b"boom"), (2, False, b"r2")]) == 2
+    assert storage.results(request_id)[:2] == [(b"args0", "failed", None),
+                                               (b"args1", "done", b"r2")]
+
+
+def test_a_result_of_exactly_alone_bytes_is_kept_in_a_file_and_counted_by_its_size(storage):
+    request_id = make_request(storage)
+    result = b"r" * ALONE_BYTES
+    assert storage.record_reports(request_id, [(1, False, result)]) == 1
+    stored = storage.results(request_id)[0][2]
+    assert isinstance(stored, PayloadFile) and stored.size == ALONE_BYTES
+    # the row of a result kept in a file holds no bytes of it
+    assert storage.request_sizes([request_id]) == {
+        request_id: len(b"function") + 3 * len(b"args0") + ALONE_BYTES}
+
+
+def test_the_errors_of_tasks_whose_arguments_are_kept_in_files_name_those_files(storage):
+    large = b"a" * ALONE_BYTES
+    request_id = storage.create_request(b"function", [large, b"small"], "s3cret", "local")
+    storage.record_reports(request_id, [(1, True, b"boom"), (2, True, b"bang")])
+    (arguments, state, error), second = storage.errors(request_id)
+    assert isinstance(arguments, PayloadFile) and arguments.size == ALONE_BYTES
+    assert (state, error) == ("failed", "boom") and second == (b"small", "failed", "bang")
+    with open(arguments.path, "rb") as kept:
+        assert kept.read() == large
+
+
+def test_the_logs_of_a_task_beyond_the_request_say_which_tasks_it_has(storage):
+    request_id = make_request(storage)
+    with pytest.raises(KeyError) as raised:
+        storage.task_logs(request_id, 4)
+    assert raised.value.args == (f"request {request_id} has no task 4: its tasks are 1 to 3",)

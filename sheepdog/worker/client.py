@@ -216,8 +216,12 @@ def _leave_without_key(reason: str) -> NoReturn:
 
 
 def _read_body(response: http.client.HTTPResponse) -> bytearray:
-    """The whole response body, read straight into one writable buffer when its length is known."""
-    if response.length is None:
+    """The whole response body, read straight into one writable buffer when its length is known.
+
+    An empty or unsized body is read by ``read()``, which also marks the answer
+    finished: the connection is then ready for the next request.
+    """
+    if not response.length:
         return bytearray(response.read())
     data = bytearray(response.length)
     view, received = memoryview(data), 0
