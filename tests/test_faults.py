@@ -251,8 +251,10 @@ def test_ctrl_c_in_a_script_cancels_and_says_so(tmp_path):
         stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     storage = wait_until_running(tmp_path / "db.sqlite", 2)
+    waiting = read_until(process.stderr.fileno(), b" finished")  # map waits: its progress
     process.send_signal(signal.SIGINT)
     _out, err = process.communicate(timeout=30)
+    err = waiting + err
     assert err.rstrip().endswith("\nKeyboardInterrupt: sheepdog.map of request 1 interrupted")
     assert "Traceback" not in err
     assert "sheepdog: cancelled request 1" in err and "2 unfinished tasks marked cancelled" in err
@@ -266,8 +268,11 @@ def read_until(descriptor, text, seconds=30):
     deadline = time.monotonic() + seconds
     while text not in seen:
         ready, _, _ = select.select([descriptor], [], [], max(0, deadline - time.monotonic()))
-        assert ready, f"no {text!r} within {seconds} s; got {seen!r}"
-        seen += os.read(descriptor, 4096)
+        assert ready and time.monotonic() < deadline, (
+            f"no {text!r} within {seconds} s; got {seen!r}")
+        read = os.read(descriptor, 4096)
+        assert read, f"no {text!r} before the stream ended; got {seen!r}"
+        seen += read
     return seen.decode()
 
 
@@ -283,6 +288,9 @@ def test_answering_n_to_the_ctrl_c_prompt_leaves_the_tasks_alone(tmp_path):
     os.close(child_side)
     try:
         storage = wait_until_running(tmp_path / "db.sqlite", 2)
+        # Interrupted once map waits (its progress shows), not while it still starts the
+        # dashboard after submitting, where Ctrl-C ends it without the question.
+        read_until(process.stderr.fileno(), b" finished")
         process.send_signal(signal.SIGINT)
         prompt = read_until(process.stderr.fileno(), b"[Y/n] ")  # input() prompts on stderr
         assert ("sheepdog: interrupted. The 2 unfinished tasks of request 1 keep running "
