@@ -28,6 +28,7 @@ import sqlite3
 from typing import Collection, Iterator, NamedTuple, Sequence
 
 from .connection import Database
+from .housekeeping import add_bytes
 from .payloads import PayloadFile
 from .states import DONE
 
@@ -154,7 +155,8 @@ class Memo:
 
         They are copied in runs of tasks whose sources follow each other in one
         request (a script run again is one run): SQLite copies a run in one
-        statement, several times faster than rows sent one by one. A source
+        statement, several times faster than rows sent one by one; their bytes count
+        towards the request's size (``housekeeping.add_bytes``). A source
         removed meanwhile (``sheepdog rm`` in another process, which removes
         whole requests) gives nothing, and its task is computed.
         """
@@ -172,6 +174,8 @@ class Memo:
             "WHERE request_id = ? AND idx BETWEEN ? AND ?",
             ((request_id, first.task - first.source_index, first.source_request,
               first.source_index, last.source_index) for first, last in _runs(kept)))
+        in_rows = [found.result for found in kept if not isinstance(found.result, PayloadFile)]
+        add_bytes(db, request_id, sum(map(len, in_rows)))  # read with their sources already
         linked.extend(self._link_file(request_id, found) for found in kept
                       if isinstance(found.result, PayloadFile))
         return {found.task for found in kept}

@@ -95,10 +95,7 @@ class Requests:
                 if reused:
                     db.execute("INSERT INTO task_counts (request_id, state, n, last) "
                                "VALUES (?, ?, ?, ?)", (request_id, DONE, len(reused), time.time()))
-                copied = db.execute("SELECT coalesce(sum(length(data)), 0) FROM results "
-                                    "WHERE request_id = ?", (request_id,)).fetchone()[0]
-                add_bytes(db, request_id,
-                          len(function) + sum(len(row[1]) for row in rows) + copied)
+                add_bytes(db, request_id, len(function) + sum(len(row[1]) for row in rows))
                 if computation is not None:
                     self._memo.store_keys(db, request_id, computation, reused)
             committed = True  # the linked files are the results' now
