@@ -1,4 +1,5 @@
 import os
+import random
 import sqlite3
 from contextlib import closing
 
@@ -199,11 +200,12 @@ def test_a_version_2_database_is_upgraded_in_place_with_its_rows_kept(dbfile):
         raw.executescript(VERSION_2_SCHEMA)
     storage = Storage(dbfile)
     with sqlite3.connect(dbfile) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
     progress = storage.progress(1)
     assert (progress.done, progress.running, progress.failed) == (1, 1, 1)
     assert storage.errors(1) == [(b"\xa3", "failed", "it raised")]
     assert storage.record_reports(1, [(2, False, b"r2")], [(2, "stdout", b"printed")]) == 1
+    assert (storage.progress(1).done, storage.progress(1).running) == (2, 0)
     assert [row[1:] for row in storage.results(1)] == [
         ("done", b"\xb1"), ("done", b"r2"), ("failed", None)]
     assert storage.task_logs(1, 2)[0].output == {"stdout": "printed"}
@@ -252,7 +254,7 @@ def test_a_version_4_database_is_upgraded_and_keeps_the_exception_of_a_failed_ta
         raw.executescript(version_4)
     storage = Storage(dbfile)
     with sqlite3.connect(dbfile) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
     assert storage.tasks.task_exception(1, 3) is None  # failed before exceptions were kept
     assert storage.tasks.record_reports(1, [(2, True, b"it raised")], (), [(2, b"pickled")]) == 1
     assert storage.tasks.record_reports(1, [(2, True, b"again")], (), [(2, b"later")]) == 0
@@ -392,7 +394,7 @@ def test_a_version_5_database_is_upgraded_and_its_requests_gain_names_and_task_t
         raw.execute("UPDATE tasks SET started = 100, updated = 102 WHERE idx = 1")
     storage = Storage(dbfile)
     with sqlite3.connect(dbfile) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
     old, = storage.request_summaries()
     assert (old.function_name, old.function, old.executing) == (None, "?", 0)
     assert storage.dashboard_durations(1) == [2.0]  # from lease to report, as before
@@ -452,3 +454,36 @@ def test_the_logs_of_a_task_beyond_the_request_say_which_tasks_it_has(storage):
     with pytest.raises(KeyError) as raised:
         storage.task_logs(request_id, 4)
     assert raised.value.args == (f"request {request_id} has no task 4: its tasks are 1 to 3",)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_count_of_each_state_matches_the_tasks_after_any_sequence_of_moves(storage, seed):
+    """``progress`` reads ``task_counts``, which the moves keep; the rows are the truth."""
+    rng = random.Random(seed)
+    request_id = make_request(storage, n=40)
+    workers = []
+
+    def some_tasks():
+        return rng.sample(range(1, 46), rng.randint(1, 8))  # unknown indices too
+
+    moves = [
+        lambda: workers.append(lease(storage, request_id, rng.randint(1, 6))[0]),
+        lambda: storage.record_reports(request_id, [
+            (index, rng.random() < 0.3, b"error" if rng.random() < 0.3 else b"result")
+            for index in some_tasks()]),
+        lambda: storage.record_lost(request_id, rng.randint(1, 40), "lost", rng.random() < 0.5),
+        lambda: storage.cancel_tasks(request_id, some_tasks(), "cancelled"),
+        lambda: storage.requeue(request_id, 3, rng.random() < 0.5),
+        lambda: storage.record_unloadable(request_id, rng.randint(1, 40), "unloadable"),
+        lambda: workers and storage.end_worker(request_id, rng.choice(workers), "ended",
+                                               rng.random() < 0.5),
+        lambda: workers and storage.release(request_id, rng.choice(workers), 1, some_tasks()),
+    ]
+    for _ in range(120):
+        rng.choice(moves)()
+        progress = storage.progress(request_id)
+        rows = dict(storage.database.connection().execute(
+            "SELECT state, count(*) FROM tasks WHERE request_id = ? GROUP BY state",
+            (request_id,)))
+        assert {state: getattr(progress, state) for state in rows} == rows
+        assert progress.finished + progress.pending + progress.running == progress.total == 40
