@@ -7,8 +7,8 @@ refused rather than misread. A file opened to be read (:func:`check_readable`)
 is never migrated: one that is not of this version is refused. Arguments and
 results live in tables of their own, so that the small, frequent state
 updates never rewrite a large payload, and how many tasks are in each state
-is kept in a table that a trigger updates in the same transaction as each
-change, so reading progress does not scan tasks.
+is kept in a table that each change updates in its own transaction (see
+``states.apply``), so reading progress does not scan tasks.
 """
 
 from __future__ import annotations
