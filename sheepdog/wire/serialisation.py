@@ -361,6 +361,8 @@ def dumps_parts(obj: Any, ship_sources: bool = False, forgiving: bool = False
     ``ship_sources``, the code that travels by value brings its source lines;
     ``forgiving``, see :func:`dumps_function`.
     """
+    if type(obj) in _PLAIN_TYPES:  # most results: the same bytes, without a cloudpickler
+        return [pickle.dumps(obj, pickle_protocol)]
     buffers: list[memoryview] = []
 
     def keep_out_of_band(buffer: pickle.PickleBuffer) -> bool:
