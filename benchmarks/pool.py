@@ -199,7 +199,8 @@ def bench(scheduler: str, options: argparse.Namespace) -> None:
     baseline = dependent({**conf, "linger": 0}, 5)
     goal = "3" if scheduler == "local" else "10"
     print(f"dependent submit().result(), warm: median {1000 * statistics.median(warm):.1f} ms "
-          f"of {len(warm)} (goal <= {goal} ms) vs linger 0: "
+          f"of {len(warm)} (goal <= {goal} ms; mean {1000 * statistics.mean(warm):.1f} ms, "
+          f"slowest {1000 * max(warm):.1f} ms) vs linger 0: "
           f"{1000 * statistics.median(baseline):.0f} ms of {len(baseline)}")
     seconds, pool, queries = released(conf, options.linger)
     print(f"slots released {seconds:.1f} s after the last task with linger {options.linger:g} "

@@ -5,6 +5,7 @@ and storage); the rest end to end on the local backend, whose workers run
 the very job file a cluster's do.
 """
 
+import http.client
 import json
 import threading
 import time
@@ -143,6 +144,51 @@ def test_closing_a_pool_wakes_its_held_pulls_and_sends_its_workers_away(pooled, 
     assert unpack_frames(as_a.post(pull_path(first, "1.1", 2)).data) == [(0, IDLE, b"")]
     pools.close()
     assert as_a.post(pull_path(first, "1.1", 2)).data == b""
+
+
+
+def test_work_that_arrives_while_an_idle_pull_looks_for_it_wakes_that_pull(
+        pooled, storage, monkeypatch):
+    """A request made after the pull found nothing, but before it began to wait, must
+    not leave it asleep until its next recheck (here a minute; 5 s in the product)."""
+    from sheepdog.server import tornado_handler
+    from sheepdog.server.host import Server
+
+    monkeypatch.setattr(tornado_handler, "HOLD_SECONDS", 60.0)
+    monkeypatch.setattr(tornado_handler, "RECHECK_SECONDS", 60.0)
+    pools, pool, _callbacks, first, second = pooled
+    pools.forget(second)
+    server = Server(storage, port=0, use_tls=False, pools=pools).start()
+    respond = Callbacks.respond
+    arrived = []
+
+    def respond_then_work_arrives(callbacks, *args, **kwargs):
+        reply = respond(callbacks, *args, **kwargs)
+        if reply.held and not arrived:  # it found nothing; now, before it waits:
+            arrived.append(storage.create_request(b"f-c", [b"c1"], "key-c", "local"))
+            pools.join(pool, Member(storage, arrived[0]))
+        return reply
+
+    monkeypatch.setattr(Callbacks, "respond", respond_then_work_arrives)
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        def pull(seq):
+            path = pull_path(first, "1.1", seq)
+            connection.request("POST", path, body=b"",
+                               headers=protocol.auth_headers(b"key-a", "POST", path, b""))
+            return unpack_frames(connection.getresponse().read())
+
+        assert [kind for _index, kind, _data in pull(1)] == [ARGUMENTS]
+        storage.record_reports(first, [(1, False, b"r")])
+        asked = time.monotonic()
+        frames = pull(2)
+        waited = time.monotonic() - asked
+    finally:
+        connection.close()
+        server.stop()
+    assert [kind for _index, kind, _data in frames] == [HANDOVER, ARGUMENTS]
+    assert json.loads(bytes(frames[0][2]))["request"] == arrived[0]
+    assert waited < 20
 
 
 def _signed(key, path):

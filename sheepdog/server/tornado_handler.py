@@ -179,24 +179,29 @@ class CallbackHandler(tornado.web.RequestHandler):
     async def _handle(self, *args: str) -> None:
         body = b"".join(self._chunks) if self._body is None else self._body
         self._chunks, self._body = [], None
+        pools = self.callbacks.pools
+        looked_in = pools.signal.generation if pools is not None else 0
         reply = self._respond(body)
-        if reply.held and self.callbacks.pools is not None:
-            reply = await self._hold(body, reply, self.callbacks.pools.signal)
+        if reply.held and pools is not None:
+            reply = await self._hold(body, reply, pools.signal, looked_in)
         await self._reply(reply)
 
     def _respond(self, body: Any) -> Reply:
         return self.callbacks.respond(self.request.method or "GET", self.request.path,
                                       self.request.headers, body, route=self._route)
 
-    async def _hold(self, body: Any, reply: Reply, signal: WorkSignal) -> Reply:
+    async def _hold(self, body: Any, reply: Reply, signal: WorkSignal, looked_in: int
+                    ) -> Reply:
         """Hold an idle worker's pull for up to ``HOLD_SECONDS``, asking again whenever
-        work may have arrived (and every ``RECHECK_SECONDS``); the last answer."""
+        work may have arrived since it last looked (in generation ``looked_in`` of the
+        ``signal``), and every ``RECHECK_SECONDS``; the last answer."""
         deadline = time.monotonic() + HOLD_SECONDS
         while reply.held:
             left = deadline - time.monotonic()
             if left <= 0 or self.request.connection is None:
                 break
-            await signal.wait(min(left, RECHECK_SECONDS))
+            await signal.wait(min(left, RECHECK_SECONDS), since=looked_in)
+            looked_in = signal.generation
             reply = self._respond(body)
         return reply
 

@@ -15,18 +15,34 @@ from typing import Any
 
 
 class WorkSignal:
-    """The futures of the held pulls, each on its event loop, and the call that wakes them."""
+    """The futures of the held pulls, each on its event loop, and the call that wakes them.
+
+    Each :meth:`notify` starts a new :attr:`generation`. A pull that looked for
+    work in generation G and found none waits only while the generation is
+    still G: work that arrived while it looked, before it began to wait, would
+    otherwise leave it asleep until its next recheck.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: list[tuple[Any, Any]] = []  # (event loop, future)
+        self._generation = 0
 
-    async def wait(self, timeout: float) -> None:
-        """Until :meth:`notify` is called or ``timeout`` seconds pass."""
+    @property
+    def generation(self) -> int:
+        """How many times :meth:`notify` was called: read it before looking for work."""
+        with self._lock:
+            return self._generation
+
+    async def wait(self, timeout: float, since: int) -> None:
+        """Until :meth:`notify` is called or ``timeout`` seconds pass; not at all if it was
+        called since :attr:`generation` was ``since``."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         entry = (loop, future)
         with self._lock:
+            if self._generation != since:
+                return
             self._waiters.append(entry)
         try:
             await asyncio.wait([future], timeout=timeout)
@@ -37,6 +53,7 @@ class WorkSignal:
 
     def notify(self) -> None:
         with self._lock:
+            self._generation += 1
             waiters, self._waiters = self._waiters, []
         for loop, future in waiters:
             try:
