@@ -41,9 +41,12 @@ class WorkSignal:
         future = loop.create_future()
         entry = (loop, future)
         with self._lock:
-            if self._generation != since:
-                return
-            self._waiters.append(entry)
+            woken = self._generation != since
+            if not woken:
+                self._waiters.append(entry)
+        if woken:
+            await asyncio.sleep(0)  # as a wait would: others on the loop get their turn
+            return
         try:
             await asyncio.wait([future], timeout=timeout)
         finally:

@@ -7,8 +7,8 @@ refused rather than misread. A file opened to be read (:func:`check_readable`)
 is never migrated: one that is not of this version is refused. Arguments and
 results live in tables of their own, so that the small, frequent state
 updates never rewrite a large payload, and how many tasks are in each state
-is kept in a table that each change updates in its own transaction (see
-``states.apply``), so reading progress does not scan tasks.
+is kept in a table that a trigger updates in the same transaction as each
+change, so reading progress does not scan tasks.
 """
 
 from __future__ import annotations
@@ -207,17 +207,10 @@ BEGIN
 END
 """
 
-#: From version 8: ``states.apply`` counts the tasks each statement moves in
-#: ``task_counts`` itself, since every change of a task's state goes through it; the
-#: trigger that did it row by row cost about as much as moving the task.
-_UPGRADE_TO_9 = """
-DROP TRIGGER count_task_states
-"""
-
 #: The schema as scripts, each bringing it one version up: a database of
 #: version N runs the scripts from N on, in one transaction.
 _MIGRATIONS = (_SCHEMA, _UPGRADE_TO_2, _UPGRADE_TO_3, _UPGRADE_TO_4, _UPGRADE_TO_5,
-               _UPGRADE_TO_6, _UPGRADE_TO_7, _UPGRADE_TO_8, _UPGRADE_TO_9)
+               _UPGRADE_TO_6, _UPGRADE_TO_7, _UPGRADE_TO_8)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 

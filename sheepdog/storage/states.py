@@ -28,7 +28,7 @@ PENDING, RUNNING, DONE, FAILED, LOST = "pending", "running", "done", "failed", "
 CANCELLED = "cancelled"
 STATES = (PENDING, RUNNING, DONE, FAILED, LOST, CANCELLED)
 #: States that a task's own report (result or error) may replace.
-REPORTABLE = (RUNNING, PENDING, LOST, CANCELLED)  # the likeliest first
+REPORTABLE = (PENDING, RUNNING, LOST, CANCELLED)
 #: States in which a task is still to finish.
 OPEN = (PENDING, RUNNING)
 #: States of tasks that finished without a result, and the SQL that picks them from ``t``.
@@ -102,20 +102,16 @@ def apply(db: sqlite3.Connection, event: str, request_id: int, tasks: Optional[T
     Chooses ``tasks`` (indices, or index -> detail), or else the tasks that
     match ``where`` (an SQL condition on ``tasks``, with named parameters).
     Runs in the caller's transaction; returns the indices that moved, in no
-    particular order. It keeps ``task_counts`` too: one statement per state
-    moved from, so each knows how many tasks left which state (a trigger per
-    row did that, at about half the cost of the move itself, on top of it).
+    particular order.
     """
     transition = TRANSITIONS[event]
     values = {"now": time.time(), "request_id": request_id, "retryable": None, **parameters}
     detail = "NULL"
-    chosen = None
     if tasks is not None:
         entries = list(tasks.items() if isinstance(tasks, Mapping)
                        else ((index, None) for index in tasks))
         if not entries:
             return []
-        chosen = len({index for index, _ in entries})
         if len(entries) == 1:  # the most frequent case (one report), in one statement
             values["chosen_index"], values["chosen_detail"] = entries[0]
             where = f"({where}) AND idx = :chosen_index"
@@ -129,36 +125,14 @@ def apply(db: sqlite3.Connection, event: str, request_id: int, tasks: Optional[T
             detail = "(SELECT detail FROM temp.chosen WHERE chosen.idx = tasks.idx)"
     sets = "".join(f", {column} = {expression.format(detail=detail)}"
                    for column, expression in transition.sets)
+    sources = ", ".join(f"'{state}'" for state in transition.sources)
     # "+state" keeps SQLite from scanning the request's tasks by state when it can
     # look the chosen ones up by their key.
     state = "+state" if tasks is not None else "state"
     sql = (f"UPDATE tasks SET state = '{transition.target}', updated = :now{sets} "
-           f"WHERE request_id = :request_id AND {state} = :source AND ({where}) "
+           f"WHERE request_id = :request_id AND {state} IN ({sources}) AND ({where}) "
            "RETURNING idx")
-    moved: list[int] = []
-    for source in transition.sources:  # the likeliest first: chosen tasks are often all there
-        moved_now = [row[0] for row in db.execute(sql, {**values, "source": source})]
-        _count_move(db, request_id, source, transition.target, len(moved_now), values["now"])
-        moved += moved_now
-        if chosen is not None and len(moved) == chosen:
-            break
-    return moved
-
-
-def _count_move(db: sqlite3.Connection, request_id: int, source: str, target: str, n: int,
-                now: float) -> None:
-    """``n`` tasks of the request moved from ``source`` to ``target`` at ``now``: count them.
-
-    ``task_counts.last`` is when a task last entered the state.
-    """
-    if n == 0:
-        return
-    db.execute("UPDATE task_counts SET n = n - ? WHERE request_id = ? AND state = ?",
-               (n, request_id, source))
-    db.execute("INSERT INTO task_counts (request_id, state, n, last) VALUES (?, ?, ?, ?) "
-               "ON CONFLICT (request_id, state) DO UPDATE SET n = n + excluded.n, "
-               "last = max(coalesce(last, excluded.last), excluded.last)",
-               (request_id, target, n, now))
+    return [row[0] for row in db.execute(sql, values)]
 
 
 def _choose(db: sqlite3.Connection, entries: Iterable[tuple[int, Optional[str]]]) -> None:

@@ -156,10 +156,7 @@ class Tasks:
             with self._database.write() as db:
                 accepted = self._store_reports(db, request_id, reports, staged, exceptions)
                 store_outputs(db, request_id, outputs, accepted)
-                # A task reported here has finished: that it began is no news.
-                reported = {index for index, _failed, _payload in reports}
-                _store_times(db, request_id,
-                             [index for index in begun if index not in reported], ran)
+                _store_times(db, request_id, begun, ran)
         finally:
             for path in staged.values():
                 if os.path.exists(path):
