@@ -2,6 +2,7 @@
 Python check, the kill notices, the walltime, the process's age and the kept functions."""
 
 import hashlib
+import io
 import os
 import signal
 import subprocess
@@ -16,11 +17,11 @@ from sheepdog.worker import loop
 def test_a_python_of_the_callers_minor_version_is_accepted_and_another_is_named_with_a_fix():
     assert loop.python_mismatch(sys.version_info[:2]) is None
     other = (sys.version_info[0], sys.version_info[1] + 1)
-    message = loop.python_mismatch(other)
-    assert sys.executable in message
-    assert sys.version.split()[0] in message
-    assert f"shipped from Python {other[0]}.{other[1]};" in message
-    assert f"set 'shell' in the config to a Python {other[0]}.{other[1]} interpreter" in message
+    assert loop.python_mismatch(other) == (
+        f"this worker runs Python {sys.version.split()[0]} ({sys.executable}), but the "
+        f"function was shipped from Python {other[0]}.{other[1]}; code objects only load "
+        f"into the same minor version: set 'shell' in the config to a Python "
+        f"{other[0]}.{other[1]} interpreter on the workers")
 
 
 def test_kill_signals_are_taken_by_name_and_names_this_system_lacks_are_left_out():
@@ -97,6 +98,8 @@ def test_tasks_fit_in_what_is_left_with_a_safety_factor(clock):
     assert walltime.tasks_that_fit(2.0, 100) == 10  # 30 / (1.5 * 2)
     assert walltime.tasks_that_fit(2.0, 7) == 7
     assert walltime.tasks_that_fit(None, 7) == 1  # no time per task known yet: one
+    clock.value = 1029.5
+    assert walltime.tasks_that_fit(None, 7) == 1
     clock.value = 1030.0
     assert walltime.tasks_that_fit(None, 7) == 0  # none is left: leave
     clock.value = 1031.0
@@ -109,6 +112,21 @@ def test_the_age_of_a_process_is_read_from_proc():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert 0.5 <= float(out.stdout) < 60
+
+
+def fake_proc(monkeypatch, stat, uptime):
+    files = {"/proc/self/stat": stat, "/proc/uptime": uptime}
+    monkeypatch.setattr("builtins.open", lambda name, _mode: io.BytesIO(files[name]))
+    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_CLK_TCK": 100}[name])
+
+
+def test_the_age_of_a_process_counts_from_its_start_in_clock_ticks_whatever_its_name(
+        monkeypatch):
+    fields = b" ".join(b"%d" % number for number in range(4, 53)).replace(b" 22 ", b" 1000 ")  # fields 4 on
+    fake_proc(monkeypatch, b"42 (a) b) S " + fields, b"10.25 20.0\n")
+    assert loop.seconds_since_start() == pytest.approx(0.25)  # 10.25 s up, started at 10 s
+    fake_proc(monkeypatch, b"42 (ab) S " + fields, b"9.5 20.0\n")
+    assert loop.seconds_since_start() == 0.0  # never less
 
 
 def test_the_age_of_a_process_is_zero_where_the_system_does_not_say(monkeypatch):
