@@ -148,7 +148,8 @@ def test_an_error_refused_alone_is_logged_and_not_posted_again(capsys):
     supervisor.queue(2, ERROR, b"two")
     supervisor.flush()
     assert client.routes() == ["results", "error"]
-    assert "the server refused the error of task 2: HTTP 413" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "sheepdog worker: the server refused the error of task 2: HTTP 413: too large\n")
 
 
 def test_a_result_refused_alone_otherwise_is_logged_and_not_posted_again():
@@ -188,7 +189,8 @@ def test_a_full_disk_with_no_report_to_fail_posts_nothing_more_and_a_second_refu
     supervisor.queue(5, ERROR, b"e")
     supervisor.flush()
     assert client.routes() == ["results", "results"]
-    assert "could not report tasks 4-5 failed either: HTTP 507" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "sheepdog worker: could not report tasks 4-5 failed either: HTTP 507: disk full\n")
 
 
 def test_a_post_refused_for_another_reason_raises():
@@ -221,7 +223,7 @@ def test_giving_back_releases_what_the_runner_has_not_claimed_once():
     assert len(client.requests) == 1
 
 
-def test_tasks_that_cannot_be_given_back_are_run_after_all_and_not_offered_again():
+def test_tasks_that_cannot_be_given_back_are_run_after_all_and_not_offered_again(capsys):
     client = Recording(release=[ConnectionError("no caller")])
     supervisor = new_supervisor(client)
     stuck_in(supervisor, [5, 6, 7], 1)
@@ -230,6 +232,7 @@ def test_tasks_that_cannot_be_given_back_are_run_after_all_and_not_offered_again
     assert supervisor.remaining == {5, 6, 7}
     assert supervisor.current_since == float("inf")
     assert supervisor.claims.claim(1) and supervisor.claims.claim(2)
+    assert capsys.readouterr().err == "sheepdog worker: could not give back tasks 6-7: no caller\n"
 
 
 def test_before_any_batch_there_is_nothing_to_give_back():
@@ -314,7 +317,7 @@ def test_a_heartbeat_goes_when_it_is_due_on_its_own_line_and_only_for_a_running_
     assert len(beater.requests) == 1
     supervisor.next_beat = supervisor_module.time.monotonic()
     supervisor._tick(Alive())  # the second beat fails, and the supervisor goes on
-    assert "heartbeat failed: down" in capsys.readouterr().err
+    assert capsys.readouterr().err == "sheepdog worker: heartbeat failed: down\n"
     assert client.requests == []
 
 
@@ -362,7 +365,7 @@ def test_a_runner_on_an_earlier_task_is_not_on_its_last():
 
 
 def test_a_crashed_task_is_posted_lost_saying_how_it_ended_and_what_its_worker_went_on_with(
-        monkeypatch):
+        monkeypatch, capsys):
     monkeypatch.setenv("JOB_ID", "77")
     client = Recording()
     supervisor = new_supervisor(client)
@@ -376,6 +379,8 @@ def test_a_crashed_task_is_posted_lost_saying_how_it_ended_and_what_its_worker_w
             f"{socket.gethostname()}, job 77; its worker went on with the 2 after it)"
             in body.decode())
     assert supervisor.remaining == {2, 3}
+    assert capsys.readouterr().err == (
+        "sheepdog worker: task 1 ended without reporting (killed by SIGSEGV)\n")
     supervisor.remaining = {1}
     monkeypatch.delenv("JOB_ID")
     supervisor._crashed(3 << 8, 1, b"")
@@ -405,7 +410,8 @@ def test_a_loss_the_server_refuses_is_logged_and_the_task_is_no_longer_held(caps
     supervisor.remaining = {4}
     supervisor._report_lost(4, "gone")
     assert supervisor.remaining == set()
-    assert "could not report task 4 lost: HTTP 409: not yours" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "sheepdog worker: could not report task 4 lost: HTTP 409: not yours\n")
 
 
 def test_a_kill_notice_without_a_runner_posts_what_is_held_and_says_so_within_five_seconds():
@@ -429,9 +435,9 @@ def test_a_kill_notice_goes_out_even_when_the_post_before_it_fails(capsys):
     supervisor.queue(1, RESULT, b"one")
     supervisor.on_kill_notice(lambda seconds: client)
     assert client.routes() == ["results", "killing"]
-    err = capsys.readouterr().err
-    assert "could not post the reports held: down" in err
-    assert "could not report the kill notice: down" in err
+    assert capsys.readouterr().err == ("sheepdog worker: could not post the reports held: down\n"
+                                       "sheepdog worker: could not report the kill notice: "
+                                       "down\n")
 
 
 def test_draining_reads_all_that_waits_without_blocking():
@@ -441,6 +447,17 @@ def test_draining_reads_all_that_waits_without_blocking():
         theirs.shutdown(socket.SHUT_WR)
         assert supervisor_module._drain(ours) == b"x" * 50_000
         assert supervisor_module._drain(ours) == b""
+        ours.setblocking(True)
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_draining_a_channel_still_open_reads_what_waits_and_returns():
+    ours, theirs = socket.socketpair()
+    try:
+        theirs.sendall(b"abc")
+        assert supervisor_module._drain(ours) == b"abc"
     finally:
         ours.close()
         theirs.close()
