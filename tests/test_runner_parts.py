@@ -99,6 +99,7 @@ def test_a_task_that_raises_reports_its_time_its_traceback_from_f_and_its_except
     kept = Kept()
     run_one(raises_value_error, 1, call(7), kept)
     assert kept.kinds() == [RAN, ERROR, EXCEPTION]
+    assert 0 <= SECONDS.unpack(kept.of(RAN))[0] < 10
     text = kept.of(ERROR).decode()
     assert text.startswith("Traceback (most recent call last):")
     assert "raises_value_error" in text and "ValueError: bad 7" in text
