@@ -2,8 +2,6 @@
 posts and when, what it gives back, how it reports a crashed runner, and its words for how a
 process ended."""
 
-import json
-import os
 import signal
 import socket
 import types

@@ -244,7 +244,7 @@ def test_an_idle_worker_whose_caller_has_gone_leaves_quietly(worker, monkeypatch
             return BLOBS["plus_one"]
         return next(pulls, None)  # then the connection drops, again and again
 
-    status, seen, pauses = worker(respond, retry_seconds=60.0)
+    status, _seen, pauses = worker(respond, retry_seconds=60.0)
     assert status == 0
     assert 0.5 not in pauses  # the server did the waiting
 
