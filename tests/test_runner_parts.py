@@ -7,6 +7,7 @@ import os
 import pickle
 import signal
 import socket
+import sys
 import threading
 
 import pytest
@@ -23,6 +24,7 @@ from sheepdog.wire.protocol import (
     VERSIONS,
     split_frames,
 )
+from sheepdog.wire.modules import VersionReport, package_versions
 from sheepdog.wire.settings import WorkerSettings
 from sheepdog.worker import runner as runner_module
 from sheepdog.worker.client import PermanentHTTPError
@@ -243,6 +245,8 @@ def read_to_end(channel, data):
 
 def test_a_runner_claims_its_tasks_in_turn_until_it_is_stopped_or_resumed():
     claims = Claims(3)
+    assert claims.stop() == 0  # nothing claimed yet
+    claims.resume(3)
     assert claims.claim(0) and claims.claim(1)
     assert claims.stop() == 2
     assert not claims.claim(2)
@@ -286,7 +290,16 @@ def test_versions_are_told_with_the_first_task_and_fail_the_tasks_only_under_err
     assert problem.startswith("this worker (")
     assert "has other versions than the caller: " in problem
     assert "The request's 'version_mismatch' is 'error'" in problem
-    same = {"python": os.sys.version.split()[0]}
+    two = {"python": "2.7.0", "pytest": "0.1"}
+    differences = VersionReport(socket.gethostname(), sys.executable, two,
+                                package_versions(two)).differences()
+    assert len(differences) == 2
+    assert compare_versions(two, settings("error"), Kept(), [5]) == (
+        f"this worker ({socket.gethostname()}, {sys.executable}) has other versions than the "
+        f"caller: {differences[0]}; {differences[1]}. The request's 'version_mismatch' is "
+        f"'error', so its tasks do not run here: install the caller's versions on the "
+        f"workers, or set 'version_mismatch' to 'warn'")
+    same = {"python": sys.version.split()[0]}
     assert compare_versions(same, settings("error"), Kept(), [5]) is None
 
 
