@@ -13,6 +13,7 @@ import threading
 import pytest
 
 from sheepdog.wire import serialisation
+from sheepdog.wire.modules import VersionReport, package_versions
 from sheepdog.wire.protocol import (
     ALONE_BYTES,
     DISK_FULL_STATUS,
@@ -24,7 +25,6 @@ from sheepdog.wire.protocol import (
     VERSIONS,
     split_frames,
 )
-from sheepdog.wire.modules import VersionReport, package_versions
 from sheepdog.wire.settings import WorkerSettings
 from sheepdog.worker import runner as runner_module
 from sheepdog.worker.client import PermanentHTTPError
