@@ -410,9 +410,17 @@ def test_a_runner_whose_target_raises_says_so_and_exits_1(capfd):
     assert "RuntimeError: broken target" in capfd.readouterr().err
 
 
+C_BUFFERS = []
+
+
 def test_what_c_code_buffered_in_a_runner_is_flushed_at_its_end(capfd):
     def target(channel):
-        ctypes.CDLL(None).printf(b"from C, buffered\n")
+        c_library = ctypes.CDLL(None)
+        stdout = ctypes.c_void_p.in_dll(c_library, "stdout")
+        buffer = ctypes.create_string_buffer(8192)  # buffered (_IOFBF), even under python -u
+        C_BUFFERS.append(buffer)  # alive until the runner's end flushes it
+        c_library.setvbuf(stdout, buffer, 0, len(buffer))
+        c_library.printf(b"from C, buffered\n")
         return 0
 
     runner = forked(target)
