@@ -286,3 +286,12 @@ def test_an_answer_that_ends_early_is_an_incomplete_read_saying_how_much_is_miss
         server.join(timeout=30)
         listener.close()
     assert str(raised.value).endswith("IncompleteRead(5 bytes read, 4 more expected)")
+
+
+def test_work_to_do_while_waiting_is_done_once_however_often_the_request_is_sent(scripted):
+    server = scripted(DROP, (200, b"fn", {}))
+    client = Client([server.url], 1, b"key", retry_seconds=5)
+    calls = []
+    assert client.request("function", while_waiting=lambda: calls.append("done")) == b"fn"
+    assert len(server.requests) == 2
+    assert calls == ["done"]
