@@ -239,3 +239,59 @@ def test_a_job_file_naming_no_key_makes_the_worker_leave_saying_so(capsys):
     assert raised.value.code == protocol.EXIT_NO_KEY
     assert capsys.readouterr().err == ("sheepdog worker: the job file names neither the "
                                        "request's key nor its key file\n")
+
+
+def test_the_key_is_read_from_the_settings_or_from_its_file_without_the_line_end(tmp_path):
+    from sheepdog.wire.settings import WorkerSettings
+
+    assert client_module.read_key(WorkerSettings(request_id=1, key="inline")) == b"inline"
+    path = tmp_path / "key"
+    path.write_bytes(b"from-file\n")
+    assert client_module.read_key(WorkerSettings(request_id=1, key_file=str(path))) == (
+        b"from-file")
+
+
+def test_a_key_file_the_worker_cannot_read_is_named_with_where_it_must_be(tmp_path, capsys):
+    from sheepdog.wire.settings import WorkerSettings
+
+    path = tmp_path / "missing"
+    with pytest.raises(SystemExit) as raised:
+        client_module.read_key(WorkerSettings(request_id=1, key_file=str(path)))
+    assert raised.value.code == protocol.EXIT_NO_KEY
+    error = capsys.readouterr().err
+    assert error.startswith(f"sheepdog worker: cannot read the request's key file {path} on "
+                            f"{socket.gethostname()}: [Errno 2] ")
+    assert error.endswith(". The key is written on the head node; compute nodes must see the "
+                          "same home directory (see 'How workers reach you' in sheepdog's "
+                          "docs)\n")
+
+
+def test_an_answer_that_ends_early_is_an_incomplete_read_saying_how_much_is_missing():
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer_short():
+        connection, _address = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n12345")
+
+    server = threading.Thread(target=answer_short, daemon=True)
+    server.start()
+    client = Client([f"http://127.0.0.1:{listener.getsockname()[1]}"], 1, b"key",
+                    retry_seconds=0)
+    try:
+        with pytest.raises(ConnectionError) as raised:
+            client.request("function")
+    finally:
+        server.join(timeout=30)
+        listener.close()
+    assert str(raised.value).endswith("IncompleteRead(5 bytes read, 4 more expected)")
+
+
+def test_work_to_do_while_waiting_is_done_once_however_often_the_request_is_sent(scripted):
+    server = scripted(DROP, (200, b"fn", {}))
+    client = Client([server.url], 1, b"key", retry_seconds=5)
+    calls = []
+    assert client.request("function", while_waiting=lambda: calls.append("done")) == b"fn"
+    assert len(server.requests) == 2
+    assert calls == ["done"]
