@@ -18,14 +18,16 @@ from sheepdog.worker.spare import Runners
 from .test_supervisor_parts import NoOutput, Recording, new_supervisor
 
 
-def starter(function, values):
-    """A ``start_runner`` for the tasks 1, 2, ... of ``values``, and the runners it started."""
+def starter(function, values, kill_signals=()):
+    """A ``start_runner`` for the tasks 1, 2, ... of ``values``, and the runners it started
+    (which leave ``kill_signals`` to their supervisor)."""
     blob = serialisation.dumps_function(function)
     arguments = {index: memoryview(b"".join(bytes(part) for part in
                                             serialisation.dumps_argument(index, (value,))))
                  for index, value in enumerate(values, 1)}
     runners = Runners(Identity(1, b"key", "1.2"), WorkerSettings(request_id=1),
-                      lambda: pytest.fail("nothing here is posted by the runner"), NoOutput(), [])
+                      lambda: pytest.fail("nothing here is posted by the runner"), NoOutput(),
+                      kill_signals)
     started = []
 
     def start(todo):
@@ -130,3 +132,32 @@ def test_a_runner_whose_socket_outlives_it_still_ends_its_batch():
     finally:
         for pid in posted_results(client).values():
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_kill_notice_while_a_runner_starts_is_answered_once_that_runner_is_known(
+        monkeypatch):
+    """The scheduler's notice may come after the runner began its tasks but before the
+    supervisor has it: answered then, it would find no runner to stop and reap."""
+    client = Recording()
+    supervisor = new_supervisor(client)
+    supervisor.kill_signals = [signal.SIGUSR2]
+    start, started = starter(lambda x: sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+                             [1], [signal.SIGUSR2])
+    answered_with = []
+    monkeypatch.setattr(supervisor, "on_kill_notice",
+                        lambda connect: answered_with.append(supervisor.runner))
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: supervisor.on_kill_notice(
+        None))
+    try:
+        def start_then_notice(todo):
+            runner = start(todo)
+            os.kill(os.getpid(), signal.SIGUSR2)  # the runner is running, not yet known
+            time.sleep(0.1)  # a notice not held would be answered here
+            return runner
+
+        supervisor.run(start_then_notice, [1], 1)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert answered_with == started
+    assert not signal.pthread_sigmask(signal.SIG_BLOCK, [])  # nothing is left held,
+    assert posted_results(client) == {1: []}  # in the runner either: f ran with none

@@ -93,6 +93,7 @@ def report_kill_notices(connect: Callable[[float], Client], supervisor: Supervis
         supervisor.on_kill_notice(connect)
         os._exit(128 + signum)
 
+    supervisor.kill_signals = list(numbers)  # held while it starts a runner
     for number in numbers:
         signal.signal(number, on_kill_notice)
     if hasattr(signal, "SIGUSR1") and signal.SIGUSR1 not in numbers:

@@ -351,8 +351,10 @@ def _runner_main(target: Callable[[socket.socket], int], channel: socket.socket,
         die_with_parent(supervisor)  # a runner whose worker is gone has nobody to report to
         run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
         getattr(atexit, "_clear", lambda: None)()  # the supervisor's handlers are its own
+        kill_signals = list(kill_signals)
         for number in kill_signals:  # the supervisor answers the scheduler's kill notice
             signal.signal(number, lambda signum, frame: None)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, kill_signals)  # held while it was forked
         unbuffer_output()
         faulthandler.enable()  # a segfault's traceback goes to stderr, and so into its tail
         status = target(channel)

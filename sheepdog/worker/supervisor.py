@@ -17,13 +17,14 @@ batch back, for idle workers to run. Part of the worker side (``loop.py``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
 import signal
 import socket
 import time
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from ..wire.failures import error_bytes
 from ..wire.protocol import (
@@ -99,6 +100,8 @@ class Supervisor:
         self.since: Optional[float] = None
         self.next_beat = time.monotonic() + heartbeat_seconds
         self.runner: Optional[Runner] = None
+        #: The signals of the scheduler's kill notice, which ``on_kill_notice`` answers.
+        self.kill_signals: list[int] = []
         self.buffer = bytearray()  # what the runner sent, up to the end of a whole message
         self.current: Optional[tuple[int, bytes]] = None  # (index, positions) of its task
         self.current_since = 0.0  # when it started (time.monotonic())
@@ -128,7 +131,8 @@ class Supervisor:
         try:
             while todo:
                 begun = len(self.started)
-                self.todo, self.runner = todo, start_runner(todo)
+                with self._kill_notices_held():  # until the runner is known here
+                    self.todo, self.runner = todo, start_runner(todo)
                 self.claims = self.runner.claims
                 status = self._follow(self.runner)
                 todo = [index for index in todo
@@ -144,6 +148,20 @@ class Supervisor:
         if self.crash_status is not None:
             return exit_code(self.crash_status)
         return exit_code(status)
+
+    @contextlib.contextmanager
+    def _kill_notices_held(self) -> Iterator[None]:
+        """Hold the scheduler's kill notices while the block runs: one that came after a
+        runner began its tasks but before it was known here would find no runner to stop,
+        post or reap (see ``on_kill_notice``). It is answered once the block ends."""
+        if not self.kill_signals:
+            yield
+            return
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, self.kill_signals)
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def _follow(self, runner: Runner) -> int:
         """Take the runner's messages until it ends; its wait status."""
