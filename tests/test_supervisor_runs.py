@@ -4,6 +4,7 @@ runner works, and a runner whose socket outlives it."""
 
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -151,7 +152,9 @@ def test_a_kill_notice_while_a_runner_starts_is_answered_once_that_runner_is_kno
     try:
         def start_then_notice(todo):
             runner = start(todo)
-            os.kill(os.getpid(), signal.SIGUSR2)  # the runner is running, not yet known
+            # The runner is running, not yet known. To this thread: the test process has
+            # other threads, which would take a signal sent to the process (a worker has none).
+            signal.pthread_kill(threading.get_ident(), signal.SIGUSR2)
             time.sleep(0.1)  # a notice not held would be answered here
             return runner
 
