@@ -232,10 +232,10 @@ STARTS_AND_DIES = '''
 def alive(pid):
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie has ended too
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):  # gone, at any of the three steps
         return False
-    with open(f"/proc/{pid}/stat") as stat:  # a zombie has ended too
-        return stat.read().split(")")[-1].split()[0] != "Z"
 
 
 def job_file_processes(folder):
