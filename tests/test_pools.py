@@ -14,6 +14,7 @@ import pytest
 
 import sheepdog
 from sheepdog.backends.local import LocalBackend
+from sheepdog.caller import watcher
 from sheepdog.caller.pool import Pools
 from sheepdog.config import resolve
 from sheepdog.server.callbacks import Callbacks
@@ -296,6 +297,24 @@ def test_a_dependent_executor_call_on_a_warm_pool_submits_no_job(local_conf):
     assert value == 32
     jobs = own_jobs(local_conf["dbfile"])
     assert sum(len(own) for own in jobs.values()) == 1 and len(jobs) == 5
+
+
+def test_requests_that_ended_leave_their_pool_as_its_worker_goes_on(local_conf, monkeypatch):
+    """A request whose tasks all finished, and whose worker went on to the next request,
+    leaves the pool when the next one ends, not at the pool's next look at its workers
+    (which a loop of dependent calls, each over in milliseconds, never reaches): every
+    pull asks after each member, so a pool that kept them all slowed each call down."""
+    monkeypatch.setattr(watcher, "WATCH_SECONDS", 3600.0)  # no look at the workers meanwhile
+    with sheepdog.Session() as session:
+        with sheepdog.Executor({**local_conf, "workers": 1}, session=session) as executor:
+            value = 1
+            for _ in range(12):
+                value = executor.submit(double, value).result(timeout=60)
+            database = session.owner(local_conf["dbfile"])
+            newest = max(database.storage.request_ids())
+            members = database.pools.of(newest).request_ids()
+    assert value == 2 ** 12
+    assert newest in members and len(members) <= 2, members
 
 
 def calls_so_far(_x):

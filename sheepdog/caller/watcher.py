@@ -101,6 +101,8 @@ class Watcher:
         if progress.complete:
             if not self.retry():
                 request.end()
+                if request.pool is not None:  # its predecessors' workers may have moved on
+                    request.pool.prune()
                 return progress
             progress = request.progress()
         if time.monotonic() >= self.next_watch:
