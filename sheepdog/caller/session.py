@@ -18,6 +18,7 @@ workers (on the port they were given) and resubmits what may be retried.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import secrets
@@ -47,7 +48,8 @@ class Session:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._owners: dict[str, DatabaseOwner] = {}
+        self._owners: dict[str, DatabaseOwner] = {}  # by real path
+        self._spelt: dict[str, DatabaseOwner] = {}  # the same, by the absolute paths asked for
         self._requests: dict[tuple[str, int], Request] = {}
         self._pools: list[Pool] = []  # the warm pools its requests joined
 
@@ -60,6 +62,10 @@ class Session:
         With ``read_only``, a file not yet open in this process is opened
         read-only (see :func:`~sheepdog.caller.owner.acquire`).
         """
+        with self._lock:
+            held = self._spelt.get(dbfile)  # an absolute path it was asked for before
+            if held is not None and (read_only or not held.storage.read_only):
+                return held  # not resolved again: a warm pool's every call comes here
         path = os.path.realpath(dbfile)
         with self._lock:
             owner = acquire(path, create=create, read_only=read_only)  # refuses what it must
@@ -67,6 +73,8 @@ class Session:
                 release(owner)  # this session holds it already
             else:
                 self._owners[path] = owner
+            if os.path.isabs(dbfile):
+                self._spelt[dbfile] = self._owners[path]
             return self._owners[path]
 
     def storage(self, dbfile: str, create: bool = True, read_only: bool = False) -> Storage:
@@ -122,7 +130,7 @@ class Session:
         """
         with self._lock:
             self._requests = {}
-            owners, self._owners = list(self._owners.values()), {}
+            owners, self._owners, self._spelt = list(self._owners.values()), {}, {}
             pools, self._pools = self._pools, []
         for pool in pools:  # those no other session uses: their jobs go now
             pool.let_go(self)
@@ -272,6 +280,14 @@ def _check_arguments(args: Iterable[Any]) -> list[tuple[Any, ...]]:
 
 
 def _stored_config(config: Config) -> dict[str, Any]:
-    """The config as JSON-able values, for a later process to reach the jobs."""
-    return {key: list(value) if isinstance(value, tuple) else value
-            for key, value in dataclasses.asdict(config).items()}
+    """The config as JSON-able values, for a later process to reach the jobs (a new dict
+    each time; its values are shared, and never changed)."""
+    return dict(_stored_items(config))
+
+
+@functools.lru_cache(maxsize=64)
+def _stored_items(config: Config) -> tuple[tuple[str, Any], ...]:
+    """:func:`_stored_config`'s items, worked out once per config: a config never changes,
+    and ``dataclasses.asdict`` costs a tenth of a millisecond on every submit."""
+    return tuple((key, list(value) if isinstance(value, tuple) else value)
+                 for key, value in dataclasses.asdict(config).items())

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from . import states
-from .connection import Database
+from .connection import MAX_INTEGER, Database
 from .housekeeping import add_bytes
 from .outputs import read_outputs, store_outputs, with_output
 from .payloads import PayloadFile
@@ -255,18 +255,21 @@ class Tasks:
     def progress(self, request_id: int) -> Progress:
         """How many tasks are in each state: small reads (the tasks executing now are
         counted through an index that holds only them), however many tasks there are."""
-        total = self._requests.n_tasks(request_id)
-        connection = self._database.connection()
-        remembered = connection.execute(
-            "SELECT remembered FROM requests WHERE id = ?", (request_id,)).fetchone()[0]
-        counts = dict(connection.execute(
-            "SELECT state, n FROM task_counts WHERE request_id = ? AND n > 0", (request_id,)
-        ).fetchall())
+        if not -MAX_INTEGER <= request_id <= MAX_INTEGER:  # no row has an id SQLite cannot hold
+            raise KeyError(f"request {request_id} is not in {self._database.dbfile}")
+        # One statement: each read of a file that another connection has just written to
+        # starts from an emptied page cache, which costs more than the read itself.
+        rows = self._database.connection().execute(
+            "SELECT r.n_tasks, r.remembered, (SELECT count(*) FROM tasks INDEXED BY "
+            f"tasks_executing WHERE request_id = r.id AND state = '{RUNNING}' AND began IS NOT "
+            "NULL), c.state, c.n FROM requests r "
+            "LEFT JOIN task_counts c ON c.request_id = r.id AND c.n > 0 WHERE r.id = ?",
+            (request_id,)).fetchall()
+        if not rows:
+            raise KeyError(f"request {request_id} is not in {self._database.dbfile}")
+        total, remembered, executing = rows[0][:3]
+        counts = {state: n for *_request, state, n in rows if state is not None}
         if counts.get(RUNNING):
-            executing = connection.execute(
-                "SELECT count(*) FROM tasks INDEXED BY tasks_executing WHERE request_id = ? "
-                f"AND state = '{RUNNING}' "
-                "AND began IS NOT NULL", (request_id,)).fetchone()[0]
             counts["queued"] = counts[RUNNING] - executing
         return Progress(total=total, remembered=remembered, **counts)
 
