@@ -11,12 +11,12 @@ function works from any process, not only the one that submitted the request.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterable, Iterator, Mapping, NoReturn, Optional
 
 from .caller import completion, outcomes
 from .config import resolve
 from .caller.request import Request
-from .caller.session import Session
+from .caller.session import Session, SubmittedThenInterrupted
 
 _default_session = Session()
 
@@ -156,6 +156,14 @@ def _after_interrupt(request: Request) -> None:
           f"{cancelled} unfinished tasks marked cancelled", file=sys.stderr)
 
 
+def _interrupted(request: Request) -> NoReturn:
+    """Ctrl-C in :func:`map` while ``request`` runs: say what becomes of its tasks, and raise
+    :class:`Interrupted`."""
+    _after_interrupt(request)
+    _one_line_for_interruptions()
+    raise Interrupted(f"sheepdog.map of request {request.id} interrupted") from None
+
+
 def _interactive_session() -> bool:
     """Whether Python runs a prompt (the REPL, ``python -i``, IPython or Jupyter), where
     the process lives on after a Ctrl-C, rather than a script that it ends."""
@@ -203,13 +211,14 @@ def map(  # noqa: A001 - the original API's name
     """
     if errors not in ("none", "raise"):
         raise ValueError(f"errors must be 'none' or 'raise', not {errors!r}")
-    request = _default_session.submit(f, args, config, ns)
+    try:
+        request = _default_session.submit(f, args, config, ns)
+    except SubmittedThenInterrupted as interrupted:
+        _interrupted(interrupted.request)
     try:
         request.wait(verbose=verbose, link=_default_session.dashboard_link(request))
     except KeyboardInterrupt:
-        _after_interrupt(request)
-        _one_line_for_interruptions()
-        raise Interrupted(f"sheepdog.map of request {request.id} interrupted") from None
+        _interrupted(request)
     results = request.values()
     if errors == "raise":
         failure = outcomes.first_failure(request)

@@ -275,3 +275,50 @@ def test_an_uncaught_interruption_of_map_ends_with_one_line(monkeypatch, capsys)
     sys.excepthook(api.Interrupted, api.Interrupted("sheepdog.map of request 7 interrupted"),
                    None)
     assert capsys.readouterr().err == "KeyboardInterrupt: sheepdog.map of request 7 interrupted\n"
+
+
+def sleep_long(seconds):
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def test_ctrl_c_while_map_starts_the_dashboard_cancels_the_submitted_tasks(
+        local_conf, monkeypatch, capsys):
+    """Ctrl-C once the job is submitted, but before ``map`` had its request (while the
+    dashboard starts, Flask's import taking a few tenths of a second), is answered as
+    one in the wait: the tasks that would run on are cancelled, and map says so."""
+    from sheepdog.caller.session import Session
+
+    def interrupted(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Session, "_show_dashboard", interrupted)
+    try:  # a bare KeyboardInterrupt would end pytest's run rather than fail the test
+        sheepdog.map(sleep_long, [(30,), (30,)], local_conf, verbose=False)
+    except KeyboardInterrupt as error:
+        interruption = error
+    assert isinstance(interruption, api.Interrupted)
+    request_id = max_request(local_conf)
+    assert f"sheepdog: cancelled request {request_id}" in capsys.readouterr().err
+    assert sheepdog.Storage(local_conf["dbfile"]).progress(request_id).cancelled == 2
+
+
+def test_ctrl_c_while_the_job_is_submitted_leaves_no_task_waiting_for_it(local_conf,
+                                                                         monkeypatch):
+    """Ctrl-C while the scheduler takes the job: the tasks are lost, saying why, rather
+    than left pending for a job that may never have been made."""
+    from sheepdog.caller.request import Request
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Request, "submit_job", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sheepdog.map(abs, [(1,), (2,)], {**local_conf, "linger": 0}, verbose=False)
+    request_id = max_request(local_conf)
+    storage = sheepdog.Storage(local_conf["dbfile"])
+    assert storage.progress(request_id).lost == 2
+    assert [error for _arguments, _state, error in storage.errors(request_id)] == [
+        "interrupted (Ctrl-C) before its job was submitted"] * 2

@@ -288,8 +288,8 @@ def test_answering_n_to_the_ctrl_c_prompt_leaves_the_tasks_alone(tmp_path):
     os.close(child_side)
     try:
         storage = wait_until_running(tmp_path / "db.sqlite", 2)
-        # Interrupted once map waits (its progress shows), not while it still starts the
-        # dashboard after submitting, where Ctrl-C ends it without the question.
+        # Interrupted once map waits (its progress shows): the prompt then names the two
+        # tasks running (test_api covers a Ctrl-C while the dashboard starts).
         read_until(process.stderr.fileno(), b" finished")
         process.send_signal(signal.SIGINT)
         prompt = read_until(process.stderr.fileno(), b"[Y/n] ")  # input() prompts on stderr

@@ -38,6 +38,15 @@ from .request import Request
 log = logging.getLogger(__name__)
 
 
+class SubmittedThenInterrupted(KeyboardInterrupt):
+    """Ctrl-C once a request's job was submitted, before :meth:`Session.submit` returned it
+    (while the dashboard started): ``request`` is the request, whose tasks run."""
+
+    def __init__(self, request: Request) -> None:
+        super().__init__(f"interrupted once request {request.id} was submitted")
+        self.request = request
+
+
 class Session:
     """The databases, servers and request handles this code uses, released by :meth:`close`.
 
@@ -230,12 +239,18 @@ class Session:
                 with pool.starting:
                     if not pool.live_workers():
                         request.submit_job()
-        except Exception as error:
+        except BaseException as error:  # Ctrl-C too: nothing is left pending that never runs
+            reason = ("interrupted (Ctrl-C) before its job was submitted"
+                      if isinstance(error, KeyboardInterrupt)
+                      else f"the job was never submitted: {error}")
             for index in range(1, len(argument_blobs) + 1):
-                storage.record_lost(request_id, index, f"the job was never submitted: {error}")
+                storage.record_lost(request_id, index, reason)
             request.withdraw_key()
             raise
-        self._show_dashboard(database, conf, request)  # while the workers start
+        try:
+            self._show_dashboard(database, conf, request)  # while the workers start
+        except KeyboardInterrupt:
+            raise SubmittedThenInterrupted(request) from None
         return request
 
     def _show_dashboard(self, database: DatabaseOwner, conf: Config, request: Request) -> None:
