@@ -259,11 +259,13 @@ class Tasks:
             raise KeyError(f"request {request_id} is not in {self._database.dbfile}")
         # One statement: each read of a file that another connection has just written to
         # starts from an emptied page cache, which costs more than the read itself.
+        # The tasks executing are counted once (an aggregate in FROM is not re-run per
+        # row), through an index that holds only them.
         rows = self._database.connection().execute(
-            "SELECT r.n_tasks, r.remembered, (SELECT count(*) FROM tasks INDEXED BY "
-            f"tasks_executing WHERE request_id = r.id AND state = '{RUNNING}' AND began IS NOT "
-            "NULL), c.state, c.n FROM requests r "
-            "LEFT JOIN task_counts c ON c.request_id = r.id AND c.n > 0 WHERE r.id = ?",
+            "SELECT r.n_tasks, r.remembered, e.n, c.state, c.n FROM requests r "
+            "JOIN (SELECT count(*) AS n FROM tasks INDEXED BY tasks_executing "
+            f"WHERE request_id = ?1 AND state = '{RUNNING}' AND began IS NOT NULL) e "
+            "LEFT JOIN task_counts c ON c.request_id = r.id AND c.n > 0 WHERE r.id = ?1",
             (request_id,)).fetchall()
         if not rows:
             raise KeyError(f"request {request_id} is not in {self._database.dbfile}")
