@@ -19,6 +19,7 @@ ended too, with the scheduler's reason, and is removed.
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 import dataclasses
 import logging
 import re
@@ -202,6 +203,12 @@ class BatchBackend(Backend):
             f"commands, e.g. in ~/.bashrc on the head node, above any line that returns "
             f"early for non-interactive shells (see the SSH page of the docs)"
         )
+
+    def run_side_by_side(self, *argvs: Sequence[str]) -> list[CommandResult]:
+        """Run scheduler queries at once, each on a channel of its own (each costs a round
+        trip to the head node and the command's start there); their results, in order."""
+        with concurrent.futures.ThreadPoolExecutor(len(argvs), "sheepdog-query") as running:
+            return list(running.map(self.run, argvs))
 
     def submit(self, script: str, request_id: int, n_array_tasks: int) -> str:
         """Upload the job file (private), submit it, and remove it: the scheduler keeps a copy."""

@@ -272,8 +272,8 @@ class GridEngineBackend(BatchBackend):
 
     def query_capacity(self) -> tuple[Optional[int], Optional[int]]:
         """Slots (``qstat -g c``) and ``max_aj_tasks`` (``qconf -sconf``)."""
-        return (parse_total_slots(self.run(["qstat", "-g", "c"]).stdout),
-                parse_max_array_tasks(self.run(["qconf", "-sconf"]).stdout))
+        slots, limits = self.run_side_by_side(["qstat", "-g", "c"], ["qconf", "-sconf"])
+        return parse_total_slots(slots.stdout), parse_max_array_tasks(limits.stdout)
 
     def log_pattern(self, job_id: str, task_id: int) -> str:
         """``<dir>/<job name>.e<job>.<task>`` in the ``-e`` directory, else ``-wd``, else home."""

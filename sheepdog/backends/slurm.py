@@ -276,8 +276,9 @@ class SlurmBackend(BatchBackend):
 
     def query_capacity(self) -> tuple[Optional[int], Optional[int]]:
         """CPUs (``sinfo``) and the largest array (``MaxArraySize``)."""
-        return (parse_total_cpus(self.run(["sinfo", "-h", "-o", "%C"]).stdout),
-                parse_max_array_size(self.run(["scontrol", "show", "config"]).stdout))
+        cpus, limits = self.run_side_by_side(["sinfo", "-h", "-o", "%C"],
+                                             ["scontrol", "show", "config"])
+        return parse_total_cpus(cpus.stdout), parse_max_array_size(limits.stdout)
 
     def log_pattern(self, job_id: str, task_id: int) -> str:
         pattern = option_value(self.options, "--error") or \
