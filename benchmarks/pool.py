@@ -6,7 +6,8 @@ For each scheduler, in one run, each figure beside its baseline measured in the 
   first map    the first map of a fresh pool, against the scheduler's own array job of
                ``python3 -c pass`` (``qsub -sync y -t 1-N`` / ``sbatch --array``; cluster only)
   dependent    ``executor.submit(f, x).result()`` one after another on a warm pool (median of
-               50), against the same with ``linger: 0`` (median of 5: a job each)
+               50), against the same with ``linger: 0`` (median of 5: a job each); and the
+               medians of the first and the last third of those calls, which must not grow
   released     seconds from a pool's last task until none of its workers is left, with
                ``linger`` L (goal: within L + 10 s); and whether a process that exits with
                a warm pool leaves any job behind (checked within 10 s)
@@ -202,6 +203,11 @@ def bench(scheduler: str, options: argparse.Namespace) -> None:
           f"of {len(warm)} (goal <= {goal} ms; mean {1000 * statistics.mean(warm):.1f} ms, "
           f"slowest {1000 * max(warm):.1f} ms) vs linger 0: "
           f"{1000 * statistics.median(baseline):.0f} ms of {len(baseline)}")
+    third = len(warm) // 3
+    if third:  # a session's calls must not slow down as it goes on
+        print(f"dependent, median of the first and the last third of the calls: "
+              f"{1000 * statistics.median(warm[:third]):.1f} / "
+              f"{1000 * statistics.median(warm[-third:]):.1f} ms")
     seconds, pool, queries = released(conf, options.linger)
     print(f"slots released {seconds:.1f} s after the last task with linger {options.linger:g} "
           f"(goal <= {options.linger + 10:g} s)")

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, NoReturn, Optiona
 from .caller import completion, outcomes
 from .config import resolve
 from .caller.request import Request
-from .caller.session import Session, SubmittedThenInterrupted
+from .caller.session import RequestInterrupted, Session
 
 _default_session = Session()
 
@@ -213,7 +213,7 @@ def map(  # noqa: A001 - the original API's name
         raise ValueError(f"errors must be 'none' or 'raise', not {errors!r}")
     try:
         request = _default_session.submit(f, args, config, ns)
-    except SubmittedThenInterrupted as interrupted:
+    except RequestInterrupted as interrupted:  # as its job was submitted
         _interrupted(interrupted.request)
     try:
         request.wait(verbose=verbose, link=_default_session.dashboard_link(request))

@@ -284,6 +284,24 @@ def sleep_long(seconds):
     return seconds
 
 
+def interrupt_map_in(monkeypatch, owner, method, f, conf):
+    """Run ``map`` with Ctrl-C pressed in ``owner.method``; the request's id, once map has
+    raised :class:`api.Interrupted` (any other KeyboardInterrupt fails the test rather
+    than end pytest's run)."""
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(owner, method, interrupted)
+    try:
+        sheepdog.map(f, [(30,), (30,)], conf, verbose=False)
+    except KeyboardInterrupt as error:
+        assert isinstance(error, api.Interrupted), repr(error)
+    else:
+        raise AssertionError("map was not interrupted")
+    return max_request(conf)
+
+
 def test_ctrl_c_while_map_starts_the_dashboard_cancels_the_submitted_tasks(
         local_conf, monkeypatch, capsys):
     """Ctrl-C once the job is submitted, but before ``map`` had its request (while the
@@ -291,34 +309,19 @@ def test_ctrl_c_while_map_starts_the_dashboard_cancels_the_submitted_tasks(
     one in the wait: the tasks that would run on are cancelled, and map says so."""
     from sheepdog.caller.session import Session
 
-    def interrupted(*_args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Session, "_show_dashboard", interrupted)
-    try:  # a bare KeyboardInterrupt would end pytest's run rather than fail the test
-        sheepdog.map(sleep_long, [(30,), (30,)], local_conf, verbose=False)
-    except KeyboardInterrupt as error:
-        interruption = error
-    assert isinstance(interruption, api.Interrupted)
-    request_id = max_request(local_conf)
+    request_id = interrupt_map_in(monkeypatch, Session, "_show_dashboard", sleep_long,
+                                  local_conf)
     assert f"sheepdog: cancelled request {request_id}" in capsys.readouterr().err
     assert sheepdog.Storage(local_conf["dbfile"]).progress(request_id).cancelled == 2
 
 
-def test_ctrl_c_while_the_job_is_submitted_leaves_no_task_waiting_for_it(local_conf,
-                                                                         monkeypatch):
-    """Ctrl-C while the scheduler takes the job: the tasks are lost, saying why, rather
-    than left pending for a job that may never have been made."""
+def test_ctrl_c_while_the_job_is_submitted_cancels_its_tasks(local_conf, monkeypatch, capsys):
+    """Ctrl-C while the scheduler takes the job (the request is stored, its job may or may
+    not exist): map answers it as one in the wait, so no task is left waiting for a job
+    that may never have been made."""
     from sheepdog.caller.request import Request
 
-    def interrupted(*_args, **_kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Request, "submit_job", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        sheepdog.map(abs, [(1,), (2,)], {**local_conf, "linger": 0}, verbose=False)
-    request_id = max_request(local_conf)
-    storage = sheepdog.Storage(local_conf["dbfile"])
-    assert storage.progress(request_id).lost == 2
-    assert [error for _arguments, _state, error in storage.errors(request_id)] == [
-        "interrupted (Ctrl-C) before its job was submitted"] * 2
+    request_id = interrupt_map_in(monkeypatch, Request, "submit_job", abs,
+                                  {**local_conf, "linger": 0})
+    assert f"sheepdog: cancelled request {request_id}" in capsys.readouterr().err
+    assert sheepdog.Storage(local_conf["dbfile"]).progress(request_id).cancelled == 2

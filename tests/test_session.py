@@ -108,6 +108,22 @@ def test_a_local_shell_that_does_not_exist_is_refused_before_anything_is_stored(
     assert not os.path.exists(local_conf["dbfile"])
 
 
+def test_a_job_the_scheduler_refuses_leaves_its_tasks_lost_saying_why(local_conf,
+                                                                      monkeypatch):
+    from sheepdog.caller.request import Request
+
+    def refused(*_args, **_kwargs):
+        raise SubmissionError("the scheduler refused the job: no such queue")
+
+    monkeypatch.setattr(Request, "submit_job", refused)
+    with sheepdog.Session() as session:
+        with pytest.raises(SubmissionError, match="no such queue"):
+            session.submit(quick, [(1,), (2,)], {**local_conf, "linger": 0})
+        storage = session.storage(local_conf["dbfile"])
+        assert [error for _arguments, _state, error in storage.errors(1)] == [
+            "the job was never submitted: the scheduler refused the job: no such queue"] * 2
+
+
 @pytest.mark.parametrize("linger", [0, 60])
 def test_a_local_request_leaves_no_temporary_folders_behind(local_conf, monkeypatch, tmp_path,
                                                             linger):

@@ -149,6 +149,16 @@ def test_a_late_report_replaces_lost_and_cancelled(storage):
     assert [row[1] for row in storage.results(request_id)] == ["done", "failed", "cancelled"]
 
 
+def test_losing_a_requests_open_tasks_leaves_its_finished_ones_and_is_not_retried(storage):
+    request_id = make_request(storage)
+    storage.record_reports(request_id, [(1, False, b"kept")])
+    assert storage.lose_open(request_id, "never submitted") == 2
+    assert [row[1:] for row in storage.errors(request_id)] == [
+        ("lost", "never submitted"), ("lost", "never submitted")]
+    assert storage.requeue(request_id, max_attempts=5, failed_too=False) == []
+    assert [row[1] for row in storage.results(request_id)] == ["done", "lost", "lost"]
+
+
 def test_lost_tasks_are_requeued_for_a_limited_number_of_attempts(storage):
     request_id = make_request(storage)
     storage.record_lost(request_id, 1, "crash", retryable=True)

@@ -177,8 +177,7 @@ class Watcher:
             except Exception as error:  # the error below matters more
                 log.warning("request %s: could not cancel job %s: %s", request.id, job.job_id,
                             error)
-        for index in request.storage.open_indices(request.id):
-            request.storage.record_lost(request.id, index, message)
+        request.storage.lose_open(request.id, message)
         request.withdraw_key()
         self.unreached_since = None
         return CallbackError(message)

@@ -36,6 +36,11 @@ class Job(NamedTuple):
 _Row = tuple[int, Any, int]
 
 
+def may_name_a_row(request_id: int) -> bool:
+    """Whether ``request_id`` could be a row's id: SQLite holds no integer beyond 64 bits."""
+    return -MAX_INTEGER <= request_id <= MAX_INTEGER
+
+
 class Requests:
     """The requests of one database, with their arguments, jobs and the database's meta."""
 
@@ -140,9 +145,13 @@ class Requests:
             staged[index] = self._payloads.stage("arguments", index, parts)
         return (index, b"", 1)
 
+    def unknown(self, request_id: int) -> KeyError:
+        """The error for a request that this database does not have."""
+        return KeyError(f"request {request_id} is not in {self._database.dbfile}")
+
     def _column(self, request_id: int, column: str) -> Any:
         """``column`` of the request's row, or None when there is no such request."""
-        if not -MAX_INTEGER <= request_id <= MAX_INTEGER:  # no row has an id SQLite cannot hold
+        if not may_name_a_row(request_id):
             return None
         row = self._database.connection().execute(
             f"SELECT {column} FROM requests WHERE id = ?", (request_id,)).fetchone()
@@ -158,13 +167,13 @@ class Requests:
         """How many tasks the request has; KeyError for an unknown request."""
         n = self._column(request_id, "n_tasks")
         if n is None:
-            raise KeyError(f"request {request_id} is not in {self._database.dbfile}")
+            raise self.unknown(request_id)
         return n
 
     def request_config(self, request_id: int) -> dict[str, Any]:
         config = self._column(request_id, "config")
         if config is None:
-            raise KeyError(f"request {request_id} is not in {self._database.dbfile}")
+            raise self.unknown(request_id)
         return json.loads(config)
 
     def request_ids(self) -> list[int]:

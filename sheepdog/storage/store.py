@@ -212,6 +212,9 @@ class Storage:
                     retryable: bool = False) -> bool:
         return self.tasks.record_lost(request_id, index, reason, retryable)
 
+    def lose_open(self, request_id: int, reason: str) -> int:
+        return self.tasks.lose_open(request_id, reason)
+
     def cancel_open(self, request_id: int, reason: str) -> int:
         return self.tasks.cancel_open(request_id, reason)
 

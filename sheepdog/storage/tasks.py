@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from . import states
-from .connection import MAX_INTEGER, Database
+from .connection import Database
 from .housekeeping import add_bytes
 from .outputs import read_outputs, store_outputs, with_output
 from .payloads import PayloadFile
-from .requests import Requests
+from .requests import Requests, may_name_a_row
 from .states import (DONE, FAILED, PENDING, RUNNING, UNSUCCESSFUL, UNSUCCESSFUL_OF_REQUEST_SQL,
                      UNSUCCESSFUL_SQL)
 from .summaries import TaskLog
@@ -209,6 +209,11 @@ class Tasks:
         return bool(self._apply("lose", request_id, [index], reason=reason,
                                 retryable=int(retryable)))
 
+    def lose_open(self, request_id: int, reason: str) -> int:
+        """Mark every task not yet finished lost, with ``reason``, for good (no retry); how
+        many. One transaction, however many tasks."""
+        return len(self._apply("lose", request_id, reason=reason, retryable=0))
+
     def cancel_open(self, request_id: int, reason: str) -> int:
         """Mark every task not yet finished as cancelled; return how many."""
         return len(self._apply("cancel", request_id, reason=reason))
@@ -255,8 +260,8 @@ class Tasks:
     def progress(self, request_id: int) -> Progress:
         """How many tasks are in each state: small reads (the tasks executing now are
         counted through an index that holds only them), however many tasks there are."""
-        if not -MAX_INTEGER <= request_id <= MAX_INTEGER:  # no row has an id SQLite cannot hold
-            raise KeyError(f"request {request_id} is not in {self._database.dbfile}")
+        if not may_name_a_row(request_id):
+            raise self._requests.unknown(request_id)
         # One statement: each read of a file that another connection has just written to
         # starts from an emptied page cache, which costs more than the read itself.
         # The tasks executing are counted once (an aggregate in FROM is not re-run per
@@ -268,7 +273,7 @@ class Tasks:
             "LEFT JOIN task_counts c ON c.request_id = r.id AND c.n > 0 WHERE r.id = ?1",
             (request_id,)).fetchall()
         if not rows:
-            raise KeyError(f"request {request_id} is not in {self._database.dbfile}")
+            raise self._requests.unknown(request_id)
         total, remembered, executing = rows[0][:3]
         counts = {state: n for *_request, state, n in rows if state is not None}
         if counts.get(RUNNING):
