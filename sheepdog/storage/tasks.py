@@ -262,10 +262,9 @@ class Tasks:
         counted through an index that holds only them), however many tasks there are."""
         if not may_name_a_row(request_id):
             raise self._requests.unknown(request_id)
-        # One statement: each read of a file that another connection has just written to
-        # starts from an emptied page cache, which costs more than the read itself.
-        # The tasks executing are counted once (an aggregate in FROM is not re-run per
-        # row), through an index that holds only them.
+        # One statement, so that the total and the counts come from one state of the
+        # database. The tasks executing are counted once (an aggregate in FROM is not
+        # run again for each row), through an index that holds only them.
         rows = self._database.connection().execute(
             "SELECT r.n_tasks, r.remembered, e.n, c.state, c.n FROM requests r "
             "JOIN (SELECT count(*) AS n FROM tasks INDEXED BY tasks_executing "
