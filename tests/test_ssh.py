@@ -325,3 +325,24 @@ def test_proxy_jump_reaches_the_head_node_through_each_hop_in_order(tmp_path):
     finally:
         for running in servers.values():
             running.close()
+
+
+def test_a_resent_query_leaves_alone_a_connection_another_thread_opened_meanwhile(
+        server, connection, monkeypatch):
+    """A query whose start was not confirmed is sent again on a new connection; if another
+    thread has opened one meanwhile (the first job's questions go side by side), that one
+    is used, not closed under the other thread's command."""
+    exec_command = paramiko.Channel.exec_command
+    fresh = []
+
+    def dropped_once_while_another_thread_reconnected(channel, command):
+        if not fresh:
+            connection.close()
+            fresh.append(connection.client())  # what another thread would have done
+            raise paramiko.SSHException("Channel closed.")
+        return exec_command(channel, command)
+
+    monkeypatch.setattr(paramiko.Channel, "exec_command",
+                        dropped_once_while_another_thread_reconnected)
+    assert connection.run("echo again").stdout == "again\n"
+    assert connection.client() is fresh[0] and fresh[0].get_transport().is_active()

@@ -39,7 +39,12 @@ KEEPALIVE_SECONDS = 30
 
 
 class _Unconfirmed(Exception):
-    """A command was sent and its start was not confirmed: whether it ran is unknown."""
+    """A command was sent and its start was not confirmed: whether it ran is unknown.
+    ``transport`` is the one it was sent on."""
+
+    def __init__(self, message: str, transport: Optional[paramiko.Transport]) -> None:
+        super().__init__(message)
+        self.transport = transport
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,7 +235,7 @@ class Connection:
             return open_channel(transport)
         except (paramiko.SSHException, EOFError, OSError) as error:
             log.info("the connection to %s dropped (%s); reconnecting", self.target, error)
-            self._close_if(client)
+            self._close_if(client.get_transport())
         try:
             return open_channel(self._transport())
         except (paramiko.SSHException, EOFError, OSError) as error:
@@ -257,7 +262,7 @@ class Connection:
                                f"({unsure})") from unsure.__cause__
             log.info("the connection to %s dropped as %r was sent (%s); sending it again",
                      self.target, command, unsure)
-            self.close()
+            self._close_if(unsure.transport)
         try:
             return self._run(command, timeout)
         except _Unconfirmed as unsure:
@@ -284,7 +289,8 @@ class Connection:
             try:
                 channel.exec_command(command)
             except (paramiko.SSHException, EOFError, OSError) as error:
-                raise _Unconfirmed(f"{type(error).__name__}: {error}") from error
+                raise _Unconfirmed(f"{type(error).__name__}: {error}",
+                                   channel.get_transport()) from error
             for reader in readers:
                 reader.start()
             for reader in readers:
@@ -324,11 +330,12 @@ class Connection:
         finally:
             sftp.close()
 
-    def _close_if(self, client: paramiko.SSHClient) -> None:
-        """Close ``client`` if it is still this connection's: another thread may have
-        reconnected already (the first job's tunnel, key and questions go side by side)."""
+    def _close_if(self, transport: Optional[paramiko.Transport]) -> None:
+        """Close the connection if ``transport`` (the one that failed) is still its own:
+        another thread may have reconnected already (the first job's tunnel, key and
+        questions go side by side)."""
         with self._lock:
-            if self._client is client:
+            if self._client is not None and self._client.get_transport() is transport:
                 self.close()
 
     def close(self) -> None:
