@@ -218,31 +218,36 @@ class Session:
             self._log_dashboard_link(request)  # nothing live to watch: none is started
             return request
         try:
+            self._start_work(database, request, server)
+            self._show_dashboard(database, conf, request)  # while the workers start
+        except KeyboardInterrupt:  # the request exists: its caller says what becomes of it
+            raise RequestInterrupted(request) from None
+        return request
+
+    def _start_work(self, database: DatabaseOwner, request: Request,
+                    server: Optional[Server]) -> None:
+        """Get workers to the stored ``request``: its pool's, or a job submitted for it. A
+        job the scheduler refuses leaves its tasks lost, with the scheduler's words."""
+        pool = request.pool
+        try:
             if server is not None:
                 server.start()
                 request.remember_server(server)
             if pool is None:
                 request.submit_job()
-            else:
-                pool.hold(self)
-                with self._lock:
-                    if pool not in self._pools:
-                        self._pools.append(pool)
-                database.pools.join(pool, request)  # idle workers of the pool come at once
-                with pool.starting:
-                    if not pool.live_workers():
-                        request.submit_job()
-        except KeyboardInterrupt:  # the request exists: its caller says what becomes of it
-            raise RequestInterrupted(request) from None
+                return
+            pool.hold(self)
+            with self._lock:
+                if pool not in self._pools:
+                    self._pools.append(pool)
+            database.pools.join(pool, request)  # idle workers of the pool come at once
+            with pool.starting:
+                if not pool.live_workers():
+                    request.submit_job()
         except Exception as error:
-            storage.lose_open(request_id, f"the job was never submitted: {error}")
+            request.storage.lose_open(request.id, f"the job was never submitted: {error}")
             request.withdraw_key()
             raise
-        try:
-            self._show_dashboard(database, conf, request)  # while the workers start
-        except KeyboardInterrupt:
-            raise RequestInterrupted(request) from None
-        return request
 
     def _show_dashboard(self, database: DatabaseOwner, conf: Config, request: Request) -> None:
         """Start the dashboard (once per database) and log its link to ``request``.

@@ -154,9 +154,6 @@ class Supervisor:
         """Hold the scheduler's kill notices while the block runs: one that came after a
         runner began its tasks but before it was known here would find no runner to stop,
         post or reap (see ``on_kill_notice``). It is answered once the block ends."""
-        if not self.kill_signals:
-            yield
-            return
         held = signal.pthread_sigmask(signal.SIG_BLOCK, self.kill_signals)
         try:
             yield
