@@ -2,6 +2,7 @@
 posts and when, what it gives back, how it reports a crashed runner, and its words for how a
 process ended."""
 
+import os
 import signal
 import socket
 import types
@@ -23,7 +24,7 @@ from sheepdog.wire.protocol import (
 )
 from sheepdog.worker import supervisor as supervisor_module
 from sheepdog.worker.client import PermanentHTTPError
-from sheepdog.worker.runner import ENDED, POSTED, STARTED, Claims
+from sheepdog.worker.runner import ENDED, POSTED, STARTED, Claims, Runner
 from sheepdog.worker.supervisor import Supervisor, describe_end, exit_code
 
 
@@ -425,6 +426,18 @@ def test_a_kill_notice_without_a_runner_posts_what_is_held_and_says_so_within_fi
     assert connected == [5]
     assert client.routes() == ["results", "killing"]
     assert client.requests[1][2] == {"worker": "1.2"}
+
+
+def test_a_kill_notice_whose_runner_was_reaped_already_still_says_so():
+    """A notice may come just after the supervisor's own wait reaped its runner, before that
+    wait kept its status: waiting again finds no child, and the notice goes out anyway."""
+    runner = Runner(lambda channel: 0, Claims(0))
+    os.waitpid(runner.pid, 0)  # reaped, as by the wait the notice interrupted
+    client = Recording()
+    supervisor = new_supervisor()
+    supervisor.runner = runner
+    supervisor.on_kill_notice(lambda seconds: client)
+    assert client.routes() == ["killing"]
 
 
 def test_a_kill_notice_goes_out_even_when_the_post_before_it_fails(capsys):

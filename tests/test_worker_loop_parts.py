@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import types
 
 import pytest
@@ -54,6 +55,29 @@ def test_a_kill_notice_posts_what_is_held_and_exits_as_the_signal_would(saved_ha
     signal.getsignal(signal.SIGUSR2)(signal.SIGUSR2, None)
     assert supervisor.connects == [connect]
     assert exits == [128 + signal.SIGUSR2]
+
+
+def test_a_second_kill_notice_waits_for_the_first_ones_exit(saved_handlers, monkeypatch):
+    """The scheduler may warn twice; a second notice run inside the first one's wait for
+    its runner found that runner reaped, and the worker crashed before it said why."""
+    exits, connects = [], []
+    monkeypatch.setattr(os, "_exit", exits.append)
+
+    class NoticedTwice:
+        def on_kill_notice(self, connect):
+            connects.append(connect)
+            if len(connects) == 1:  # the second notice comes while the first is answered
+                signal.pthread_kill(threading.get_ident(), signal.SIGUSR2)
+
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    try:
+        loop.report_kill_notices(object(), NoticedTwice(), [signal.SIGUSR2])
+        signal.getsignal(signal.SIGUSR2)(signal.SIGUSR2, None)
+        assert len(connects) == 1 and exits == [128 + signal.SIGUSR2]
+        assert signal.SIGUSR2 in signal.sigpending()  # held until the exit
+        signal.sigwait([signal.SIGUSR2])  # taken here, not by the handler restored after
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def test_sigusr1_is_ignored_unless_it_is_a_kill_notice(saved_handlers):

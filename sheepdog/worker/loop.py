@@ -90,6 +90,9 @@ def report_kill_notices(connect: Callable[[float], Client], supervisor: Supervis
     """
 
     def on_kill_notice(signum: int, frame: Optional[FrameType]) -> None:
+        # Answered once: a second notice (the scheduler may send more than one) waits for
+        # the exit below rather than run this again inside the first one's runner.wait().
+        signal.pthread_sigmask(signal.SIG_BLOCK, numbers)
         supervisor.on_kill_notice(connect)
         os._exit(128 + signum)
 

@@ -371,7 +371,10 @@ class Supervisor:
                 self._take(_drain(self.runner.channel))
             except Exception:  # noqa: S110 - interrupted amid a message: post what is held
                 pass
-            self.runner.wait()  # gone before the scheduler hears that this task is
+            try:
+                self.runner.wait()  # gone before the scheduler hears that this task is
+            except ChildProcessError:  # reaped by the wait that this notice interrupted
+                pass
         client = connect(5)
         try:
             self.flush(client)
