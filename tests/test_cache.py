@@ -5,15 +5,18 @@ remembered."""
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 import sheepdog
 from sheepdog.api import default_session
+from sheepdog.storage import Storage, schema
 from sheepdog.storage.memo import Computation
 from sheepdog.storage.states import DONE
 from sheepdog.wire.protocol import ALONE_BYTES
@@ -251,11 +254,6 @@ def test_a_cache_value_set_in_the_environment_is_checked_by_the_command_too(caps
     assert "SHEEPDOG_CACHE: config key 'cache' is 'yes please'" in capsys.readouterr().err
 
 
-#: The two ways of finding earlier results: asking the index key by key, and reading
-#: the earlier requests of the function whole (see ``Memo.earlier_results``).
-LOOKUPS = pytest.mark.parametrize("scan_factor", [0, 10**6], ids=["index", "read whole"])
-
-
 def keyed_request(storage, keys, results, digest=b"f" * 32, chosen=()):
     """A request with a computation key per task; ``results`` maps task index -> result
     of those that succeeded (the others fail)."""
@@ -267,20 +265,14 @@ def keyed_request(storage, keys, results, digest=b"f" * 32, chosen=()):
     return request_id
 
 
-@LOOKUPS
-def test_a_key_alike_in_its_first_64_bits_only_is_not_remembered(storage, monkeypatch,
-                                                                 scan_factor):
-    """The index holds a key's first 64 bits; the whole digest must match."""
-    monkeypatch.setattr("sheepdog.storage.memo.SCAN_FACTOR", scan_factor)
+def test_a_key_alike_in_its_first_bytes_only_is_not_remembered(storage):
+    """Keys are kept in buckets by their first bits; the whole digest must match."""
     key, alike = b"k" * 32, b"k" * 8 + b"x" * 24
     keyed_request(storage, [key], {1: 1})
     assert [found.task for found in storage.earlier_results(b"f" * 32, [alike, key])] == [2]
 
 
-@LOOKUPS
-def test_the_newest_success_of_a_key_is_found_and_failures_never(storage, monkeypatch,
-                                                                 scan_factor):
-    monkeypatch.setattr("sheepdog.storage.memo.SCAN_FACTOR", scan_factor)
+def test_the_newest_success_of_a_key_is_found_and_failures_never(storage):
     keys = [bytes([n]) * 32 for n in range(4)]
     older = keyed_request(storage, keys[:3], {1: "old one", 2: "old two"})
     newer = keyed_request(storage, keys[1:], {1: "new one"})  # keys[1] again; the rest fail
@@ -347,3 +339,28 @@ def test_remembered_tasks_are_created_done_and_counted_once(storage):
         (second,)).fetchall() == connection.execute(
         "SELECT state, count(*) FROM tasks WHERE request_id = ? GROUP BY state ORDER BY state",
         (second,)).fetchall()
+
+
+def test_keys_a_version_8_database_kept_a_row_each_are_still_found_after_its_upgrade(dbfile):
+    """Schema 9 keeps a request's keys in buckets; an older file's rows move into them."""
+    keys = [bytes([n]) * 32 for n in range(3)]
+    with closing(sqlite3.connect(dbfile)) as raw:
+        for script in schema._MIGRATIONS[:8]:
+            raw.executescript(script + ";")
+        raw.executescript("""
+        INSERT INTO requests (id, created, secret, function, n_tasks, backend, computation)
+            VALUES (1, 100.0, 's', x'00', 3, 'local', zeroblob(32));
+        INSERT INTO arguments (request_id, idx, data) VALUES (1, 1, x'a1'), (1, 2, x'a2'),
+            (1, 3, x'a3');
+        INSERT INTO tasks (request_id, idx, state) VALUES (1, 1, 'done'), (1, 2, 'failed'),
+            (1, 3, 'done');
+        INSERT INTO results (request_id, idx, data) VALUES (1, 1, x'b1'), (1, 3, x'b3');
+        PRAGMA user_version = 8;
+        """)
+        raw.executemany("INSERT INTO computations VALUES (1, ?, ?, ?)",
+                        [(index, index, key) for index, key in enumerate(keys, 1)])
+        raw.commit()
+    storage = Storage(dbfile)
+    found = storage.earlier_results(bytes(32), [keys[2], keys[1], keys[0]])
+    assert [(result.task, result.source_index, result.result) for result in found] == [
+        (1, 3, b"\xb3"), (3, 1, b"\xb1")]

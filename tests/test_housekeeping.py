@@ -60,7 +60,7 @@ def test_rm_removes_a_request_with_its_files_and_says_what_it_freed(two_requests
     assert out == f"removed request 1 (2 tasks): freed {cli.records.size(size)}\n"
     assert payload_bytes(two_requests) <= before - 2 * ALONE_BYTES
     assert storage.request_ids() == [2]
-    for table in ("tasks", "task_counts", "arguments", "results", "computations", "workers",
+    for table in ("tasks", "task_counts", "arguments", "results", "computation_keys", "workers",
                   "jobs"):
         assert rows(two_requests, table, 1) == 0, table
     assert storage.progress(2).done == 3
@@ -114,6 +114,19 @@ def test_prune_removes_the_finished_requests_older_than_the_duration(two_request
     code, out, _ = run(capsys, "prune", "--older-than", "1h", "--dbfile", two_requests)
     assert code == 0 and out.startswith("removed request 1 (2 tasks): freed ")
     assert default_session().storage(two_requests).request_ids() == []
+
+
+def test_prune_keeping_what_may_be_reused_removes_a_request_whose_tasks_were_all_remembered(
+        two_requests, local_conf, capsys):
+    """Its results are its source's to give: only the source is kept."""
+    sheepdog.map(big, [(1,), (2,)], {**local_conf, "cache": True}, verbose=False)
+    assert default_session().storage(two_requests).progress(3).remembered == 2
+    for request_id in (1, 2, 3):
+        age(two_requests, request_id, 7200)
+    code, out, _ = run(capsys, "prune", "--older-than", "1h", "--keep-cached",
+                       "--dbfile", two_requests)
+    assert code == 0 and out.startswith("removed requests 2, 3 (5 tasks): freed ")
+    assert default_session().storage(two_requests).request_ids() == [1]
 
 
 def test_prune_keeps_requests_with_tasks_still_open(two_requests, capsys):

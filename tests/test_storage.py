@@ -211,7 +211,7 @@ def test_a_version_2_database_is_upgraded_in_place_with_its_rows_kept(dbfile):
         raw.executescript(VERSION_2_SCHEMA)
     storage = Storage(dbfile)
     with sqlite3.connect(dbfile) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
     progress = storage.progress(1)
     assert (progress.done, progress.running, progress.failed) == (1, 1, 1)
     assert storage.errors(1) == [(b"\xa3", "failed", "it raised")]
@@ -265,7 +265,7 @@ def test_a_version_4_database_is_upgraded_and_keeps_the_exception_of_a_failed_ta
         raw.executescript(version_4)
     storage = Storage(dbfile)
     with sqlite3.connect(dbfile) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
     assert storage.tasks.task_exception(1, 3) is None  # failed before exceptions were kept
     assert storage.tasks.record_reports(1, [(2, True, b"it raised")], (), [(2, b"pickled")]) == 1
     assert storage.tasks.record_reports(1, [(2, True, b"again")], (), [(2, b"later")]) == 0
@@ -405,7 +405,7 @@ def test_a_version_5_database_is_upgraded_and_its_requests_gain_names_and_task_t
         raw.execute("UPDATE tasks SET started = 100, updated = 102 WHERE idx = 1")
     storage = Storage(dbfile)
     with sqlite3.connect(dbfile) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
     old, = storage.request_summaries()
     assert (old.function_name, old.function, old.executing) == (None, "?", 0)
     assert storage.dashboard_durations(1) == [2.0]  # from lease to report, as before

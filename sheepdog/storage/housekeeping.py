@@ -31,11 +31,11 @@ import sqlite3
 from typing import NamedTuple, Optional, Sequence
 
 from .connection import Database
-from .states import PENDING, RUNNING
+from .states import DONE, PENDING, RUNNING
 
 #: The tables whose rows belong to one request, by its ``request_id``.
 _TABLES = ("tasks", "task_counts", "arguments", "results", "outputs", "exceptions", "jobs",
-           "workers", "computations", "request_bytes")
+           "workers", "computation_keys", "request_bytes")
 #: The meta entries named after a request: ``<name>:<request id>``.
 _META_NAMES = ("server", "key_file")
 
@@ -88,8 +88,10 @@ class Housekeeping:
     def removable_before(self, created_before: float, keep_cached: bool) -> list[int]:
         """Requests made before ``created_before`` whose tasks have all finished; with
         ``keep_cached``, not those with a success a later request may reuse."""
-        keep = (" AND NOT EXISTS (SELECT 1 FROM computations c JOIN results r "
-                "ON r.request_id = c.request_id AND r.idx = c.idx WHERE c.request_id = id)"
+        # A request made with the cache has a success of its own to reuse when it has
+        # more tasks done than it was given done (those are its sources' to give).
+        keep = (" AND NOT (computation IS NOT NULL AND EXISTS (SELECT 1 FROM task_counts "
+                f"WHERE request_id = id AND state = '{DONE}' AND n > remembered))"
                 if keep_cached else "")
         return [row[0] for row in self._database.connection().execute(
             "SELECT id FROM requests WHERE created < ? AND NOT EXISTS (SELECT 1 FROM "

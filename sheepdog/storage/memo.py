@@ -2,11 +2,18 @@
 
 A request made with the ``cache`` config key keeps its function's digest,
 and the key of each task it computes (``caller/fingerprint.py`` makes them)
-in ``computations``. Only a task
+in ``computation_keys``. Only a task
 that is ``done`` has a result to reuse: failed, lost and cancelled tasks are
 never found, so they are computed again. Of several successes with one key,
 the newest request's wins (``cache: "refresh"`` computes again and so becomes
 the newest).
+
+A request's keys are kept in buckets by their first 12 bits, a row per
+bucket holding its records (key, task index), rather than a row per task:
+storing the keys of 100,000 tasks is then 4,096 row writes, not 100,000 rows
+and as many random inserts into an index on the key. A lookup reads the
+buckets of its keys in the requests of the same function, and matches whole
+keys here.
 
 Reusing is two steps, so that the caller can check that a result loads in
 its process (:meth:`Memo.earlier_results`) before anything is written: then
@@ -25,7 +32,9 @@ import json
 import os
 import shutil
 import sqlite3
-from typing import Collection, Iterator, NamedTuple, Sequence
+import struct
+from collections import defaultdict
+from typing import Collection, Iterable, Iterator, NamedTuple, Sequence
 
 from .connection import Database
 from .housekeeping import add_bytes
@@ -42,13 +51,24 @@ class EarlierResult(NamedTuple):
     result: bytes | PayloadFile
 
 
-#: An earlier success found for a new task: (task index, source request, source index,
-#: the result's row data, whether it is in a file).
-_Found = tuple[int, int, int, bytes, int]
+#: A record of a bucket: a key (a SHA-256 digest), then its task's index.
+_RECORD = struct.Struct(">32sQ")
 
-#: Earlier requests of the same function are read whole, rather than asked key by key,
-#: while they computed at most this many times as many tasks as the new request has.
-SCAN_FACTOR = 4
+
+def bucket_of(key: bytes) -> int:
+    """The bucket of ``key``: its first 12 bits."""
+    return key[0] << 4 | key[1] >> 4
+
+
+def bucket_rows(request_id: int, keyed: Iterable[tuple[int, bytes]]
+                ) -> Iterator[tuple[int, int, bytes]]:
+    """The ``computation_keys`` rows (request, bucket, records) of the request's tasks
+    ``keyed`` as (task index, key)."""
+    buckets: defaultdict[int, list[bytes]] = defaultdict(list)
+    pack = _RECORD.pack
+    for index, key in keyed:
+        buckets[key[0] << 4 | key[1] >> 4].append(pack(key, index))  # bucket_of, inlined
+    return ((request_id, bucket, b"".join(records)) for bucket, records in buckets.items())
 
 
 class Computation(NamedTuple):
@@ -74,68 +94,64 @@ class Memo:
         request with that key, with its result.
 
         Only a request of the same function (``function_digest``) can hold one,
-        so when there is none the index is not asked at all. When those requests
-        computed no more than ``SCAN_FACTOR`` times as many tasks as there are keys
-        (a script run again), their keys are read in order and matched here, which
-        is about 1.7 times as fast as asking the index for each key; a long history
-        is asked key by key.
+        so when there is none no key is read at all. Only the buckets of
+        ``keys`` are read; the results of a source are read whole when it has
+        more than a few of them, as one ordered pass is several times as fast as
+        as many lookups (a script run again finds all of them).
         """
         connection = self._database.connection()
-        sources = connection.execute(
-            "SELECT id, n_tasks - remembered FROM requests WHERE computation = ? ORDER BY id",
-            (function_digest,)).fetchall()
+        sources: dict[int, int] = dict(connection.execute(
+            "SELECT id, n_tasks FROM requests WHERE computation = ?", (function_digest,)))
         if not sources:
             return []
-        if sum(computed for _id, computed in sources) <= SCAN_FACTOR * len(keys):
-            rows = self._read_sources(connection, [request_id for request_id, _n in sources],
-                                      keys)
-        else:
-            rows = self._ask_index(connection, keys)
+        wanted = dict(zip(keys, range(1, len(keys) + 1)))  # the last task of each key
+        found: dict[int, dict[int, int]] = {}  # source -> its index -> the new task
+        for source, records in connection.execute(
+                "SELECT request_id, records FROM computation_keys "
+                "WHERE request_id IN (SELECT value FROM json_each(:sources)) "
+                "AND bucket IN (SELECT value FROM json_each(:buckets))",
+                {"sources": json.dumps(list(sources)),
+                 "buckets": json.dumps(sorted({bucket_of(key) for key in wanted}))}):
+            of_source = found.setdefault(source, {})
+            for key, source_index in _RECORD.iter_unpack(records):
+                task = wanted.get(key)
+                if task is not None:
+                    of_source[source_index] = task
         newest: dict[int, EarlierResult] = {}
         stored = self._payloads.stored
-        for index, source_request, source_index, data, in_file in rows:  # oldest first
-            newest[index] = EarlierResult(
-                index, source_request, source_index,
-                stored("results", source_request, source_index, data, in_file))
-        return list(newest.values())
-
-    @staticmethod
-    def _read_sources(connection: sqlite3.Connection, sources: Sequence[int],
-                      keys: Sequence[bytes]) -> Iterator[_Found]:
-        """The successes of requests ``sources`` whose keys are among ``keys``."""
-        wanted = {key: index for index, key in enumerate(keys, 1)}
-        alike: dict[bytes, list[int]] = {}  # the other tasks of a key that several have
-        if len(wanted) < len(keys):
-            for index, key in enumerate(keys, 1):
-                if wanted[key] != index:
-                    alike.setdefault(key, []).append(index)
-        for source in sources:
-            for source_index, digest, data, in_file in connection.execute(
-                    "SELECT s.idx, s.digest, r.data, r.in_file FROM computations s "
-                    "JOIN tasks t ON t.request_id = s.request_id AND t.idx = s.idx "
-                    "JOIN results r ON r.request_id = s.request_id AND r.idx = s.idx "
-                    f"WHERE s.request_id = ? AND t.state = '{DONE}'", (source,)):
-                task = wanted.get(digest)
+        for source in sorted(found):  # oldest first: a newer success replaces an older one
+            of_source = found[source]
+            for source_index, data, in_file in self._successes(
+                    connection, source, of_source, len(of_source) * 4 > sources[source]):
+                task = of_source.get(source_index)
                 if task is not None:
-                    yield task, source, source_index, data, in_file
-                    for other in alike.get(digest, ()):
-                        yield other, source, source_index, data, in_file
+                    newest[task] = EarlierResult(task, source, source_index,
+                                                 stored("results", source, source_index, data,
+                                                        in_file))
+        if len(wanted) < len(keys):  # a key that several tasks have: each gets its result
+            for index, key in enumerate(keys, 1):
+                last = newest.get(wanted[key])
+                if last is not None and index != last.task:
+                    newest[index] = last._replace(task=index)
+        return [newest[task] for task in sorted(newest)]
 
     @staticmethod
-    def _ask_index(connection: sqlite3.Connection, keys: Sequence[bytes]) -> Iterator[_Found]:
-        """The successes with one of ``keys``, found through the index, oldest first."""
-        # The keys' index entries travel as one JSON array, which SQLite reads in one
-        # go (a temporary table of them took as long again as the lookup itself).
-        rows = connection.execute(
-            "SELECT w.key + 1, s.digest, s.request_id, s.idx, r.data, r.in_file "
-            "FROM json_each(?) w JOIN computations s ON s.key = w.value "
-            "JOIN tasks t ON t.request_id = s.request_id AND t.idx = s.idx "
-            "JOIN results r ON r.request_id = s.request_id AND r.idx = s.idx "
-            f"WHERE t.state = '{DONE}' ORDER BY w.key, s.request_id",
-            (json.dumps([_index_key(key) for key in keys]),))
-        for index, digest, source_request, source_index, data, in_file in rows:
-            if digest == keys[index - 1]:  # not only the first 64 bits alike
-                yield index, source_request, source_index, data, in_file
+    def _successes(connection: sqlite3.Connection, source: int, indices: Collection[int],
+                   read_whole: bool) -> Iterator[tuple[int, bytes, int]]:
+        """(index, data, in_file) of the results of request ``source``'s done tasks:
+        those of ``indices``, and with ``read_whole`` others too."""
+        if read_whole:
+            return connection.execute(
+                "SELECT t.idx, r.data, r.in_file FROM tasks t JOIN results r "
+                "ON r.request_id = t.request_id AND r.idx = t.idx "
+                f"WHERE t.request_id = ? AND t.state = '{DONE}'", (source,))
+        # CROSS JOIN keeps SQLite's order, the indices first: left to itself, the
+        # planner reads the source's done tasks and scans the indices for each one.
+        return connection.execute(
+            "SELECT r.idx, r.data, r.in_file FROM json_each(?) j "
+            "CROSS JOIN tasks t ON t.request_id = ? AND t.idx = j.value "
+            "CROSS JOIN results r ON r.request_id = t.request_id AND r.idx = t.idx "
+            f"WHERE t.state = '{DONE}'", (json.dumps(sorted(indices)), source))
 
     def store_keys(self, db: sqlite3.Connection, request_id: int, computation: Computation,
                    reused: Collection[int]) -> None:
@@ -144,9 +160,9 @@ class Memo:
         db.execute("UPDATE requests SET computation = ?, remembered = ? WHERE id = ?",
                    (computation.function_digest, len(reused), request_id))
         db.executemany(
-            "INSERT INTO computations (request_id, idx, key, digest) VALUES (?, ?, ?, ?)",
-            ((request_id, index, _index_key(key), key)
-             for index, key in enumerate(computation.keys, 1) if index not in reused))
+            "INSERT INTO computation_keys (request_id, bucket, records) VALUES (?, ?, ?)",
+            bucket_rows(request_id, ((index, key) for index, key
+                                     in enumerate(computation.keys, 1) if index not in reused)))
 
     def copy_results(self, db: sqlite3.Connection, request_id: int,
                      chosen: Sequence[EarlierResult], linked: list[str]) -> set[int]:
@@ -195,11 +211,6 @@ class Memo:
         row = self._database.connection().execute(
             "SELECT remembered FROM requests WHERE id = ?", (request_id,)).fetchone()
         return 0 if row is None else row[0]
-
-
-def _index_key(digest: bytes) -> int:
-    """The first 64 bits of ``digest`` as SQLite's signed integer: what the index holds."""
-    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def _runs(chosen: Sequence[EarlierResult]) -> Iterator[tuple[EarlierResult, EarlierResult]]:

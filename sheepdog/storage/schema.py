@@ -14,9 +14,10 @@ change, so reading progress does not scan tasks.
 from __future__ import annotations
 
 import sqlite3
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .connection import Database, StorageError
+from .memo import bucket_rows
 
 _SCHEMA = """
 CREATE TABLE requests (
@@ -207,10 +208,38 @@ BEGIN
 END
 """
 
-#: The schema as scripts, each bringing it one version up: a database of
-#: version N runs the scripts from N on, in one transaction.
-_MIGRATIONS = (_SCHEMA, _UPGRADE_TO_2, _UPGRADE_TO_3, _UPGRADE_TO_4, _UPGRADE_TO_5,
-               _UPGRADE_TO_6, _UPGRADE_TO_7, _UPGRADE_TO_8)
+#: From version 8: a request's computation keys in buckets (``memo.py``), a row per
+#: bucket of records rather than a row per task with an index on its key.
+_CREATE_KEY_BUCKETS = """
+CREATE TABLE computation_keys (
+    request_id INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    records BLOB NOT NULL,
+    PRIMARY KEY (request_id, bucket)
+)
+"""
+
+
+def _upgrade_to_9(db: sqlite3.Connection) -> None:
+    """From version 8: the keys kept a row per task move into buckets, so that what an
+    older file remembered is still found."""
+    for statement in _statements(_CREATE_KEY_BUCKETS):
+        db.execute(statement)
+    for (request_id,) in db.execute(
+            "SELECT DISTINCT request_id FROM computations").fetchall():
+        keyed = db.execute("SELECT idx, digest FROM computations WHERE request_id = ?",
+                           (request_id,)).fetchall()
+        db.executemany("INSERT INTO computation_keys (request_id, bucket, records) "
+                       "VALUES (?, ?, ?)", list(bucket_rows(request_id, keyed)))
+    db.execute("DROP TABLE computations")
+
+
+#: The schema as steps, each bringing it one version up (an SQL script, or a function
+#: where rows must be rewritten): a database of version N runs the steps from N on,
+#: in one transaction.
+_MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
+    _SCHEMA, _UPGRADE_TO_2, _UPGRADE_TO_3, _UPGRADE_TO_4, _UPGRADE_TO_5, _UPGRADE_TO_6,
+    _UPGRADE_TO_7, _UPGRADE_TO_8, _upgrade_to_9)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -240,8 +269,11 @@ def migrate(database: Database) -> None:
         with database.write() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             _refuse_unknown_version(database.dbfile, version)
-            for script in _MIGRATIONS[version:]:
-                for statement in _statements(script):
+            for step in _MIGRATIONS[version:]:
+                if callable(step):
+                    step(db)
+                    continue
+                for statement in _statements(step):
                     db.execute(statement)
             if version != SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
