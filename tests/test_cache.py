@@ -2,6 +2,7 @@
 results without running, only the others are submitted, and only successes are
 remembered."""
 
+import hashlib
 import json
 import logging
 import os
@@ -364,3 +365,54 @@ def test_keys_a_version_8_database_kept_a_row_each_are_still_found_after_its_upg
     found = storage.earlier_results(bytes(32), [keys[2], keys[1], keys[0]])
     assert [(result.task, result.source_index, result.result) for result in found] == [
         (1, 3, b"\xb3"), (3, 1, b"\xb1")]
+
+
+def test_a_result_whose_newest_source_was_removed_meanwhile_is_never_another_tasks(storage):
+    """``sheepdog rm`` of the newest source between finding its result and creating the
+    request: the new request takes the removed one's id, and must not read its own rows
+    as the source's (task 2 would be given task 1's result, whose key is another)."""
+    digest, keys = b"f" * 32, [b"k" * 32, b"l" * 32]
+    keyed_request(storage, keys[:1], {1: "kept"})
+    removed = keyed_request(storage, keys[1:], {1: "gone"})
+    chosen = storage.earlier_results(digest, keys)
+    storage.remove_requests([removed])
+    request_id = storage.create_request(b"f", [b"a", b"b"], "secret", "local",
+                                        computation=Computation(digest, keys, chosen))
+    assert [(state, None if result is None else sheepdog.serialisation.loads(result))
+            for _arguments, state, result in storage.results(request_id)] == [
+        (DONE, "kept"), ("pending", None)]
+    progress = storage.progress(request_id)
+    assert (progress.remembered, progress.done, progress.pending) == (1, 1, 1)
+
+
+def lookup_steps(storage, digest, keys):
+    """How many thousand SQLite virtual machine steps ``earlier_results`` takes."""
+    steps = [0]
+
+    def count():
+        steps[0] += 1
+        return 0
+
+    connection = storage.database.connection()
+    connection.set_progress_handler(count, 1000)
+    try:
+        storage.earlier_results(digest, keys)
+    finally:
+        connection.set_progress_handler(None, 1000)
+    return steps[0]
+
+
+def test_a_lookup_in_a_history_of_many_small_requests_costs_about_what_one_request_does(
+        storage):
+    """Keys are in buckets per request: a lookup must not probe every request for every
+    bucket of its keys (500 one-task requests and 2,000 new keys were 800,000 probes for
+    500 rows), but cost about what the same keys kept by one request cost."""
+    many, one = b"m" * 32, b"o" * 32
+    keys = [hashlib.sha256(str(n).encode()).digest() for n in range(2500)]
+    for key in keys[:500]:
+        storage.create_request(b"f", [b"a"], "secret", "local",
+                               computation=Computation(many, [key], []))
+    storage.create_request(b"f", [b"a"] * 500, "secret", "local",
+                           computation=Computation(one, keys[:500], []))
+    new_keys = keys[500:]
+    assert lookup_steps(storage, many, new_keys) < 5 * lookup_steps(storage, one, new_keys) + 50

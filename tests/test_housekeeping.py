@@ -129,6 +129,22 @@ def test_prune_keeping_what_may_be_reused_removes_a_request_whose_tasks_were_all
     assert default_session().storage(two_requests).request_ids() == [1]
 
 
+def test_prune_keeping_what_may_be_reused_keeps_a_success_beside_a_remembered_task_undone(
+        two_requests, local_conf, capsys):
+    """A remembered task may leave ``done`` (its result unloadable in some process): the
+    request's own success, the only one with its key, is still there to reuse."""
+    sheepdog.map(big, [(1,), (3,)], {**local_conf, "cache": True}, verbose=False)
+    storage = default_session().storage(two_requests)
+    assert storage.progress(3).remembered == 1
+    assert storage.record_unloadable(3, 1, "its result could not be loaded")
+    for request_id in (1, 2, 3):
+        age(two_requests, request_id, 7200)
+    code, out, _ = run(capsys, "prune", "--older-than", "1h", "--keep-cached",
+                       "--dbfile", two_requests)
+    assert code == 0 and out.startswith("removed request 2 (3 tasks): freed ")
+    assert storage.request_ids() == [1, 3]
+
+
 def test_prune_keeps_requests_with_tasks_still_open(two_requests, capsys):
     storage = default_session().storage(two_requests)
     open_request = storage.create_request(b"f", [b"a"], "secret", "local")
