@@ -174,14 +174,15 @@ class Memo:
         statement, several times faster than rows sent one by one; their bytes count
         towards the request's size (``housekeeping.add_bytes``). A source
         removed meanwhile (``sheepdog rm`` in another process, which removes
-        whole requests) gives nothing, and its task is computed.
+        whole requests) gives nothing, and its task is computed; so does one whose id the
+        new request took (SQLite gives the next id after the largest there is).
         """
         if not chosen:
             return set()
         sources = sorted({found.source_request for found in chosen})
         still_there = {row[0] for row in db.execute(
-            "SELECT id FROM requests WHERE id IN (SELECT value FROM json_each(?))",
-            (json.dumps(sources),))}
+            "SELECT id FROM requests WHERE id IN (SELECT value FROM json_each(?)) AND id != ?",
+            (json.dumps(sources), request_id))}
         kept = sorted((found for found in chosen if found.source_request in still_there),
                       key=lambda found: found.task)
         db.executemany(
