@@ -282,6 +282,9 @@ def test_the_newest_success_of_a_key_is_found_and_failures_never(storage):
              for result in storage.earlier_results(b"f" * 32, [*keys, keys[1]])}
     assert found == {1: (older, 1, "old one"), 2: (newer, 1, "new one"),
                      5: (newer, 1, "new one")}
+    # one key: its bucket alone is asked of each source, rather than a source read whole
+    assert [(result.task, result.source_request) for result in storage.earlier_results(
+        b"f" * 32, [keys[1]])] == [(1, newer)]
     storage.record_unloadable(older, 1, "its result could not be loaded")  # keeps its bytes
     assert [result.task for result in storage.earlier_results(b"f" * 32, keys)] == [2]
     assert storage.earlier_results(b"g" * 32, keys) == []  # another function has none

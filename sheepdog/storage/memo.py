@@ -95,23 +95,24 @@ class Memo:
 
         Only a request of the same function (``function_digest``) can hold one,
         so when there is none no key is read at all. Only the buckets of
-        ``keys`` are read; the results of a source are read whole when it has
-        more than a few of them, as one ordered pass is several times as fast as
-        as many lookups (a script run again finds all of them).
+        ``keys`` are read (a small source's rows whole, see :func:`_bucket_records`);
+        the results of a source are read whole when it has more than a few of them,
+        as one ordered pass is several times as fast as as many lookups (a script
+        run again finds all of them).
         """
         connection = self._database.connection()
-        sources: dict[int, int] = dict(connection.execute(
-            "SELECT id, n_tasks FROM requests WHERE computation = ?", (function_digest,)))
+        sources: dict[int, int] = {}  # source -> its tasks
+        keyed: dict[int, int] = {}  # source -> its tasks with a key: at least its rows
+        for source, n_tasks, remembered in connection.execute(
+                "SELECT id, n_tasks, remembered FROM requests WHERE computation = ?",
+                (function_digest,)):
+            sources[source], keyed[source] = n_tasks, n_tasks - remembered
         if not sources:
             return []
         wanted = dict(zip(keys, range(1, len(keys) + 1)))  # the last task of each key
         found: dict[int, dict[int, int]] = {}  # source -> its index -> the new task
-        for source, records in connection.execute(
-                "SELECT request_id, records FROM computation_keys "
-                "WHERE request_id IN (SELECT value FROM json_each(:sources)) "
-                "AND bucket IN (SELECT value FROM json_each(:buckets))",
-                {"sources": json.dumps(list(sources)),
-                 "buckets": json.dumps(sorted({bucket_of(key) for key in wanted}))}):
+        for source, records in _bucket_records(
+                connection, keyed, {bucket_of(key) for key in wanted}):
             of_source = found.setdefault(source, {})
             for key, source_index in _RECORD.iter_unpack(records):
                 task = wanted.get(key)
@@ -212,6 +213,31 @@ class Memo:
         row = self._database.connection().execute(
             "SELECT remembered FROM requests WHERE id = ?", (request_id,)).fetchone()
         return 0 if row is None else row[0]
+
+
+def _bucket_records(connection: sqlite3.Connection, keyed: dict[int, int],
+                    buckets: set[int]) -> Iterator[tuple[int, bytes]]:
+    """(source, records) of the rows of ``buckets`` of the sources ``keyed`` (source ->
+    how many keys it has).
+
+    A source with no more keys than there are buckets to read is read whole and its
+    rows picked here: asked bucket by bucket, each of many small sources (a history of
+    small requests) would be searched for thousands of buckets it does not have.
+    """
+    whole = [source for source, n_keys in keyed.items() if n_keys <= len(buckets)]
+    asked = [source for source, n_keys in keyed.items() if n_keys > len(buckets)]
+    if whole:
+        for source, bucket, records in connection.execute(
+                "SELECT request_id, bucket, records FROM computation_keys "
+                "WHERE request_id IN (SELECT value FROM json_each(?))", (json.dumps(whole),)):
+            if bucket in buckets:
+                yield source, records
+    if asked:
+        yield from connection.execute(
+            "SELECT request_id, records FROM computation_keys "
+            "WHERE request_id IN (SELECT value FROM json_each(:sources)) "
+            "AND bucket IN (SELECT value FROM json_each(:buckets))",
+            {"sources": json.dumps(asked), "buckets": json.dumps(sorted(buckets))})
 
 
 def _runs(chosen: Sequence[EarlierResult]) -> Iterator[tuple[EarlierResult, EarlierResult]]:
