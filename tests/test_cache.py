@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -419,3 +420,16 @@ def test_a_lookup_in_a_history_of_many_small_requests_costs_about_what_one_reque
                            computation=Computation(one, keys[:500], []))
     new_keys = keys[500:]
     assert lookup_steps(storage, many, new_keys) < 5 * lookup_steps(storage, one, new_keys) + 50
+
+
+def test_pruning_what_may_be_reused_asks_the_keyed_tasks_once_a_given_task_left_done(storage):
+    """A request whose given task became unloadable holds no success of its own when the
+    task it computed failed: prune ``--keep-cached`` may remove it, not its source."""
+    digest, keys = b"f" * 32, [bytes([n]) * 32 for n in range(3)]
+    source = keyed_request(storage, keys[:2], {1: "a", 2: "b"})
+    given = keyed_request(storage, keys, {}, chosen=storage.earlier_results(digest, keys))
+    assert storage.record_unloadable(given, 1, "its result could not be loaded")
+    progress = storage.progress(given)
+    assert (progress.done, progress.remembered, progress.failed) == (1, 2, 2)
+    assert storage.removable_before(time.time() + 1, keep_cached=True) == [given]
+    assert source in storage.removable_before(time.time() + 1, keep_cached=False)

@@ -25,12 +25,14 @@ payload files are sized when asked, by listing its directory.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
 from typing import NamedTuple, Optional, Sequence
 
 from .connection import Database
+from .key_buckets import keyed_indices
 from .states import DONE, PENDING, RUNNING
 
 #: The tables whose rows belong to one request, by its ``request_id``.
@@ -88,15 +90,33 @@ class Housekeeping:
     def removable_before(self, created_before: float, keep_cached: bool) -> list[int]:
         """Requests made before ``created_before`` whose tasks have all finished; with
         ``keep_cached``, not those with a success a later request may reuse."""
-        # A request made with the cache has a success of its own to reuse when it has
-        # more tasks done than it was given done (those are its sources' to give).
-        keep = (" AND NOT (computation IS NOT NULL AND EXISTS (SELECT 1 FROM task_counts "
-                f"WHERE request_id = id AND state = '{DONE}' AND n > remembered))"
-                if keep_cached else "")
-        return [row[0] for row in self._database.connection().execute(
-            "SELECT id FROM requests WHERE created < ? AND NOT EXISTS (SELECT 1 FROM "
-            f"task_counts WHERE request_id = id AND state IN ('{PENDING}', '{RUNNING}') "
-            f"AND n > 0){keep} ORDER BY id", (created_before,))]
+        rows = self._database.connection().execute(
+            "SELECT id, computation IS NOT NULL, n_tasks, remembered, coalesce((SELECT n "
+            f"FROM task_counts WHERE request_id = id AND state = '{DONE}'), 0) FROM requests "
+            "WHERE created < ? AND NOT EXISTS (SELECT 1 FROM task_counts WHERE request_id = "
+            f"id AND state IN ('{PENDING}', '{RUNNING}') AND n > 0) ORDER BY id",
+            (created_before,)).fetchall()
+        return [request_id for request_id, keyed, n_tasks, remembered, done in rows
+                if not (keep_cached and keyed and self._has_own_success(
+                    request_id, n_tasks, remembered, done))]
+
+    def _has_own_success(self, request_id: int, n_tasks: int, remembered: int,
+                         done: int) -> bool:
+        """Whether a request made with the cache has a task it computed done (given its
+        counts): one whose key it holds, which a later request may reuse.
+
+        More tasks done than it was given done (those are its sources' to give)
+        says so at once, and none done, or every task done, says so too. Otherwise
+        a task it was given may have left ``done`` (its result unloadable), so the
+        tasks that hold a key are asked.
+        """
+        if done > remembered or done in (0, n_tasks):
+            return done > remembered
+        return self._database.connection().execute(
+            f"SELECT EXISTS (SELECT 1 FROM tasks WHERE request_id = ? AND state = '{DONE}' "
+            "AND idx IN (SELECT value FROM json_each(?)))",
+            (request_id, json.dumps(keyed_indices(self._database.connection(), request_id)))
+        ).fetchone()[0] == 1
 
     def remove(self, request_ids: Sequence[int]) -> Freed:
         """Remove the requests with all that is theirs, or nothing at all.

@@ -8,12 +8,9 @@ never found, so they are computed again. Of several successes with one key,
 the newest request's wins (``cache: "refresh"`` computes again and so becomes
 the newest).
 
-A request's keys are kept in buckets by their first 12 bits, a row per
-bucket holding its records (key, task index), rather than a row per task:
-storing the keys of 100,000 tasks is then 4,096 row writes, not 100,000 rows
-and as many random inserts into an index on the key. A lookup reads the
-buckets of its keys in the requests of the same function, and matches whole
-keys here.
+A request's keys are kept in buckets of records (``key_buckets.py``). A
+lookup reads the buckets of its keys in the requests of the same function,
+and matches whole keys here.
 
 Reusing is two steps, so that the caller can check that a result loads in
 its process (:meth:`Memo.earlier_results`) before anything is written: then
@@ -32,12 +29,11 @@ import json
 import os
 import shutil
 import sqlite3
-import struct
-from collections import defaultdict
-from typing import Collection, Iterable, Iterator, NamedTuple, Sequence
+from typing import Collection, Iterator, NamedTuple, Sequence
 
 from .connection import Database
 from .housekeeping import add_bytes
+from .key_buckets import RECORD, bucket_of, bucket_rows
 from .payloads import PayloadFile
 from .states import DONE
 
@@ -49,26 +45,6 @@ class EarlierResult(NamedTuple):
     source_request: int
     source_index: int
     result: bytes | PayloadFile
-
-
-#: A record of a bucket: a key (a SHA-256 digest), then its task's index.
-_RECORD = struct.Struct(">32sQ")
-
-
-def bucket_of(key: bytes) -> int:
-    """The bucket of ``key``: its first 12 bits."""
-    return key[0] << 4 | key[1] >> 4
-
-
-def bucket_rows(request_id: int, keyed: Iterable[tuple[int, bytes]]
-                ) -> Iterator[tuple[int, int, bytes]]:
-    """The ``computation_keys`` rows (request, bucket, records) of the request's tasks
-    ``keyed`` as (task index, key)."""
-    buckets: defaultdict[int, list[bytes]] = defaultdict(list)
-    pack = _RECORD.pack
-    for index, key in keyed:
-        buckets[key[0] << 4 | key[1] >> 4].append(pack(key, index))  # bucket_of, inlined
-    return ((request_id, bucket, b"".join(records)) for bucket, records in buckets.items())
 
 
 class Computation(NamedTuple):
@@ -114,7 +90,7 @@ class Memo:
         for source, records in _bucket_records(
                 connection, keyed, {bucket_of(key) for key in wanted}):
             of_source = found.setdefault(source, {})
-            for key, source_index in _RECORD.iter_unpack(records):
+            for key, source_index in RECORD.iter_unpack(records):
                 task = wanted.get(key)
                 if task is not None:
                     of_source[source_index] = task

@@ -17,7 +17,7 @@ import sqlite3
 from typing import Callable, Iterator
 
 from .connection import Database, StorageError
-from .memo import bucket_rows
+from .key_buckets import bucket_rows
 
 _SCHEMA = """
 CREATE TABLE requests (
@@ -208,7 +208,7 @@ BEGIN
 END
 """
 
-#: From version 8: a request's computation keys in buckets (``memo.py``), a row per
+#: From version 8: a request's computation keys in buckets (``key_buckets.py``), a row per
 #: bucket of records rather than a row per task with an index on its key.
 _CREATE_KEY_BUCKETS = """
 CREATE TABLE computation_keys (

@@ -1,0 +1,42 @@
+"""How ``computation_keys`` holds a request's computation keys: in buckets of records.
+
+A request's keys are kept in buckets by their first 12 bits, a row per
+bucket holding its records (key, task index), rather than a row per task:
+storing the keys of 100,000 tasks is then 4,096 row writes, not 100,000 rows
+and as many random inserts into an index on the key. The cache reads them
+(``memo.py``), the schema moves an older file's keys into them
+(``schema.py``), and pruning asks which tasks have one (``housekeeping.py``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+from collections import defaultdict
+from typing import Iterable, Iterator
+
+#: A record of a bucket: a key (a SHA-256 digest), then its task's index.
+RECORD = struct.Struct(">32sQ")
+
+
+def bucket_of(key: bytes) -> int:
+    """The bucket of ``key``: its first 12 bits."""
+    return key[0] << 4 | key[1] >> 4
+
+
+def bucket_rows(request_id: int, keyed: Iterable[tuple[int, bytes]]
+                ) -> Iterator[tuple[int, int, bytes]]:
+    """The ``computation_keys`` rows (request, bucket, records) of the request's tasks
+    ``keyed`` as (task index, key)."""
+    buckets: defaultdict[int, list[bytes]] = defaultdict(list)
+    pack = RECORD.pack
+    for index, key in keyed:
+        buckets[key[0] << 4 | key[1] >> 4].append(pack(key, index))  # bucket_of, inlined
+    return ((request_id, bucket, b"".join(records)) for bucket, records in buckets.items())
+
+
+def keyed_indices(connection: sqlite3.Connection, request_id: int) -> list[int]:
+    """The indices of the request's tasks that have a key: those it computed."""
+    return [index for (records,) in connection.execute(
+        "SELECT records FROM computation_keys WHERE request_id = ?", (request_id,))
+        for _key, index in RECORD.iter_unpack(records)]
