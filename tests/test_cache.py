@@ -297,7 +297,7 @@ def test_results_remembered_from_several_requests_land_on_their_own_tasks(storag
     digest, keys = b"f" * 32, [bytes([n]) * 32 for n in range(10)]
     keyed_request(storage, keys[:6], {i: f"first {i}" for i in range(1, 7)})
     keyed_request(storage, keys[6:], {i: f"second {i}" for i in range(1, 5)})
-    wanted = [keys[6], keys[0], keys[1], keys[3], b"new" * 11, keys[4], keys[5], keys[7]]
+    wanted = [keys[6], keys[0], keys[1], keys[3], b"n" * 32, keys[4], keys[5], keys[7]]
     chosen = storage.earlier_results(digest, wanted)
     third = storage.create_request(b"f", [b"a"] * len(wanted), "secret", "local",
                                    computation=Computation(digest, wanted, chosen))
@@ -433,3 +433,11 @@ def test_pruning_what_may_be_reused_asks_the_keyed_tasks_once_a_given_task_left_
     assert (progress.done, progress.remembered, progress.failed) == (1, 2, 2)
     assert storage.removable_before(time.time() + 1, keep_cached=True) == [given]
     assert source in storage.removable_before(time.time() + 1, keep_cached=False)
+
+
+def test_a_key_that_is_not_a_digest_is_refused_not_cut_to_one(storage):
+    """A record holds 32 bytes of key: a longer key would be kept cut short, and then
+    give its result to another key that is its first 32 bytes."""
+    with pytest.raises(ValueError, match="33 bytes"):
+        keyed_request(storage, [b"c" * 33], {1: "of a longer key"})
+    assert storage.earlier_results(b"f" * 32, [b"c" * 32]) == []

@@ -15,8 +15,10 @@ import struct
 from collections import defaultdict
 from typing import Iterable, Iterator
 
-#: A record of a bucket: a key (a SHA-256 digest), then its task's index.
-RECORD = struct.Struct(">32sQ")
+#: The bytes of a computation key: a SHA-256 digest.
+KEY_BYTES = 32
+#: A record of a bucket: a key, then its task's index.
+RECORD = struct.Struct(f">{KEY_BYTES}sQ")
 
 
 def bucket_of(key: bytes) -> int:
@@ -27,10 +29,15 @@ def bucket_of(key: bytes) -> int:
 def bucket_rows(request_id: int, keyed: Iterable[tuple[int, bytes]]
                 ) -> Iterator[tuple[int, int, bytes]]:
     """The ``computation_keys`` rows (request, bucket, records) of the request's tasks
-    ``keyed`` as (task index, key)."""
+    ``keyed`` as (task index, key). A key that is not a SHA-256 digest is a ValueError:
+    a record would keep it padded or cut short, the key of another computation."""
     buckets: defaultdict[int, list[bytes]] = defaultdict(list)
     pack = RECORD.pack
     for index, key in keyed:
+        if len(key) != KEY_BYTES:
+            raise ValueError(f"the computation key of task {index} is {len(key)} bytes, "
+                             f"not a SHA-256 digest of {KEY_BYTES} (caller/fingerprint.py "
+                             f"makes them)")
         buckets[key[0] << 4 | key[1] >> 4].append(pack(key, index))  # bucket_of, inlined
     return ((request_id, bucket, b"".join(records)) for bucket, records in buckets.items())
 
