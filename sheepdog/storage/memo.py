@@ -33,7 +33,7 @@ from typing import Collection, Iterator, NamedTuple, Sequence
 
 from .connection import Database
 from .housekeeping import add_bytes
-from .key_buckets import RECORD, bucket_of, bucket_rows
+from .key_buckets import RECORD, bucket_of, store_buckets
 from .payloads import PayloadFile
 from .states import DONE
 
@@ -69,37 +69,37 @@ class Memo:
         """For each key (``keys[0]`` is task 1's), the newest successful task of an earlier
         request with that key, with its result.
 
-        Only a request of the same function (``function_digest``) can hold one,
-        so when there is none no key is read at all. Only the buckets of
-        ``keys`` are read (a small source's rows whole, see :func:`_bucket_records`);
-        the results of a source are read whole when it has more than a few of them,
-        as one ordered pass is several times as fast as as many lookups (a script
-        run again finds all of them).
+        Only the rows of ``keys``' buckets that requests of the same function
+        (``function_digest``) have are read. The results of a source are read
+        whole when it gives more than a few of them, as one ordered pass is
+        several times as fast as as many lookups (a script run again finds all
+        of them).
         """
         connection = self._database.connection()
-        sources: dict[int, int] = {}  # source -> its tasks
-        keyed: dict[int, int] = {}  # source -> its tasks with a key: at least its rows
-        for source, n_tasks, remembered in connection.execute(
-                "SELECT id, n_tasks, remembered FROM requests WHERE computation = ?",
-                (function_digest,)):
-            sources[source], keyed[source] = n_tasks, n_tasks - remembered
-        if not sources:
-            return []
+        if connection.execute("SELECT 1 FROM computation_keys WHERE computation = ? LIMIT 1",
+                              (function_digest,)).fetchone() is None:
+            return []  # a new function: its keys' buckets are not asked one by one
         wanted = dict(zip(keys, range(1, len(keys) + 1)))  # the last task of each key
         found: dict[int, dict[int, int]] = {}  # source -> its index -> the new task
-        for source, records in _bucket_records(
-                connection, keyed, {bucket_of(key) for key in wanted}):
-            of_source = found.setdefault(source, {})
+        for source, records in connection.execute(
+                "SELECT request_id, records FROM computation_keys WHERE computation = ? "
+                "AND bucket IN (SELECT value FROM json_each(?))",
+                (function_digest, json.dumps(sorted({bucket_of(key) for key in wanted})))):
             for key, source_index in RECORD.iter_unpack(records):
                 task = wanted.get(key)
                 if task is not None:
-                    of_source[source_index] = task
+                    found.setdefault(source, {})[source_index] = task
+        if not found:
+            return []
+        sizes = dict(connection.execute(
+            "SELECT id, n_tasks FROM requests WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(found)),)))
         newest: dict[int, EarlierResult] = {}
         stored = self._payloads.stored
         for source in sorted(found):  # oldest first: a newer success replaces an older one
             of_source = found[source]
             for source_index, data, in_file in self._successes(
-                    connection, source, of_source, len(of_source) * 4 > sources[source]):
+                    connection, source, of_source, len(of_source) * 4 > sizes.get(source, 0)):
                 task = of_source.get(source_index)
                 if task is not None:
                     newest[task] = EarlierResult(task, source, source_index,
@@ -136,10 +136,9 @@ class Memo:
         tasks were given a result (``reused``), and the keys of the others, to compute."""
         db.execute("UPDATE requests SET computation = ?, remembered = ? WHERE id = ?",
                    (computation.function_digest, len(reused), request_id))
-        db.executemany(
-            "INSERT INTO computation_keys (request_id, bucket, records) VALUES (?, ?, ?)",
-            bucket_rows(request_id, ((index, key) for index, key
-                                     in enumerate(computation.keys, 1) if index not in reused)))
+        store_buckets(db, computation.function_digest, request_id,
+                      ((index, key) for index, key in enumerate(computation.keys, 1)
+                       if index not in reused))
 
     def copy_results(self, db: sqlite3.Connection, request_id: int,
                      chosen: Sequence[EarlierResult], linked: list[str]) -> set[int]:
@@ -189,31 +188,6 @@ class Memo:
         row = self._database.connection().execute(
             "SELECT remembered FROM requests WHERE id = ?", (request_id,)).fetchone()
         return 0 if row is None else row[0]
-
-
-def _bucket_records(connection: sqlite3.Connection, keyed: dict[int, int],
-                    buckets: set[int]) -> Iterator[tuple[int, bytes]]:
-    """(source, records) of the rows of ``buckets`` of the sources ``keyed`` (source ->
-    how many keys it has).
-
-    A source with no more keys than there are buckets to read is read whole and its
-    rows picked here: asked bucket by bucket, each of many small sources (a history of
-    small requests) would be searched for thousands of buckets it does not have.
-    """
-    whole = [source for source, n_keys in keyed.items() if n_keys <= len(buckets)]
-    asked = [source for source, n_keys in keyed.items() if n_keys > len(buckets)]
-    if whole:
-        for source, bucket, records in connection.execute(
-                "SELECT request_id, bucket, records FROM computation_keys "
-                "WHERE request_id IN (SELECT value FROM json_each(?))", (json.dumps(whole),)):
-            if bucket in buckets:
-                yield source, records
-    if asked:
-        yield from connection.execute(
-            "SELECT request_id, records FROM computation_keys "
-            "WHERE request_id IN (SELECT value FROM json_each(:sources)) "
-            "AND bucket IN (SELECT value FROM json_each(:buckets))",
-            {"sources": json.dumps(asked), "buckets": json.dumps(sorted(buckets))})
 
 
 def _runs(chosen: Sequence[EarlierResult]) -> Iterator[tuple[EarlierResult, EarlierResult]]:

@@ -17,7 +17,7 @@ import sqlite3
 from typing import Callable, Iterator
 
 from .connection import Database, StorageError
-from .key_buckets import bucket_rows
+from .key_buckets import store_buckets
 
 _SCHEMA = """
 CREATE TABLE requests (
@@ -209,28 +209,31 @@ END
 """
 
 #: From version 8: a request's computation keys in buckets (``key_buckets.py``), a row per
-#: bucket of records rather than a row per task with an index on its key.
+#: bucket of records rather than a row per task with an index on its key, found by the
+#: function's digest (``requests.computation``) and the bucket, or by the request.
 _CREATE_KEY_BUCKETS = """
 CREATE TABLE computation_keys (
-    request_id INTEGER NOT NULL,
+    computation BLOB NOT NULL,
     bucket INTEGER NOT NULL,
+    request_id INTEGER NOT NULL,
     records BLOB NOT NULL,
-    PRIMARY KEY (request_id, bucket)
-)
+    PRIMARY KEY (computation, bucket, request_id)
+) WITHOUT ROWID;
+CREATE INDEX computation_keys_by_request ON computation_keys (request_id)
 """
 
 
 def _upgrade_to_9(db: sqlite3.Connection) -> None:
     """From version 8: the keys kept a row per task move into buckets, so that what an
-    older file remembered is still found."""
+    older file remembered is still found (a request without its function's digest
+    could not be found by its keys before either)."""
     for statement in _statements(_CREATE_KEY_BUCKETS):
         db.execute(statement)
-    for (request_id,) in db.execute(
-            "SELECT DISTINCT request_id FROM computations").fetchall():
+    for request_id, function_digest in db.execute(
+            "SELECT id, computation FROM requests WHERE computation IS NOT NULL").fetchall():
         keyed = db.execute("SELECT idx, digest FROM computations WHERE request_id = ?",
                            (request_id,)).fetchall()
-        db.executemany("INSERT INTO computation_keys (request_id, bucket, records) "
-                       "VALUES (?, ?, ?)", list(bucket_rows(request_id, keyed)))
+        store_buckets(db, function_digest, request_id, keyed)
     db.execute("DROP TABLE computations")
 
 
