@@ -20,6 +20,7 @@ import sheepdog
 from sheepdog.api import default_session
 from sheepdog.storage import Storage, schema
 from sheepdog.storage.memo import Computation
+from sheepdog.storage.payloads import payload_bytes
 from sheepdog.storage.states import DONE
 from sheepdog.wire.protocol import ALONE_BYTES
 
@@ -441,3 +442,27 @@ def test_a_key_that_is_not_a_digest_is_refused_not_cut_to_one(storage):
     with pytest.raises(ValueError, match="33 bytes"):
         keyed_request(storage, [b"c" * 33], {1: "of a longer key"})
     assert storage.earlier_results(b"f" * 32, [b"c" * 32]) == []
+
+
+def test_a_remembered_task_keeps_its_own_argument_copied_from_its_source(storage):
+    """Arguments are copied from the source along with its result (equal keys mean equal
+    argument bytes); a large one, kept in a file by the source, gets a file of its own."""
+    digest = b"f" * 32
+    large = b"L" * ALONE_BYTES
+    arguments = [b"one", large, b"three"]
+    keys = [hashlib.sha256(argument).digest() for argument in arguments]
+    source = storage.create_request(b"f", arguments, "secret", "local",
+                                    computation=Computation(digest, keys, []))
+    storage.record_reports(source, [(index, False, sheepdog.serialisation.dumps(index))
+                                    for index in (1, 2, 3)])
+    again = [arguments[2], b"new", arguments[1], arguments[0]]
+    again_keys = [hashlib.sha256(argument).digest() for argument in again]
+    chosen = storage.earlier_results(digest, again_keys)
+    assert [found.task for found in chosen] == [1, 3, 4]
+    request_id = storage.create_request(b"f", again, "secret", "local",
+                                        computation=Computation(digest, again_keys, chosen))
+    stored = [(payload_bytes(argument), state)
+              for argument, state, _result in storage.results(request_id)]
+    assert stored == [(b"three", DONE), (b"new", "pending"), (large, DONE), (b"one", DONE)]
+    storage.remove_requests([source])
+    assert payload_bytes(storage.results(request_id)[2][0]) == large

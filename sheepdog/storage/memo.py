@@ -15,10 +15,10 @@ and matches whole keys here.
 Reusing is two steps, so that the caller can check that a result loads in
 its process (:meth:`Memo.earlier_results`) before anything is written: then
 the new request is created with them, in one transaction
-(``requests.py``): :meth:`Memo.copy_results` copies the chosen results,
-their tasks are created done (never pending, so no worker can take one), and
-:meth:`Memo.store_keys` counts them on the request and keeps the keys of the
-tasks left to compute. A result kept in a file is linked (or copied) into the
+(``requests.py``): :meth:`Memo.copy_earlier` copies the chosen results and
+their arguments, their tasks are created done (never pending, so no worker
+can take one), and :meth:`Memo.store_keys` counts them on the request and
+keeps the keys of the tasks left to compute. A result kept in a file is linked (or copied) into the
 new request's directory, so that removing the older request keeps it.
 """
 
@@ -140,18 +140,23 @@ class Memo:
                       ((index, key) for index, key in enumerate(computation.keys, 1)
                        if index not in reused))
 
-    def copy_results(self, db: sqlite3.Connection, request_id: int,
+    def copy_earlier(self, db: sqlite3.Connection, request_id: int,
                      chosen: Sequence[EarlierResult], linked: list[str]) -> set[int]:
         """Inside the new request's transaction: the chosen results copied to its tasks
-        (files linked, their paths put in ``linked``); the indices given one.
+        (files linked, their paths put in ``linked``), with their arguments; the indices
+        given one.
 
         They are copied in runs of tasks whose sources follow each other in one
         request (a script run again is one run): SQLite copies a run in one
-        statement, several times faster than rows sent one by one; their bytes count
-        towards the request's size (``housekeeping.add_bytes``). A source
-        removed meanwhile (``sheepdog rm`` in another process, which removes
-        whole requests) gives nothing, and its task is computed; so does one whose id the
-        new request took (SQLite gives the next id after the largest there is).
+        statement, several times faster than rows sent one by one; the results'
+        bytes count towards the request's size (``housekeeping.add_bytes``). A
+        task's argument is its source's (their keys, digests of the function and
+        the argument's bytes, are equal), so it is copied too, unless the source
+        keeps it in a file: the caller stores those, and the arguments of the
+        tasks given nothing, as it would have. A source removed meanwhile
+        (``sheepdog rm`` in another process, which removes whole requests) gives
+        nothing, and its task is computed; so does one whose id the new request
+        took (SQLite gives the next id after the largest there is).
         """
         if not chosen:
             return set()
@@ -161,12 +166,14 @@ class Memo:
             (json.dumps(sources), request_id))}
         kept = sorted((found for found in chosen if found.source_request in still_there),
                       key=lambda found: found.task)
-        db.executemany(
-            "INSERT INTO results (request_id, idx, data, in_file) "
-            "SELECT ?, idx + ?, data, in_file FROM results "
-            "WHERE request_id = ? AND idx BETWEEN ? AND ?",
-            ((request_id, first.task - first.source_index, first.source_request,
-              first.source_index, last.source_index) for first, last in _runs(kept)))
+        runs = [(request_id, first.task - first.source_index, first.source_request,
+                 first.source_index, last.source_index) for first, last in _runs(kept)]
+        db.executemany("INSERT INTO results (request_id, idx, data, in_file) "
+                       "SELECT ?, idx + ?, data, in_file FROM results "
+                       "WHERE request_id = ? AND idx BETWEEN ? AND ?", runs)
+        db.executemany("INSERT INTO arguments (request_id, idx, data, in_file) "
+                       "SELECT ?, idx + ?, data, 0 FROM arguments "
+                       "WHERE request_id = ? AND idx BETWEEN ? AND ? AND in_file = 0", runs)
         in_rows = [found.result for found in kept if not isinstance(found.result, PayloadFile)]
         add_bytes(db, request_id, sum(map(len, in_rows)))  # read with their sources already
         linked.extend(self._link_file(request_id, found) for found in kept

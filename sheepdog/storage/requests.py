@@ -74,33 +74,43 @@ class Requests:
         """
         module, name = function_name or (None, None)
         module = module or None  # a function defined where there was no module name
+        payloads = arguments if isinstance(arguments, Sequence) else list(arguments)
+        chosen = () if computation is None else computation.chosen
+        given = {found.task for found in chosen}  # their arguments are copied, if they can be
         staged: dict[int, str] = {}  # index -> file written, to be renamed into place
         linked: list[str] = []  # remembered results' files put in place
         committed = False
         try:
             rows = [self._argument_row(index, payload, staged)
-                    for index, payload in enumerate(arguments, 1)]
+                    for index, payload in enumerate(payloads, 1) if index not in given]
             with self._database.write() as db:
                 request_id = db.execute(
                     "INSERT INTO requests (created, secret, function, n_tasks, backend, config, "
                     "function_module, function_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (time.time(), secret, function, len(rows), backend,
+                    (time.time(), secret, function, len(payloads), backend,
                      json.dumps(dict(config or {})), module, name),
                 ).lastrowid
                 assert request_id is not None  # an INSERT always sets it
+                reused = self._memo.copy_earlier(db, request_id, chosen, linked)
+                copied = dict(db.execute(
+                    "SELECT idx, length(data) FROM arguments WHERE request_id = ?",
+                    (request_id,))) if reused else {}
+                rows += [self._argument_row(index, payloads[index - 1], staged)
+                         for index in sorted(given.difference(copied))]
                 for index, path in staged.items():
                     os.replace(path, self._payloads.new_path("arguments", request_id, index))
                 db.executemany(
                     "INSERT INTO arguments (request_id, idx, data, in_file) VALUES (?, ?, ?, ?)",
                     zip(itertools.repeat(request_id), *zip(*rows)) if rows else (),
                 )
-                reused = self._create_tasks(db, request_id, computation, linked)
+                self._create_tasks(db, request_id, bool(reused))
                 db.execute("INSERT INTO task_counts (request_id, state, n) VALUES (?, ?, ?)",
-                           (request_id, PENDING, len(rows) - len(reused)))
+                           (request_id, PENDING, len(payloads) - len(reused)))
                 if reused:
                     db.execute("INSERT INTO task_counts (request_id, state, n, last) "
                                "VALUES (?, ?, ?, ?)", (request_id, DONE, len(reused), time.time()))
-                add_bytes(db, request_id, len(function) + sum(len(row[1]) for row in rows))
+                add_bytes(db, request_id, len(function) + sum(len(row[1]) for row in rows)
+                          + sum(copied.values()))
                 if computation is not None:
                     self._memo.store_keys(db, request_id, computation, reused)
             committed = True  # the linked files are the results' now
@@ -110,17 +120,15 @@ class Requests:
                     os.remove(path)
         return request_id
 
-    def _create_tasks(self, db: sqlite3.Connection, request_id: int,
-                      computation: Computation | None, linked: list[str]) -> set[int]:
-        """Inside the transaction: the request's tasks, pending, but those given an earlier
-        result, which are created done; the indices of those."""
-        reused = (set() if computation is None
-                  else self._memo.copy_results(db, request_id, computation.chosen, linked))
-        if not reused:
+    @staticmethod
+    def _create_tasks(db: sqlite3.Connection, request_id: int, any_reused: bool) -> None:
+        """Inside the transaction, once every argument is stored: the request's tasks,
+        pending, but those given an earlier result, which are created done."""
+        if not any_reused:
             db.execute("INSERT INTO tasks (request_id, idx) "
                        "SELECT request_id, idx FROM arguments WHERE request_id = ?",
                        (request_id,))
-            return reused
+            return
         # As the ``finish`` event of states.py leaves a task, without passing through pending.
         db.execute(
             f"INSERT INTO tasks (request_id, idx, state, updated, retryable) "
@@ -129,7 +137,6 @@ class Requests:
             f"FROM arguments a LEFT JOIN results r "
             f"ON r.request_id = a.request_id AND r.idx = a.idx WHERE a.request_id = ?",
             (time.time(), request_id))
-        return reused
 
     def _argument_row(self, index: int, payload: bytes | Sequence[Any],
                       staged: dict[int, str]) -> _Row:
