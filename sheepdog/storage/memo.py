@@ -18,8 +18,9 @@ the new request is created with them, in one transaction
 (``requests.py``): :meth:`Memo.copy_earlier` copies the chosen results and
 their arguments, their tasks are created done (never pending, so no worker
 can take one), and :meth:`Memo.store_keys` counts them on the request and
-keeps the keys of the tasks left to compute. A result kept in a file is linked (or copied) into the
-new request's directory, so that removing the older request keeps it.
+keeps the keys of the tasks left to compute. A result kept in a file is
+linked (or copied) into the new request's directory, so that removing the
+older request keeps it.
 """
 
 from __future__ import annotations

@@ -70,7 +70,8 @@ class Requests:
         function's (module, qualified name), which ``sheepdog list`` and the
         dashboard show. ``computation`` (with the ``cache`` config key) gives
         the tasks' keys, and earlier results for some of them: those tasks are
-        created done, with their results (see ``memo.py``).
+        created done, with their results, and their arguments are copied from
+        the same earlier tasks where those keep them in rows (see ``memo.py``).
         """
         module, name = function_name or (None, None)
         module = module or None  # a function defined where there was no module name
