@@ -29,6 +29,8 @@ class _Interface(paramiko.ServerInterface):
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
         if username == self.server.user and key == self.server.client_key:
+            with self.server._lock:  # before the client hears of it
+                self.server.connections += 1
             return paramiko.AUTH_SUCCESSFUL
         return paramiko.AUTH_FAILED
 
@@ -123,6 +125,9 @@ class SSHServer:
         self.forwards: dict[int, tuple[str, int]] = {}
         #: (host, port) of each forward opened, in order.
         self.forwarded: list[tuple[str, int]] = []
+        #: Connections that logged in. Counting accepted sockets instead counted
+        #: strangers too: a worker of an earlier test, still calling back to its caller's
+        #: port, which this listener had been given since.
         self.connections = 0
         self._transports: list[paramiko.Transport] = []
         self._lock = threading.Lock()
@@ -139,7 +144,6 @@ class SSHServer:
             transport.set_subsystem_handler("sftp", paramiko.SFTPServer, _SFTP)
             with self._lock:
                 self._transports.append(transport)
-                self.connections += 1
             try:
                 transport.start_server(server=_Interface(self))
             except (paramiko.SSHException, EOFError, OSError):
