@@ -87,3 +87,44 @@ def test_job_file_runs_in_a_bare_interpreter_without_sheepdog(tmp_path):
 def test_embedded_code_runs_what_the_caller_serialised(tmp_path):
     shipped = lambda x: f"{x} from {__name__}"  # noqa: E731 - a lambda is the point
     assert call_in_fresh_interpreter(tmp_path, shipped, ("ran",)) == "ran from tests.test_jobscript"
+
+
+def _import_the_worker_loop(path: Path, after_loading: str = "") -> str:
+    """Run the job file ``path`` in a bare interpreter up to its start, run ``after_loading``,
+    import the worker's loop from the file, and print which modules came compiled."""
+    text = path.read_text().replace('if __name__ == "__main__":', "if False:")
+    path.write_text(text)
+    probe = (
+        "import runpy, sys\n"
+        f"runpy.run_path({str(path)!r})\n"
+        f"{after_loading}\n"
+        "import sheepdog.worker.loop\n"
+        "finder = next(f for f in sys.meta_path if type(f).__name__ == '_Embedded')\n"
+        "print(sorted(finder.compiled))\n"
+    )
+    return subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True,
+                          text=True, check=True, cwd=path.parent).stdout
+
+
+def test_a_worker_of_the_callers_python_runs_the_modules_as_the_caller_compiled_them(tmp_path):
+    path = tmp_path / "job.py"
+    path.write_text(render())
+    refuse = "import builtins\ndef refuse(*args, **kwargs): raise AssertionError('compiled')\n" \
+             "builtins.compile = refuse"
+    output = _import_the_worker_loop(path, after_loading=refuse)
+    assert "'sheepdog.worker.loop'" in output and "'cloudpickle.cloudpickle'" in output
+
+
+def test_a_worker_whose_python_reads_other_bytecode_compiles_the_sources(tmp_path):
+    path = tmp_path / "job.py"
+    text = render()
+    magic = re.search(r"^_MAGIC = (.*)$", text, re.MULTILINE)
+    assert magic is not None
+    path.write_text(text.replace(magic.group(0), "_MAGIC = b'\\x00\\x00\\r\\n'"))
+    assert _import_the_worker_loop(path) == "[]\n"
+
+
+def test_a_damaged_copy_of_the_compiled_modules_leaves_the_sources_to_compile(tmp_path):
+    path = tmp_path / "job.py"
+    path.write_text(render().replace("_COMPILED = '", "_COMPILED = 'damaged"))
+    assert _import_the_worker_loop(path) == "[]\n"

@@ -184,6 +184,7 @@ class Request:
                     not backend.outlives_caller and not os.path.exists(self.key_file))):
                 self.deliver_key()  # not yet, or the caller that delivered it has ended
             pending = self.progress().pending
+            jobscript.compiled_modules()  # compiled once per process, while the cluster answers
             capacity.result()
             if n_workers is None:
                 n_workers = (self.pool.first_workers(pending) if self.pool is not None

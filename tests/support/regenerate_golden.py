@@ -13,6 +13,7 @@ committing it::
 """
 
 import difflib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -26,7 +27,8 @@ def golden_text() -> str:
     text = render()
     for name, (_is_package, source) in jobscript.embedded_sources().items():
         text = text.replace(repr(source), f"<source of {name}>")
-    return text
+    text = text.replace(repr(importlib.util.MAGIC_NUMBER), "<this Python's magic number>")
+    return text.replace(repr(jobscript.compiled_modules()), "<the modules compiled>")
 
 
 def golden_headers() -> dict[Path, str]:
