@@ -128,7 +128,7 @@ def compiled_modules() -> str:
     """The embedded modules compiled by this Python, as the job file carries them: a
     marshalled dict of code objects by module name, compressed, in base64.
 
-    Compiled once per process for the same sources (about 50 ms): a submission
+    Compiled once per process for the same sources (70 ms on the test machine): a submission
     asks for it while it waits on the cluster's answers (``request.py``).
     """
     sources = embedded_sources()
