@@ -371,7 +371,7 @@ def test_a_small_map_is_served_while_a_large_one_runs(local_conf):
 
 
 def test_workers_leave_before_their_walltime_and_new_ones_run_every_task_once(
-        local_conf, tmp_path):
+        local_conf, tmp_path, caplog):
     """Workers whose walltime is 8 s take no batch that would outrun it, give back what
     they have not started, and leave; the pool starts others. Each task runs once, none
     is lost or failed, and no worker is killed at its walltime."""
@@ -386,7 +386,7 @@ def test_workers_leave_before_their_walltime_and_new_ones_run_every_task_once(
         return x
 
     conf = {**local_conf, "workers": 2, "walltime": 8}
-    with sheepdog.Session() as session:
+    with sheepdog.Session() as session, caplog.at_level("WARNING"):
         request = session.submit(logged, [(x,) for x in range(80)], conf)
         request.wait(timeout=300)
         progress = request.progress()
@@ -396,3 +396,5 @@ def test_workers_leave_before_their_walltime_and_new_ones_run_every_task_once(
     assert sorted(int(x) for x in runs.read_text().split()) == list(range(80))
     assert len(jobs) >= 2  # 80 tasks of 0.25 s on two workers outlast a walltime of 8 s
     assert not any("walltime" in reason and "killed" in reason for reason in ends), ends
+    # Nor are they said to have ended with an earlier process, as in a later get_results.
+    assert not any("end with the Python process" in line for line in caplog.messages)

@@ -121,6 +121,11 @@ class Backend(abc.ABC):
     def task_output(self, job_id: str, task_id: int) -> str:
         """The last few KB of what an array task wrote to stderr, or "" if none is found."""
 
+    def submitted_here(self, job_id: str) -> bool:
+        """Whether this process submitted ``job_id``: for a backend whose tasks end with
+        their caller, its workers were not taken along by an earlier process's end."""
+        return False
+
     def log_location(self, job_id: str, task_id: int) -> Optional[str]:
         """Where the task's own log is, for messages about a task that ended silently."""
         return None

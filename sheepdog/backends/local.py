@@ -310,6 +310,9 @@ class LocalBackend(Backend):
             self._devices(workers))
         return job_id
 
+    def submitted_here(self, job_id: str) -> bool:
+        return job_id.startswith(f"local-{os.getpid()}-")
+
     def ended_tasks(self, job_id: str, candidates: set[int]) -> dict[int, TaskEnd]:
         job = self._jobs.get(job_id)
         if job is None:

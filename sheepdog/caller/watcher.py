@@ -236,9 +236,12 @@ def _relaunch(request: Watched) -> None:
         for index in request.storage.open_indices(request.id):
             request.storage.record_lost(request.id, index, reason)
         return
-    if not request.backend.outlives_caller:
-        # Its workers went with the process that started them (an earlier one, or this
-        # one's retries): a later get_results starts the tasks again, here.
+    backend = request.backend
+    if not backend.outlives_caller and not any(
+            backend.submitted_here(job.job_id) for job in request.storage.jobs(request.id)):
+        # Its workers went with the process that started them: a later get_results starts
+        # the tasks again, here. (Not so for workers of this process that left before
+        # their walltime: the pool replaces them.)
         log.warning("request %s: no worker is left for its %d unfinished tasks (%s workers end "
                     "with the Python process that started them); restarting them in new "
                     "workers of this process", request.id, request.progress().pending,
