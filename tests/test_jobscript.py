@@ -102,8 +102,9 @@ def _import_the_worker_loop(path: Path, after_loading: str = "") -> str:
         "finder = next(f for f in sys.meta_path if type(f).__name__ == '_Embedded')\n"
         "print(sorted(finder.compiled))\n"
     )
-    return subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True,
-                          text=True, check=True, cwd=path.parent).stdout
+    ran = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True,
+                         text=True, check=True, cwd=path.parent)
+    return ran.stdout + ran.stderr
 
 
 def test_a_worker_of_the_callers_python_runs_the_modules_as_the_caller_compiled_them(tmp_path):
@@ -124,7 +125,25 @@ def test_a_worker_whose_python_reads_other_bytecode_compiles_the_sources(tmp_pat
     assert _import_the_worker_loop(path) == "[]\n"
 
 
-def test_a_damaged_copy_of_the_compiled_modules_leaves_the_sources_to_compile(tmp_path):
+def test_a_damaged_copy_of_the_compiled_modules_leaves_the_sources_to_compile_and_says_so(
+        tmp_path):
     path = tmp_path / "job.py"
     path.write_text(render().replace("_COMPILED = '", "_COMPILED = 'damaged"))
-    assert _import_the_worker_loop(path) == "[]\n"
+    printed = _import_the_worker_loop(path)
+    assert printed.startswith("[]\n") and "sheepdog: compiling the embedded sources" in printed
+
+
+def test_modules_the_caller_cannot_compile_travel_as_sources_only(tmp_path):
+    """Compiling them is a speed-up: under ``-W error``, a SyntaxWarning in a future
+    cloudpickle must not fail the submission."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert jobscript.compiled_modules({"odd": (False, "same = 'a' is 'a'\n")}) == ""
+    path = tmp_path / "job.py"
+    text = render()
+    compiled = re.search(r"^_COMPILED = (.*)$", text, re.MULTILINE)
+    assert compiled is not None
+    path.write_text(text.replace(compiled.group(0), "_COMPILED = ''"))
+    assert _import_the_worker_loop(path) == "[]\n"  # and nothing said

@@ -9,10 +9,11 @@ under their real names, so pickles and relative imports find them, and the
 worker needs nothing but a stock Python.
 
 The modules also travel compiled, as this Python compiled them: compiling
-them took a third of a worker's start (40 of 120 ms), and a pool's first job
-starts several workers at once on nodes whose cores other jobs share. A worker
-whose Python reads other bytecode (its magic number differs) compiles the
-sources instead, and so can still say that its Python is the wrong one.
+them took a third of a worker's Python start, and a pool's first job starts
+several workers at once on nodes whose cores other jobs share (figures in
+the changelog). A worker whose Python reads other bytecode (its magic number
+differs) compiles the sources instead, and so can still say that its Python
+is the wrong one.
 
 Schedulers show job files to every user of the cluster (GridEngine keeps a
 world-readable copy in its spool), so the file holds no credential: only the
@@ -25,6 +26,7 @@ from __future__ import annotations
 import binascii
 import functools
 import importlib.util
+import logging
 import marshal
 import pprint
 import zlib
@@ -35,6 +37,8 @@ from ..backends.base import create
 from ..config import Config, resolve
 from ..resources import format_memory, format_walltime
 from ..wire.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 #: The packages whose every module runs on the workers.
@@ -73,12 +77,13 @@ class _Embedded(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 def _compiled(magic, blob):
     """The modules as the caller compiled them, if this Python runs that bytecode (the same
     magic number); else none, and each is compiled from its source."""
-    if importlib.util.MAGIC_NUMBER != magic:
+    if importlib.util.MAGIC_NUMBER != magic or not blob:  # "": the caller could not compile
         return {}
     try:
         import binascii, marshal, zlib
         return marshal.loads(zlib.decompress(binascii.a2b_base64(blob)))
-    except Exception:
+    except Exception as error:  # no zlib here, or a damaged copy: the sources still work
+        print("sheepdog: compiling the embedded sources (" + repr(error) + ")", file=sys.stderr)
         return {}
 
 
@@ -124,22 +129,28 @@ def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def compiled_modules() -> str:
-    """The embedded modules compiled by this Python, as the job file carries them: a
-    marshalled dict of code objects by module name, compressed, in base64.
+def compiled_modules(sources: Optional[Mapping[str, tuple[bool, str]]] = None) -> str:
+    """The embedded modules (``sources``, by default as :func:`embedded_sources` reads
+    them) compiled by this Python, as the job file carries them: a marshalled dict of code
+    objects by module name, compressed, in base64; "" if they could not be compiled here.
 
-    Compiled once per process for the same sources (70 ms on the test machine): a submission
-    asks for it while it waits on the cluster's answers (``request.py``).
+    Compiled once per process for the same sources: a submission asks for it
+    while it waits on the cluster's answers (``request.py``).
     """
-    sources = embedded_sources()
-    return _compile((*((name, source) for name, (_is_package, source) in sources.items()),))
+    sources = embedded_sources() if sources is None else sources
+    return _compile(tuple((name, source) for name, (_is_package, source) in sources.items()))
 
 
 @functools.lru_cache(maxsize=2)
 def _compile(sources: tuple[tuple[str, str], ...]) -> str:
-    # As the worker compiles a source: no future imports of this module, no -O.
-    codes = {name: compile(source, f"<{name}>", "exec", dont_inherit=True, optimize=0)
-             for name, source in sources}
+    try:
+        # As the worker compiles a source: no future imports of this module, no -O.
+        codes = {name: compile(source, f"<{name}>", "exec", dont_inherit=True, optimize=0)
+                 for name, source in sources}
+    except Exception as error:  # noqa: B902 - such as a SyntaxWarning under -W error
+        # Only a speed-up: the workers compile the sources, as they would without it.
+        log.debug("the job files carry the embedded modules as sources only: %r", error)
+        return ""
     return binascii.b2a_base64(zlib.compress(marshal.dumps(codes)), newline=False).decode("ascii")
 
 
@@ -150,10 +161,11 @@ def render(shell: str, header: Iterable[str], settings: WorkerSettings) -> str:
     lines.append(f'"""Sheepdog job file for request {settings.request_id}: '
                  'runs f(*args) for the arguments of one array task."""')
     lines.append(_BOOTSTRAP)
-    for name, (is_package, source) in embedded_sources().items():
+    sources = embedded_sources()  # read once: the compiled code must be of these
+    for name, (is_package, source) in sources.items():
         lines.append(f"_SOURCES[{name!r}] = ({is_package!r}, {source!r})")
     lines.append(f"_MAGIC = {importlib.util.MAGIC_NUMBER!r}")
-    lines.append(f"_COMPILED = {compiled_modules()!r}")
+    lines.append(f"_COMPILED = {compiled_modules(sources)!r}")
     lines.append("")
     lines.append(f"SETTINGS = {pprint.pformat(settings.to_dict(), width=88, sort_dicts=True)}")
     lines.append(_START)
