@@ -81,3 +81,12 @@ def test_tasks_still_queued_when_the_job_is_cancelled_never_start(tmp_path):
     assert started() == ["started-1"]
     ended = backend.ended_tasks(job_id, {1, 2, 3})
     assert list(ended) == [1] and ended[1].reason.startswith("killed by SIGKILL")
+
+
+def test_a_job_of_an_earlier_process_that_had_this_pid_ended_with_it():
+    """Where every run gets the same pid (a container's first process), a job id's pid
+    does not say that this process submitted it: its own record does."""
+    backend = LocalBackend(resolve({"scheduler": "local"}))
+    earlier = f"local-{os.getpid()}-{10**9}"  # never submitted here
+    assert not backend.submitted_here(earlier)
+    assert set(backend.ended_tasks(earlier, {1, 2})) == {1, 2}

@@ -122,8 +122,9 @@ class Backend(abc.ABC):
         """The last few KB of what an array task wrote to stderr, or "" if none is found."""
 
     def submitted_here(self, job_id: str) -> bool:
-        """Whether this process submitted ``job_id``: for a backend whose tasks end with
-        their caller, its workers were not taken along by an earlier process's end."""
+        """Whether this process submitted ``job_id``. Asked only of a backend whose tasks
+        end with their caller (then its workers were not taken along by an earlier
+        process's end); the others need not know, and say False."""
         return False
 
     def log_location(self, job_id: str, task_id: int) -> Optional[str]:

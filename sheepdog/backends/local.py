@@ -33,6 +33,9 @@ from ..wire.settings import CALLER_PID_VARIABLE
 from .base import Backend, SubmissionError, TaskEnd
 
 _job_numbers = itertools.count(1)
+#: The jobs this process submitted: a job id's pid alone may be an earlier process's, where
+#: each run gets the same pid (a container's first process).
+_submitted_jobs: set[str] = set()
 _live_jobs: "weakref.WeakSet[LocalJob]" = weakref.WeakSet()
 
 
@@ -302,6 +305,7 @@ class LocalBackend(Backend):
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(script)
         job_id = f"local-{os.getpid()}-{next(_job_numbers)}"
+        _submitted_jobs.add(job_id)
         workers = min(self.capacity()[0] or 1, self.config.max_running or n_array_tasks)
         walltime, words = self.walltime_seconds(), self.limit_words("walltime")
         self._jobs[job_id] = LocalJob(
@@ -311,7 +315,7 @@ class LocalBackend(Backend):
         return job_id
 
     def submitted_here(self, job_id: str) -> bool:
-        return job_id.startswith(f"local-{os.getpid()}-")
+        return job_id in _submitted_jobs and job_id.startswith(f"local-{os.getpid()}-")
 
     def ended_tasks(self, job_id: str, candidates: set[int]) -> dict[int, TaskEnd]:
         job = self._jobs.get(job_id)
@@ -360,7 +364,8 @@ def _ended_with_their_process(job_id: str, candidates: set[int]) -> dict[int, Ta
     so once that process is gone, a task that has not reported never will.
     """
     _local, pid, _number = (job_id.split("-") + ["", "", ""])[:3]
-    if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+    if not pid.isdigit() or job_id in _submitted_jobs or (
+            int(pid) != os.getpid() and _alive(int(pid))):
         return {}  # alive: that process runs its tasks and watches them
     reason = f"the process that ran it (pid {pid}) has ended"
     return {task: TaskEnd(reason, retryable=True) for task in candidates}
