@@ -87,6 +87,9 @@ def test_another_cluster_user_cannot_post_results_or_run_code_as_the_caller(
     assert "qstat -j *" in report["read"]
     assert report["urls"], "the attacker should have found the callback URL in the spool"
     assert report["tokens"] > 0 and sum(report["statuses"].values()) > 100
+    # Every candidate was tried: nothing in what it read (chaff, such as a long base64
+    # run) spent its bounds before it came to the real ones.
+    assert report["skipped"] == {"files": 0, "tokens": 0}, report["skipped"]
     assert report["accepted"] == []
     assert [result for _args, result in results] == [1, 4, 9]
     assert not marker.exists()
@@ -108,6 +111,7 @@ def test_another_local_user_cannot_post_results_to_a_local_request(
     private = [path for path in report["read"]
                if path.startswith("/tmp/sheepdog-") and "attack-kit" not in path]
     assert not private, "the local job's temporary files must be private"
+    assert report["skipped"] == {"files": 0, "tokens": 0}, report["skipped"]
     assert report["accepted"] == []
     assert [result for _args, result in results] == [1, 4, 9]
     assert not marker.exists()
