@@ -315,7 +315,7 @@ class LocalBackend(Backend):
         return job_id
 
     def submitted_here(self, job_id: str) -> bool:
-        return job_id in _submitted_jobs and job_id.startswith(f"local-{os.getpid()}-")
+        return _submitted_here(job_id)
 
     def ended_tasks(self, job_id: str, candidates: set[int]) -> dict[int, TaskEnd]:
         job = self._jobs.get(job_id)
@@ -357,6 +357,12 @@ def _visible_devices() -> list[str]:
             if device.strip()]
 
 
+def _submitted_here(job_id: str) -> bool:
+    """Whether this process submitted the local job ``job_id`` (not the process it was
+    forked from, whose record it inherited)."""
+    return job_id in _submitted_jobs and job_id.startswith(f"local-{os.getpid()}-")
+
+
 def _ended_with_their_process(job_id: str, candidates: set[int]) -> dict[int, TaskEnd]:
     """The tasks of another process's job, if that process has ended: they ended with it.
 
@@ -364,7 +370,7 @@ def _ended_with_their_process(job_id: str, candidates: set[int]) -> dict[int, Ta
     so once that process is gone, a task that has not reported never will.
     """
     _local, pid, _number = (job_id.split("-") + ["", "", ""])[:3]
-    if not pid.isdigit() or job_id in _submitted_jobs or (
+    if not pid.isdigit() or _submitted_here(job_id) or (
             int(pid) != os.getpid() and _alive(int(pid))):
         return {}  # alive: that process runs its tasks and watches them
     reason = f"the process that ran it (pid {pid}) has ended"

@@ -100,9 +100,11 @@ if __name__ == "__main__":
 '''
 
 
+@functools.lru_cache(maxsize=1)
 def embedded_sources() -> dict[str, tuple[bool, str]]:
     """Every module that the job file embeds: its real name, whether it is a package,
-    and its source.
+    and its source. Read once per process, as the caller's own ``wire`` is
+    imported once: a job file then never carries code its caller does not speak.
 
     First the installed cloudpickle, which rebuilds on the worker the functions
     and classes that travelled by value, then sheepdog's own ``wire`` and
@@ -161,11 +163,10 @@ def render(shell: str, header: Iterable[str], settings: WorkerSettings) -> str:
     lines.append(f'"""Sheepdog job file for request {settings.request_id}: '
                  'runs f(*args) for the arguments of one array task."""')
     lines.append(_BOOTSTRAP)
-    sources = embedded_sources()  # read once: the compiled code must be of these
-    for name, (is_package, source) in sources.items():
+    for name, (is_package, source) in embedded_sources().items():
         lines.append(f"_SOURCES[{name!r}] = ({is_package!r}, {source!r})")
     lines.append(f"_MAGIC = {importlib.util.MAGIC_NUMBER!r}")
-    lines.append(f"_COMPILED = {compiled_modules(sources)!r}")
+    lines.append(f"_COMPILED = {compiled_modules()!r}")
     lines.append("")
     lines.append(f"SETTINGS = {pprint.pformat(settings.to_dict(), width=88, sort_dicts=True)}")
     lines.append(_START)
